@@ -1,0 +1,76 @@
+/**
+ * One errors module for the whole project. Every error has a stable `code` (a string a script can match on),
+ * a message that says what went wrong, and where possible a `hint`: what the person reading it can do next.
+ * The CNI layer maps these to the spec's numeric error codes in one place (src/cni/errors.ts).
+ */
+export class MeshCniError extends Error {
+  readonly code: string = 'MESH_CNI_ERROR';
+  readonly hint?: string;
+  readonly details?: string;
+
+  constructor(message: string, options: { hint?: string; details?: string; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.hint = options.hint;
+    this.details = options.details;
+  }
+}
+
+/** An annotation or proxy setting that cannot be turned into rules. Names the key, the bad value and why. */
+export class InvalidConfigError extends MeshCniError {
+  override readonly code = 'INVALID_CONFIG';
+  constructor(
+    readonly key: string,
+    readonly value: string,
+    readonly reason: string,
+  ) {
+    super(`invalid ${key}="${value}": ${reason}`, {
+      hint: `fix or remove the "${key}" annotation on the pod`,
+    });
+  }
+}
+
+/** The netns path does not exist (the pod sandbox is gone). DEL treats this as success. */
+export class NetnsNotFoundError extends MeshCniError {
+  override readonly code = 'NETNS_NOT_FOUND';
+  constructor(readonly path: string, cause?: unknown) {
+    super(`network namespace ${path} does not exist`, { cause, hint: 'the pod sandbox may already be gone' });
+  }
+}
+
+/** The path exists but is not a network namespace. */
+export class NotANetnsError extends MeshCniError {
+  override readonly code = 'NOT_A_NETNS';
+  constructor(readonly path: string, cause?: unknown) {
+    super(`${path} is not a network namespace`, {
+      cause,
+      hint: 'pass a path like /var/run/netns/NAME or /proc/PID/ns/net',
+    });
+  }
+}
+
+/** A program we run (iptables-restore, nft, ip) is missing or failed. */
+export class CommandFailedError extends MeshCniError {
+  override readonly code = 'COMMAND_FAILED';
+  constructor(
+    readonly program: string,
+    readonly exitCode: number | null,
+    readonly stderr: string,
+    hint?: string,
+  ) {
+    super(
+      exitCode === null
+        ? `${program} could not be run: ${stderr.trim()}`
+        : `${program} exited with code ${exitCode}: ${stderr.trim() || '(no output)'}`,
+      { hint, details: stderr },
+    );
+  }
+}
+
+/** Rules were applied but what the kernel holds differs from the plan, so they were rolled back. */
+export class RuleMismatchError extends MeshCniError {
+  override readonly code = 'RULE_MISMATCH';
+  constructor(message: string, details: string) {
+    super(message, { details, hint: 'another component may be changing rules in this network namespace' });
+  }
+}
