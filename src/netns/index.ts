@@ -1,0 +1,174 @@
+/**
+ * The one native seam: enter a network namespace with setns(2), do something there, and come back.
+ *
+ * A namespace switch belongs to one thread. Node runs our JavaScript on the main thread, and libuv forks a
+ * child synchronously inside `spawn()`, so a child spawned between the two setns calls starts in the pod's
+ * namespace while the process as a whole stays in the host's. That is why `withNetns` takes a synchronous
+ * function: an `await` inside it would let other work run on the main thread while it is in the pod's netns.
+ */
+import * as fs from 'node:fs';
+import { spawn } from 'node:child_process';
+import { CommandFailedError, MeshCniError, NetnsNotFoundError, NotANetnsError } from '../errors';
+
+const CLONE_NEWNET = 0x40000000;
+const NSFS_MAGIC = 0x6e736673;
+const EINVAL = 22;
+const ENOENT = 'ENOENT';
+
+interface Libc {
+  setns(fd: number, nstype: number): number;
+}
+
+let libc: Libc | undefined;
+let errno: () => number = () => 0;
+
+function loadLibc(): Libc {
+  if (!libc) {
+    // Loaded on first use: the ffi binding is native code and the CLI's pure commands never need it.
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const ffi = require('@2060.io/ffi-napi') as typeof import('@2060.io/ffi-napi');
+    libc = ffi.Library(null, { setns: ['int', ['int', 'int']] }) as unknown as Libc;
+    errno = ffi.errno;
+  }
+  return libc;
+}
+
+function netnsAccessError(path: string, err: unknown): MeshCniError {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === ENOENT) return new NetnsNotFoundError(path, err);
+  if (code === 'EACCES' || code === 'EPERM') {
+    return new MeshCniError(`permission denied opening network namespace ${path}`, {
+      cause: err,
+      hint: 'run as root (the agent needs CAP_SYS_ADMIN and access to the host PID namespace for /proc paths)',
+    });
+  }
+  return new NotANetnsError(path, err);
+}
+
+/** Opens a namespace file, with typed errors for "does not exist" and "is not a namespace file". */
+function openNetns(path: string): number {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r');
+  } catch (err) {
+    throw netnsAccessError(path, err);
+  }
+  try {
+    if (fs.statfsSync(path).type !== NSFS_MAGIC) throw new NotANetnsError(path);
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err instanceof MeshCniError ? err : new NotANetnsError(path, err);
+  }
+  return fd;
+}
+
+/** The inode that identifies a network namespace; equal inodes mean the same namespace. */
+export function netnsInode(path: string): number {
+  try {
+    return fs.statSync(path).ino;
+  } catch (err) {
+    throw netnsAccessError(path, err);
+  }
+}
+
+/** True when `path` names the namespace this process itself runs in (the host's, for the agent). */
+export function isHostNetns(path: string): boolean {
+  return netnsInode(path) === netnsInode('/proc/self/ns/net');
+}
+
+/**
+ * Runs `fn` inside the network namespace at `path` and always returns to the original namespace.
+ * `fn` must be synchronous (see the module comment).
+ */
+export function withNetns<T>(path: string, fn: () => T): T {
+  const c = loadLibc();
+  const targetFd = openNetns(path);
+  let homeFd: number | undefined;
+  try {
+    homeFd = fs.openSync('/proc/thread-self/ns/net', 'r');
+    if (c.setns(targetFd, CLONE_NEWNET) !== 0) {
+      const code = errno();
+      if (code === EINVAL) throw new NotANetnsError(path);
+      throw new MeshCniError(`setns(${path}) failed with errno ${code}`, {
+        hint: 'entering a network namespace needs CAP_SYS_ADMIN (run as root)',
+      });
+    }
+    try {
+      const result = fn();
+      if (result && typeof (result as { then?: unknown }).then === 'function') {
+        throw new MeshCniError('internal error: withNetns was given an async function');
+      }
+      return result;
+    } finally {
+      if (c.setns(homeFd, CLONE_NEWNET) !== 0) {
+        // Staying in a pod's namespace would make every later action land in the wrong place.
+        process.stderr.write(`mesh-cni: fatal: could not return to the original network namespace (errno ${errno()})\n`);
+        process.abort();
+      }
+    }
+  } finally {
+    fs.closeSync(targetFd);
+    if (homeFd !== undefined) fs.closeSync(homeFd);
+  }
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface RunOptions {
+  /** Fed to the program on stdin (rules go this way, never on the command line). */
+  input?: string;
+  timeoutMs?: number;
+  /** Which Debian package provides the program, for the error message when it is missing. */
+  packageHint?: string;
+}
+
+/**
+ * Runs `program args...` with its network namespace set to `netns` (or the current one when `netns` is
+ * undefined), never through a shell. Resolves with the exit code and output; rejects only when the
+ * program could not be started or timed out.
+ */
+export function run(netns: string | undefined, program: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  const start = () => spawn(program, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = netns === undefined ? start() : withNetns(netns, start);
+  return new Promise((resolve, reject) => {
+    const stdout: Buffer[] = [];
+    const stderr: Buffer[] = [];
+    let timer: NodeJS.Timeout | undefined;
+    if (options.timeoutMs) {
+      timer = setTimeout(() => {
+        child.kill('SIGKILL');
+        reject(new CommandFailedError(program, null, `timed out after ${options.timeoutMs} ms`));
+      }, options.timeoutMs);
+    }
+    child.stdout.on('data', (d: Buffer) => stdout.push(d));
+    child.stderr.on('data', (d: Buffer) => stderr.push(d));
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      if (timer) clearTimeout(timer);
+      const hint = options.packageHint ? `install the ${options.packageHint} package` : undefined;
+      const why = err.code === ENOENT ? `${program} not found in PATH` : err.message;
+      reject(new CommandFailedError(program, null, why, hint));
+    });
+    child.on('close', (code, signal) => {
+      if (timer) clearTimeout(timer);
+      resolve({
+        code: code ?? (signal ? 128 : 1),
+        stdout: Buffer.concat(stdout).toString(),
+        stderr: Buffer.concat(stderr).toString(),
+      });
+    });
+    // A program that exits before reading its input makes the write fail with EPIPE; its exit code says why.
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(options.input ?? '');
+  });
+}
+
+/** Like `run`, but a non-zero exit becomes a CommandFailedError. */
+export async function runChecked(netns: string | undefined, program: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  const result = await run(netns, program, args, options);
+  if (result.code !== 0) throw new CommandFailedError(program, result.code, result.stderr);
+  return result;
+}
