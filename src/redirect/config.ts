@@ -1,0 +1,187 @@
+/**
+ * From a pod's annotations (and the proxy's settings) to a validated RedirectConfig.
+ *
+ * Names, defaults and meaning follow Istio 1.24's CNI plugin, so a pod annotated for Istio gets the same
+ * redirection. Where Istio accepts a value that then breaks at apply time (a `*` in a port exclusion list,
+ * a malformed interface name), we reject it up front with a message naming the annotation, the value and
+ * why. Nothing is silently dropped.
+ */
+import { Address4, Address6 } from 'ip-address';
+import { InvalidConfigError } from '../errors';
+import { ANNOTATIONS, DEFAULTS } from './constants';
+
+export type InterceptionMode = 'REDIRECT' | 'TPROXY' | 'NONE';
+
+/** What the proxy container tells us beyond annotations (its securityContext and environment). */
+export interface ProxySettings {
+  proxyUid?: number;
+  proxyGid?: number;
+  /** Istio's ISTIO_META_DNS_CAPTURE in the proxy's environment. */
+  dnsCapture?: boolean;
+}
+
+/** A list of CIDRs split by family, in the order given; `all` is the `*` wildcard. */
+export interface CidrList {
+  all: boolean;
+  ipv4: string[];
+  ipv6: string[];
+  /** A range whose address is a loopback address (127.x.x.x, ::1) was listed (Istio's HasLoopBackIP). */
+  hasLoopback: boolean;
+}
+
+export interface RedirectConfig {
+  mode: InterceptionMode;
+  /** Outbound capture port (Envoy's virtualOutbound listener). */
+  proxyPort: number;
+  /** Inbound capture port (Envoy's virtualInbound listener). */
+  inboundCapturePort: number;
+  /** The HBONE tunnel port, never redirected. */
+  inboundTunnelPort: number;
+  proxyUid: number;
+  proxyGid: number;
+  /** `*` (all) or the listed ports; an empty list means no inbound capture at all. */
+  includeInboundPorts: '*' | number[];
+  excludeInboundPorts: number[];
+  includeOutboundPorts: number[];
+  excludeOutboundPorts: number[];
+  includeOutboundIPRanges: CidrList;
+  excludeOutboundIPRanges: CidrList;
+  excludeInterfaces: string[];
+  kubevirtInterfaces: string[];
+  dnsCapture: boolean;
+  /** TPROXY: the mark of diverted inbound packets and the policy routing table they are looked up in. */
+  tproxyMark: number;
+  tproxyRouteTable: number;
+}
+
+function items(key: string, value: string): string[] {
+  const trimmed = value.trim();
+  if (trimmed === '') return [];
+  const parts = trimmed.split(',').map((p) => p.trim());
+  if (parts.some((p) => p === '')) throw new InvalidConfigError(key, value, 'the list has an empty element (check for ",," or a trailing comma)');
+  return parts;
+}
+
+function parsePort(key: string, value: string, text: string): number {
+  if (!/^\d+$/.test(text)) throw new InvalidConfigError(key, value, `"${text}" is not a port number (1-65535)`);
+  const port = Number(text);
+  if (port < 1 || port > 65535) throw new InvalidConfigError(key, value, `port ${text} is out of range (1-65535)`);
+  return port;
+}
+
+function dedup<T>(list: T[]): T[] {
+  return [...new Set(list)];
+}
+
+export function parsePortList(key: string, value: string, options: { wildcard: true }): '*' | number[];
+export function parsePortList(key: string, value: string, options?: { wildcard?: false }): number[];
+export function parsePortList(key: string, value: string, options: { wildcard?: boolean } = {}): '*' | number[] {
+  if (value.trim() === '*') {
+    if (options.wildcard) return '*';
+    throw new InvalidConfigError(key, value, '"*" is not allowed here; list the ports instead');
+  }
+  const parts = items(key, value);
+  if (options.wildcard && parts.includes('*')) throw new InvalidConfigError(key, value, '"*" must stand alone, not in a list');
+  return dedup(parts.map((p) => parsePort(key, value, p)));
+}
+
+export function parseCidrList(key: string, value: string, options: { wildcard?: boolean } = {}): CidrList {
+  if (value.trim() === '*') {
+    if (options.wildcard) return { all: true, ipv4: [], ipv6: [], hasLoopback: false };
+    throw new InvalidConfigError(key, value, '"*" is not allowed here; list the CIDRs instead');
+  }
+  const list: CidrList = { all: false, ipv4: [], ipv6: [], hasLoopback: false };
+  for (const text of items(key, value)) {
+    if (text === '*') throw new InvalidConfigError(key, value, '"*" must stand alone, not in a list');
+    if (!text.includes('/')) {
+      throw new InvalidConfigError(key, value, `"${text}" has no prefix length (write ${text}/${text.includes(':') ? 128 : 32} for one address)`);
+    }
+    if (Address4.isValid(text)) {
+      const addr = new Address4(text);
+      // The kernel keeps only the network part; normalising here makes plan, rules and read-back agree.
+      list.ipv4.push(`${addr.startAddress().correctForm()}/${addr.subnetMask}`);
+      if (addr.addressMinusSuffix.startsWith('127.')) list.hasLoopback = true;
+    } else if (Address6.isValid(text)) {
+      const addr = new Address6(text);
+      list.ipv6.push(`${addr.startAddress().correctForm()}/${addr.subnetMask}`);
+      if (new Address6(addr.addressMinusSuffix ?? '').correctForm() === '::1') list.hasLoopback = true;
+    } else {
+      throw new InvalidConfigError(key, value, `"${text}" is not an IPv4 or IPv6 CIDR`);
+    }
+  }
+  list.ipv4 = dedup(list.ipv4);
+  list.ipv6 = dedup(list.ipv6);
+  return list;
+}
+
+const IFNAME = /^[^\s/:,]{1,15}$/;
+
+function parseInterfaces(key: string, value: string): string[] {
+  const names = items(key, value);
+  for (const name of names) {
+    if (!IFNAME.test(name) || name === '.' || name === '..') {
+      throw new InvalidConfigError(key, value, `"${name}" is not a valid interface name (1-15 characters, no spaces, "/" or ":")`);
+    }
+  }
+  return dedup(names);
+}
+
+function parseMode(value: string): InterceptionMode {
+  if (value === 'REDIRECT' || value === 'TPROXY' || value === 'NONE') return value;
+  throw new InvalidConfigError(ANNOTATIONS.interceptionMode, value, 'must be REDIRECT, TPROXY or NONE');
+}
+
+function parseId(key: string, value: number | undefined, fallback: number): number {
+  // Istio treats a missing or zero runAsUser/runAsGroup as "use the default 1337": uid 0 is never the proxy.
+  if (value === undefined || value === 0) return fallback;
+  if (!Number.isInteger(value) || value < 0 || value > 0xfffffffe) throw new InvalidConfigError(key, String(value), 'must be a uid/gid between 1 and 4294967294');
+  return value;
+}
+
+/** Every annotation we read, so callers (the CLI, `explain`) can show which ones applied. */
+export const KNOWN_ANNOTATIONS: readonly string[] = Object.values(ANNOTATIONS);
+
+/**
+ * Builds a RedirectConfig; throws InvalidConfigError naming the first bad annotation.
+ * Unknown annotations are ignored (a pod carries many that are not ours).
+ */
+export function redirectConfigFromAnnotations(annotations: Record<string, string>, proxy: ProxySettings = {}): RedirectConfig {
+  const get = (key: string, fallback: string) => annotations[key] ?? fallback;
+  const mode = parseMode(get(ANNOTATIONS.interceptionMode, 'REDIRECT'));
+
+  // Istio always keeps its own status, health and telemetry ports out of inbound capture, whatever the pod says.
+  const excludeInbound = parsePortList(ANNOTATIONS.excludeInboundPorts, get(ANNOTATIONS.excludeInboundPorts, ''));
+  const exclude = parseCidrList(ANNOTATIONS.excludeOutboundIPRanges, get(ANNOTATIONS.excludeOutboundIPRanges, ''));
+
+  return {
+    mode,
+    proxyPort: DEFAULTS.proxyPort,
+    inboundCapturePort: DEFAULTS.inboundCapturePort,
+    inboundTunnelPort: DEFAULTS.inboundTunnelPort,
+    proxyUid: parseId('proxy uid (runAsUser)', proxy.proxyUid, DEFAULTS.proxyUid),
+    proxyGid: parseId('proxy gid (runAsGroup)', proxy.proxyGid, DEFAULTS.proxyGid),
+    includeInboundPorts: parsePortList(ANNOTATIONS.includeInboundPorts, get(ANNOTATIONS.includeInboundPorts, '*'), { wildcard: true }),
+    excludeInboundPorts: dedup([...excludeInbound, ...DEFAULTS.alwaysExcludedInboundPorts]),
+    includeOutboundPorts: parsePortList(ANNOTATIONS.includeOutboundPorts, get(ANNOTATIONS.includeOutboundPorts, '')),
+    // The default (15020) applies only when the annotation is absent: Istio replaces it, it does not add to it.
+    excludeOutboundPorts: parsePortList(ANNOTATIONS.excludeOutboundPorts, get(ANNOTATIONS.excludeOutboundPorts, DEFAULTS.excludeOutboundPorts)),
+    includeOutboundIPRanges: parseCidrList(ANNOTATIONS.includeOutboundIPRanges, get(ANNOTATIONS.includeOutboundIPRanges, '*'), { wildcard: true }),
+    excludeOutboundIPRanges: exclude,
+    excludeInterfaces: parseInterfaces(ANNOTATIONS.excludeInterfaces, get(ANNOTATIONS.excludeInterfaces, '')),
+    kubevirtInterfaces: parseInterfaces(ANNOTATIONS.kubevirtInterfaces, get(ANNOTATIONS.kubevirtInterfaces, '')),
+    dnsCapture: proxy.dnsCapture ?? false,
+    tproxyMark: DEFAULTS.tproxyMark,
+    tproxyRouteTable: DEFAULTS.tproxyRouteTable,
+  };
+}
+
+/** Parses `KEY=VALUE` pairs (CLI `--annotation`) into a map; the value may itself contain `=`. */
+export function parseAnnotationArgs(pairs: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of pairs) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new InvalidConfigError('--annotation', pair, 'expected KEY=VALUE');
+    out[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return out;
+}

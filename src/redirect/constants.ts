@@ -1,0 +1,52 @@
+/** Names and numbers shared by config, plan and both renderers: one place, so none is spelled twice. */
+
+export const ANNOTATIONS = {
+  interceptionMode: 'sidecar.istio.io/interceptionMode',
+  includeOutboundIPRanges: 'traffic.sidecar.istio.io/includeOutboundIPRanges',
+  excludeOutboundIPRanges: 'traffic.sidecar.istio.io/excludeOutboundIPRanges',
+  includeInboundPorts: 'traffic.sidecar.istio.io/includeInboundPorts',
+  excludeInboundPorts: 'traffic.sidecar.istio.io/excludeInboundPorts',
+  includeOutboundPorts: 'traffic.sidecar.istio.io/includeOutboundPorts',
+  excludeOutboundPorts: 'traffic.sidecar.istio.io/excludeOutboundPorts',
+  excludeInterfaces: 'traffic.sidecar.istio.io/excludeInterfaces',
+  kubevirtInterfaces: 'traffic.sidecar.istio.io/kubevirtInterfaces',
+} as const;
+
+/** Istio 1.24's defaults (cni/pkg/plugin and tools/istio-iptables). */
+export const DEFAULTS = {
+  proxyPort: 15001,
+  inboundCapturePort: 15006,
+  inboundTunnelPort: 15008,
+  proxyUid: 1337,
+  proxyGid: 1337,
+  alwaysExcludedInboundPorts: [15020, 15021, 15090],
+  excludeOutboundPorts: '15020',
+  dnsListenerPort: 15053,
+  tproxyMark: 1337,
+  /** TPROXY: the proxy marks its own outbound-to-inbound packets so they are not diverted again. */
+  outboundMark: 1338,
+  tproxyRouteTable: 133,
+} as const;
+
+export const CHAINS = {
+  inbound: 'ISTIO_INBOUND',
+  redirect: 'ISTIO_REDIRECT',
+  inRedirect: 'ISTIO_IN_REDIRECT',
+  output: 'ISTIO_OUTPUT',
+  divert: 'ISTIO_DIVERT',
+  tproxy: 'ISTIO_TPROXY',
+} as const;
+
+export type ChainName = (typeof CHAINS)[keyof typeof CHAINS];
+export const OUR_CHAINS: readonly string[] = Object.values(CHAINS);
+
+export const BUILTIN_CHAINS = ['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING'] as const;
+export type BuiltinChain = (typeof BUILTIN_CHAINS)[number];
+
+export type Table = 'mangle' | 'nat' | 'raw';
+export type Family = 'ipv4' | 'ipv6';
+
+/** Loopback addresses per family, and the source the proxy uses for inbound passthrough (127.0.0.6 / ::6). */
+export const LOOPBACK: Record<Family, string> = { ipv4: '127.0.0.1/32', ipv6: '::1/128' };
+export const PASSTHROUGH_SOURCE: Record<Family, string> = { ipv4: '127.0.0.6/32', ipv6: '::6/128' };
+export const DNS_PORT = 53;

@@ -1,0 +1,305 @@
+/**
+ * The plan: a pure function from RedirectConfig to the rules a pod's netns must hold, per IP family, as
+ * data. Both renderers (iptables-restore text, nft script) and the read-back check start from this one
+ * value, so no rule is ever written twice.
+ *
+ * Rules are emitted in the order Istio 1.24's istio-iptables emits them, one small function per concern.
+ * A match may carry a list (ports, CIDRs, interfaces): the iptables renderer writes one rule per element,
+ * as Istio does; the nftables renderer writes one rule with a set, so its rule count does not grow.
+ */
+import {
+  CHAINS,
+  DNS_PORT,
+  DEFAULTS,
+  LOOPBACK,
+  PASSTHROUGH_SOURCE,
+  type BuiltinChain,
+  type ChainName,
+  type Family,
+  type Table,
+} from './constants';
+import type { RedirectConfig } from './config';
+
+export type Match =
+  | { kind: 'protocol'; protocol: 'tcp' | 'udp' }
+  | { kind: 'dport' | 'sport'; ports: number[]; negate?: boolean }
+  | { kind: 'daddr' | 'saddr'; cidrs: string[]; negate?: boolean }
+  | { kind: 'iifname' | 'oifname'; names: string[] }
+  | { kind: 'uid' | 'gid'; id: number; negate?: boolean }
+  | { kind: 'mark'; mark: number; negate?: boolean }
+  | { kind: 'connmark'; mark: number }
+  | { kind: 'ctstate'; states: string[] };
+
+export type Target =
+  | { kind: 'return' }
+  | { kind: 'accept' }
+  | { kind: 'jump'; chain: ChainName }
+  /** `iptablesFlag`: Istio spells the UDP DNS redirect `--to-port`; kept so our text diffs clean against theirs. */
+  | { kind: 'redirect'; port: number; iptablesFlag?: '--to-port' }
+  | { kind: 'tproxy'; port: number; mark: number }
+  | { kind: 'setMark'; mark: number }
+  | { kind: 'saveMark' }
+  | { kind: 'restoreMark' }
+  | { kind: 'ctZone'; zone: number };
+
+export interface Rule {
+  table: Table;
+  chain: ChainName | BuiltinChain;
+  matches: Match[];
+  target: Target;
+  /** Insert at this 1-based position instead of appending (Istio's `-I CHAIN N`). */
+  insertAt?: number;
+  /** Why the rule exists, in a few words: shown by `plan`/`show`, never part of the rule itself. */
+  purpose: string;
+}
+
+/** Netlink state the rules depend on: TPROXY policy routing and the IPv6 passthrough address. */
+export type LinkSetup =
+  | { kind: 'address'; family: Family; dev: string; cidr: string }
+  | { kind: 'rule'; family: Family; fwmark: number; table: number }
+  | { kind: 'route'; family: Family; type: 'local'; dst: 'default'; dev: string; table: number };
+
+export interface FamilyPlan {
+  family: Family;
+  rules: Rule[];
+  links: LinkSetup[];
+}
+
+export interface Plan {
+  config: RedirectConfig;
+  ipv4: FamilyPlan;
+  ipv6: FamilyPlan;
+}
+
+const tcp: Match = { kind: 'protocol', protocol: 'tcp' };
+const udp: Match = { kind: 'protocol', protocol: 'udp' };
+const toReturn: Target = { kind: 'return' };
+const jump = (chain: ChainName): Target => ({ kind: 'jump', chain });
+
+/** Collects rules in emission order. */
+class RuleList {
+  readonly rules: Rule[] = [];
+  constructor(readonly family: Family) {}
+
+  add(table: Table, chain: Rule['chain'], matches: Match[], target: Target, purpose: string): void {
+    this.rules.push({ table, chain, matches, target, purpose });
+  }
+
+  insert(table: Table, chain: Rule['chain'], position: number, matches: Match[], target: Target, purpose: string): void {
+    this.rules.push({ table, chain, matches, target, purpose, insertAt: position });
+  }
+}
+
+function cidrsOf(cfg: RedirectConfig['includeOutboundIPRanges'], family: Family): string[] {
+  return family === 'ipv4' ? cfg.ipv4 : cfg.ipv6;
+}
+
+/** excludeInterfaces: traffic in or out of these interfaces is never captured. */
+function excludeInterfaces(r: RuleList, cfg: RedirectConfig): void {
+  if (cfg.excludeInterfaces.length === 0) return;
+  const names = cfg.excludeInterfaces;
+  // Istio alternates the PREROUTING and OUTPUT rule per interface; the effective chains are the same.
+  for (const name of names) {
+    r.add('nat', 'PREROUTING', [{ kind: 'iifname', names: [name] }], toReturn, 'exclude-interface');
+    r.add('nat', 'OUTPUT', [{ kind: 'oifname', names: [name] }], toReturn, 'exclude-interface');
+  }
+  if (cfg.mode === 'TPROXY') {
+    for (const name of names) {
+      r.add('mangle', 'PREROUTING', [{ kind: 'iifname', names: [name] }], toReturn, 'exclude-interface');
+      r.add('mangle', 'OUTPUT', [{ kind: 'oifname', names: [name] }], toReturn, 'exclude-interface');
+    }
+  }
+}
+
+/** kubevirtInterfaces: traffic entering from a VM's interface is not treated as inbound. */
+function kubevirtShortCircuit(r: RuleList, cfg: RedirectConfig): void {
+  for (const name of cfg.kubevirtInterfaces) {
+    r.insert('nat', 'PREROUTING', 1, [{ kind: 'iifname', names: [name] }], toReturn, 'kubevirt-not-inbound');
+  }
+}
+
+/** The target chains: the tunnel port bypass and the two REDIRECT chains. */
+function redirectChains(r: RuleList, cfg: RedirectConfig): void {
+  r.add('nat', CHAINS.inbound, [tcp, { kind: 'dport', ports: [cfg.inboundTunnelPort] }], toReturn, 'tunnel-port-not-captured');
+  r.add('nat', CHAINS.redirect, [tcp], { kind: 'redirect', port: cfg.proxyPort }, 'outbound-to-proxy');
+  r.add('nat', CHAINS.inRedirect, [tcp], { kind: 'redirect', port: cfg.inboundCapturePort }, 'inbound-to-proxy');
+}
+
+function inbound(r: RuleList, cfg: RedirectConfig): void {
+  const include = cfg.includeInboundPorts;
+  if (include !== '*' && include.length === 0) return;
+  const tproxy = cfg.mode === 'TPROXY';
+  const table: Table = tproxy ? 'mangle' : 'nat';
+  if (tproxy) {
+    r.add('mangle', CHAINS.divert, [], { kind: 'setMark', mark: cfg.tproxyMark }, 'tproxy-mark-diverted');
+    r.add('mangle', CHAINS.divert, [], { kind: 'accept' }, 'tproxy-accept-diverted');
+    r.add('mangle', CHAINS.tproxy, [{ kind: 'daddr', cidrs: [LOOPBACK[r.family]], negate: true }, tcp], { kind: 'tproxy', port: cfg.inboundCapturePort, mark: cfg.tproxyMark }, 'inbound-to-proxy');
+  }
+  r.add(table, 'PREROUTING', [tcp], jump(CHAINS.inbound), 'jump-inbound');
+  if (include === '*') {
+    const excluded = cfg.excludeInboundPorts;
+    if (excluded.length > 0) r.add(table, CHAINS.inbound, [tcp, { kind: 'dport', ports: excluded }], toReturn, 'exclude-inbound-ports');
+    if (tproxy) {
+      r.add('mangle', CHAINS.inbound, [tcp, { kind: 'ctstate', states: ['RELATED', 'ESTABLISHED'] }], jump(CHAINS.divert), 'tproxy-established');
+      r.add('mangle', CHAINS.inbound, [tcp], jump(CHAINS.tproxy), 'capture-inbound');
+    } else {
+      r.add('nat', CHAINS.inbound, [tcp], jump(CHAINS.inRedirect), 'capture-inbound');
+    }
+    return;
+  }
+  for (const port of include) {
+    const dport: Match = { kind: 'dport', ports: [port] };
+    if (tproxy) {
+      r.add('mangle', CHAINS.inbound, [tcp, dport, { kind: 'ctstate', states: ['RELATED', 'ESTABLISHED'] }], jump(CHAINS.divert), 'tproxy-established');
+      r.add('mangle', CHAINS.inbound, [tcp, dport], jump(CHAINS.tproxy), 'capture-inbound-port');
+    }
+  }
+  if (!tproxy) r.add('nat', CHAINS.inbound, [tcp, { kind: 'dport', ports: include }], jump(CHAINS.inRedirect), 'capture-inbound-port');
+}
+
+/** The proxy's own traffic and loopback: what must not loop back into the proxy, and what must. */
+function proxyOwnTraffic(r: RuleList, cfg: RedirectConfig): void {
+  const loopback = LOOPBACK[r.family];
+  const keepLoopbackReturn = !cfg.includeOutboundIPRanges.hasLoopback;
+  const dns = cfg.dnsCapture;
+  r.add('nat', CHAINS.output, [{ kind: 'oifname', names: ['lo'] }, { kind: 'saddr', cidrs: [PASSTHROUGH_SOURCE[r.family]] }], toReturn, 'inbound-passthrough-not-captured');
+  for (const owner of ['uid', 'gid'] as const) {
+    const id = owner === 'uid' ? cfg.proxyUid : cfg.proxyGid;
+    // Istio skips port 53 here only in the uid rule (with multiport); the gid rule keeps the tunnel port alone.
+    const notPorts = dns && owner === 'uid' ? [DNS_PORT, cfg.inboundTunnelPort] : [cfg.inboundTunnelPort];
+    r.add(
+      'nat',
+      CHAINS.output,
+      [{ kind: 'oifname', names: ['lo'] }, { kind: 'daddr', cidrs: [loopback], negate: true }, tcp, { kind: 'dport', ports: notPorts, negate: true }, { kind: owner, id }],
+      jump(CHAINS.inRedirect),
+      'proxy-to-own-pod-via-vip-is-inbound',
+    );
+    if (keepLoopbackReturn) {
+      const matches: Match[] = dns
+        ? [{ kind: 'oifname', names: ['lo'] }, tcp, { kind: 'dport', ports: [DNS_PORT], negate: true }, { kind: owner, id, negate: true }]
+        : [{ kind: 'oifname', names: ['lo'] }, { kind: owner, id, negate: true }];
+      r.add('nat', CHAINS.output, matches, toReturn, 'app-to-itself-not-captured');
+    }
+    r.add('nat', CHAINS.output, [{ kind: owner, id }], toReturn, 'proxy-traffic-not-captured');
+  }
+}
+
+function outbound(r: RuleList, cfg: RedirectConfig): void {
+  r.add('nat', 'OUTPUT', [tcp], jump(CHAINS.output), 'jump-outbound');
+  if (cfg.excludeOutboundPorts.length > 0) {
+    r.add('nat', CHAINS.output, [tcp, { kind: 'dport', ports: cfg.excludeOutboundPorts }], toReturn, 'exclude-outbound-ports');
+  }
+  proxyOwnTraffic(r, cfg);
+  if (cfg.dnsCapture) {
+    r.add('nat', CHAINS.output, [tcp, { kind: 'dport', ports: [DNS_PORT] }], { kind: 'redirect', port: DEFAULTS.dnsListenerPort }, 'dns-tcp-to-agent');
+  }
+  r.add('nat', CHAINS.output, [{ kind: 'daddr', cidrs: [LOOPBACK[r.family]] }], toReturn, 'localhost-not-captured');
+  const excluded = cidrsOf(cfg.excludeOutboundIPRanges, r.family);
+  if (excluded.length > 0) r.add('nat', CHAINS.output, [{ kind: 'daddr', cidrs: excluded }], toReturn, 'exclude-outbound-ranges');
+  if (cfg.includeOutboundPorts.length > 0) {
+    r.add('nat', CHAINS.output, [tcp, { kind: 'dport', ports: cfg.includeOutboundPorts }], jump(CHAINS.redirect), 'capture-outbound-ports');
+  }
+  const include = cfg.includeOutboundIPRanges;
+  const kubevirt: Match[] = cfg.kubevirtInterfaces.length > 0 ? [{ kind: 'iifname', names: cfg.kubevirtInterfaces }] : [];
+  if (include.all) {
+    r.add('nat', CHAINS.output, [], jump(CHAINS.redirect), 'capture-outbound');
+    if (kubevirt.length > 0) r.insert('nat', 'PREROUTING', 1, kubevirt, jump(CHAINS.redirect), 'kubevirt-outbound');
+  } else {
+    const cidrs = cidrsOf(include, r.family);
+    if (cidrs.length === 0) return;
+    if (kubevirt.length > 0) r.insert('nat', 'PREROUTING', 1, [...kubevirt, { kind: 'daddr', cidrs }], jump(CHAINS.redirect), 'kubevirt-outbound');
+    r.add('nat', CHAINS.output, [{ kind: 'daddr', cidrs }], jump(CHAINS.redirect), 'capture-outbound-ranges');
+  }
+}
+
+/** DNS capture (ISTIO_META_DNS_CAPTURE): UDP 53 to the agent, and conntrack zones that keep flows apart. */
+function dnsUdp(r: RuleList, cfg: RedirectConfig): void {
+  if (!cfg.dnsCapture) return;
+  const dport53: Match = { kind: 'dport', ports: [DNS_PORT] };
+  r.add('nat', 'OUTPUT', [udp], jump(CHAINS.output), 'jump-outbound-udp');
+  r.add('raw', 'OUTPUT', [udp], jump(CHAINS.output), 'jump-outbound-udp');
+  for (const owner of ['uid', 'gid'] as const) {
+    const id = owner === 'uid' ? cfg.proxyUid : cfg.proxyGid;
+    r.add('nat', CHAINS.output, [udp, dport53, { kind: owner, id }], toReturn, 'proxy-dns-not-captured');
+  }
+  r.add('nat', CHAINS.output, [udp, dport53], { kind: 'redirect', port: DEFAULTS.dnsListenerPort, iptablesFlag: '--to-port' }, 'dns-udp-to-agent');
+  for (const owner of ['uid', 'gid'] as const) {
+    const id = owner === 'uid' ? cfg.proxyUid : cfg.proxyGid;
+    r.add('raw', CHAINS.output, [udp, dport53, { kind: owner, id }], { kind: 'ctZone', zone: 1 }, 'dns-proxy-to-upstream-zone');
+    r.add('raw', CHAINS.output, [udp, { kind: 'sport', ports: [DEFAULTS.dnsListenerPort] }, { kind: owner, id }], { kind: 'ctZone', zone: 2 }, 'dns-proxy-to-app-zone');
+  }
+  r.add('raw', CHAINS.output, [udp, dport53], { kind: 'ctZone', zone: 2 }, 'dns-app-to-proxy-zone');
+  r.add('raw', 'PREROUTING', [udp, { kind: 'sport', ports: [DNS_PORT] }], { kind: 'ctZone', zone: 1 }, 'dns-upstream-reply-zone');
+}
+
+/** TPROXY: marks that keep the proxy's own connections and replies out of the inbound divert. */
+function tproxyMarks(r: RuleList, cfg: RedirectConfig): void {
+  if (cfg.mode !== 'TPROXY') return;
+  const mark = cfg.tproxyMark;
+  const lo: Match = { kind: 'oifname', names: ['lo'] };
+  r.add('mangle', 'PREROUTING', [tcp, { kind: 'mark', mark }], { kind: 'saveMark' }, 'tproxy-save-mark');
+  r.add('mangle', 'OUTPUT', [tcp, lo, { kind: 'mark', mark }], toReturn, 'tproxy-marked-not-remarked');
+  for (const owner of ['uid', 'gid'] as const) {
+    const id = owner === 'uid' ? cfg.proxyUid : cfg.proxyGid;
+    r.add('mangle', 'OUTPUT', [{ kind: 'daddr', cidrs: [LOOPBACK[r.family]], negate: true }, tcp, lo, { kind: owner, id }], { kind: 'setMark', mark: DEFAULTS.outboundMark }, 'tproxy-proxy-to-app-mark');
+  }
+  r.add('mangle', 'OUTPUT', [tcp, { kind: 'connmark', mark }], { kind: 'restoreMark' }, 'tproxy-restore-mark');
+  r.insert('mangle', CHAINS.inbound, 1, [tcp, { kind: 'mark', mark }], toReturn, 'tproxy-no-loop');
+  r.insert('mangle', CHAINS.inbound, 2, [tcp, { kind: 'saddr', cidrs: [PASSTHROUGH_SOURCE[r.family]] }, { kind: 'iifname', names: ['lo'] }], toReturn, 'inbound-passthrough-not-captured');
+  r.insert('mangle', CHAINS.inbound, 3, [tcp, { kind: 'iifname', names: ['lo'] }, { kind: 'mark', mark: DEFAULTS.outboundMark, negate: true }], toReturn, 'app-to-itself-not-captured');
+}
+
+function links(cfg: RedirectConfig, family: Family): LinkSetup[] {
+  const out: LinkSetup[] = [];
+  // IPv6 lo only holds ::1/128, so the proxy needs ::6 added to bind its passthrough source.
+  if (family === 'ipv6' && cfg.mode !== 'NONE') out.push({ kind: 'address', family, dev: 'lo', cidr: '::6/128' });
+  if (cfg.mode === 'TPROXY') {
+    out.push({ kind: 'rule', family, fwmark: cfg.tproxyMark, table: cfg.tproxyRouteTable });
+    out.push({ kind: 'route', family, type: 'local', dst: 'default', dev: 'lo', table: cfg.tproxyRouteTable });
+  }
+  return out;
+}
+
+export function planFamily(cfg: RedirectConfig, family: Family): FamilyPlan {
+  const r = new RuleList(family);
+  if (cfg.mode === 'NONE') return { family, rules: [], links: [] };
+  excludeInterfaces(r, cfg);
+  kubevirtShortCircuit(r, cfg);
+  redirectChains(r, cfg);
+  inbound(r, cfg);
+  outbound(r, cfg);
+  dnsUdp(r, cfg);
+  tproxyMarks(r, cfg);
+  return { family, rules: r.rules, links: links(cfg, family) };
+}
+
+export function buildPlan(cfg: RedirectConfig): Plan {
+  return { config: cfg, ipv4: planFamily(cfg, 'ipv4'), ipv6: planFamily(cfg, 'ipv6') };
+}
+
+/** The chains each table of a family plan uses, in order of first appearance (as Istio declares them). */
+export function chainsByTable(rules: readonly Rule[]): Map<Table, ChainName[]> {
+  const out = new Map<Table, ChainName[]>();
+  const note = (table: Table, chain: string) => {
+    if (!(Object.values(CHAINS) as string[]).includes(chain)) return;
+    const list = out.get(table) ?? [];
+    if (!list.includes(chain as ChainName)) list.push(chain as ChainName);
+    out.set(table, list);
+  };
+  for (const rule of rules) note(rule.table, rule.chain);
+  for (const rule of rules) if (rule.target.kind === 'jump') note(rule.table, rule.target.chain);
+  return out;
+}
+
+/** Each chain's rules in their final order, after every `insertAt` took effect. */
+export function effectiveChains(rules: readonly Rule[]): Map<string, Rule[]> {
+  const out = new Map<string, Rule[]>();
+  for (const rule of rules) {
+    const key = `${rule.table}/${rule.chain}`;
+    const list = out.get(key) ?? [];
+    if (rule.insertAt === undefined) list.push(rule);
+    else list.splice(rule.insertAt - 1, 0, rule);
+    out.set(key, list);
+  }
+  return out;
+}

@@ -1,0 +1,127 @@
+/**
+ * Plan → `iptables-restore` input, line for line what Istio 1.24 writes for the same pod: tables in
+ * alphabetical order, `-N` for each of our chains in order of first use, then the rules in plan order.
+ * A list match (ports, CIDRs, interfaces) becomes one line per element, as Istio writes it; a negated port
+ * list becomes one `multiport` match.
+ */
+import { chainsByTable, type Match, type Rule, type Target } from '../plan';
+import type { Table } from '../constants';
+
+/** One rule as iptables sees it: a single line in one chain, no lists left. */
+export interface IptablesLine {
+  table: Table;
+  chain: string;
+  insertAt?: number;
+  /** The rule's arguments after `-A CHAIN` / `-I CHAIN N`. */
+  spec: string;
+  rule: Rule;
+}
+
+function renderMatch(m: Match): string {
+  switch (m.kind) {
+    case 'protocol':
+      return `-p ${m.protocol}`;
+    case 'dport':
+    case 'sport': {
+      const not = m.negate ? '! ' : '';
+      if (m.ports.length === 1) return `${not}--${m.kind} ${m.ports[0]}`;
+      return `-m multiport ${not}--${m.kind}s ${m.ports.join(',')}`;
+    }
+    case 'daddr':
+    case 'saddr':
+      return `${m.negate ? '! ' : ''}-${m.kind === 'daddr' ? 'd' : 's'} ${m.cidrs[0]}`;
+    case 'iifname':
+    case 'oifname':
+      return `-${m.kind === 'iifname' ? 'i' : 'o'} ${m.names[0]}`;
+    case 'uid':
+    case 'gid':
+      return `-m owner ${m.negate ? '! ' : ''}--${m.kind}-owner ${m.id}`;
+    case 'mark':
+      return `-m mark ${m.negate ? '! ' : ''}--mark ${m.mark}`;
+    case 'connmark':
+      return `-m connmark --mark ${m.mark}`;
+    case 'ctstate':
+      return `-m conntrack --ctstate ${m.states.join(',')}`;
+  }
+}
+
+function renderTarget(t: Target): string {
+  switch (t.kind) {
+    case 'return':
+      return '-j RETURN';
+    case 'accept':
+      return '-j ACCEPT';
+    case 'jump':
+      return `-j ${t.chain}`;
+    case 'redirect':
+      return `-j REDIRECT ${t.iptablesFlag ?? '--to-ports'} ${t.port}`;
+    case 'tproxy':
+      return `-j TPROXY --tproxy-mark ${t.mark}/0xffffffff --on-port ${t.port}`;
+    case 'setMark':
+      return `-j MARK --set-mark ${t.mark}`;
+    case 'saveMark':
+      return '-j CONNMARK --save-mark';
+    case 'restoreMark':
+      return '-j CONNMARK --restore-mark';
+    case 'ctZone':
+      return `-j CT --zone ${t.zone}`;
+  }
+}
+
+/** Splits a rule with list matches into single-element rules (first list outermost), as Istio's loops do. */
+function fanOut(matches: Match[]): Match[][] {
+  let out: Match[][] = [[]];
+  for (const m of matches) {
+    let variants: Match[];
+    if ((m.kind === 'dport' || m.kind === 'sport') && !m.negate) variants = m.ports.map((p) => ({ ...m, ports: [p] }));
+    else if (m.kind === 'daddr' || m.kind === 'saddr') variants = m.cidrs.map((c) => ({ ...m, cidrs: [c] }));
+    else if (m.kind === 'iifname' || m.kind === 'oifname') variants = m.names.map((n) => ({ ...m, names: [n] }));
+    else variants = [m];
+    out = out.flatMap((prefix) => variants.map((v) => [...prefix, v]));
+  }
+  return out;
+}
+
+export function toIptablesLines(rules: readonly Rule[]): IptablesLine[] {
+  return rules.flatMap((rule) =>
+    fanOut(rule.matches).map((matches) => ({
+      table: rule.table,
+      chain: rule.chain,
+      insertAt: rule.insertAt,
+      spec: [...matches.map(renderMatch), renderTarget(rule.target)].join(' '),
+      rule,
+    })),
+  );
+}
+
+export function lineText(line: IptablesLine): string {
+  return line.insertAt === undefined ? `-A ${line.chain} ${line.spec}` : `-I ${line.chain} ${line.insertAt} ${line.spec}`;
+}
+
+export interface RestoreOptions {
+  /**
+   * For applying rather than showing: declare our chains with `:CHAIN - [0:0]` (creates, or empties one
+   * that exists, inside the same transaction) instead of `-N`, and put these lines (deletions of rules
+   * left from an earlier apply) before the new rules, so re-applying replaces atomically.
+   */
+  replace?: { before: Map<Table, string[]> };
+}
+
+/** The restore text for one family's rules. Empty when there are no rules. */
+export function renderRestore(rules: readonly Rule[], options: RestoreOptions = {}): string {
+  const lines = toIptablesLines(rules);
+  const chains = chainsByTable(rules);
+  const tables = [...new Set<Table>([...lines.map((l) => l.table), ...(options.replace?.before.keys() ?? [])])].sort();
+  let out = '';
+  for (const table of tables) {
+    const tableLines = lines.filter((l) => l.table === table);
+    const before = options.replace?.before.get(table) ?? [];
+    if (tableLines.length === 0 && before.length === 0) continue;
+    out += `* ${table}\n`;
+    for (const chain of chains.get(table) ?? []) out += options.replace ? `:${chain} - [0:0]\n` : `-N ${chain}\n`;
+    for (const line of before) out += `${line}\n`;
+    for (const line of tableLines) out += `${lineText(line)}\n`;
+    out += 'COMMIT\n';
+  }
+  return out;
+}

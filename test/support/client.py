@@ -1,0 +1,40 @@
+"""Test client: one TCP connection (or one UDP datagram) and the listener's JSON answer on stdout.
+
+Usage: client.py HOST PORT [tcp|udp] [TIMEOUT_SECONDS]
+Prints the listener's report, or {"error": "..."} when nothing answered (refused, timed out, unreachable).
+"""
+import json
+import socket
+import sys
+
+
+def main():
+    host, port = sys.argv[1], int(sys.argv[2])
+    proto = sys.argv[3] if len(sys.argv) > 3 else "tcp"
+    timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 2.0
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        if proto == "tcp":
+            s = socket.create_connection((host, port), timeout=timeout)
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+        else:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.settimeout(timeout)
+            s.sendto(b"query", (host, port))
+            data, _ = s.recvfrom(4096)
+        if not data:
+            print(json.dumps({"error": "connection closed without an answer"}))
+        else:
+            sys.stdout.write(data.decode())
+    except OSError as err:
+        print(json.dumps({"error": "%s: %s" % (type(err).__name__, err)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+/**
+ * Real traffic for kernel tests: listeners that report which port accepted a connection and its original
+ * destination, and a client that can run as the proxy's uid. Both run inside the test's namespaces only.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { ExecutionContext } from 'ava';
+
+// Debian's interpreter, readable by the unprivileged proxy uid (a per-user Python under /root is not).
+const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+const SUPPORT_DIR = path.resolve(__dirname, '../../../test/support');
+const CLIENT_SOURCE = fs.readFileSync(path.join(SUPPORT_DIR, 'client.py'), 'utf8');
+
+export interface Landing {
+  listener?: string;
+  port?: number;
+  proto?: string;
+  orig?: string;
+  peer?: string;
+  error?: string;
+}
+
+export interface Listener {
+  name: string;
+  stop(): void;
+}
+
+/** Starts listeners on `ports` ("15001", "15053/udp") in `netns`; stopped when the test ends. */
+export async function listen(t: ExecutionContext, netns: string, name: string, ports: string[]): Promise<Listener> {
+  const child: ChildProcess = spawn('ip', ['netns', 'exec', netns, PYTHON, path.join(SUPPORT_DIR, 'listener.py'), name, ...ports], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const stop = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  };
+  t.teardown(stop);
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => reject(new Error(`listener ${name} did not start: ${err}`)), 5000);
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('ready')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`listener ${name} exited (${code}): ${err}`));
+    });
+  });
+  child.removeAllListeners('exit');
+  return { name, stop };
+}
+
+export interface ConnectOptions {
+  /** Run the client as this uid and gid (the proxy's 1337 to test the bypass). */
+  uid?: number;
+  gid?: number;
+  proto?: 'tcp' | 'udp';
+  timeoutSeconds?: number;
+}
+
+/** One connection from inside `netns` to host:port; resolves with where it landed or the error. */
+export function connect(netns: string, host: string, port: number, options: ConnectOptions = {}): Landing {
+  const asUser =
+    options.uid === undefined
+      ? []
+      : ['setpriv', `--reuid=${options.uid}`, `--regid=${options.gid ?? options.uid}`, '--clear-groups'];
+  const args = ['netns', 'exec', netns, ...asUser, PYTHON, '-c', CLIENT_SOURCE, host, String(port), options.proto ?? 'tcp', String(options.timeoutSeconds ?? 1.5)];
+  const r = spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 });
+  const line = (r.stdout ?? '').trim().split('\n').pop() ?? '';
+  try {
+    return JSON.parse(line) as Landing;
+  } catch {
+    return { error: `client failed (${r.status}): ${r.stderr}` };
+  }
+}
