@@ -175,6 +175,21 @@ export function redirectConfigFromAnnotations(annotations: Record<string, string
   };
 }
 
+/**
+ * A config that uses every feature that writes outside our own chains (TPROXY marks and routes, DNS zones,
+ * interface exclusions): what `remove` and `show` derive the shapes of our rules from, whatever config wrote them.
+ */
+export function widestConfig(): RedirectConfig {
+  return redirectConfigFromAnnotations(
+    {
+      [ANNOTATIONS.interceptionMode]: 'TPROXY',
+      [ANNOTATIONS.excludeInterfaces]: 'any0',
+      [ANNOTATIONS.kubevirtInterfaces]: 'any1',
+    },
+    { dnsCapture: true },
+  );
+}
+
 /** Parses `KEY=VALUE` pairs (CLI `--annotation`) into a map; the value may itself contain `=`. */
 export function parseAnnotationArgs(pairs: readonly string[]): Record<string, string> {
   const out: Record<string, string> = {};

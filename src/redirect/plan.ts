@@ -292,8 +292,8 @@ export function chainsByTable(rules: readonly Rule[]): Map<Table, ChainName[]> {
 }
 
 /** Each chain's rules in their final order, after every `insertAt` took effect. */
-export function effectiveChains(rules: readonly Rule[]): Map<string, Rule[]> {
-  const out = new Map<string, Rule[]>();
+export function effectiveChains<T extends { table: string; chain: string; insertAt?: number }>(rules: readonly T[]): Map<string, T[]> {
+  const out = new Map<string, T[]>();
   for (const rule of rules) {
     const key = `${rule.table}/${rule.chain}`;
     const list = out.get(key) ?? [];

@@ -1,0 +1,32 @@
+/** `mesh-cni show`: the rules of ours a netns actually holds. */
+import type { Argv } from 'yargs';
+import { showRedirect, type BackendName } from '../../redirect/engine';
+import { backendOption, netnsOption } from '../options';
+import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
+
+export const command = 'show';
+export const describe = 'print the mesh-cni rules present in a network namespace';
+
+export function builder(y: Argv) {
+  return y.options({ ...netnsOption, ...backendOption, ...outputOption }).example('$0 show --netns /var/run/netns/pod1', 'what is programmed there');
+}
+
+export async function handler(args: { netns: string; backend: BackendName; output: OutputFormat }): Promise<void> {
+  await runCommand(args.output, async () => {
+    const shown = await showRedirect({ netns: args.netns, backend: args.backend });
+    if (args.output === 'json') {
+      printJson({ netns: args.netns, backend: shown.backend, rules: shown.rules.map(({ family, table, chain, text, packets }) => ({ family, table, chain, rule: text, packets })) });
+      return;
+    }
+    if (shown.rules.length === 0) {
+      process.stdout.write(`no mesh-cni rules in ${args.netns}\n`);
+      return;
+    }
+    let heading = '';
+    for (const r of shown.rules) {
+      const h = `${r.family} ${r.table}`;
+      if (h !== heading) process.stdout.write(`${heading ? '\n' : ''}# ${(heading = h)}\n`);
+      process.stdout.write(`-A ${r.chain} ${r.text}\n`);
+    }
+  });
+}

@@ -1,0 +1,40 @@
+/** Options several commands share: how a pod's config is given, which backend, which netns. */
+import type { Options } from 'yargs';
+import { parseAnnotationArgs, redirectConfigFromAnnotations, type RedirectConfig } from '../redirect/config';
+import { BACKEND_NAMES, type BackendName } from '../redirect/engine';
+
+export const configOptions = {
+  annotation: {
+    alias: 'a',
+    type: 'string',
+    array: true,
+    default: [] as string[],
+    describe: 'a pod annotation KEY=VALUE (repeatable), e.g. traffic.sidecar.istio.io/excludeOutboundPorts=5432',
+  },
+  'proxy-uid': { type: 'number', describe: "the proxy's uid (default 1337)" },
+  'proxy-gid': { type: 'number', describe: "the proxy's gid (default 1337)" },
+  'dns-capture': { type: 'boolean', default: false, describe: "capture DNS to the agent on 15053 (Istio's ISTIO_META_DNS_CAPTURE)" },
+} satisfies Record<string, Options>;
+
+export const backendOption = {
+  backend: { choices: BACKEND_NAMES, default: 'auto' as BackendName, describe: 'how rules are programmed' },
+} satisfies Record<string, Options>;
+
+export const netnsOption = {
+  netns: { type: 'string', demandOption: true, describe: 'the pod network namespace, e.g. /var/run/netns/NAME or /proc/PID/ns/net' },
+} satisfies Record<string, Options>;
+
+export interface ConfigArgs {
+  annotation: string[];
+  'proxy-uid'?: number;
+  'proxy-gid'?: number;
+  'dns-capture': boolean;
+}
+
+export function configFromArgs(args: ConfigArgs): RedirectConfig {
+  return redirectConfigFromAnnotations(parseAnnotationArgs(args.annotation), {
+    proxyUid: args['proxy-uid'],
+    proxyGid: args['proxy-gid'],
+    dnsCapture: args['dns-capture'],
+  });
+}

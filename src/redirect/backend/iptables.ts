@@ -1,0 +1,132 @@
+/**
+ * The iptables backend: one `iptables-restore --noflush` transaction per IP family, read back with
+ * `iptables-save`, for either the nf_tables or the legacy flavour of the binaries.
+ */
+import { CommandFailedError } from '../../errors';
+import { run, type RunResult } from '../../netns';
+import { BUILTIN_CHAINS, OUR_CHAINS, type Family, type Table } from '../constants';
+import { widestConfig } from '../config';
+import { effectiveChains, planFamily, type Rule } from '../plan';
+import { renderRestore, toIptablesLines } from '../render/iptables';
+import { isOurs, parseSave, shapeKey, signature, targetOf, type SavedRule, type SavedState } from '../iptables-save';
+import type { Backend, ObservedRule } from './types';
+
+export type IptablesFlavour = 'default' | 'nft' | 'legacy';
+
+const TABLES: Table[] = ['mangle', 'nat', 'raw'];
+
+function binary(family: Family, flavour: IptablesFlavour, tool: 'restore' | 'save'): string {
+  const base = family === 'ipv4' ? 'iptables' : 'ip6tables';
+  return flavour === 'default' ? `${base}-${tool}` : `${base}-${flavour}-${tool}`;
+}
+
+/**
+ * The built-in-chain rules any config of ours can write (TPROXY marks, DNS conntrack zones, interface
+ * exclusions), by shape: how `remove` and `show` recognise them without knowing the config that wrote them.
+ */
+function ownedShapesFor(family: Family): Set<string> {
+  const lines = toIptablesLines(planFamily(widestConfig(), family).rules);
+  return new Set(lines.filter((l) => (BUILTIN_CHAINS as readonly string[]).includes(l.chain)).map((l) => shapeKey(l.table, l.chain, l.spec)));
+}
+
+const ownedShapes: Record<Family, Set<string> | undefined> = { ipv4: undefined, ipv6: undefined };
+function shapes(family: Family): Set<string> {
+  return (ownedShapes[family] ??= ownedShapesFor(family));
+}
+
+export class IptablesBackend implements Backend {
+  readonly name: string;
+
+  constructor(readonly flavour: IptablesFlavour = 'default') {
+    this.name = flavour === 'default' ? 'iptables' : `iptables-${flavour}`;
+  }
+
+  private async exec(netns: string, family: Family, tool: 'restore' | 'save', args: string[], input?: string): Promise<RunResult> {
+    const program = binary(family, this.flavour, tool);
+    const result = await run(netns, program, args, { input, timeoutMs: 30_000, packageHint: 'iptables' });
+    if (result.code !== 0) throw new CommandFailedError(program, result.code, result.stderr, 'the rules were not applied');
+    return result;
+  }
+
+  private async save(netns: string, family: Family): Promise<SavedState> {
+    const states = await Promise.all(TABLES.map((t) => this.exec(netns, family, 'save', ['-t', t])));
+    const merged: SavedState = { chains: new Map(), rules: [] };
+    for (const s of states.map((r) => parseSave(r.stdout))) {
+      for (const [table, chains] of s.chains) merged.chains.set(table, chains);
+      merged.rules.push(...s.rules);
+    }
+    return merged;
+  }
+
+  private ours(state: SavedState, family: Family): SavedRule[] {
+    return state.rules.filter((r) => isOurs(r, shapes(family)));
+  }
+
+  /**
+   * Lines that take out what an earlier apply left, so a re-apply replaces instead of duplicating: first
+   * the jumps and built-in-chain rules of ours, then every stale chain emptied, then deleted (a chain can
+   * only go once nothing refers to it).
+   */
+  private replaceLines(state: SavedState, family: Family, keepChains: Map<Table, string[]>): Map<Table, string[]> {
+    const before = new Map<Table, string[]>();
+    const push = (table: Table, line: string) => before.set(table, [...(before.get(table) ?? []), line]);
+    for (const rule of this.ours(state, family)) {
+      if (!OUR_CHAINS.includes(rule.chain)) push(rule.table, `-D ${rule.chain} ${rule.spec}`);
+    }
+    const stale = [...state.chains].flatMap(([table, chains]) =>
+      [...chains].filter((c) => OUR_CHAINS.includes(c) && !keepChains.get(table)?.includes(c)).map((chain) => ({ table, chain })),
+    );
+    for (const { table, chain } of stale) push(table, `-F ${chain}`);
+    for (const { table, chain } of stale) push(table, `-X ${chain}`);
+    return before;
+  }
+
+  async apply(netns: string, family: Family, rules: readonly Rule[]): Promise<void> {
+    if (rules.length === 0) return;
+    // Fast path for a fresh sandbox: Istio's own text, whose `-N` fails (changing nothing) if our chains exist.
+    const fresh = await run(netns, binary(family, this.flavour, 'restore'), ['--noflush'], {
+      input: renderRestore(rules),
+      timeoutMs: 30_000,
+      packageHint: 'iptables',
+    });
+    if (fresh.code === 0) return;
+    const state = await this.save(netns, family);
+    const anyOurs = this.ours(state, family).length > 0 || [...state.chains.values()].some((c) => [...c].some((n) => OUR_CHAINS.includes(n)));
+    if (!anyOurs) {
+      throw new CommandFailedError(binary(family, this.flavour, 'restore'), fresh.code, fresh.stderr, 'the rules were not applied');
+    }
+    const keep = new Map<Table, string[]>();
+    for (const r of rules) {
+      for (const c of [r.chain, r.target.kind === 'jump' ? r.target.chain : undefined]) {
+        if (c && OUR_CHAINS.includes(c)) keep.set(r.table, [...new Set([...(keep.get(r.table) ?? []), c])]);
+      }
+    }
+    await this.exec(netns, family, 'restore', ['--noflush'], renderRestore(rules, { replace: { before: this.replaceLines(state, family, keep) } }));
+  }
+
+  async remove(netns: string, family: Family): Promise<number> {
+    const state = await this.save(netns, family);
+    const ours = this.ours(state, family);
+    const before = this.replaceLines(state, family, new Map());
+    if (before.size === 0) return 0;
+    let text = '';
+    for (const [table, lines] of [...before].sort(([a], [b]) => a.localeCompare(b))) text += `*${table}\n${lines.join('\n')}\nCOMMIT\n`;
+    await this.exec(netns, family, 'restore', ['--noflush'], text);
+    return ours.length;
+  }
+
+  async observe(netns: string, family: Family): Promise<ObservedRule[]> {
+    const state = await this.save(netns, family);
+    return this.ours(state, family).map((r) => ({ family, table: r.table, chain: r.chain, text: r.spec, signature: signature(r.spec), target: targetOf(r.spec) }));
+  }
+
+  /** The rules the kernel should hold for `rules`, per chain in final order, as canonical signatures. */
+  expected(family: Family, rules: readonly Rule[]): ObservedRule[] {
+    const lines = toIptablesLines(rules);
+    const out: ObservedRule[] = [];
+    for (const chainLines of effectiveChains(lines).values()) {
+      for (const l of chainLines) out.push({ family, table: l.table, chain: l.chain, text: l.spec, signature: signature(l.spec), target: targetOf(l.spec) });
+    }
+    return out;
+  }
+}

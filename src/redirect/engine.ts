@@ -1,0 +1,186 @@
+/**
+ * Apply, remove, check and show a pod's redirect rules: the thin side-effecting edge around the pure plan.
+ *
+ * A netns ends either fully programmed or with none of our rules: each family is one atomic transaction,
+ * the result is read back and compared with the plan, and any failure removes everything of ours (every
+ * family, links included) before the error is reported.
+ */
+import { MeshCniError, RuleMismatchError } from '../errors';
+import { isHostNetns, run } from '../netns';
+import { widestConfig, type RedirectConfig } from './config';
+import type { Family } from './constants';
+import { buildPlan, type LinkSetup, type Plan } from './plan';
+import { IptablesBackend } from './backend/iptables';
+import type { Backend, ObservedRule } from './backend/types';
+
+export type BackendName = 'auto' | 'iptables' | 'iptables-nft' | 'iptables-legacy' | 'nftables';
+export const BACKEND_NAMES: readonly BackendName[] = ['auto', 'iptables', 'iptables-nft', 'iptables-legacy', 'nftables'];
+export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
+
+export interface ApplyReport {
+  backend: string;
+  families: Family[];
+  rules: number;
+  durationMs: number;
+}
+
+export interface EngineOptions {
+  netns: string;
+  backend?: BackendName;
+  /** Which families to program; by default IPv4, and IPv6 when the netns has a global IPv6 address. */
+  families?: Family[];
+  /** Programming the namespace this process runs in is refused unless asked for (it is the node's). */
+  allowHostNetns?: boolean;
+}
+
+export function backendFor(name: BackendName = 'auto'): Backend {
+  switch (name) {
+    case 'auto':
+    case 'iptables':
+      return new IptablesBackend('default');
+    case 'iptables-nft':
+      return new IptablesBackend('nft');
+    case 'iptables-legacy':
+      return new IptablesBackend('legacy');
+    case 'nftables':
+      throw new MeshCniError('the nftables backend is not available in this build', { hint: 'use --backend iptables' });
+  }
+}
+
+/** IPv4 always; IPv6 when the namespace has a global IPv6 address (a dual-stack or IPv6 pod). */
+export async function detectFamilies(netns: string): Promise<Family[]> {
+  const r = await run(netns, 'ip', ['-6', '-o', 'addr', 'show', 'scope', 'global'], { packageHint: 'iproute2' });
+  return r.code === 0 && r.stdout.trim() !== '' ? ['ipv4', 'ipv6'] : ['ipv4'];
+}
+
+function guardHost(o: EngineOptions): void {
+  if (!o.allowHostNetns && isHostNetns(o.netns)) {
+    throw new MeshCniError(`${o.netns} is this node's own network namespace; refusing to redirect its traffic`, {
+      hint: 'pass the pod sandbox netns (for example /var/run/netns/cni-...)',
+    });
+  }
+}
+
+function linkArgs(link: LinkSetup, op: 'add' | 'del'): string[] {
+  const fam = link.family === 'ipv4' ? '-4' : '-6';
+  switch (link.kind) {
+    case 'address':
+      return [fam, 'addr', op, link.cidr, 'dev', link.dev];
+    case 'rule':
+      return [fam, 'rule', op, 'fwmark', String(link.fwmark), 'lookup', String(link.table)];
+    case 'route':
+      return [fam, 'route', op, link.type, link.dst, 'dev', link.dev, 'table', String(link.table)];
+  }
+}
+
+/** Whether a link setting is already there (`ip rule add` would happily add a duplicate). */
+async function hasLink(netns: string, link: LinkSetup): Promise<boolean> {
+  if (link.kind !== 'rule') return false;
+  const fam = link.family === 'ipv4' ? '-4' : '-6';
+  const r = await run(netns, 'ip', [fam, 'rule', 'list', 'fwmark', String(link.fwmark), 'lookup', String(link.table)], { packageHint: 'iproute2' });
+  return r.code === 0 && r.stdout.trim() !== '';
+}
+
+async function setLinks(netns: string, links: readonly LinkSetup[]): Promise<void> {
+  for (const link of links) {
+    if (await hasLink(netns, link)) continue;
+    const r = await run(netns, 'ip', linkArgs(link, 'add'), { packageHint: 'iproute2' });
+    if (r.code !== 0 && !/File exists|already assigned/.test(r.stderr)) {
+      throw new MeshCniError(`ip ${linkArgs(link, 'add').join(' ')} failed: ${r.stderr.trim()}`, { hint: 'the rules were not applied' });
+    }
+  }
+}
+
+/** Links our plans can create, taken away on remove (missing ones are fine). */
+async function clearLinks(netns: string, family: Family, plan: Plan): Promise<void> {
+  for (const link of plan[family].links) await run(netns, 'ip', linkArgs(link, 'del'), { packageHint: 'iproute2' });
+}
+
+/** Compares what a chain should hold with what it holds; one line per difference, empty when equal. */
+export function diffRules(expected: readonly ObservedRule[], observed: readonly ObservedRule[]): string[] {
+  const key = (r: ObservedRule) => `${r.family} ${r.table}/${r.chain}`;
+  const chains = [...new Set([...expected.map(key), ...observed.map(key)])];
+  const problems: string[] = [];
+  for (const chain of chains) {
+    const want = expected.filter((r) => key(r) === chain);
+    const have = observed.filter((r) => key(r) === chain);
+    const haveLeft = [...have];
+    for (const w of want) {
+      const i = haveLeft.findIndex((h) => h.signature === w.signature);
+      if (i < 0) problems.push(`missing in ${chain}: ${w.text}`);
+      else haveLeft.splice(i, 1);
+    }
+    for (const h of haveLeft) problems.push(`unexpected in ${chain}: ${h.text}`);
+    if (problems.length === 0 && want.map((r) => r.signature).join('\n') !== have.map((r) => r.signature).join('\n')) {
+      problems.push(`rules in ${chain} are in the wrong order`);
+    }
+  }
+  return problems;
+}
+
+/** Applies a plan (the lower-level entry; `applyRedirect` builds the plan from a config). */
+export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: boolean }): Promise<ApplyReport> {
+  const started = process.hrtime.bigint();
+  guardHost(o);
+  const backend = backendFor(o.backend);
+  const families = o.families ?? (await detectFamilies(o.netns));
+  let rules = 0;
+  try {
+    for (const family of families) {
+      const fp = o.plan[family];
+      await backend.apply(o.netns, family, fp.rules);
+      await setLinks(o.netns, fp.links);
+      if (o.verify !== false) {
+        const problems = diffRules(backend.expected(family, fp.rules), await backend.observe(o.netns, family));
+        if (problems.length > 0) {
+          throw new RuleMismatchError(`the ${family} rules read back from ${o.netns} differ from the plan`, problems.join('\n'));
+        }
+      }
+      rules += backend.expected(family, fp.rules).length;
+    }
+  } catch (err) {
+    await removeAll(o.netns, backend).catch(() => undefined);
+    throw err;
+  }
+  return { backend: backend.name, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6 };
+}
+
+export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; verify?: boolean }): Promise<ApplyReport> {
+  return applyPlan({ ...o, plan: buildPlan(o.config) });
+}
+
+async function removeAll(netns: string, backend: Backend): Promise<number> {
+  let removed = 0;
+  for (const family of FAMILIES) {
+    removed += await backend.remove(netns, family);
+    await clearLinks(netns, family, buildPlan(widestConfig()));
+  }
+  return removed;
+}
+
+/** Removes every rule of ours from the netns (both families); throws NetnsNotFoundError when it is gone. */
+export async function removeRedirect(o: EngineOptions): Promise<{ removed: number }> {
+  guardHost(o);
+  return { removed: await removeAll(o.netns, backendFor(o.backend)) };
+}
+
+/** Our rules as the kernel holds them now. */
+export async function showRedirect(o: EngineOptions): Promise<{ backend: string; rules: ObservedRule[] }> {
+  const backend = backendFor(o.backend);
+  const rules: ObservedRule[] = [];
+  for (const family of o.families ?? FAMILIES) rules.push(...(await backend.observe(o.netns, family)));
+  return { backend: backend.name, rules };
+}
+
+/** Whether the netns holds exactly what the config asks for; `problems` says what differs. */
+export async function checkRedirect(o: EngineOptions & { config: RedirectConfig }): Promise<{ ok: boolean; problems: string[] }> {
+  const backend = backendFor(o.backend);
+  const plan = buildPlan(o.config);
+  const families = o.families ?? (await detectFamilies(o.netns));
+  const problems: string[] = [];
+  for (const family of FAMILIES) {
+    const want = families.includes(family) ? backend.expected(family, plan[family].rules) : [];
+    problems.push(...diffRules(want, await backend.observe(o.netns, family)));
+  }
+  return { ok: problems.length === 0, problems };
+}
