@@ -1,0 +1,32 @@
+/**
+ * Golden tests (string comparison, no kernel): the iptables renderer pinned for every annotation case, and
+ * compared with Istio 1.24's own listings for the three cases shared/reference holds.
+ */
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { redirectConfigFromAnnotations } from '../../src/redirect/config';
+import { buildPlan } from '../../src/redirect/plan';
+import { renderRestore } from '../../src/redirect/render/iptables';
+import { assertGolden } from '../support/golden';
+import { ISTIO_REFERENCE } from '../support/paths';
+import { PLAN_CASES } from './cases';
+
+const render = (c: (typeof PLAN_CASES)[number]) => {
+  const plan = buildPlan(redirectConfigFromAnnotations(c.annotations, c.proxy));
+  return `# ipv4\n${renderRestore(plan.ipv4.rules)}# ipv6\n${renderRestore(plan.ipv6.rules)}`;
+};
+
+for (const c of PLAN_CASES) {
+  test(`golden: iptables ${c.name}`, (t) => assertGolden(t, 'iptables', c.name, render(c)));
+}
+
+for (const name of ['basic', 'include-exclude-ports', 'tproxy']) {
+  test(`golden: iptables ${name} is rule for rule Istio 1.24's`, (t) => {
+    const file = path.join(ISTIO_REFERENCE, `${name}.txt.golden`);
+    if (!fs.existsSync(file)) return t.fail(`reference ${file} is missing (shared/ must sit beside the checkout)`);
+    const c = PLAN_CASES.find((x) => x.name === name)!;
+    const ours = renderRestore(buildPlan(redirectConfigFromAnnotations(c.annotations, c.proxy)).ipv4.rules);
+    t.is(ours, fs.readFileSync(file, 'utf8').trimEnd() + '\n');
+  });
+}

@@ -1,0 +1,30 @@
+/** Invalid annotation values: each must be rejected with a message naming the annotation and the value. */
+const T = 'traffic.sidecar.istio.io/';
+
+export const INVALID_ANNOTATIONS: Array<{ key: string; value: string; why: RegExp }> = [
+  { key: 'sidecar.istio.io/interceptionMode', value: 'redirect', why: /REDIRECT, TPROXY or NONE/ },
+  { key: 'sidecar.istio.io/interceptionMode', value: 'IPVS', why: /REDIRECT, TPROXY or NONE/ },
+  { key: `${T}includeOutboundIPRanges`, value: '10.0.0.0/33', why: /not an IPv4 or IPv6 CIDR/ },
+  { key: `${T}includeOutboundIPRanges`, value: '10.0.0.0', why: /no prefix length/ },
+  { key: `${T}includeOutboundIPRanges`, value: '10.0.0.0/8,*', why: /must stand alone/ },
+  { key: `${T}includeOutboundIPRanges`, value: 'fd00::/129', why: /not an IPv4 or IPv6 CIDR/ },
+  { key: `${T}includeOutboundIPRanges`, value: '10.0.0.0/8,,10.1.0.0/16', why: /empty element/ },
+  { key: `${T}excludeOutboundIPRanges`, value: '*', why: /not allowed here/ },
+  { key: `${T}excludeOutboundIPRanges`, value: '300.1.1.1/8', why: /not an IPv4 or IPv6 CIDR/ },
+  { key: `${T}excludeOutboundIPRanges`, value: 'example.com/32', why: /not an IPv4 or IPv6 CIDR/ },
+  { key: `${T}excludeOutboundIPRanges`, value: '10.0.0.0/8,', why: /empty element/ },
+  { key: `${T}includeInboundPorts`, value: '80,abc', why: /not a port number/ },
+  { key: `${T}includeInboundPorts`, value: '0', why: /out of range/ },
+  { key: `${T}includeInboundPorts`, value: '65536', why: /out of range/ },
+  { key: `${T}includeInboundPorts`, value: '80-90', why: /not a port number/ },
+  { key: `${T}includeInboundPorts`, value: '*,80', why: /must stand alone/ },
+  { key: `${T}excludeInboundPorts`, value: '*', why: /not allowed here/ },
+  { key: `${T}excludeInboundPorts`, value: '-1', why: /not a port number/ },
+  { key: `${T}includeOutboundPorts`, value: '*', why: /not allowed here/ },
+  { key: `${T}includeOutboundPorts`, value: '443 8443', why: /not a port number/ },
+  { key: `${T}excludeOutboundPorts`, value: '99999', why: /out of range/ },
+  { key: `${T}excludeOutboundPorts`, value: '1.5', why: /not a port number/ },
+  { key: `${T}excludeInterfaces`, value: 'eth0/1', why: /not a valid interface name/ },
+  { key: `${T}excludeInterfaces`, value: 'averyveryverylongname', why: /not a valid interface name/ },
+  { key: `${T}kubevirtInterfaces`, value: 'tap 0', why: /not a valid interface name/ },
+];
