@@ -63,10 +63,13 @@ function invalid(key: string, value: unknown, why: string): CniError {
   return new CniError(CniCode.InvalidNetworkConfig, `invalid netconf field "${key}": ${shown(value)} ${why}`);
 }
 
+/** Code 2 must quote key and value, except where the key suggests a credential: those stay out of logs. */
+const LOOKS_SECRET = /token|password|passwd|secret|credential|key|cert/i;
+
 function unsupported(key: string, value: unknown, known: Iterable<string>): CniError {
   return new CniError(
     CniCode.UnsupportedField,
-    `unsupported netconf field "${key}": ${shown(value)}`,
+    `unsupported netconf field "${key}": ${LOOKS_SECRET.test(key) ? '(value withheld)' : shown(value)}`,
     `mesh-cni knows: ${[...known].join(', ')}`,
   );
 }
