@@ -1,0 +1,51 @@
+#!/usr/bin/env node
+'use strict';
+/*
+ * Builds native/mesh-cni-shim.c into build/mesh-cni (run by `npm install`). Plain JavaScript because it runs
+ * before TypeScript is compiled. The compiler gets an argument array, never a shell line.
+ *
+ * Environment (all optional), fixed into the binary at build time:
+ *   CC                     compiler (default cc)
+ *   MESH_CNI_ENGINE_PATH   absolute path of the standalone engine (default: found relative to the binary)
+ *   MESH_CNI_NODE_PATH     absolute path of node (default: the node running this script)
+ */
+const { execFileSync } = require('node:child_process');
+const { mkdirSync } = require('node:fs');
+const { join } = require('node:path');
+
+const root = join(__dirname, '..');
+const source = join(root, 'native', 'mesh-cni-shim.c');
+const output = join(root, 'build', 'mesh-cni');
+
+function pathDefine(name, value) {
+  if (value === '') return [];
+  if (!/^\/[A-Za-z0-9._\/+-]*$/.test(value)) {
+    throw new Error(`${name} must be an absolute path of plain characters, got ${JSON.stringify(value)}`);
+  }
+  return [`-D${name}="${value}"`];
+}
+
+function main() {
+  mkdirSync(join(root, 'build'), { recursive: true });
+  const args = [
+    '-std=c11',
+    '-Wall',
+    '-Wextra',
+    '-Werror',
+    '-O2',
+    ...pathDefine('MESH_CNI_ENGINE_PATH', process.env.MESH_CNI_ENGINE_PATH ?? ''),
+    ...pathDefine('MESH_CNI_NODE_PATH', process.env.MESH_CNI_NODE_PATH ?? process.execPath),
+    '-o',
+    output,
+    source,
+  ];
+  execFileSync(process.env.CC || 'cc', args, { stdio: 'inherit' });
+  process.stdout.write(`built ${output}\n`);
+}
+
+try {
+  main();
+} catch (err) {
+  process.stderr.write(`mesh-cni: building the native shim failed: ${err.message}\n`);
+  process.exitCode = 1;
+}

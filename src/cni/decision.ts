@@ -1,0 +1,110 @@
+/**
+ * Which pods are meshed, by Istio's rules. A pure function: PodInfo in, a decision out. Each skip has a
+ * stable reason string that logs, metrics and tests can match on.
+ */
+import { redirectConfigFromAnnotations, type ProxySettings, type RedirectConfig } from '../redirect/config';
+
+export const SIDECAR_STATUS_ANNOTATION = 'sidecar.istio.io/status';
+export const INJECT_KEY = 'sidecar.istio.io/inject';
+export const PROXY_CONTAINER = 'istio-proxy';
+export const INIT_CONTAINER = 'istio-init';
+
+export interface PodInfo {
+  name: string;
+  namespace: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  /** names; undefined when only the runtime's annotations are known */
+  containers?: string[];
+  initContainers?: string[];
+  proxyUid?: number;
+  proxyGid?: number;
+  dnsCapture?: boolean;
+}
+
+export const SKIP_REASONS = [
+  'not-a-kubernetes-pod',
+  'namespace-excluded',
+  'not-injected',
+  'injection-disabled',
+  'has-istio-init',
+  'no-istio-proxy',
+  'interception-mode-none',
+] as const;
+export type SkipReason = (typeof SKIP_REASONS)[number];
+
+export type MeshDecision = { meshed: true; config: RedirectConfig } | { meshed: false; reason: SkipReason };
+
+export interface DecisionOptions {
+  excludeNamespaces: readonly string[];
+  /** the engine's annotation parser; injected only so tests can stand in for it */
+  buildConfig?: (annotations: Record<string, string>, proxy?: ProxySettings) => RedirectConfig;
+}
+
+/** Go's strconv.ParseBool, which Istio uses for sidecar.istio.io/inject. */
+function parseBool(value: string): boolean | undefined {
+  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(value)) return true;
+  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(value)) return false;
+  return undefined;
+}
+
+function injectionDisabled(pod: PodInfo): boolean {
+  // The label wins over the annotation when both are set, as in Istio's injector.
+  const value = pod.labels[INJECT_KEY] ?? pod.annotations[INJECT_KEY];
+  return value !== undefined && parseBool(value) === false;
+}
+
+/**
+ * The status annotation the injector wrote lists what it injected; it stands in for the container lists
+ * when only the runtime's annotations are known.
+ */
+export function injectedContainersFromStatus(status: string | undefined): { containers: string[]; initContainers: string[] } | undefined {
+  if (status === undefined) return undefined;
+  try {
+    const parsed: unknown = JSON.parse(status);
+    if (typeof parsed !== 'object' || parsed === null) return undefined;
+    const { containers, initContainers } = parsed as { containers?: unknown; initContainers?: unknown };
+    const names = (v: unknown): string[] => (Array.isArray(v) ? v.filter((n): n is string => typeof n === 'string') : []);
+    return { containers: names(containers), initContainers: names(initContainers) };
+  } catch {
+    return undefined;
+  }
+}
+
+function containerLists(pod: PodInfo): { containers?: string[]; initContainers?: string[] } {
+  if (pod.containers !== undefined) return { containers: pod.containers, initContainers: pod.initContainers ?? [] };
+  return injectedContainersFromStatus(pod.annotations[SIDECAR_STATUS_ANNOTATION]) ?? {};
+}
+
+function proxySettings(pod: PodInfo): ProxySettings {
+  const proxy: ProxySettings = {};
+  if (pod.proxyUid !== undefined) proxy.proxyUid = pod.proxyUid;
+  if (pod.proxyGid !== undefined) proxy.proxyGid = pod.proxyGid;
+  if (pod.dnsCapture !== undefined) proxy.dnsCapture = pod.dnsCapture;
+  return proxy;
+}
+
+/**
+ * Everything that can be decided from namespace and annotations alone, without the pod spec. Used first so
+ * that pods which are clearly not meshed never cost an API call.
+ */
+export function skipFromMetadata(pod: Pick<PodInfo, 'namespace' | 'labels' | 'annotations'>, excludeNamespaces: readonly string[]): SkipReason | undefined {
+  if (excludeNamespaces.includes(pod.namespace)) return 'namespace-excluded';
+  if (pod.annotations[SIDECAR_STATUS_ANNOTATION] === undefined) return 'not-injected';
+  if (injectionDisabled(pod as PodInfo)) return 'injection-disabled';
+  return undefined;
+}
+
+/** Throws InvalidConfigError (from the engine's parser) when the pod's annotations are invalid. */
+export function decideMeshing(pod: PodInfo, options: DecisionOptions): MeshDecision {
+  const early = skipFromMetadata(pod, options.excludeNamespaces);
+  if (early) return { meshed: false, reason: early };
+  const { containers, initContainers } = containerLists(pod);
+  if (initContainers?.includes(INIT_CONTAINER)) return { meshed: false, reason: 'has-istio-init' };
+  // Unknown containers (no spec, unreadable status annotation): Istio's default is a proxy named istio-proxy.
+  if (containers !== undefined && !containers.includes(PROXY_CONTAINER)) return { meshed: false, reason: 'no-istio-proxy' };
+  const build = options.buildConfig ?? redirectConfigFromAnnotations;
+  const config = build(pod.annotations, proxySettings(pod));
+  if (config.mode === 'NONE') return { meshed: false, reason: 'interception-mode-none' };
+  return { meshed: true, config };
+}

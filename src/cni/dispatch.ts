@@ -1,0 +1,193 @@
+/**
+ * The dispatcher: one CNI invocation (env + stdin) in, one response (exit code, stdout, stderr) out. Every
+ * command starts with the shared parseRequest; every failure leaves through toCniError. Nothing here touches
+ * process.* — main.ts and the agent's socket server both call runCni, which is what makes it testable
+ * in-process.
+ */
+import { NetnsNotFoundError } from '../errors';
+import type * as EngineModule from '../redirect/engine';
+import type { ProxySettings, RedirectConfig } from '../redirect/config';
+import { CniCode, CniError, toCniError } from './errors';
+import { writeRequestLog, type RequestLogLine } from './log';
+import { DEFAULT_LOG_FILE, type LogLevel, type MeshNetConf } from './netconf';
+import { classifyNetnsPath, type NetnsPathKind } from './netns-path';
+import { decidePod, type PodSourceDeps } from './pod-source';
+import { MAX_STDIN_BYTES, parseRequest, responseVersionOf, type NetworkRequest } from './request';
+import { checkProgramsForBackend } from './status';
+import type { CniAttachment, CniInvocation, CniResponse, CniVersionJson } from './types';
+import { convertResult, CURRENT_VERSION, emptyResult, SUPPORTED_VERSIONS } from './version';
+
+export type Engine = Pick<typeof EngineModule, 'applyRedirect' | 'removeRedirect' | 'checkRedirect'>;
+
+export interface CniDeps extends PodSourceDeps {
+  /** the redirect engine; loaded lazily so VERSION and pass-through ADDs never load it */
+  engine?: Engine;
+  /** the engine's annotation parser (tests stand in for it) */
+  buildConfig?: (annotations: Record<string, string>, proxy?: ProxySettings) => RedirectConfig;
+  classifyNetns?: (path: string) => NetnsPathKind;
+  /** STATUS: resolves when ADDs can be served, throws a CniError (50/51) when not */
+  status?: (netconf: MeshNetConf) => Promise<void>;
+  /** GC: drop state kept for attachments not in the list (the standalone plugin keeps none) */
+  gcAttachments?: (valid: CniAttachment[]) => Promise<void>;
+  /** where lines go before the netconf (and its log_file) is known; null: stderr only */
+  defaultLogFile?: string | null;
+}
+
+interface Outcome {
+  stdout: string;
+}
+
+const EXIT_FAILURE = 1;
+
+async function loadEngine(deps: CniDeps): Promise<Engine> {
+  return deps.engine ?? (await import('../redirect/engine'));
+}
+
+function requireNetns(req: NetworkRequest, deps: CniDeps): void {
+  const kind = (deps.classifyNetns ?? classifyNetnsPath)(req.netns);
+  if (kind === 'missing') throw new CniError(CniCode.UnknownContainer, `CNI_NETNS ${req.netns} does not exist`, 'the pod sandbox may already be gone');
+  if (kind === 'not-netns') throw new CniError(CniCode.InvalidEnvironment, `CNI_NETNS ${req.netns} is not a network namespace`);
+  if (kind === 'own-netns') throw new CniError(CniCode.InvalidEnvironment, `CNI_NETNS ${req.netns} is the plugin's own network namespace`);
+}
+
+function podName(req: NetworkRequest): string | undefined {
+  return req.kubernetes ? `${req.kubernetes.podNamespace}/${req.kubernetes.podName}` : undefined;
+}
+
+async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
+  requireNetns(req, deps);
+  // Converted before any rule is written, so an undecodable prevResult fails with nothing applied.
+  const stdout = JSON.stringify(req.prevResult ? convertResult(req.prevResult, req.cniVersion) : emptyResult(req.cniVersion));
+  if (!req.kubernetes) {
+    Object.assign(line, { decision: 'skipped', reason: 'not-a-kubernetes-pod' });
+    return { stdout };
+  }
+  const notes = line.notes ?? (line.notes = []);
+  const { decision, source } = await decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, buildConfig: deps.buildConfig }, deps, notes);
+  line.source = source;
+  if (!decision.meshed) {
+    Object.assign(line, { decision: 'skipped', reason: decision.reason });
+    return { stdout };
+  }
+  const engine = await loadEngine(deps);
+  const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend });
+  Object.assign(line, { decision: 'meshed', backend: report.backend, rules: report.rules });
+  return { stdout };
+}
+
+async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
+  // DEL is best effort and repeatable: a gone or never-programmed netns is success.
+  if (req.netns === '') {
+    Object.assign(line, { decision: 'nothing-to-remove', reason: 'no-netns' });
+    return { stdout: '' };
+  }
+  const kind = (deps.classifyNetns ?? classifyNetnsPath)(req.netns);
+  if (kind !== 'netns') {
+    Object.assign(line, { decision: 'nothing-to-remove', reason: `netns-${kind}` });
+    return { stdout: '' };
+  }
+  const engine = await loadEngine(deps);
+  try {
+    const { removed } = await engine.removeRedirect({ netns: req.netns, backend: req.netconf.backend });
+    Object.assign(line, { decision: 'removed', rules: removed });
+  } catch (err) {
+    if (!(err instanceof NetnsNotFoundError)) throw err;
+    Object.assign(line, { decision: 'nothing-to-remove', reason: 'netns-missing' });
+  }
+  return { stdout: '' };
+}
+
+async function cmdCheck(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
+  requireNetns(req, deps);
+  if (!req.kubernetes) {
+    Object.assign(line, { decision: 'skipped', reason: 'not-a-kubernetes-pod' });
+    return { stdout: '' };
+  }
+  const notes = line.notes ?? (line.notes = []);
+  const { decision, source } = await decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, buildConfig: deps.buildConfig }, deps, notes);
+  line.source = source;
+  if (!decision.meshed) {
+    Object.assign(line, { decision: 'skipped', reason: decision.reason });
+    return { stdout: '' };
+  }
+  const engine = await loadEngine(deps);
+  const result = await engine.checkRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend });
+  if (!result.ok) {
+    throw new CniError(CniCode.CheckFailed, `redirect rules in ${req.netns} are missing or differ from the pod's annotations`, result.problems.join('\n'));
+  }
+  line.decision = 'checked';
+  return { stdout: '' };
+}
+
+async function cmdGc(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
+  const valid = req.validAttachments ?? [];
+  if (deps.gcAttachments) await deps.gcAttachments(valid);
+  Object.assign(line, { decision: 'collected', notes: [`${valid.length} valid attachments`] });
+  return { stdout: '' };
+}
+
+async function cmdStatus(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
+  await (deps.status ?? defaultStatus)(req.netconf);
+  line.decision = 'ready';
+  return { stdout: '' };
+}
+
+/** Standalone readiness: the engine loads and the backend's programs are installed. */
+async function defaultStatus(netconf: MeshNetConf): Promise<void> {
+  const missing = checkProgramsForBackend(netconf.backend);
+  if (missing) throw new CniError(CniCode.PluginNotAvailable, `mesh-cni cannot program pods: ${missing}`, 'install iptables or nftables on the node');
+}
+
+function versionAnswer(cniVersion: string): string {
+  const answer: CniVersionJson = { cniVersion, supportedVersions: [...SUPPORTED_VERSIONS] };
+  return JSON.stringify(answer);
+}
+
+const HANDLERS: Record<NetworkRequest['command'], (req: NetworkRequest, deps: CniDeps, line: RequestLogLine) => Promise<Outcome>> = {
+  ADD: cmdAdd,
+  DEL: cmdDel,
+  CHECK: cmdCheck,
+  GC: cmdGc,
+  STATUS: cmdStatus,
+};
+
+/** Runs one CNI invocation. Never throws: every failure becomes the spec's error JSON and a non-zero exit. */
+export async function runCni(invocation: CniInvocation, deps: CniDeps = {}): Promise<CniResponse> {
+  const now = deps.now ?? Date.now;
+  const started = now();
+  const env = invocation.env;
+  const line: RequestLogLine = { time: new Date(started).toISOString(), level: 'info', command: env.CNI_COMMAND ?? '', durationMs: 0 };
+  if (env.CNI_CONTAINERID) line.containerId = env.CNI_CONTAINERID;
+  if (env.CNI_NETNS) line.netns = env.CNI_NETNS;
+  let netconf: MeshNetConf | undefined;
+  let response: CniResponse;
+  try {
+    const req = parseRequest(invocation);
+    if (req.command === 'VERSION') {
+      line.level = 'info';
+      response = { exitCode: 0, stdout: versionAnswer(req.cniVersion), stderr: '' };
+      line.decision = 'version';
+    } else {
+      netconf = req.netconf;
+      line.pod = podName(req);
+      const outcome = await HANDLERS[req.command](req, deps, line);
+      response = { exitCode: 0, stdout: outcome.stdout, stderr: '' };
+    }
+  } catch (err) {
+    const cniError = toCniError(err);
+    const version = invocation.stdin.length > MAX_STDIN_BYTES ? CURRENT_VERSION : responseVersionOf(invocation.stdin);
+    line.level = 'error';
+    line.error = { code: cniError.cniCode, msg: cniError.message };
+    response = { exitCode: EXIT_FAILURE, stdout: JSON.stringify(cniError.toJson(version)), stderr: '' };
+  }
+  line.durationMs = now() - started;
+  if (line.notes?.length === 0) delete line.notes;
+  if (line.level === 'info' && line.notes && line.source === 'runtime+defaults') line.level = 'warn';
+  const quiet = line.command === 'VERSION' || line.command === 'STATUS';
+  const level: LogLevel = netconf?.logLevel ?? 'info';
+  const logFile = netconf ? netconf.logFile : deps.defaultLogFile === undefined ? DEFAULT_LOG_FILE : deps.defaultLogFile ?? undefined;
+  // VERSION and successful STATUS are polled by runtimes; they are logged at debug only.
+  const threshold: LogLevel = quiet && line.level === 'info' && level !== 'debug' ? 'warn' : level;
+  response.stderr = writeRequestLog(line, { logFile, logLevel: threshold });
+  return response;
+}

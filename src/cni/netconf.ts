@@ -1,0 +1,144 @@
+/**
+ * Our netconf fields: defaults and strict validation. Standard CNI keys pass untouched; a key we do not know
+ * is refused with code 2 (the spec wants key and value in the message), a known key with a bad value with 7.
+ * Field names are snake_case, as in the issue and the README.
+ */
+import type { BackendName } from '../redirect/engine';
+import { CniCode, CniError } from './errors';
+import type { SupportedVersion } from './version';
+
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+export const BACKENDS: readonly BackendName[] = ['auto', 'iptables', 'iptables-nft', 'iptables-legacy', 'nftables'];
+
+export const DEFAULT_LOG_FILE = '/var/log/mesh-cni/cni.log';
+export const DEFAULT_AGENT_SOCKET = '/var/run/mesh-cni/agent.sock';
+export const DEFAULT_EXCLUDED_NAMESPACES: readonly string[] = ['kube-system'];
+export const POD_ANNOTATIONS_CAPABILITY = 'io.kubernetes.cri.pod-annotations';
+
+/** Keys any CNI plugin may be handed (spec section 1 and 3, plus GC's input); they are not ours to judge. */
+const STANDARD_KEYS = new Set([
+  'cniVersion',
+  'cniVersions',
+  'name',
+  'type',
+  'disableCheck',
+  'disableGC',
+  'args',
+  'ipMasq',
+  'ipam',
+  'dns',
+  'capabilities',
+  'runtimeConfig',
+  'prevResult',
+  'cni.dev/valid-attachments',
+]);
+const OUR_KEYS = new Set(['log_level', 'log_file', 'kubernetes', 'backend', 'agent_socket']);
+const OUR_KUBERNETES_KEYS = new Set(['kubeconfig', 'exclude_namespaces']);
+
+export interface MeshNetConf {
+  name: string;
+  type?: string;
+  cniVersion: SupportedVersion;
+  logLevel: LogLevel;
+  logFile: string;
+  kubeconfig?: string;
+  excludeNamespaces: readonly string[];
+  backend: BackendName;
+  agentSocket: string;
+  /** the pod's annotations, when the runtime passed them (capability io.kubernetes.cri.pod-annotations) */
+  runtimeAnnotations?: Record<string, string>;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function shown(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+function invalid(key: string, value: unknown, why: string): CniError {
+  return new CniError(CniCode.InvalidNetworkConfig, `invalid netconf field "${key}": ${shown(value)} ${why}`);
+}
+
+/** Code 2 must quote key and value, except where the key suggests a credential: those stay out of logs. */
+const LOOKS_SECRET = /token|password|passwd|secret|credential|key|cert/i;
+
+function unsupported(key: string, value: unknown, known: Iterable<string>): CniError {
+  return new CniError(
+    CniCode.UnsupportedField,
+    `unsupported netconf field "${key}": ${LOOKS_SECRET.test(key) ? '(value withheld)' : shown(value)}`,
+    `mesh-cni knows: ${[...known].join(', ')}`,
+  );
+}
+
+function absolutePath(key: string, value: unknown): string {
+  if (typeof value !== 'string' || !value.startsWith('/') || value.includes('\0')) {
+    throw invalid(key, value, 'must be an absolute path');
+  }
+  return value;
+}
+
+const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+function parseKubernetes(value: unknown): { kubeconfig?: string; excludeNamespaces: readonly string[] } {
+  if (!isObject(value)) throw invalid('kubernetes', value, 'must be an object');
+  for (const key of Object.keys(value)) {
+    if (!OUR_KUBERNETES_KEYS.has(key)) throw unsupported(`kubernetes.${key}`, value[key], [...OUR_KUBERNETES_KEYS].map((k) => `kubernetes.${k}`));
+  }
+  const kubeconfig = value.kubeconfig === undefined ? undefined : absolutePath('kubernetes.kubeconfig', value.kubeconfig);
+  let excludeNamespaces = DEFAULT_EXCLUDED_NAMESPACES;
+  if (value.exclude_namespaces !== undefined) {
+    const list = value.exclude_namespaces;
+    if (!Array.isArray(list) || !list.every((n) => typeof n === 'string' && NAMESPACE_NAME.test(n))) {
+      throw invalid('kubernetes.exclude_namespaces', list, 'must be a list of namespace names');
+    }
+    excludeNamespaces = list as string[];
+  }
+  return { kubeconfig, excludeNamespaces };
+}
+
+function parseRuntimeAnnotations(runtimeConfig: unknown): Record<string, string> | undefined {
+  if (runtimeConfig === undefined) return undefined;
+  if (!isObject(runtimeConfig)) throw invalid('runtimeConfig', runtimeConfig, 'must be an object');
+  const annotations = runtimeConfig[POD_ANNOTATIONS_CAPABILITY];
+  if (annotations === undefined || annotations === null) return undefined;
+  const key = `runtimeConfig["${POD_ANNOTATIONS_CAPABILITY}"]`;
+  if (!isObject(annotations)) throw invalid(key, annotations, 'must be an object of annotation names to strings');
+  for (const [name, v] of Object.entries(annotations)) {
+    if (typeof v !== 'string') throw invalid(`${key}["${name}"]`, v, 'must be a string');
+  }
+  return annotations as Record<string, string>;
+}
+
+/** Validates the decoded stdin object (already known to carry a supported cniVersion and a valid name). */
+export function parseMeshNetConf(raw: Record<string, unknown>, cniVersion: SupportedVersion): MeshNetConf {
+  for (const key of Object.keys(raw)) {
+    if (!STANDARD_KEYS.has(key) && !OUR_KEYS.has(key)) throw unsupported(key, raw[key], OUR_KEYS);
+  }
+  if (raw.type !== undefined && typeof raw.type !== 'string') throw invalid('type', raw.type, 'must be a string');
+  if (raw.capabilities !== undefined) {
+    if (!isObject(raw.capabilities) || !Object.values(raw.capabilities).every((v) => typeof v === 'boolean')) {
+      throw invalid('capabilities', raw.capabilities, 'must map capability names to true or false');
+    }
+  }
+  const logLevel = raw.log_level ?? 'info';
+  if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw invalid('log_level', logLevel, `must be one of ${LOG_LEVELS.join(', ')}`);
+  const backend = raw.backend ?? 'auto';
+  if (!(BACKENDS as readonly unknown[]).includes(backend)) throw invalid('backend', backend, `must be one of ${BACKENDS.join(', ')}`);
+  const kubernetes = raw.kubernetes === undefined ? { excludeNamespaces: DEFAULT_EXCLUDED_NAMESPACES } : parseKubernetes(raw.kubernetes);
+  return {
+    name: raw.name as string,
+    type: raw.type as string | undefined,
+    cniVersion,
+    logLevel: logLevel as LogLevel,
+    logFile: raw.log_file === undefined ? DEFAULT_LOG_FILE : absolutePath('log_file', raw.log_file),
+    kubeconfig: kubernetes.kubeconfig,
+    excludeNamespaces: kubernetes.excludeNamespaces,
+    backend: backend as BackendName,
+    agentSocket: raw.agent_socket === undefined ? DEFAULT_AGENT_SOCKET : absolutePath('agent_socket', raw.agent_socket),
+    runtimeAnnotations: parseRuntimeAnnotations(raw.runtimeConfig),
+  };
+}

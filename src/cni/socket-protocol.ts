@@ -1,0 +1,244 @@
+/**
+ * The framing between the native shim and the agent over a UNIX socket. Binary and length-prefixed so the C
+ * side needs no JSON encoder; all integers are unsigned 32-bit big-endian.
+ *
+ *   request:  "MCQ1" u32 bodyLen | u32 envCount { u32 len, "NAME=VALUE" }* u32 stdinLen, stdin
+ *   response: "MCR1" u32 bodyLen | u32 exitCode, u32 stdoutLen, stdout, u32 stderrLen, stderr
+ *
+ * One request and one response per connection. Sizes are bounded on both sides; only CNI_* variables are
+ * carried (and the server drops anything else, whatever a client sends).
+ */
+import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
+import { dirname } from 'node:path';
+import { MAX_STDIN_BYTES } from './request';
+import type { CniInvocation, CniResponse } from './types';
+
+export const REQUEST_MAGIC = 'MCQ1';
+export const RESPONSE_MAGIC = 'MCR1';
+export const MAX_ENV_ENTRIES = 64;
+export const MAX_ENV_BYTES = 64 * 1024;
+/** stdin may be one byte over the limit so the handler, not the framing, reports oversized stdin */
+export const MAX_REQUEST_BODY = MAX_STDIN_BYTES + 1 + MAX_ENV_BYTES + 4 * (MAX_ENV_ENTRIES + 2);
+export const MAX_RESPONSE_BODY = 4 * 1024 * 1024;
+const HEADER = 8;
+
+export class FrameError extends Error {
+  override readonly name = 'FrameError';
+}
+
+export function isForwardedEnvName(name: string): boolean {
+  return /^CNI_[A-Z0-9_]+$/.test(name);
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+}
+
+function frame(magic: string, parts: Buffer[]): Buffer {
+  const body = Buffer.concat(parts);
+  return Buffer.concat([Buffer.from(magic, 'latin1'), u32(body.length), body]);
+}
+
+export function encodeRequest(invocation: CniInvocation): Buffer {
+  const entries = Object.entries(invocation.env).filter((e): e is [string, string] => e[1] !== undefined && isForwardedEnvName(e[0]));
+  const parts: Buffer[] = [u32(entries.length)];
+  for (const [name, value] of entries) {
+    const text = Buffer.from(`${name}=${value}`, 'utf8');
+    parts.push(u32(text.length), text);
+  }
+  parts.push(u32(invocation.stdin.length), invocation.stdin);
+  return frame(REQUEST_MAGIC, parts);
+}
+
+export function encodeResponse(response: CniResponse): Buffer {
+  const stdout = Buffer.from(response.stdout, 'utf8');
+  const stderr = Buffer.from(response.stderr, 'utf8');
+  return frame(RESPONSE_MAGIC, [u32(response.exitCode & 0xff), u32(stdout.length), stdout, u32(stderr.length), stderr]);
+}
+
+class Reader {
+  private offset = 0;
+  constructor(private readonly body: Buffer) {}
+  u32(): number {
+    if (this.offset + 4 > this.body.length) throw new FrameError('frame truncated');
+    const n = this.body.readUInt32BE(this.offset);
+    this.offset += 4;
+    return n;
+  }
+  bytes(n: number): Buffer {
+    if (this.offset + n > this.body.length) throw new FrameError('frame truncated');
+    const b = this.body.subarray(this.offset, this.offset + n);
+    this.offset += n;
+    return b;
+  }
+  end(): void {
+    if (this.offset !== this.body.length) throw new FrameError('trailing bytes after frame');
+  }
+}
+
+export function decodeRequestBody(body: Buffer): CniInvocation {
+  const r = new Reader(body);
+  const count = r.u32();
+  if (count > MAX_ENV_ENTRIES) throw new FrameError(`too many environment entries (${count})`);
+  const env: Record<string, string> = {};
+  let envBytes = 0;
+  for (let i = 0; i < count; i++) {
+    const len = r.u32();
+    envBytes += len;
+    if (envBytes > MAX_ENV_BYTES) throw new FrameError('environment too large');
+    const text = r.bytes(len).toString('utf8');
+    const eq = text.indexOf('=');
+    if (eq <= 0) throw new FrameError('environment entry without NAME=');
+    const name = text.slice(0, eq);
+    if (isForwardedEnvName(name)) env[name] = text.slice(eq + 1);
+  }
+  const stdinLen = r.u32();
+  if (stdinLen > MAX_STDIN_BYTES + 1) throw new FrameError('stdin too large');
+  const stdin = Buffer.from(r.bytes(stdinLen));
+  r.end();
+  return { env, stdin };
+}
+
+export function decodeResponseBody(body: Buffer): CniResponse {
+  const r = new Reader(body);
+  const exitCode = r.u32();
+  const stdout = r.bytes(r.u32()).toString('utf8');
+  const stderr = r.bytes(r.u32()).toString('utf8');
+  r.end();
+  return { exitCode, stdout, stderr };
+}
+
+/** Reads exactly one frame from a socket: checks magic and bound before buffering the body. */
+export function readFrame(socket: net.Socket, magic: string, maxBody: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    let buffered = Buffer.alloc(0);
+    let expected: number | undefined;
+    const cleanup = () => {
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('error', onError);
+    };
+    const fail = (err: Error) => {
+      cleanup();
+      reject(err);
+    };
+    const onData = (chunk: Buffer) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      if (expected === undefined && buffered.length >= HEADER) {
+        if (buffered.subarray(0, 4).toString('latin1') !== magic) return fail(new FrameError('bad frame magic'));
+        expected = buffered.readUInt32BE(4);
+        if (expected > maxBody) return fail(new FrameError(`frame of ${expected} bytes exceeds ${maxBody}`));
+      }
+      if (expected !== undefined && buffered.length >= HEADER + expected) {
+        if (buffered.length > HEADER + expected) return fail(new FrameError('trailing bytes after frame'));
+        cleanup();
+        resolve(buffered.subarray(HEADER));
+      }
+    };
+    const onEnd = () => fail(new FrameError('connection closed before a whole frame arrived'));
+    const onError = (err: Error) => fail(err);
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('error', onError);
+  });
+}
+
+export type CniHandler = (invocation: CniInvocation) => Promise<CniResponse>;
+
+export interface CniServer {
+  server: net.Server;
+  close(): Promise<void>;
+}
+
+const READ_TIMEOUT_MS = 10_000;
+
+function removeStaleSocket(socketPath: string): Promise<void> {
+  let isSocket = false;
+  try {
+    isSocket = lstatSync(socketPath).isSocket();
+  } catch {
+    return Promise.resolve();
+  }
+  if (!isSocket) return Promise.reject(new Error(`${socketPath} exists and is not a socket; refusing to replace it`));
+  return new Promise((resolve, reject) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      reject(new Error(`${socketPath} is already served by another process`));
+    });
+    probe.once('error', () => {
+      unlinkSync(socketPath);
+      resolve();
+    });
+  });
+}
+
+/**
+ * Serves CNI requests on a UNIX socket only root can use (mode 0600; the umask closes the window between
+ * bind and chmod). The agent builds on this; until then it is what the shim's tests talk to.
+ */
+export async function serveCni(socketPath: string, handler: CniHandler): Promise<CniServer> {
+  mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
+  await removeStaleSocket(socketPath);
+  const server = net.createServer((socket) => {
+    socket.setTimeout(READ_TIMEOUT_MS, () => socket.destroy());
+    readFrame(socket, REQUEST_MAGIC, MAX_REQUEST_BODY)
+      .then(async (body) => {
+        socket.setTimeout(0);
+        const invocation = decodeRequestBody(body);
+        let response: CniResponse;
+        try {
+          response = await handler(invocation);
+        } catch (err) {
+          const msg = err instanceof Error ? err.message : String(err);
+          response = { exitCode: 1, stdout: JSON.stringify({ cniVersion: '1.1.0', code: 999, msg }), stderr: '' };
+        }
+        socket.end(encodeResponse(response));
+      })
+      .catch(() => socket.destroy());
+  });
+  const previousUmask = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } finally {
+    process.umask(previousUmask);
+  }
+  chmodSync(socketPath, 0o600);
+  return {
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** The shim's side, in TypeScript: for tests and for the CLI's status probe. */
+export function callCniSocket(socketPath: string, invocation: CniInvocation, timeoutMs: number): Promise<CniResponse> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(socketPath);
+    socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    socket.once('connect', () => {
+      readFrame(socket, RESPONSE_MAGIC, MAX_RESPONSE_BODY)
+        .then((body) => {
+          socket.destroy();
+          resolve(decodeResponseBody(body));
+        })
+        .catch((err: Error) => {
+          socket.destroy();
+          reject(err);
+        });
+      socket.write(encodeRequest(invocation));
+    });
+    socket.once('error', reject);
+  });
+}

@@ -1,0 +1,147 @@
+/** ADD / DEL / CHECK / GC / STATUS through the dispatcher with a recording engine: what is called, what is printed. */
+import test from 'ava';
+import { NetnsNotFoundError } from '../../src/errors';
+import { CniCode, CniError } from '../../src/cni/errors';
+import type { PodInfo } from '../../src/cni/decision';
+import { INJECTED, netconf, recordingEngine, run, unitDeps, withAnnotations } from './helpers';
+
+const prev = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/var/run/netns/cni-test' }], ips: [{ address: '10.244.0.5/24', interface: 0 }] };
+
+test('ADD of an injected pod applies rules once, with the netconf backend, and passes prevResult through', async (t) => {
+  const deps = unitDeps();
+  const r = await run('ADD', withAnnotations(INJECTED, { prevResult: prev, backend: 'nftables' }), deps);
+  t.is(r.exitCode, 0, r.stdout);
+  t.deepEqual(r.json, prev);
+  t.like(deps.engine.calls, [{ fn: 'apply', netns: '/var/run/netns/cni-test', config: { mode: 'REDIRECT', proxyUid: 1337 }, backend: 'nftables' }]);
+  t.is(deps.engine.calls.length, 1);
+  const line = JSON.parse(r.stderr);
+  t.like(line, { command: 'ADD', pod: 'shop/cart-7d9', decision: 'meshed', source: 'runtime+defaults', rules: 12, level: 'warn' });
+  t.true(line.notes[0].includes('Istio defaults'));
+});
+
+test('ADD of a pod that is not injected passes through without the engine', async (t) => {
+  const deps = unitDeps();
+  const r = await run('ADD', withAnnotations({}, { prevResult: prev }), deps);
+  t.deepEqual(r.json, prev);
+  t.deepEqual(deps.engine.calls, []);
+  t.like(JSON.parse(r.stderr), { decision: 'skipped', reason: 'not-injected' });
+});
+
+test('ADD without K8S_POD_NAME passes through (not a Kubernetes pod)', async (t) => {
+  const deps = unitDeps();
+  const r = await run('ADD', netconf({ prevResult: prev }), deps, { CNI_ARGS: 'IgnoreUnknown=1' });
+  t.is(r.exitCode, 0);
+  t.deepEqual(deps.engine.calls, []);
+  t.like(JSON.parse(r.stderr), { reason: 'not-a-kubernetes-pod' });
+});
+
+test('ADD in an excluded namespace needs no metadata source at all', async (t) => {
+  const deps = unitDeps();
+  const r = await run('ADD', netconf(), deps, { CNI_ARGS: 'K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns' });
+  t.is(r.exitCode, 0, r.stdout);
+  t.like(JSON.parse(r.stderr), { reason: 'namespace-excluded', source: 'cni-args' });
+});
+
+test('ADD with interception mode NONE applies nothing', async (t) => {
+  const deps = unitDeps();
+  const r = await run('ADD', withAnnotations({ ...INJECTED, 'sidecar.istio.io/interceptionMode': 'NONE' }), deps);
+  t.is(r.exitCode, 0);
+  t.deepEqual(deps.engine.calls, []);
+});
+
+test('ADD asks the agent cache before the API, and the cache has the spec', async (t) => {
+  const cached: PodInfo = { name: 'cart-7d9', namespace: 'shop', labels: {}, annotations: INJECTED, containers: ['istio-proxy'], initContainers: [], proxyUid: 1500 };
+  let fetched = 0;
+  const deps = unitDeps({
+    podCache: { lookup: async () => cached },
+    fetchPod: async () => {
+      fetched++;
+      return {};
+    },
+    buildConfig: (_a, proxy) => ({ mode: 'REDIRECT', proxy }) as never,
+  });
+  const r = await run('ADD', netconf({ kubernetes: { kubeconfig: '/etc/kubeconfig' } }), deps);
+  t.is(r.exitCode, 0, r.stdout);
+  t.is(fetched, 0);
+  t.deepEqual((deps.engine.calls[0]!.config as unknown as { proxy: unknown }).proxy, { proxyUid: 1500 });
+  t.like(JSON.parse(r.stderr), { source: 'cache' });
+});
+
+test('DEL removes our rules and prints nothing', async (t) => {
+  const deps = unitDeps();
+  const r = await run('DEL', netconf({ prevResult: prev }), deps);
+  t.is(r.exitCode, 0);
+  t.is(r.stdout, '');
+  t.deepEqual(deps.engine.calls, [{ fn: 'remove', netns: '/var/run/netns/cni-test', backend: 'auto' }]);
+});
+
+test('DEL twice succeeds twice', async (t) => {
+  const deps = unitDeps();
+  t.is((await run('DEL', netconf(), deps)).exitCode, 0);
+  t.is((await run('DEL', netconf(), deps)).exitCode, 0);
+});
+
+test('DEL with an empty CNI_NETNS (RemovePodSandbox) succeeds without the engine', async (t) => {
+  const deps = unitDeps();
+  const r = await run('DEL', netconf(), deps, { CNI_NETNS: '' });
+  t.is(r.exitCode, 0);
+  t.deepEqual(deps.engine.calls, []);
+});
+
+test('DEL when the netns is already gone succeeds without the engine', async (t) => {
+  const deps = unitDeps({ classifyNetns: () => 'missing' });
+  t.is((await run('DEL', netconf(), deps)).exitCode, 0);
+  t.deepEqual(deps.engine.calls, []);
+});
+
+test('DEL when the engine finds the netns gone (race) succeeds', async (t) => {
+  const deps = unitDeps({ engine: recordingEngine({ removeRedirect: async (o) => Promise.reject(new NetnsNotFoundError(o.netns)) }) });
+  t.is((await run('DEL', netconf(), deps)).exitCode, 0);
+});
+
+test('DEL needs no pod metadata, even for a pod we cannot look up', async (t) => {
+  const r = await run('DEL', netconf(), unitDeps());
+  t.is(r.exitCode, 0, r.stdout);
+});
+
+test('CHECK of a meshed pod asks the engine and succeeds when rules match', async (t) => {
+  const deps = unitDeps();
+  const r = await run('CHECK', withAnnotations(INJECTED, { prevResult: prev }), deps);
+  t.is(r.exitCode, 0, r.stdout);
+  t.is(r.stdout, '');
+  t.is(deps.engine.calls[0]!.fn, 'check');
+});
+
+test('CHECK of a pod that is not meshed does not ask the engine', async (t) => {
+  const deps = unitDeps();
+  t.is((await run('CHECK', withAnnotations({}), deps)).exitCode, 0);
+  t.deepEqual(deps.engine.calls, []);
+});
+
+test('GC hands the valid attachments to the state keeper', async (t) => {
+  let seen: unknown;
+  const deps = unitDeps({ gcAttachments: async (valid) => void (seen = valid) });
+  const attachments = [{ containerID: 'abc', ifname: 'eth0' }];
+  const r = await run('GC', netconf({ 'cni.dev/valid-attachments': attachments }, '1.1.0'), deps, { CNI_CONTAINERID: undefined, CNI_NETNS: undefined, CNI_IFNAME: undefined });
+  t.is(r.exitCode, 0, r.stdout);
+  t.deepEqual(seen, attachments);
+});
+
+test('STATUS succeeds silently when ready', async (t) => {
+  const r = await run('STATUS', netconf({}, '1.1.0'), unitDeps());
+  t.is(r.exitCode, 0);
+  t.is(r.stdout, '');
+});
+
+test('STATUS standalone checks the backend programs (this machine has iptables and nft)', async (t) => {
+  const deps = unitDeps();
+  delete deps.status;
+  const r = await run('STATUS', netconf({}, '1.1.0'), deps);
+  t.is(r.exitCode, 0, r.stdout);
+});
+
+test('a command that throws a CniError is not wrapped again', async (t) => {
+  const deps = unitDeps({ engine: recordingEngine({ applyRedirect: async () => Promise.reject(new CniError(CniCode.TryAgainLater, 'busy', 'lock held')) }) });
+  const r = await run('ADD', withAnnotations(INJECTED), deps);
+  t.deepEqual(r.json, { cniVersion: '1.0.0', code: 11, msg: 'busy', details: 'lock held' });
+});

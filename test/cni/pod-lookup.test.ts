@@ -1,0 +1,194 @@
+import { redirectConfigFromAnnotations } from '../../src/redirect/config';
+/**
+ * The kubeconfig reader and the pod GET against a real HTTP server in-process (a stand-in for the API
+ * server; the real kube-apiserver suite belongs to the CRI/apiserver tests). Bounded retry, then code 11.
+ */
+import test from 'ava';
+import { writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { parseKubeconfig } from '../../src/cni/kubeconfig';
+import { parseMiniYaml } from '../../src/cni/mini-yaml';
+import { podInfoFromPod } from '../../src/cni/pod-api';
+import { INJECTED, logDir, netconf, run, unitDeps } from './helpers';
+
+const KUBECTL_STYLE = `apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: ${Buffer.from('CA PEM').toString('base64')}
+    server: https://10.0.0.1:6443
+  name: kind
+contexts:
+- context:
+    cluster: kind
+    user: mesh-cni # the service account
+  name: mesh-cni@kind
+current-context: "mesh-cni@kind"
+kind: Config
+preferences: {}
+users:
+- name: mesh-cni
+  user:
+    token: 'abc''def'
+`;
+
+test('mini YAML reads the shape kubectl writes', (t) => {
+  const doc = parseMiniYaml(KUBECTL_STYLE) as Record<string, any>;
+  t.is(doc.clusters[0].name, 'kind');
+  t.is(doc.clusters[0].cluster.server, 'https://10.0.0.1:6443');
+  t.is(doc.contexts[0].context.user, 'mesh-cni');
+  t.is(doc['current-context'], 'mesh-cni@kind');
+  t.deepEqual(doc.preferences, {});
+  t.is(doc.users[0].user.token, "abc'def");
+});
+
+test('mini YAML: nested sequences, indented lists, block scalars, booleans', (t) => {
+  const doc = parseMiniYaml('a:\n  - x: 1\n    y: true\n  - plain\nb: |\n  line1\n  line2\nc: >-\n  folded\n  text\nd: ~\n') as Record<string, any>;
+  t.deepEqual(doc, { a: [{ x: 1, y: true }, 'plain'], b: 'line1\nline2\n', c: 'folded text', d: null });
+});
+
+test('mini YAML refuses anchors and multiple documents', (t) => {
+  t.throws(() => parseMiniYaml('a: &x 1\nb: *x\n'), { message: /anchors/ });
+  t.throws(() => parseMiniYaml('a: 1\n---\nb: 2\n'), { message: /multiple documents/ });
+});
+
+test('kubeconfig: current context, server, CA data and token', (t) => {
+  const k = parseKubeconfig(KUBECTL_STYLE, '/etc/mesh-cni/kubeconfig');
+  t.is(k.server.href, 'https://10.0.0.1:6443/');
+  t.is(k.ca?.toString(), 'CA PEM');
+  t.is(k.token, "abc'def");
+  t.false(k.insecureSkipTlsVerify);
+});
+
+test('kubeconfig as JSON, with tokenFile and file paths relative to the kubeconfig', (t) => {
+  writeFileSync(join(logDir, 'token'), 'file-token\n');
+  writeFileSync(join(logDir, 'ca.crt'), 'CA FILE');
+  const json = JSON.stringify({
+    'current-context': 'c',
+    contexts: [{ name: 'c', context: { cluster: 'k', user: 'u' } }],
+    clusters: [{ name: 'k', cluster: { server: 'http://127.0.0.1:8080', 'certificate-authority': 'ca.crt', 'insecure-skip-tls-verify': true } }],
+    users: [{ name: 'u', user: { tokenFile: 'token' } }],
+  });
+  const k = parseKubeconfig(json, join(logDir, 'kubeconfig'));
+  t.is(k.token, 'file-token');
+  t.is(k.ca?.toString(), 'CA FILE');
+  t.true(k.insecureSkipTlsVerify);
+});
+
+test('kubeconfig errors never quote credentials', (t) => {
+  const bad = KUBECTL_STYLE.replace("token: 'abc''def'", 'exec: {"command": "aws"}\n    token: sekret');
+  const err = t.throws(() => parseKubeconfig(bad, '/k'));
+  t.regex(err!.message, /exec/);
+  t.notRegex(err!.message, /sekret/);
+});
+
+test('PodInfo from a pod: containers, proxy uid/gid and DNS capture from istio-proxy', (t) => {
+  const info = podInfoFromPod({
+    metadata: { name: 'p', namespace: 'n', uid: 'u', labels: { app: 'x' }, annotations: INJECTED },
+    spec: {
+      initContainers: [{ name: 'istio-validation' }],
+      containers: [{ name: 'app' }, { name: 'istio-proxy', securityContext: { runAsUser: 1337, runAsGroup: 1338 }, env: [{ name: 'ISTIO_META_DNS_CAPTURE', value: 'true' }] }],
+    },
+  });
+  t.like(info, { name: 'p', namespace: 'n', uid: 'u', containers: ['app', 'istio-proxy'], initContainers: ['istio-validation'], proxyUid: 1337, proxyGid: 1338, dnsCapture: true });
+});
+
+async function fakeApiServer(handler: http.RequestListener): Promise<{ url: string; close: () => Promise<void>; hits: string[] }> {
+  const hits: string[] = [];
+  const server = http.createServer((req, res) => {
+    hits.push(`${req.method} ${req.url} ${req.headers.authorization ?? ''}`);
+    handler(req, res);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return { url: `http://127.0.0.1:${port}`, hits, close: () => new Promise((resolve) => server.close(() => resolve())) };
+}
+
+function kubeconfigFor(url: string, name: string): string {
+  const path = join(logDir, name);
+  writeFileSync(
+    path,
+    `current-context: c\ncontexts:\n- name: c\n  context:\n    cluster: k\n    user: u\nclusters:\n- name: k\n  cluster:\n    server: ${url}\nusers:\n- name: u\n  user:\n    token: test-token\n`,
+  );
+  return path;
+}
+
+const pod = {
+  metadata: { name: 'cart-7d9', namespace: 'shop', uid: 'uid-1', annotations: INJECTED },
+  spec: { containers: [{ name: 'cart' }, { name: 'istio-proxy', securityContext: { runAsUser: 1500 } }] },
+};
+
+test.serial('ADD reads the pod with the netconf kubeconfig, after it becomes visible', async (t) => {
+  let calls = 0;
+  const api = await fakeApiServer((_req, res) => {
+    calls++;
+    if (calls < 3) {
+      res.writeHead(404).end('{"kind":"Status","code":404}');
+    } else {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(pod));
+    }
+  });
+  t.teardown(api.close);
+  let proxySeen: unknown;
+  const deps = unitDeps({
+    podLookupTimeoutMs: 5000,
+    buildConfig: (annotations, proxy) => {
+      proxySeen = proxy;
+      return redirectConfigFromAnnotations(annotations, proxy);
+    },
+  });
+  const r = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(api.url, 'kc-ok') } }), deps);
+  t.is(r.exitCode, 0, r.stdout);
+  t.is(api.hits.length, 3);
+  t.is(api.hits[0], 'GET /api/v1/namespaces/shop/pods/cart-7d9 Bearer test-token');
+  t.deepEqual(proxySeen, { proxyUid: 1500 });
+  t.like(JSON.parse(r.stderr), { source: 'api', decision: 'meshed' });
+  t.notRegex(r.stderr, /test-token/);
+});
+
+test.serial('ADD with annotations from the runtime still reads the spec when a kubeconfig is set', async (t) => {
+  const api = await fakeApiServer((_req, res) => res.writeHead(200).end(JSON.stringify(pod)));
+  t.teardown(api.close);
+  const deps = unitDeps();
+  const r = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(api.url, 'kc-rt') }, runtimeConfig: { 'io.kubernetes.cri.pod-annotations': INJECTED } }), deps);
+  t.is(r.exitCode, 0, r.stdout);
+  t.is(api.hits.length, 1);
+});
+
+test.serial('a non-injected pod with runtime annotations costs no API call', async (t) => {
+  const api = await fakeApiServer((_req, res) => res.writeHead(500).end());
+  t.teardown(api.close);
+  const r = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(api.url, 'kc-none') }, runtimeConfig: { 'io.kubernetes.cri.pod-annotations': {} } }));
+  t.is(r.exitCode, 0);
+  t.is(api.hits.length, 0);
+});
+
+test.serial('an API that keeps failing gives code 11 after the bounded wait, and no rules', async (t) => {
+  const api = await fakeApiServer((_req, res) => res.writeHead(503).end());
+  t.teardown(api.close);
+  const deps = unitDeps({ podLookupTimeoutMs: 700 });
+  const started = Date.now();
+  const r = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(api.url, 'kc-down') } }), deps);
+  const elapsed = Date.now() - started;
+  t.is(r.json.code, 11, r.stdout);
+  t.true(elapsed >= 600 && elapsed < 3000, `waited ${elapsed} ms`);
+  t.true(api.hits.length >= 3, `retried ${api.hits.length} times`);
+  t.deepEqual(deps.engine.calls, []);
+});
+
+test.serial('an API that is down (connection refused) gives code 11', async (t) => {
+  const api = await fakeApiServer(() => undefined);
+  await api.close();
+  const r = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(api.url, 'kc-refused') } }), unitDeps({ podLookupTimeoutMs: 300 }));
+  t.is(r.json.code, 11);
+  t.regex(r.json.details as string, /ECONNREFUSED/);
+});
+
+test.serial('403 from the API is final: code 104 without waiting', async (t) => {
+  const api = await fakeApiServer((_req, res) => res.writeHead(403).end());
+  t.teardown(api.close);
+  const r = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(api.url, 'kc-403') } }), unitDeps({ podLookupTimeoutMs: 10_000 }));
+  t.is(r.json.code, 104);
+  t.is(api.hits.length, 1);
+});
