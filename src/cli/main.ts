@@ -6,6 +6,7 @@ import * as plan from './commands/plan';
 import * as apply from './commands/apply';
 import * as show from './commands/show';
 import * as remove from './commands/remove';
+import * as agent from './commands/agent';
 import { EXIT } from './output';
 
 export function cli(argv: string[]) {
@@ -15,6 +16,7 @@ export function cli(argv: string[]) {
     .command(apply)
     .command(show)
     .command(remove)
+    .command(agent)
     .demandCommand(1, 'name a command (see --help)')
     .strict()
     .recommendCommands()

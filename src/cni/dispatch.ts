@@ -31,6 +31,8 @@ export interface CniDeps extends PodSourceDeps {
   gcAttachments?: (valid: CniAttachment[]) => Promise<void>;
   /** where lines go before the netconf (and its log_file) is known; null: stderr only */
   defaultLogFile?: string | null;
+  /** told about every request once it is answered (the agent's metrics) */
+  onRequest?: (line: Readonly<RequestLogLine>) => void;
 }
 
 interface Outcome {
@@ -189,5 +191,6 @@ export async function runCni(invocation: CniInvocation, deps: CniDeps = {}): Pro
   // VERSION and successful STATUS are polled by runtimes; they are logged at debug only.
   const threshold: LogLevel = quiet && line.level === 'info' && level !== 'debug' ? 'warn' : level;
   response.stderr = writeRequestLog(line, { logFile, logLevel: threshold });
+  deps.onRequest?.(line);
   return response;
 }

@@ -176,29 +176,64 @@ function removeStaleSocket(socketPath: string): Promise<void> {
   });
 }
 
+export interface ServeOptions {
+  /** Refuses a connection before reading it (e.g. a peer that is not root); returns the reason or undefined. */
+  authorize?: (socket: net.Socket) => string | undefined;
+  /** Called for every refused connection or malformed frame, with the reason. */
+  onReject?: (reason: string) => void;
+  /** Bound on one request's handling; past it the shim is answered with code 11 (try again). */
+  handlerTimeoutMs?: number;
+}
+
+/** The answer when handling took longer than allowed: kubelet retries the sandbox. */
+function timeoutResponse(ms: number): CniResponse {
+  return { exitCode: 1, stdout: JSON.stringify({ cniVersion: '1.1.0', code: 11, msg: `the agent did not finish within ${ms} ms; try again` }), stderr: '' };
+}
+
+async function handleBounded(handler: CniHandler, invocation: CniInvocation, timeoutMs: number | undefined): Promise<CniResponse> {
+  const work = handler(invocation).catch((err: unknown): CniResponse => {
+    const msg = err instanceof Error ? err.message : String(err);
+    return { exitCode: 1, stdout: JSON.stringify({ cniVersion: '1.1.0', code: 999, msg }), stderr: '' };
+  });
+  if (!timeoutMs) return work;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<CniResponse>((resolve) => {
+    timer = setTimeout(() => resolve(timeoutResponse(timeoutMs)), timeoutMs);
+  });
+  try {
+    return await Promise.race([work, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * Serves CNI requests on a UNIX socket only root can use (mode 0600; the umask closes the window between
- * bind and chmod). The agent builds on this; until then it is what the shim's tests talk to.
+ * bind and chmod). Requests are handled concurrently, each bounded in size (the framing) and time.
  */
-export async function serveCni(socketPath: string, handler: CniHandler): Promise<CniServer> {
+export async function serveCni(socketPath: string, handler: CniHandler, options: ServeOptions = {}): Promise<CniServer> {
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
   await removeStaleSocket(socketPath);
   const server = net.createServer((socket) => {
+    // A shim that went away must not take the agent with it (EPIPE/ECONNRESET on a late answer).
+    socket.on('error', () => undefined);
+    const refused = options.authorize?.(socket);
+    if (refused) {
+      options.onReject?.(refused);
+      socket.destroy();
+      return;
+    }
     socket.setTimeout(READ_TIMEOUT_MS, () => socket.destroy());
     readFrame(socket, REQUEST_MAGIC, MAX_REQUEST_BODY)
       .then(async (body) => {
         socket.setTimeout(0);
-        const invocation = decodeRequestBody(body);
-        let response: CniResponse;
-        try {
-          response = await handler(invocation);
-        } catch (err) {
-          const msg = err instanceof Error ? err.message : String(err);
-          response = { exitCode: 1, stdout: JSON.stringify({ cniVersion: '1.1.0', code: 999, msg }), stderr: '' };
-        }
+        const response = await handleBounded(handler, decodeRequestBody(body), options.handlerTimeoutMs);
         socket.end(encodeResponse(response));
       })
-      .catch(() => socket.destroy());
+      .catch((err: Error) => {
+        options.onReject?.(err instanceof FrameError ? 'bad-frame' : 'io-error');
+        socket.destroy();
+      });
   });
   const previousUmask = process.umask(0o177);
   try {

@@ -9,29 +9,12 @@
 import * as fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { CommandFailedError, MeshCniError, NetnsNotFoundError, NotANetnsError } from '../errors';
+import { errno, loadLibc } from './native';
 
 const CLONE_NEWNET = 0x40000000;
 const NSFS_MAGIC = 0x6e736673;
 const EINVAL = 22;
 const ENOENT = 'ENOENT';
-
-interface Libc {
-  setns(fd: number, nstype: number): number;
-}
-
-let libc: Libc | undefined;
-let errno: () => number = () => 0;
-
-function loadLibc(): Libc {
-  if (!libc) {
-    // Loaded on first use: the ffi binding is native code and the CLI's pure commands never need it.
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const ffi = require('@2060.io/ffi-napi') as typeof import('@2060.io/ffi-napi');
-    libc = ffi.Library(null, { setns: ['int', ['int', 'int']] }) as unknown as Libc;
-    errno = ffi.errno;
-  }
-  return libc;
-}
 
 function netnsAccessError(path: string, err: unknown): MeshCniError {
   const code = (err as NodeJS.ErrnoException).code;

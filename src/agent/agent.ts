@@ -1,0 +1,143 @@
+/**
+ * The node agent: serves the shim's CNI requests on a root-only UNIX socket with a warm engine and a
+ * node-scoped pod cache, and exposes /healthz, /readyz and /metrics. Installing the plugin into the node's
+ * CNI config and repairing pods are wired in here too; each part stays in its own room.
+ */
+import http from 'node:http';
+import type net from 'node:net';
+import { runCni, type CniDeps } from '../cni/dispatch';
+import type { RequestLogLine } from '../cni/log';
+import { serveCni, type CniServer } from '../cni/socket-protocol';
+import { peerCredentials } from '../netns/native';
+import type { NodePodCache, PodEvent } from '../kube/pod-cache';
+import type { V1Pod } from '@kubernetes/client-node';
+import { AgentMetrics } from './metrics';
+
+export const DEFAULT_SOCKET = '/var/run/mesh-cni/agent.sock';
+export const DEFAULT_HEALTH_PORT = 8000;
+
+export interface AgentOptions {
+  socketPath?: string;
+  healthPort?: number;
+  /** Address the health server binds; the DaemonSet runs on the host network, so kubelet probes reach it. */
+  healthHost?: string;
+  /** Kubernetes: the watch cache of this node's pods. `false` runs without an API server. */
+  kubernetes: false | { nodeName: string; kubeconfigPath?: string };
+  /** Refuse socket peers that are not root (SO_PEERCRED). */
+  requireRootPeer?: boolean;
+  /** Bound on one request; the shim's own timeout is longer. */
+  requestTimeoutMs?: number;
+  /** Extra readiness conditions (the installer's "our entry is in the active config"). */
+  readiness?: Array<() => string | undefined>;
+  /** Told about each pod event from the cache (the reconciler). */
+  onPodEvent?: (event: PodEvent, pod: V1Pod) => void;
+  log?: (line: Record<string, unknown>) => void;
+}
+
+export interface Agent {
+  metrics: AgentMetrics;
+  podCache?: NodePodCache;
+  socketPath: string;
+  healthPort: number;
+  /** Why the agent is not ready; empty when it is. */
+  notReadyReasons(): string[];
+  stop(): Promise<void>;
+}
+
+function defaultLog(line: Record<string, unknown>): void {
+  process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), component: 'agent', ...line })}\n`);
+}
+
+/** Rejects peers that are not root, where the kernel tells us who they are. */
+function rootOnly(socket: net.Socket): string | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (fd === undefined || fd < 0) return undefined;
+  const { uid } = peerCredentials(fd);
+  return uid === 0 ? undefined : `non-root peer (uid ${uid})`;
+}
+
+function recordRequest(metrics: AgentMetrics, line: Readonly<RequestLogLine>): void {
+  const result = line.error ? String(line.error.code) : 'ok';
+  metrics.requests.inc({ command: line.command || 'unknown', result });
+  if (line.command === 'ADD') metrics.addDuration.observe({ decision: line.decision ?? 'error' }, line.durationMs / 1000);
+  if (line.command === 'ADD' && line.decision === 'meshed' && line.rules) metrics.rulesProgrammed.inc({ backend: line.backend ?? 'unknown' }, line.rules);
+}
+
+function serveHealth(agent: () => Agent, host: string, port: number): Promise<http.Server> {
+  const server = http.createServer((req, res) => {
+    const a = agent();
+    if (req.url === '/healthz') {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    } else if (req.url === '/readyz') {
+      const reasons = a.notReadyReasons();
+      res.writeHead(reasons.length === 0 ? 200 : 503, { 'content-type': 'application/json' }).end(`${JSON.stringify({ ready: reasons.length === 0, reasons })}\n`);
+    } else if (req.url === '/metrics') {
+      a.metrics.podsCached.set(a.podCache?.pods().length ?? 0);
+      a.metrics.registry
+        .metrics()
+        .then((text) => res.writeHead(200, { 'content-type': a.metrics.registry.contentType }).end(text))
+        .catch((err: Error) => res.writeHead(500).end(err.message));
+    } else {
+      res.writeHead(404).end();
+    }
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}
+
+export async function startAgent(options: AgentOptions): Promise<Agent> {
+  const log = options.log ?? defaultLog;
+  const metrics = new AgentMetrics();
+  const socketPath = options.socketPath ?? DEFAULT_SOCKET;
+  let podCache: NodePodCache | undefined;
+  if (options.kubernetes) {
+    const { NodePodCache } = await import('../kube/pod-cache');
+    podCache = await NodePodCache.start({
+      ...options.kubernetes,
+      onEvent: options.onPodEvent,
+      onError: (err) => log({ level: 'warn', msg: 'pod watch failed; restarting with backoff', error: String(err) }),
+    });
+  }
+  // Loaded now so the first ADD does not pay for it.
+  const engine = await import('../redirect/engine');
+  const deps: CniDeps = { engine, podCache, onRequest: (line) => recordRequest(metrics, line) };
+  let cniServer: CniServer | undefined;
+  cniServer = await serveCni(socketPath, (invocation) => runCni(invocation, deps), {
+    authorize: options.requireRootPeer === false ? undefined : rootOnly,
+    onReject: (reason) => {
+      metrics.peerRejections.inc({ reason: reason.startsWith('non-root') ? 'non-root-peer' : reason });
+      log({ level: 'warn', msg: 'refused a connection on the agent socket', reason });
+    },
+    handlerTimeoutMs: options.requestTimeoutMs ?? 55_000,
+  });
+
+  const agent: Agent = {
+    metrics,
+    podCache,
+    socketPath,
+    healthPort: options.healthPort ?? DEFAULT_HEALTH_PORT,
+    notReadyReasons() {
+      const reasons: string[] = [];
+      if (!cniServer) reasons.push('the CNI socket is not being served');
+      if (podCache && !podCache.synced()) reasons.push('the pod cache has not synced with the API server yet');
+      for (const check of options.readiness ?? []) {
+        const why = check();
+        if (why) reasons.push(why);
+      }
+      return reasons;
+    },
+    async stop() {
+      await Promise.all([cniServer?.close(), podCache?.stop(), new Promise((r) => health.close(r))]);
+      cniServer = undefined;
+    },
+  };
+  const health = await serveHealth(() => agent, options.healthHost ?? '0.0.0.0', agent.healthPort);
+  agent.healthPort = (health.address() as net.AddressInfo).port;
+  log({ level: 'info', msg: 'agent started', socket: socketPath, healthPort: agent.healthPort, kubernetes: Boolean(options.kubernetes) });
+  return agent;
+}

@@ -1,0 +1,51 @@
+/** The agent's Prometheus metrics (prom-client), on their own registry so tests and embedders stay isolated. */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({
+    name: 'mesh_cni_requests_total',
+    help: 'CNI requests served by the agent, by command and result (ok or the CNI error code)',
+    labelNames: ['command', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly addDuration = new Histogram({
+    name: 'mesh_cni_add_duration_seconds',
+    help: 'Time to serve a CNI ADD, from request to answer',
+    labelNames: ['decision'] as const,
+    buckets: [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30],
+    registers: [this.registry],
+  });
+  readonly rulesProgrammed = new Counter({
+    name: 'mesh_cni_rules_programmed_total',
+    help: 'Redirect rules written into pod network namespaces',
+    labelNames: ['backend'] as const,
+    registers: [this.registry],
+  });
+  readonly repairActions = new Counter({
+    name: 'mesh_cni_repair_actions_total',
+    help: 'Actions the reconciler took on broken pods, by action and result',
+    labelNames: ['action', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly reinsertions = new Counter({
+    name: 'mesh_cni_install_reinsertions_total',
+    help: 'Times the agent put its entry back into the primary CNI config after another component removed it',
+    registers: [this.registry],
+  });
+  readonly podsCached = new Gauge({
+    name: 'mesh_cni_pods_cached',
+    help: "Pods on this node in the agent's watch cache",
+    registers: [this.registry],
+  });
+  readonly peerRejections = new Counter({
+    name: 'mesh_cni_socket_rejections_total',
+    help: 'Connections to the agent socket refused (non-root peer, malformed or oversized frame)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'mesh_cni_agent_' });
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * The agent's node-scoped pod cache: one list+watch of the pods on this node (`spec.nodeName` field
+ * selector) through @kubernetes/client-node's ListWatch, restarted with backoff on errors (a 410 relists
+ * inside ListWatch). The plugin path asks it first, so a pod the cache knows costs no API request.
+ *
+ * @kubernetes/client-node is heavy to load (~0.5 s, ~70 MB): it is imported here only, and only by the
+ * agent, never on the standalone ADD path.
+ */
+import type { KubeConfig, ListWatch, V1Pod } from '@kubernetes/client-node';
+import { podInfoFromPod } from '../cni/pod-api';
+import type { PodInfo } from '../cni/decision';
+import type { PodCache } from '../cni/pod-source';
+
+export type PodEvent = 'add' | 'update' | 'delete';
+
+export interface NodePodCacheOptions {
+  nodeName: string;
+  /** A kubeconfig file; in-cluster service account when absent. */
+  kubeconfigPath?: string;
+  onEvent?: (event: PodEvent, pod: V1Pod) => void;
+  onError?: (err: unknown) => void;
+  /** Backoff bounds for restarting the watch after an error. */
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+export async function loadKubeConfig(kubeconfigPath?: string): Promise<KubeConfig> {
+  const k8s = await import('@kubernetes/client-node');
+  const kc = new k8s.KubeConfig();
+  if (kubeconfigPath) kc.loadFromFile(kubeconfigPath);
+  else kc.loadFromCluster();
+  return kc;
+}
+
+export class NodePodCache implements PodCache {
+  private watch?: ListWatch<V1Pod>;
+  private stopped = false;
+  private restartTimer?: NodeJS.Timeout;
+  private backoffMs: number;
+  private hasSynced = false;
+  /** Lists and watch connections made, for tests and the status command. */
+  readonly stats = { lists: 0, restarts: 0, errors: 0 };
+
+  private constructor(
+    readonly kubeConfig: KubeConfig,
+    private readonly options: NodePodCacheOptions,
+  ) {
+    this.backoffMs = options.minBackoffMs ?? 500;
+  }
+
+  static async start(options: NodePodCacheOptions): Promise<NodePodCache> {
+    const cache = new NodePodCache(await loadKubeConfig(options.kubeconfigPath), options);
+    await cache.begin();
+    return cache;
+  }
+
+  private async begin(): Promise<void> {
+    const k8s = await import('@kubernetes/client-node');
+    const api = this.kubeConfig.makeApiClient(k8s.CoreV1Api);
+    const fieldSelector = `spec.nodeName=${this.options.nodeName}`;
+    const listFn = () => {
+      this.stats.lists++;
+      return api.listPodForAllNamespaces({ fieldSelector });
+    };
+    const watch = new k8s.ListWatch<V1Pod>('/api/v1/pods', new k8s.Watch(this.kubeConfig), listFn, false, undefined, fieldSelector);
+    for (const event of ['add', 'update', 'delete'] as const) watch.on(event, (pod: V1Pod) => this.options.onEvent?.(event, pod));
+    watch.on('connect', () => {
+      this.hasSynced = true;
+      this.backoffMs = this.options.minBackoffMs ?? 500;
+    });
+    watch.on('error', (err: unknown) => this.restartAfterError(err));
+    this.watch = watch;
+    try {
+      await watch.start();
+    } catch (err) {
+      this.restartAfterError(err);
+    }
+  }
+
+  private restartAfterError(err: unknown): void {
+    this.stats.errors++;
+    this.options.onError?.(err);
+    if (this.stopped || this.restartTimer) return;
+    const delay = this.backoffMs;
+    this.backoffMs = Math.min(this.backoffMs * 2, this.options.maxBackoffMs ?? 30_000);
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = undefined;
+      if (this.stopped || !this.watch) return;
+      this.stats.restarts++;
+      this.watch.start().catch((e: unknown) => this.restartAfterError(e));
+    }, delay);
+    this.restartTimer.unref();
+  }
+
+  /** True once the first list has completed (the cache then answers for every pod on the node). */
+  synced(): boolean {
+    return this.hasSynced;
+  }
+
+  pods(): readonly V1Pod[] {
+    return this.watch?.list() ?? [];
+  }
+
+  get(namespace: string, name: string): V1Pod | undefined {
+    return this.watch?.get(name, namespace);
+  }
+
+  async lookup(namespace: string, name: string, uid?: string): Promise<PodInfo | undefined> {
+    const pod = this.get(namespace, name);
+    if (!pod || (uid && pod.metadata?.uid && pod.metadata.uid !== uid)) return undefined;
+    return podInfoFromPod(pod);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.restartTimer) clearTimeout(this.restartTimer);
+    await this.watch?.stop();
+  }
+}

@@ -1,0 +1,43 @@
+/**
+ * The one native seam: the few libc calls Node does not expose, bound through @2060.io/ffi-napi and loaded
+ * on first use (the CLI's pure commands never load native code).
+ */
+export interface Libc {
+  setns(fd: number, nstype: number): number;
+  getsockopt(fd: number, level: number, name: number, value: Buffer, length: Buffer): number;
+}
+
+let libc: Libc | undefined;
+let errnoFn: () => number = () => 0;
+
+export function loadLibc(): Libc {
+  if (!libc) {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const ffi = require('@2060.io/ffi-napi') as typeof import('@2060.io/ffi-napi');
+    libc = ffi.Library(null, {
+      setns: ['int', ['int', 'int']],
+      getsockopt: ['int', ['int', 'int', 'int', 'pointer', 'pointer']],
+    }) as unknown as Libc;
+    errnoFn = ffi.errno;
+  }
+  return libc;
+}
+
+/** errno of the last failed call made through `loadLibc()`. */
+export function errno(): number {
+  return errnoFn();
+}
+
+const SOL_SOCKET = 1;
+const SO_PEERCRED = 17;
+
+/** The pid, uid and gid of the process at the other end of a connected UNIX socket (SO_PEERCRED). */
+export function peerCredentials(fd: number): { pid: number; uid: number; gid: number } {
+  const cred = Buffer.alloc(12);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(12);
+  if (loadLibc().getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, len) !== 0) {
+    throw new Error(`getsockopt(SO_PEERCRED) failed with errno ${errno()}`);
+  }
+  return { pid: cred.readInt32LE(0), uid: cred.readUInt32LE(4), gid: cred.readUInt32LE(8) };
+}

@@ -1,0 +1,141 @@
+/**
+ * The agent's socket server and HTTP endpoints, without Kubernetes: concurrency, bounded and malformed
+ * frames, root-only peers, real ADDs into a pod netns through the socket, and /metrics counting it all.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { startAgent, type Agent } from '../../src/agent/agent';
+import { callCniSocket } from '../../src/cni/socket-protocol';
+import { createPodPeer, tryInNetns } from '../support/netns';
+import { connect, listen } from '../support/traffic';
+import { requireKernelTools } from '../support/require';
+import { INJECTED, POD_ARGS, withAnnotations } from '../cni/helpers';
+
+async function agentFor(t: ExecutionContext): Promise<{ agent: Agent; dir: string }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mesh-cni-agent-'));
+  fs.chmodSync(dir, 0o755);
+  const agent = await startAgent({ socketPath: path.join(dir, 'agent.sock'), healthPort: 0, healthHost: '127.0.0.1', kubernetes: false, log: () => undefined });
+  t.teardown(async () => {
+    await agent.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { agent, dir };
+}
+
+const version = (cniVersion = '1.0.0') => ({ env: { CNI_COMMAND: 'VERSION' }, stdin: Buffer.from(JSON.stringify({ cniVersion })) });
+
+async function scrape(agent: Agent, route = '/metrics'): Promise<{ status: number; body: string }> {
+  const res = await fetch(`http://127.0.0.1:${agent.healthPort}${route}`);
+  return { status: res.status, body: await res.text() };
+}
+
+function metricValue(text: string, name: string, labels: string): number {
+  const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}}`));
+  return line ? Number(line.split(' ').pop()) : 0;
+}
+
+test.serial('100 concurrent requests are all answered', async (t) => {
+  const { agent } = await agentFor(t);
+  const answers = await Promise.all(Array.from({ length: 100 }, () => callCniSocket(agent.socketPath, version(), 10_000)));
+  t.is(answers.length, 100);
+  for (const a of answers) {
+    t.is(a.exitCode, 0);
+    t.deepEqual(JSON.parse(a.stdout).supportedVersions, ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0']);
+  }
+  t.is(metricValue((await scrape(agent)).body, 'mesh_cni_requests_total', 'command="VERSION",result="ok"'), 100);
+});
+
+function rawExchange(socketPath: string, bytes: Buffer): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect(socketPath, () => s.write(bytes));
+    let got = '';
+    s.on('data', (d) => (got += d.toString('latin1')));
+    s.on('close', () => resolve(got));
+    s.on('error', () => resolve(got));
+    setTimeout(() => s.destroy(), 3000);
+  });
+}
+
+test.serial('oversized and malformed frames are rejected without crashing the agent', async (t) => {
+  const { agent } = await agentFor(t);
+  const huge = Buffer.alloc(8);
+  huge.write('MCQ1', 'latin1');
+  huge.writeUInt32BE(512 * 1024 * 1024, 4);
+  t.is(await rawExchange(agent.socketPath, huge), '', 'a frame announcing 512 MiB is cut off');
+  t.is(await rawExchange(agent.socketPath, Buffer.from('GET / HTTP/1.1\r\n\r\n')), '', 'bad magic is cut off');
+  const truncated = Buffer.alloc(12);
+  truncated.write('MCQ1', 'latin1');
+  truncated.writeUInt32BE(4, 4);
+  truncated.writeUInt32BE(1000, 8);
+  t.is(await rawExchange(agent.socketPath, truncated), '', 'an env count without entries is cut off');
+  const still = await callCniSocket(agent.socketPath, version(), 5000);
+  t.is(still.exitCode, 0, 'the agent still answers');
+  const metrics = (await scrape(agent)).body;
+  t.true(metricValue(metrics, 'mesh_cni_socket_rejections_total', 'reason="bad-frame"') >= 3);
+});
+
+test.serial('a peer that is not root is refused, even if the socket mode were opened up', async (t) => {
+  const { agent, dir } = await agentFor(t);
+  t.is(fs.statSync(agent.socketPath).mode & 0o777, 0o600);
+  const client = path.join(dir, 'client.js');
+  fs.writeFileSync(
+    client,
+    `const s=require('net').connect(process.argv[2]);s.on('connect',()=>{s.write(Buffer.from('MCQ1'));});s.on('data',()=>{console.log('answered');});s.on('close',()=>{if(!s.failed)console.log('closed')});s.on('error',e=>{s.failed=true;console.log(e.code)});`,
+  );
+  fs.chmodSync(client, 0o644);
+  // Asynchronously: the agent runs in this process and must keep accepting while the client waits.
+  const asProxy = () =>
+    new Promise<string>((resolve) => {
+      const child = spawn('setpriv', ['--reuid=1337', '--regid=1337', '--clear-groups', process.execPath, client, agent.socketPath]);
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      child.on('close', () => {
+        clearTimeout(timer);
+        resolve(out.trim());
+      });
+    });
+  t.is(await asProxy(), 'EACCES', 'the 0600 socket keeps other users out');
+  fs.chmodSync(agent.socketPath, 0o666);
+  t.regex(await asProxy(), /^(closed|ECONNRESET|EPIPE)$/, 'SO_PEERCRED refuses the connection anyway: no answer');
+  t.is(metricValue((await scrape(agent)).body, 'mesh_cni_socket_rejections_total', 'reason="non-root-peer"'), 1);
+});
+
+test.serial('/healthz and /readyz answer; unknown paths are 404', async (t) => {
+  const { agent } = await agentFor(t);
+  t.is((await scrape(agent, '/healthz')).status, 200);
+  const ready = await scrape(agent, '/readyz');
+  t.is(ready.status, 200);
+  t.deepEqual(JSON.parse(ready.body), { ready: true, reasons: [] });
+  t.is((await scrape(agent, '/nope')).status, 404);
+});
+
+test.serial('ADD and DEL through the agent program a real pod netns, and /metrics counts them', async (t) => {
+  requireKernelTools(t);
+  const { agent } = await agentFor(t);
+  const pair = createPodPeer(t);
+  await listen(t, pair.pod, 'pod', ['15001']);
+  await listen(t, pair.peer, 'peer', ['80']);
+  const stdin = Buffer.from(JSON.stringify(withAnnotations(INJECTED, { backend: 'iptables-nft', log_file: '/dev/null' })));
+  const env = (command: string) => ({ CNI_COMMAND: command, CNI_CONTAINERID: 'c1', CNI_NETNS: pair.podPath, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS });
+
+  const added = await callCniSocket(agent.socketPath, { env: env('ADD'), stdin }, 30_000);
+  t.is(added.exitCode, 0, added.stdout);
+  t.is(connect(pair.pod, pair.peerIp4, 80).port, 15001);
+  const checked = await callCniSocket(agent.socketPath, { env: env('CHECK'), stdin }, 30_000);
+  t.is(checked.exitCode, 0, checked.stdout);
+  const deleted = await callCniSocket(agent.socketPath, { env: env('DEL'), stdin }, 30_000);
+  t.is(deleted.exitCode, 0, deleted.stdout);
+  t.notRegex(tryInNetns(pair.pod, 'iptables-nft-save', []).stdout, /ISTIO_/);
+
+  const metrics = (await scrape(agent)).body;
+  t.is(metricValue(metrics, 'mesh_cni_requests_total', 'command="ADD",result="ok"'), 1);
+  t.is(metricValue(metrics, 'mesh_cni_requests_total', 'command="CHECK",result="ok"'), 1);
+  t.is(metricValue(metrics, 'mesh_cni_requests_total', 'command="DEL",result="ok"'), 1);
+  t.true(metricValue(metrics, 'mesh_cni_rules_programmed_total', 'backend="iptables-nft"') > 0);
+  t.is(metricValue(metrics, 'mesh_cni_add_duration_seconds_count', 'decision="meshed"'), 1);
+});
