@@ -5,6 +5,7 @@
  */
 import http from 'node:http';
 import type net from 'node:net';
+import { AttachmentStore } from '../cni/attachments';
 import { runCni, type CniDeps } from '../cni/dispatch';
 import type { RequestLogLine } from '../cni/log';
 import { serveCni, type CniServer } from '../cni/socket-protocol';
@@ -27,6 +28,8 @@ export interface AgentOptions {
   requireRootPeer?: boolean;
   /** Bound on one request; the shim's own timeout is longer. */
   requestTimeoutMs?: number;
+  /** Where attachment records live (shared with the standalone plugin). */
+  stateDir?: string;
   /** Extra readiness conditions (the installer's "our entry is in the active config"). */
   readiness?: Array<() => string | undefined>;
   /** Told about each pod event from the cache (the reconciler). */
@@ -36,6 +39,7 @@ export interface AgentOptions {
 
 export interface Agent {
   metrics: AgentMetrics;
+  attachments: AttachmentStore;
   podCache?: NodePodCache;
   socketPath: string;
   healthPort: number;
@@ -105,7 +109,8 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   }
   // Loaded now so the first ADD does not pay for it.
   const engine = await import('../redirect/engine');
-  const deps: CniDeps = { engine, podCache, onRequest: (line) => recordRequest(metrics, line) };
+  const attachments = new AttachmentStore(options.stateDir);
+  const deps: CniDeps = { engine, podCache, attachments, onRequest: (line) => recordRequest(metrics, line) };
   let cniServer: CniServer | undefined;
   cniServer = await serveCni(socketPath, (invocation) => runCni(invocation, deps), {
     authorize: options.requireRootPeer === false ? undefined : rootOnly,
@@ -118,6 +123,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
 
   const agent: Agent = {
     metrics,
+    attachments,
     podCache,
     socketPath,
     healthPort: options.healthPort ?? DEFAULT_HEALTH_PORT,

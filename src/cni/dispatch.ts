@@ -8,13 +8,14 @@ import { NetnsNotFoundError } from '../errors';
 import type * as EngineModule from '../redirect/engine';
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
 import { CniCode, CniError, toCniError } from './errors';
+import type { AttachmentStore } from './attachments';
 import { writeRequestLog, type RequestLogLine } from './log';
 import { DEFAULT_LOG_FILE, type LogLevel, type MeshNetConf } from './netconf';
 import { classifyNetnsPath, type NetnsPathKind } from './netns-path';
 import { decidePod, type PodSourceDeps } from './pod-source';
 import { MAX_STDIN_BYTES, parseRequest, responseVersionOf, type NetworkRequest } from './request';
 import { checkProgramsForBackend } from './status';
-import type { CniAttachment, CniInvocation, CniResponse, CniVersionJson } from './types';
+import type { CniInvocation, CniResponse, CniVersionJson } from './types';
 import { convertResult, CURRENT_VERSION, emptyResult, SUPPORTED_VERSIONS } from './version';
 
 export type Engine = Pick<typeof EngineModule, 'applyRedirect' | 'removeRedirect' | 'checkRedirect'>;
@@ -27,8 +28,8 @@ export interface CniDeps extends PodSourceDeps {
   classifyNetns?: (path: string) => NetnsPathKind;
   /** STATUS: resolves when ADDs can be served, throws a CniError (50/51) when not */
   status?: (netconf: MeshNetConf) => Promise<void>;
-  /** GC: drop state kept for attachments not in the list (the standalone plugin keeps none) */
-  gcAttachments?: (valid: CniAttachment[]) => Promise<void>;
+  /** what ADD saw per attachment (netns path, pod), for the reconciler; DEL and GC prune it */
+  attachments?: AttachmentStore;
   /** where lines go before the netconf (and its log_file) is known; null: stderr only */
   defaultLogFile?: string | null;
   /** told about every request once it is answered (the agent's metrics) */
@@ -74,11 +75,23 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine):
   const engine = await loadEngine(deps);
   const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend });
   Object.assign(line, { decision: 'meshed', backend: report.backend, rules: report.rules });
+  const k8s = req.kubernetes;
+  const note = deps.attachments?.record({
+    containerId: req.containerId,
+    ifName: req.ifName,
+    netns: req.netns,
+    pod: { namespace: k8s.podNamespace, name: k8s.podName, uid: k8s.podUid },
+    backend: report.backend,
+    rules: report.rules,
+    programmedAt: new Date().toISOString(),
+  });
+  if (note) notes.push(note);
   return { stdout };
 }
 
 async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
   // DEL is best effort and repeatable: a gone or never-programmed netns is success.
+  deps.attachments?.forget(req.containerId, req.ifName);
   if (req.netns === '') {
     Object.assign(line, { decision: 'nothing-to-remove', reason: 'no-netns' });
     return { stdout: '' };
@@ -123,8 +136,8 @@ async function cmdCheck(req: NetworkRequest, deps: CniDeps, line: RequestLogLine
 
 async function cmdGc(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
   const valid = req.validAttachments ?? [];
-  if (deps.gcAttachments) await deps.gcAttachments(valid);
-  Object.assign(line, { decision: 'collected', notes: [`${valid.length} valid attachments`] });
+  const dropped = deps.attachments?.gc(valid) ?? 0;
+  Object.assign(line, { decision: 'collected', notes: [`${valid.length} valid attachments, ${dropped} stale records dropped`] });
   return { stdout: '' };
 }
 

@@ -6,6 +6,7 @@
  */
 import { runCni } from './dispatch';
 import { MAX_STDIN_BYTES } from './request';
+import { AttachmentStore } from './attachments';
 
 async function readStdinBounded(limit: number): Promise<Buffer> {
   if (process.stdin.isTTY) return Buffer.alloc(0);
@@ -35,7 +36,8 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  const response = await runCni({ env: process.env, stdin }, { podLookupTimeoutMs: lookupTimeoutFromEnv() });
+  const attachments = new AttachmentStore(process.env.MESH_CNI_STATE_DIR || undefined);
+  const response = await runCni({ env: process.env, stdin }, { podLookupTimeoutMs: lookupTimeoutFromEnv(), attachments });
   if (response.stderr) process.stderr.write(response.stderr);
   process.stdout.write(response.stdout, () => {
     process.exit(response.exitCode);

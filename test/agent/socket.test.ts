@@ -18,7 +18,7 @@ import { INJECTED, POD_ARGS, withAnnotations } from '../cni/helpers';
 async function agentFor(t: ExecutionContext): Promise<{ agent: Agent; dir: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mesh-cni-agent-'));
   fs.chmodSync(dir, 0o755);
-  const agent = await startAgent({ socketPath: path.join(dir, 'agent.sock'), healthPort: 0, healthHost: '127.0.0.1', kubernetes: false, log: () => undefined });
+  const agent = await startAgent({ socketPath: path.join(dir, 'agent.sock'), stateDir: dir, healthPort: 0, healthHost: '127.0.0.1', kubernetes: false, log: () => undefined });
   t.teardown(async () => {
     await agent.stop();
     fs.rmSync(dir, { recursive: true, force: true });

@@ -1,4 +1,8 @@
 /** ADD / DEL / CHECK / GC / STATUS through the dispatcher with a recording engine: what is called, what is printed. */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AttachmentStore } from '../../src/cni/attachments';
 import test from 'ava';
 import { NetnsNotFoundError } from '../../src/errors';
 import { CniCode, CniError } from '../../src/cni/errors';
@@ -118,13 +122,32 @@ test('CHECK of a pod that is not meshed does not ask the engine', async (t) => {
   t.deepEqual(deps.engine.calls, []);
 });
 
-test('GC hands the valid attachments to the state keeper', async (t) => {
-  let seen: unknown;
-  const deps = unitDeps({ gcAttachments: async (valid) => void (seen = valid) });
-  const attachments = [{ containerID: 'abc', ifname: 'eth0' }];
-  const r = await run('GC', netconf({ 'cni.dev/valid-attachments': attachments }, '1.1.0'), deps, { CNI_CONTAINERID: undefined, CNI_NETNS: undefined, CNI_IFNAME: undefined });
+test('ADD records the attachment, DEL forgets it, GC drops records not in the valid list', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'mesh-cni-state-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const attachments = new AttachmentStore(dir);
+  const deps = unitDeps({ attachments });
+  t.is((await run('ADD', withAnnotations(INJECTED), deps)).exitCode, 0);
+  t.like(attachments.list(), [{ containerId: 'abc123', ifName: 'eth0', netns: '/var/run/netns/cni-test', pod: { namespace: 'shop', name: 'cart-7d9', uid: 'uid-1' } }]);
+  t.is((await run('ADD', withAnnotations(INJECTED), deps, { CNI_CONTAINERID: 'other' })).exitCode, 0);
+  t.is(attachments.list().length, 2);
+  const gc = await run('GC', netconf({ 'cni.dev/valid-attachments': [{ containerID: 'abc123', ifname: 'eth0' }] }, '1.1.0'), deps, { CNI_CONTAINERID: undefined, CNI_NETNS: undefined, CNI_IFNAME: undefined });
+  t.is(gc.exitCode, 0, gc.stdout);
+  t.deepEqual(attachments.list().map((a) => a.containerId), ['abc123']);
+  t.is((await run('DEL', withAnnotations(INJECTED), deps)).exitCode, 0);
+  t.deepEqual(attachments.list(), []);
+});
+
+test('ADD still succeeds fully when the state directory cannot be written', async (t) => {
+  // A regular file where the state directory should be: every write fails (as on a read-only disk).
+  const dir = mkdtempSync(join(tmpdir(), 'mesh-cni-state-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'attachments'), '');
+  const deps = unitDeps({ attachments: new AttachmentStore(dir) });
+  const r = await run('ADD', withAnnotations(INJECTED), deps);
   t.is(r.exitCode, 0, r.stdout);
-  t.deepEqual(seen, attachments);
+  t.is(deps.engine.calls.length, 1);
+  t.true(JSON.parse(r.stderr).notes.some((n: string) => n.includes('attachment state not recorded')));
 });
 
 test('STATUS succeeds silently when ready', async (t) => {

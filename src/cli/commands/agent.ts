@@ -3,6 +3,7 @@ import type { Argv } from 'yargs';
 import { MeshCniError } from '../../errors';
 import { DEFAULT_HEALTH_PORT, DEFAULT_SOCKET, startAgent } from '../../agent/agent';
 import { runCommand } from '../output';
+import { DEFAULT_STATE_DIR } from '../../cni/attachments';
 
 export const command = 'agent';
 export const describe = 'run the node agent: serve the CNI shim, watch this node\'s pods, health and metrics';
@@ -11,6 +12,7 @@ export function builder(y: Argv) {
   return y
     .options({
       socket: { type: 'string', default: DEFAULT_SOCKET, describe: 'the UNIX socket the shim talks to (mode 0600, root only)' },
+      'state-dir': { type: 'string', default: DEFAULT_STATE_DIR, describe: 'where the record of programmed attachments lives (shared with the standalone plugin)' },
       'health-port': { type: 'number', default: DEFAULT_HEALTH_PORT, describe: 'port of /healthz, /readyz and /metrics (0: any free port)' },
       'health-host': { type: 'string', default: '0.0.0.0', describe: 'address the health server binds' },
       kubernetes: { type: 'boolean', default: true, describe: 'watch this node\'s pods through the API server (--no-kubernetes: annotations only from the runtime)' },
@@ -23,6 +25,7 @@ export function builder(y: Argv) {
 
 interface AgentArgs {
   socket: string;
+  'state-dir': string;
   'health-port': number;
   'health-host': string;
   kubernetes: boolean;
@@ -37,6 +40,7 @@ export async function handler(args: AgentArgs): Promise<void> {
     }
     const agent = await startAgent({
       socketPath: args.socket,
+      stateDir: args['state-dir'],
       healthPort: args['health-port'],
       healthHost: args['health-host'],
       kubernetes: args.kubernetes ? { nodeName: args['node-name']!, kubeconfigPath: args.kubeconfig } : false,
