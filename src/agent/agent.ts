@@ -10,9 +10,11 @@ import { runCni, type CniDeps } from '../cni/dispatch';
 import type { RequestLogLine } from '../cni/log';
 import { serveCni, type CniServer } from '../cni/socket-protocol';
 import { peerCredentials } from '../netns/native';
-import type { NodePodCache, PodEvent } from '../kube/pod-cache';
+import type { NodePodCache } from '../kube/pod-cache';
 import type { V1Pod } from '@kubernetes/client-node';
 import { AgentMetrics } from './metrics';
+import { Reconciler, type RepairMode } from '../repair/reconciler';
+import type { BackendName } from '../redirect/engine';
 
 export const DEFAULT_SOCKET = '/var/run/mesh-cni/agent.sock';
 export const DEFAULT_HEALTH_PORT = 8000;
@@ -32,13 +34,22 @@ export interface AgentOptions {
   stateDir?: string;
   /** Extra readiness conditions (the installer's "our entry is in the active config"). */
   readiness?: Array<() => string | undefined>;
-  /** Told about each pod event from the cache (the reconciler). */
-  onPodEvent?: (event: PodEvent, pod: V1Pod) => void;
+  /** The reconciler; needs Kubernetes. Mode `off` (the default here) disables it. */
+  repair?: {
+    mode: RepairMode;
+    resyncMs?: number;
+    ratePerSecond?: number;
+    burst?: number;
+    excludeNamespaces?: readonly string[];
+    backend?: BackendName;
+    procRoot?: string;
+  };
   log?: (line: Record<string, unknown>) => void;
 }
 
 export interface Agent {
   metrics: AgentMetrics;
+  reconciler?: Reconciler;
   attachments: AttachmentStore;
   podCache?: NodePodCache;
   socketPath: string;
@@ -94,16 +105,53 @@ function serveHealth(agent: () => Agent, host: string, port: number): Promise<ht
   });
 }
 
+/**
+ * Runs the reconciler: a pass now (pods that started before us), a pass every `resyncMs`, and one pod at a
+ * time when the watch says it changed (debounced, since a starting pod changes several times).
+ */
+function scheduleRepair(
+  reconciler: Reconciler,
+  resyncMs: number,
+  log: (line: Record<string, unknown>) => void,
+  subscribe: (handler: (pod: V1Pod) => void) => void,
+): () => void {
+  const report = (findings: Awaited<ReturnType<Reconciler['pass']>>) => {
+    for (const f of findings) if (f.action) log({ level: 'info', msg: 'repair', pod: `${f.namespace}/${f.name}`, reason: f.reason, action: f.action });
+  };
+  const runPass = () => reconciler.pass().then(report, (err: unknown) => log({ level: 'warn', msg: 'repair pass failed', error: String(err) }));
+  const pending = new Map<string, NodeJS.Timeout>();
+  subscribe((pod) => {
+    const key = pod.metadata?.uid ?? `${pod.metadata?.namespace}/${pod.metadata?.name}`;
+    clearTimeout(pending.get(key));
+    const timer = setTimeout(() => {
+      pending.delete(key);
+      reconciler.reconcile(pod).then((f) => report([f]), (err: unknown) => log({ level: 'warn', msg: 'repair failed', error: String(err) }));
+    }, 300);
+    timer.unref();
+    pending.set(key, timer);
+  });
+  void runPass();
+  const interval = setInterval(runPass, resyncMs);
+  interval.unref();
+  return () => {
+    clearInterval(interval);
+    for (const t of pending.values()) clearTimeout(t);
+  };
+}
+
 export async function startAgent(options: AgentOptions): Promise<Agent> {
   const log = options.log ?? defaultLog;
   const metrics = new AgentMetrics();
   const socketPath = options.socketPath ?? DEFAULT_SOCKET;
   let podCache: NodePodCache | undefined;
+  let onPodEvent: ((pod: V1Pod) => void) | undefined;
   if (options.kubernetes) {
     const { NodePodCache } = await import('../kube/pod-cache');
     podCache = await NodePodCache.start({
       ...options.kubernetes,
-      onEvent: options.onPodEvent,
+      onEvent: (event, pod) => {
+        if (event !== 'delete') onPodEvent?.(pod);
+      },
       onError: (err) => log({ level: 'warn', msg: 'pod watch failed; restarting with backoff', error: String(err) }),
     });
   }
@@ -121,8 +169,28 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     handlerTimeoutMs: options.requestTimeoutMs ?? 55_000,
   });
 
+  let reconciler: Reconciler | undefined;
+  let stopRepair = () => undefined as void;
+  if (options.kubernetes && podCache && options.repair && options.repair.mode !== 'off') {
+    const r = options.repair;
+    const { repairDeps } = await import('../repair/wiring');
+    const cache = podCache;
+    const deps = await repairDeps({
+      kubeConfig: cache.kubeConfig,
+      nodeName: options.kubernetes.nodeName,
+      pods: () => cache.pods(),
+      attachments,
+      procRoot: r.procRoot,
+      backend: r.backend,
+      onAction: (action, result) => metrics.repairActions.inc({ action, result }),
+    });
+    reconciler = new Reconciler({ mode: r.mode, excludeNamespaces: r.excludeNamespaces ?? ['kube-system'], backend: r.backend, ratePerSecond: r.ratePerSecond, burst: r.burst }, deps);
+    stopRepair = scheduleRepair(reconciler, r.resyncMs ?? 30_000, log, (handler) => (onPodEvent = handler));
+  }
+
   const agent: Agent = {
     metrics,
+    reconciler,
     attachments,
     podCache,
     socketPath,
@@ -138,6 +206,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
       return reasons;
     },
     async stop() {
+      stopRepair();
       await Promise.all([cniServer?.close(), podCache?.stop(), new Promise((r) => health.close(r))]);
       cniServer = undefined;
     },

@@ -2,6 +2,7 @@
 import type { Options } from 'yargs';
 import { parseAnnotationArgs, redirectConfigFromAnnotations, type RedirectConfig } from '../redirect/config';
 import { BACKEND_NAMES, type BackendName } from '../redirect/engine';
+import { REPAIR_MODES, type RepairMode } from '../repair/reconciler';
 
 export const configOptions = {
   annotation: {
@@ -37,4 +38,33 @@ export function configFromArgs(args: ConfigArgs): RedirectConfig {
     proxyGid: args['proxy-gid'],
     dnsCapture: args['dns-capture'],
   });
+}
+
+export const repairOptions = {
+  'repair-mode': { choices: REPAIR_MODES, default: 'repair' as RepairMode, describe: 'what to do with a meshed pod whose rules are missing or wrong' },
+  'repair-rate': { type: 'number', default: 5, describe: 'repair actions per second at most' },
+  'repair-burst': { type: 'number', default: 10, describe: 'repair actions allowed at once after a quiet spell' },
+  'exclude-namespaces': { type: 'string', array: true, default: ['kube-system'], describe: 'namespaces never redirected (as the netconf\'s kubernetes.exclude_namespaces)' },
+  'proc-root': { type: 'string', default: '/proc', describe: "the host's /proc (the DaemonSet mounts it at /host/proc)" },
+  ...backendOption,
+} satisfies Record<string, Options>;
+
+export interface RepairArgs {
+  'repair-mode': RepairMode;
+  'repair-rate': number;
+  'repair-burst': number;
+  'exclude-namespaces': string[];
+  'proc-root': string;
+  backend: BackendName;
+}
+
+export function repairSettings(args: RepairArgs) {
+  return {
+    mode: args['repair-mode'],
+    ratePerSecond: args['repair-rate'],
+    burst: args['repair-burst'],
+    excludeNamespaces: args['exclude-namespaces'],
+    procRoot: args['proc-root'],
+    backend: args.backend,
+  };
 }

@@ -3,6 +3,7 @@ import type { Argv } from 'yargs';
 import { MeshCniError } from '../../errors';
 import { DEFAULT_HEALTH_PORT, DEFAULT_SOCKET, startAgent } from '../../agent/agent';
 import { runCommand } from '../output';
+import { repairOptions, repairSettings, type RepairArgs } from '../options';
 import { DEFAULT_STATE_DIR } from '../../cni/attachments';
 
 export const command = 'agent';
@@ -18,12 +19,15 @@ export function builder(y: Argv) {
       kubernetes: { type: 'boolean', default: true, describe: 'watch this node\'s pods through the API server (--no-kubernetes: annotations only from the runtime)' },
       kubeconfig: { type: 'string', describe: 'a kubeconfig file; the in-cluster service account when absent' },
       'node-name': { type: 'string', default: process.env.NODE_NAME, describe: 'this node\'s name (default $NODE_NAME, from the downward API)' },
+      ...repairOptions,
+      'resync-seconds': { type: 'number', default: 30, describe: 'how often the reconciler checks every pod on the node' },
     })
     .example('$0 agent', 'in the DaemonSet pod')
     .example('$0 agent --no-kubernetes --health-port 0', 'on a standalone node, for the demo and tests');
 }
 
-interface AgentArgs {
+interface AgentArgs extends RepairArgs {
+  'resync-seconds': number;
   socket: string;
   'state-dir': string;
   'health-port': number;
@@ -44,6 +48,7 @@ export async function handler(args: AgentArgs): Promise<void> {
       healthPort: args['health-port'],
       healthHost: args['health-host'],
       kubernetes: args.kubernetes ? { nodeName: args['node-name']!, kubeconfigPath: args.kubeconfig } : false,
+      repair: args.kubernetes ? { ...repairSettings(args), resyncMs: args['resync-seconds'] * 1000 } : undefined,
     });
     process.stdout.write(`mesh-cni agent ready: socket ${agent.socketPath}, health on port ${agent.healthPort}\n`);
     await new Promise<void>((resolve) => {

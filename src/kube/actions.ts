@@ -1,0 +1,53 @@
+/**
+ * The reconciler's writes to the API: label through pods/status (Istio's repair controller does the same,
+ * so only that subresource needs RBAC), delete with preconditions, and Events on the pod.
+ */
+import type { CoreV1Api, KubeConfig, V1Pod } from '@kubernetes/client-node';
+import { UNINITIALIZED_LABEL } from '../repair/reconciler';
+
+export interface PodActions {
+  label(pod: V1Pod): Promise<void>;
+  delete(pod: V1Pod): Promise<void>;
+  event(pod: V1Pod, reason: string, message: string, type: 'Normal' | 'Warning'): Promise<void>;
+}
+
+export async function podActions(kubeConfig: KubeConfig, nodeName: string): Promise<PodActions> {
+  const k8s = await import('@kubernetes/client-node');
+  const api: CoreV1Api = kubeConfig.makeApiClient(k8s.CoreV1Api);
+  const id = (pod: V1Pod) => ({ name: pod.metadata?.name ?? '', namespace: pod.metadata?.namespace ?? '' });
+  return {
+    async label(pod) {
+      // A JSON patch (the client's default patch type): add the label, creating the map if the pod has none.
+      const escaped = UNINITIALIZED_LABEL.replace(/~/g, '~0').replace(/\//g, '~1');
+      const body = pod.metadata?.labels
+        ? [{ op: 'add', path: `/metadata/labels/${escaped}`, value: 'true' }]
+        : [{ op: 'add', path: '/metadata/labels', value: { [UNINITIALIZED_LABEL]: 'true' } }];
+      await api.patchNamespacedPodStatus({ ...id(pod), body });
+    },
+    async delete(pod) {
+      await api.deleteNamespacedPod({
+        ...id(pod),
+        body: { preconditions: { uid: pod.metadata?.uid, resourceVersion: pod.metadata?.resourceVersion } },
+      });
+    },
+    async event(pod, reason, message, type) {
+      const now = new Date();
+      await api.createNamespacedEvent({
+        namespace: id(pod).namespace,
+        body: {
+          metadata: { generateName: `${id(pod).name}.`, namespace: id(pod).namespace },
+          involvedObject: { kind: 'Pod', apiVersion: 'v1', name: id(pod).name, namespace: id(pod).namespace, uid: pod.metadata?.uid },
+          reason,
+          message,
+          type,
+          source: { component: 'mesh-cni', host: nodeName },
+          reportingComponent: 'mesh-cni',
+          reportingInstance: nodeName,
+          firstTimestamp: now,
+          lastTimestamp: now,
+          count: 1,
+        },
+      });
+    },
+  };
+}
