@@ -6,6 +6,7 @@
  */
 import { run } from '../netns';
 import { NFT_TABLE_NAMES } from './constants';
+import { nftProgram } from './backend/nftables';
 
 export type ConcreteBackend = 'nftables' | 'iptables-nft' | 'iptables-legacy';
 
@@ -62,7 +63,7 @@ interface NftJsonItem {
 
 /** Rules in native nftables tables (not iptables-nft's, not ours). */
 async function countNativeNftRules(hostNetns: string): Promise<number | undefined> {
-  const r = await run(hostNetns, 'nft', ['-j', 'list', 'ruleset'], { timeoutMs: 30_000 }).catch(() => undefined);
+  const r = await run(hostNetns, nftProgram(), ['-j', 'list', 'ruleset'], { timeoutMs: 30_000 }).catch(() => undefined);
   if (!r || r.code !== 0) return undefined;
   const items = (JSON.parse(r.stdout || '{"nftables":[]}') as { nftables: NftJsonItem[] }).nftables;
   return items.filter(({ rule }) => rule && !NFT_TABLE_NAMES.includes(rule.table) && !(IPTABLES_NFT_FAMILIES.has(rule.family) && IPTABLES_NFT_TABLES.has(rule.table))).length;

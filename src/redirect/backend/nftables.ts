@@ -3,6 +3,7 @@
  * `inet` tables, read back with `nft list ruleset inet`. Everything of ours is in tables named mesh-cni-*,
  * so removing is deleting those tables and nobody else's rule is ever touched.
  */
+import * as fs from 'node:fs';
 import { CommandFailedError, MeshCniError } from '../../errors';
 import { run, type RunResult } from '../../netns';
 import { NFT_TABLES, NFT_TABLE_NAMES, nftChainName, type Family, type Table } from '../constants';
@@ -10,6 +11,14 @@ import { effectiveChains, type Plan, type Rule } from '../plan';
 import { nftDeleteTables, renderNftScript, ruleBodies } from '../render/nftables';
 import { familiesOf, nftSignature, parseNftList, type ListedRule } from '../nft-list';
 import type { Backend, ObservedRule } from './types';
+
+/**
+ * The system's nft, by absolute path when it is in a system directory: npm puts node_modules/.bin first in
+ * PATH, and a package there may well be called `nft` (@vercel/nft is, exits 0 and programs nothing).
+ */
+export function nftProgram(): string {
+  return ['/usr/sbin/nft', '/sbin/nft', '/usr/local/sbin/nft', '/usr/bin/nft'].find((p) => fs.existsSync(p)) ?? 'nft';
+}
 
 const TABLE_OF = new Map<string, Table>(Object.entries(NFT_TABLES).map(([table, name]) => [name, table as Table]));
 
@@ -23,7 +32,7 @@ export class NftablesBackend implements Backend {
   private readonly nft: string;
 
   constructor(options: NftablesBackendOptions = {}) {
-    this.nft = options.nft ?? 'nft';
+    this.nft = options.nft ?? nftProgram();
   }
 
   private async exec(netns: string, args: string[], input?: string, hint = 'the rules were not applied'): Promise<RunResult> {
