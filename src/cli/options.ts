@@ -18,7 +18,8 @@ export const configOptions = {
 } satisfies Record<string, Options>;
 
 export const backendOption = {
-  backend: { choices: BACKEND_NAMES, default: 'auto' as BackendName, describe: 'how rules are programmed' },
+  backend: { choices: BACKEND_NAMES, default: 'auto' as BackendName, describe: 'how rules are programmed (auto: what this node already uses)' },
+  'host-netns': { type: 'string', describe: "where --backend auto looks for the node's rules (default: this process's netns)" },
 } satisfies Record<string, Options>;
 
 export const netnsOption = {

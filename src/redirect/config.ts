@@ -114,13 +114,15 @@ export function parseCidrList(key: string, value: string, options: { wildcard?: 
   return list;
 }
 
-const IFNAME = /^[^\s/:,]{1,15}$/;
+// The kernel also refuses "/" and ":"; `"`, `\` and `*` would change meaning inside an nft string (quote,
+// escape, wildcard), so they are refused for every backend alike rather than only for nftables.
+const IFNAME = /^[^\s/:,"\\*]{1,15}$/;
 
 function parseInterfaces(key: string, value: string): string[] {
   const names = items(key, value);
   for (const name of names) {
     if (!IFNAME.test(name) || name === '.' || name === '..') {
-      throw new InvalidConfigError(key, value, `"${name}" is not a valid interface name (1-15 characters, no spaces, "/" or ":")`);
+      throw new InvalidConfigError(key, value, `"${name}" is not a valid interface name (1-15 characters, no spaces, "/", ":", '"', "\\" or "*")`);
     }
   }
   return dedup(names);

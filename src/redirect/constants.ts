@@ -50,3 +50,12 @@ export type Family = 'ipv4' | 'ipv6';
 export const LOOPBACK: Record<Family, string> = { ipv4: '127.0.0.1/32', ipv6: '::1/128' };
 export const PASSTHROUGH_SOURCE: Record<Family, string> = { ipv4: '127.0.0.6/32', ipv6: '::6/128' };
 export const DNS_PORT = 53;
+
+/** nftables: one `inet` table per iptables table, so both families share one ruleset and one transaction. */
+export const NFT_TABLES: Record<Table, string> = { nat: 'mesh-cni-nat', mangle: 'mesh-cni-mangle', raw: 'mesh-cni-raw' };
+export const NFT_TABLE_NAMES: readonly string[] = Object.values(NFT_TABLES);
+
+/** Istio's nft chain names are its iptables names in lower case with dashes (ISTIO_IN_REDIRECT → istio-in-redirect). */
+export function nftChainName(chain: string): string {
+  return chain.toLowerCase().replace(/_/g, '-');
+}

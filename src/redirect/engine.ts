@@ -11,7 +11,9 @@ import { widestConfig, type RedirectConfig } from './config';
 import type { Family } from './constants';
 import { buildPlan, type LinkSetup, type Plan } from './plan';
 import { IptablesBackend } from './backend/iptables';
+import { NftablesBackend } from './backend/nftables';
 import type { Backend, ObservedRule } from './backend/types';
+import { detectBackend, type BackendChoice } from './detect';
 
 export type BackendName = 'auto' | 'iptables' | 'iptables-nft' | 'iptables-legacy' | 'nftables';
 export const BACKEND_NAMES: readonly BackendName[] = ['auto', 'iptables', 'iptables-nft', 'iptables-legacy', 'nftables'];
@@ -19,6 +21,8 @@ export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
 
 export interface ApplyReport {
   backend: string;
+  /** Why this backend: `--backend` named it, or what `auto` found on the host. */
+  backendReason: string;
   families: Family[];
   rules: number;
   durationMs: number;
@@ -31,11 +35,13 @@ export interface EngineOptions {
   families?: Family[];
   /** Programming the namespace this process runs in is refused unless asked for (it is the node's). */
   allowHostNetns?: boolean;
+  /** Where `auto` looks for the node's existing rules: the netns the agent runs in, unless a test says otherwise. */
+  hostNetns?: string;
 }
 
-export function backendFor(name: BackendName = 'auto'): Backend {
+/** A backend by its explicit name; `auto` must be resolved first (`chooseBackend`), it depends on the host. */
+export function backendFor(name: Exclude<BackendName, 'auto'>): Backend {
   switch (name) {
-    case 'auto':
     case 'iptables':
       return new IptablesBackend('default');
     case 'iptables-nft':
@@ -43,8 +49,16 @@ export function backendFor(name: BackendName = 'auto'): Backend {
     case 'iptables-legacy':
       return new IptablesBackend('legacy');
     case 'nftables':
-      throw new MeshCniError('the nftables backend is not available in this build', { hint: 'use --backend iptables' });
+      return new NftablesBackend();
   }
+}
+
+/** The backend to use and why: the named one, or for `auto` what the host already uses. */
+export async function chooseBackend(o: Pick<EngineOptions, 'backend' | 'hostNetns'>): Promise<{ backend: Backend; reason: string }> {
+  const name = o.backend ?? 'auto';
+  if (name !== 'auto') return { backend: backendFor(name), reason: 'named with --backend' };
+  const choice: BackendChoice = await detectBackend(o.hostNetns);
+  return { backend: backendFor(choice.backend), reason: `auto: ${choice.reason}` };
 }
 
 /** IPv4 always; IPv6 when the namespace has a global IPv6 address (a dual-stack or IPv6 pod). */
@@ -122,13 +136,14 @@ export function diffRules(expected: readonly ObservedRule[], observed: readonly 
 export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: boolean }): Promise<ApplyReport> {
   const started = process.hrtime.bigint();
   guardHost(o);
-  const backend = backendFor(o.backend);
+  const { backend, reason } = await chooseBackend(o);
   const families = o.families ?? (await detectFamilies(o.netns));
   let rules = 0;
   try {
+    if (backend.applyAll) await backend.applyAll(o.netns, o.plan, families);
     for (const family of families) {
       const fp = o.plan[family];
-      await backend.apply(o.netns, family, fp.rules);
+      if (!backend.applyAll) await backend.apply(o.netns, family, fp.rules);
       await setLinks(o.netns, fp.links);
       if (o.verify !== false) {
         const problems = diffRules(backend.expected(family, fp.rules), await backend.observe(o.netns, family));
@@ -142,7 +157,7 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: boolea
     await removeAll(o.netns, backend).catch(() => undefined);
     throw err;
   }
-  return { backend: backend.name, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6 };
+  return { backend: backend.name, backendReason: reason, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6 };
 }
 
 export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; verify?: boolean }): Promise<ApplyReport> {
@@ -150,9 +165,9 @@ export async function applyRedirect(o: EngineOptions & { config: RedirectConfig;
 }
 
 async function removeAll(netns: string, backend: Backend): Promise<number> {
-  let removed = 0;
+  let removed = backend.removeAll ? await backend.removeAll(netns) : 0;
   for (const family of FAMILIES) {
-    removed += await backend.remove(netns, family);
+    if (!backend.removeAll) removed += await backend.remove(netns, family);
     await clearLinks(netns, family, buildPlan(widestConfig()));
   }
   return removed;
@@ -161,12 +176,12 @@ async function removeAll(netns: string, backend: Backend): Promise<number> {
 /** Removes every rule of ours from the netns (both families); throws NetnsNotFoundError when it is gone. */
 export async function removeRedirect(o: EngineOptions): Promise<{ removed: number }> {
   guardHost(o);
-  return { removed: await removeAll(o.netns, backendFor(o.backend)) };
+  return { removed: await removeAll(o.netns, (await chooseBackend(o)).backend) };
 }
 
 /** Our rules as the kernel holds them now. */
 export async function showRedirect(o: EngineOptions): Promise<{ backend: string; rules: ObservedRule[] }> {
-  const backend = backendFor(o.backend);
+  const { backend } = await chooseBackend(o);
   const rules: ObservedRule[] = [];
   for (const family of o.families ?? FAMILIES) rules.push(...(await backend.observe(o.netns, family)));
   return { backend: backend.name, rules };
@@ -174,7 +189,7 @@ export async function showRedirect(o: EngineOptions): Promise<{ backend: string;
 
 /** Whether the netns holds exactly what the config asks for; `problems` says what differs. */
 export async function checkRedirect(o: EngineOptions & { config: RedirectConfig }): Promise<{ ok: boolean; problems: string[] }> {
-  const backend = backendFor(o.backend);
+  const { backend } = await chooseBackend(o);
   const plan = buildPlan(o.config);
   const families = o.families ?? (await detectFamilies(o.netns));
   const problems: string[] = [];

@@ -1,6 +1,7 @@
 /**
- * Golden tests (string comparison, no kernel): the iptables renderer pinned for every annotation case, and
- * compared with Istio 1.24's own listings for the three cases shared/reference holds.
+ * Golden tests (string comparison, no kernel): both renderers pinned for every annotation case, and the
+ * iptables one compared with Istio 1.24's own listings for the three cases shared/reference holds. The
+ * kernel tests prove separately that each nft script loads and reads back as planned.
  */
 import test from 'ava';
 import * as fs from 'node:fs';
@@ -8,6 +9,7 @@ import * as path from 'node:path';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { buildPlan } from '../../src/redirect/plan';
 import { renderRestore } from '../../src/redirect/render/iptables';
+import { renderNftScript } from '../../src/redirect/render/nftables';
 import { assertGolden } from '../support/golden';
 import { ISTIO_REFERENCE } from '../support/paths';
 import { PLAN_CASES } from './cases';
@@ -17,8 +19,11 @@ const render = (c: (typeof PLAN_CASES)[number]) => {
   return `# ipv4\n${renderRestore(plan.ipv4.rules)}# ipv6\n${renderRestore(plan.ipv6.rules)}`;
 };
 
+const renderNft = (c: (typeof PLAN_CASES)[number]) => renderNftScript(buildPlan(redirectConfigFromAnnotations(c.annotations, c.proxy)), ['ipv4', 'ipv6']);
+
 for (const c of PLAN_CASES) {
   test(`golden: iptables ${c.name}`, (t) => assertGolden(t, 'iptables', c.name, render(c)));
+  test(`golden: nftables ${c.name}`, (t) => assertGolden(t, 'nftables', c.name, renderNft(c)));
 }
 
 for (const name of ['basic', 'include-exclude-ports', 'tproxy']) {

@@ -27,4 +27,5 @@ export const INVALID_ANNOTATIONS: Array<{ key: string; value: string; why: RegEx
   { key: `${T}excludeInterfaces`, value: 'eth0/1', why: /not a valid interface name/ },
   { key: `${T}excludeInterfaces`, value: 'averyveryverylongname', why: /not a valid interface name/ },
   { key: `${T}kubevirtInterfaces`, value: 'tap 0', why: /not a valid interface name/ },
+  { key: `${T}excludeInterfaces`, value: 'eth*', why: /not a valid interface name/ },
 ];

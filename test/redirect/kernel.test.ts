@@ -1,17 +1,20 @@
 /**
- * Kernel tests: rules applied to a real pod netns, judged by where real TCP lands. A "pod" netns and a
- * "peer" netns are joined by a veth pair; listeners in both report which port accepted each connection and
- * its original destination. Every case runs for each backend and each IP family.
+ * Kernel tests: rules applied to a real pod netns, judged by where real TCP and UDP land. A "pod" netns and
+ * a "peer" netns are joined by a veth pair; listeners in both report which port accepted each connection
+ * and its original destination. Every case runs for each backend (both iptables flavours and native
+ * nftables) and each IP family.
  */
 import test, { type ExecutionContext } from 'ava';
 import { applyRedirect, removeRedirect, type BackendName } from '../../src/redirect/engine';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { createPodPeer, tryInNetns, EXTERNAL_V4, EXTERNAL_V6, type PodPeer } from '../support/netns';
 import { connect, listen, type Landing } from '../support/traffic';
-import { requireKernelTools } from '../support/require';
+import { requireKernelTools, requireNft } from '../support/require';
+import { nftProgram } from '../../src/redirect/backend/nftables';
 import type { Family } from '../../src/redirect/constants';
+import type { ProxySettings } from '../../src/redirect/config';
 
-const BACKENDS: BackendName[] = ['iptables-nft', 'iptables-legacy'];
+const BACKENDS: BackendName[] = ['iptables-nft', 'iptables-legacy', 'nftables'];
 const FAMILIES: Family[] = ['ipv4', 'ipv6'];
 const T = 'traffic.sidecar.istio.io/';
 
@@ -32,6 +35,7 @@ interface Net {
 
 async function setup(t: ExecutionContext, family: Family, backend: BackendName): Promise<Net> {
   requireKernelTools(t);
+  if (backend === 'nftables') requireNft(t);
   const pair = createPodPeer(t);
   await listen(t, pair.pod, 'pod', POD_PORTS);
   await listen(t, pair.peer, 'peer', PEER_PORTS);
@@ -56,19 +60,29 @@ function landsOn(t: ExecutionContext, got: Landing, listener: string, port: numb
   if (orig) t.is(got.orig, orig, `${what}: original destination`);
 }
 
-async function apply(n: Net, annotations: Record<string, string>): Promise<void> {
+async function apply(n: Net, annotations: Record<string, string>, proxy: ProxySettings = {}): Promise<void> {
   const report = await applyRedirect({
     netns: n.pair.podPath,
     backend: n.backend,
-    config: redirectConfigFromAnnotations(annotations),
+    config: redirectConfigFromAnnotations(annotations, proxy),
     families: ['ipv4', 'ipv6'],
   });
   if (report.families.length !== 2) throw new Error('expected both families programmed');
 }
 
 function saveHasOurs(n: Net): boolean {
+  if (n.backend === 'nftables') return /mesh-cni-/.test(tryInNetns(n.pair.pod, nftProgram(), ['list', 'tables']).stdout);
   const tool = `${n.family === 'ipv4' ? 'iptables' : 'ip6tables'}-${n.backend === 'iptables-legacy' ? 'legacy' : 'nft'}-save`;
   return /ISTIO_/.test(tryInNetns(n.pair.pod, tool, []).stdout);
+}
+
+/** The rules that send outbound TCP into our output chain: exactly one, however often we applied. */
+function outputJumps(n: Net): string[] {
+  if (n.backend === 'nftables') {
+    return tryInNetns(n.pair.pod, nftProgram(), ['list', 'chain', 'inet', 'mesh-cni-nat', 'output']).stdout.split('\n').filter((l) => /l4proto tcp .*jump istio-output/.test(l));
+  }
+  const tool = `${n.family === 'ipv4' ? 'iptables' : 'ip6tables'}-${n.backend === 'iptables-legacy' ? 'legacy' : 'nft'}-save`;
+  return tryInNetns(n.pair.pod, tool, ['-t', 'nat']).stdout.split('\n').filter((l) => l.startsWith('-A OUTPUT') && l.includes('-p tcp') && l.includes('ISTIO_OUTPUT'));
 }
 
 for (const backend of BACKENDS) {
@@ -141,9 +155,49 @@ for (const backend of BACKENDS) {
       await apply(n, { [`${T}excludeOutboundPorts`]: '5432' });
       landsOn(t, connect(n.pair.pod, n.peerIp, 443), 'pod', 15001, 'no longer excluded after the config changed');
       landsOn(t, connect(n.pair.pod, n.peerIp, 5432), 'peer', 5432, 'newly excluded');
-      const tool = `${family === 'ipv4' ? 'iptables' : 'ip6tables'}-${backend === 'iptables-legacy' ? 'legacy' : 'nft'}-save`;
-      const jumps = tryInNetns(n.pair.pod, tool, ['-t', 'nat']).stdout.split('\n').filter((l) => l.startsWith('-A OUTPUT') && l.includes('ISTIO_OUTPUT'));
-      t.is(jumps.length, 1, `one jump into ISTIO_OUTPUT, not one per apply:\n${jumps.join('\n')}`);
+      const jumps = outputJumps(n);
+      t.is(jumps.length, 1, `one jump into the output chain, not one per apply:\n${jumps.join('\n')}`);
+    });
+
+    test.serial(`kernel ${tag}: TPROXY delivers inbound to a transparent listener on 15006 that sees the original destination`, async (t) => {
+      const n = await setup(t, family, backend);
+      await apply(n, { 'sidecar.istio.io/interceptionMode': 'TPROXY' });
+      const landed = connect(n.pair.peer, n.podIp, 8080);
+      landsOn(t, landed, 'pod', 15006, 'inbound to pod:8080', fmt(n.podIp, 8080));
+      t.is((landed as { local?: string }).local, fmt(n.podIp, 8080), 'not NATed: the socket itself is bound to the original destination');
+      landsOn(t, connect(n.pair.peer, n.podIp, 15020), 'pod', 15020, 'inbound to the always-excluded status port');
+      landsOn(t, connect(n.pair.pod, n.peerIp, 80), 'pod', 15001, 'outbound still goes to 15001 (nat)', fmt(n.peerIp, 80));
+      landsOn(t, connect(n.pair.pod, n.peerIp, 80, { uid: 1337, gid: 1337 }), 'peer', 80, 'outbound from the proxy uid');
+      const rules = tryInNetns(n.pair.pod, 'ip', [family === 'ipv4' ? '-4' : '-6', 'rule', 'list', 'fwmark', '1337']).stdout;
+      t.regex(rules, /lookup 133/, 'policy routing for the TPROXY mark');
+      await removeRedirect({ netns: n.pair.podPath, backend });
+      t.is(tryInNetns(n.pair.pod, 'ip', [family === 'ipv4' ? '-4' : '-6', 'rule', 'list', 'fwmark', '1337']).stdout.trim(), '', 'remove takes the policy rule away');
+      landsOn(t, connect(n.pair.peer, n.podIp, 8080), 'pod', 8080, 'inbound after remove');
+    });
+
+    test.serial(`kernel ${tag}: TPROXY fails closed: with nothing on 15006 inbound is dropped, not delivered to the app`, async (t) => {
+      requireKernelTools(t);
+      if (backend === 'nftables') requireNft(t);
+      const pair = createPodPeer(t);
+      await listen(t, pair.pod, 'pod', ['8080']);
+      const n = { pair, family, backend } as Net;
+      await apply(n, { 'sidecar.istio.io/interceptionMode': 'TPROXY' });
+      const got = connect(pair.peer, family === 'ipv4' ? pair.podIp4 : pair.podIp6, 8080, { timeoutSeconds: 1 });
+      t.truthy(got.error, `expected no answer, got ${JSON.stringify(got)}`);
+    });
+
+    test.serial(`kernel ${tag}: DNS capture sends the app's port-53 queries to 15053 and lets the proxy's own through`, async (t) => {
+      const n = await setup(t, family, backend);
+      // The DNS proxy runs as the proxy uid: its replies must land in the same conntrack zone as the query.
+      await listen(t, n.pair.pod, 'dns-agent', ['15053', '15053/udp'], { uid: 1337, gid: 1337 });
+      await listen(t, n.pair.peer, 'dns-server', ['53', '53/udp']);
+      await apply(n, {}, { dnsCapture: true });
+      landsOn(t, connect(n.pair.pod, n.peerIp, 53, { proto: 'udp' }), 'dns-agent', 15053, 'UDP query from the app');
+      landsOn(t, connect(n.pair.pod, n.outside[1], 53, { proto: 'udp' }), 'dns-agent', 15053, 'UDP query to another address');
+      landsOn(t, connect(n.pair.pod, n.peerIp, 53), 'dns-agent', 15053, 'TCP query from the app');
+      landsOn(t, connect(n.pair.pod, n.peerIp, 53, { proto: 'udp', uid: 1337, gid: 1337 }), 'dns-server', 53, 'UDP query from the proxy uid');
+      landsOn(t, connect(n.pair.pod, n.peerIp, 53, { uid: 1337, gid: 1337 }), 'dns-server', 53, 'TCP query from the proxy uid');
+      landsOn(t, connect(n.pair.pod, n.peerIp, 80, { proto: 'udp' }), 'peer', 80, 'other UDP is not captured');
     });
   }
 }

@@ -61,8 +61,12 @@ def main():
             kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
             s = socket.socket(family, kind)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            # Transparent sockets accept TPROXY-diverted traffic for any destination address.
-            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            # Transparent sockets accept TPROXY-diverted traffic for any destination address. Only root may
+            # set it; a listener run as the proxy uid (the DNS agent) does not need it.
+            try:
+                s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            except PermissionError:
+                pass
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 if proto == "udp":

@@ -4,6 +4,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import type { ExecutionContext } from 'ava';
+import { nftProgram } from '../../src/redirect/backend/nftables';
 
 const checked = new Map<string, string | undefined>();
 
@@ -38,6 +39,7 @@ export function requireKernelTools(t: ExecutionContext): void {
   ]);
 }
 
+/** The system nft (never node_modules/.bin/nft, which npm puts first in PATH and which is another program). */
 export function requireNft(t: ExecutionContext): void {
-  requireAll(t, [['nft', ['--version'], 'nftables']]);
+  requireAll(t, [[nftProgram(), ['--version'], 'nftables']]);
 }

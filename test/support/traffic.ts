@@ -26,9 +26,15 @@ export interface Listener {
   stop(): void;
 }
 
-/** Starts listeners on `ports` ("15001", "15053/udp") in `netns`; stopped when the test ends. */
-export async function listen(t: ExecutionContext, netns: string, name: string, ports: string[]): Promise<Listener> {
-  const child: ChildProcess = spawn('ip', ['netns', 'exec', netns, PYTHON, path.join(SUPPORT_DIR, 'listener.py'), name, ...ports], {
+/** Runs the rest of a command line as this uid/gid (the proxy's 1337, to test what the proxy's own traffic does). */
+function asUser(uid?: number, gid?: number): string[] {
+  return uid === undefined ? [] : ['setpriv', `--reuid=${uid}`, `--regid=${gid ?? uid}`, '--clear-groups'];
+}
+
+/** Starts listeners on `ports` ("15001", "15053/udp") in `netns`, optionally as another uid; stopped when the test ends. */
+export async function listen(t: ExecutionContext, netns: string, name: string, ports: string[], options: { uid?: number; gid?: number } = {}): Promise<Listener> {
+  const args = ['netns', 'exec', netns, ...asUser(options.uid, options.gid), PYTHON, path.join(SUPPORT_DIR, 'listener.py'), name, ...ports];
+  const child: ChildProcess = spawn('ip', args, {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const stop = () => {
@@ -66,11 +72,7 @@ export interface ConnectOptions {
 
 /** One connection from inside `netns` to host:port; resolves with where it landed or the error. */
 export function connect(netns: string, host: string, port: number, options: ConnectOptions = {}): Landing {
-  const asUser =
-    options.uid === undefined
-      ? []
-      : ['setpriv', `--reuid=${options.uid}`, `--regid=${options.gid ?? options.uid}`, '--clear-groups'];
-  const args = ['netns', 'exec', netns, ...asUser, PYTHON, '-c', CLIENT_SOURCE, host, String(port), options.proto ?? 'tcp', String(options.timeoutSeconds ?? 1.5)];
+  const args = ['netns', 'exec', netns, ...asUser(options.uid, options.gid), PYTHON, '-c', CLIENT_SOURCE, host, String(port), options.proto ?? 'tcp', String(options.timeoutSeconds ?? 1.5)];
   const r = spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 });
   const line = (r.stdout ?? '').trim().split('\n').pop() ?? '';
   try {

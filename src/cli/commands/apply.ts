@@ -14,9 +14,9 @@ export function builder(y: Argv) {
     .example('$0 apply --netns /proc/4242/ns/net -a traffic.sidecar.istio.io/excludeOutboundPorts=5432', 'with an exclusion');
 }
 
-export async function handler(args: ConfigArgs & { netns: string; backend: BackendName; output: OutputFormat }): Promise<void> {
+export async function handler(args: ConfigArgs & { netns: string; backend: BackendName; 'host-netns'?: string; output: OutputFormat }): Promise<void> {
   await runCommand(args.output, async () => {
-    const report = await applyRedirect({ netns: args.netns, config: configFromArgs(args), backend: args.backend });
+    const report = await applyRedirect({ netns: args.netns, config: configFromArgs(args), backend: args.backend, hostNetns: args['host-netns'] });
     if (args.output === 'json') printJson({ netns: args.netns, ...report });
     else process.stdout.write(`programmed ${report.rules} rules (${report.families.join(', ')}) in ${args.netns} with ${report.backend} in ${report.durationMs.toFixed(1)} ms\n`);
   });

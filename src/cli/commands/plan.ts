@@ -1,7 +1,9 @@
 /** `mesh-cni plan`: the rules a pod would get, printed and touched nowhere. */
 import type { Argv } from 'yargs';
-import { buildPlan } from '../../redirect/plan';
+import { buildPlan, type Plan } from '../../redirect/plan';
 import { renderRestore, toIptablesLines, lineText } from '../../redirect/render/iptables';
+import { renderNftScript, toNftRules } from '../../redirect/render/nftables';
+import { chooseBackend, type BackendName } from '../../redirect/engine';
 import type { Family } from '../../redirect/constants';
 import { configFromArgs, configOptions, backendOption, type ConfigArgs } from '../options';
 import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
@@ -14,33 +16,55 @@ export function builder(y: Argv) {
     .options({ ...configOptions, ...backendOption, ...outputOption, ipv6: { type: 'boolean', default: false, describe: 'also print the IPv6 rules' } })
     .example('$0 plan', 'the rules for a pod with only the sidecar injected')
     .example('$0 plan -a traffic.sidecar.istio.io/excludeOutboundIPRanges=10.0.0.0/8 --ipv6', 'an exclusion, both families')
+    .example('$0 plan --backend nftables --ipv6', 'the nft script (one transaction, both families)')
     .example('$0 plan -a sidecar.istio.io/interceptionMode=TPROXY -o json', 'TPROXY rules as JSON');
 }
 
-export async function handler(args: ConfigArgs & { output: OutputFormat; ipv6: boolean }): Promise<void> {
+type Args = ConfigArgs & { output: OutputFormat; ipv6: boolean; backend: BackendName; 'host-netns'?: string };
+
+function nftJson(plan: Plan, families: Family[]) {
+  return {
+    script: renderNftScript(plan, families),
+    rules: toNftRules(plan, families).map((r) => ({ table: r.table, chain: r.chain, families: r.families, rule: r.text, purpose: r.rule.purpose })),
+    links: families.flatMap((f) => plan[f].links),
+  };
+}
+
+function iptablesJson(plan: Plan, families: Family[]) {
+  return {
+    families: families.map((family) => ({
+      family,
+      restore: renderRestore(plan[family].rules),
+      rules: toIptablesLines(plan[family].rules).map((l) => ({ table: l.table, chain: l.chain, rule: lineText(l), purpose: l.rule.purpose })),
+      links: plan[family].links,
+    })),
+  };
+}
+
+function iptablesText(plan: Plan, families: Family[], ipv6: boolean): string {
+  let out = '';
+  for (const family of families) {
+    if (ipv6) out += `# ${family === 'ipv4' ? 'iptables-restore' : 'ip6tables-restore'} input\n`;
+    out += renderRestore(plan[family].rules);
+  }
+  return out;
+}
+
+export async function handler(args: Args): Promise<void> {
   await runCommand(args.output, async () => {
     const plan = buildPlan(configFromArgs(args));
     const families: Family[] = args.ipv6 ? ['ipv4', 'ipv6'] : ['ipv4'];
+    const { backend, reason } = await chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] });
+    const nft = backend.name === 'nftables';
     if (args.output === 'json') {
-      printJson({
-        backend: 'iptables',
-        mode: plan.config.mode,
-        families: families.map((family) => ({
-          family,
-          restore: renderRestore(plan[family].rules),
-          rules: toIptablesLines(plan[family].rules).map((l) => ({ table: l.table, chain: l.chain, rule: lineText(l), purpose: l.rule.purpose })),
-          links: plan[family].links,
-        })),
-      });
+      printJson({ backend: backend.name, backendReason: reason, mode: plan.config.mode, ...(nft ? nftJson(plan, families) : iptablesJson(plan, families)) });
       return;
     }
+    process.stdout.write(`# backend: ${backend.name} (${reason})\n`);
     if (plan.config.mode === 'NONE') {
       process.stdout.write('# interceptionMode NONE: no rules\n');
       return;
     }
-    for (const family of families) {
-      if (args.ipv6) process.stdout.write(`# ${family === 'ipv4' ? 'iptables-restore' : 'ip6tables-restore'} input\n`);
-      process.stdout.write(renderRestore(plan[family].rules));
-    }
+    process.stdout.write(nft ? renderNftScript(plan, families) : iptablesText(plan, families, args.ipv6));
   });
 }

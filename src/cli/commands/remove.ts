@@ -11,9 +11,9 @@ export function builder(y: Argv) {
   return y.options({ ...netnsOption, ...backendOption, ...outputOption }).example('$0 remove --netns /var/run/netns/pod1', 'undo apply');
 }
 
-export async function handler(args: { netns: string; backend: BackendName; output: OutputFormat }): Promise<void> {
+export async function handler(args: { netns: string; backend: BackendName; 'host-netns'?: string; output: OutputFormat }): Promise<void> {
   await runCommand(args.output, async () => {
-    const { removed } = await removeRedirect({ netns: args.netns, backend: args.backend });
+    const { removed } = await removeRedirect({ netns: args.netns, backend: args.backend, hostNetns: args['host-netns'] });
     if (args.output === 'json') printJson({ netns: args.netns, removed });
     else process.stdout.write(`removed ${removed} rules from ${args.netns}\n`);
   });

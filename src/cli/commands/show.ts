@@ -11,9 +11,9 @@ export function builder(y: Argv) {
   return y.options({ ...netnsOption, ...backendOption, ...outputOption }).example('$0 show --netns /var/run/netns/pod1', 'what is programmed there');
 }
 
-export async function handler(args: { netns: string; backend: BackendName; output: OutputFormat }): Promise<void> {
+export async function handler(args: { netns: string; backend: BackendName; 'host-netns'?: string; output: OutputFormat }): Promise<void> {
   await runCommand(args.output, async () => {
-    const shown = await showRedirect({ netns: args.netns, backend: args.backend });
+    const shown = await showRedirect({ netns: args.netns, backend: args.backend, hostNetns: args['host-netns'] });
     if (args.output === 'json') {
       printJson({ netns: args.netns, backend: shown.backend, rules: shown.rules.map(({ family, table, chain, text, packets }) => ({ family, table, chain, rule: text, packets })) });
       return;
@@ -26,7 +26,9 @@ export async function handler(args: { netns: string; backend: BackendName; outpu
     for (const r of shown.rules) {
       const h = `${r.family} ${r.table}`;
       if (h !== heading) process.stdout.write(`${heading ? '\n' : ''}# ${(heading = h)}\n`);
-      process.stdout.write(`-A ${r.chain} ${r.text}\n`);
+      // nft keeps a counter on every rule: show it, it is how a person sees which rule traffic hits.
+      const hits = r.packets === undefined ? '' : `  # ${r.packets} packets`;
+      process.stdout.write(shown.backend === 'nftables' ? `${r.chain}: ${r.text}${hits}\n` : `-A ${r.chain} ${r.text}\n`);
     }
   });
 }

@@ -82,7 +82,11 @@ export class IptablesBackend implements Backend {
   }
 
   async apply(netns: string, family: Family, rules: readonly Rule[]): Promise<void> {
-    if (rules.length === 0) return;
+    // No rules (interceptionMode NONE) still replaces: whatever an earlier config left must go.
+    if (rules.length === 0) {
+      await this.remove(netns, family);
+      return;
+    }
     // Fast path for a fresh sandbox: Istio's own text, whose `-N` fails (changing nothing) if our chains exist.
     const fresh = await run(netns, binary(family, this.flavour, 'restore'), ['--noflush'], {
       input: renderRestore(rules),

@@ -1,5 +1,5 @@
 import type { Family } from '../constants';
-import type { Rule } from '../plan';
+import type { Plan, Rule } from '../plan';
 
 /** One rule of ours as the kernel holds it (or should hold it), comparable across renderers by signature. */
 export interface ObservedRule {
@@ -26,4 +26,11 @@ export interface Backend {
   observe(netns: string, family: Family): Promise<ObservedRule[]>;
   /** What `observe` should return once `rules` are applied. */
   expected(family: Family, rules: readonly Rule[]): ObservedRule[];
+  /**
+   * For a backend whose one transaction covers every family (nftables' `inet` tables): programs the plan's
+   * rules for `families` at once. When present, the engine calls it instead of `apply` per family.
+   */
+  applyAll?(netns: string, plan: Plan, families: readonly Family[]): Promise<void>;
+  /** Likewise for removal: everything of ours, every family, in one step. */
+  removeAll?(netns: string): Promise<number>;
 }
