@@ -48,7 +48,7 @@ export function recordingEngine(behaviour: Partial<Engine> = {}): Engine & { cal
     calls,
     applyRedirect: async (o) => {
       calls.push({ fn: 'apply', netns: o.netns, config: o.config, backend: o.backend });
-      return behaviour.applyRedirect ? behaviour.applyRedirect(o) : { backend: 'iptables-nft', families: ['ipv4'], rules: 12, durationMs: 3 };
+      return behaviour.applyRedirect ? behaviour.applyRedirect(o) : { backend: 'iptables-nft', backendReason: 'chosen by the test', families: ['ipv4'], rules: 12, durationMs: 3 };
     },
     removeRedirect: async (o) => {
       calls.push({ fn: 'remove', netns: o.netns, backend: o.backend });
