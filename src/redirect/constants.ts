@@ -45,6 +45,7 @@ export type BuiltinChain = (typeof BUILTIN_CHAINS)[number];
 
 export type Table = 'mangle' | 'nat' | 'raw';
 export type Family = 'ipv4' | 'ipv6';
+export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
 
 /** Loopback addresses per family, and the source the proxy uses for inbound passthrough (127.0.0.6 / ::6). */
 export const LOOPBACK: Record<Family, string> = { ipv4: '127.0.0.1/32', ipv6: '::1/128' };

@@ -8,7 +8,7 @@
 import { MeshCniError, RuleMismatchError } from '../errors';
 import { isHostNetns, run } from '../netns';
 import { widestConfig, type RedirectConfig } from './config';
-import type { Family } from './constants';
+import { FAMILIES, type Family } from './constants';
 import { buildPlan, type LinkSetup, type Plan } from './plan';
 import { IptablesBackend } from './backend/iptables';
 import { NftablesBackend } from './backend/nftables';
@@ -17,7 +17,7 @@ import { detectBackend, type BackendChoice } from './detect';
 
 export type BackendName = 'auto' | 'iptables' | 'iptables-nft' | 'iptables-legacy' | 'nftables';
 export const BACKEND_NAMES: readonly BackendName[] = ['auto', 'iptables', 'iptables-nft', 'iptables-legacy', 'nftables'];
-export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
+export { FAMILIES };
 
 export interface ApplyReport {
   backend: string;
@@ -140,10 +140,9 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: boolea
   const families = o.families ?? (await detectFamilies(o.netns));
   let rules = 0;
   try {
-    if (backend.applyAll) await backend.applyAll(o.netns, o.plan, families);
+    await backend.apply(o.netns, o.plan, families);
     for (const family of families) {
       const fp = o.plan[family];
-      if (!backend.applyAll) await backend.apply(o.netns, family, fp.rules);
       await setLinks(o.netns, fp.links);
       if (o.verify !== false) {
         const problems = diffRules(backend.expected(family, fp.rules), await backend.observe(o.netns, family));
@@ -165,11 +164,9 @@ export async function applyRedirect(o: EngineOptions & { config: RedirectConfig;
 }
 
 async function removeAll(netns: string, backend: Backend): Promise<number> {
-  let removed = backend.removeAll ? await backend.removeAll(netns) : 0;
-  for (const family of FAMILIES) {
-    if (!backend.removeAll) removed += await backend.remove(netns, family);
-    await clearLinks(netns, family, buildPlan(widestConfig()));
-  }
+  const removed = await backend.remove(netns);
+  const widest = buildPlan(widestConfig());
+  for (const family of FAMILIES) await clearLinks(netns, family, widest);
   return removed;
 }
 

@@ -159,6 +159,16 @@ for (const backend of BACKENDS) {
       t.is(jumps.length, 1, `one jump into the output chain, not one per apply:\n${jumps.join('\n')}`);
     });
 
+    test.serial(`kernel ${tag}: re-applying for one family only takes the other family's rules away`, async (t) => {
+      const n = await setup(t, family, backend);
+      await apply(n, {});
+      t.true(saveHasOurs(n));
+      const other: Family = family === 'ipv4' ? 'ipv6' : 'ipv4';
+      await applyRedirect({ netns: n.pair.podPath, backend, config: redirectConfigFromAnnotations({}), families: [other] });
+      if (backend !== 'nftables') t.false(saveHasOurs(n), `no ${family} rules left once only ${other} is asked for`);
+      landsOn(t, connect(n.pair.pod, n.peerIp, 80), 'peer', 80, `${family} outbound is no longer captured`);
+    });
+
     test.serial(`kernel ${tag}: TPROXY delivers inbound to a transparent listener on 15006 that sees the original destination`, async (t) => {
       const n = await setup(t, family, backend);
       await apply(n, { 'sidecar.istio.io/interceptionMode': 'TPROXY' });

@@ -96,14 +96,14 @@ function planTheKernelRejects(): Plan {
 test.serial('nftables: a transaction the kernel rejects leaves no table on a fresh netns and the previous ruleset untouched otherwise', async (t) => {
   const ns = podNetns(t);
   const backend = new NftablesBackend();
-  const err = await t.throwsAsync(backend.applyAll(ns.path, planTheKernelRejects(), [...FAMILIES]), { instanceOf: CommandFailedError });
+  const err = await t.throwsAsync(backend.apply(ns.path, planTheKernelRejects(), [...FAMILIES]), { instanceOf: CommandFailedError });
   t.regex(err!.message, /Operation not supported/);
   t.deepEqual(ourTables(ns.name), [], 'none of the three tables was created, though their definitions came first in the script');
 
   const good = buildPlan(redirectConfigFromAnnotations({}));
-  await backend.applyAll(ns.path, good, [...FAMILIES]);
+  await backend.apply(ns.path, good, [...FAMILIES]);
   const before = inNetns(ns.name, nftProgram(), ['list', 'ruleset', 'inet']);
-  await t.throwsAsync(backend.applyAll(ns.path, planTheKernelRejects(), [...FAMILIES]));
+  await t.throwsAsync(backend.apply(ns.path, planTheKernelRejects(), [...FAMILIES]));
   t.is(inNetns(ns.name, nftProgram(), ['list', 'ruleset', 'inet']), before, 'the delete of the old tables was rolled back with the rest');
 });
 
@@ -118,7 +118,7 @@ test.serial('nftables: when apply fails the engine leaves no mesh-cni table and 
 test.serial('nftables: a missing nft is reported naming the package', async (t) => {
   const ns = podNetns(t);
   const backend = new NftablesBackend({ nft: '/nonexistent/nft' });
-  const err = await t.throwsAsync(backend.applyAll(ns.path, buildPlan(redirectConfigFromAnnotations({})), ['ipv4']), { instanceOf: CommandFailedError });
+  const err = await t.throwsAsync(backend.apply(ns.path, buildPlan(redirectConfigFromAnnotations({})), ['ipv4']), { instanceOf: CommandFailedError });
   t.regex(err!.hint ?? '', /nftables/);
 });
 

@@ -4,9 +4,9 @@
  */
 import { CommandFailedError } from '../../errors';
 import { run, type RunResult } from '../../netns';
-import { BUILTIN_CHAINS, OUR_CHAINS, type Family, type Table } from '../constants';
+import { BUILTIN_CHAINS, FAMILIES, OUR_CHAINS, type Family, type Table } from '../constants';
 import { widestConfig } from '../config';
-import { effectiveChains, planFamily, type Rule } from '../plan';
+import { effectiveChains, planFamily, type Plan, type Rule } from '../plan';
 import { renderRestore, toIptablesLines } from '../render/iptables';
 import { isOurs, parseSave, shapeKey, signature, targetOf, type SavedRule, type SavedState } from '../iptables-save';
 import type { Backend, ObservedRule } from './types';
@@ -81,19 +81,34 @@ export class IptablesBackend implements Backend {
     return before;
   }
 
-  async apply(netns: string, family: Family, rules: readonly Rule[]): Promise<void> {
-    // No rules (interceptionMode NONE) still replaces: whatever an earlier config left must go.
-    if (rules.length === 0) {
-      await this.remove(netns, family);
-      return;
+  /**
+   * One transaction per family. A family with no rules (interceptionMode NONE, or a family the pod no
+   * longer has) is cleared only when something of ours may be there: never on a fresh sandbox's ADD.
+   */
+  async apply(netns: string, plan: Plan, families: readonly Family[]): Promise<void> {
+    let replaced = false;
+    for (const family of families) {
+      if (plan[family].rules.length === 0) replaced = (await this.removeFamily(netns, family)) > 0 || replaced;
+      else replaced = (await this.applyFamily(netns, family, plan[family].rules)) === 'replaced' || replaced;
     }
+    if (!replaced) return;
+    for (const family of FAMILIES.filter((f) => !families.includes(f))) await this.removeFamily(netns, family);
+  }
+
+  async remove(netns: string): Promise<number> {
+    let removed = 0;
+    for (const family of FAMILIES) removed += await this.removeFamily(netns, family);
+    return removed;
+  }
+
+  private async applyFamily(netns: string, family: Family, rules: readonly Rule[]): Promise<'created' | 'replaced'> {
     // Fast path for a fresh sandbox: Istio's own text, whose `-N` fails (changing nothing) if our chains exist.
     const fresh = await run(netns, binary(family, this.flavour, 'restore'), ['--noflush'], {
       input: renderRestore(rules),
       timeoutMs: 30_000,
       packageHint: 'iptables',
     });
-    if (fresh.code === 0) return;
+    if (fresh.code === 0) return 'created';
     const state = await this.save(netns, family);
     const anyOurs = this.ours(state, family).length > 0 || [...state.chains.values()].some((c) => [...c].some((n) => OUR_CHAINS.includes(n)));
     if (!anyOurs) {
@@ -106,9 +121,10 @@ export class IptablesBackend implements Backend {
       }
     }
     await this.exec(netns, family, 'restore', ['--noflush'], renderRestore(rules, { replace: { before: this.replaceLines(state, family, keep) } }));
+    return 'replaced';
   }
 
-  async remove(netns: string, family: Family): Promise<number> {
+  private async removeFamily(netns: string, family: Family): Promise<number> {
     const state = await this.save(netns, family);
     const ours = this.ours(state, family);
     const before = this.replaceLines(state, family, new Map());

@@ -4,7 +4,7 @@
  * so removing is deleting those tables and nobody else's rule is ever touched.
  */
 import * as fs from 'node:fs';
-import { CommandFailedError, MeshCniError } from '../../errors';
+import { CommandFailedError } from '../../errors';
 import { run, type RunResult } from '../../netns';
 import { NFT_TABLES, NFT_TABLE_NAMES, nftChainName, type Family, type Table } from '../constants';
 import { effectiveChains, type Plan, type Rule } from '../plan';
@@ -47,23 +47,15 @@ export class NftablesBackend implements Backend {
     return parseNftList(listed.stdout).filter((r) => NFT_TABLE_NAMES.includes(r.table));
   }
 
-  async applyAll(netns: string, plan: Plan, families: readonly Family[]): Promise<void> {
+  /** One transaction for every family: the script deletes our tables and defines what the plan needs. */
+  async apply(netns: string, plan: Plan, families: readonly Family[]): Promise<void> {
     await this.exec(netns, ['-f', '-'], renderNftScript(plan, families));
   }
 
-  apply(): Promise<void> {
-    return Promise.reject(new MeshCniError('internal error: the nftables backend programs both families in one transaction; call applyAll'));
-  }
-
-  async removeAll(netns: string): Promise<number> {
+  async remove(netns: string): Promise<number> {
     const rules = await this.list(netns);
     await this.exec(netns, ['-f', '-'], nftDeleteTables(), 'the rules were not removed');
     return rules.length;
-  }
-
-  /** Per family removal is not possible in one shared `inet` table: the first call removes both. */
-  remove(netns: string): Promise<number> {
-    return this.removeAll(netns);
   }
 
   async observe(netns: string, family: Family): Promise<ObservedRule[]> {

@@ -15,22 +15,18 @@ export interface ObservedRule {
   packets?: number;
 }
 
-/** A way of programming rules into a netns. One plan feeds every backend. */
+/**
+ * A way of programming rules into a netns. One plan feeds every backend; each programs every family the
+ * pod has and removes whatever of ours an earlier apply left, including a family no longer asked for.
+ */
 export interface Backend {
   readonly name: string;
-  /** Programs `rules` atomically for one family, replacing whatever of ours was there. */
-  apply(netns: string, family: Family, rules: readonly Rule[]): Promise<void>;
-  /** Removes every rule and chain of ours for one family; returns how many rules were removed. */
-  remove(netns: string, family: Family): Promise<number>;
-  /** Our rules as the kernel holds them, per chain in order. */
+  /** Programs the plan's rules for `families`, replacing whatever of ours was there. */
+  apply(netns: string, plan: Plan, families: readonly Family[]): Promise<void>;
+  /** Removes every rule and chain of ours, every family; returns how many rules were removed. */
+  remove(netns: string): Promise<number>;
+  /** Our rules for one family as the kernel holds them, per chain in order. */
   observe(netns: string, family: Family): Promise<ObservedRule[]>;
   /** What `observe` should return once `rules` are applied. */
   expected(family: Family, rules: readonly Rule[]): ObservedRule[];
-  /**
-   * For a backend whose one transaction covers every family (nftables' `inet` tables): programs the plan's
-   * rules for `families` at once. When present, the engine calls it instead of `apply` per family.
-   */
-  applyAll?(netns: string, plan: Plan, families: readonly Family[]): Promise<void>;
-  /** Likewise for removal: everything of ours, every family, in one step. */
-  removeAll?(netns: string): Promise<number>;
 }
