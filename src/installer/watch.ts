@@ -4,7 +4,7 @@
  * shortly after any event. inotify can drop events (queue overflow, a directory replaced), so a periodic pass
  * runs as well. Passes never overlap; an event during a pass schedules exactly one more.
  */
-import { watch, type FSWatcher } from 'node:fs';
+import { statSync, watch, type FSWatcher } from 'node:fs';
 import { dirname } from 'node:path';
 import { install } from './install';
 import type { InstallOptions, InstallReport } from './types';
@@ -41,7 +41,7 @@ export function watchAndRepair(o: InstallOptions, onEvent: (event: InstallEvent)
   const debounceMs = options.debounceMs ?? 25;
   const periodMs = options.periodMs ?? 2000;
   const dirs = [o.cniConfDir, o.cniBinDir, ...(o.kubeconfig ? [dirname(o.kubeconfig.tokenPath)] : [])];
-  const watchers = new Map<string, FSWatcher>();
+  const watchers = new Map<string, { watcher: FSWatcher; ino: number }>();
   let closed = false;
   let running: Promise<void> | undefined;
   let again: WatchTrigger | undefined;
@@ -58,19 +58,29 @@ export function watchAndRepair(o: InstallOptions, onEvent: (event: InstallEvent)
     }
   };
 
+  /** After every pass: watch each dir, and watch again any dir replaced by a new one (an inotify watch follows the old inode). */
   const ensureWatchers = () => {
+    if (closed) return;
     for (const dir of dirs) {
-      if (watchers.has(dir)) continue;
+      let ino: number;
       try {
-        const w = watch(dir, { persistent: false }, () => schedule('fs'));
-        w.on('error', () => {
-          // The directory went away or was replaced; the periodic pass re-creates the watch.
-          w.close();
-          watchers.delete(dir);
-        });
-        watchers.set(dir, w);
+        ino = statSync(dir).ino;
       } catch {
-        // Not there yet (the first pass creates the CNI dirs); retried on each periodic pass.
+        continue; // not there yet (the first pass creates the CNI dirs); retried after the next pass
+      }
+      const current = watchers.get(dir);
+      if (current?.ino === ino) continue;
+      current?.watcher.close();
+      watchers.delete(dir);
+      try {
+        const watcher = watch(dir, { persistent: false }, () => schedule('fs'));
+        watcher.on('error', () => {
+          watcher.close();
+          if (watchers.get(dir)?.watcher === watcher) watchers.delete(dir);
+        });
+        watchers.set(dir, { watcher, ino });
+      } catch {
+        // Removed between stat and watch; retried after the next pass.
       }
     }
   };
@@ -126,7 +136,7 @@ export function watchAndRepair(o: InstallOptions, onEvent: (event: InstallEvent)
       closed = true;
       clearInterval(timer);
       if (debounce) clearTimeout(debounce);
-      for (const w of watchers.values()) w.close();
+      for (const w of watchers.values()) w.watcher.close();
       watchers.clear();
       while (running) await running;
       for (const resolve of waiters) resolve();
