@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# The mesh-cni node agent (install/30-daemonset.yaml runs it).   docker build -t mesh-cni:0.1.0 .
+
+# --- build: TypeScript and the C shim, then drop the dev dependencies ---------------------------------------
+FROM node:20-bookworm AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+# Scripts are skipped here because ours need the sources (copied below, after this cacheable layer); only the
+# dependencies whose native addons we use are then built (package.json allowScripts names them).
+RUN npm ci --ignore-scripts --no-audit --no-fund \
+ && npm rebuild @2060.io/ref-napi @2060.io/ffi-napi
+COPY tsconfig.json ./
+COPY scripts/ scripts/
+COPY native/ native/
+COPY src/ src/
+RUN npm run build \
+ && node scripts/build-native.js \
+ && npm prune --omit=dev --no-audit --no-fund
+
+# --- runtime: Node and the programs the engine runs in pod network namespaces -------------------------------
+FROM node:20-bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables nftables iproute2 \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY --from=build /app/package.json ./package.json
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/dist/src ./dist/src
+COPY --from=build /app/build/mesh-cni ./build/mesh-cni
+# Root, deliberately, and nothing here can run as another user: the agent writes the host's CNI dirs
+# (/opt/cni/bin, /etc/cni/net.d, root's), owns the shim's socket (the shim only trusts a root peer), and
+# enters other pods' network namespaces and programs iptables/nftables there, which the DaemonSet allows
+# through added capabilities (NET_ADMIN, NET_RAW, SYS_ADMIN, SYS_PTRACE) rather than `privileged`.
+USER root
+ENTRYPOINT ["node", "/app/dist/src/cli/main.js", "agent"]

@@ -1,0 +1,18 @@
+/**
+ * The installer library: put the shim, the engine, a kubeconfig and our conflist entry on the node; keep them
+ * there while the primary CNI rewrites its config; take them away again, byte for byte.
+ * The agent calls watchAndRepair() at start and uninstall() on SIGTERM; the CLI calls uninstall({dryRun}) and
+ * checkInstalled().
+ */
+export { install, checkInstalled, installedPaths, SHIM_NAME, ENGINE_NAME, STANDALONE_CONF_NAME } from './install';
+export { watchAndRepair } from './watch';
+export type { InstallEvent, InstallWatcher, WatchOptions, WatchTrigger } from './watch';
+export { uninstall } from './uninstall';
+export { findPrimaryConfig, scanConfDir, CONF_EXTENSIONS } from './primary-config';
+export type { PrimaryConfig, ConfigKind } from './primary-config';
+export { PLUGIN_TYPE } from './conflist';
+export { buildKubeconfig, renderKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
+export type { KubeconfigSource } from './kubeconfig';
+export { InstallerError } from './errors';
+export type * from './types';
+export * from './defaults';

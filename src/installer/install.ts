@@ -1,0 +1,239 @@
+/**
+ * One install pass, idempotent: binaries, kubeconfig, then the config entry (in that order, so a config never
+ * names a plugin that is not on disk). Every write is skipped when the content is already right, so a pass
+ * over an installed node touches nothing and a directory watcher sees no echo of its own work.
+ */
+import { mkdir, realpath, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { exists, readIfExists, removeIfExists, sha256, writeFileAtomic, writeIfChanged, type WriteAction } from './atomic-file';
+import { convertConfText, hasOurEntry, insertIntoConflistText, isChainedLast, isOurs, PLUGIN_TYPE, removeFromConflistText } from './conflist';
+import { InstallerError } from './errors';
+import { buildKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
+import { findPrimaryConfig, invalidReason, scanConfDir } from './primary-config';
+import { loadState, saveState, type ConfigRecord, type InstallState } from './state';
+import type { ConfigOutcome, InstallOptions, InstallReport, InstallStatus } from './types';
+
+export const SHIM_NAME = 'mesh-cni';
+export const ENGINE_NAME = 'mesh-cni.js';
+export const STANDALONE_CONF_NAME = '10-mesh-cni.conflist';
+const CONFIG_MODE = 0o644;
+
+export function installedPaths(o: Pick<InstallOptions, 'cniBinDir' | 'cniConfDir'>) {
+  return {
+    shim: join(o.cniBinDir, SHIM_NAME),
+    engine: join(o.cniBinDir, ENGINE_NAME),
+    standaloneConf: join(o.cniConfDir, STANDALONE_CONF_NAME),
+  };
+}
+
+function validate(o: InstallOptions): void {
+  if (!isOurs(o.pluginConfig)) {
+    throw new InstallerError(`pluginConfig.type must be "${PLUGIN_TYPE}", got ${JSON.stringify(o.pluginConfig.type)}`, {
+      hint: 'the installer finds and replaces its own entry by type',
+    });
+  }
+}
+
+async function readSource(path: string, what: string): Promise<Buffer> {
+  const bytes = await readIfExists(path);
+  if (bytes === undefined) throw new InstallerError(`the ${what} to install, ${path}, does not exist`, { hint: 'is the image built completely (npm run build, scripts/build-native.js)?' });
+  return bytes;
+}
+
+async function installBinaries(o: InstallOptions): Promise<InstallReport['binaries']> {
+  const paths = installedPaths(o);
+  await mkdir(o.cniBinDir, { recursive: true });
+  const shim = await readSource(o.shimPath, 'shim');
+  const engine = await readSource(o.enginePath, 'engine');
+  return [
+    { path: paths.shim, action: await writeIfChanged(paths.shim, shim, 0o755) },
+    { path: paths.engine, action: await writeIfChanged(paths.engine, engine, 0o644) },
+  ];
+}
+
+async function modeOf(path: string, fallback: number): Promise<number> {
+  try {
+    return (await stat(path)).mode & 0o7777;
+  } catch {
+    return fallback;
+  }
+}
+
+/** Writes go to a symlink's target, so a config the primary CNI links into place stays linked. */
+async function writeTarget(path: string): Promise<string> {
+  try {
+    return await realpath(path);
+  } catch {
+    return path;
+  }
+}
+
+function upsert(state: InstallState, record: ConfigRecord): void {
+  state.configs = [...state.configs.filter((r) => r.path !== record.path), record];
+}
+
+/** A record for the file as it is now, keeping the earlier original when the file is still what we wrote. */
+function recordFor(state: InstallState, path: string, current: Buffer, mode: number): ConfigRecord {
+  const previous = state.configs.find((r) => r.path === path);
+  if (previous && previous.writtenSha256 === sha256(current)) return { ...previous };
+  const text = current.toString('utf8');
+  const ours = hasOurEntry(JSON.parse(text) as Record<string, unknown>);
+  return {
+    path,
+    original: (ours ? Buffer.from(removeFromConflistText(text)) : current).toString('base64'),
+    originalMode: mode,
+    exact: !ours,
+    writtenSha256: '',
+    entryPresent: true,
+  };
+}
+
+/** The conflist a lone .conf becomes: X.conf -> X.conflist, unless that name is someone else's file. */
+async function conversionTarget(state: InstallState, confPath: string): Promise<string> {
+  const stem = confPath.replace(/\.(conf|json)$/, '');
+  const preferred = `${stem}.conflist`;
+  const ours = state.configs.some((r) => r.path === preferred && r.convertedFrom !== undefined);
+  if (ours || !(await exists(preferred))) return preferred;
+  // '-' sorts before '.', so this name still comes before the other file's.
+  return `${stem}-mesh-cni.conflist`;
+}
+
+/** Takes our entry out of a config that is no longer the active one. Returns whether the file changed. */
+async function release(state: InstallState, record: ConfigRecord): Promise<boolean> {
+  const current = await readIfExists(record.path);
+  if (current === undefined) {
+    state.configs = state.configs.filter((r) => r !== record);
+    return false;
+  }
+  if (record.convertedFrom === undefined && record.exact && sha256(current) === record.writtenSha256) {
+    await writeFileAtomic(record.path, Buffer.from(record.original, 'base64'), record.originalMode);
+    state.configs = state.configs.filter((r) => r !== record);
+    return true;
+  }
+  const verdict = invalidReason(current, 'conflist');
+  if ('reason' in verdict || !hasOurEntry(verdict.parsed)) {
+    state.configs = state.configs.filter((r) => r !== record);
+    return false;
+  }
+  const stripped = Buffer.from(removeFromConflistText(current.toString('utf8')));
+  await writeFileAtomic(record.path, stripped, await modeOf(record.path, CONFIG_MODE));
+  if (record.convertedFrom !== undefined && sha256(current) === record.writtenSha256) {
+    // Kept converted (restoring the .conf now could make it the active config again); uninstall reverses it.
+    upsert(state, { ...record, writtenSha256: sha256(stripped), entryPresent: false });
+  } else {
+    state.configs = state.configs.filter((r) => r !== record);
+  }
+  return true;
+}
+
+async function chainIntoPrimary(o: InstallOptions, state: InstallState): Promise<ConfigOutcome> {
+  const { primary, skipped } = await scanConfDir(o.cniConfDir);
+  if (!primary) {
+    return { action: 'waiting', reason: `no valid network config in ${o.cniConfDir} yet`, skipped };
+  }
+  const hadEntryBefore = state.configs.some((r) => r.entryPresent);
+  let path: string;
+  let convertedFrom: string | undefined;
+  let action: 'inserted' | 'reinserted' | 'unchanged';
+
+  if (primary.kind === 'conflist') {
+    path = await writeTarget(primary.path);
+    const mode = await modeOf(path, CONFIG_MODE);
+    const record = recordFor(state, path, primary.bytes, mode);
+    const desired = Buffer.from(insertIntoConflistText(primary.bytes.toString('utf8'), o.pluginConfig));
+    if (desired.equals(primary.bytes)) {
+      action = 'unchanged';
+    } else {
+      await writeFileAtomic(path, desired, mode);
+      action = hadEntryBefore ? 'reinserted' : 'inserted';
+    }
+    upsert(state, { ...record, writtenSha256: sha256(desired), entryPresent: true });
+  } else {
+    convertedFrom = primary.path;
+    path = await conversionTarget(state, primary.path);
+    const mode = await modeOf(primary.path, CONFIG_MODE);
+    const desired = Buffer.from(convertConfText(primary.bytes.toString('utf8'), o.pluginConfig));
+    // The conflist first, then the .conf goes: a moment without our entry rather than one without any network.
+    await writeFileAtomic(path, desired, mode);
+    await removeIfExists(primary.path);
+    action = hadEntryBefore ? 'reinserted' : 'inserted';
+    upsert(state, {
+      path,
+      original: primary.bytes.toString('base64'),
+      originalMode: mode,
+      exact: true,
+      convertedFrom,
+      writtenSha256: sha256(desired),
+      entryPresent: true,
+    });
+  }
+
+  const released: string[] = [];
+  for (const other of state.configs.filter((r) => r.path !== path && r.entryPresent)) {
+    if (await release(state, other)) released.push(other.path);
+  }
+  return { action, path, convertedFrom, released };
+}
+
+async function writeStandalone(o: InstallOptions, state: InstallState): Promise<ConfigOutcome> {
+  const path = installedPaths(o).standaloneConf;
+  const list = {
+    cniVersion: typeof o.pluginConfig.cniVersion === 'string' ? o.pluginConfig.cniVersion : '1.0.0',
+    name: 'mesh-cni',
+    plugins: [...(o.standalonePlugins ?? []), o.pluginConfig],
+  };
+  const written = await writeIfChanged(path, `${JSON.stringify(list, null, 2)}\n`, CONFIG_MODE);
+  if (!state.ownedFiles.includes(path)) state.ownedFiles.push(path);
+  return { action: written === 'written' ? 'inserted' : 'unchanged', path, released: [] };
+}
+
+/** What is installed right now, read from disk (what readiness reports). */
+export async function checkInstalled(o: InstallOptions): Promise<InstallStatus> {
+  const paths = installedPaths(o);
+  const binaries: InstallStatus['binaries'] = [];
+  for (const [dest, source] of [
+    [paths.shim, o.shimPath],
+    [paths.engine, o.enginePath],
+  ] as const) {
+    const [have, want] = await Promise.all([readIfExists(dest), readIfExists(source)]);
+    binaries.push({ path: dest, inPlace: have !== undefined && want !== undefined && have.equals(want) });
+  }
+  const primary = await findPrimaryConfig(o.cniConfDir);
+  const entryInActiveConfig = primary !== undefined && primary.kind === 'conflist' && isChainedLast(primary.parsed);
+  const kubeconfig = o.kubeconfig ? { path: o.kubeconfig.outPath, present: await exists(o.kubeconfig.outPath) } : undefined;
+  return {
+    ready: entryInActiveConfig && binaries.every((b) => b.inPlace) && (kubeconfig?.present ?? true),
+    activeConfig: primary?.path,
+    entryInActiveConfig,
+    binaries,
+    kubeconfig,
+  };
+}
+
+/** One pass: make the node hold our binaries, kubeconfig and config entry. Safe to repeat; do not run two at once. */
+export async function install(o: InstallOptions): Promise<InstallReport> {
+  validate(o);
+  const state = await loadState(o.stateDir);
+  const before = JSON.stringify(state);
+  const binaries = await installBinaries(o);
+  for (const b of binaries) if (!state.ownedFiles.includes(b.path)) state.ownedFiles.push(b.path);
+
+  let kubeconfig: InstallReport['kubeconfig'];
+  if (o.kubeconfig) {
+    await mkdir(dirname(o.kubeconfig.outPath), { recursive: true });
+    const text = await buildKubeconfig(o.kubeconfig);
+    kubeconfig = { path: o.kubeconfig.outPath, action: await writeIfChanged(o.kubeconfig.outPath, text, KUBECONFIG_MODE) };
+    if (!state.ownedFiles.includes(kubeconfig.path)) state.ownedFiles.push(kubeconfig.path);
+  }
+
+  await mkdir(o.cniConfDir, { recursive: true });
+  const config = o.standaloneConf ? await writeStandalone(o, state) : await chainIntoPrimary(o, state);
+  if (JSON.stringify(state) !== before) await saveState(o.stateDir, state);
+
+  const wrote = (a: WriteAction | undefined) => a === 'written';
+  const changed =
+    binaries.some((b) => wrote(b.action)) ||
+    wrote(kubeconfig?.action) ||
+    (config.action !== 'waiting' && (config.action !== 'unchanged' || config.released.length > 0));
+  return { binaries, kubeconfig, config, changed, status: await checkInstalled(o) };
+}

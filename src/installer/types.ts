@@ -1,0 +1,66 @@
+import type { WriteAction } from './atomic-file';
+import type { KubeconfigSource } from './kubeconfig';
+
+export interface InstallOptions {
+  /** host CNI binary dir as mounted in the agent's pod, e.g. /host/opt/cni/bin */
+  cniBinDir: string;
+  /** host CNI config dir as mounted in the agent's pod, e.g. /host/etc/cni/net.d */
+  cniConfDir: string;
+  /** the built native shim (build/mesh-cni), installed as <cniBinDir>/mesh-cni */
+  shimPath: string;
+  /** the standalone engine file, installed as <cniBinDir>/mesh-cni.js (where the shim looks for it) */
+  enginePath: string;
+  /** our conflist entry; its `type` must be 'mesh-cni'. Paths inside it are host paths, not /host/... */
+  pluginConfig: Record<string, unknown>;
+  /** write a kubeconfig for the plugin from the service account; omitted with --no-kubernetes */
+  kubeconfig?: KubeconfigSource;
+  /** write our own conflist (for nodes with no primary CNI) instead of chaining into the primary one */
+  standaloneConf?: boolean;
+  /** with standaloneConf: plugins placed before ours in that conflist (e.g. bridge + host-local for a demo) */
+  standalonePlugins?: Array<Record<string, unknown>>;
+  /** where the record of what we changed lives (e.g. /var/run/mesh-cni): uninstall reads it */
+  stateDir: string;
+}
+
+export type ConfigOutcome =
+  | { action: 'waiting'; reason: string; skipped: Array<{ path: string; reason: string }> }
+  | {
+      /** inserted: first write; reinserted: our entry had been taken out or changed by someone else; unchanged: already right */
+      action: 'inserted' | 'reinserted' | 'unchanged';
+      path: string;
+      /** the lone .conf this pass converted into `path` (and removed) */
+      convertedFrom?: string;
+      /** formerly active configs our entry was taken out of because another file became the active one */
+      released: string[];
+    };
+
+export interface InstallReport {
+  binaries: Array<{ path: string; action: WriteAction }>;
+  kubeconfig?: { path: string; action: WriteAction };
+  config: ConfigOutcome;
+  /** whether anything on disk changed in this pass */
+  changed: boolean;
+  status: InstallStatus;
+}
+
+export interface InstallStatus {
+  /** the active config has our entry as its last plugin and both binaries match their sources */
+  ready: boolean;
+  activeConfig?: string;
+  entryInActiveConfig: boolean;
+  binaries: Array<{ path: string; inPlace: boolean }>;
+  kubeconfig?: { path: string; present: boolean };
+}
+
+export type UninstallActionKind = 'restore-original' | 'restore-conf' | 'remove-entry' | 'delete-file' | 'leave';
+
+export interface UninstallAction {
+  action: UninstallActionKind;
+  path: string;
+  detail: string;
+}
+
+export interface UninstallReport {
+  dryRun: boolean;
+  actions: UninstallAction[];
+}

@@ -1,0 +1,106 @@
+/**
+ * Puts the node back. A config no one else touched since our last write gets its recorded original bytes back
+ * (and a converted .conf returns in place of our .conflist); a config someone else changed only loses our
+ * entry. Then the files we own go. With dryRun the same plan is returned and nothing is written.
+ */
+import { join } from 'node:path';
+import { rm, stat } from 'node:fs/promises';
+import { exists, readIfExists, removeIfExists, sha256, writeFileAtomic } from './atomic-file';
+import { hasOurEntry, removeFromConflistText } from './conflist';
+import { installedPaths } from './install';
+import { kindOf, listConfFiles, invalidReason } from './primary-config';
+import { loadState, STATE_FILE, type ConfigRecord } from './state';
+import type { InstallOptions, UninstallAction, UninstallReport } from './types';
+
+interface Step extends UninstallAction {
+  apply?: () => Promise<void>;
+}
+
+async function modeOr(path: string, fallback: number): Promise<number> {
+  try {
+    return (await stat(path)).mode & 0o7777;
+  } catch {
+    return fallback;
+  }
+}
+
+/** Our entry taken out of a conflist someone else has also changed; everything else of theirs stays. */
+async function removeEntryStep(path: string, current: Buffer, why: string): Promise<Step | undefined> {
+  const verdict = invalidReason(current, 'conflist');
+  if ('reason' in verdict || !hasOurEntry(verdict.parsed)) return undefined;
+  const mode = await modeOr(path, 0o644);
+  const stripped = removeFromConflistText(current.toString('utf8'));
+  return {
+    action: 'remove-entry',
+    path,
+    detail: `remove the mesh-cni entry (${why})`,
+    apply: () => writeFileAtomic(path, stripped, mode),
+  };
+}
+
+async function stepsForRecord(record: ConfigRecord): Promise<Step[]> {
+  const current = await readIfExists(record.path);
+  if (current === undefined) {
+    return [{ action: 'leave', path: record.path, detail: 'no longer exists (removed or renamed by another component); nothing to restore' }];
+  }
+  const untouched = record.exact && sha256(current) === record.writtenSha256;
+  const original = Buffer.from(record.original, 'base64');
+  if (untouched && record.convertedFrom !== undefined) {
+    const conf = record.convertedFrom;
+    if (await exists(conf)) {
+      // The primary CNI has written its .conf again since; that file is the config now, ours only goes.
+      return [{ action: 'delete-file', path: record.path, detail: `delete the conflist converted from ${conf} (${conf} exists again)`, apply: async () => void (await removeIfExists(record.path)) }];
+    }
+    return [
+      { action: 'restore-conf', path: conf, detail: `restore the original ${conf} (${original.length} bytes) that was converted to ${record.path}`, apply: () => writeFileAtomic(conf, original, record.originalMode) },
+      { action: 'delete-file', path: record.path, detail: `delete the conflist converted from ${conf}`, apply: async () => void (await removeIfExists(record.path)) },
+    ];
+  }
+  if (untouched) {
+    return [{ action: 'restore-original', path: record.path, detail: `restore the original bytes (${original.length} bytes, unchanged since install)`, apply: () => writeFileAtomic(record.path, original, record.originalMode) }];
+  }
+  const why = record.exact ? 'the file was changed by another component since install' : 'no exact original was recorded';
+  const step = await removeEntryStep(record.path, current, why);
+  return step ? [step] : [{ action: 'leave', path: record.path, detail: `${why}; it holds no mesh-cni entry` }];
+}
+
+export async function planUninstall(o: InstallOptions): Promise<Step[]> {
+  const state = await loadState(o.stateDir);
+  const steps: Step[] = [];
+  for (const record of state.configs) steps.push(...(await stepsForRecord(record)));
+
+  // Entries with no record (the state was lost, e.g. /var/run cleared by a reboot): take them out too.
+  const planned = new Set(steps.map((s) => s.path));
+  const owned = new Set(state.ownedFiles);
+  for (const name of await listConfFiles(o.cniConfDir)) {
+    const path = join(o.cniConfDir, name);
+    if (planned.has(path) || owned.has(path) || kindOf(name) !== 'conflist') continue;
+    const current = await readIfExists(path);
+    const step = current && (await removeEntryStep(path, current, 'found with no install record'));
+    if (step) steps.push(step);
+  }
+
+  const paths = installedPaths(o);
+  const files = new Set([...state.ownedFiles, paths.shim, paths.engine, ...(o.kubeconfig ? [o.kubeconfig.outPath] : [])]);
+  if (o.standaloneConf) files.add(paths.standaloneConf);
+  for (const path of files) {
+    if (await exists(path)) {
+      steps.push({ action: 'delete-file', path, detail: 'installed by mesh-cni', apply: async () => void (await removeIfExists(path)) });
+    }
+  }
+  return steps;
+}
+
+/**
+ * Undo install. Configs first, binaries last, so no config ever names a plugin that is gone. The state record
+ * is removed at the end (kept if a step fails, so a second run can finish the job).
+ */
+export async function uninstall(o: InstallOptions, options: { dryRun?: boolean } = {}): Promise<UninstallReport> {
+  const steps = await planUninstall(o);
+  const dryRun = options.dryRun === true;
+  if (!dryRun) {
+    for (const step of steps) await step.apply?.();
+    await rm(join(o.stateDir, STATE_FILE), { force: true });
+  }
+  return { dryRun, actions: steps.map(({ action, path, detail }) => ({ action, path, detail })) };
+}
