@@ -13,10 +13,12 @@ import { peerCredentials } from '../netns/native';
 import type { NodePodCache } from '../kube/pod-cache';
 import type { V1Pod } from '@kubernetes/client-node';
 import { AgentMetrics } from './metrics';
+import type { InstallOptions, InstallWatcher } from '../installer';
 import { Reconciler, type RepairMode } from '../repair/reconciler';
 import type { BackendName } from '../redirect/engine';
 
-export const DEFAULT_SOCKET = '/var/run/mesh-cni/agent.sock';
+export { DEFAULT_AGENT_SOCKET as DEFAULT_SOCKET } from '../paths';
+import { DEFAULT_AGENT_SOCKET } from '../paths';
 export const DEFAULT_HEALTH_PORT = 8000;
 
 export interface AgentOptions {
@@ -32,6 +34,9 @@ export interface AgentOptions {
   requestTimeoutMs?: number;
   /** Where attachment records live (shared with the standalone plugin). */
   stateDir?: string;
+  /** Install the plugin into the node's CNI config and keep it there; uninstall on stop when asked. */
+  install?: InstallOptions;
+  uninstallOnStop?: boolean;
   /** Extra readiness conditions (the installer's "our entry is in the active config"). */
   readiness?: Array<() => string | undefined>;
   /** The reconciler; needs Kubernetes. Mode `off` (the default here) disables it. */
@@ -142,7 +147,7 @@ function scheduleRepair(
 export async function startAgent(options: AgentOptions): Promise<Agent> {
   const log = options.log ?? defaultLog;
   const metrics = new AgentMetrics();
-  const socketPath = options.socketPath ?? DEFAULT_SOCKET;
+  const socketPath = options.socketPath ?? DEFAULT_AGENT_SOCKET;
   let podCache: NodePodCache | undefined;
   let onPodEvent: ((pod: V1Pod) => void) | undefined;
   if (options.kubernetes) {
@@ -168,6 +173,18 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     },
     handlerTimeoutMs: options.requestTimeoutMs ?? 55_000,
   });
+
+  let watcher: InstallWatcher | undefined;
+  if (options.install) {
+    const { watchAndRepair } = await import('../installer');
+    watcher = watchAndRepair(options.install, (event) => {
+      if (event.type === 'error') log({ level: 'warn', msg: 'install pass failed; retrying on the next change', trigger: event.trigger, error: String(event.error) });
+      else if (event.report.config.action === 'reinserted') {
+        metrics.reinsertions.inc();
+        log({ level: 'info', msg: 'our entry was missing from the active CNI config; put it back', config: event.report.config.path, trigger: event.trigger });
+      }
+    });
+  }
 
   let reconciler: Reconciler | undefined;
   let stopRepair = () => undefined as void;
@@ -199,6 +216,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
       const reasons: string[] = [];
       if (!cniServer) reasons.push('the CNI socket is not being served');
       if (podCache && !podCache.synced()) reasons.push('the pod cache has not synced with the API server yet');
+      if (watcher && !watcher.ready()) reasons.push('the active CNI config does not hold our entry yet, or our binaries are missing');
       for (const check of options.readiness ?? []) {
         const why = check();
         if (why) reasons.push(why);
@@ -207,6 +225,12 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     },
     async stop() {
       stopRepair();
+      await watcher?.close();
+      if (options.install && options.uninstallOnStop) {
+        const { uninstall } = await import('../installer');
+        const report = await uninstall(options.install);
+        log({ level: 'info', msg: 'uninstalled', actions: report.actions.map((a) => `${a.action} ${a.path}`) });
+      }
       await Promise.all([cniServer?.close(), podCache?.stop(), new Promise((r) => health.close(r))]);
       cniServer = undefined;
     },

@@ -7,6 +7,9 @@ import * as apply from './commands/apply';
 import * as show from './commands/show';
 import * as remove from './commands/remove';
 import * as agent from './commands/agent';
+import * as install from './commands/install';
+import * as uninstall from './commands/uninstall';
+import * as repair from './commands/repair';
 import { EXIT } from './output';
 
 export function cli(argv: string[]) {
@@ -17,6 +20,9 @@ export function cli(argv: string[]) {
     .command(show)
     .command(remove)
     .command(agent)
+    .command(install)
+    .command(uninstall)
+    .command(repair)
     .demandCommand(1, 'name a command (see --help)')
     .strict()
     .recommendCommands()

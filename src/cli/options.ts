@@ -1,5 +1,17 @@
 /** Options several commands share: how a pod's config is given, which backend, which netns. */
+import * as path from 'node:path';
 import type { Options } from 'yargs';
+import {
+  DEFAULT_CNI_BIN_DIR,
+  DEFAULT_CNI_CONF_DIR,
+  DEFAULT_STATE_DIR,
+  HOST_CNI_CONF_DIR,
+  KUBECONFIG_NAME,
+  SHIM_NAME,
+  pluginEntry,
+  serviceAccountKubeconfig,
+  type InstallOptions,
+} from '../installer';
 import { parseAnnotationArgs, redirectConfigFromAnnotations, type RedirectConfig } from '../redirect/config';
 import { BACKEND_NAMES, type BackendName } from '../redirect/engine';
 import { REPAIR_MODES, type RepairMode } from '../repair/reconciler';
@@ -45,7 +57,6 @@ export const repairOptions = {
   'repair-mode': { choices: REPAIR_MODES, default: 'repair' as RepairMode, describe: 'what to do with a meshed pod whose rules are missing or wrong' },
   'repair-rate': { type: 'number', default: 5, describe: 'repair actions per second at most' },
   'repair-burst': { type: 'number', default: 10, describe: 'repair actions allowed at once after a quiet spell' },
-  'exclude-namespaces': { type: 'string', array: true, default: ['kube-system'], describe: 'namespaces never redirected (as the netconf\'s kubernetes.exclude_namespaces)' },
   'proc-root': { type: 'string', default: '/proc', describe: "the host's /proc (the DaemonSet mounts it at /host/proc)" },
   ...backendOption,
 } satisfies Record<string, Options>;
@@ -67,5 +78,52 @@ export function repairSettings(args: RepairArgs) {
     excludeNamespaces: args['exclude-namespaces'],
     procRoot: args['proc-root'],
     backend: args.backend,
+  };
+}
+
+export const installOptions = {
+  'cni-bin-dir': { type: 'string', default: DEFAULT_CNI_BIN_DIR, describe: "the host's CNI binary dir as mounted here" },
+  'cni-conf-dir': { type: 'string', default: DEFAULT_CNI_CONF_DIR, describe: "the host's CNI config dir as mounted here" },
+  'host-cni-conf-dir': { type: 'string', default: HOST_CNI_CONF_DIR, describe: 'the same config dir as the runtime on the host sees it (for paths inside our entry)' },
+  'exclude-namespaces': { type: 'string', array: true, default: ['kube-system'], describe: "namespaces never redirected (the netconf's kubernetes.exclude_namespaces)" },
+  'standalone-conf': { type: 'boolean', default: false, describe: 'write our own conflist instead of chaining into the primary CNI (nodes without one)' },
+  'state-dir': { type: 'string', default: DEFAULT_STATE_DIR, describe: 'where install records what it changed (uninstall reads it) and attachments are recorded' },
+  'log-level': { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const, describe: "the plugin's log level (in our conflist entry)" },
+} satisfies Record<string, Options>;
+
+export interface InstallArgs {
+  'cni-bin-dir': string;
+  'cni-conf-dir': string;
+  'host-cni-conf-dir': string;
+  'standalone-conf': boolean;
+  'state-dir': string;
+  'log-level': string;
+  'exclude-namespaces': string[];
+  backend: BackendName;
+  socket?: string;
+  /** write a kubeconfig from the service account (in a cluster) */
+  kubernetes?: boolean;
+}
+
+/** The built shim and standalone engine, found from where this file runs (dist/src/cli). */
+const REPO_ROOT = path.resolve(__dirname, '../../..');
+
+export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = process.env): InstallOptions {
+  const inCluster = args.kubernetes !== false && Boolean(env.KUBERNETES_SERVICE_HOST);
+  return {
+    cniBinDir: args['cni-bin-dir'],
+    cniConfDir: args['cni-conf-dir'],
+    shimPath: path.join(REPO_ROOT, 'build', SHIM_NAME),
+    enginePath: path.join(REPO_ROOT, 'dist/src/cni/main.js'),
+    pluginConfig: pluginEntry({
+      backend: args.backend,
+      logLevel: args['log-level'],
+      kubeconfig: inCluster ? path.join(args['host-cni-conf-dir'], KUBECONFIG_NAME) : undefined,
+      excludeNamespaces: args['exclude-namespaces'],
+      agentSocket: args.socket,
+    }),
+    kubeconfig: inCluster ? serviceAccountKubeconfig(env, args['cni-conf-dir']) : undefined,
+    standaloneConf: args['standalone-conf'],
+    stateDir: args['state-dir'],
   };
 }

@@ -10,9 +10,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { DEFAULT_STATE_DIR } from '../paths';
 import type { CniAttachment } from './types';
 
-export const DEFAULT_STATE_DIR = '/var/run/mesh-cni';
 
 export interface AttachmentRecord {
   containerId: string;

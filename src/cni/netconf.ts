@@ -12,7 +12,8 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export const BACKENDS: readonly BackendName[] = ['auto', 'iptables', 'iptables-nft', 'iptables-legacy', 'nftables'];
 
 export const DEFAULT_LOG_FILE = '/var/log/mesh-cni/cni.log';
-export const DEFAULT_AGENT_SOCKET = '/var/run/mesh-cni/agent.sock';
+import { DEFAULT_AGENT_SOCKET } from '../paths';
+export { DEFAULT_AGENT_SOCKET };
 export const DEFAULT_EXCLUDED_NAMESPACES: readonly string[] = ['kube-system'];
 export const POD_ANNOTATIONS_CAPABILITY = 'io.kubernetes.cri.pod-annotations';
 

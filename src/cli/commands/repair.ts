@@ -1,0 +1,55 @@
+/** `mesh-cni repair`: one reconciler pass from the command line: what it found on this node, and what it did. */
+import type { Argv } from 'yargs';
+import { MeshCniError } from '../../errors';
+import { AttachmentStore } from '../../cni/attachments';
+import { DEFAULT_STATE_DIR } from '../../paths';
+import { Reconciler, type Finding } from '../../repair/reconciler';
+import { repairOptions, repairSettings, type RepairArgs } from '../options';
+import { outputOption, printJson, runCommand, EXIT, type OutputFormat } from '../output';
+
+export const command = 'repair';
+export const describe = "check every meshed pod on this node and repair (or label, or delete) those whose rules are missing or wrong";
+
+export function builder(y: Argv) {
+  return y
+    .options({
+      ...repairOptions,
+      ...outputOption,
+      'exclude-namespaces': { type: 'string', array: true, default: ['kube-system'], describe: 'namespaces never redirected' },
+      'dry-run': { type: 'boolean', default: false, describe: 'report what would be done, do nothing' },
+      kubeconfig: { type: 'string', describe: 'a kubeconfig file; the in-cluster service account when absent' },
+      'node-name': { type: 'string', default: process.env.NODE_NAME, describe: "this node's name (default $NODE_NAME)" },
+      'state-dir': { type: 'string', default: DEFAULT_STATE_DIR, describe: 'where the plugin records programmed attachments' },
+    })
+    .example('$0 repair --dry-run', 'what is broken on this node')
+    .example('$0 repair --repair-mode label -o json', 'label broken pods, JSON report');
+}
+
+type Args = RepairArgs & { output: OutputFormat; 'dry-run': boolean; kubeconfig?: string; 'node-name'?: string; 'state-dir': string };
+
+function row(f: Finding): string {
+  return [`${f.namespace}/${f.name}`.padEnd(40), f.verdict.padEnd(10), (f.action ?? '-').padEnd(12), f.reason].join(' ');
+}
+
+export async function handler(args: Args): Promise<void> {
+  await runCommand(args.output, async () => {
+    const nodeName = args['node-name'];
+    if (!nodeName) throw new MeshCniError('repair needs to know which node it is on', { hint: 'pass --node-name or set NODE_NAME' });
+    const { loadKubeConfig } = await import('../../kube/pod-cache');
+    const { repairDeps, listNodePods } = await import('../../repair/wiring');
+    const kubeConfig = await loadKubeConfig(args.kubeconfig);
+    const pods = await listNodePods(kubeConfig, nodeName);
+    const settings = repairSettings(args);
+    const deps = await repairDeps({ kubeConfig, nodeName, pods: () => pods, attachments: new AttachmentStore(args['state-dir']), procRoot: settings.procRoot, backend: settings.backend });
+    const findings = await new Reconciler({ ...settings, dryRun: args['dry-run'] }, deps).pass();
+    const broken = findings.filter((f) => f.verdict === 'broken');
+    if (args.output === 'json') printJson({ node: nodeName, mode: settings.mode, dryRun: args['dry-run'], findings });
+    else {
+      process.stdout.write(`${'POD'.padEnd(40)} ${'VERDICT'.padEnd(10)} ${'ACTION'.padEnd(12)} REASON\n`);
+      for (const f of findings) process.stdout.write(`${row(f)}\n`);
+      process.stdout.write(`\n${findings.length} pods on ${nodeName}: ${broken.length} broken\n`);
+    }
+    const unresolved = broken.filter((f) => !['repaired', 'labeled', 'deleted'].includes(f.action ?? ''));
+    return unresolved.length > 0 ? EXIT.problem : EXIT.ok;
+  });
+}
