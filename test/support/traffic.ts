@@ -12,6 +12,14 @@ const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3
 const SUPPORT_DIR = path.resolve(__dirname, '../../../test/support');
 const CLIENT_SOURCE = fs.readFileSync(path.join(SUPPORT_DIR, 'client.py'), 'utf8');
 
+/**
+ * How to run a program inside `netns`: a name under /var/run/netns (`ip netns exec`), or a path such as the
+ * one containerd gives a sandbox (`nsenter --net=PATH`, which also leaves /sys alone).
+ */
+export function inNetnsArgv(netns: string): string[] {
+  return netns.startsWith('/') ? ['nsenter', `--net=${netns}`, '--'] : ['ip', 'netns', 'exec', netns];
+}
+
 export interface Landing {
   listener?: string;
   port?: number;
@@ -26,9 +34,13 @@ export interface Listener {
   stop(): void;
 }
 
-/** Starts listeners on `ports` ("15001", "15053/udp") in `netns`; stopped when the test ends. */
+/**
+ * Starts listeners on `ports` ("15001", "15053/udp") in `netns` (a name or a path); stopped
+ * when the test ends.
+ */
 export async function listen(t: ExecutionContext, netns: string, name: string, ports: string[]): Promise<Listener> {
-  const child: ChildProcess = spawn('ip', ['netns', 'exec', netns, PYTHON, path.join(SUPPORT_DIR, 'listener.py'), name, ...ports], {
+  const [program, ...prefix] = inNetnsArgv(netns);
+  const child: ChildProcess = spawn(program!, [...prefix, PYTHON, path.join(SUPPORT_DIR, 'listener.py'), name, ...ports], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const stop = () => {
@@ -64,14 +76,15 @@ export interface ConnectOptions {
   timeoutSeconds?: number;
 }
 
-/** One connection from inside `netns` to host:port; resolves with where it landed or the error. */
+/** One connection from inside `netns` (a name or a path) to host:port; resolves with where it landed or the error. */
 export function connect(netns: string, host: string, port: number, options: ConnectOptions = {}): Landing {
   const asUser =
     options.uid === undefined
       ? []
       : ['setpriv', `--reuid=${options.uid}`, `--regid=${options.gid ?? options.uid}`, '--clear-groups'];
-  const args = ['netns', 'exec', netns, ...asUser, PYTHON, '-c', CLIENT_SOURCE, host, String(port), options.proto ?? 'tcp', String(options.timeoutSeconds ?? 1.5)];
-  const r = spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 });
+  const [program, ...prefix] = inNetnsArgv(netns);
+  const args = [...prefix, ...asUser, PYTHON, '-c', CLIENT_SOURCE, host, String(port), options.proto ?? 'tcp', String(options.timeoutSeconds ?? 1.5)];
+  const r = spawnSync(program!, args, { encoding: 'utf8', timeout: 10_000 });
   const line = (r.stdout ?? '').trim().split('\n').pop() ?? '';
   try {
     return JSON.parse(line) as Landing;
