@@ -93,6 +93,16 @@ test.serial('a pod without sidecar.istio.io/status gets no rules and its traffic
   t.is(landing.listener, 'gateway', JSON.stringify(landing));
 });
 
+test.serial('a pod with no annotations at all starts (containerd passes the capability as null) and gets no rules', async (t) => {
+  const from = node.meshCniLogSize();
+  const pod = await runPod('bare-1', {});
+  t.teardown(() => removePod(pod.id).catch(() => undefined));
+  t.regex(pod.ip, /^10\.99\.0\.\d+$/);
+  t.notRegex(rulesIn(pod.netnsPath), /ISTIO_|15001|15006/);
+  const add = node.meshCniLogSince(from).find((l) => l.command === 'ADD');
+  t.is(add?.reason, 'not-injected', JSON.stringify(add));
+});
+
 test.serial('StopPodSandbox and RemovePodSandbox run our DEL twice; both succeed', async (t) => {
   const pod = await runPod('cart-2', ISTIO_ANNOTATIONS);
   const from = node.meshCniLogSize();
