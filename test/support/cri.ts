@@ -105,6 +105,8 @@ function cleanupNodeDir(dir: string): void {
   }
   for (const s of sandboxes) {
     if (s.netns) removeNetnsPath(s.netns);
+    // containerd also attaches `lo` through a network of its own, cached like ours
+    fs.rmSync(path.join('/var/lib/cni/results', `cni-loopback-${s.id}-lo`), { force: true });
     if (record) {
       // containerd 1.6 names a shim's socket after sha256(<grpc address>/<namespace>/<id>)
       const hash = createHash('sha256').update(path.join(record.grpcAddress, 'k8s.io', s.id)).digest('hex');
