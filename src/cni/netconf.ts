@@ -105,7 +105,10 @@ function parseRuntimeAnnotations(runtimeConfig: unknown): Record<string, string>
   if (runtimeConfig === undefined) return undefined;
   if (!isObject(runtimeConfig)) throw invalid('runtimeConfig', runtimeConfig, 'must be an object');
   const annotations = runtimeConfig[POD_ANNOTATIONS_CAPABILITY];
-  if (annotations === undefined || annotations === null) return undefined;
+  if (annotations === undefined) return undefined;
+  // containerd 1.6 sends null for a pod without annotations (a nil Go map): the runtime did answer, the pod
+  // simply has none, so it is not meshed. Treating it as "no source" failed every such pod's ADD with 7.
+  if (annotations === null) return {};
   const key = `runtimeConfig["${POD_ANNOTATIONS_CAPABILITY}"]`;
   if (!isObject(annotations)) throw invalid(key, annotations, 'must be an object of annotation names to strings');
   for (const [name, v] of Object.entries(annotations)) {

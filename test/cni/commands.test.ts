@@ -168,3 +168,12 @@ test('a command that throws a CniError is not wrapped again', async (t) => {
   const r = await run('ADD', withAnnotations(INJECTED), deps);
   t.deepEqual(r.json, { cniVersion: '1.0.0', code: 11, msg: 'busy', details: 'lock held' });
 });
+
+test('ADD: a null pod-annotations capability (containerd 1.6, pod without annotations) is an unmeshed pod, not a missing source', async (t) => {
+  const deps = unitDeps();
+  const prevResult = { cniVersion: '1.0.0', ips: [{ address: '10.99.0.2/24' }] };
+  const r = await run('ADD', netconf({ capabilities: { 'io.kubernetes.cri.pod-annotations': true }, runtimeConfig: { 'io.kubernetes.cri.pod-annotations': null }, prevResult }), deps);
+  t.is(r.exitCode, 0, r.stdout);
+  t.deepEqual(r.json, prevResult);
+  t.deepEqual(deps.engine.calls, []);
+});

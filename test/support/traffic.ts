@@ -12,6 +12,14 @@ const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3
 const SUPPORT_DIR = path.resolve(__dirname, '../../../test/support');
 const CLIENT_SOURCE = fs.readFileSync(path.join(SUPPORT_DIR, 'client.py'), 'utf8');
 
+/**
+ * How to run a program inside `netns`: a name under /var/run/netns (`ip netns exec`), or a path such as the
+ * one containerd gives a sandbox (`nsenter --net=PATH`, which also leaves /sys alone).
+ */
+export function inNetnsArgv(netns: string): string[] {
+  return netns.startsWith('/') ? ['nsenter', `--net=${netns}`, '--'] : ['ip', 'netns', 'exec', netns];
+}
+
 export interface Landing {
   listener?: string;
   port?: number;
@@ -31,10 +39,13 @@ function asUser(uid?: number, gid?: number): string[] {
   return uid === undefined ? [] : ['setpriv', `--reuid=${uid}`, `--regid=${gid ?? uid}`, '--clear-groups'];
 }
 
-/** Starts listeners on `ports` ("15001", "15053/udp") in `netns`, optionally as another uid; stopped when the test ends. */
+/**
+ * Starts listeners on `ports` ("15001", "15053/udp") in `netns` (a name or a path), optionally as another
+ * uid; stopped when the test ends.
+ */
 export async function listen(t: ExecutionContext, netns: string, name: string, ports: string[], options: { uid?: number; gid?: number } = {}): Promise<Listener> {
-  const args = ['netns', 'exec', netns, ...asUser(options.uid, options.gid), PYTHON, path.join(SUPPORT_DIR, 'listener.py'), name, ...ports];
-  const child: ChildProcess = spawn('ip', args, {
+  const [program, ...prefix] = inNetnsArgv(netns);
+  const child: ChildProcess = spawn(program!, [...prefix, ...asUser(options.uid, options.gid), PYTHON, path.join(SUPPORT_DIR, 'listener.py'), name, ...ports], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const stop = () => {
@@ -70,10 +81,11 @@ export interface ConnectOptions {
   timeoutSeconds?: number;
 }
 
-/** One connection from inside `netns` to host:port; resolves with where it landed or the error. */
+/** One connection from inside `netns` (a name or a path) to host:port; resolves with where it landed or the error. */
 export function connect(netns: string, host: string, port: number, options: ConnectOptions = {}): Landing {
-  const args = ['netns', 'exec', netns, ...asUser(options.uid, options.gid), PYTHON, '-c', CLIENT_SOURCE, host, String(port), options.proto ?? 'tcp', String(options.timeoutSeconds ?? 1.5)];
-  const r = spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 });
+  const [program, ...prefix] = inNetnsArgv(netns);
+  const args = [...prefix, ...asUser(options.uid, options.gid), PYTHON, '-c', CLIENT_SOURCE, host, String(port), options.proto ?? 'tcp', String(options.timeoutSeconds ?? 1.5)];
+  const r = spawnSync(program!, args, { encoding: 'utf8', timeout: 10_000 });
   const line = (r.stdout ?? '').trim().split('\n').pop() ?? '';
   try {
     return JSON.parse(line) as Landing;

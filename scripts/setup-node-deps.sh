@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Installs and builds what the real-node tests (containerd's CRI, cnitool, kube-apiserver + etcd) need, from
+# Debian's apt repositories only. Idempotent: the built binaries and the CRI proto are cached outside the
+# checkout, in $MESH_CNI_CACHE (default /var/cache/mesh-cni), and a stamp makes a rerun take seconds.
+#
+#   $MESH_CNI_CACHE/bin/kube-apiserver   built from Debian's `kubernetes` source (~4 min on 2 cores)
+#   $MESH_CNI_CACHE/bin/cnitool          built from Debian's `golang-github-appc-cni` source (GOPATH mode)
+#   $MESH_CNI_CACHE/cri/api.proto        the CRI v1alpha2 API from the same kubernetes source, gogo stripped
+#
+# Nothing fetched here is ever copied into the checkout. Needs root. See shared/recipes/real-node.md.
+set -euo pipefail
+
+CACHE=${MESH_CNI_CACHE:-/var/cache/mesh-cni}
+# Bump when what this script produces changes, so every machine rebuilds once.
+STAMP_CONTENT="mesh-cni node deps v1"
+PACKAGES=(
+  containerd runc busybox-static golang-go etcd-server make rsync dpkg-dev
+  socat conntrack iptables nftables iproute2 util-linux python3 openssl
+  containernetworking-plugins build-essential ca-certificates xz-utils
+)
+
+log() { printf 'setup-node-deps: %s\n' "$*" >&2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+  log "must run as root (apt-get, /var/cache)"
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+started=$SECONDS
+
+mkdir -p "$CACHE"
+# Two runs at once (CI and a demo) must not build into the same tree.
+exec 9>"$CACHE/.lock"
+flock 9
+
+apt_updated=0
+apt_update() {
+  if [[ $apt_updated -eq 0 ]]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+}
+
+missing_packages() {
+  local pkg status
+  for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == installed ]] || printf '%s\n' "$pkg"
+  done
+}
+
+mapfile -t missing < <(missing_packages)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  log "installing ${missing[*]}"
+  apt_update
+  # policy-rc.d keeps package scripts from starting containerd or etcd as system services.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    created_policy=1
+  fi
+  apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+  [[ $created_policy -eq 1 ]] && rm -f "$policy"
+fi
+
+have_cache() {
+  [[ -x $CACHE/bin/kube-apiserver && -x $CACHE/bin/cnitool && -s $CACHE/cri/api.proto ]] &&
+    [[ $(cat "$CACHE/stamp" 2>/dev/null) == "$STAMP_CONTENT" ]]
+}
+
+if have_cache; then
+  log "cached in $CACHE (${SECONDS}s)"
+  exit 0
+fi
+
+# deb-src entries mirroring the Debian `deb` entries, both in deb822 (.sources) and one-line (.list) form;
+# other vendors' repositories (which may publish no sources) are left out.
+SRC_LIST=/etc/apt/sources.list.d/mesh-cni-deb-src.sources
+add_deb_src() {
+  local tmp
+  tmp=$(mktemp)
+  shopt -s nullglob
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [[ $f == "$SRC_LIST" ]] && continue
+    # Paragraph mode: one stanza per record; keep Debian stanzas of Types deb, rewritten to deb-src.
+    awk 'BEGIN { RS = ""; ORS = "\n\n" }
+         /(^|\n)Types:[^\n]*(^|[ \t])deb([ \t]|\n|$)/ && /(^|\n)URIs:[^\n]*debian/ && !/(^|\n)Enabled: *no/ {
+           sub(/(^|\n)Types:[^\n]*/, "\nTypes: deb-src"); sub(/^\n/, ""); print }' "$f" >>"$tmp"
+  done
+  shopt -u nullglob
+  if [[ ! -s $tmp ]]; then
+    # One-line sources.list only (older images): mirror those lines instead.
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+      [[ -f $f ]] || continue
+      sed -n -E 's/^[[:space:]]*deb([[:space:]].*debian.*)$/deb-src\1/p' "$f"
+    done >"$tmp"
+    [[ -s $tmp ]] || { rm -f "$tmp"; log "no Debian deb entry found to mirror as deb-src"; exit 1; }
+    SRC_LIST=/etc/apt/sources.list.d/mesh-cni-deb-src.list
+  fi
+  if ! cmp -s "$tmp" "$SRC_LIST" 2>/dev/null; then
+    install -m 0644 "$tmp" "$SRC_LIST"
+    apt_updated=0
+  fi
+  rm -f "$tmp"
+}
+add_deb_src
+apt_update
+
+BUILD=$CACHE/build
+rm -rf "$BUILD"
+mkdir -p "$BUILD" "$CACHE/bin" "$CACHE/cri"
+cleanup_build() { rm -rf "$BUILD"; }
+trap cleanup_build EXIT
+
+cd "$BUILD"
+log "fetching sources: kubernetes golang-github-appc-cni"
+t0=$SECONDS
+# apt-get source runs as root here; the _apt sandbox user cannot write into a root-owned dir otherwise.
+chown _apt "$BUILD" 2>/dev/null || true
+apt-get source -qq kubernetes golang-github-appc-cni >/dev/null 2>"$BUILD/source.log" || {
+  cat "$BUILD/source.log" >&2
+  exit 1
+}
+log "sources unpacked in $((SECONDS - t0))s"
+
+kube_src=$(find "$BUILD" -maxdepth 1 -type d -name 'kubernetes-*' | head -n 1)
+cni_src=$(find "$BUILD" -maxdepth 1 -type d -name 'golang-github-appc-cni-*' | head -n 1)
+[[ -n $kube_src && -n $cni_src ]] || { log "source trees not found in $BUILD"; exit 1; }
+
+export GOCACHE=$BUILD/gocache GOMODCACHE=$BUILD/gomodcache GOFLAGS= GOTOOLCHAIN=local
+
+log "building cnitool"
+t0=$SECONDS
+gopath=$BUILD/gopath
+mkdir -p "$gopath/src/github.com/containernetworking"
+ln -s "$cni_src" "$gopath/src/github.com/containernetworking/cni"
+(cd "$gopath/src/github.com/containernetworking/cni" &&
+  GO111MODULE=off GOPATH=$gopath:/usr/share/gocode go build -o "$CACHE/bin/cnitool.new" ./cnitool)
+mv "$CACHE/bin/cnitool.new" "$CACHE/bin/cnitool"
+log "cnitool built in $((SECONDS - t0))s"
+
+proto=$kube_src/staging/src/k8s.io/cri-api/pkg/apis/runtime/v1alpha2/api.proto
+[[ -f $proto ]] || { log "CRI proto not found at $proto"; exit 1; }
+# grpc-js/proto-loader needs no gogo: drop its import, file options, and the per-field options.
+sed -E \
+  -e '/^import "github.com\/gogo\/protobuf\/gogoproto\/gogo.proto";/d' \
+  -e '/^option \(gogoproto\.[a-z_]+\)/d' \
+  -e 's/ \[\(gogoproto\.[^]]*\]//g' \
+  "$proto" >"$CACHE/cri/api.proto.new"
+if grep -q gogo "$CACHE/cri/api.proto.new"; then
+  log "gogo options left in the CRI proto; adjust the sed in $0"
+  exit 1
+fi
+mv "$CACHE/cri/api.proto.new" "$CACHE/cri/api.proto"
+
+log "building kube-apiserver (about 4 minutes on 2 cores)"
+t0=$SECONDS
+build_home=$(mktemp -d)
+(cd "$kube_src" && HOME=$build_home make WHAT=cmd/kube-apiserver >"$BUILD/make.log" 2>&1) || {
+  tail -n 40 "$BUILD/make.log" >&2
+  rm -rf "$build_home"
+  exit 1
+}
+rm -rf "$build_home"
+built=$(find "$kube_src/_output" -type f -name kube-apiserver -perm -u+x | head -n 1)
+[[ -n $built ]] || { log "kube-apiserver not found under $kube_src/_output"; exit 1; }
+install -m 0755 "$built" "$CACHE/bin/kube-apiserver"
+log "kube-apiserver built in $((SECONDS - t0))s"
+
+printf '%s\n' "$STAMP_CONTENT" >"$CACHE/stamp"
+log "done in ${SECONDS}s: $(ls "$CACHE/bin" | tr '\n' ' ')and cri/api.proto in $CACHE"

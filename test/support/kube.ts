@@ -1,0 +1,294 @@
+/**
+ * A real Kubernetes API for tests: etcd and kube-apiserver (built once by scripts/setup-node-deps.sh) on
+ * loopback only, token auth, service-account keys from openssl, a kubeconfig file. Started once per test
+ * file (test.before) and stopped in test.after.always; everything lives under one temp dir.
+ * No kubelet runs: tests play kubelet (read the pod, call CRI RunPodSandbox).
+ */
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as https from 'node:https';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type * as K8s from '@kubernetes/client-node';
+import { KUBE_APISERVER, requireNodeDeps } from './node-deps';
+import { startService, waitUntil, type Service } from './service';
+
+const PREFIX = 'mcni-kube-';
+
+/** A free TCP port on 127.0.0.1 (of the netns this process is in). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function run(program: string, args: string[]): void {
+  const r = spawnSync(program, args, { encoding: 'utf8', timeout: 60_000 });
+  if (r.error || r.status !== 0) throw new Error(`${program} ${args.join(' ')} failed: ${r.stderr ?? r.error?.message}`);
+}
+
+function sweepDead(): void {
+  for (const entry of fs.readdirSync(os.tmpdir())) {
+    const m = new RegExp(`^${PREFIX}(\\d+)-`).exec(entry);
+    if (m && !fs.existsSync(`/proc/${m[1]}`)) fs.rmSync(path.join(os.tmpdir(), entry), { recursive: true, force: true });
+  }
+}
+
+export interface KubeOptions {
+  /** 'AlwaysAllow' (default) or 'RBAC' to test a ClusterRole. */
+  authorizationMode?: 'AlwaysAllow' | 'RBAC';
+}
+
+export interface PodOptions {
+  namespace: string;
+  name: string;
+  annotations?: Record<string, string>;
+  labels?: Record<string, string>;
+  /** Containers by name; `istio-proxy` gets runAsUser/runAsGroup 1337 as the injector writes it. */
+  containers?: string[];
+  initContainers?: string[];
+}
+
+export class Kube {
+  private api: K8s.CoreV1Api | undefined;
+
+  constructor(
+    readonly dir: string,
+    readonly port: number,
+    /** kubeconfig for the cluster admin (token auth, CA = the apiserver's self-signed bundle) */
+    readonly kubeconfig: string,
+    readonly token: string,
+    readonly caFile: string,
+    private readonly etcd: Service,
+    private readonly apiserver: Service,
+  ) {}
+
+  get server(): string {
+    return `https://127.0.0.1:${this.port}`;
+  }
+
+  apiserverLog(lines = 30): string {
+    return this.apiserver.tail(lines);
+  }
+
+  /** Writes a kubeconfig for `server` (default this API) with this cluster's CA and the given token. */
+  writeKubeconfig(file: string, options: { server?: string; token?: string } = {}): string {
+    fs.writeFileSync(
+      file,
+      `apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: ${options.server ?? this.server}
+    certificate-authority: ${this.caFile}
+contexts:
+- name: test
+  context:
+    cluster: test
+    user: test
+current-context: test
+users:
+- name: test
+  user:
+    token: ${options.token ?? this.token}
+`,
+      { mode: 0o600 },
+    );
+    return file;
+  }
+
+  /** The CoreV1 client of @kubernetes/client-node, loaded on first use (it is heavy). */
+  core(): K8s.CoreV1Api {
+    if (!this.api) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const k8s = require('@kubernetes/client-node') as typeof K8s;
+      const config = new k8s.KubeConfig();
+      config.loadFromFile(this.kubeconfig);
+      this.api = config.makeApiClient(k8s.CoreV1Api);
+    }
+    return this.api;
+  }
+
+  async ensureNamespace(name: string): Promise<void> {
+    try {
+      await this.core().readNamespace({ name });
+    } catch {
+      await this.core().createNamespace({ body: { metadata: { name } } });
+    }
+  }
+
+  /** Creates a pod as the API would hold it after sidecar injection; no kubelet will run it. */
+  async createPod(pod: PodOptions): Promise<K8s.V1Pod> {
+    await this.ensureNamespace(pod.namespace);
+    const container = (name: string): K8s.V1Container =>
+      name === 'istio-proxy'
+        ? { name, image: 'docker.io/istio/proxyv2:1.24.0', securityContext: { runAsUser: 1337, runAsGroup: 1337 } }
+        : { name, image: 'docker.io/library/busybox:1' };
+    return this.core().createNamespacedPod({
+      namespace: pod.namespace,
+      body: {
+        metadata: { name: pod.name, annotations: pod.annotations, labels: pod.labels },
+        spec: {
+          containers: (pod.containers ?? ['app']).map(container),
+          ...(pod.initContainers ? { initContainers: pod.initContainers.map(container) } : {}),
+        },
+      },
+    });
+  }
+
+  /** Stops kube-apiserver and etcd and removes every file. */
+  async stop(): Promise<void> {
+    await this.apiserver.stop();
+    await this.etcd.stop();
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+function getOk(url: string, ca: Buffer | undefined, token?: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = https.get(url, { ca, headers: token ? { authorization: `Bearer ${token}` } : {}, timeout: 2000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => req.destroy());
+  });
+}
+
+function httpOk(url: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = net.connect({ host: '127.0.0.1', port: Number(new URL(url).port) }, () => {
+      req.end(`GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n`);
+    });
+    let body = '';
+    req.on('data', (d: Buffer) => (body += d.toString()));
+    req.on('end', () => resolve(/"health":\s*"true"/.test(body)));
+    req.on('error', () => resolve(false));
+    req.setTimeout(2000, () => req.destroy());
+  });
+}
+
+/** Starts etcd and kube-apiserver on loopback; resolves once /readyz answers. */
+export async function startKube(options: KubeOptions = {}): Promise<Kube> {
+  requireNodeDeps({ kube: true });
+  sweepDead();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${PREFIX}${process.pid}-`));
+  let etcd: Service | undefined;
+  let apiserver: Service | undefined;
+  try {
+    const [clientPort, peerPort, apiPort] = [await freePort(), await freePort(), await freePort()];
+    const client = `http://127.0.0.1:${clientPort}`;
+    const peer = `http://127.0.0.1:${peerPort}`;
+    etcd = startService(
+      'etcd',
+      [
+        'etcd',
+        '--name=mcni',
+        `--data-dir=${path.join(dir, 'etcd')}`,
+        `--listen-client-urls=${client}`,
+        `--advertise-client-urls=${client}`,
+        `--listen-peer-urls=${peer}`,
+        `--initial-advertise-peer-urls=${peer}`,
+        `--initial-cluster=mcni=${peer}`,
+        '--initial-cluster-state=new',
+        `--initial-cluster-token=mcni-${process.pid}`,
+        '--log-level=warn',
+      ],
+      { logFile: path.join(dir, 'etcd.log'), env: { PATH: process.env.PATH } },
+    );
+
+    const saKey = path.join(dir, 'sa.key');
+    const saPub = path.join(dir, 'sa.pub');
+    run('openssl', ['genrsa', '-out', saKey, '2048']);
+    run('openssl', ['rsa', '-in', saKey, '-pubout', '-out', saPub]);
+    const token = randomBytes(24).toString('hex');
+    const tokens = path.join(dir, 'tokens.csv');
+    fs.writeFileSync(tokens, `${token},admin,admin-uid,"system:masters"\n`, { mode: 0o600 });
+    const certDir = path.join(dir, 'certs');
+    fs.mkdirSync(certDir);
+
+    await waitUntil(etcd, 'etcd health', 20_000, () => httpOk(client));
+
+    apiserver = startService(
+      'kube-apiserver',
+      [
+        KUBE_APISERVER,
+        `--etcd-servers=${client}`,
+        '--bind-address=127.0.0.1',
+        '--advertise-address=127.0.0.1',
+        `--secure-port=${apiPort}`,
+        '--insecure-port=0',
+        `--cert-dir=${certDir}`,
+        `--service-account-key-file=${saPub}`,
+        `--service-account-signing-key-file=${saKey}`,
+        '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
+        `--token-auth-file=${tokens}`,
+        `--authorization-mode=${options.authorizationMode ?? 'AlwaysAllow'}`,
+        '--service-cluster-ip-range=10.96.0.0/24',
+        '--disable-admission-plugins=ServiceAccount',
+        '--endpoint-reconciler-type=none',
+        '--profiling=false',
+        '--logtostderr=true',
+        '--v=0',
+      ],
+      { logFile: path.join(dir, 'kube-apiserver.log'), env: { PATH: process.env.PATH } },
+    );
+    // The serving certificate is self-signed at start; its file holds the certificate and its CA.
+    const caFile = path.join(certDir, 'apiserver.crt');
+    await waitUntil(apiserver, '/readyz', 60_000, async () => fs.existsSync(caFile) && getOk(`https://127.0.0.1:${apiPort}/readyz`, fs.readFileSync(caFile), token));
+    const kube = new Kube(dir, apiPort, path.join(dir, 'kubeconfig'), token, caFile, etcd, apiserver);
+    kube.writeKubeconfig(kube.kubeconfig);
+    return kube;
+  } catch (err) {
+    if (apiserver) await apiserver.stop();
+    if (etcd) await etcd.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+export interface Forward {
+  stop(): Promise<void>;
+}
+
+/**
+ * Makes 127.0.0.1:port of this process's netns reachable as 127.0.0.1:port inside `netnsPath` (the node
+ * netns, where the runtime runs our plugin), through a UNIX socket between two socat processes: traffic
+ * stays on the two loopbacks.
+ */
+export async function forwardIntoNetns(netnsPath: string, port: number, dir: string): Promise<Forward> {
+  const socket = path.join(dir, `fwd-${port}-${randomBytes(3).toString('hex')}.sock`);
+  const outside = startService('socat-host', ['socat', `UNIX-LISTEN:${socket},fork,mode=600`, `TCP:127.0.0.1:${port}`], {
+    logFile: path.join(dir, 'socat-host.log'),
+    graceSeconds: 2,
+  });
+  const inside = startService('socat-netns', ['socat', `TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr,fork`, `UNIX-CONNECT:${socket}`], {
+    netnsPath,
+    logFile: path.join(dir, 'socat-netns.log'),
+    graceSeconds: 2,
+  });
+  const stop = async () => {
+    await inside.stop();
+    await outside.stop();
+    fs.rmSync(socket, { force: true });
+  };
+  try {
+    await waitUntil(outside, 'its socket', 5_000, () => fs.existsSync(socket));
+    await waitUntil(inside, 'listening', 5_000, () => {
+      const r = spawnSync('nsenter', [`--net=${netnsPath}`, '--', 'ss', '-Htln', `sport = :${port}`], { encoding: 'utf8' });
+      return r.stdout.includes(`127.0.0.1:${port}`);
+    });
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { stop };
+}
