@@ -163,7 +163,8 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   // Loaded now so the first ADD does not pay for it.
   const engine = await import('../redirect/engine');
   const attachments = new AttachmentStore(options.stateDir);
-  const deps: CniDeps = { engine, podCache, attachments, onRequest: (line) => recordRequest(metrics, line) };
+  // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
+  const deps: CniDeps = { engine, podCache, onRequest: (line) => recordRequest(metrics, line) };
   let cniServer: CniServer | undefined;
   cniServer = await serveCni(socketPath, (invocation) => runCni(invocation, deps), {
     authorize: options.requireRootPeer === false ? undefined : rootOnly,

@@ -8,7 +8,7 @@ import { NetnsNotFoundError } from '../errors';
 import type * as EngineModule from '../redirect/engine';
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
 import { CniCode, CniError, toCniError } from './errors';
-import type { AttachmentStore } from './attachments';
+import { AttachmentStore } from './attachments';
 import { writeRequestLog, type RequestLogLine } from './log';
 import { DEFAULT_LOG_FILE, type LogLevel, type MeshNetConf } from './netconf';
 import { classifyNetnsPath, type NetnsPathKind } from './netns-path';
@@ -28,7 +28,7 @@ export interface CniDeps extends PodSourceDeps {
   classifyNetns?: (path: string) => NetnsPathKind;
   /** STATUS: resolves when ADDs can be served, throws a CniError (50/51) when not */
   status?: (netconf: MeshNetConf) => Promise<void>;
-  /** what ADD saw per attachment (netns path, pod), for the reconciler; DEL and GC prune it */
+  /** what ADD saw per attachment (netns path, pod), for the reconciler; DEL and GC prune it. Default: the netconf's state_dir */
   attachments?: AttachmentStore;
   /** where lines go before the netconf (and its log_file) is known; null: stderr only */
   defaultLogFile?: string | null;
@@ -51,6 +51,10 @@ function requireNetns(req: NetworkRequest, deps: CniDeps): void {
   if (kind === 'missing') throw new CniError(CniCode.UnknownContainer, `CNI_NETNS ${req.netns} does not exist`, 'the pod sandbox may already be gone');
   if (kind === 'not-netns') throw new CniError(CniCode.InvalidEnvironment, `CNI_NETNS ${req.netns} is not a network namespace`);
   if (kind === 'own-netns') throw new CniError(CniCode.InvalidEnvironment, `CNI_NETNS ${req.netns} is the plugin's own network namespace`);
+}
+
+function attachmentsFor(req: NetworkRequest, deps: CniDeps): AttachmentStore {
+  return deps.attachments ?? new AttachmentStore(req.netconf.stateDir);
 }
 
 function podName(req: NetworkRequest): string | undefined {
@@ -76,7 +80,7 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine):
   const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend });
   Object.assign(line, { decision: 'meshed', backend: report.backend, rules: report.rules });
   const k8s = req.kubernetes;
-  const note = deps.attachments?.record({
+  const note = attachmentsFor(req, deps).record({
     containerId: req.containerId,
     ifName: req.ifName,
     netns: req.netns,
@@ -91,7 +95,7 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine):
 
 async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
   // DEL is best effort and repeatable: a gone or never-programmed netns is success.
-  deps.attachments?.forget(req.containerId, req.ifName);
+  attachmentsFor(req, deps).forget(req.containerId, req.ifName);
   if (req.netns === '') {
     Object.assign(line, { decision: 'nothing-to-remove', reason: 'no-netns' });
     return { stdout: '' };
@@ -136,7 +140,7 @@ async function cmdCheck(req: NetworkRequest, deps: CniDeps, line: RequestLogLine
 
 async function cmdGc(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
   const valid = req.validAttachments ?? [];
-  const dropped = deps.attachments?.gc(valid) ?? 0;
+  const dropped = attachmentsFor(req, deps).gc(valid);
   Object.assign(line, { decision: 'collected', notes: [`${valid.length} valid attachments, ${dropped} stale records dropped`] });
   return { stdout: '' };
 }

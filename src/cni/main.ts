@@ -6,7 +6,6 @@
  */
 import { runCni } from './dispatch';
 import { MAX_STDIN_BYTES } from './request';
-import { AttachmentStore } from './attachments';
 
 async function readStdinBounded(limit: number): Promise<Buffer> {
   if (process.stdin.isTTY) return Buffer.alloc(0);
@@ -36,8 +35,8 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  const attachments = new AttachmentStore(process.env.MESH_CNI_STATE_DIR || undefined);
-  const response = await runCni({ env: process.env, stdin }, { podLookupTimeoutMs: lookupTimeoutFromEnv(), attachments });
+  // Until the netconf (and its log_file) is parsed, lines go to MESH_CNI_LOG_FILE or the default log file.
+  const response = await runCni({ env: process.env, stdin }, { podLookupTimeoutMs: lookupTimeoutFromEnv(), defaultLogFile: process.env.MESH_CNI_LOG_FILE || undefined });
   if (response.stderr) process.stderr.write(response.stderr);
   process.stdout.write(response.stdout, () => {
     process.exit(response.exitCode);

@@ -12,7 +12,7 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export const BACKENDS: readonly BackendName[] = ['auto', 'iptables', 'iptables-nft', 'iptables-legacy', 'nftables'];
 
 export const DEFAULT_LOG_FILE = '/var/log/mesh-cni/cni.log';
-import { DEFAULT_AGENT_SOCKET } from '../paths';
+import { DEFAULT_AGENT_SOCKET, DEFAULT_STATE_DIR } from '../paths';
 export { DEFAULT_AGENT_SOCKET };
 export const DEFAULT_EXCLUDED_NAMESPACES: readonly string[] = ['kube-system'];
 export const POD_ANNOTATIONS_CAPABILITY = 'io.kubernetes.cri.pod-annotations';
@@ -34,7 +34,7 @@ const STANDARD_KEYS = new Set([
   'prevResult',
   'cni.dev/valid-attachments',
 ]);
-const OUR_KEYS = new Set(['log_level', 'log_file', 'kubernetes', 'backend', 'agent_socket']);
+const OUR_KEYS = new Set(['log_level', 'log_file', 'kubernetes', 'backend', 'agent_socket', 'state_dir']);
 const OUR_KUBERNETES_KEYS = new Set(['kubeconfig', 'exclude_namespaces']);
 
 export interface MeshNetConf {
@@ -47,6 +47,8 @@ export interface MeshNetConf {
   excludeNamespaces: readonly string[];
   backend: BackendName;
   agentSocket: string;
+  /** where ADD records what it programmed (the reconciler reads it) */
+  stateDir: string;
   /** the pod's annotations, when the runtime passed them (capability io.kubernetes.cri.pod-annotations) */
   runtimeAnnotations?: Record<string, string>;
 }
@@ -143,6 +145,7 @@ export function parseMeshNetConf(raw: Record<string, unknown>, cniVersion: Suppo
     excludeNamespaces: kubernetes.excludeNamespaces,
     backend: backend as BackendName,
     agentSocket: raw.agent_socket === undefined ? DEFAULT_AGENT_SOCKET : absolutePath('agent_socket', raw.agent_socket),
+    stateDir: raw.state_dir === undefined ? DEFAULT_STATE_DIR : absolutePath('state_dir', raw.state_dir),
     runtimeAnnotations: parseRuntimeAnnotations(raw.runtimeConfig),
   };
 }

@@ -21,6 +21,8 @@ export interface PluginEntrySettings {
   kubeconfig?: string;
   excludeNamespaces?: string[];
   agentSocket?: string;
+  /** where ADD records attachments; the agent's reconciler reads the same place */
+  stateDir?: string;
 }
 
 /** Our conflist entry (fields as src/cni/netconf.ts validates them). */
@@ -33,6 +35,7 @@ export function pluginEntry(s: PluginEntrySettings = {}): Record<string, unknown
   if (s.logLevel) entry.log_level = s.logLevel;
   if (s.backend) entry.backend = s.backend;
   if (s.agentSocket) entry.agent_socket = s.agentSocket;
+  if (s.stateDir) entry.state_dir = s.stateDir;
   if (s.kubeconfig || s.excludeNamespaces) {
     entry.kubernetes = {
       ...(s.kubeconfig ? { kubeconfig: s.kubeconfig } : {}),

@@ -6,14 +6,13 @@
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileTempDir } from '../support/tmp';
 import { runCni } from '../../src/cni/dispatch';
 import { findProgram } from '../../src/cni/status';
 import { INJECTED, POD_ARGS } from './helpers';
 
-const logFile = join(mkdtempSync(join(tmpdir(), 'mesh-cni-kernel-')), 'cni.log');
+const logFile = join(fileTempDir('kernel'), 'cni.log');
 
 test.before(() => {
   if (process.getuid?.() !== 0) throw new Error('add-kernel tests need root (network namespaces, iptables)');
@@ -47,7 +46,7 @@ function rulesIn(netns: string): string {
 }
 
 function conf(annotations: Record<string, string>, extra: Record<string, unknown> = {}) {
-  return { cniVersion: '1.1.0', name: 'k8s-pod-network', type: 'mesh-cni', log_file: logFile, runtimeConfig: { 'io.kubernetes.cri.pod-annotations': annotations }, ...extra };
+  return { cniVersion: '1.1.0', name: 'k8s-pod-network', type: 'mesh-cni', log_file: logFile, state_dir: dirname(logFile), runtimeConfig: { 'io.kubernetes.cri.pod-annotations': annotations }, ...extra };
 }
 
 async function cni(command: string, netns: string, netconf: Record<string, unknown>) {

@@ -1,7 +1,7 @@
 /** ADD / DEL / CHECK / GC / STATUS through the dispatcher with a recording engine: what is called, what is printed. */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { testTempDir } from '../support/tmp';
 import { AttachmentStore } from '../../src/cni/attachments';
 import test from 'ava';
 import { NetnsNotFoundError } from '../../src/errors';
@@ -123,8 +123,7 @@ test('CHECK of a pod that is not meshed does not ask the engine', async (t) => {
 });
 
 test('ADD records the attachment, DEL forgets it, GC drops records not in the valid list', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'mesh-cni-state-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = testTempDir(t, 'state');
   const attachments = new AttachmentStore(dir);
   const deps = unitDeps({ attachments });
   t.is((await run('ADD', withAnnotations(INJECTED), deps)).exitCode, 0);
@@ -140,8 +139,7 @@ test('ADD records the attachment, DEL forgets it, GC drops records not in the va
 
 test('ADD still succeeds fully when the state directory cannot be written', async (t) => {
   // A regular file where the state directory should be: every write fails (as on a read-only disk).
-  const dir = mkdtempSync(join(tmpdir(), 'mesh-cni-state-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = testTempDir(t, 'state');
   writeFileSync(join(dir, 'attachments'), '');
   const deps = unitDeps({ attachments: new AttachmentStore(dir) });
   const r = await run('ADD', withAnnotations(INJECTED), deps);

@@ -1,20 +1,19 @@
 /** Shared builders for the CNI tests: requests as a runtime sends them, and recording stand-ins. */
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileTempDir } from '../support/tmp';
 import { redirectConfigFromAnnotations, type RedirectConfig } from '../../src/redirect/config';
 import type { CniDeps, Engine } from '../../src/cni/dispatch';
 import { runCni } from '../../src/cni/dispatch';
 import type { CniResponse } from '../../src/cni/types';
 
-export const logDir = mkdtempSync(join(tmpdir(), 'mesh-cni-test-'));
+export const logDir = fileTempDir('test');
 export const logFile = join(logDir, 'cni.log');
 
 export const STATUS_ANNOTATION = JSON.stringify({ initContainers: ['istio-validation'], containers: ['istio-proxy'], volumes: [], revision: 'default' });
 export const INJECTED = { 'sidecar.istio.io/status': STATUS_ANNOTATION };
 
 export function netconf(extra: Record<string, unknown> = {}, cniVersion = '1.0.0'): Record<string, unknown> {
-  return { cniVersion, name: 'k8s-pod-network', type: 'mesh-cni', log_file: logFile, ...extra };
+  return { cniVersion, name: 'k8s-pod-network', type: 'mesh-cni', log_file: logFile, state_dir: logDir, ...extra };
 }
 
 export function withAnnotations(annotations: Record<string, string>, extra: Record<string, unknown> = {}, cniVersion = '1.0.0') {

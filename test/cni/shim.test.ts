@@ -4,17 +4,17 @@
  */
 import test from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileTempDir } from '../support/tmp';
 import { runCni } from '../../src/cni/dispatch';
 import { serveCni } from '../../src/cni/socket-protocol';
 import type { CniInvocation } from '../../src/cni/types';
-import { env, INJECTED, netconf, unitDeps, withAnnotations } from './helpers';
+import { env, INJECTED, logFile, netconf, unitDeps, withAnnotations } from './helpers';
 
 const root = join(__dirname, '..', '..', '..');
 const shim = join(root, 'build', 'mesh-cni');
-const dir = mkdtempSync(join(tmpdir(), 'mesh-cni-shim-'));
+const dir = fileTempDir('shim');
 
 test.before(() => {
   execFileSync(process.execPath, [join(root, 'scripts', 'build-native.js')], { stdio: 'pipe' });
@@ -31,7 +31,8 @@ interface ShimRun {
 function runShim(extraEnv: Record<string, string | undefined>, stdin: string | Buffer): Promise<ShimRun> {
   return new Promise((resolve, reject) => {
     // The runtime's environment: PATH and the CNI_* variables, nothing of ours.
-    const child = spawn(shim, [], { env: { PATH: process.env.PATH, ...extraEnv } as NodeJS.ProcessEnv, stdio: ['pipe', 'pipe', 'pipe'] });
+    // MESH_CNI_LOG_FILE keeps the standalone engine's lines for unparsable netconfs out of /var/log.
+    const child = spawn(shim, [], { env: { PATH: process.env.PATH, MESH_CNI_LOG_FILE: logFile, ...extraEnv } as NodeJS.ProcessEnv, stdio: ['pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (c: Buffer) => out.push(c));

@@ -10,9 +10,9 @@ import {
   serveCni,
   callCniSocket,
 } from '../../src/cni/socket-protocol';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { testTempDir } from '../support/tmp';
 
 test('request round trip keeps CNI_* and stdin, drops everything else', (t) => {
   const frame = encodeRequest({ env: { CNI_COMMAND: 'ADD', CNI_ARGS: 'a=b;c=d', HOME: '/root', MESH_CNI_AGENT_SOCKET: '/x' }, stdin: Buffer.from('{"x":1}') });
@@ -40,7 +40,7 @@ test('too many environment entries are refused', (t) => {
 });
 
 test('serveCni refuses to replace a file that is not a socket, and a live socket', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'mesh-cni-sock-'));
+  const dir = testTempDir(t, 'sock');
   writeFileSync(join(dir, 'file'), '');
   await t.throwsAsync(serveCni(join(dir, 'file'), async () => ({ exitCode: 0, stdout: '', stderr: '' })), { message: /not a socket/ });
   const live = await serveCni(join(dir, 'live.sock'), async (i) => ({ exitCode: 0, stdout: i.env.CNI_COMMAND ?? '', stderr: '' }));
@@ -50,7 +50,7 @@ test('serveCni refuses to replace a file that is not a socket, and a live socket
 });
 
 test('a handler that throws answers 999 instead of hanging the shim', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'mesh-cni-sock-'));
+  const dir = testTempDir(t, 'sock');
   const server = await serveCni(join(dir, 'a.sock'), async () => {
     throw new Error('handler bug');
   });

@@ -111,7 +111,7 @@ function setup(t: ExecutionContext, cniVersion: string, options: { onlyMeshCni?:
     cniVersion,
     bridge: `mcbt${id}${randomBytes(2).toString('hex')}`,
     hostLocalDataDir: path.join(dir, `ipam-${id}`),
-    meshCni: { log_file: path.join(dir, 'mesh-cni.log'), capabilities: { 'io.kubernetes.cri.pod-annotations': true } },
+    meshCni: { log_file: path.join(dir, 'mesh-cni.log'), state_dir: path.join(dir, 'state'), capabilities: { 'io.kubernetes.cri.pod-annotations': true } },
   });
   if (options.onlyMeshCni) (list.plugins as unknown[]).splice(0, 1);
   fs.writeFileSync(path.join(confDir, `10-${network}.conflist`), JSON.stringify(list));
@@ -183,6 +183,7 @@ test.serial('cniVersion 1.1.0: ADD as a 1.1.0 runtime sends it (prevResult from 
     name: ours.network,
     type: 'mesh-cni',
     log_file: path.join(dir, 'mesh-cni.log'),
+    state_dir: path.join(dir, 'state'),
     capabilities: { 'io.kubernetes.cri.pod-annotations': true },
     runtimeConfig: { 'io.kubernetes.cri.pod-annotations': ANNOTATIONS },
     prevResult,

@@ -547,6 +547,7 @@ export async function startNode(options: NodeOptions = {}): Promise<CriNode> {
     const meshCniLog = path.join(dir, 'mesh-cni.log');
     const pluginConf: Record<string, unknown> = {
       log_file: meshCniLog,
+      state_dir: path.join(dir, 'mesh-cni-state'),
       ...(options.annotationsCapability === false ? {} : { capabilities: { 'io.kubernetes.cri.pod-annotations': true } }),
       ...options.meshCni,
     };
