@@ -3,8 +3,8 @@
  *
  * It forwards the request -- the CNI_* environment and stdin, both bounded -- to the mesh-cni agent over a
  * UNIX socket and relays the answer (stdout, stderr, exit code). When the agent's socket is absent or
- * refuses, it runs the same TypeScript handler standalone: `node <engine>` with the same environment and
- * stdin. It never parses the netconf or any pod data; the frame format is in src/cni/socket-protocol.ts.
+ * refuses, or the agent goes away before answering, it runs the same TypeScript handler standalone:
+ * `node <engine>` with the same environment and stdin. It never parses the netconf or any pod data; the frame format is in src/cni/socket-protocol.ts.
  *
  * Socket: $MESH_CNI_AGENT_SOCKET, else /var/run/mesh-cni/agent.sock.
  * Engine: MESH_CNI_ENGINE_PATH fixed at build time, else <dir of this binary>/mesh-cni.js, else
@@ -223,6 +223,13 @@ static int connect_agent(const char *path) {
   return fd;
 }
 
+/*
+ * The agent went away in the middle of a request (killed, restarted). Every mesh-cni command is idempotent
+ * -- ADD replaces whatever an interrupted ADD left, DEL and CHECK only read or remove -- so the request is
+ * run again standalone: the pod ends fully programmed or with an error and none of our rules, never half.
+ */
+#define AGENT_CONNECTION_BROKE (-1000)
+
 static int relay_via_agent(int fd, const unsigned char *in, size_t in_len) {
   int ms = timeout_ms();
   long deadline = now_ms() + ms;
@@ -234,12 +241,12 @@ static int relay_via_agent(int fd, const unsigned char *in, size_t in_len) {
   int r = send_all(fd, frame, frame_len, deadline);
   free(frame);
   if (r == -1) return fail(CNI_TRY_AGAIN_LATER, "mesh-cni agent did not answer in time", detail);
-  if (r == -2) return fail(CNI_TRY_AGAIN_LATER, "mesh-cni agent closed the connection", "");
+  if (r == -2) return AGENT_CONNECTION_BROKE;
 
   unsigned char header[8];
   r = recv_all(fd, header, sizeof header, deadline);
   if (r == -1) return fail(CNI_TRY_AGAIN_LATER, "mesh-cni agent did not answer in time", detail);
-  if (r == -2) return fail(CNI_TRY_AGAIN_LATER, "mesh-cni agent closed the connection", "");
+  if (r == -2) return AGENT_CONNECTION_BROKE;
   uint32_t body_len = get_u32(header + 4);
   if (memcmp(header, "MCR1", 4) != 0 || body_len < 12 || body_len > MAX_RESPONSE_BODY) {
     return fail(CNI_TRY_AGAIN_LATER, "mesh-cni agent sent a malformed answer", "");
@@ -249,8 +256,7 @@ static int relay_via_agent(int fd, const unsigned char *in, size_t in_len) {
   r = recv_all(fd, body, body_len, deadline);
   if (r != 0) {
     free(body);
-    return fail(CNI_TRY_AGAIN_LATER, r == -1 ? "mesh-cni agent did not answer in time" : "mesh-cni agent closed the connection",
-                r == -1 ? detail : "");
+    return r == -1 ? fail(CNI_TRY_AGAIN_LATER, "mesh-cni agent did not answer in time", detail) : AGENT_CONNECTION_BROKE;
   }
   uint32_t exit_code = get_u32(body);
   uint32_t out_len = get_u32(body + 4);
@@ -321,6 +327,7 @@ int main(void) {
   if (fd < 0) return run_standalone(in, in_len);
   int code = relay_via_agent(fd, in, in_len);
   close(fd);
+  if (code == AGENT_CONNECTION_BROKE) return run_standalone(in, in_len);
   free(in);
   return code;
 }
