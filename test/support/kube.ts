@@ -67,8 +67,21 @@ export class Kube {
     readonly token: string,
     readonly caFile: string,
     private readonly etcd: Service,
-    private readonly apiserver: Service,
+    private apiserver: Service,
+    private readonly launchApiserver: () => Service,
   ) {}
+
+  /** Stops kube-apiserver only (etcd keeps the data), as an API outage. */
+  async stopApiserver(): Promise<void> {
+    await this.apiserver.stop();
+  }
+
+  /** Starts kube-apiserver again on the same port and certificates; resolves once /readyz answers. */
+  async startApiserver(): Promise<void> {
+    this.apiserver = this.launchApiserver();
+    const ca = fs.readFileSync(this.caFile);
+    await waitUntil(this.apiserver, '/readyz', 60_000, () => getOk(`${this.server}/readyz`, ca, this.token));
+  }
 
   get server(): string {
     return `https://127.0.0.1:${this.port}`;
@@ -217,7 +230,7 @@ export async function startKube(options: KubeOptions = {}): Promise<Kube> {
 
     await waitUntil(etcd, 'etcd health', 20_000, () => httpOk(client));
 
-    apiserver = startService(
+    const launch = () => startService(
       'kube-apiserver',
       [
         KUBE_APISERVER,
@@ -241,10 +254,11 @@ export async function startKube(options: KubeOptions = {}): Promise<Kube> {
       ],
       { logFile: path.join(dir, 'kube-apiserver.log'), env: { PATH: process.env.PATH } },
     );
+    apiserver = launch();
     // The serving certificate is self-signed at start; its file holds the certificate and its CA.
     const caFile = path.join(certDir, 'apiserver.crt');
     await waitUntil(apiserver, '/readyz', 60_000, async () => fs.existsSync(caFile) && getOk(`https://127.0.0.1:${apiPort}/readyz`, fs.readFileSync(caFile), token));
-    const kube = new Kube(dir, apiPort, path.join(dir, 'kubeconfig'), token, caFile, etcd, apiserver);
+    const kube = new Kube(dir, apiPort, path.join(dir, 'kubeconfig'), token, caFile, etcd, apiserver, launch);
     kube.writeKubeconfig(kube.kubeconfig);
     return kube;
   } catch (err) {
