@@ -1,89 +1,78 @@
 /**
- * `npm run demo`: two pods in network namespaces, one meshed and one not, each joined to a "service" netns
- * by a veth. The meshed pod gets mesh-cni's rules; both then open a real TCP connection to the service,
- * and the table shows where each connection landed. Everything it creates is removed at the end.
+ * `npm run demo`: a real node in network namespaces. containerd's CRI (what kubelet talks to) runs the real
+ * `bridge` + `host-local` plugins and then mesh-cni from a conflist; the mesh-cni agent serves the plugin.
+ * One meshed pod and one plain pod are started with RunPodSandbox, each opens a real TCP connection to the
+ * node (the bridge gateway) on port 80, and the table shows where each landed. Everything is removed at the end.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { applyRedirect, showRedirect } from '../src/redirect/engine';
-import { redirectConfigFromAnnotations } from '../src/redirect/config';
+import type { ExecutionContext } from 'ava';
+import { showRedirect } from '../src/redirect/engine';
+import { POD_GATEWAY, startNode, type CriNode, type Sandbox } from '../test/support/cri';
+import { startAgentProcess, type AgentProcess } from '../test/support/agent-process';
+import { connect, listen } from '../test/support/traffic';
 
-const PYTHON = '/usr/bin/python3';
-const SUPPORT = path.resolve(__dirname, '../../test/support');
-const tag = `mcni-demo-${process.pid}`;
-const created: string[] = [];
-const children: ChildProcess[] = [];
+const STATUS = JSON.stringify({ initContainers: ['istio-validation'], containers: ['istio-proxy'], volumes: [], revision: 'default' });
 
-function ip(args: string[]): void {
-  const r = spawnSync('ip', args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr || r.error?.message}`);
-}
+const PODS = [
+  { name: 'reviews-v1', meshed: true, annotations: { 'sidecar.istio.io/status': STATUS } },
+  { name: 'legacy-batch', meshed: false, annotations: {} as Record<string, string> },
+];
 
-function netns(name: string): string {
-  ip(['netns', 'add', name]);
-  created.push(name);
-  ip(['-n', name, 'link', 'set', 'lo', 'up']);
-  return name;
-}
+/** The test helpers take a test context for cleanup; the demo collects the cleanups itself. */
+const cleanups: Array<() => unknown> = [];
+const context = { teardown: (fn: () => unknown) => cleanups.push(fn) } as unknown as ExecutionContext;
 
-async function listener(ns: string, name: string, ports: string[]): Promise<void> {
-  const child = spawn('ip', ['netns', 'exec', ns, PYTHON, path.join(SUPPORT, 'listener.py'), name, ...ports], { stdio: ['ignore', 'pipe', 'inherit'] });
-  children.push(child);
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.once('data', () => resolve());
-    child.once('exit', (code) => reject(new Error(`listener ${name} exited with ${code}`)));
-  });
-}
-
-function connect(ns: string, host: string, port: number): string {
-  const r = spawnSync('ip', ['netns', 'exec', ns, PYTHON, path.join(SUPPORT, 'client.py'), host, String(port)], { encoding: 'utf8' });
-  try {
-    const got = JSON.parse(r.stdout.trim());
-    return got.error ? `error: ${got.error}` : `${got.listener}:${got.port} (asked for ${got.orig})`;
-  } catch {
-    return `error: ${r.stderr.trim()}`;
-  }
-}
-
-function cleanup(): void {
-  for (const c of children) c.kill('SIGKILL');
-  for (const name of created) spawnSync('ip', ['netns', 'del', name]);
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c])).join('  ').trimEnd()).join('\n');
 }
 
 async function main(): Promise<void> {
-  if (process.getuid?.() !== 0) throw new Error('the demo creates network namespaces: run it as root');
-  const service = netns(`${tag}-svc`);
-  await listener(service, 'service', ['80']);
-  const pods = [
-    { name: 'reviews-v1 (meshed)', meshed: true, ip: '10.99.1.2', gw: '10.99.1.1' },
-    { name: 'legacy-batch (not meshed)', meshed: false, ip: '10.99.2.2', gw: '10.99.2.1' },
-  ];
-  const rows: string[][] = [['POD', 'IP', 'MESHED', 'RULES', 'OUTBOUND TO 10.99.x.1:80 LANDED ON', 'APPLY']];
-  for (const [i, pod] of pods.entries()) {
-    const ns = netns(`${tag}-pod${i}`);
-    ip(['link', 'add', 'eth0', 'netns', ns, 'type', 'veth', 'peer', 'name', `svc${i}`, 'netns', service]);
-    ip(['-n', ns, 'addr', 'add', `${pod.ip}/24`, 'dev', 'eth0']);
-    ip(['-n', service, 'addr', 'add', `${pod.gw}/24`, 'dev', `svc${i}`]);
-    ip(['-n', ns, 'link', 'set', 'eth0', 'up']);
-    ip(['-n', service, 'link', 'set', `svc${i}`, 'up']);
-    await listener(ns, 'sidecar', ['15001', '15006']);
-    let rules = 0;
-    let took = '-';
-    if (pod.meshed) {
-      const report = await applyRedirect({ netns: `/var/run/netns/${ns}`, config: redirectConfigFromAnnotations({}) });
-      took = `${report.durationMs.toFixed(1)} ms`;
-      rules = (await showRedirect({ netns: `/var/run/netns/${ns}` })).rules.length;
+  if (process.getuid?.() !== 0) throw new Error('the demo creates network namespaces and runs containerd: run it as root');
+  process.stdout.write('starting a node: containerd (CRI) in its own network namespace, bridge + host-local + mesh-cni, the mesh-cni agent...\n');
+  let agent: AgentProcess | undefined;
+  let node: CriNode | undefined;
+  const sandboxes: Sandbox[] = [];
+  try {
+    // The shim finds the agent through this variable; containerd passes its environment to CNI plugins.
+    const socketDir = path.join('/var/run', `mesh-cni-demo-${process.pid}`);
+    const socket = path.join(socketDir, 'agent.sock');
+    node = await startNode({ env: { MESH_CNI_AGENT_SOCKET: socket } });
+    agent = await startAgentProcess(['--no-kubernetes', '--no-install', '--socket', socket, '--state-dir', path.join(node.dir, 'mesh-cni-state')], path.join(node.dir, 'agent.log'));
+    cleanups.push(() => import('node:fs').then((fs) => fs.rmSync(socketDir, { recursive: true, force: true })));
+    await listen(context, node.netnsPath, 'node:80', ['80']);
+
+    const rows = [['POD', 'IP', 'MESHED', 'RULES', 'OUTBOUND TO 10.99.0.1:80 LANDED ON', 'ADD TIME']];
+    for (const pod of PODS) {
+      const from = node.meshCniLogSize();
+      const sandbox = await node.runPodSandbox({ name: pod.name, namespace: 'demo', annotations: pod.annotations });
+      sandboxes.push(sandbox);
+      const add = node.meshCniLogSince(from).find((l) => l.command === 'ADD');
+      const rules = (await showRedirect({ netns: sandbox.netnsPath })).rules.length;
+      await listen(context, sandbox.netnsPath, `${pod.name}:sidecar`, ['15001']);
+      const landed = connect(sandbox.netnsPath, POD_GATEWAY, 80);
+      const where = landed.error ? `error: ${landed.error}` : `${landed.listener === 'node:80' ? 'the node, port 80' : `its sidecar, port ${landed.port}`}`;
+      rows.push([pod.name, sandbox.ip, add?.decision === 'meshed' ? 'yes' : `no (${add?.reason ?? '?'})`, String(rules), where, add ? `${add.durationMs} ms` : '-']);
     }
-    rows.push([pod.name, pod.ip, pod.meshed ? 'yes' : 'no', String(rules), connect(ns, pod.gw, 80), took]);
+    const metrics = await (await fetch(`http://127.0.0.1:${agent.healthPort}/metrics`)).text();
+    const servedByAgent = metrics.split('\n').filter((l) => l.startsWith('mesh_cni_requests_total{command="ADD"')).reduce((n, l) => n + Number(l.split(' ').pop()), 0);
+    process.stdout.write(`\n${table(rows)}\n\n`);
+    process.stdout.write('The meshed pod got the sidecar rules from mesh-cni and its connection was redirected to port 15001;\n');
+    process.stdout.write(`the plain pod passed through untouched and reached the node. The agent served ${servedByAgent} of the ${PODS.length} ADDs;\n`);
+    process.stdout.write("ADD TIME is mesh-cni's own part of the sandbox setup.\n");
+  } finally {
+    for (const fn of cleanups.reverse()) await Promise.resolve(fn()).catch(() => undefined);
+    for (const s of sandboxes) {
+      await node?.stopPodSandbox(s.id).catch(() => undefined);
+      await node?.removePodSandbox(s.id).catch(() => undefined);
+    }
+    await agent?.kill();
+    await node?.stop();
+    process.stdout.write('cleaned up: pods, containerd, the agent and every namespace are gone.\n');
   }
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  for (const r of rows) console.log(r.map((cell, c) => cell.padEnd(widths[c])).join('  '));
-  console.log('\nThe meshed pod\'s connection was redirected to its sidecar port 15001; the other reached the service.');
 }
 
-main()
-  .catch((err) => {
-    console.error(`demo failed: ${err instanceof Error ? err.message : err}`);
-    process.exitCode = 1;
-  })
-  .finally(cleanup);
+main().catch((err) => {
+  process.stderr.write(`demo failed: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = 1;
+});
