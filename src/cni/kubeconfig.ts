@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { CniCode, CniError } from './errors';
-import { parseMiniYaml } from './mini-yaml';
+import { load as loadYaml, JSON_SCHEMA } from 'js-yaml';
 
 export interface KubeEndpoint {
   server: URL;
@@ -49,7 +49,8 @@ function material(section: Record<string, unknown>, key: string, baseDir: string
 export function parseKubeconfig(text: string, path: string): KubeEndpoint {
   let doc: unknown;
   try {
-    doc = parseMiniYaml(text);
+    // The JSON schema: kubeconfig values are strings, numbers, booleans and nulls, never YAML 1.1 surprises.
+    doc = loadYaml(text, { schema: JSON_SCHEMA, filename: path });
   } catch (err) {
     throw invalid(path, `cannot parse: ${(err as Error).message.split('\n')[0]}`);
   }

@@ -9,7 +9,6 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { parseKubeconfig } from '../../src/cni/kubeconfig';
-import { parseMiniYaml } from '../../src/cni/mini-yaml';
 import { podInfoFromPod } from '../../src/cni/pod-api';
 import { INJECTED, logDir, netconf, run, unitDeps } from './helpers';
 
@@ -33,24 +32,11 @@ users:
     token: 'abc''def'
 `;
 
-test('mini YAML reads the shape kubectl writes', (t) => {
-  const doc = parseMiniYaml(KUBECTL_STYLE) as Record<string, any>;
-  t.is(doc.clusters[0].name, 'kind');
-  t.is(doc.clusters[0].cluster.server, 'https://10.0.0.1:6443');
-  t.is(doc.contexts[0].context.user, 'mesh-cni');
-  t.is(doc['current-context'], 'mesh-cni@kind');
-  t.deepEqual(doc.preferences, {});
-  t.is(doc.users[0].user.token, "abc'def");
-});
-
-test('mini YAML: nested sequences, indented lists, block scalars, booleans', (t) => {
-  const doc = parseMiniYaml('a:\n  - x: 1\n    y: true\n  - plain\nb: |\n  line1\n  line2\nc: >-\n  folded\n  text\nd: ~\n') as Record<string, any>;
-  t.deepEqual(doc, { a: [{ x: 1, y: true }, 'plain'], b: 'line1\nline2\n', c: 'folded text', d: null });
-});
-
-test('mini YAML refuses anchors and multiple documents', (t) => {
-  t.throws(() => parseMiniYaml('a: &x 1\nb: *x\n'), { message: /anchors/ });
-  t.throws(() => parseMiniYaml('a: 1\n---\nb: 2\n'), { message: /multiple documents/ });
+test('kubeconfig: a multi-document or unparsable file is refused with code 105', (t) => {
+  for (const text of ['a: 1\n---\nb: 2\n', 'clusters: [unclosed\n']) {
+    const err = t.throws(() => parseKubeconfig(text, '/etc/mesh-cni/kubeconfig'));
+    t.regex(err!.message, /cannot parse/);
+  }
 });
 
 test('kubeconfig: current context, server, CA data and token', (t) => {
