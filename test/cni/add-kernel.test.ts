@@ -1,6 +1,5 @@
 /**
- * ADD / CHECK / DEL against the kernel with the real engine (src/redirect/engine.ts) and the real annotation
- * parser: these FAIL until the engine is merged (the stubs throw 'engine not merged yet', answered as 999).
+ * ADD / CHECK / DEL through the dispatcher against the kernel, with the real engine and annotation parser.
  * Needs root, iproute2, iptables/nftables. Each test makes its own netns and always removes it.
  */
 import test, { type ExecutionContext } from 'ava';
