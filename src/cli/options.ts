@@ -115,6 +115,7 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
     cniConfDir: args['cni-conf-dir'],
     shimPath: path.join(REPO_ROOT, 'build', SHIM_NAME),
     enginePath: path.join(REPO_ROOT, 'dist/src/cni/main.js'),
+    bundleEngine: true,
     pluginConfig: pluginEntry({
       backend: args.backend,
       logLevel: args['log-level'],
