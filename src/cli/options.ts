@@ -89,6 +89,7 @@ export const installOptions = {
   'standalone-conf': { type: 'boolean', default: false, describe: 'write our own conflist instead of chaining into the primary CNI (nodes without one)' },
   'state-dir': { type: 'string', default: DEFAULT_STATE_DIR, describe: 'where install records what it changed (uninstall reads it) and attachments are recorded' },
   'log-level': { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const, describe: "the plugin's log level (in our conflist entry)" },
+  'plugin-log-file': { type: 'string', describe: "the plugin's request log as the host sees it (in our conflist entry; default /var/log/mesh-cni/cni.log)" },
 } satisfies Record<string, Options>;
 
 export interface InstallArgs {
@@ -98,6 +99,7 @@ export interface InstallArgs {
   'standalone-conf': boolean;
   'state-dir': string;
   'log-level': string;
+  'plugin-log-file'?: string;
   'exclude-namespaces': string[];
   backend: BackendName;
   socket?: string;
@@ -119,6 +121,7 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
     pluginConfig: pluginEntry({
       backend: args.backend,
       logLevel: args['log-level'],
+      logFile: args['plugin-log-file'],
       kubeconfig: inCluster ? path.join(args['host-cni-conf-dir'], KUBECONFIG_NAME) : undefined,
       excludeNamespaces: args['exclude-namespaces'],
       agentSocket: args.socket,
