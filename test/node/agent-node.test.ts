@@ -80,12 +80,13 @@ function rulesIn(netnsPath: string): string {
 
 /** Plays kubelet: the pod in the API (scheduled here), then its sandbox through CRI with the same uid and annotations. */
 async function startPod(name: string): Promise<{ sandbox: Sandbox; uid: string; add: Record<string, any> | undefined }> {
-  const cachedBefore = agent ? metricValue(await metrics(), 'mesh_cni_pods_cached') : 0;
+  const live = agent !== undefined && !agent.service.exited();
+  const cachedBefore = live ? metricValue(await metrics(), 'mesh_cni_pods_cached') : 0;
   const created = await kube!.createPod({ namespace: NS, name, nodeName: NODE, containers: ['app', 'istio-proxy'], annotations: ANNOTATIONS });
   const uid = created.metadata!.uid!;
   // kubelet learns of the pod through its own watch, as late as the agent does; without this the test could
   // race the watch and see a (correct) fallback instead of the cache it means to show.
-  if (agent && !agent.service.exited()) await waitFor('the pod in the watch cache', 5_000, async () => metricValue(await metrics(), 'mesh_cni_pods_cached') > cachedBefore);
+  if (live) await waitFor('the pod in the watch cache', 5_000, async () => metricValue(await metrics(), 'mesh_cni_pods_cached') > cachedBefore);
   const from = node!.meshCniLogSize();
   let sandbox: Sandbox;
   try {
