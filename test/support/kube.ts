@@ -44,6 +44,8 @@ function sweepDead(): void {
 export interface KubeOptions {
   /** 'AlwaysAllow' (default) or 'RBAC' to test a ClusterRole. */
   authorizationMode?: 'AlwaysAllow' | 'RBAC';
+  /** More bearer tokens: [token, user name, groups]; e.g. the agent's service account to test our ClusterRole under RBAC. */
+  users?: Array<[token: string, user: string, groups: string[]]>;
   /** Write an audit log of every request on pods (Kube.podRequests reads it). */
   audit?: boolean;
 }
@@ -274,7 +276,8 @@ export async function startKube(options: KubeOptions = {}): Promise<Kube> {
     run('openssl', ['rsa', '-in', saKey, '-pubout', '-out', saPub]);
     const token = randomBytes(24).toString('hex');
     const tokens = path.join(dir, 'tokens.csv');
-    fs.writeFileSync(tokens, `${token},admin,admin-uid,"system:masters"\n`, { mode: 0o600 });
+    const extra = (options.users ?? []).map(([t, user, groups], i) => `${t},${user},user-${i},"${groups.join(',')}"\n`).join('');
+    fs.writeFileSync(tokens, `${token},admin,admin-uid,"system:masters"\n${extra}`, { mode: 0o600 });
     const certDir = path.join(dir, 'certs');
     fs.mkdirSync(certDir);
 
