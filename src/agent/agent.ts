@@ -48,6 +48,8 @@ export interface AgentOptions {
     excludeNamespaces?: readonly string[];
     backend?: BackendName;
     procRoot?: string;
+    /** the runtime's CRI socket, to find pods whose ADD we never saw; empty: not asked */
+    criSocket?: string;
   };
   log?: (line: Record<string, unknown>) => void;
 }
@@ -199,11 +201,17 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
       pods: () => cache.pods(),
       attachments,
       procRoot: r.procRoot,
+      criSocket: r.criSocket,
+      onLocatorError: (err) => log({ level: 'warn', msg: 'cannot ask the container runtime where pods are; falling back to /proc', error: err.message }),
       backend: r.backend,
       onAction: (action, result) => metrics.repairActions.inc({ action, result }),
     });
     reconciler = new Reconciler({ mode: r.mode, excludeNamespaces: r.excludeNamespaces ?? ['kube-system'], backend: r.backend, ratePerSecond: r.ratePerSecond, burst: r.burst }, deps);
-    stopRepair = scheduleRepair(reconciler, r.resyncMs ?? 30_000, log, (handler) => (onPodEvent = handler));
+    const stopSchedule = scheduleRepair(reconciler, r.resyncMs ?? 30_000, log, (handler) => (onPodEvent = handler));
+    stopRepair = () => {
+      stopSchedule();
+      deps.close();
+    };
   }
 
   const agent: Agent = {

@@ -15,6 +15,7 @@ import {
 import { parseAnnotationArgs, redirectConfigFromAnnotations, type RedirectConfig } from '../redirect/config';
 import { BACKEND_NAMES, type BackendName } from '../redirect/engine';
 import { REPAIR_MODES, type RepairMode } from '../repair/reconciler';
+import { DEFAULT_CRI_SOCKET } from '../repair/cri';
 
 export const configOptions = {
   annotation: {
@@ -58,6 +59,7 @@ export const repairOptions = {
   'repair-rate': { type: 'number', default: 5, describe: 'repair actions per second at most' },
   'repair-burst': { type: 'number', default: 10, describe: 'repair actions allowed at once after a quiet spell' },
   'proc-root': { type: 'string', default: '/proc', describe: "the host's /proc (the DaemonSet mounts it at /host/proc)" },
+  'cri-socket': { type: 'string', default: DEFAULT_CRI_SOCKET, describe: "the container runtime's CRI socket, to find the netns of pods whose ADD we never saw ('' : do not ask)" },
   ...backendOption,
 } satisfies Record<string, Options>;
 
@@ -67,6 +69,7 @@ export interface RepairArgs {
   'repair-burst': number;
   'exclude-namespaces': string[];
   'proc-root': string;
+  'cri-socket': string;
   backend: BackendName;
 }
 
@@ -77,6 +80,7 @@ export function repairSettings(args: RepairArgs) {
     burst: args['repair-burst'],
     excludeNamespaces: args['exclude-namespaces'],
     procRoot: args['proc-root'],
+    criSocket: args['cri-socket'],
     backend: args.backend,
   };
 }
