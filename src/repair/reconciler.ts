@@ -106,6 +106,11 @@ export class Reconciler {
   private async act(pod: V1Pod, finding: Finding): Promise<void> {
     const mode = this.options.mode;
     if (mode === 'off') return;
+    // Labeled already (by us or by Istio's controller): labeling again on every resync would only add Events.
+    if (mode === 'label' && pod.metadata?.labels?.[UNINITIALIZED_LABEL] === 'true') {
+      finding.reason += `; already labeled ${UNINITIALIZED_LABEL}=true`;
+      return;
+    }
     if (this.options.dryRun) {
       finding.action = `would ${mode}`;
       return;
