@@ -22,7 +22,7 @@ STAMP_CONTENT="mesh-cni node deps v1"
 PACKAGES=(
   containerd runc busybox-static golang-go etcd-server make rsync dpkg-dev
   socat conntrack iptables nftables iproute2 util-linux python3 openssl
-  containernetworking-plugins build-essential ca-certificates xz-utils
+  containernetworking-plugins build-essential ca-certificates xz-utils kubernetes-client
 )
 
 log() { printf 'setup-node-deps: %s\n' "$*" >&2; }

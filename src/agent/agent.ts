@@ -48,6 +48,8 @@ export interface AgentOptions {
     excludeNamespaces?: readonly string[];
     backend?: BackendName;
     procRoot?: string;
+    /** the runtime's CRI socket, to find pods whose ADD we never saw; empty: not asked */
+    criSocket?: string;
   };
   log?: (line: Record<string, unknown>) => void;
 }
@@ -120,17 +122,14 @@ function scheduleRepair(
   log: (line: Record<string, unknown>) => void,
   subscribe: (handler: (pod: V1Pod) => void) => void,
 ): () => void {
-  const report = (findings: Awaited<ReturnType<Reconciler['pass']>>) => {
-    for (const f of findings) if (f.action) log({ level: 'info', msg: 'repair', pod: `${f.namespace}/${f.name}`, reason: f.reason, action: f.action });
-  };
-  const runPass = () => reconciler.pass().then(report, (err: unknown) => log({ level: 'warn', msg: 'repair pass failed', error: String(err) }));
+  const runPass = () => reconciler.pass().then(undefined, (err: unknown) => log({ level: 'warn', msg: 'repair pass failed', error: String(err) }));
   const pending = new Map<string, NodeJS.Timeout>();
   subscribe((pod) => {
     const key = pod.metadata?.uid ?? `${pod.metadata?.namespace}/${pod.metadata?.name}`;
     clearTimeout(pending.get(key));
     const timer = setTimeout(() => {
       pending.delete(key);
-      reconciler.reconcile(pod).then((f) => report([f]), (err: unknown) => log({ level: 'warn', msg: 'repair failed', error: String(err) }));
+      reconciler.reconcile(pod).then(undefined, (err: unknown) => log({ level: 'warn', msg: 'repair failed', error: String(err) }));
     }, 300);
     timer.unref();
     pending.set(key, timer);
@@ -199,11 +198,19 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
       pods: () => cache.pods(),
       attachments,
       procRoot: r.procRoot,
+      criSocket: r.criSocket,
+      onLocatorError: (err) => log({ level: 'warn', msg: 'cannot ask the container runtime where pods are; falling back to /proc', error: err.message }),
       backend: r.backend,
       onAction: (action, result) => metrics.repairActions.inc({ action, result }),
     });
+    // Logged as each action happens, not when the pass that found it ends (a pass over many pods takes a while).
+    deps.onFinding = (f) => log({ level: 'info', msg: 'repair', pod: `${f.namespace}/${f.name}`, reason: f.reason, action: f.action, actedAt: f.actedAt });
     reconciler = new Reconciler({ mode: r.mode, excludeNamespaces: r.excludeNamespaces ?? ['kube-system'], backend: r.backend, ratePerSecond: r.ratePerSecond, burst: r.burst }, deps);
-    stopRepair = scheduleRepair(reconciler, r.resyncMs ?? 30_000, log, (handler) => (onPodEvent = handler));
+    const stopSchedule = scheduleRepair(reconciler, r.resyncMs ?? 30_000, log, (handler) => (onPodEvent = handler));
+    stopRepair = () => {
+      stopSchedule();
+      deps.close();
+    };
   }
 
   const agent: Agent = {

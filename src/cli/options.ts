@@ -15,6 +15,7 @@ import {
 import { parseAnnotationArgs, redirectConfigFromAnnotations, type RedirectConfig } from '../redirect/config';
 import { BACKEND_NAMES, type BackendName } from '../redirect/engine';
 import { REPAIR_MODES, type RepairMode } from '../repair/reconciler';
+import { DEFAULT_CRI_SOCKET } from '../repair/cri';
 
 export const configOptions = {
   annotation: {
@@ -58,6 +59,7 @@ export const repairOptions = {
   'repair-rate': { type: 'number', default: 5, describe: 'repair actions per second at most' },
   'repair-burst': { type: 'number', default: 10, describe: 'repair actions allowed at once after a quiet spell' },
   'proc-root': { type: 'string', default: '/proc', describe: "the host's /proc (the DaemonSet mounts it at /host/proc)" },
+  'cri-socket': { type: 'string', default: DEFAULT_CRI_SOCKET, describe: "the container runtime's CRI socket, to find the netns of pods whose ADD we never saw ('' : do not ask)" },
   ...backendOption,
 } satisfies Record<string, Options>;
 
@@ -67,6 +69,7 @@ export interface RepairArgs {
   'repair-burst': number;
   'exclude-namespaces': string[];
   'proc-root': string;
+  'cri-socket': string;
   backend: BackendName;
 }
 
@@ -77,6 +80,7 @@ export function repairSettings(args: RepairArgs) {
     burst: args['repair-burst'],
     excludeNamespaces: args['exclude-namespaces'],
     procRoot: args['proc-root'],
+    criSocket: args['cri-socket'],
     backend: args.backend,
   };
 }
@@ -89,6 +93,7 @@ export const installOptions = {
   'standalone-conf': { type: 'boolean', default: false, describe: 'write our own conflist instead of chaining into the primary CNI (nodes without one)' },
   'state-dir': { type: 'string', default: DEFAULT_STATE_DIR, describe: 'where install records what it changed (uninstall reads it) and attachments are recorded' },
   'log-level': { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const, describe: "the plugin's log level (in our conflist entry)" },
+  'plugin-log-file': { type: 'string', describe: "the plugin's request log as the host sees it (in our conflist entry; default /var/log/mesh-cni/cni.log)" },
 } satisfies Record<string, Options>;
 
 export interface InstallArgs {
@@ -98,6 +103,7 @@ export interface InstallArgs {
   'standalone-conf': boolean;
   'state-dir': string;
   'log-level': string;
+  'plugin-log-file'?: string;
   'exclude-namespaces': string[];
   backend: BackendName;
   socket?: string;
@@ -115,9 +121,11 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
     cniConfDir: args['cni-conf-dir'],
     shimPath: path.join(REPO_ROOT, 'build', SHIM_NAME),
     enginePath: path.join(REPO_ROOT, 'dist/src/cni/main.js'),
+    bundleEngine: true,
     pluginConfig: pluginEntry({
       backend: args.backend,
       logLevel: args['log-level'],
+      logFile: args['plugin-log-file'],
       kubeconfig: inCluster ? path.join(args['host-cni-conf-dir'], KUBECONFIG_NAME) : undefined,
       excludeNamespaces: args['exclude-namespaces'],
       agentSocket: args.socket,

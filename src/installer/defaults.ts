@@ -17,6 +17,8 @@ export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccoun
 export interface PluginEntrySettings {
   backend?: string;
   logLevel?: string;
+  /** the plugin's request log (default /var/log/mesh-cni/cni.log) */
+  logFile?: string;
   /** host path of the kubeconfig written by install; omit with --no-kubernetes */
   kubeconfig?: string;
   excludeNamespaces?: string[];
@@ -33,6 +35,7 @@ export function pluginEntry(s: PluginEntrySettings = {}): Record<string, unknown
     capabilities: { 'io.kubernetes.cri.pod-annotations': true },
   };
   if (s.logLevel) entry.log_level = s.logLevel;
+  if (s.logFile) entry.log_file = s.logFile;
   if (s.backend) entry.backend = s.backend;
   if (s.agentSocket) entry.agent_socket = s.agentSocket;
   if (s.stateDir) entry.state_dir = s.stateDir;

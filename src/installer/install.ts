@@ -8,6 +8,7 @@ import { dirname, join } from 'node:path';
 import { exists, readIfExists, removeIfExists, sha256, writeFileAtomic, writeIfChanged, type WriteAction } from './atomic-file';
 import { convertConfText, hasOurEntry, insertIntoConflistText, isChainedLast, isOurs, PLUGIN_TYPE, removeFromConflistText } from './conflist';
 import { InstallerError } from './errors';
+import { bundleEngine } from './engine-bundle';
 import { buildKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
 import { findPrimaryConfig, invalidReason, scanConfDir } from './primary-config';
 import { loadState, saveState, type ConfigRecord, type InstallState } from './state';
@@ -40,11 +41,25 @@ async function readSource(path: string, what: string): Promise<Buffer> {
   return bytes;
 }
 
+const bundles = new Map<string, Buffer>();
+
+/** The engine file as installed: the entry itself, or (bundleEngine) the one-file bundle made from it, once per process. */
+async function engineSource(o: InstallOptions): Promise<Buffer> {
+  if (!o.bundleEngine) return readSource(o.enginePath, 'engine');
+  let bundle = bundles.get(o.enginePath);
+  if (!bundle) {
+    await readSource(o.enginePath, 'engine');
+    bundle = Buffer.from(bundleEngine(o.enginePath));
+    bundles.set(o.enginePath, bundle);
+  }
+  return bundle;
+}
+
 async function installBinaries(o: InstallOptions): Promise<InstallReport['binaries']> {
   const paths = installedPaths(o);
   await mkdir(o.cniBinDir, { recursive: true });
   const shim = await readSource(o.shimPath, 'shim');
-  const engine = await readSource(o.enginePath, 'engine');
+  const engine = await engineSource(o);
   return [
     { path: paths.shim, action: await writeIfChanged(paths.shim, shim, 0o755) },
     { path: paths.engine, action: await writeIfChanged(paths.engine, engine, 0o644) },
@@ -192,10 +207,10 @@ export async function checkInstalled(o: InstallOptions): Promise<InstallStatus> 
   const paths = installedPaths(o);
   const binaries: InstallStatus['binaries'] = [];
   for (const [dest, source] of [
-    [paths.shim, o.shimPath],
-    [paths.engine, o.enginePath],
+    [paths.shim, () => readIfExists(o.shimPath)],
+    [paths.engine, () => engineSource(o).catch(() => undefined)],
   ] as const) {
-    const [have, want] = await Promise.all([readIfExists(dest), readIfExists(source)]);
+    const [have, want] = await Promise.all([readIfExists(dest), source()]);
     binaries.push({ path: dest, inPlace: have !== undefined && want !== undefined && have.equals(want) });
   }
   const primary = await findPrimaryConfig(o.cniConfDir);

@@ -10,6 +10,8 @@ export interface InstallOptions {
   shimPath: string;
   /** the standalone engine file, installed as <cniBinDir>/mesh-cni.js (where the shim looks for it) */
   enginePath: string;
+  /** install enginePath bundled with everything it requires into one file (the host has no node_modules) */
+  bundleEngine?: boolean;
   /** our conflist entry; its `type` must be 'mesh-cni'. Paths inside it are host paths, not /host/... */
   pluginConfig: Record<string, unknown>;
   /** write a kubeconfig for the plugin from the service account; omitted with --no-kubernetes */

@@ -35,6 +35,8 @@ export interface Finding {
   netns?: string;
   /** What was done (or would be, in a dry run): 'repaired', 'labeled', 'deleted', 'rate-limited', 'failed: ...'. */
   action?: string;
+  /** When the action started (it took a token from the rate limiter), ISO 8601. */
+  actedAt?: string;
 }
 
 /** The side effects the reconciler needs, injected so the logic is testable and the agent wires the real ones. */
@@ -49,6 +51,8 @@ export interface RepairDeps {
   delete(pod: V1Pod): Promise<void>;
   event(pod: V1Pod, reason: string, message: string, type: 'Normal' | 'Warning'): Promise<void>;
   onAction?(action: string, result: 'ok' | 'failed'): void;
+  /** Told once per finding that led to an action (or a rate-limited one), as soon as it is done. */
+  onFinding?(finding: Finding): void;
 }
 
 export interface ReconcilerOptions {
@@ -106,6 +110,11 @@ export class Reconciler {
   private async act(pod: V1Pod, finding: Finding): Promise<void> {
     const mode = this.options.mode;
     if (mode === 'off') return;
+    // Labeled already (by us or by Istio's controller): labeling again on every resync would only add Events.
+    if (mode === 'label' && pod.metadata?.labels?.[UNINITIALIZED_LABEL] === 'true') {
+      finding.reason += `; already labeled ${UNINITIALIZED_LABEL}=true`;
+      return;
+    }
     if (this.options.dryRun) {
       finding.action = `would ${mode}`;
       return;
@@ -114,6 +123,7 @@ export class Reconciler {
       finding.action = 'rate-limited';
       return;
     }
+    finding.actedAt = new Date().toISOString();
     const what = `${finding.reason}${finding.problems?.length ? ` (${finding.problems.length} rule differences)` : ''}`;
     try {
       if (mode === 'repair') {
@@ -147,6 +157,7 @@ export class Reconciler {
     const work = (async () => {
       const finding = await this.inspect(pod);
       if (finding.verdict === 'broken') await this.act(pod, finding);
+      if (finding.action) this.deps.onFinding?.(finding);
       return finding;
     })().finally(() => this.inFlight.delete(key));
     this.inFlight.set(key, work);

@@ -3,6 +3,7 @@ import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
 import type { AttachmentStore } from '../cni/attachments';
 import { podActions } from '../kube/actions';
 import type { BackendName } from '../redirect/engine';
+import { fromCri } from './cri';
 import { firstOf, fromAttachments, fromProcCgroups } from './locate';
 import type { RepairDeps } from './reconciler';
 
@@ -13,16 +14,27 @@ export interface RepairWiring {
   attachments: AttachmentStore;
   /** Where the host's /proc is (the DaemonSet mounts it at /host/proc). */
   procRoot?: string;
+  /** the runtime's CRI socket; empty: do not ask the runtime */
+  criSocket?: string;
+  /** a locator failed in a way an operator should hear about (e.g. the CRI socket cannot be reached) */
+  onLocatorError?: (err: Error) => void;
   backend?: BackendName;
   onAction?: RepairDeps['onAction'];
 }
 
-export async function repairDeps(w: RepairWiring): Promise<RepairDeps> {
+/**
+ * Where a pod's netns is found, cheapest and surest first: what our ADD recorded; the runtime over CRI (pods
+ * whose ADD we never saw: no record); a /proc scan by pod cgroup (no CRI socket, or a runtime that does not
+ * report the netns path).
+ */
+export async function repairDeps(w: RepairWiring): Promise<RepairDeps & { close(): void }> {
   const engine = await import('../redirect/engine');
   const actions = await podActions(w.kubeConfig, w.nodeName);
+  const cri = w.criSocket ? fromCri(w.criSocket, w.onLocatorError) : undefined;
   return {
+    close: () => cri?.close(),
     pods: w.pods,
-    locateNetns: firstOf(fromAttachments(w.attachments), fromProcCgroups(w.procRoot)),
+    locateNetns: firstOf(fromAttachments(w.attachments), ...(cri ? [cri] : []), fromProcCgroups(w.procRoot)),
     check: (netns, config) => engine.checkRedirect({ netns, config, backend: w.backend }),
     apply: async (netns, config) => {
       await engine.applyRedirect({ netns, config, backend: w.backend });

@@ -87,7 +87,8 @@ test('RBAC: pods read and events create by default; patch and delete only in the
   t.false(role.rules!.some((r) => r.verbs.includes('*') || r.resources?.includes('*')));
 
   const repair = one<V1ClusterRole>(optional, 'ClusterRole');
-  t.deepEqual(verbsOn(repair, 'pods').sort(), ['delete', 'patch']);
+  // label mode patches through pods/status only; no write access to pod specs
+  t.deepEqual(verbsOn(repair, 'pods').sort(), ['delete']);
   t.deepEqual(verbsOn(repair, 'pods/status'), ['patch']);
 
   for (const [objects, r] of [[base, role], [optional, repair]] as const) {
@@ -121,8 +122,11 @@ test('DaemonSet: probes on the health port, which the ConfigMap passes as --heal
 test('DaemonSet: every ConfigMap setting becomes an agent flag, and the image entrypoint is kept', (t) => {
   t.is(agent.command, undefined, 'args only: the image ENTRYPOINT is `mesh-cni agent`');
   const envs = new Map(agent.env!.map((e) => [e.name, e]));
-  const flags = new Map(agent.args!.map((a) => /^--([a-z-]+)=\$\(([A-Z_]+)\)$/.exec(a)!).map((m) => [m[1]!, m[2]!]));
-  t.deepEqual([...flags.keys()].sort(), ['backend', 'cni-bin-dir', 'cni-conf-dir', 'health-port', 'log-level', 'repair-mode']);
+  const settings = agent.args!.filter((a) => a.includes('$('));
+  const flags = new Map(settings.map((a) => /^--([a-z-]+)=\$\(([A-Z_]+)\)$/.exec(a)!).map((m) => [m[1]!, m[2]!]));
+  t.deepEqual([...flags.keys()].sort(), ['backend', 'cni-bin-dir', 'cni-conf-dir', 'cri-socket', 'health-port', 'log-level', 'repair-mode']);
+  // Fixed by the pod's own layout, not a setting: the host's /proc is mounted at /host/proc.
+  t.deepEqual(agent.args!.filter((a) => !a.includes('$(')), ['--proc-root=/host/proc']);
   t.deepEqual([...flags.keys()].sort(), Object.keys(config.data!).sort());
   for (const [flag, variable] of flags) {
     const ref = envs.get(variable)?.valueFrom?.configMapKeyRef;

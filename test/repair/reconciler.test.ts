@@ -90,6 +90,17 @@ test("Istio's detector: an istio-validation init container that exited 126 marks
   t.deepEqual(d.rec.labeled, ['validated']);
 });
 
+test('label mode labels a pod once: a pod that already has the label is left alone on later passes', async (t) => {
+  const labeled = pod('labeled');
+  labeled.metadata!.labels = { 'cni.istio.io/uninitialized': 'true' };
+  const d = deps([labeled], () => false);
+  const [f] = await reconciler('label', d).pass();
+  t.is(f.verdict, 'broken', 'still reported as broken');
+  t.is(f.action, undefined);
+  t.regex(f.reason, /already labeled/);
+  t.deepEqual(d.rec, { applied: [], labeled: [], deleted: [], events: [] });
+});
+
 test('off and dry-run modes act on nothing', async (t) => {
   const d = deps([pod('broken')], () => false);
   t.is((await reconciler('off', d).pass())[0].action, undefined);

@@ -208,8 +208,8 @@ export interface ConflistOptions {
   cniVersion?: string;
   bridge: string;
   hostLocalDataDir: string;
-  /** Our plugin's entry, merged over {type: 'mesh-cni'}. */
-  meshCni: Record<string, unknown>;
+  /** Our plugin's entry, merged over {type: 'mesh-cni'}; null: the primary CNI alone (the agent inserts us). */
+  meshCni: Record<string, unknown> | null;
   subnet?: string;
   gateway?: string;
 }
@@ -232,17 +232,17 @@ export function conflist(options: ConflistOptions): Record<string, unknown> {
           routes: [{ dst: '0.0.0.0/0' }],
         },
       },
-      { type: 'mesh-cni', ...options.meshCni },
+      ...(options.meshCni ? [{ type: 'mesh-cni', ...options.meshCni }] : []),
     ],
   };
 }
 
 /** A CNI bin dir holding the distribution's plugins and our shim (a symlink: the shim finds its engine
  * from its real path, build/../dist/src/cni/main.js). */
-export function makeCniBinDir(dir: string): string {
+export function makeCniBinDir(dir: string, withShim = true): string {
   fs.mkdirSync(dir, { recursive: true });
   for (const plugin of fs.readdirSync(CNI_PLUGIN_DIR)) fs.symlinkSync(path.join(CNI_PLUGIN_DIR, plugin), path.join(dir, plugin));
-  fs.symlinkSync(SHIM, path.join(dir, 'mesh-cni'));
+  if (withShim) fs.symlinkSync(SHIM, path.join(dir, 'mesh-cni'));
   return dir;
 }
 
@@ -299,6 +299,11 @@ export interface NodeOptions {
   cniVersion?: string;
   /** Extra environment for containerd, which passes its environment on to the CNI plugins. */
   env?: Record<string, string>;
+  /**
+   * false: the node starts as before our agent came: a bridge + host-local conflist without our entry and a
+   * bin dir without our shim (the agent installs both). Default true.
+   */
+  plugin?: boolean;
 }
 
 export interface PodSpec {
@@ -343,6 +348,11 @@ export class CriNode {
     private readonly containerd: Service,
   ) {
     this.client = new CriClient(socket);
+  }
+
+  /** Where the shims containerd runs look for the agent (nothing listens there unless a test starts an agent). */
+  get agentSocket(): string {
+    return path.join(this.dir, 'agent.sock');
   }
 
   containerdLog(lines = 40): string {
@@ -541,7 +551,8 @@ export async function startNode(options: NodeOptions = {}): Promise<CriNode> {
   try {
     run('ip', ['netns', 'add', netns]);
     run('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
-    const binDir = makeCniBinDir(path.join(dir, 'cni-bin'));
+    const withPlugin = options.plugin !== false;
+    const binDir = makeCniBinDir(path.join(dir, 'cni-bin'), withPlugin);
     const confDir = path.join(dir, 'cni-conf');
     fs.mkdirSync(confDir);
     const meshCniLog = path.join(dir, 'mesh-cni.log');
@@ -551,8 +562,8 @@ export async function startNode(options: NodeOptions = {}): Promise<CriNode> {
       ...(options.annotationsCapability === false ? {} : { capabilities: { 'io.kubernetes.cri.pod-annotations': true } }),
       ...options.meshCni,
     };
-    const list = conflist({ networkName, cniVersion: options.cniVersion, bridge, hostLocalDataDir: path.join(dir, 'ipam'), meshCni: pluginConf });
-    fs.writeFileSync(path.join(confDir, '10-mesh-cni-test.conflist'), JSON.stringify(list, null, 2));
+    const list = conflist({ networkName, cniVersion: options.cniVersion, bridge, hostLocalDataDir: path.join(dir, 'ipam'), meshCni: withPlugin ? pluginConf : null });
+    fs.writeFileSync(path.join(confDir, withPlugin ? '10-mesh-cni-test.conflist' : '10-bridge.conflist'), JSON.stringify(list, null, 2));
     const configFile = path.join(dir, 'containerd.toml');
     fs.writeFileSync(configFile, containerdConfig(dir, binDir, confDir, socket));
 
@@ -561,8 +572,9 @@ export async function startNode(options: NodeOptions = {}): Promise<CriNode> {
       logFile: path.join(dir, 'containerd.log'),
       env: {
         PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
-        // the shim must not find a real agent on this machine: it runs our engine standalone
-        MESH_CNI_AGENT_SOCKET: path.join(dir, 'no-agent.sock'),
+        // never the machine's real agent: the shim runs our engine standalone unless a test starts an agent
+        // on this node's own socket (CriNode.agentSocket)
+        MESH_CNI_AGENT_SOCKET: path.join(dir, 'agent.sock'),
         ...options.env,
       },
     });

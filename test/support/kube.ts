@@ -44,13 +44,38 @@ function sweepDead(): void {
 export interface KubeOptions {
   /** 'AlwaysAllow' (default) or 'RBAC' to test a ClusterRole. */
   authorizationMode?: 'AlwaysAllow' | 'RBAC';
+  /** More bearer tokens: [token, user name, groups]; e.g. the agent's service account to test our ClusterRole under RBAC. */
+  users?: Array<[token: string, user: string, groups: string[]]>;
+  /** Write an audit log of every request on pods (Kube.podRequests reads it). */
+  audit?: boolean;
 }
+
+export interface AuditEvent {
+  verb: string;
+  requestURI: string;
+  objectRef?: { resource?: string; subresource?: string; namespace?: string; name?: string };
+  user?: { username?: string };
+  userAgent?: string;
+}
+
+const AUDIT_POLICY = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    resources:
+      - group: ""
+        resources: ["pods", "pods/status", "events"]
+  - level: None
+`;
 
 export interface PodOptions {
   namespace: string;
   name: string;
   annotations?: Record<string, string>;
   labels?: Record<string, string>;
+  /** Scheduled to this node (the agent's watch cache only holds pods of its node). */
+  nodeName?: string;
   /** Containers by name; `istio-proxy` gets runAsUser/runAsGroup 1337 as the injector writes it. */
   containers?: string[];
   initContainers?: string[];
@@ -118,6 +143,29 @@ users:
     return file;
   }
 
+  get auditLog(): string {
+    return path.join(this.dir, 'audit.log');
+  }
+
+  /** The audit log's events (the API server must have been started with `audit: true`). */
+  auditEvents(): AuditEvent[] {
+    let text = '';
+    try {
+      text = fs.readFileSync(this.auditLog, 'utf8');
+    } catch {
+      return [];
+    }
+    return text
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as AuditEvent);
+  }
+
+  /** Per-pod GETs (what a plugin without a cache does on every ADD) of namespace/name. */
+  podGets(namespace: string, name: string): AuditEvent[] {
+    return this.auditEvents().filter((e) => e.verb === 'get' && e.objectRef?.resource === 'pods' && !e.objectRef.subresource && e.objectRef.namespace === namespace && e.objectRef.name === name);
+  }
+
   /** The CoreV1 client of @kubernetes/client-node, loaded on first use (it is heavy). */
   core(): K8s.CoreV1Api {
     if (!this.api) {
@@ -150,11 +198,22 @@ users:
       body: {
         metadata: { name: pod.name, annotations: pod.annotations, labels: pod.labels },
         spec: {
+          ...(pod.nodeName ? { nodeName: pod.nodeName } : {}),
           containers: (pod.containers ?? ['app']).map(container),
           ...(pod.initContainers ? { initContainers: pod.initContainers.map(container) } : {}),
         },
       },
     });
+  }
+
+  /** What kubelet reports once the sandbox is networked: the pod's IP and phase, through pods/status. */
+  async markRunning(namespace: string, name: string, podIP: string): Promise<K8s.V1Pod> {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const k8s = require('@kubernetes/client-node') as typeof K8s;
+    return this.core().patchNamespacedPodStatus(
+      { namespace, name, body: { status: { phase: 'Running', podIP, podIPs: [{ ip: podIP }] } } },
+      k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+    );
   }
 
   /** Stops kube-apiserver and etcd and removes every file. */
@@ -187,6 +246,12 @@ function httpOk(url: string): Promise<boolean> {
     req.on('error', () => resolve(false));
     req.setTimeout(2000, () => req.destroy());
   });
+}
+
+function auditPolicy(dir: string): string {
+  const file = path.join(dir, 'audit-policy.yaml');
+  fs.writeFileSync(file, AUDIT_POLICY);
+  return file;
 }
 
 /** Starts etcd and kube-apiserver on loopback; resolves once /readyz answers. */
@@ -224,7 +289,8 @@ export async function startKube(options: KubeOptions = {}): Promise<Kube> {
     run('openssl', ['rsa', '-in', saKey, '-pubout', '-out', saPub]);
     const token = randomBytes(24).toString('hex');
     const tokens = path.join(dir, 'tokens.csv');
-    fs.writeFileSync(tokens, `${token},admin,admin-uid,"system:masters"\n`, { mode: 0o600 });
+    const extra = (options.users ?? []).map(([t, user, groups], i) => `${t},${user},user-${i},"${groups.join(',')}"\n`).join('');
+    fs.writeFileSync(tokens, `${token},admin,admin-uid,"system:masters"\n${extra}`, { mode: 0o600 });
     const certDir = path.join(dir, 'certs');
     fs.mkdirSync(certDir);
 
@@ -249,6 +315,7 @@ export async function startKube(options: KubeOptions = {}): Promise<Kube> {
         '--disable-admission-plugins=ServiceAccount',
         '--endpoint-reconciler-type=none',
         '--profiling=false',
+        ...(options.audit ? [`--audit-policy-file=${auditPolicy(dir)}`, `--audit-log-path=${path.join(dir, 'audit.log')}`, '--audit-log-format=json'] : []),
         '--logtostderr=true',
         '--v=0',
       ],

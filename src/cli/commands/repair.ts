@@ -40,8 +40,17 @@ export async function handler(args: Args): Promise<void> {
     const kubeConfig = await loadKubeConfig(args.kubeconfig);
     const pods = await listNodePods(kubeConfig, nodeName);
     const settings = repairSettings(args);
-    const deps = await repairDeps({ kubeConfig, nodeName, pods: () => pods, attachments: new AttachmentStore(args['state-dir']), procRoot: settings.procRoot, backend: settings.backend });
-    const findings = await new Reconciler({ ...settings, dryRun: args['dry-run'] }, deps).pass();
+    const deps = await repairDeps({
+      kubeConfig,
+      nodeName,
+      pods: () => pods,
+      attachments: new AttachmentStore(args['state-dir']),
+      procRoot: settings.procRoot,
+      criSocket: settings.criSocket,
+      onLocatorError: (err) => process.stderr.write(`mesh-cni repair: ${err.message}; looking in /proc instead\n`),
+      backend: settings.backend,
+    });
+    const findings = await new Reconciler({ ...settings, dryRun: args['dry-run'] }, deps).pass().finally(() => deps.close());
     const broken = findings.filter((f) => f.verdict === 'broken');
     if (args.output === 'json') printJson({ node: nodeName, mode: settings.mode, dryRun: args['dry-run'], findings });
     else {
