@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { showRedirect } from '../src/redirect/engine';
 import { POD_GATEWAY, startNode, type CriNode, type Sandbox } from '../test/support/cri';
-import { startAgentProcess, type AgentProcess } from '../test/support/agent-process';
+import { startAgentProcess, type AgentProcess } from '../test/support/agent';
 import { connect, listen } from '../test/support/traffic';
 
 const STATUS = JSON.stringify({ initContainers: ['istio-validation'], containers: ['istio-proxy'], volumes: [], revision: 'default' });
@@ -38,7 +38,7 @@ async function main(): Promise<void> {
     const socketDir = path.join('/var/run', `mesh-cni-demo-${process.pid}`);
     const socket = path.join(socketDir, 'agent.sock');
     node = await startNode({ env: { MESH_CNI_AGENT_SOCKET: socket } });
-    agent = await startAgentProcess(['--no-kubernetes', '--no-install', '--socket', socket, '--state-dir', path.join(node.dir, 'mesh-cni-state')], path.join(node.dir, 'agent.log'));
+    agent = await startAgentProcess(['--health-port', '0', '--health-host', '127.0.0.1', '--no-kubernetes', '--no-install', '--socket', socket, '--state-dir', path.join(node.dir, 'mesh-cni-state')], path.join(node.dir, 'agent.log'));
     cleanups.push(() => import('node:fs').then((fs) => fs.rmSync(socketDir, { recursive: true, force: true })));
     await listen(context, node.netnsPath, 'node:80', ['80']);
 

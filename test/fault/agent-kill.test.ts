@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { checkRedirect, showRedirect } from '../../src/redirect/engine';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
-import { startAgentProcess, type AgentProcess } from '../support/agent-process';
+import { startAgentProcess, type AgentProcess } from '../support/agent';
 import { execShim } from '../support/shim';
 import { testTempDir } from '../support/tmp';
 import { requireKernelTools } from '../support/require';
@@ -37,7 +37,7 @@ test.serial(`fault agent-sigkill: ${PODS} ADDs while the agent is killed at rand
   });
   for (const n of names) addNetns(n);
 
-  const agentArgs = ['--no-kubernetes', '--no-install', '--socket', socket, '--state-dir', dir];
+  const agentArgs = ['--health-port', '0', '--health-host', '127.0.0.1', '--no-kubernetes', '--no-install', '--socket', socket, '--state-dir', dir];
   let agent: AgentProcess | undefined = await startAgentProcess(agentArgs, path.join(dir, 'agent.log'));
   t.teardown(() => agent?.kill());
   let kills = 0;

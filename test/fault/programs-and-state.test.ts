@@ -11,7 +11,7 @@ import { showRedirect } from '../../src/redirect/engine';
 import { NftablesBackend } from '../../src/redirect/backend/nftables';
 import { buildPlan } from '../../src/redirect/plan';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
-import { startAgentProcess } from '../support/agent-process';
+import { startAgentProcess } from '../support/agent';
 import { execShim } from '../support/shim';
 import { testTempDir } from '../support/tmp';
 import { requireKernelTools, requireNft } from '../support/require';
@@ -99,7 +99,7 @@ test.serial('fault state-readonly: a read-only state directory leaves ADD fully 
   t.teardown(() => void spawnSync('umount', [state]));
   t.throws(() => fs.writeFileSync(path.join(state, 'probe'), ''), undefined, 'the state dir must really be read-only');
   const socket = path.join(dir, 'agent.sock');
-  const agent = await startAgentProcess(['--no-kubernetes', '--no-install', '--socket', socket, '--state-dir', state], path.join(dir, 'agent.log'));
+  const agent = await startAgentProcess(['--health-port', '0', '--health-host', '127.0.0.1', '--no-kubernetes', '--no-install', '--socket', socket, '--state-dir', state], path.join(dir, 'agent.log'));
   t.teardown(() => agent.kill());
   const ns = createNetns(t, 'ro');
   const r = await execShim({ ...env(ns, dir), MESH_CNI_AGENT_SOCKET: socket }, netconf(dir, { state_dir: state }));
