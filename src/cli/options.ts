@@ -1,5 +1,6 @@
 /** Options several commands share: how a pod's config is given, which backend, which netns. */
 import * as path from 'node:path';
+import { BUNDLED_ENGINE, BUNDLED_SHIM } from '../build-info';
 import type { Options } from 'yargs';
 import {
   DEFAULT_CNI_BIN_DIR,
@@ -7,7 +8,6 @@ import {
   DEFAULT_STATE_DIR,
   HOST_CNI_CONF_DIR,
   KUBECONFIG_NAME,
-  SHIM_NAME,
   pluginEntry,
   serviceAccountKubeconfig,
   type InstallOptions,
@@ -105,16 +105,13 @@ export interface InstallArgs {
   kubernetes?: boolean;
 }
 
-/** The built shim and standalone engine, found from where this file runs (dist/src/cli). */
-const REPO_ROOT = path.resolve(__dirname, '../../..');
-
 export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = process.env): InstallOptions {
   const inCluster = args.kubernetes !== false && Boolean(env.KUBERNETES_SERVICE_HOST);
   return {
     cniBinDir: args['cni-bin-dir'],
     cniConfDir: args['cni-conf-dir'],
-    shimPath: path.join(REPO_ROOT, 'build', SHIM_NAME),
-    enginePath: path.join(REPO_ROOT, 'dist/src/cni/main.js'),
+    shimPath: BUNDLED_SHIM,
+    enginePath: BUNDLED_ENGINE,
     pluginConfig: pluginEntry({
       backend: args.backend,
       logLevel: args['log-level'],
