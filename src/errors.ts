@@ -100,3 +100,13 @@ export class ApiUnavailableError extends MeshCniError {
     super(message, { cause, hint: 'pass --kubeconfig (or run in the agent pod, which has a service account)' });
   }
 }
+
+/** No netns could be found for a pod: ADD recorded none and no process of the pod is in /proc. */
+export class PodNetnsUnknownError extends MeshCniError {
+  override readonly code = 'NETNS_UNKNOWN';
+  constructor(readonly pod: string, stateDir: string) {
+    super(`no network namespace found for pod ${pod}`, {
+      hint: `ADD recorded none under ${stateDir}/attachments and no process in --proc-root is in the pod's cgroup: has its sandbox started on this node?`,
+    });
+  }
+}

@@ -2,9 +2,8 @@
 import type { Argv } from 'yargs';
 import { MeshCniError } from '../../errors';
 import { AttachmentStore } from '../../cni/attachments';
-import { DEFAULT_STATE_DIR } from '../../paths';
 import { Reconciler, type Finding } from '../../repair/reconciler';
-import { repairOptions, repairSettings, type RepairArgs } from '../options';
+import { excludeNamespacesOption, nodeOptions, repairOptions, repairSettings, type NodeArgs, type RepairArgs } from '../options';
 import { outputOption, printJson, runCommand, EXIT, type OutputFormat } from '../output';
 
 export const command = 'repair';
@@ -15,17 +14,15 @@ export function builder(y: Argv) {
     .options({
       ...repairOptions,
       ...outputOption,
-      'exclude-namespaces': { type: 'string', array: true, default: ['kube-system'], describe: 'namespaces never redirected' },
+      ...excludeNamespacesOption,
       'dry-run': { type: 'boolean', default: false, describe: 'report what would be done, do nothing' },
-      kubeconfig: { type: 'string', describe: 'a kubeconfig file; the in-cluster service account when absent' },
-      'node-name': { type: 'string', default: process.env.NODE_NAME, describe: "this node's name (default $NODE_NAME)" },
-      'state-dir': { type: 'string', default: DEFAULT_STATE_DIR, describe: 'where the plugin records programmed attachments' },
+      ...nodeOptions,
     })
     .example('$0 repair --dry-run', 'what is broken on this node')
     .example('$0 repair --repair-mode label -o json', 'label broken pods, JSON report');
 }
 
-type Args = RepairArgs & { output: OutputFormat; 'dry-run': boolean; kubeconfig?: string; 'node-name'?: string; 'state-dir': string };
+type Args = RepairArgs & NodeArgs & { output: OutputFormat; 'dry-run': boolean };
 
 function row(f: Finding): string {
   return [`${f.namespace}/${f.name}`.padEnd(40), f.verdict.padEnd(10), (f.action ?? '-').padEnd(12), f.reason].join(' ');
