@@ -4,7 +4,7 @@ import { MeshCniError } from '../../errors';
 import { AttachmentStore } from '../../cni/attachments';
 import { Reconciler, type Finding } from '../../repair/reconciler';
 import { excludeNamespacesOption, nodeOptions, repairOptions, repairSettings, type NodeArgs, type RepairArgs } from '../options';
-import { outputOption, printJson, runCommand, EXIT, type OutputFormat } from '../output';
+import { outputOption, printJson, runCommand, table, EXIT, type Cell, type OutputFormat, type Tone } from '../output';
 
 export const command = 'repair';
 export const describe = "check every meshed pod on this node and repair (or label, or delete) those whose rules are missing or wrong";
@@ -24,8 +24,12 @@ export function builder(y: Argv) {
 
 type Args = RepairArgs & NodeArgs & { output: OutputFormat; 'dry-run': boolean };
 
-function row(f: Finding): string {
-  return [`${f.namespace}/${f.name}`.padEnd(40), f.verdict.padEnd(10), (f.action ?? '-').padEnd(12), f.reason].join(' ');
+const VERDICT_TONE: Partial<Record<Finding['verdict'], Tone>> = { healthy: 'ok', broken: 'bad', unknown: 'warn', 'not-meshed': 'dim' };
+
+function row(f: Finding): Cell[] {
+  const action = f.action ?? '-';
+  const tone: Tone | undefined = ['repaired', 'labeled', 'deleted'].includes(action) ? 'ok' : action.startsWith('failed') || action === 'rate-limited' ? 'bad' : undefined;
+  return [`${f.namespace}/${f.name}`, { text: f.verdict, tone: VERDICT_TONE[f.verdict] }, { text: action, tone }, f.reason];
 }
 
 export async function handler(args: Args): Promise<void> {
@@ -42,8 +46,7 @@ export async function handler(args: Args): Promise<void> {
     const broken = findings.filter((f) => f.verdict === 'broken');
     if (args.output === 'json') printJson({ node: nodeName, mode: settings.mode, dryRun: args['dry-run'], findings });
     else {
-      process.stdout.write(`${'POD'.padEnd(40)} ${'VERDICT'.padEnd(10)} ${'ACTION'.padEnd(12)} REASON\n`);
-      for (const f of findings) process.stdout.write(`${row(f)}\n`);
+      process.stdout.write(table(findings.map(row), { headers: ['POD', 'VERDICT', 'ACTION', 'REASON'] }));
       process.stdout.write(`\n${findings.length} pods on ${nodeName}: ${broken.length} broken\n`);
     }
     const unresolved = broken.filter((f) => !['repaired', 'labeled', 'deleted'].includes(f.action ?? ''));
