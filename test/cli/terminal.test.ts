@@ -31,17 +31,22 @@ function terminal(t: ExecutionContext): Term {
   fs.mkdirSync(bin);
   fs.writeFileSync(path.join(bin, 'mesh-cni'), `#!/bin/sh\nexec "${process.execPath}" "${CLI}" "$@"\n`, { mode: 0o755 });
   const socket = `mcni-${process.pid}-${path.basename(dir)}`;
-  t.teardown(() => {
+  let shellPid: number | undefined;
+  // Registered after testTempDir's, so it runs first (ava runs teardowns last in, first out).
+  t.teardown(async () => {
     spawnSync('tmux', ['-L', socket, 'kill-server']);
+    // The shell exits after kill-server returns; its directory is removed only once it is gone.
+    for (let i = 0; shellPid && fs.existsSync(`/proc/${shellPid}`) && i < 50; i++) await new Promise((r) => setTimeout(r, 100));
     // kill-server leaves the socket file behind.
     fs.rmSync(path.join(process.env.TMUX_TMPDIR ?? '/tmp', `tmux-${process.getuid?.() ?? 0}`, socket), { force: true });
   });
   // A clean environment: no rc files, no NO_COLOR from whoever runs the tests, a known prompt.
   tmux(socket, [
     'new-session', '-d', '-s', 'cli', '-x', '200', '-y', '50',
-    'env', '-i', `PATH=${bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`, 'TERM=xterm-256color', `HOME=${dir}`, 'PS1=$ ',
+    'env', '-i', `PATH=${bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`, 'TERM=xterm-256color', `HOME=${dir}`, 'PS1=$ ', 'HISTFILE=',
     'bash', '--norc', '--noprofile',
   ]);
+  shellPid = Number(tmux(socket, ['display-message', '-p', '-t', 'cli', '#{pane_pid}']).trim()) || undefined;
   const term: Term = {
     send: (...keys) => void tmux(socket, ['send-keys', '-t', 'cli', ...keys]),
     capture: (escapes = false) => tmux(socket, ['capture-pane', '-p', '-t', 'cli', ...(escapes ? ['-e'] : [])]),
