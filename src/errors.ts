@@ -33,8 +33,8 @@ export class InvalidConfigError extends MeshCniError {
 /** The netns path does not exist (the pod sandbox is gone). DEL treats this as success. */
 export class NetnsNotFoundError extends MeshCniError {
   override readonly code = 'NETNS_NOT_FOUND';
-  constructor(readonly path: string, cause?: unknown) {
-    super(`network namespace ${path} does not exist`, { cause, hint: 'the pod sandbox may already be gone' });
+  constructor(readonly path: string, cause?: unknown, hint = 'the pod sandbox may already be gone') {
+    super(`network namespace ${path} does not exist`, { cause, hint });
   }
 }
 
@@ -72,5 +72,41 @@ export class RuleMismatchError extends MeshCniError {
   override readonly code = 'RULE_MISMATCH';
   constructor(message: string, details: string) {
     super(message, { details, hint: 'another component may be changing rules in this network namespace' });
+  }
+}
+
+/** The API server has no such pod (the CLI's --pod and explain). */
+export class PodNotFoundError extends MeshCniError {
+  override readonly code = 'POD_NOT_FOUND';
+  constructor(readonly namespace: string, readonly podName: string) {
+    super(`pod ${namespace}/${podName} not found`, { hint: `check the name and namespace: kubectl get pods -n ${namespace}` });
+  }
+}
+
+/** The pod exists but runs on another node, so its netns is not here to look at. */
+export class PodNotOnNodeError extends MeshCniError {
+  override readonly code = 'POD_NOT_ON_NODE';
+  constructor(readonly pod: string, readonly podNode: string | undefined, readonly node: string) {
+    super(podNode ? `pod ${pod} runs on node ${podNode}, not on ${node}` : `pod ${pod} is not scheduled to a node yet (this is ${node})`, {
+      hint: podNode ? `run this on ${podNode} (kubectl exec into the mesh-cni agent pod there)` : 'wait until it is scheduled',
+    });
+  }
+}
+
+/** The API server could not be reached or refused us. */
+export class ApiUnavailableError extends MeshCniError {
+  override readonly code = 'API_UNAVAILABLE';
+  constructor(message: string, cause?: unknown) {
+    super(message, { cause, hint: 'pass --kubeconfig (or run in the agent pod, which has a service account)' });
+  }
+}
+
+/** No netns could be found for a pod: ADD recorded none and no process of the pod is in /proc. */
+export class PodNetnsUnknownError extends MeshCniError {
+  override readonly code = 'NETNS_UNKNOWN';
+  constructor(readonly pod: string, stateDir: string) {
+    super(`no network namespace found for pod ${pod}`, {
+      hint: `ADD recorded none under ${stateDir}/attachments and no process in --proc-root is in the pod's cgroup: has its sandbox started on this node?`,
+    });
   }
 }

@@ -13,6 +13,7 @@ import { peerCredentials } from '../netns/native';
 import type { NodePodCache } from '../kube/pod-cache';
 import type { V1Pod } from '@kubernetes/client-node';
 import { AgentMetrics } from './metrics';
+import { buildInfo } from '../build-info';
 import type { InstallOptions, InstallWatcher } from '../installer';
 import { Reconciler, type RepairMode } from '../repair/reconciler';
 import type { BackendName } from '../redirect/engine';
@@ -146,6 +147,17 @@ function scheduleRepair(
 export async function startAgent(options: AgentOptions): Promise<Agent> {
   const log = options.log ?? defaultLog;
   const metrics = new AgentMetrics();
+  const build = buildInfo(options.install?.shimPath, options.install?.enginePath);
+  metrics.info.set(
+    {
+      version: build.version,
+      shim_sha256: build.shimSha256 ?? '',
+      engine_sha256: build.engineSha256 ?? '',
+      repair_mode: options.kubernetes && options.repair ? options.repair.mode : 'off',
+      backend: options.repair?.backend ?? 'auto',
+    },
+    1,
+  );
   const socketPath = options.socketPath ?? DEFAULT_AGENT_SOCKET;
   let podCache: NodePodCache | undefined;
   let onPodEvent: ((pod: V1Pod) => void) | undefined;

@@ -45,6 +45,14 @@ export class AgentMetrics {
     registers: [this.registry],
   });
 
+  /** Constant 1; the labels say what the agent runs (for `mesh-cni status` and dashboards). */
+  readonly info = new Gauge({
+    name: 'mesh_cni_agent_info',
+    help: 'What the agent runs: package version, sha256 of the shim and engine it ships, repair mode and backend setting',
+    labelNames: ['version', 'shim_sha256', 'engine_sha256', 'repair_mode', 'backend'] as const,
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'mesh_cni_agent_' });
   }

@@ -10,11 +10,18 @@ import * as agent from './commands/agent';
 import * as install from './commands/install';
 import * as uninstall from './commands/uninstall';
 import * as repair from './commands/repair';
+import * as status from './commands/status';
+import * as pods from './commands/pods';
+import * as explain from './commands/explain';
+import * as completion from './commands/completion';
 import { EXIT } from './output';
 
 export function cli(argv: string[]) {
   return yargs(argv)
     .scriptName('mesh-cni')
+    .command(status)
+    .command(pods)
+    .command(explain)
     .command(plan)
     .command(apply)
     .command(show)
@@ -23,13 +30,16 @@ export function cli(argv: string[]) {
     .command(install)
     .command(uninstall)
     .command(repair)
+    .command(completion)
     .demandCommand(1, 'name a command (see --help)')
     .strict()
     .recommendCommands()
     .epilogue('Exit codes: 0 ok, 1 a problem was found or an operation failed, 2 usage error.')
     .fail((msg, err, y) => {
-      if (err) throw err;
-      process.stderr.write(`${y.help()}\n\n${msg}\n`);
+      // A failed .check() arrives as a YError or as its message: a usage error like any other. Any other
+      // Error is a bug and keeps its stack.
+      if (err instanceof Error && err.name !== 'YError') throw err;
+      process.stderr.write(`${y.help()}\n\n${msg ?? String(err)}\n`);
       process.exit(EXIT.usage);
     })
     .help()

@@ -1,5 +1,6 @@
 /** Options several commands share: how a pod's config is given, which backend, which netns. */
 import * as path from 'node:path';
+import { BUNDLED_ENGINE, BUNDLED_SHIM } from '../build-info';
 import type { Options } from 'yargs';
 import {
   DEFAULT_CNI_BIN_DIR,
@@ -7,7 +8,6 @@ import {
   DEFAULT_STATE_DIR,
   HOST_CNI_CONF_DIR,
   KUBECONFIG_NAME,
-  SHIM_NAME,
   pluginEntry,
   serviceAccountKubeconfig,
   type InstallOptions,
@@ -16,6 +16,8 @@ import { parseAnnotationArgs, redirectConfigFromAnnotations, type RedirectConfig
 import { BACKEND_NAMES, type BackendName } from '../redirect/engine';
 import { REPAIR_MODES, type RepairMode } from '../repair/reconciler';
 import { DEFAULT_CRI_SOCKET } from '../repair/cri';
+import { DEFAULT_AGENT_SOCKET } from '../paths';
+import { checkPodRef } from './pod-context';
 
 export const configOptions = {
   annotation: {
@@ -39,6 +41,52 @@ export const netnsOption = {
   netns: { type: 'string', demandOption: true, describe: 'the pod network namespace, e.g. /var/run/netns/NAME or /proc/PID/ns/net' },
 } satisfies Record<string, Options>;
 
+/** Where the CLI finds this node's API, name, recorded attachments and agent; shared by every node command. */
+export const nodeOptions = {
+  kubeconfig: { type: 'string', describe: 'a kubeconfig file; the in-cluster service account when absent' },
+  'node-name': { type: 'string', default: process.env.NODE_NAME, describe: "this node's name (default $NODE_NAME, from the downward API)" },
+  'state-dir': { type: 'string', default: DEFAULT_STATE_DIR, describe: 'where install records what it changed and the plugin records attachments' },
+  socket: { type: 'string', default: DEFAULT_AGENT_SOCKET, describe: "the agent's UNIX socket (the shim's, mode 0600, root only)" },
+} satisfies Record<string, Options>;
+
+export interface NodeArgs {
+  kubeconfig?: string;
+  'node-name'?: string;
+  'state-dir': string;
+  socket: string;
+}
+
+export const excludeNamespacesOption = {
+  'exclude-namespaces': { type: 'string', array: true, default: ['kube-system'], describe: "namespaces never redirected (the netconf's kubernetes.exclude_namespaces)" },
+} satisfies Record<string, Options>;
+
+export const procRootOption = {
+  'proc-root': { type: 'string', default: '/proc', describe: "the host's /proc (the DaemonSet mounts it at /host/proc)" },
+} satisfies Record<string, Options>;
+
+/**
+ * A pod's netns given directly (--netns) or found from the pod (--pod NAMESPACE/POD: the API for the pod, then
+ * what ADD recorded or a /proc scan for its netns). Exactly one of the two; the check makes that a usage error.
+ */
+export const podOrNetnsOptions = {
+  netns: { type: 'string', describe: 'the pod network namespace, e.g. /var/run/netns/NAME or /proc/PID/ns/net' },
+  pod: { type: 'string', describe: 'NAMESPACE/POD: find the netns (and, for apply, the annotations) from the pod' },
+  ...nodeOptions,
+  ...procRootOption,
+} satisfies Record<string, Options>;
+
+export interface PodOrNetnsArgs extends NodeArgs {
+  netns?: string;
+  pod?: string;
+  'proc-root': string;
+}
+
+export function checkPodOrNetns(args: { netns?: unknown; pod?: unknown }): true | string {
+  if (args.netns !== undefined && args.pod !== undefined) return 'give --netns or --pod, not both';
+  if (args.netns === undefined && args.pod === undefined) return 'give --netns PATH or --pod NAMESPACE/POD';
+  return checkPodRef(args.pod, '--pod');
+}
+
 export interface ConfigArgs {
   annotation: string[];
   'proxy-uid'?: number;
@@ -58,7 +106,7 @@ export const repairOptions = {
   'repair-mode': { choices: REPAIR_MODES, default: 'repair' as RepairMode, describe: 'what to do with a meshed pod whose rules are missing or wrong' },
   'repair-rate': { type: 'number', default: 5, describe: 'repair actions per second at most' },
   'repair-burst': { type: 'number', default: 10, describe: 'repair actions allowed at once after a quiet spell' },
-  'proc-root': { type: 'string', default: '/proc', describe: "the host's /proc (the DaemonSet mounts it at /host/proc)" },
+  ...procRootOption,
   'cri-socket': { type: 'string', default: DEFAULT_CRI_SOCKET, describe: "the container runtime's CRI socket, to find the netns of pods whose ADD we never saw ('' : do not ask)" },
   ...backendOption,
 } satisfies Record<string, Options>;
@@ -89,9 +137,9 @@ export const installOptions = {
   'cni-bin-dir': { type: 'string', default: DEFAULT_CNI_BIN_DIR, describe: "the host's CNI binary dir as mounted here" },
   'cni-conf-dir': { type: 'string', default: DEFAULT_CNI_CONF_DIR, describe: "the host's CNI config dir as mounted here" },
   'host-cni-conf-dir': { type: 'string', default: HOST_CNI_CONF_DIR, describe: 'the same config dir as the runtime on the host sees it (for paths inside our entry)' },
-  'exclude-namespaces': { type: 'string', array: true, default: ['kube-system'], describe: "namespaces never redirected (the netconf's kubernetes.exclude_namespaces)" },
+  ...excludeNamespacesOption,
   'standalone-conf': { type: 'boolean', default: false, describe: 'write our own conflist instead of chaining into the primary CNI (nodes without one)' },
-  'state-dir': { type: 'string', default: DEFAULT_STATE_DIR, describe: 'where install records what it changed (uninstall reads it) and attachments are recorded' },
+  'state-dir': nodeOptions['state-dir'],
   'log-level': { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const, describe: "the plugin's log level (in our conflist entry)" },
   'plugin-log-file': { type: 'string', describe: "the plugin's request log as the host sees it (in our conflist entry; default /var/log/mesh-cni/cni.log)" },
 } satisfies Record<string, Options>;
@@ -111,16 +159,13 @@ export interface InstallArgs {
   kubernetes?: boolean;
 }
 
-/** The built shim and standalone engine, found from where this file runs (dist/src/cli). */
-const REPO_ROOT = path.resolve(__dirname, '../../..');
-
 export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = process.env): InstallOptions {
   const inCluster = args.kubernetes !== false && Boolean(env.KUBERNETES_SERVICE_HOST);
   return {
     cniBinDir: args['cni-bin-dir'],
     cniConfDir: args['cni-conf-dir'],
-    shimPath: path.join(REPO_ROOT, 'build', SHIM_NAME),
-    enginePath: path.join(REPO_ROOT, 'dist/src/cni/main.js'),
+    shimPath: BUNDLED_SHIM,
+    enginePath: BUNDLED_ENGINE,
     bundleEngine: true,
     pluginConfig: pluginEntry({
       backend: args.backend,

@@ -95,16 +95,77 @@ export function skipFromMetadata(pod: Pick<PodInfo, 'namespace' | 'labels' | 'an
   return undefined;
 }
 
-/** Throws InvalidConfigError (from the engine's parser) when the pod's annotations are invalid. */
-export function decideMeshing(pod: PodInfo, options: DecisionOptions): MeshDecision {
-  const early = skipFromMetadata(pod, options.excludeNamespaces);
-  if (early) return { meshed: false, reason: early };
-  const { containers, initContainers } = containerLists(pod);
-  if (initContainers?.includes(INIT_CONTAINER)) return { meshed: false, reason: 'has-istio-init' };
-  // Unknown containers (no spec, unreadable status annotation): Istio's default is a proxy named istio-proxy.
-  if (containers !== undefined && !containers.includes(PROXY_CONTAINER)) return { meshed: false, reason: 'no-istio-proxy' };
+/** One rule of the decision, in the order the plugin applies them: what it looked at and what it concluded. */
+export interface DecisionStep {
+  /** a stable name for the rule (the skip reason it can produce, or `annotations`/`meshed`) */
+  rule: string;
+  /** pass: the rule let the pod through; skip: the rule decided the pod is not meshed; meshed: the final verdict */
+  outcome: 'pass' | 'skip' | 'meshed';
+  detail: string;
+}
+
+type Step = (pod: PodInfo, options: DecisionOptions) => DecisionStep;
+
+function injectValue(pod: PodInfo): string {
+  const label = pod.labels[INJECT_KEY];
+  const annotation = pod.annotations[INJECT_KEY];
+  if (label !== undefined) return `label ${INJECT_KEY}=${label}`;
+  if (annotation !== undefined) return `annotation ${INJECT_KEY}=${annotation}`;
+  return `no ${INJECT_KEY} label or annotation`;
+}
+
+/** The rules before the annotations are parsed, each a pure check; the order is the plugin's. */
+const STEPS: Step[] = [
+  (pod, o) =>
+    o.excludeNamespaces.includes(pod.namespace)
+      ? { rule: 'namespace-excluded', outcome: 'skip', detail: `namespace ${pod.namespace} is in exclude_namespaces [${o.excludeNamespaces.join(', ')}]` }
+      : { rule: 'namespace-excluded', outcome: 'pass', detail: `namespace ${pod.namespace} is not in exclude_namespaces [${o.excludeNamespaces.join(', ')}]` },
+  (pod) =>
+    pod.annotations[SIDECAR_STATUS_ANNOTATION] === undefined
+      ? { rule: 'not-injected', outcome: 'skip', detail: `no ${SIDECAR_STATUS_ANNOTATION} annotation: the sidecar injector did not touch this pod` }
+      : { rule: 'not-injected', outcome: 'pass', detail: `${SIDECAR_STATUS_ANNOTATION} is set: the sidecar was injected` },
+  (pod) =>
+    injectionDisabled(pod)
+      ? { rule: 'injection-disabled', outcome: 'skip', detail: `${injectValue(pod)} disables injection` }
+      : { rule: 'injection-disabled', outcome: 'pass', detail: injectValue(pod) },
+  (pod) => {
+    const { initContainers } = containerLists(pod);
+    return initContainers?.includes(INIT_CONTAINER)
+      ? { rule: 'has-istio-init', outcome: 'skip', detail: `init container ${INIT_CONTAINER} programs the rules itself` }
+      : { rule: 'has-istio-init', outcome: 'pass', detail: `no ${INIT_CONTAINER} init container` };
+  },
+  (pod) => {
+    const { containers } = containerLists(pod);
+    if (containers === undefined) return { rule: 'no-istio-proxy', outcome: 'pass', detail: `containers unknown: assuming Istio's default proxy ${PROXY_CONTAINER}` };
+    return containers.includes(PROXY_CONTAINER)
+      ? { rule: 'no-istio-proxy', outcome: 'pass', detail: `container ${PROXY_CONTAINER} present` }
+      : { rule: 'no-istio-proxy', outcome: 'skip', detail: `no ${PROXY_CONTAINER} container among [${containers.join(', ')}]` };
+  },
+];
+
+/**
+ * The decision with its trail: every rule looked at, in order, up to the one that decided. Throws
+ * InvalidConfigError (from the engine's parser) when the pod's annotations are invalid; `trail` is then
+ * what was decided before the annotations were parsed (see `explainMeshing`'s caller).
+ */
+export function explainMeshing(pod: PodInfo, options: DecisionOptions, trail: DecisionStep[] = []): MeshDecision {
+  for (const step of STEPS) {
+    const result = step(pod, options);
+    trail.push(result);
+    if (result.outcome === 'skip') return { meshed: false, reason: result.rule as SkipReason };
+  }
   const build = options.buildConfig ?? redirectConfigFromAnnotations;
   const config = build(pod.annotations, proxySettings(pod));
-  if (config.mode === 'NONE') return { meshed: false, reason: 'interception-mode-none' };
+  if (config.mode === 'NONE') {
+    trail.push({ rule: 'interception-mode-none', outcome: 'skip', detail: 'sidecar.istio.io/interceptionMode=NONE: the proxy captures nothing' });
+    return { meshed: false, reason: 'interception-mode-none' };
+  }
+  trail.push({ rule: 'annotations', outcome: 'pass', detail: `interception mode ${config.mode}, proxy uid ${config.proxyUid} gid ${config.proxyGid}` });
+  trail.push({ rule: 'meshed', outcome: 'meshed', detail: 'the plugin programs the redirect rules' });
   return { meshed: true, config };
+}
+
+/** Throws InvalidConfigError (from the engine's parser) when the pod's annotations are invalid. */
+export function decideMeshing(pod: PodInfo, options: DecisionOptions): MeshDecision {
+  return explainMeshing(pod, options);
 }

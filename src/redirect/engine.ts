@@ -184,15 +184,40 @@ export async function showRedirect(o: EngineOptions): Promise<{ backend: string;
   return { backend: backend.name, rules };
 }
 
-/** Whether the netns holds exactly what the config asks for; `problems` says what differs. */
-export async function checkRedirect(o: EngineOptions & { config: RedirectConfig }): Promise<{ ok: boolean; problems: string[] }> {
+export interface RedirectComparison {
+  backend: string;
+  /** families the config applies to in this netns (IPv6 only where the pod has a global IPv6 address) */
+  families: Family[];
+  /** what the plan says the kernel should hold, as the backend lists it back */
+  expected: ObservedRule[];
+  observed: ObservedRule[];
+  /** one line per difference (`diffRules`), empty when they match */
+  problems: string[];
+}
+
+/**
+ * The expected rules (from the config's plan; none with `config: undefined`, a pod that should have none of
+ * ours), the rules the netns holds, and how they differ. Both families are read, so stray rules show up too.
+ */
+export async function compareRedirect(o: EngineOptions & { config: RedirectConfig | undefined }): Promise<RedirectComparison> {
   const { backend } = await chooseBackend(o);
-  const plan = buildPlan(o.config);
+  const plan = o.config ? buildPlan(o.config) : undefined;
   const families = o.families ?? (await detectFamilies(o.netns));
+  const expected: ObservedRule[] = [];
+  const observed: ObservedRule[] = [];
   const problems: string[] = [];
   for (const family of FAMILIES) {
-    const want = families.includes(family) ? backend.expected(family, plan[family].rules) : [];
-    problems.push(...diffRules(want, await backend.observe(o.netns, family)));
+    const want = plan && families.includes(family) ? backend.expected(family, plan[family].rules) : [];
+    const have = await backend.observe(o.netns, family);
+    expected.push(...want);
+    observed.push(...have);
+    problems.push(...diffRules(want, have));
   }
+  return { backend: backend.name, families, expected, observed, problems };
+}
+
+/** Whether the netns holds exactly what the config asks for; `problems` says what differs. */
+export async function checkRedirect(o: EngineOptions & { config: RedirectConfig }): Promise<{ ok: boolean; problems: string[] }> {
+  const { problems } = await compareRedirect(o);
   return { ok: problems.length === 0, problems };
 }

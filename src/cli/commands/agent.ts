@@ -1,9 +1,9 @@
 /** `mesh-cni agent`: the long-running node agent of the DaemonSet. */
 import type { Argv } from 'yargs';
 import { MeshCniError } from '../../errors';
-import { DEFAULT_HEALTH_PORT, DEFAULT_SOCKET, startAgent } from '../../agent/agent';
+import { DEFAULT_HEALTH_PORT, startAgent } from '../../agent/agent';
 import { runCommand } from '../output';
-import { installOptions, installSettings, repairOptions, repairSettings, type InstallArgs, type RepairArgs } from '../options';
+import { installOptions, installSettings, nodeOptions, repairOptions, repairSettings, type InstallArgs, type RepairArgs } from '../options';
 
 export const command = 'agent';
 export const describe = "run the node agent: install the plugin, serve the shim, watch this node's pods, repair, health and metrics";
@@ -11,12 +11,10 @@ export const describe = "run the node agent: install the plugin, serve the shim,
 export function builder(y: Argv) {
   return y
     .options({
-      socket: { type: 'string', default: DEFAULT_SOCKET, describe: 'the UNIX socket the shim talks to (mode 0600, root only)' },
+      ...nodeOptions,
       'health-port': { type: 'number', default: DEFAULT_HEALTH_PORT, describe: 'port of /healthz, /readyz and /metrics (0: any free port)' },
       'health-host': { type: 'string', default: '0.0.0.0', describe: 'address the health server binds' },
       kubernetes: { type: 'boolean', default: true, describe: "watch this node's pods through the API server (--no-kubernetes: annotations only from the runtime)" },
-      kubeconfig: { type: 'string', describe: 'a kubeconfig file; the in-cluster service account when absent' },
-      'node-name': { type: 'string', default: process.env.NODE_NAME, describe: "this node's name (default $NODE_NAME, from the downward API)" },
       install: { type: 'boolean', default: true, describe: "install the plugin into the node's CNI config and keep it there (--no-install: someone else does)" },
       'uninstall-on-exit': { type: 'boolean', default: true, describe: 'on SIGTERM, take our entry and files back out' },
       ...installOptions,

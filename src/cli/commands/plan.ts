@@ -5,7 +5,8 @@ import { renderRestore, toIptablesLines, lineText } from '../../redirect/render/
 import { renderNftScript, toNftRules } from '../../redirect/render/nftables';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import type { Family } from '../../redirect/constants';
-import { configFromArgs, configOptions, backendOption, type ConfigArgs } from '../options';
+import { configFromArgs, configOptions, backendOption, excludeNamespacesOption, nodeOptions, type ConfigArgs } from '../options';
+import { checkPodRef, connectKube, getPod, parsePodRef, podConfig } from '../pod-context';
 import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
 
 export const command = 'plan';
@@ -13,14 +14,25 @@ export const describe = "print the rules a pod with these annotations would get 
 
 export function builder(y: Argv) {
   return y
-    .options({ ...configOptions, ...backendOption, ...outputOption, ipv6: { type: 'boolean', default: false, describe: 'also print the IPv6 rules' } })
+    .options({
+      ...configOptions,
+      ...backendOption,
+      ...outputOption,
+      ipv6: { type: 'boolean', default: false, describe: 'also print the IPv6 rules' },
+      pod: { type: 'string', describe: 'NAMESPACE/POD: the annotations and proxy ids from this pod in the API (needs --kubeconfig or a service account)' },
+      kubeconfig: nodeOptions.kubeconfig,
+      ...excludeNamespacesOption,
+    })
+    .check((a) => checkPodRef(a.pod, '--pod'))
+    .check((a) => (a.pod !== undefined && (a.annotation.length > 0 || a['proxy-uid'] !== undefined || a['proxy-gid'] !== undefined) ? 'with --pod the annotations and proxy ids come from the pod; drop -a/--proxy-uid/--proxy-gid' : true))
     .example('$0 plan', 'the rules for a pod with only the sidecar injected')
     .example('$0 plan -a traffic.sidecar.istio.io/excludeOutboundIPRanges=10.0.0.0/8 --ipv6', 'an exclusion, both families')
     .example('$0 plan --backend nftables --ipv6', 'the nft script (one transaction, both families)')
-    .example('$0 plan -a sidecar.istio.io/interceptionMode=TPROXY -o json', 'TPROXY rules as JSON');
+    .example('$0 plan -a sidecar.istio.io/interceptionMode=TPROXY -o json', 'TPROXY rules as JSON')
+    .example('$0 plan --pod shop/cart-7d9 --kubeconfig ~/.kube/config', "the rules a pod in the API gets");
 }
 
-type Args = ConfigArgs & { output: OutputFormat; ipv6: boolean; backend: BackendName; 'host-netns'?: string };
+type Args = ConfigArgs & { output: OutputFormat; ipv6: boolean; backend: BackendName; 'host-netns'?: string; pod?: string; kubeconfig?: string; 'exclude-namespaces': string[] };
 
 function nftJson(plan: Plan, families: Family[]) {
   return {
@@ -52,14 +64,16 @@ function iptablesText(plan: Plan, families: Family[], ipv6: boolean): string {
 
 export async function handler(args: Args): Promise<void> {
   await runCommand(args.output, async () => {
-    const plan = buildPlan(configFromArgs(args));
+    const config = args.pod ? podConfig(await getPod(await connectKube(args.kubeconfig), parsePodRef(args.pod)), args['exclude-namespaces']) : configFromArgs(args);
+    const plan = buildPlan(config);
     const families: Family[] = args.ipv6 ? ['ipv4', 'ipv6'] : ['ipv4'];
     const { backend, reason } = await chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] });
     const nft = backend.name === 'nftables';
     if (args.output === 'json') {
-      printJson({ backend: backend.name, backendReason: reason, mode: plan.config.mode, ...(nft ? nftJson(plan, families) : iptablesJson(plan, families)) });
+      printJson({ ...(args.pod ? { pod: args.pod } : {}), backend: backend.name, backendReason: reason, mode: plan.config.mode, ...(nft ? nftJson(plan, families) : iptablesJson(plan, families)) });
       return;
     }
+    if (args.pod) process.stdout.write(`# pod: ${args.pod}\n`);
     process.stdout.write(`# backend: ${backend.name} (${reason})\n`);
     if (plan.config.mode === 'NONE') {
       process.stdout.write('# interceptionMode NONE: no rules\n');

@@ -2,10 +2,9 @@
 import type { Argv } from 'yargs';
 import { MeshCniError } from '../../errors';
 import { AttachmentStore } from '../../cni/attachments';
-import { DEFAULT_STATE_DIR } from '../../paths';
 import { Reconciler, type Finding } from '../../repair/reconciler';
-import { repairOptions, repairSettings, type RepairArgs } from '../options';
-import { outputOption, printJson, runCommand, EXIT, type OutputFormat } from '../output';
+import { excludeNamespacesOption, nodeOptions, repairOptions, repairSettings, type NodeArgs, type RepairArgs } from '../options';
+import { outputOption, printJson, runCommand, table, EXIT, type Cell, type OutputFormat, type Tone } from '../output';
 
 export const command = 'repair';
 export const describe = "check every meshed pod on this node and repair (or label, or delete) those whose rules are missing or wrong";
@@ -15,20 +14,22 @@ export function builder(y: Argv) {
     .options({
       ...repairOptions,
       ...outputOption,
-      'exclude-namespaces': { type: 'string', array: true, default: ['kube-system'], describe: 'namespaces never redirected' },
+      ...excludeNamespacesOption,
       'dry-run': { type: 'boolean', default: false, describe: 'report what would be done, do nothing' },
-      kubeconfig: { type: 'string', describe: 'a kubeconfig file; the in-cluster service account when absent' },
-      'node-name': { type: 'string', default: process.env.NODE_NAME, describe: "this node's name (default $NODE_NAME)" },
-      'state-dir': { type: 'string', default: DEFAULT_STATE_DIR, describe: 'where the plugin records programmed attachments' },
+      ...nodeOptions,
     })
     .example('$0 repair --dry-run', 'what is broken on this node')
     .example('$0 repair --repair-mode label -o json', 'label broken pods, JSON report');
 }
 
-type Args = RepairArgs & { output: OutputFormat; 'dry-run': boolean; kubeconfig?: string; 'node-name'?: string; 'state-dir': string };
+type Args = RepairArgs & NodeArgs & { output: OutputFormat; 'dry-run': boolean };
 
-function row(f: Finding): string {
-  return [`${f.namespace}/${f.name}`.padEnd(40), f.verdict.padEnd(10), (f.action ?? '-').padEnd(12), f.reason].join(' ');
+const VERDICT_TONE: Partial<Record<Finding['verdict'], Tone>> = { healthy: 'ok', broken: 'bad', unknown: 'warn', 'not-meshed': 'dim' };
+
+function row(f: Finding): Cell[] {
+  const action = f.action ?? '-';
+  const tone: Tone | undefined = ['repaired', 'labeled', 'deleted'].includes(action) ? 'ok' : action.startsWith('failed') || action === 'rate-limited' ? 'bad' : undefined;
+  return [`${f.namespace}/${f.name}`, { text: f.verdict, tone: VERDICT_TONE[f.verdict] }, { text: action, tone }, f.reason];
 }
 
 export async function handler(args: Args): Promise<void> {
@@ -54,8 +55,7 @@ export async function handler(args: Args): Promise<void> {
     const broken = findings.filter((f) => f.verdict === 'broken');
     if (args.output === 'json') printJson({ node: nodeName, mode: settings.mode, dryRun: args['dry-run'], findings });
     else {
-      process.stdout.write(`${'POD'.padEnd(40)} ${'VERDICT'.padEnd(10)} ${'ACTION'.padEnd(12)} REASON\n`);
-      for (const f of findings) process.stdout.write(`${row(f)}\n`);
+      process.stdout.write(table(findings.map(row), { headers: ['POD', 'VERDICT', 'ACTION', 'REASON'] }));
       process.stdout.write(`\n${findings.length} pods on ${nodeName}: ${broken.length} broken\n`);
     }
     const unresolved = broken.filter((f) => !['repaired', 'labeled', 'deleted'].includes(f.action ?? ''));

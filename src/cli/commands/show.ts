@@ -1,25 +1,31 @@
 /** `mesh-cni show`: the rules of ours a netns actually holds. */
 import type { Argv } from 'yargs';
 import { showRedirect, type BackendName } from '../../redirect/engine';
-import { backendOption, netnsOption } from '../options';
+import { backendOption, checkPodOrNetns, podOrNetnsOptions, type PodOrNetnsArgs } from '../options';
+import { resolveTarget } from '../pod-context';
 import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
 
 export const command = 'show';
 export const describe = 'print the mesh-cni rules present in a network namespace';
 
 export function builder(y: Argv) {
-  return y.options({ ...netnsOption, ...backendOption, ...outputOption }).example('$0 show --netns /var/run/netns/pod1', 'what is programmed there');
+  return y
+    .options({ ...podOrNetnsOptions, ...backendOption, ...outputOption })
+    .check((a) => checkPodOrNetns(a))
+    .example('$0 show --netns /var/run/netns/pod1', 'what is programmed there')
+    .example('$0 show --pod shop/cart-7d9', "the rules in a pod's netns (see also: explain)");
 }
 
-export async function handler(args: { netns: string; backend: BackendName; 'host-netns'?: string; output: OutputFormat }): Promise<void> {
+export async function handler(args: PodOrNetnsArgs & { backend: BackendName; 'host-netns'?: string; output: OutputFormat }): Promise<void> {
   await runCommand(args.output, async () => {
-    const shown = await showRedirect({ netns: args.netns, backend: args.backend, hostNetns: args['host-netns'] });
+    const { netns } = await resolveTarget(args);
+    const shown = await showRedirect({ netns, backend: args.backend, hostNetns: args['host-netns'] });
     if (args.output === 'json') {
-      printJson({ netns: args.netns, backend: shown.backend, rules: shown.rules.map(({ family, table, chain, text, packets }) => ({ family, table, chain, rule: text, packets })) });
+      printJson({ ...(args.pod ? { pod: args.pod } : {}), netns, backend: shown.backend, rules: shown.rules.map(({ family, table, chain, text, packets }) => ({ family, table, chain, rule: text, packets })) });
       return;
     }
     if (shown.rules.length === 0) {
-      process.stdout.write(`no mesh-cni rules in ${args.netns}\n`);
+      process.stdout.write(`no mesh-cni rules in ${netns}\n`);
       return;
     }
     let heading = '';

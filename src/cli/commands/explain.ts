@@ -1,0 +1,195 @@
+/**
+ * `mesh-cni explain NAMESPACE/POD`: why a pod is (not) redirected, in one answer. The decision trail (the
+ * plugin's own rules, in its order, up to the one that decided), the rules the plan expects, the rules its
+ * netns holds, and the difference between the two.
+ */
+import type { Argv } from 'yargs';
+import type { V1Pod } from '@kubernetes/client-node';
+import { explainMeshing, type DecisionStep } from '../../cni/decision';
+import { podInfoFromPod } from '../../cni/pod-api';
+import { MeshCniError } from '../../errors';
+import type { Family } from '../../redirect/constants';
+import type { ObservedRule } from '../../redirect/backend/types';
+import { buildPlan } from '../../redirect/plan';
+import type { RedirectConfig } from '../../redirect/config';
+import { chooseBackend, compareRedirect, type BackendName } from '../../redirect/engine';
+import { backendOption, excludeNamespacesOption, nodeOptions, procRootOption, type NodeArgs } from '../options';
+import { EXIT, outputOption, paint, printJson, runCommand, table, type OutputFormat, type Tone } from '../output';
+import {
+  ago,
+  checkPodRef,
+  connectKube,
+  getPod,
+  lastActionFor,
+  locatePodNetns,
+  meshCniEvents,
+  parsePodRef,
+  requireOnNode,
+  type LastAction,
+} from '../pod-context';
+
+export const command = 'explain <pod>';
+export const describe = 'why a pod is (not) redirected: decision trail, expected plan, rules in its netns, and the diff';
+
+export function builder(y: Argv) {
+  return y
+    .positional('pod', { type: 'string', demandOption: true, describe: 'NAMESPACE/POD' })
+    .options({ ...nodeOptions, ...excludeNamespacesOption, ...procRootOption, ...backendOption, ...outputOption })
+    .check((a) => checkPodRef(a.pod, 'the pod'))
+    .example('$0 explain shop/cart-7d9', 'the whole story of one pod')
+    .example('$0 explain shop/cart-7d9 -o json | jq .diff', 'only what differs');
+}
+
+type Args = NodeArgs & { pod: string; 'exclude-namespaces': string[]; 'proc-root': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
+
+export type ExplainStep = Omit<DecisionStep, 'outcome'> & { outcome: DecisionStep['outcome'] | 'error' };
+
+export interface RuleJson {
+  family: Family;
+  table: string;
+  chain: string;
+  rule: string;
+  packets?: number;
+}
+
+export interface Explanation {
+  pod: string;
+  uid: string | null;
+  node: string | null;
+  trail: ExplainStep[];
+  meshed: boolean;
+  /** the skip reason, `meshed`, or `invalid-config` */
+  reason: string;
+  backend: { name: string; reason: string };
+  netns: { path: string | null; source: 'attachment' | 'proc' | null; recorded: string | null; exists: boolean };
+  families: Family[];
+  expected: RuleJson[];
+  observed: RuleJson[] | null;
+  diff: Array<{ kind: 'missing' | 'unexpected' | 'order'; text: string }> | null;
+  lastAction: LastAction | null;
+  verdict: 'healthy' | 'broken' | 'not-meshed' | 'unknown';
+  /** what is wrong, in a sentence; null when nothing is */
+  problem: string | null;
+}
+
+const ruleJson = (r: ObservedRule): RuleJson => ({ family: r.family, table: r.table, chain: r.chain, rule: r.text, ...(r.packets === undefined ? {} : { packets: r.packets }) });
+
+function decide(pod: V1Pod, excludeNamespaces: readonly string[]): { trail: ExplainStep[]; config?: RedirectConfig; reason: string } {
+  const trail: DecisionStep[] = [];
+  if (pod.spec?.hostNetwork) {
+    trail.push({ rule: 'host-network', outcome: 'skip', detail: 'hostNetwork: true: the runtime never calls CNI for this pod' });
+    return { trail, reason: 'host-network' };
+  }
+  trail.push({ rule: 'host-network', outcome: 'pass', detail: 'the pod has its own network namespace' });
+  try {
+    const decision = explainMeshing(podInfoFromPod(pod), { excludeNamespaces }, trail);
+    return decision.meshed ? { trail, config: decision.config, reason: 'meshed' } : { trail, reason: decision.reason };
+  } catch (err) {
+    const failed: ExplainStep = { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` };
+    return { trail: [...trail, failed], reason: 'invalid-config' };
+  }
+}
+
+function diffKind(problem: string): 'missing' | 'unexpected' | 'order' {
+  return problem.startsWith('missing') ? 'missing' : problem.startsWith('unexpected') ? 'unexpected' : 'order';
+}
+
+export async function explain(args: Args): Promise<Explanation> {
+  const nodeName = args['node-name'];
+  if (!nodeName) throw new MeshCniError('explain needs to know which node it is on (the netns is looked for here)', { hint: 'pass --node-name or set NODE_NAME' });
+  const ref = parsePodRef(args.pod);
+  const kube = await connectKube(args.kubeconfig);
+  const pod = await getPod(kube, ref);
+  requireOnNode(pod, nodeName);
+  const id = `${ref.namespace}/${ref.name}`;
+  const { trail, config, reason } = decide(pod, args['exclude-namespaces']);
+  const [where, chosen, events] = await Promise.all([
+    locatePodNetns(pod, args['state-dir'], args['proc-root']),
+    chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] }),
+    meshCniEvents(kube, ref.namespace).catch(() => new Map<string, LastAction>()),
+  ]);
+  const base = {
+    pod: id,
+    uid: pod.metadata?.uid ?? null,
+    node: pod.spec?.nodeName ?? null,
+    trail,
+    meshed: config !== undefined,
+    reason,
+    backend: { name: chosen.backend.name, reason: chosen.reason },
+    netns: { path: where.netns ?? null, source: where.source ?? null, recorded: where.recorded ?? null, exists: where.netns !== undefined },
+    lastAction: lastActionFor(pod, events, where.record) ?? null,
+  };
+
+  if (!where.netns) {
+    // No netns to read: the plan alone, for the families the pod's IPs say it has.
+    const families: Family[] = (pod.status?.podIPs ?? []).some((ip) => ip.ip.includes(':')) ? ['ipv4', 'ipv6'] : ['ipv4'];
+    const plan = config ? buildPlan(config) : undefined;
+    const expected = plan ? families.flatMap((f) => chosen.backend.expected(f, plan[f].rules)).map(ruleJson) : [];
+    const problem = where.recorded
+      ? `network namespace ${where.recorded} (recorded by ADD) no longer exists: the pod sandbox is gone`
+      : pod.status?.podIP
+        ? `no network namespace found for the pod (nothing recorded under ${args['state-dir']}/attachments, no process of it in ${args['proc-root']})`
+        : 'the pod has no IP yet: its sandbox has not been networked';
+    return { ...base, families, expected, observed: null, diff: null, verdict: config ? 'unknown' : 'not-meshed', problem: config || where.recorded ? problem : null };
+  }
+
+  const compared = await compareRedirect({ netns: where.netns, config, backend: args.backend, hostNetns: args['host-netns'] });
+  const diff = compared.problems.map((text) => ({ kind: diffKind(text), text }));
+  const verdict = reason === 'invalid-config' ? 'unknown' : config ? (diff.length === 0 ? 'healthy' : 'broken') : diff.length === 0 ? 'not-meshed' : 'broken';
+  const problem =
+    reason === 'invalid-config'
+      ? 'the pod\'s annotations are invalid: every ADD for it fails'
+      : diff.length === 0
+        ? null
+        : config
+          ? `the rules in ${where.netns} differ from the plan (${diff.length} difference${diff.length === 1 ? '' : 's'})`
+          : `the pod is not meshed but ${where.netns} holds mesh-cni rules`;
+  return {
+    ...base,
+    families: compared.families,
+    expected: compared.expected.map(ruleJson),
+    observed: compared.observed.map(ruleJson),
+    diff,
+    verdict,
+    problem,
+  };
+}
+
+const OUTCOME_TONE: Record<ExplainStep['outcome'], Tone> = { pass: 'ok', skip: 'warn', meshed: 'ok', error: 'bad' };
+
+function rulesTable(rules: readonly RuleJson[], nft: boolean): string {
+  if (rules.length === 0) return '  (none)\n';
+  return table(rules.map((r) => [`  ${r.family}`, r.table, nft ? `${r.chain}: ${r.rule}${r.packets === undefined ? '' : `  # ${r.packets} packets`}` : `-A ${r.chain} ${r.rule}`]));
+}
+
+export function explanationText(e: Explanation, now = Date.now()): string {
+  const nft = e.backend.name === 'nftables';
+  let out = `${paint('bold', `pod ${e.pod}`)}  uid ${e.uid ?? '-'}  node ${e.node ?? '-'}\n`;
+  if (e.lastAction) out += `last action: ${e.lastAction.reason} ${ago(e.lastAction.at, now)}: ${e.lastAction.message}\n`;
+  out += `\n${paint('bold', 'decision')} (in the plugin's order)\n`;
+  out += table(e.trail.map((s) => [`  ${s.rule}`, { text: s.outcome, tone: OUTCOME_TONE[s.outcome] }, s.detail]));
+  out += `\n${paint('bold', 'expected rules')} (${e.backend.name}: ${e.backend.reason}; ${e.families.join(', ')})\n`;
+  out += e.meshed ? rulesTable(e.expected, nft) : `  none: the pod is not meshed (${e.reason})\n`;
+  out += `\n${paint('bold', 'rules in the netns')}`;
+  if (e.netns.path) out += ` ${e.netns.path} (found ${e.netns.source === 'attachment' ? 'from what ADD recorded' : 'from a process in the pod'})\n${rulesTable(e.observed ?? [], nft)}`;
+  else out += `\n  ${e.netns.recorded ? `${e.netns.recorded} (recorded by ADD) no longer exists` : 'no network namespace found'}\n`;
+  if (e.diff) {
+    out += `\n${paint('bold', 'diff')} (- expected but missing, + present but not expected)\n`;
+    if (e.diff.length === 0) out += `  ${paint('ok', 'none: the netns holds exactly the plan')}\n`;
+    for (const d of e.diff) out += `  ${d.kind === 'missing' ? paint('bad', `- ${d.text}`) : d.kind === 'unexpected' ? paint('warn', `+ ${d.text}`) : paint('warn', `~ ${d.text}`)}\n`;
+  }
+  const tone: Tone = e.verdict === 'healthy' ? 'ok' : e.verdict === 'not-meshed' && !e.problem ? 'dim' : 'bad';
+  out += `\nverdict: ${paint(tone, e.verdict)}${e.problem ? `: ${e.problem}` : ''}\n`;
+  if (e.verdict === 'broken' && e.meshed) out += `fix: mesh-cni apply --pod ${e.pod} (this pod), or mesh-cni repair (every broken pod on the node)\n`;
+  if (e.verdict === 'broken' && !e.meshed) out += `fix: mesh-cni remove --pod ${e.pod}\n`;
+  return out;
+}
+
+export async function handler(args: Args): Promise<void> {
+  await runCommand(args.output, async () => {
+    const e = await explain(args);
+    if (args.output === 'json') printJson(e);
+    else process.stdout.write(explanationText(e));
+    return e.problem ? EXIT.problem : EXIT.ok;
+  });
+}

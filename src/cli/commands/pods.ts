@@ -1,0 +1,112 @@
+/**
+ * `mesh-cni pods`: this node's pods as the reconciler sees them (it inspects, never acts): meshed or why not,
+ * whether the rules in each netns match the plan, the backend, and the last thing mesh-cni did to the pod.
+ */
+import type { Argv } from 'yargs';
+import { AttachmentStore } from '../../cni/attachments';
+import { MeshCniError } from '../../errors';
+import { chooseBackend, type BackendName } from '../../redirect/engine';
+import type { Finding } from '../../repair/reconciler';
+import { backendOption, excludeNamespacesOption, nodeOptions, procRootOption, type NodeArgs } from '../options';
+import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
+import { ago, connectKube, inspectNodePods, lastActionFor, meshCniEvents, recordsFor, type LastAction } from '../pod-context';
+
+export const command = 'pods';
+export const describe = "this node's pods: meshed or why not, rules as planned or not, backend, last action";
+
+export function builder(y: Argv) {
+  return y
+    .options({
+      namespace: { alias: 'n', type: 'string', describe: 'only this namespace' },
+      ...nodeOptions,
+      ...excludeNamespacesOption,
+      ...procRootOption,
+      ...backendOption,
+      ...outputOption,
+    })
+    .example('$0 pods', 'every pod on this node')
+    .example('$0 pods -n shop -o json', 'one namespace, as JSON');
+}
+
+type Args = NodeArgs & { namespace?: string; 'exclude-namespaces': string[]; 'proc-root': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
+
+export type RulesState = 'ok' | 'differ' | 'unknown' | 'n/a';
+
+export interface PodRow {
+  namespace: string;
+  name: string;
+  uid: string | null;
+  meshed: boolean;
+  verdict: Finding['verdict'];
+  reason: string;
+  rules: RulesState;
+  problems: string[];
+  netns: string | null;
+  backend: string | null;
+  lastAction: LastAction | null;
+}
+
+function rulesState(f: Finding): RulesState {
+  if (f.verdict === 'healthy') return 'ok';
+  if (f.verdict === 'broken') return f.problems?.length ? 'differ' : 'unknown';
+  if (f.verdict === 'unknown') return 'unknown';
+  return 'n/a';
+}
+
+export function textTable(rows: readonly PodRow[], now = Date.now()): string {
+  const cells: Cell[][] = rows.map((r) => [
+    `${r.namespace}/${r.name}`,
+    r.meshed ? { text: 'yes', tone: 'ok' } : { text: 'no', tone: 'dim' },
+    r.reason,
+    r.rules === 'ok' ? { text: 'ok', tone: 'ok' } : r.rules === 'differ' ? { text: `${r.problems.length} differ`, tone: 'bad' } : r.rules === 'unknown' ? { text: 'unknown', tone: 'warn' } : '-',
+    r.backend ?? '-',
+    r.lastAction ? `${r.lastAction.reason} ${ago(r.lastAction.at, now)}` : '-',
+  ]);
+  return table(cells, { headers: ['POD', 'MESHED', 'REASON', 'RULES', 'BACKEND', 'LAST ACTION'] });
+}
+
+export async function handler(args: Args): Promise<void> {
+  await runCommand(args.output, async () => {
+    const nodeName = args['node-name'];
+    if (!nodeName) throw new MeshCniError('pods needs to know which node it is on', { hint: 'pass --node-name or set NODE_NAME' });
+    const kube = await connectKube(args.kubeconfig);
+    const [inspected, events, chosen] = await Promise.all([
+      inspectNodePods(kube, {
+        nodeName,
+        namespace: args.namespace,
+        stateDir: args['state-dir'],
+        procRoot: args['proc-root'],
+        backend: args.backend,
+        excludeNamespaces: args['exclude-namespaces'],
+      }),
+      meshCniEvents(kube, args.namespace).catch(() => new Map<string, LastAction>()),
+      chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] }),
+    ]);
+    const store = new AttachmentStore(args['state-dir']);
+    const rows: PodRow[] = inspected.map(({ pod, finding: f }) => {
+      const record = recordsFor(store, pod)[0];
+      const meshed = f.verdict !== 'not-meshed' && f.verdict !== 'skipped';
+      return {
+        namespace: f.namespace,
+        name: f.name,
+        uid: f.uid ?? null,
+        meshed,
+        verdict: f.verdict,
+        reason: f.reason,
+        rules: rulesState(f),
+        problems: f.problems ?? [],
+        netns: f.netns ?? null,
+        // What ADD used when it programmed the pod; otherwise what would be used now.
+        backend: meshed ? (record?.backend ?? chosen.backend.name) : null,
+        lastAction: lastActionFor(pod, events, record) ?? null,
+      };
+    });
+    const broken = rows.filter((r) => r.verdict === 'broken').length;
+    if (args.output === 'json') printJson({ node: nodeName, namespace: args.namespace ?? null, backend: { name: chosen.backend.name, reason: chosen.reason }, pods: rows });
+    else {
+      process.stdout.write(rows.length === 0 ? `no pods on ${nodeName}${args.namespace ? ` in namespace ${args.namespace}` : ''}\n` : textTable(rows));
+      if (broken > 0) process.stdout.write(`\n${broken} broken: mesh-cni explain NAMESPACE/POD says why; mesh-cni repair fixes them\n`);
+    }
+    return broken > 0 ? EXIT.problem : EXIT.ok;
+  });
+}
