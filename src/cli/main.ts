@@ -47,5 +47,10 @@ export function cli(argv: string[]) {
 }
 
 if (require.main === module) {
+  // `mesh-cni plan | head` closes the pipe early: that is the reader's choice, not an error.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
   void cli(hideBin(process.argv)).parseAsync();
 }
