@@ -114,7 +114,7 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
     cniBinDir: args['cni-bin-dir'],
     cniConfDir: args['cni-conf-dir'],
     shimPath: path.join(REPO_ROOT, 'build', SHIM_NAME),
-    enginePath: path.join(REPO_ROOT, 'dist/src/cni/main.js'),
+    enginePath: path.join(REPO_ROOT, 'build/engine'),
     pluginConfig: pluginEntry({
       backend: args.backend,
       logLevel: args['log-level'],

@@ -6,6 +6,7 @@
 import { mkdir, realpath, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { exists, readIfExists, removeIfExists, sha256, writeFileAtomic, writeIfChanged, type WriteAction } from './atomic-file';
+import { ENGINE_DIR_NAME, engineInPlace, installEngineDir, treeDigest } from './engine-dir';
 import { convertConfText, hasOurEntry, insertIntoConflistText, isChainedLast, isOurs, PLUGIN_TYPE, removeFromConflistText } from './conflist';
 import { InstallerError } from './errors';
 import { buildKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
@@ -14,14 +15,17 @@ import { loadState, saveState, type ConfigRecord, type InstallState } from './st
 import type { ConfigOutcome, InstallOptions, InstallReport, InstallStatus } from './types';
 
 export const SHIM_NAME = 'mesh-cni';
-export const ENGINE_NAME = 'mesh-cni.js';
+export { ENGINE_DIR_NAME };
+/** Where installs before the engine directory put the engine (one file that could not run on its own). */
+export const LEGACY_ENGINE_NAME = 'mesh-cni.js';
 export const STANDALONE_CONF_NAME = '10-mesh-cni.conflist';
 const CONFIG_MODE = 0o644;
 
 export function installedPaths(o: Pick<InstallOptions, 'cniBinDir' | 'cniConfDir'>) {
   return {
     shim: join(o.cniBinDir, SHIM_NAME),
-    engine: join(o.cniBinDir, ENGINE_NAME),
+    engine: join(o.cniBinDir, ENGINE_DIR_NAME),
+    legacyEngine: join(o.cniBinDir, LEGACY_ENGINE_NAME),
     standaloneConf: join(o.cniConfDir, STANDALONE_CONF_NAME),
   };
 }
@@ -40,15 +44,13 @@ async function readSource(path: string, what: string): Promise<Buffer> {
   return bytes;
 }
 
+/** The engine first: a new shim must never run before the engine it looks for is there. */
 async function installBinaries(o: InstallOptions): Promise<InstallReport['binaries']> {
   const paths = installedPaths(o);
   await mkdir(o.cniBinDir, { recursive: true });
   const shim = await readSource(o.shimPath, 'shim');
-  const engine = await readSource(o.enginePath, 'engine');
-  return [
-    { path: paths.shim, action: await writeIfChanged(paths.shim, shim, 0o755) },
-    { path: paths.engine, action: await writeIfChanged(paths.engine, engine, 0o644) },
-  ];
+  const engine = { path: paths.engine, action: await installEngineDir(o.enginePath, o.cniBinDir) };
+  return [{ path: paths.shim, action: await writeIfChanged(paths.shim, shim, 0o755) }, engine];
 }
 
 async function modeOf(path: string, fallback: number): Promise<number> {
@@ -191,13 +193,10 @@ async function writeStandalone(o: InstallOptions, state: InstallState): Promise<
 export async function checkInstalled(o: InstallOptions): Promise<InstallStatus> {
   const paths = installedPaths(o);
   const binaries: InstallStatus['binaries'] = [];
-  for (const [dest, source] of [
-    [paths.shim, o.shimPath],
-    [paths.engine, o.enginePath],
-  ] as const) {
-    const [have, want] = await Promise.all([readIfExists(dest), readIfExists(source)]);
-    binaries.push({ path: dest, inPlace: have !== undefined && want !== undefined && have.equals(want) });
-  }
+  const [have, want] = await Promise.all([readIfExists(paths.shim), readIfExists(o.shimPath)]);
+  binaries.push({ path: paths.shim, inPlace: have !== undefined && want !== undefined && have.equals(want) });
+  const digest = await treeDigest(o.enginePath).catch(() => undefined);
+  binaries.push({ path: paths.engine, inPlace: digest !== undefined && (await engineInPlace(o.cniBinDir, digest)) });
   const primary = await findPrimaryConfig(o.cniConfDir);
   const entryInActiveConfig = primary !== undefined && primary.kind === 'conflist' && isChainedLast(primary.parsed);
   const kubeconfig = o.kubeconfig ? { path: o.kubeconfig.outPath, present: await exists(o.kubeconfig.outPath) } : undefined;
@@ -217,6 +216,12 @@ export async function install(o: InstallOptions): Promise<InstallReport> {
   const before = JSON.stringify(state);
   const binaries = await installBinaries(o);
   for (const b of binaries) if (!state.ownedFiles.includes(b.path)) state.ownedFiles.push(b.path);
+  // An earlier install's single-file engine: the shim would still find it if the directory went missing.
+  const legacy = installedPaths(o).legacyEngine;
+  if (state.ownedFiles.includes(legacy)) {
+    await removeIfExists(legacy);
+    state.ownedFiles = state.ownedFiles.filter((f) => f !== legacy);
+  }
 
   let kubeconfig: InstallReport['kubeconfig'];
   if (o.kubeconfig) {
