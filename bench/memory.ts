@@ -1,0 +1,2 @@
+import type { Summary } from './lib';
+export async function benchMemory(): Promise<Summary[]> { return []; }
