@@ -9,7 +9,7 @@ import { widestConfig } from '../config';
 import { effectiveChains, planFamily, type Plan, type Rule } from '../plan';
 import { renderRestore, toIptablesLines } from '../render/iptables';
 import { isOurs, parseSave, shapeKey, signature, targetOf, type SavedRule, type SavedState } from '../iptables-save';
-import type { Backend, ObservedRule } from './types';
+import type { ApplyOutcome, Backend, ObservedRule } from './types';
 
 export type IptablesFlavour = 'default' | 'nft' | 'legacy';
 
@@ -85,14 +85,23 @@ export class IptablesBackend implements Backend {
    * One transaction per family. A family with no rules (interceptionMode NONE, or a family the pod no
    * longer has) is cleared only when something of ours may be there: never on a fresh sandbox's ADD.
    */
-  async apply(netns: string, plan: Plan, families: readonly Family[]): Promise<void> {
+  async apply(netns: string, plan: Plan, families: readonly Family[]): Promise<ApplyOutcome> {
     let replaced = false;
+    let allCreated = true;
     for (const family of families) {
-      if (plan[family].rules.length === 0) replaced = (await this.removeFamily(netns, family)) > 0 || replaced;
-      else replaced = (await this.applyFamily(netns, family, plan[family].rules)) === 'replaced' || replaced;
+      if (plan[family].rules.length === 0) {
+        replaced = (await this.removeFamily(netns, family)) > 0 || replaced;
+        allCreated = false;
+      } else {
+        const how = await this.applyFamily(netns, family, plan[family].rules);
+        replaced = how === 'replaced' || replaced;
+        allCreated = allCreated && how === 'created';
+      }
     }
-    if (!replaced) return;
+    // Each fresh restore created our chains (its `-N` lines fail the whole transaction when one exists).
+    if (!replaced) return { provenByTransaction: allCreated };
     for (const family of FAMILIES.filter((f) => !families.includes(f))) await this.removeFamily(netns, family);
+    return { provenByTransaction: false };
   }
 
   async remove(netns: string): Promise<number> {
