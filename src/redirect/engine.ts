@@ -245,6 +245,11 @@ export async function removeRedirect(o: EngineOptions): Promise<{ removed: numbe
   return { removed: await removeAll(o.netns, (await chooseBackend(o)).backend) };
 }
 
+async function observeAll(backend: Backend, netns: string, families: readonly Family[]): Promise<ObservedRule[]> {
+  if (backend.observeFamilies) return backend.observeFamilies(netns, families);
+  return (await Promise.all(families.map((family) => backend.observe(netns, family)))).flat();
+}
+
 /** Our rules as the kernel holds them now. */
 export async function showRedirect(o: EngineOptions): Promise<{ backend: string; rules: ObservedRule[] }> {
   const { backend } = await chooseBackend(o);
@@ -259,9 +264,10 @@ export async function checkRedirect(o: EngineOptions & { config: RedirectConfig 
   const plan = buildPlan(o.config);
   const families = o.families ?? (await detectFamilies(o.netns));
   const problems: string[] = [];
+  const observed = await observeAll(backend, o.netns, FAMILIES);
   for (const family of FAMILIES) {
     const want = families.includes(family) ? backend.expected(family, plan[family].rules) : [];
-    problems.push(...diffRules(want, await backend.observe(o.netns, family)));
+    problems.push(...diffRules(want, observed.filter((r) => r.family === family)));
   }
   return { ok: problems.length === 0, problems };
 }

@@ -17,16 +17,23 @@ export interface RepairWiring {
   onAction?: RepairDeps['onAction'];
 }
 
-export async function repairDeps(w: RepairWiring): Promise<RepairDeps> {
+/** The netns side of the reconciler: find a pod's netns, check it, repair it (the benchmark uses it alone). */
+export async function netnsDeps(w: Pick<RepairWiring, 'attachments' | 'procRoot' | 'backend'>): Promise<Pick<RepairDeps, 'locateNetns' | 'check' | 'apply'>> {
   const engine = await import('../redirect/engine');
-  const actions = await podActions(w.kubeConfig, w.nodeName);
   return {
-    pods: w.pods,
     locateNetns: firstOf(fromAttachments(w.attachments), fromProcCgroups(w.procRoot)),
     check: (netns, config) => engine.checkRedirect({ netns, config, backend: w.backend }),
     apply: async (netns, config) => {
       await engine.applyRedirect({ netns, config, backend: w.backend });
     },
+  };
+}
+
+export async function repairDeps(w: RepairWiring): Promise<RepairDeps> {
+  const actions = await podActions(w.kubeConfig, w.nodeName);
+  return {
+    pods: w.pods,
+    ...(await netnsDeps(w)),
     label: actions.label,
     delete: actions.delete,
     event: actions.event,

@@ -212,6 +212,8 @@ export interface ConflistOptions {
   meshCni: Record<string, unknown>;
   subnet?: string;
   gateway?: string;
+  /** Leave our plugin out: the same chain without it (the CRI benchmark's baseline). */
+  withoutMeshCni?: boolean;
 }
 
 /** bridge (own name, gateway, no masquerade) + host-local + mesh-cni last, as the installer chains it. */
@@ -232,7 +234,7 @@ export function conflist(options: ConflistOptions): Record<string, unknown> {
           routes: [{ dst: '0.0.0.0/0' }],
         },
       },
-      { type: 'mesh-cni', ...options.meshCni },
+      ...(options.withoutMeshCni ? [] : [{ type: 'mesh-cni', ...options.meshCni }]),
     ],
   };
 }
@@ -297,6 +299,8 @@ export interface NodeOptions {
   /** Declare the pod-annotations capability so containerd passes the annotations (default true). */
   annotationsCapability?: boolean;
   cniVersion?: string;
+  /** Chain only bridge + host-local (the CRI benchmark's baseline). */
+  withoutMeshCni?: boolean;
   /** Extra environment for containerd, which passes its environment on to the CNI plugins. */
   env?: Record<string, string>;
 }
@@ -551,7 +555,7 @@ export async function startNode(options: NodeOptions = {}): Promise<CriNode> {
       ...(options.annotationsCapability === false ? {} : { capabilities: { 'io.kubernetes.cri.pod-annotations': true } }),
       ...options.meshCni,
     };
-    const list = conflist({ networkName, cniVersion: options.cniVersion, bridge, hostLocalDataDir: path.join(dir, 'ipam'), meshCni: pluginConf });
+    const list = conflist({ networkName, cniVersion: options.cniVersion, bridge, hostLocalDataDir: path.join(dir, 'ipam'), meshCni: pluginConf, withoutMeshCni: options.withoutMeshCni });
     fs.writeFileSync(path.join(confDir, '10-mesh-cni-test.conflist'), JSON.stringify(list, null, 2));
     const configFile = path.join(dir, 'containerd.toml');
     fs.writeFileSync(configFile, containerdConfig(dir, binDir, confDir, socket));

@@ -54,6 +54,8 @@ export interface PodOptions {
   /** Containers by name; `istio-proxy` gets runAsUser/runAsGroup 1337 as the injector writes it. */
   containers?: string[];
   initContainers?: string[];
+  /** Bind the pod to a node, as the scheduler would (a node-scoped watch then sees it). */
+  nodeName?: string;
 }
 
 export class Kube {
@@ -137,6 +139,7 @@ users:
       body: {
         metadata: { name: pod.name, annotations: pod.annotations, labels: pod.labels },
         spec: {
+          ...(pod.nodeName ? { nodeName: pod.nodeName } : {}),
           containers: (pod.containers ?? ['app']).map(container),
           ...(pod.initContainers ? { initContainers: pod.initContainers.map(container) } : {}),
         },

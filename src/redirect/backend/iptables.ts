@@ -48,14 +48,13 @@ export class IptablesBackend implements Backend {
     return result;
   }
 
+  /** One save of every table (one process, not one per table: the reconciler runs this for every pod). */
   private async save(netns: string, family: Family): Promise<SavedState> {
-    const states = await Promise.all(TABLES.map((t) => this.exec(netns, family, 'save', ['-t', t])));
-    const merged: SavedState = { chains: new Map(), rules: [] };
-    for (const s of states.map((r) => parseSave(r.stdout))) {
-      for (const [table, chains] of s.chains) merged.chains.set(table, chains);
-      merged.rules.push(...s.rules);
-    }
-    return merged;
+    const state = parseSave((await this.exec(netns, family, 'save', [])).stdout);
+    return {
+      chains: new Map([...state.chains].filter(([table]) => TABLES.includes(table))),
+      rules: state.rules.filter((r) => TABLES.includes(r.table)),
+    };
   }
 
   private ours(state: SavedState, family: Family): SavedRule[] {

@@ -61,7 +61,17 @@ export class NftablesBackend implements Backend {
   }
 
   async observe(netns: string, family: Family): Promise<ObservedRule[]> {
-    return (await this.list(netns))
+    return this.observeFamilies(netns, [family]);
+  }
+
+  /** One listing serves every family (our tables are inet). */
+  async observeFamilies(netns: string, families: readonly Family[]): Promise<ObservedRule[]> {
+    const listed = await this.list(netns);
+    return families.flatMap((family) => this.asObserved(listed, family));
+  }
+
+  private asObserved(listed: readonly ListedRule[], family: Family): ObservedRule[] {
+    return listed
       .filter((r) => familiesOf(r.text).includes(family))
       .map((r) => ({ family, table: TABLE_OF.get(r.table)!, chain: r.chain, text: r.text, signature: nftSignature(r.text), target: targetOf(r.text), packets: r.packets }));
   }

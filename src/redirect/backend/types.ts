@@ -37,6 +37,8 @@ export interface Backend {
   remove(netns: string): Promise<number>;
   /** Our rules for one family as the kernel holds them, per chain in order. */
   observe(netns: string, family: Family): Promise<ObservedRule[]>;
+  /** The same for several families, where the backend can read them in one go. */
+  observeFamilies?(netns: string, families: readonly Family[]): Promise<ObservedRule[]>;
   /** What `observe` should return once `rules` are applied. */
   expected(family: Family, rules: readonly Rule[]): ObservedRule[];
 }
