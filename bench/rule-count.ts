@@ -43,6 +43,5 @@ export async function benchRuleCount(): Promise<Summary[]> {
   const max = SIZES[SIZES.length - 1]!;
   return [
     { name: 'nft-rules-growth', value: count('nftables', max) / count('nftables', 1), unit: 'x', target: 1.0, atMost: true, note: `n=1: ${count('nftables', 1)} rules, n=${max}: ${count('nftables', max)}` },
-    { name: 'iptables-rules-growth', value: count('iptables', max) / count('iptables', 1), unit: 'x', target: Infinity, atMost: true, note: `n=1: ${count('iptables', 1)}, n=${max}: ${count('iptables', max)} (informational)` },
   ];
 }

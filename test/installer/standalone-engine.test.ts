@@ -58,7 +58,7 @@ for (const backend of ['iptables', 'nftables'] as const) {
         cwd: '/',
         input: JSON.stringify(netconf),
         encoding: 'utf8',
-        timeout: 30_000,
+        timeout: 60_000,
         // What containerd passes: PATH and the CNI_* variables, nothing of ours but the absent agent socket.
         env: {
           PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
@@ -86,7 +86,7 @@ for (const backend of ['iptables', 'nftables'] as const) {
     for (const heavy of HEAVY) t.false(modules.some((m) => m.includes(`/node_modules/${heavy}/`)), `${heavy} must not load`);
 
     const del = invoke('DEL');
-    t.is(del.status, 0, del.stdout);
+    t.is(del.status, 0, `${del.stdout}\n${del.stderr}`);
     const after = backend === 'nftables' ? inNetns(netns, 'nft', ['list', 'ruleset']) : inNetns(netns, 'iptables-save', []);
     t.notRegex(after, /15001/);
     await uninstall(options);
