@@ -27,6 +27,8 @@ COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist/src ./dist/src
 COPY --from=build /app/build/mesh-cni ./build/mesh-cni
+# the self-contained standalone engine (scripts/build-engine.js, run by npm run build), installed as mesh-cni.d
+COPY --from=build /app/build/engine ./build/engine
 # Root, deliberately, and nothing here can run as another user: the agent writes the host's CNI dirs
 # (/opt/cni/bin, /etc/cni/net.d, root's), owns the shim's socket (the shim only trusts a root peer), and
 # enters other pods' network namespaces and programs iptables/nftables there, which the DaemonSet allows

@@ -7,8 +7,9 @@
  * `node <engine>` with the same environment and stdin. It never parses the netconf or any pod data; the frame format is in src/cni/socket-protocol.ts.
  *
  * Socket: $MESH_CNI_AGENT_SOCKET, else /var/run/mesh-cni/agent.sock.
- * Engine: MESH_CNI_ENGINE_PATH fixed at build time, else <dir of this binary>/mesh-cni.js, else
- *         <dir of this binary>/../dist/src/cni/main.js (the build tree).
+ * Engine: MESH_CNI_ENGINE_PATH fixed at build time, else <dir of this binary>/mesh-cni.d/mesh-cni.js (the
+ *         self-contained engine the installer puts there), else <dir of this binary>/mesh-cni.js (older
+ *         installs), else <dir of this binary>/../dist/src/cni/main.js (the build tree).
  * Node:   MESH_CNI_NODE_PATH fixed at build time, else `node` on PATH.
  */
 #define _GNU_SOURCE
@@ -289,7 +290,7 @@ static int find_engine(char *out, size_t size) {
   char *slash = strrchr(exe, '/');
   if (!slash) return -1;
   *slash = '\0';
-  static const char *const relative[] = {"/mesh-cni.js", "/../dist/src/cni/main.js"};
+  static const char *const relative[] = {"/mesh-cni.d/mesh-cni.js", "/mesh-cni.js", "/../dist/src/cni/main.js"};
   for (size_t i = 0; i < sizeof relative / sizeof relative[0]; i++) {
     int w = snprintf(out, size, "%s%s", exe, relative[i]);
     if (w > 0 && (size_t)w < size && readable(out)) return 0;

@@ -5,12 +5,15 @@
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
 import * as path from 'node:path';
+import { treeDigest } from './installer/engine-dir';
 
 /** The package root, found from where the compiled file runs (dist/src/). */
 export const PACKAGE_ROOT = path.resolve(__dirname, '../..');
 export const BUNDLED_SHIM = path.join(PACKAGE_ROOT, 'build', 'mesh-cni');
-export const BUNDLED_ENGINE = path.join(PACKAGE_ROOT, 'dist/src/cni/main.js');
+/** The self-contained standalone engine directory (scripts/build-engine.js), installed as <cni-bin-dir>/mesh-cni.d. */
+export const BUNDLED_ENGINE = path.join(PACKAGE_ROOT, 'build', 'engine');
 
 export function packageVersion(): string {
   try {
@@ -20,10 +23,11 @@ export function packageVersion(): string {
   }
 }
 
-/** sha256 of a file, or undefined when it cannot be read. */
-export function fileSha256(file: string): string | undefined {
+/** sha256 of a file, or the tree digest of a directory (the engine); undefined when it cannot be read. */
+export async function artifactSha256(target: string): Promise<string | undefined> {
   try {
-    return createHash('sha256').update(readFileSync(file)).digest('hex');
+    if ((await stat(target)).isDirectory()) return await treeDigest(target);
+    return createHash('sha256').update(await readFile(target)).digest('hex');
   } catch {
     return undefined;
   }
@@ -35,6 +39,7 @@ export interface BuildInfo {
   engineSha256?: string;
 }
 
-export function buildInfo(shimPath = BUNDLED_SHIM, enginePath = BUNDLED_ENGINE): BuildInfo {
-  return { version: packageVersion(), shimSha256: fileSha256(shimPath), engineSha256: fileSha256(enginePath) };
+export async function buildInfo(shimPath = BUNDLED_SHIM, enginePath = BUNDLED_ENGINE): Promise<BuildInfo> {
+  const [shimSha256, engineSha256] = await Promise.all([artifactSha256(shimPath), artifactSha256(enginePath)]);
+  return { version: packageVersion(), shimSha256, engineSha256 };
 }

@@ -31,6 +31,8 @@ export interface AgentOptions {
   kubernetes: false | { nodeName: string; kubeconfigPath?: string };
   /** Refuse socket peers that are not root (SO_PEERCRED). */
   requireRootPeer?: boolean;
+  /** How long what `--backend auto` found on the host is reused (default a minute; 0: detect on every request). */
+  autoDetectionTtlMs?: number;
   /** Bound on one request; the shim's own timeout is longer. */
   requestTimeoutMs?: number;
   /** Where attachment records live (shared with the standalone plugin). */
@@ -147,7 +149,7 @@ function scheduleRepair(
 export async function startAgent(options: AgentOptions): Promise<Agent> {
   const log = options.log ?? defaultLog;
   const metrics = new AgentMetrics();
-  const build = buildInfo(options.install?.shimPath, options.install?.enginePath);
+  const build = await buildInfo(options.install?.shimPath, options.install?.enginePath);
   metrics.info.set(
     {
       version: build.version,
@@ -173,6 +175,9 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   }
   // Loaded now so the first ADD does not pay for it.
   const engine = await import('../redirect/engine');
+  // `auto` looks at the host's rules with five programs; once a minute is enough for a node's packet filter.
+  engine.rememberAutoDetection(options.autoDetectionTtlMs ?? 60_000);
+  void engine.chooseBackend({ backend: 'auto' }).catch(() => undefined);
   const attachments = new AttachmentStore(options.stateDir);
   // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
   const deps: CniDeps = { engine, podCache, onRequest: (line) => recordRequest(metrics, line) };

@@ -166,7 +166,6 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
     cniConfDir: args['cni-conf-dir'],
     shimPath: BUNDLED_SHIM,
     enginePath: BUNDLED_ENGINE,
-    bundleEngine: true,
     pluginConfig: pluginEntry({
       backend: args.backend,
       logLevel: args['log-level'],

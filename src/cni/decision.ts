@@ -2,7 +2,7 @@
  * Which pods are meshed, by Istio's rules. A pure function: PodInfo in, a decision out. Each skip has a
  * stable reason string that logs, metrics and tests can match on.
  */
-import { redirectConfigFromAnnotations, type ProxySettings, type RedirectConfig } from '../redirect/config';
+import type { ProxySettings, RedirectConfig } from '../redirect/config';
 
 export const SIDECAR_STATUS_ANNOTATION = 'sidecar.istio.io/status';
 export const INJECT_KEY = 'sidecar.istio.io/inject';
@@ -154,7 +154,9 @@ export function explainMeshing(pod: PodInfo, options: DecisionOptions, trail: De
     trail.push(result);
     if (result.outcome === 'skip') return { meshed: false, reason: result.rule as SkipReason };
   }
-  const build = options.buildConfig ?? redirectConfigFromAnnotations;
+  // The annotation parser (and ip-address, ~10 ms to load) only once a pod is found to be meshed.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const build = options.buildConfig ?? (require('../redirect/config') as typeof import('../redirect/config')).redirectConfigFromAnnotations;
   const config = build(pod.annotations, proxySettings(pod));
   if (config.mode === 'NONE') {
     trail.push({ rule: 'interception-mode-none', outcome: 'skip', detail: 'sidecar.istio.io/interceptionMode=NONE: the proxy captures nothing' });

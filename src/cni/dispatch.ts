@@ -77,7 +77,8 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine):
     return { stdout };
   }
   const engine = await loadEngine(deps);
-  const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend });
+  // A fresh sandbox's one transaction proves its result; the read-back would double the ADD's processes.
+  const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, verify: 'when-replacing' });
   Object.assign(line, { decision: 'meshed', backend: report.backend, rules: report.rules });
   const k8s = req.kubernetes;
   const note = attachmentsFor(req, deps).record({

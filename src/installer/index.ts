@@ -4,7 +4,7 @@
  * The agent calls watchAndRepair() at start and uninstall() on SIGTERM; the CLI calls uninstall({dryRun}) and
  * checkInstalled().
  */
-export { install, checkInstalled, installedPaths, SHIM_NAME, ENGINE_NAME, STANDALONE_CONF_NAME } from './install';
+export { install, checkInstalled, installedPaths, SHIM_NAME, ENGINE_DIR_NAME, LEGACY_ENGINE_NAME, STANDALONE_CONF_NAME } from './install';
 export { watchAndRepair } from './watch';
 export type { InstallEvent, InstallWatcher, WatchOptions, WatchTrigger } from './watch';
 export { uninstall } from './uninstall';

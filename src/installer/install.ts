@@ -6,23 +6,26 @@
 import { mkdir, realpath, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { exists, readIfExists, removeIfExists, sha256, writeFileAtomic, writeIfChanged, type WriteAction } from './atomic-file';
+import { ENGINE_DIR_NAME, engineInPlace, installEngineDir, treeDigest } from './engine-dir';
 import { convertConfText, hasOurEntry, insertIntoConflistText, isChainedLast, isOurs, PLUGIN_TYPE, removeFromConflistText } from './conflist';
 import { InstallerError } from './errors';
-import { bundleEngine } from './engine-bundle';
 import { buildKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
 import { findPrimaryConfig, invalidReason, scanConfDir } from './primary-config';
 import { loadState, saveState, type ConfigRecord, type InstallState } from './state';
 import type { ConfigOutcome, InstallOptions, InstallReport, InstallStatus } from './types';
 
 export const SHIM_NAME = 'mesh-cni';
-export const ENGINE_NAME = 'mesh-cni.js';
+export { ENGINE_DIR_NAME };
+/** Where installs before the engine directory put the engine (one file that could not run on its own). */
+export const LEGACY_ENGINE_NAME = 'mesh-cni.js';
 export const STANDALONE_CONF_NAME = '10-mesh-cni.conflist';
 const CONFIG_MODE = 0o644;
 
 export function installedPaths(o: Pick<InstallOptions, 'cniBinDir' | 'cniConfDir'>) {
   return {
     shim: join(o.cniBinDir, SHIM_NAME),
-    engine: join(o.cniBinDir, ENGINE_NAME),
+    engine: join(o.cniBinDir, ENGINE_DIR_NAME),
+    legacyEngine: join(o.cniBinDir, LEGACY_ENGINE_NAME),
     standaloneConf: join(o.cniConfDir, STANDALONE_CONF_NAME),
   };
 }
@@ -41,29 +44,13 @@ async function readSource(path: string, what: string): Promise<Buffer> {
   return bytes;
 }
 
-const bundles = new Map<string, Buffer>();
-
-/** The engine file as installed: the entry itself, or (bundleEngine) the one-file bundle made from it, once per process. */
-async function engineSource(o: InstallOptions): Promise<Buffer> {
-  if (!o.bundleEngine) return readSource(o.enginePath, 'engine');
-  let bundle = bundles.get(o.enginePath);
-  if (!bundle) {
-    await readSource(o.enginePath, 'engine');
-    bundle = Buffer.from(bundleEngine(o.enginePath));
-    bundles.set(o.enginePath, bundle);
-  }
-  return bundle;
-}
-
+/** The engine first: a new shim must never run before the engine it looks for is there. */
 async function installBinaries(o: InstallOptions): Promise<InstallReport['binaries']> {
   const paths = installedPaths(o);
   await mkdir(o.cniBinDir, { recursive: true });
   const shim = await readSource(o.shimPath, 'shim');
-  const engine = await engineSource(o);
-  return [
-    { path: paths.shim, action: await writeIfChanged(paths.shim, shim, 0o755) },
-    { path: paths.engine, action: await writeIfChanged(paths.engine, engine, 0o644) },
-  ];
+  const engine = { path: paths.engine, action: await installEngineDir(o.enginePath, o.cniBinDir) };
+  return [{ path: paths.shim, action: await writeIfChanged(paths.shim, shim, 0o755) }, engine];
 }
 
 async function modeOf(path: string, fallback: number): Promise<number> {
@@ -206,13 +193,10 @@ async function writeStandalone(o: InstallOptions, state: InstallState): Promise<
 export async function checkInstalled(o: InstallOptions): Promise<InstallStatus> {
   const paths = installedPaths(o);
   const binaries: InstallStatus['binaries'] = [];
-  for (const [dest, source] of [
-    [paths.shim, () => readIfExists(o.shimPath)],
-    [paths.engine, () => engineSource(o).catch(() => undefined)],
-  ] as const) {
-    const [have, want] = await Promise.all([readIfExists(dest), source()]);
-    binaries.push({ path: dest, inPlace: have !== undefined && want !== undefined && have.equals(want) });
-  }
+  const [have, want] = await Promise.all([readIfExists(paths.shim), readIfExists(o.shimPath)]);
+  binaries.push({ path: paths.shim, inPlace: have !== undefined && want !== undefined && have.equals(want) });
+  const digest = await treeDigest(o.enginePath).catch(() => undefined);
+  binaries.push({ path: paths.engine, inPlace: digest !== undefined && (await engineInPlace(o.cniBinDir, digest)) });
   const primary = await findPrimaryConfig(o.cniConfDir);
   const entryInActiveConfig = primary !== undefined && primary.kind === 'conflist' && isChainedLast(primary.parsed);
   const kubeconfig = o.kubeconfig ? { path: o.kubeconfig.outPath, present: await exists(o.kubeconfig.outPath) } : undefined;
@@ -232,6 +216,12 @@ export async function install(o: InstallOptions): Promise<InstallReport> {
   const before = JSON.stringify(state);
   const binaries = await installBinaries(o);
   for (const b of binaries) if (!state.ownedFiles.includes(b.path)) state.ownedFiles.push(b.path);
+  // An earlier install's single-file engine: the shim would still find it if the directory went missing.
+  const legacy = installedPaths(o).legacyEngine;
+  if (state.ownedFiles.includes(legacy)) {
+    await removeIfExists(legacy);
+    state.ownedFiles = state.ownedFiles.filter((f) => f !== legacy);
+  }
 
   let kubeconfig: InstallReport['kubeconfig'];
   if (o.kubeconfig) {

@@ -8,10 +8,9 @@ export interface InstallOptions {
   cniConfDir: string;
   /** the built native shim (build/mesh-cni), installed as <cniBinDir>/mesh-cni */
   shimPath: string;
-  /** the standalone engine file, installed as <cniBinDir>/mesh-cni.js (where the shim looks for it) */
+  /** the self-contained engine directory (build/engine, from scripts/build-engine.js), installed as
+   * <cniBinDir>/mesh-cni.d/ (where the shim looks for mesh-cni.d/mesh-cni.js) */
   enginePath: string;
-  /** install enginePath bundled with everything it requires into one file (the host has no node_modules) */
-  bundleEngine?: boolean;
   /** our conflist entry; its `type` must be 'mesh-cni'. Paths inside it are host paths, not /host/... */
   pluginConfig: Record<string, unknown>;
   /** write a kubeconfig for the plugin from the service account; omitted with --no-kubernetes */

@@ -4,10 +4,11 @@
  * entry. Then the files we own go. With dryRun the same plan is returned and nothing is written.
  */
 import { join } from 'node:path';
-import { rm, stat } from 'node:fs/promises';
+import { lstat, rm, stat } from 'node:fs/promises';
 import { exists, readIfExists, removeIfExists, sha256, writeFileAtomic } from './atomic-file';
 import { hasOurEntry, removeFromConflistText } from './conflist';
 import { installedPaths } from './install';
+import { engineVersions, removeEngineDir } from './engine-dir';
 import { kindOf, listConfFiles, invalidReason } from './primary-config';
 import { loadState, STATE_FILE, type ConfigRecord } from './state';
 import type { InstallOptions, UninstallAction, UninstallReport } from './types';
@@ -81,12 +82,22 @@ export async function planUninstall(o: InstallOptions): Promise<Step[]> {
   }
 
   const paths = installedPaths(o);
-  const files = new Set([...state.ownedFiles, paths.shim, paths.engine, ...(o.kubeconfig ? [o.kubeconfig.outPath] : [])]);
+  const files = new Set([...state.ownedFiles, paths.shim, paths.legacyEngine, ...(o.kubeconfig ? [o.kubeconfig.outPath] : [])]);
+  files.delete(paths.engine);
   if (o.standaloneConf) files.add(paths.standaloneConf);
   for (const path of files) {
     if (await exists(path)) {
       steps.push({ action: 'delete-file', path, detail: 'installed by mesh-cni', apply: async () => void (await removeIfExists(path)) });
     }
+  }
+  const versions = await engineVersions(o.cniBinDir);
+  if (versions.length > 0 || (await lstat(paths.engine).catch(() => undefined))) {
+    steps.push({
+      action: 'delete-file',
+      path: paths.engine,
+      detail: `installed by mesh-cni: the standalone engine directory (${versions.length} version${versions.length === 1 ? '' : 's'})`,
+      apply: () => removeEngineDir(o.cniBinDir),
+    });
   }
   return steps;
 }

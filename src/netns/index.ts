@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { CommandFailedError, MeshCniError, NetnsNotFoundError, NotANetnsError } from '../errors';
-import { errno, loadLibc, nativeAvailable } from './native';
+import { errno, loadLibc } from './native';
 
 const CLONE_NEWNET = 0x40000000;
 const NSFS_MAGIC = 0x6e736673;
@@ -116,14 +116,7 @@ export interface RunOptions {
  */
 export function run(netns: string | undefined, program: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   const start = () => spawn(program, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  let child;
-  if (netns === undefined) child = start();
-  else if (nativeAvailable()) child = withNetns(netns, start);
-  else {
-    // No setns binding (the bundled engine on a host): nsenter does the same for the one child.
-    fs.closeSync(openNetns(netns));
-    child = spawn('nsenter', [`--net=${netns}`, '--', program, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-  }
+  const child = netns === undefined ? start() : withNetns(netns, start);
   return new Promise((resolve, reject) => {
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];

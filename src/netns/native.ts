@@ -23,19 +23,6 @@ export function loadLibc(): Libc {
   return libc;
 }
 
-/**
- * Whether the native binding loads. The standalone engine the installer bundles onto the host carries no
- * native addon (src/installer/engine-bundle.ts): there `run` enters a netns through nsenter(1) instead.
- */
-export function nativeAvailable(): boolean {
-  try {
-    loadLibc();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** errno of the last failed call made through `loadLibc()`. */
 export function errno(): number {
   return errnoFn();

@@ -5,8 +5,9 @@
  * the result is read back and compared with the plan, and any failure removes everything of ours (every
  * family, links included) before the error is reported.
  */
+import * as fs from 'node:fs';
 import { MeshCniError, RuleMismatchError } from '../errors';
-import { isHostNetns, run } from '../netns';
+import { isHostNetns, run, withNetns } from '../netns';
 import { widestConfig, type RedirectConfig } from './config';
 import { FAMILIES, type Family } from './constants';
 import { buildPlan, type LinkSetup, type Plan } from './plan';
@@ -14,6 +15,16 @@ import { IptablesBackend } from './backend/iptables';
 import { NftablesBackend } from './backend/nftables';
 import type { Backend, ObservedRule } from './backend/types';
 import { detectBackend, type BackendChoice } from './detect';
+
+/**
+ * How an apply proves its result. `always` reads the rules back and compares them with the plan (the CLI, the
+ * reconciler's repair). `when-replacing` (a pod's ADD) skips the read-back when the backend says the one
+ * transaction it ran cannot have left anything but the plan: iptables' fresh-sandbox restore, whose `-N`
+ * lines fail the whole transaction if any chain of ours exists, and nft's script, which deletes and defines
+ * our tables in one transaction. The read-back is two to six more processes; on the ADD path it would be
+ * most of the cost.
+ */
+export type VerifyMode = 'always' | 'when-replacing' | 'never';
 
 export type BackendName = 'auto' | 'iptables' | 'iptables-nft' | 'iptables-legacy' | 'nftables';
 export const BACKEND_NAMES: readonly BackendName[] = ['auto', 'iptables', 'iptables-nft', 'iptables-legacy', 'nftables'];
@@ -53,18 +64,74 @@ export function backendFor(name: Exclude<BackendName, 'auto'>): Backend {
   }
 }
 
+interface CachedChoice {
+  choice: Promise<BackendChoice>;
+  at: number;
+  refreshing?: boolean;
+}
+
+/** `auto` detections kept by host netns, when a long-running process asked for it (rememberAutoDetection). */
+const detections = new Map<string, CachedChoice>();
+let detectionTtlMs = 0;
+
+/**
+ * Keeps what `auto` found for `ttlMs` instead of running its five programs on every call. The agent asks
+ * for this: the host's packet filter changes rarely, and a pod's ADD should not pay for looking. After the
+ * TTL the last answer is still used while a new detection runs in the background. 0 turns it off.
+ */
+export function rememberAutoDetection(ttlMs: number): void {
+  detectionTtlMs = ttlMs;
+  detections.clear();
+}
+
+function detectCached(hostNetns: string | undefined): Promise<BackendChoice> {
+  if (detectionTtlMs <= 0) return detectBackend(hostNetns);
+  const key = hostNetns ?? '';
+  const cached = detections.get(key);
+  const fresh = () => {
+    const entry: CachedChoice = { choice: detectBackend(hostNetns), at: Date.now() };
+    // A failed detection is not remembered.
+    entry.choice.catch(() => detections.delete(key));
+    return entry;
+  };
+  if (!cached) {
+    const entry = fresh();
+    detections.set(key, entry);
+    return entry.choice;
+  }
+  if (Date.now() - cached.at > detectionTtlMs && !cached.refreshing) {
+    cached.refreshing = true;
+    const next = fresh();
+    next.choice.then(() => detections.set(key, next), () => (cached.refreshing = false));
+  }
+  return cached.choice;
+}
+
 /** The backend to use and why: the named one, or for `auto` what the host already uses. */
 export async function chooseBackend(o: Pick<EngineOptions, 'backend' | 'hostNetns'>): Promise<{ backend: Backend; reason: string }> {
   const name = o.backend ?? 'auto';
   if (name !== 'auto') return { backend: backendFor(name), reason: 'named with --backend' };
-  const choice: BackendChoice = await detectBackend(o.hostNetns);
+  const choice: BackendChoice = await detectCached(o.hostNetns);
   return { backend: backendFor(choice.backend), reason: `auto: ${choice.reason}` };
 }
 
-/** IPv4 always; IPv6 when the namespace has a global IPv6 address (a dual-stack or IPv6 pod). */
+const IF_INET6_SCOPE_GLOBAL = '00';
+
+/**
+ * IPv4 always; IPv6 when the namespace has a global IPv6 address (a dual-stack or IPv6 pod). Read from the
+ * kernel's address table as seen from inside the netns (no `ip` process); no file means IPv6 is disabled.
+ */
 export async function detectFamilies(netns: string): Promise<Family[]> {
-  const r = await run(netns, 'ip', ['-6', '-o', 'addr', 'show', 'scope', 'global'], { packageHint: 'iproute2' });
-  return r.code === 0 && r.stdout.trim() !== '' ? ['ipv4', 'ipv6'] : ['ipv4'];
+  const table = withNetns(netns, () => {
+    try {
+      return fs.readFileSync('/proc/thread-self/net/if_inet6', 'utf8');
+    } catch {
+      return '';
+    }
+  });
+  // Columns: address, ifindex, prefix length, scope, flags, name.
+  const global = table.split('\n').some((line) => line.trim().split(/\s+/)[3] === IF_INET6_SCOPE_GLOBAL);
+  return global ? ['ipv4', 'ipv6'] : ['ipv4'];
 }
 
 function guardHost(o: EngineOptions): void {
@@ -133,18 +200,20 @@ export function diffRules(expected: readonly ObservedRule[], observed: readonly 
 }
 
 /** Applies a plan (the lower-level entry; `applyRedirect` builds the plan from a config). */
-export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: boolean }): Promise<ApplyReport> {
+export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: boolean | VerifyMode }): Promise<ApplyReport> {
   const started = process.hrtime.bigint();
   guardHost(o);
   const { backend, reason } = await chooseBackend(o);
   const families = o.families ?? (await detectFamilies(o.netns));
   let rules = 0;
   try {
-    await backend.apply(o.netns, o.plan, families);
+    const outcome = await backend.apply(o.netns, o.plan, families);
+    const mode: VerifyMode = o.verify === false ? 'never' : o.verify === true || o.verify === undefined ? 'always' : o.verify;
+    const readBack = mode === 'always' || (mode === 'when-replacing' && !outcome.provenByTransaction);
     for (const family of families) {
       const fp = o.plan[family];
       await setLinks(o.netns, fp.links);
-      if (o.verify !== false) {
+      if (readBack) {
         const problems = diffRules(backend.expected(family, fp.rules), await backend.observe(o.netns, family));
         if (problems.length > 0) {
           throw new RuleMismatchError(`the ${family} rules read back from ${o.netns} differ from the plan`, problems.join('\n'));
@@ -159,7 +228,7 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: boolea
   return { backend: backend.name, backendReason: reason, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6 };
 }
 
-export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; verify?: boolean }): Promise<ApplyReport> {
+export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; verify?: boolean | VerifyMode }): Promise<ApplyReport> {
   return applyPlan({ ...o, plan: buildPlan(o.config) });
 }
 
@@ -174,6 +243,11 @@ async function removeAll(netns: string, backend: Backend): Promise<number> {
 export async function removeRedirect(o: EngineOptions): Promise<{ removed: number }> {
   guardHost(o);
   return { removed: await removeAll(o.netns, (await chooseBackend(o)).backend) };
+}
+
+async function observeAll(backend: Backend, netns: string, families: readonly Family[]): Promise<ObservedRule[]> {
+  if (backend.observeFamilies) return backend.observeFamilies(netns, families);
+  return (await Promise.all(families.map((family) => backend.observe(netns, family)))).flat();
 }
 
 /** Our rules as the kernel holds them now. */
@@ -204,14 +278,12 @@ export async function compareRedirect(o: EngineOptions & { config: RedirectConfi
   const plan = o.config ? buildPlan(o.config) : undefined;
   const families = o.families ?? (await detectFamilies(o.netns));
   const expected: ObservedRule[] = [];
-  const observed: ObservedRule[] = [];
   const problems: string[] = [];
+  const observed = await observeAll(backend, o.netns, FAMILIES);
   for (const family of FAMILIES) {
     const want = plan && families.includes(family) ? backend.expected(family, plan[family].rules) : [];
-    const have = await backend.observe(o.netns, family);
     expected.push(...want);
-    observed.push(...have);
-    problems.push(...diffRules(want, have));
+    problems.push(...diffRules(want, observed.filter((r) => r.family === family)));
   }
   return { backend: backend.name, families, expected, observed, problems };
 }

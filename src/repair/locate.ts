@@ -19,11 +19,30 @@ function exists(path: string): boolean {
   }
 }
 
+/**
+ * Reads the records again only when the directory changed (every record and forget renames or removes a
+ * file in it): a pass over 500 pods otherwise reads 500 files for each of them.
+ */
+function cachedList(store: AttachmentStore): () => ReturnType<AttachmentStore['list']> {
+  let seen: { mtimeMs: number; records: ReturnType<AttachmentStore['list']> } | undefined;
+  return () => {
+    let mtimeMs: number;
+    try {
+      mtimeMs = fs.statSync(store.dir).mtimeMs;
+    } catch {
+      return [];
+    }
+    if (!seen || seen.mtimeMs !== mtimeMs) seen = { mtimeMs, records: store.list() };
+    return seen.records;
+  };
+}
+
 export function fromAttachments(store: AttachmentStore): NetnsLocator {
+  const list = cachedList(store);
   return async (pod) => {
     const uid = pod.metadata?.uid;
     const { name, namespace } = pod.metadata ?? {};
-    const records = store.list().filter((r) => (uid && r.pod?.uid ? r.pod.uid === uid : r.pod?.name === name && r.pod?.namespace === namespace));
+    const records = list().filter((r) => (uid && r.pod?.uid ? r.pod.uid === uid : r.pod?.name === name && r.pod?.namespace === namespace));
     // The newest sandbox of the pod is the live one.
     records.sort((a, b) => b.programmedAt.localeCompare(a.programmedAt));
     return records.map((r) => r.netns).find(exists);

@@ -63,6 +63,8 @@ export interface ReconcilerOptions {
   ratePerSecond?: number;
   burst?: number;
   dryRun?: boolean;
+  /** Pods checked at once in a pass (default 4). */
+  concurrency?: number;
 }
 
 function istioValidationFailed(pod: V1Pod): boolean {
@@ -168,8 +170,17 @@ export class Reconciler {
   pass(): Promise<Finding[]> {
     if (!this.running) {
       this.running = (async () => {
-        const findings: Finding[] = [];
-        for (const pod of this.deps.pods()) findings.push(await this.reconcile(pod));
+        // A few pods at a time: each check waits on a program (iptables-save, nft) far more than on us.
+        const pods = this.deps.pods();
+        const findings: Finding[] = new Array(pods.length);
+        let next = 0;
+        const worker = async () => {
+          while (next < pods.length) {
+            const i = next++;
+            findings[i] = await this.reconcile(pods[i]!);
+          }
+        };
+        await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? 4, pods.length) }, worker));
         return findings;
       })().finally(() => {
         this.running = undefined;

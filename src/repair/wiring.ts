@@ -23,22 +23,30 @@ export interface RepairWiring {
 }
 
 /**
- * Where a pod's netns is found, cheapest and surest first: what our ADD recorded; the runtime over CRI (pods
- * whose ADD we never saw: no record); a /proc scan by pod cgroup (no CRI socket, or a runtime that does not
- * report the netns path).
+ * The netns side of the reconciler: where a pod's netns is, cheapest and surest first (what our ADD recorded;
+ * the runtime over CRI, for pods whose ADD we never saw; a /proc scan by pod cgroup), how to check it and
+ * repair it. The benchmark uses it alone.
  */
-export async function repairDeps(w: RepairWiring): Promise<RepairDeps & { close(): void }> {
+export async function netnsDeps(
+  w: Pick<RepairWiring, 'attachments' | 'procRoot' | 'backend' | 'criSocket' | 'onLocatorError'>,
+): Promise<Pick<RepairDeps, 'locateNetns' | 'check' | 'apply'> & { close(): void }> {
   const engine = await import('../redirect/engine');
-  const actions = await podActions(w.kubeConfig, w.nodeName);
   const cri = w.criSocket ? fromCri(w.criSocket, w.onLocatorError) : undefined;
   return {
     close: () => cri?.close(),
-    pods: w.pods,
     locateNetns: firstOf(fromAttachments(w.attachments), ...(cri ? [cri] : []), fromProcCgroups(w.procRoot)),
     check: (netns, config) => engine.checkRedirect({ netns, config, backend: w.backend }),
     apply: async (netns, config) => {
       await engine.applyRedirect({ netns, config, backend: w.backend });
     },
+  };
+}
+
+export async function repairDeps(w: RepairWiring): Promise<RepairDeps & { close(): void }> {
+  const actions = await podActions(w.kubeConfig, w.nodeName);
+  return {
+    pods: w.pods,
+    ...(await netnsDeps(w)),
     label: actions.label,
     delete: actions.delete,
     event: actions.event,

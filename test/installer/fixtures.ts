@@ -102,7 +102,9 @@ export function makeNode(files: Record<string, string> = {}, extra: Partial<Inst
   const sa = join(root, 'sa');
   for (const dir of [confDir, binDir, src, sa]) mkdirSync(dir, { recursive: true });
   writeFileSync(join(src, 'mesh-cni'), '#!/bin/sh\necho shim v1\n', { mode: 0o755 });
-  writeFileSync(join(src, 'main.js'), '// engine v1\n');
+  mkdirSync(join(src, 'engine', 'src'), { recursive: true });
+  writeFileSync(join(src, 'engine', 'mesh-cni.js'), "require('./src/main.js');\n");
+  writeFileSync(join(src, 'engine', 'src', 'main.js'), '// engine v1\n');
   writeFileSync(join(sa, 'token'), 'eyJhbGciOiJSUzI1NiJ9.first-token.sig\n');
   writeFileSync(join(sa, 'ca.crt'), '-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n');
   for (const [name, text] of Object.entries(files)) writeFileSync(join(confDir, name), text, { mode: 0o644 });
@@ -111,7 +113,7 @@ export function makeNode(files: Record<string, string> = {}, extra: Partial<Inst
     cniBinDir: binDir,
     cniConfDir: confDir,
     shimPath: join(src, 'mesh-cni'),
-    enginePath: join(src, 'main.js'),
+    enginePath: join(src, 'engine'),
     pluginConfig: pluginEntry({ kubeconfig: '/etc/cni/net.d/mesh-cni-kubeconfig', logLevel: 'info', backend: 'auto' }),
     kubeconfig: { tokenPath: join(sa, 'token'), caPath: join(sa, 'ca.crt'), host: '10.96.0.1', port: '443', outPath: kubeconfigPath },
     stateDir: join(root, 'var/run/mesh-cni'),

@@ -2,9 +2,9 @@
  * One install pass and uninstall, on temp dirs holding real-world primary configs.
  */
 import test, { type ExecutionContext } from 'ava';
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync, rmSync, chmodSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync, rmSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
-import { findPrimaryConfig, install, uninstall, PLUGIN_TYPE, STATE_FILE_FOR_TESTS } from './helpers';
+import { checkInstalled, findPrimaryConfig, install, uninstall, PLUGIN_TYPE, STATE_FILE_FOR_TESTS } from './helpers';
 import { parseKubeconfig } from '../../src/cni/kubeconfig';
 import { BRIDGE_CONF, CALICO_CONFLIST, FLANNEL_CONFLIST, INVALID_FIRST, makeNode, REAL_WORLD, type Node } from './fixtures';
 
@@ -25,6 +25,7 @@ function snapshot(root: string): Record<string, string> {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       const p = join(dir, e.name);
       if (e.isDirectory()) walk(p);
+      else if (e.isSymbolicLink()) out[p] = `-> ${readlinkSync(p)}`;
       else {
         const st = statSync(p);
         out[p] = `${readFileSync(p).toString('base64')} ${st.mode} ${st.ino} ${st.mtimeMs}`;
@@ -155,8 +156,8 @@ test('dry run changes nothing and lists what it would do', async (t) => {
     ['restore-conf', 'host/etc/cni/net.d/10-bridge.conf'],
     ['delete-file', 'host/etc/cni/net.d/10-bridge.conflist'],
     ['delete-file', 'host/opt/cni/bin/mesh-cni'],
-    ['delete-file', 'host/opt/cni/bin/mesh-cni.js'],
     ['delete-file', 'host/etc/cni/net.d/mesh-cni-kubeconfig'],
+    ['delete-file', 'host/opt/cni/bin/mesh-cni.d'],
   ]);
   for (const a of report.actions) t.true(a.detail.length > 0);
   // The real run does what the dry run said.
@@ -228,23 +229,53 @@ test('binaries are copied only when their content changed (inode and mtime kept 
   const first = await install(n.options);
   t.deepEqual(first.binaries.map((b) => b.action), ['written', 'written']);
   const shim = join(n.binDir, 'mesh-cni');
-  const engine = join(n.binDir, 'mesh-cni.js');
+  const engineLink = join(n.binDir, 'mesh-cni.d');
+  const engine = join(engineLink, 'src', 'main.js');
   t.is(statSync(shim).mode & 0o777, 0o755);
   t.is(statSync(engine).mode & 0o777, 0o644);
+  t.is(readFileSync(join(engineLink, 'mesh-cni.js'), 'utf8'), "require('./src/main.js');\n");
   const before = [statSync(shim), statSync(engine)].map((s) => [s.ino, s.mtimeMs]);
+  const firstVersion = readlinkSync(engineLink);
   await new Promise((r) => setTimeout(r, 20));
   const second = await install(n.options);
   t.deepEqual(second.binaries.map((b) => b.action), ['unchanged', 'unchanged']);
   t.false(second.changed);
+  t.true(second.status.ready);
   t.deepEqual([statSync(shim), statSync(engine)].map((s) => [s.ino, s.mtimeMs]), before);
 
-  writeFileSync(n.options.enginePath, '// engine v2\n');
+  writeFileSync(join(n.options.enginePath, 'src', 'main.js'), '// engine v2\n');
   const third = await install(n.options);
   t.deepEqual(third.binaries.map((b) => b.action), ['unchanged', 'written']);
   t.is(readFileSync(engine, 'utf8'), '// engine v2\n');
-  t.not(statSync(engine).ino, before[1]![0], 'replaced by rename, never written in place');
+  t.not(readlinkSync(engineLink), firstVersion, 'a new version directory, swapped in by renaming the link');
+  t.true(existsSync(join(n.binDir, firstVersion)), 'the previous version stays for engines that started from it');
   t.is(statSync(shim).ino, before[0]![0]);
-  t.false(readdirSync(n.binDir).some((f) => f.includes('tmp')), 'no temp files left');
+  t.false(readdirSync(n.binDir).some((f) => f.includes('tmp') || f.includes('.link-')), 'no temp files left');
+
+  writeFileSync(join(n.options.enginePath, 'src', 'main.js'), '// engine v3\n');
+  await install(n.options);
+  t.false(existsSync(join(n.binDir, firstVersion)), 'only the current and the previous version are kept');
+  t.is(readdirSync(n.binDir).filter((f) => f.startsWith('.mesh-cni.d-')).length, 2);
+
+  // Changed by hand on the node: put back.
+  writeFileSync(engine, '// tampered\n');
+  t.false((await checkInstalled(n.options)).binaries[1]!.inPlace);
+  t.deepEqual((await install(n.options)).binaries.map((b) => b.action), ['unchanged', 'written']);
+  t.is(readFileSync(engine, 'utf8'), '// engine v3\n');
+
+  await uninstall(n.options);
+  t.deepEqual(readdirSync(n.binDir), [], 'uninstall removes the link and every version');
+});
+
+test('an engine file from an earlier install is replaced by the engine directory', async (t) => {
+  const n = node(t, { '10-calico.conflist': CALICO_CONFLIST });
+  const legacy = join(n.binDir, 'mesh-cni.js');
+  writeFileSync(legacy, '// old single-file engine\n');
+  mkdirSync(n.options.stateDir, { recursive: true });
+  writeFileSync(join(n.options.stateDir, 'install-state.json'), JSON.stringify({ version: 1, configs: [], ownedFiles: [legacy] }));
+  await install(n.options);
+  t.false(existsSync(legacy));
+  t.true(existsSync(join(n.binDir, 'mesh-cni.d', 'mesh-cni.js')));
 });
 
 test('no primary config yet: binaries installed, config waiting, not ready', async (t) => {

@@ -4,7 +4,7 @@
  * the pods. Every part that can be answered without the agent or the API is, and the rest says why not.
  */
 import type { Argv } from 'yargs';
-import { BUNDLED_ENGINE, BUNDLED_SHIM, buildInfo, fileSha256, packageVersion } from '../../build-info';
+import { BUNDLED_ENGINE, BUNDLED_SHIM, artifactSha256, buildInfo, packageVersion } from '../../build-info';
 import { callCniSocket } from '../../cni/socket-protocol';
 import { checkInstalled, installedPaths, pluginEntry, scanConfDir } from '../../installer';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
@@ -157,11 +157,12 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
   ]);
   const probe = args['health-port'] !== undefined ? await probeHealth(args['health-host'], args['health-port']) : undefined;
   const info = probe?.info;
-  const cli = buildInfo();
+  const cli = await buildInfo();
   const paths = installedPaths(install);
 
+  const installedShas = { shim: (await artifactSha256(paths.shim)) ?? null, engine: (await artifactSha256(paths.engine)) ?? null };
   const binaries: StatusReport['binaries'] = (['shim', 'engine'] as const).map((name) => {
-    const installedSha = fileSha256(name === 'shim' ? paths.shim : paths.engine) ?? null;
+    const installedSha = installedShas[name];
     const cliSha = (name === 'shim' ? cli.shimSha256 : cli.engineSha256) ?? null;
     const agentSha = info ? (name === 'shim' ? info.shimSha256 : info.engineSha256) || null : null;
     return {

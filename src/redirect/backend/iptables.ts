@@ -9,7 +9,7 @@ import { widestConfig } from '../config';
 import { effectiveChains, planFamily, type Plan, type Rule } from '../plan';
 import { renderRestore, toIptablesLines } from '../render/iptables';
 import { isOurs, parseSave, shapeKey, signature, targetOf, type SavedRule, type SavedState } from '../iptables-save';
-import type { Backend, ObservedRule } from './types';
+import type { ApplyOutcome, Backend, ObservedRule } from './types';
 
 export type IptablesFlavour = 'default' | 'nft' | 'legacy';
 
@@ -48,14 +48,13 @@ export class IptablesBackend implements Backend {
     return result;
   }
 
+  /** One save of every table (one process, not one per table: the reconciler runs this for every pod). */
   private async save(netns: string, family: Family): Promise<SavedState> {
-    const states = await Promise.all(TABLES.map((t) => this.exec(netns, family, 'save', ['-t', t])));
-    const merged: SavedState = { chains: new Map(), rules: [] };
-    for (const s of states.map((r) => parseSave(r.stdout))) {
-      for (const [table, chains] of s.chains) merged.chains.set(table, chains);
-      merged.rules.push(...s.rules);
-    }
-    return merged;
+    const state = parseSave((await this.exec(netns, family, 'save', [])).stdout);
+    return {
+      chains: new Map([...state.chains].filter(([table]) => TABLES.includes(table))),
+      rules: state.rules.filter((r) => TABLES.includes(r.table)),
+    };
   }
 
   private ours(state: SavedState, family: Family): SavedRule[] {
@@ -85,14 +84,23 @@ export class IptablesBackend implements Backend {
    * One transaction per family. A family with no rules (interceptionMode NONE, or a family the pod no
    * longer has) is cleared only when something of ours may be there: never on a fresh sandbox's ADD.
    */
-  async apply(netns: string, plan: Plan, families: readonly Family[]): Promise<void> {
+  async apply(netns: string, plan: Plan, families: readonly Family[]): Promise<ApplyOutcome> {
     let replaced = false;
+    let allCreated = true;
     for (const family of families) {
-      if (plan[family].rules.length === 0) replaced = (await this.removeFamily(netns, family)) > 0 || replaced;
-      else replaced = (await this.applyFamily(netns, family, plan[family].rules)) === 'replaced' || replaced;
+      if (plan[family].rules.length === 0) {
+        replaced = (await this.removeFamily(netns, family)) > 0 || replaced;
+        allCreated = false;
+      } else {
+        const how = await this.applyFamily(netns, family, plan[family].rules);
+        replaced = how === 'replaced' || replaced;
+        allCreated = allCreated && how === 'created';
+      }
     }
-    if (!replaced) return;
+    // Each fresh restore created our chains (its `-N` lines fail the whole transaction when one exists).
+    if (!replaced) return { provenByTransaction: allCreated };
     for (const family of FAMILIES.filter((f) => !families.includes(f))) await this.removeFamily(netns, family);
+    return { provenByTransaction: false };
   }
 
   async remove(netns: string): Promise<number> {

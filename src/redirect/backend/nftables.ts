@@ -10,7 +10,7 @@ import { NFT_TABLES, NFT_TABLE_NAMES, nftChainName, type Family, type Table } fr
 import { effectiveChains, type Plan, type Rule } from '../plan';
 import { nftDeleteTables, renderNftScript, ruleBodies } from '../render/nftables';
 import { familiesOf, nftSignature, parseNftList, type ListedRule } from '../nft-list';
-import type { Backend, ObservedRule } from './types';
+import type { ApplyOutcome, Backend, ObservedRule } from './types';
 
 /**
  * The system's nft, by absolute path when it is in a system directory: npm puts node_modules/.bin first in
@@ -48,8 +48,10 @@ export class NftablesBackend implements Backend {
   }
 
   /** One transaction for every family: the script deletes our tables and defines what the plan needs. */
-  async apply(netns: string, plan: Plan, families: readonly Family[]): Promise<void> {
+  async apply(netns: string, plan: Plan, families: readonly Family[]): Promise<ApplyOutcome> {
     await this.exec(netns, ['-f', '-'], renderNftScript(plan, families));
+    // One transaction deleted every table of ours and defined the plan's: nothing else of ours can remain.
+    return { provenByTransaction: true };
   }
 
   async remove(netns: string): Promise<number> {
@@ -59,7 +61,17 @@ export class NftablesBackend implements Backend {
   }
 
   async observe(netns: string, family: Family): Promise<ObservedRule[]> {
-    return (await this.list(netns))
+    return this.observeFamilies(netns, [family]);
+  }
+
+  /** One listing serves every family (our tables are inet). */
+  async observeFamilies(netns: string, families: readonly Family[]): Promise<ObservedRule[]> {
+    const listed = await this.list(netns);
+    return families.flatMap((family) => this.asObserved(listed, family));
+  }
+
+  private asObserved(listed: readonly ListedRule[], family: Family): ObservedRule[] {
+    return listed
       .filter((r) => familiesOf(r.text).includes(family))
       .map((r) => ({ family, table: TABLE_OF.get(r.table)!, chain: r.chain, text: r.text, signature: nftSignature(r.text), target: targetOf(r.text), packets: r.packets }));
   }

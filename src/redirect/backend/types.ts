@@ -19,14 +19,26 @@ export interface ObservedRule {
  * A way of programming rules into a netns. One plan feeds every backend; each programs every family the
  * pod has and removes whatever of ours an earlier apply left, including a family no longer asked for.
  */
+/** What an apply can say about its own result. */
+export interface ApplyOutcome {
+  /**
+   * The rules now in the netns are exactly the plan's, by construction of the one transaction that ran
+   * (it could only succeed whole, into a netns holding nothing of ours, or it replaced all of ours at once).
+   * When false, only reading the rules back shows what the netns holds.
+   */
+  provenByTransaction: boolean;
+}
+
 export interface Backend {
   readonly name: string;
   /** Programs the plan's rules for `families`, replacing whatever of ours was there. */
-  apply(netns: string, plan: Plan, families: readonly Family[]): Promise<void>;
+  apply(netns: string, plan: Plan, families: readonly Family[]): Promise<ApplyOutcome>;
   /** Removes every rule and chain of ours, every family; returns how many rules were removed. */
   remove(netns: string): Promise<number>;
   /** Our rules for one family as the kernel holds them, per chain in order. */
   observe(netns: string, family: Family): Promise<ObservedRule[]>;
+  /** The same for several families, where the backend can read them in one go. */
+  observeFamilies?(netns: string, families: readonly Family[]): Promise<ObservedRule[]>;
   /** What `observe` should return once `rules` are applied. */
   expected(family: Family, rules: readonly Rule[]): ObservedRule[];
 }

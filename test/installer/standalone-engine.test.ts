@@ -1,0 +1,94 @@
+/**
+ * The installed plugin works on its own: `install` puts the shim and build/engine into a temp CNI bin dir,
+ * and the shim executed from there -- no agent, cwd elsewhere, a runtime's minimal environment -- programs a
+ * real test netns through <bin>/mesh-cni.d. A probe preloaded into node records every module the engine
+ * loaded: all from the installed directory, none of the heavy packages, nothing from the checkout.
+ */
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { install, pluginEntry, uninstall } from '../../src/installer';
+import { createNetns, inNetns, netnsPath } from '../support/netns';
+import { REPO_ROOT } from '../support/paths';
+import { requireKernelTools, requireNft } from '../support/require';
+import { testTempDir } from '../support/tmp';
+import { INJECTED, POD_ARGS } from '../cni/helpers';
+
+const ENGINE = join(REPO_ROOT, 'build', 'engine');
+const HEAVY = ['@kubernetes/client-node', 'prom-client', 'yargs'];
+
+test.before(() => {
+  if (!existsSync(join(ENGINE, 'mesh-cni.js'))) throw new Error(`${ENGINE} is missing: npm run build runs scripts/build-engine.js`);
+});
+
+for (const backend of ['iptables', 'nftables'] as const) {
+  test.serial(`installed shim, no agent: ADD (${backend}) into a real netns from a temp bin dir, then DEL`, async (t) => {
+    requireKernelTools(t);
+    if (backend === 'nftables') requireNft(t);
+    const root = testTempDir(t, 'standalone');
+    const binDir = join(root, 'opt/cni/bin');
+    const options = {
+      cniBinDir: binDir,
+      cniConfDir: join(root, 'etc/cni/net.d'),
+      shimPath: join(REPO_ROOT, 'build', 'mesh-cni'),
+      enginePath: ENGINE,
+      pluginConfig: pluginEntry({ backend }),
+      standaloneConf: true,
+      stateDir: join(root, 'var/run/mesh-cni'),
+    };
+    await install(options);
+    t.true(existsSync(join(binDir, 'mesh-cni.d', 'mesh-cni.js')));
+
+    const netns = createNetns(t, 'standalone');
+    const loaded = join(root, 'loaded.json');
+    const probe = join(root, 'probe.js');
+    writeFileSync(probe, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(loaded)}, JSON.stringify(Object.keys(require.cache))));\n`);
+    const netconf = {
+      cniVersion: '1.0.0',
+      name: 'k8s-pod-network',
+      type: 'mesh-cni',
+      backend,
+      log_file: join(root, 'mesh-cni.log'),
+      state_dir: join(root, 'state'),
+      runtimeConfig: { 'io.kubernetes.cri.pod-annotations': INJECTED },
+    };
+    const invoke = (command: string, extraEnv: Record<string, string> = {}) =>
+      spawnSync(join(binDir, 'mesh-cni'), [], {
+        cwd: '/',
+        input: JSON.stringify(netconf),
+        encoding: 'utf8',
+        timeout: 60_000,
+        // What containerd passes: PATH and the CNI_* variables, nothing of ours but the absent agent socket.
+        env: {
+          PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+          CNI_COMMAND: command,
+          CNI_CONTAINERID: 'standalone-1',
+          CNI_NETNS: netnsPath(netns),
+          CNI_IFNAME: 'eth0',
+          CNI_PATH: binDir,
+          CNI_ARGS: POD_ARGS,
+          MESH_CNI_AGENT_SOCKET: join(root, 'no-agent.sock'),
+          ...extraEnv,
+        },
+      });
+
+    const add = invoke('ADD', { NODE_OPTIONS: `--require ${probe}` });
+    t.is(add.status, 0, `${add.stdout}\n${add.stderr}`);
+    t.is(JSON.parse(add.stdout).cniVersion, '1.0.0');
+    const rules = backend === 'nftables' ? inNetns(netns, 'nft', ['list', 'ruleset']) : inNetns(netns, 'iptables-save', []);
+    t.regex(rules, /15001/, 'outbound redirect to the sidecar is in the pod netns');
+
+    const modules = JSON.parse(readFileSync(loaded, 'utf8')) as string[];
+    const outside = modules.filter((m) => m !== probe && !m.startsWith(`${binDir}/`));
+    t.deepEqual(outside, [], 'every module came from the installed engine directory');
+    t.true(modules.some((m) => m.includes('ffi_bindings.node') || m.includes('ffi-napi')), 'the installed ffi addon entered the netns');
+    for (const heavy of HEAVY) t.false(modules.some((m) => m.includes(`/node_modules/${heavy}/`)), `${heavy} must not load`);
+
+    const del = invoke('DEL');
+    t.is(del.status, 0, `${del.stdout}\n${del.stderr}`);
+    const after = backend === 'nftables' ? inNetns(netns, 'nft', ['list', 'ruleset']) : inNetns(netns, 'iptables-save', []);
+    t.notRegex(after, /15001/);
+    await uninstall(options);
+  });
+}
