@@ -113,10 +113,11 @@ test.serial('the agent installs the shim and inserts its entry into the primary 
   t.deepEqual(list.plugins.map((p: { type: string }) => p.type), ['bridge', 'mesh-cni'], 'our entry last, in the same file');
   t.is(list.plugins[1].agent_socket, socket);
   t.is(list.plugins[1].state_dir, stateDir);
-  for (const file of ['mesh-cni', 'mesh-cni.js']) {
-    const st = fs.lstatSync(path.join(node!.binDir, file));
-    t.true(st.isFile(), `${file} is a real file in the bin dir, not a link into the checkout`);
-  }
+  t.true(fs.lstatSync(path.join(node!.binDir, 'mesh-cni')).isFile(), 'the shim is a real file in the bin dir, not a link into the checkout');
+  // The engine: a link to a versioned directory of real files beside it, none of them pointing into the checkout.
+  const engineDir = fs.realpathSync(path.join(node!.binDir, 'mesh-cni.d'));
+  t.is(path.dirname(engineDir), fs.realpathSync(node!.binDir));
+  t.true(fs.lstatSync(path.join(engineDir, 'mesh-cni.js')).isFile());
   t.deepEqual(fs.readdirSync(node!.confDir).sort(), [primaryName]);
 });
 
@@ -186,5 +187,6 @@ test.serial('SIGTERM: the agent takes its entry and files back out; the primary 
   agent = undefined;
   t.deepEqual(fs.readFileSync(path.join(node!.confDir, primaryName)), primaryBefore);
   t.false(fs.existsSync(path.join(node!.binDir, 'mesh-cni')));
-  t.false(fs.existsSync(path.join(node!.binDir, 'mesh-cni.js')));
+  t.false(fs.existsSync(path.join(node!.binDir, 'mesh-cni.d')));
+  t.deepEqual(fs.readdirSync(node!.binDir).filter((n) => n.includes('mesh-cni')), [], 'no versioned engine directory left either');
 });
