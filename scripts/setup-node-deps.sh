@@ -50,6 +50,8 @@ apt_update() {
 missing_packages() {
   local pkg status
   for pkg in "${PACKAGES[@]}"; do
+    # Any kubectl will do for the manifest dry-run; another package's (a cloud SDK's) would conflict with Debian's.
+    [[ $pkg == kubernetes-client ]] && command -v kubectl >/dev/null && continue
     status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
     [[ $status == installed ]] || printf '%s\n' "$pkg"
   done
@@ -67,7 +69,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     chmod 755 "$policy"
     created_policy=1
   fi
-  apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [[ $created_policy -eq 1 ]] && rm -f "$policy"
 fi
 
