@@ -7,6 +7,7 @@ import { spawn, spawnSync, type SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { sweepDeadNetns as sweepDeadNetnsNamed } from '../test/support/netns';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 export const RESULTS_DIR = path.join(REPO_ROOT, 'bench', 'results');
@@ -79,16 +80,7 @@ const created = new Set<string>();
 let counter = 0;
 
 export function sweepDeadNetns(): void {
-  let names: string[] = [];
-  try {
-    names = fs.readdirSync('/var/run/netns');
-  } catch {
-    return;
-  }
-  for (const name of names) {
-    const m = new RegExp(`^${NETNS_PREFIX}(\\d+)-`).exec(name);
-    if (m && !fs.existsSync(`/proc/${m[1]}`)) spawnSync('ip', ['netns', 'del', name]);
-  }
+  sweepDeadNetnsNamed(NETNS_PREFIX);
 }
 
 /** A fresh netns with lo up; returns its path. */

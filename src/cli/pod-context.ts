@@ -3,11 +3,10 @@
  * the way the reconciler finds it (what ADD recorded, then a /proc scan), and the Events mesh-cni wrote on it.
  * @kubernetes/client-node is loaded only here, and only by commands that name a pod or list the node's pods.
  */
-import * as fs from 'node:fs';
 import type { CoreV1Api, KubeConfig, V1Pod } from '@kubernetes/client-node';
 import { AttachmentStore, type AttachmentRecord } from '../cni/attachments';
 import { ApiUnavailableError, MeshCniError, NetnsNotFoundError, PodNetnsUnknownError, PodNotFoundError, PodNotOnNodeError } from '../errors';
-import { fromProcCgroups } from '../repair/locate';
+import { fromProcCgroups, pathExists, recordsForPod } from '../repair/locate';
 import { decideMeshing } from '../cni/decision';
 import { podInfoFromPod } from '../cni/pod-api';
 import type { RedirectConfig } from '../redirect/config';
@@ -103,22 +102,10 @@ export async function listNodePods(kube: Kube, nodeName: string, namespace?: str
   return [...list.items].sort((a, b) => `${a.metadata?.namespace}/${a.metadata?.name}`.localeCompare(`${b.metadata?.namespace}/${b.metadata?.name}`));
 }
 
-function exists(p: string): boolean {
-  try {
-    fs.statSync(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** What ADD recorded for this pod, newest sandbox first. */
 export function recordsFor(store: AttachmentStore, pod: V1Pod): AttachmentRecord[] {
-  const { uid, name, namespace } = pod.metadata ?? {};
-  return store
-    .list()
-    .filter((r) => (uid && r.pod?.uid ? r.pod.uid === uid : r.pod?.name === name && r.pod?.namespace === namespace))
-    .sort((a, b) => b.programmedAt.localeCompare(a.programmedAt));
+  return recordsForPod(store.list(), pod);
 }
 
 export interface NetnsLocation {
@@ -134,7 +121,7 @@ export interface NetnsLocation {
 /** The reconciler's order (src/repair/locate.ts), keeping what ADD recorded so "gone" can name the path. */
 export async function locatePodNetns(pod: V1Pod, stateDir: string, procRoot: string): Promise<NetnsLocation> {
   const records = recordsFor(new AttachmentStore(stateDir), pod);
-  const live = records.find((r) => exists(r.netns));
+  const live = records.find((r) => pathExists(r.netns));
   if (live) return { netns: live.netns, source: 'attachment', recorded: live.netns, record: live };
   const fromProc = await fromProcCgroups(procRoot)(pod);
   if (fromProc) return { netns: fromProc, source: 'proc', recorded: records[0]?.netns, record: records[0] };

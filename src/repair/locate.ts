@@ -6,11 +6,11 @@
  */
 import * as fs from 'node:fs';
 import type { V1Pod } from '@kubernetes/client-node';
-import type { AttachmentStore } from '../cni/attachments';
+import type { AttachmentRecord, AttachmentStore } from '../cni/attachments';
 
 export type NetnsLocator = (pod: V1Pod) => Promise<string | undefined>;
 
-function exists(path: string): boolean {
+export function pathExists(path: string): boolean {
   try {
     fs.statSync(path);
     return true;
@@ -37,16 +37,17 @@ function cachedList(store: AttachmentStore): () => ReturnType<AttachmentStore['l
   };
 }
 
+/** The records of one pod (by uid, or by name before the uid is known), newest sandbox first: that one is live. */
+export function recordsForPod(records: readonly AttachmentRecord[], pod: V1Pod): AttachmentRecord[] {
+  const { uid, name, namespace } = pod.metadata ?? {};
+  return records
+    .filter((r) => (uid && r.pod?.uid ? r.pod.uid === uid : r.pod?.name === name && r.pod?.namespace === namespace))
+    .sort((a, b) => b.programmedAt.localeCompare(a.programmedAt));
+}
+
 export function fromAttachments(store: AttachmentStore): NetnsLocator {
   const list = cachedList(store);
-  return async (pod) => {
-    const uid = pod.metadata?.uid;
-    const { name, namespace } = pod.metadata ?? {};
-    const records = list().filter((r) => (uid && r.pod?.uid ? r.pod.uid === uid : r.pod?.name === name && r.pod?.namespace === namespace));
-    // The newest sandbox of the pod is the live one.
-    records.sort((a, b) => b.programmedAt.localeCompare(a.programmedAt));
-    return records.map((r) => r.netns).find(exists);
-  };
+  return async (pod) => recordsForPod(list(), pod).map((r) => r.netns).find(pathExists);
 }
 
 export function fromProcCgroups(procRoot = '/proc'): NetnsLocator {

@@ -27,8 +27,8 @@ export function tryInNetns(netns: string, program: string, args: string[]): { st
   return { status: r.status ?? 1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
 }
 
-/** Removes namespaces that a test process (now gone) created and could not remove. */
-function sweepOrphans(): void {
+/** Removes namespaces named `<prefix><pid>-...` whose process (a test or benchmark run) is gone. */
+export function sweepDeadNetns(prefix = PREFIX): void {
   let names: string[] = [];
   try {
     names = fs.readdirSync('/var/run/netns');
@@ -36,7 +36,7 @@ function sweepOrphans(): void {
     return;
   }
   for (const name of names) {
-    const m = new RegExp(`^${PREFIX}(\\d+)-`).exec(name);
+    const m = new RegExp(`^${prefix}(\\d+)-`).exec(name);
     if (m && !fs.existsSync(`/proc/${m[1]}`)) spawnSync('ip', ['netns', 'del', name]);
   }
 }
@@ -47,7 +47,7 @@ export function uniqueName(role: string): string {
 
 /** Creates a bare namespace with `lo` up; removed when the test ends. */
 export function createNetns(t: ExecutionContext, role = 'ns'): string {
-  if (counter === 0) sweepOrphans();
+  if (counter === 0) sweepDeadNetns();
   const name = uniqueName(role);
   sh('ip', ['netns', 'add', name]);
   t.teardown(() => {
