@@ -9,7 +9,13 @@ const { spawn } = require('node:child_process');
 const path = require('node:path');
 
 const ava = path.join(__dirname, '..', 'node_modules', 'ava', 'entrypoints', 'cli.mjs');
-const child = spawn(process.execPath, [ava, '--tap', ...process.argv.slice(2)], { stdio: ['ignore', 'pipe', 'inherit'] });
+// npm puts node_modules/.bin first on PATH, and a dev dependency installs a program named `nft` there (not
+// nftables'). The tests run programs as a node does, so they get the system's PATH.
+const PATH = (process.env.PATH ?? '')
+  .split(path.delimiter)
+  .filter((dir) => !dir.split(path.sep).includes('node_modules'))
+  .join(path.delimiter);
+const child = spawn(process.execPath, [ava, '--tap', ...process.argv.slice(2)], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, PATH } });
 let passed = 0;
 let failed = 0;
 let skipped = 0;
