@@ -20,6 +20,8 @@ export const REPAIR_MODES: readonly RepairMode[] = ['repair', 'label', 'delete',
 /** Istio's label for pods whose redirection is not in place, so existing tooling works. */
 export const UNINITIALIZED_LABEL = 'cni.istio.io/uninitialized';
 export const VALIDATION_CONTAINER = 'istio-validation';
+/** Pods a pass looks at at once: each check starts programs, so a few overlap their waits. */
+export const REPAIR_CONCURRENCY = 4;
 const ISTIO_VALIDATION_FAILED = 126;
 
 export type Verdict = 'healthy' | 'broken' | 'not-meshed' | 'skipped' | 'unknown';
@@ -180,7 +182,7 @@ export class Reconciler {
             findings[i] = await this.reconcile(pods[i]!);
           }
         };
-        await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? 4, pods.length) }, worker));
+        await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? REPAIR_CONCURRENCY, pods.length) }, worker));
         return findings;
       })().finally(() => {
         this.running = undefined;

@@ -5,6 +5,7 @@
  * chain (no rules), or someone removes the rules. The test plays kubelet: pod in the API with spec.nodeName,
  * sandbox through CRI with the pod's uid, then status.podIP through pods/status.
  */
+import { REPAIR_CONCURRENCY } from '../../src/repair/reconciler';
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -259,12 +260,14 @@ test.serial('50 broken pods: the rate limit holds, an agent killed mid-pass repe
   }
   const names = [...firstRun, ...secondRun].map((l) => l.pod);
   t.is(new Set(names).size, names.length, 'no pod repaired twice across the restart');
-  // None is lost: every pod is redirected (waited for above). A repair in flight when SIGKILL lands may have
-  // programmed the rules without living to log it; the restarted agent then finds that pod healthy.
-  t.true(names.length >= 48 && names.length <= 50, `${names.length} logged repairs for 50 pods`);
+  // None is lost: every pod is redirected (waited for above). The repairs in flight when SIGKILL lands (the
+  // reconciler checks REPAIR_CONCURRENCY pods at a time) may have programmed the rules without living to log
+  // them or write their Event; the restarted agent then finds those pods healthy.
+  const inFlight = REPAIR_CONCURRENCY;
+  t.true(names.length >= 50 - inFlight && names.length <= 50, `${names.length} logged repairs for 50 pods`);
   const events = await kube!.core().listNamespacedEvent({ namespace: 'bulk' });
   const perPod = new Map<string, number>();
   for (const e of events.items) perPod.set(e.involvedObject.uid!, (perPod.get(e.involvedObject.uid!) ?? 0) + 1);
   t.true([...perPod.values()].every((n) => n === 1), 'at most one Event per pod');
-  t.true(perPod.size >= 49, `${perPod.size} pods have their Event (a kill between repair and Event may lose one)`);
+  t.true(perPod.size >= 50 - inFlight, `${perPod.size} pods have their Event (a kill between repair and Event may lose the ones in flight)`);
 });
