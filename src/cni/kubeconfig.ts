@@ -5,7 +5,6 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { CniCode, CniError } from './errors';
-import { load as loadYaml, JSON_SCHEMA } from 'js-yaml';
 
 export interface KubeEndpoint {
   server: URL;
@@ -49,8 +48,11 @@ function material(section: Record<string, unknown>, key: string, baseDir: string
 export function parseKubeconfig(text: string, path: string): KubeEndpoint {
   let doc: unknown;
   try {
+    // Loaded here, not at the top: only a pod GET needs it, and the standalone engine's start must stay light.
     // The JSON schema: kubeconfig values are strings, numbers, booleans and nulls, never YAML 1.1 surprises.
-    doc = loadYaml(text, { schema: JSON_SCHEMA, filename: path });
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const yaml = require('js-yaml') as typeof import('js-yaml');
+    doc = yaml.load(text, { schema: yaml.JSON_SCHEMA, filename: path });
   } catch (err) {
     throw invalid(path, `cannot parse: ${(err as Error).message.split('\n')[0]}`);
   }
