@@ -10,6 +10,7 @@ import { fileTempDir } from '../support/tmp';
 import { runCni } from '../../src/cni/dispatch';
 import { findProgram } from '../../src/cni/status';
 import { INJECTED, POD_ARGS } from './helpers';
+import { nftProgram } from '../../src/redirect/backend/nftables';
 
 const logFile = join(fileTempDir('kernel'), 'cni.log');
 
@@ -40,7 +41,7 @@ function newPodNetns(t: ExecutionContext): string {
 
 function rulesIn(netns: string): string {
   const iptables = execFileSync('ip', ['netns', 'exec', netns, 'iptables-save'], { encoding: 'utf8' });
-  const nft = execFileSync('ip', ['netns', 'exec', netns, 'nft', 'list', 'ruleset'], { encoding: 'utf8' });
+  const nft = execFileSync('ip', ['netns', 'exec', netns, nftProgram(), 'list', 'ruleset'], { encoding: 'utf8' });
   return `${iptables}\n${nft}`;
 }
 
@@ -104,7 +105,7 @@ test('CHECK passes after ADD and fails (103) once the rules are removed by hand'
   const ok = await cni('CHECK', ns, conf(INJECTED));
   t.is(ok.exitCode, 0, ok.stdout);
   execFileSync('ip', ['netns', 'exec', ns, 'iptables', '-t', 'nat', '-F']);
-  execFileSync('ip', ['netns', 'exec', ns, 'nft', 'flush', 'ruleset']);
+  execFileSync('ip', ['netns', 'exec', ns, nftProgram(), 'flush', 'ruleset']);
   const broken = await cni('CHECK', ns, conf(INJECTED));
   t.is(broken.json?.code, 103, broken.stdout);
 });

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { showRedirect } from '../../src/redirect/engine';
-import { NftablesBackend } from '../../src/redirect/backend/nftables';
+import { NftablesBackend, nftProgram } from '../../src/redirect/backend/nftables';
 import { buildPlan } from '../../src/redirect/plan';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { startAgentProcess } from '../support/agent';
@@ -85,7 +85,7 @@ for (const kind of ['missing', 'fail'] as const) {
     const err = await t.throwsAsync(backend.apply(netnsPath(ns), buildPlan(redirectConfigFromAnnotations({})), ['ipv4', 'ipv6']));
     t.true(err!.message.includes(fake), err!.message);
     t.is(await ourRules(ns), 0);
-    t.notRegex(tryInNetns(ns, 'nft', ['list', 'tables']).stdout, /mesh-cni/);
+    t.notRegex(tryInNetns(ns, nftProgram(), ['list', 'tables']).stdout, /mesh-cni/);
   });
 }
 

@@ -14,6 +14,7 @@ import { REPO_ROOT } from '../support/paths';
 import { requireKernelTools, requireNft } from '../support/require';
 import { testTempDir } from '../support/tmp';
 import { INJECTED, POD_ARGS } from '../cni/helpers';
+import { nftProgram } from '../../src/redirect/backend/nftables';
 
 const ENGINE = join(REPO_ROOT, 'build', 'engine');
 const HEAVY = ['@kubernetes/client-node', 'prom-client', 'yargs'];
@@ -76,7 +77,7 @@ for (const backend of ['iptables', 'nftables'] as const) {
     const add = invoke('ADD', { NODE_OPTIONS: `--require ${probe}` });
     t.is(add.status, 0, `${add.stdout}\n${add.stderr}`);
     t.is(JSON.parse(add.stdout).cniVersion, '1.0.0');
-    const rules = backend === 'nftables' ? inNetns(netns, 'nft', ['list', 'ruleset']) : inNetns(netns, 'iptables-save', []);
+    const rules = backend === 'nftables' ? inNetns(netns, nftProgram(), ['list', 'ruleset']) : inNetns(netns, 'iptables-save', []);
     t.regex(rules, /15001/, 'outbound redirect to the sidecar is in the pod netns');
 
     const modules = JSON.parse(readFileSync(loaded, 'utf8')) as string[];
@@ -87,7 +88,7 @@ for (const backend of ['iptables', 'nftables'] as const) {
 
     const del = invoke('DEL');
     t.is(del.status, 0, `${del.stdout}\n${del.stderr}`);
-    const after = backend === 'nftables' ? inNetns(netns, 'nft', ['list', 'ruleset']) : inNetns(netns, 'iptables-save', []);
+    const after = backend === 'nftables' ? inNetns(netns, nftProgram(), ['list', 'ruleset']) : inNetns(netns, 'iptables-save', []);
     t.notRegex(after, /15001/);
     await uninstall(options);
   });

@@ -9,6 +9,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { podCniArgs, POD_GATEWAY, startNode, type CriNode, type Sandbox } from '../support/cri';
 import { connect, listen } from '../support/traffic';
+import { nftProgram } from '../../src/redirect/backend/nftables';
 
 const STATUS = JSON.stringify({ initContainers: ['istio-validation'], containers: ['istio-proxy'], volumes: ['istio-envoy'], imagePullSecrets: null, revision: 'default' });
 const ISTIO_ANNOTATIONS = {
@@ -30,7 +31,7 @@ test.after.always(async () => {
 
 function rulesIn(netnsPath: string): string {
   const out: string[] = [];
-  for (const argv of [['iptables-save'], ['ip6tables-save'], ['nft', 'list', 'ruleset']]) {
+  for (const argv of [['iptables-save'], ['ip6tables-save'], [nftProgram(), 'list', 'ruleset']]) {
     const r = spawnSync('nsenter', [`--net=${netnsPath}`, '--', ...argv], { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`${argv.join(' ')} in ${netnsPath}: ${r.stderr}`);
     out.push(r.stdout);
