@@ -4,20 +4,44 @@
  * stdin (bounded), takes the environment, runs one command, prints the answer and exits with its code.
  * It loads no Kubernetes client: pod lookups use the minimal kubeconfig reader and node's https.
  */
+import { readSync, writeSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import { runCni } from './dispatch';
 import { MAX_STDIN_BYTES } from './request';
 
-async function readStdinBounded(limit: number): Promise<Buffer> {
-  if (process.stdin.isTTY) return Buffer.alloc(0);
-  const chunks: Buffer[] = [];
+/**
+ * stdin and stdout through plain file descriptor calls: the process.stdin/stdout streams cost several
+ * milliseconds to set up, on a path where the whole start is counted.
+ */
+function readStdinBounded(limit: number): Buffer {
+  if (isatty(0)) return Buffer.alloc(0);
+  // One byte past the limit is enough for parseRequest to report it; reading further would waste memory.
+  const buffer = Buffer.alloc(limit + 1);
   let size = 0;
-  for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
-    chunks.push(chunk);
-    size += chunk.length;
-    // One byte past the limit is enough for parseRequest to report it; reading further would waste memory.
+  for (;;) {
+    let n: number;
+    try {
+      n = readSync(0, buffer, size, buffer.length - size, null);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EAGAIN') {
+        // A non-blocking pipe with nothing in it yet: wait a moment rather than spin.
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+        continue;
+      }
+      if (code === 'EOF' || (code === 'EISDIR' && size === 0)) break;
+      throw err;
+    }
+    if (n === 0) break;
+    size += n;
     if (size > limit) break;
   }
-  return Buffer.concat(chunks).subarray(0, limit + 1);
+  return buffer.subarray(0, size);
+}
+
+function writeAll(fd: number, text: string): void {
+  const data = Buffer.from(text);
+  for (let off = 0; off < data.length; ) off += writeSync(fd, data, off);
 }
 
 function lookupTimeoutFromEnv(): number | undefined {
@@ -29,18 +53,16 @@ function lookupTimeoutFromEnv(): number | undefined {
 async function main(): Promise<void> {
   let stdin: Buffer;
   try {
-    stdin = await readStdinBounded(MAX_STDIN_BYTES);
+    stdin = readStdinBounded(MAX_STDIN_BYTES);
   } catch (err) {
-    process.stdout.write(JSON.stringify({ cniVersion: '1.1.0', code: 5, msg: `error reading from stdin: ${(err as Error).message}` }));
-    process.exitCode = 1;
-    return;
+    writeAll(1, JSON.stringify({ cniVersion: '1.1.0', code: 5, msg: `error reading from stdin: ${(err as Error).message}` }));
+    process.exit(1);
   }
   // Until the netconf (and its log_file) is parsed, lines go to MESH_CNI_LOG_FILE or the default log file.
   const response = await runCni({ env: process.env, stdin }, { podLookupTimeoutMs: lookupTimeoutFromEnv(), defaultLogFile: process.env.MESH_CNI_LOG_FILE || undefined });
-  if (response.stderr) process.stderr.write(response.stderr);
-  process.stdout.write(response.stdout, () => {
-    process.exit(response.exitCode);
-  });
+  if (response.stderr) writeAll(2, response.stderr);
+  writeAll(1, response.stdout);
+  process.exit(response.exitCode);
 }
 
 void main();
