@@ -2,7 +2,7 @@
  * The one place where failures become CNI error results. A CniError is a value with the spec's numeric code;
  * anything else that escapes a command is mapped here, and anything unknown becomes 999 — without wrapping an
  * error that already is a CniError (as containernetworking/cni's skel does).
- * Every code is documented in docs-cni-errors.md; keep the two in step.
+ * Every code is documented in the README (Error codes); keep the two in step.
  */
 import {
   CommandFailedError,

@@ -1,5 +1,5 @@
 /**
- * Every error code we document (docs-cni-errors.md) produced through the dispatcher, one row each.
+ * Every error code we document (README, Error codes) produced through the dispatcher, one row each.
  * Codes 1-7 from malformed input are covered in detail in malformed.test.ts; here each appears once.
  */
 import test, { type ExecutionContext } from 'ava';

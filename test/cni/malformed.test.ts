@@ -1,6 +1,6 @@
 /**
  * Malformed requests as a broken runtime or a bad conflist would send them. Each must give the documented
- * CNI error code (docs-cni-errors.md), a non-zero exit, and must not reach the engine.
+ * CNI error code (README, Error codes), a non-zero exit, and must not reach the engine.
  */
 import test, { type ExecutionContext } from 'ava';
 import { writeFileSync } from 'node:fs';
