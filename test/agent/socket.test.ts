@@ -14,6 +14,7 @@ import { createPodPeer, tryInNetns } from '../support/netns';
 import { connect, listen } from '../support/traffic';
 import { requireKernelTools } from '../support/require';
 import { INJECTED, POD_ARGS, withAnnotations } from '../cni/helpers';
+import { metricValue } from '../support/agent';
 
 async function agentFor(t: ExecutionContext): Promise<{ agent: Agent; dir: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mesh-cni-agent-'));
@@ -33,10 +34,6 @@ async function scrape(agent: Agent, route = '/metrics'): Promise<{ status: numbe
   return { status: res.status, body: await res.text() };
 }
 
-function metricValue(text: string, name: string, labels: string): number {
-  const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}}`));
-  return line ? Number(line.split(' ').pop()) : 0;
-}
 
 test.serial('100 concurrent requests are all answered', async (t) => {
   const { agent } = await agentFor(t);
@@ -46,7 +43,7 @@ test.serial('100 concurrent requests are all answered', async (t) => {
     t.is(a.exitCode, 0);
     t.deepEqual(JSON.parse(a.stdout).supportedVersions, ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0']);
   }
-  t.is(metricValue((await scrape(agent)).body, 'mesh_cni_requests_total', 'command="VERSION",result="ok"'), 100);
+  t.is(metricValue((await scrape(agent)).body, 'mesh_cni_requests_total', { command: 'VERSION', result: 'ok' }), 100);
 });
 
 function rawExchange(socketPath: string, bytes: Buffer): Promise<string> {
@@ -75,7 +72,7 @@ test.serial('oversized and malformed frames are rejected without crashing the ag
   const still = await callCniSocket(agent.socketPath, version(), 5000);
   t.is(still.exitCode, 0, 'the agent still answers');
   const metrics = (await scrape(agent)).body;
-  t.true(metricValue(metrics, 'mesh_cni_socket_rejections_total', 'reason="bad-frame"') >= 3);
+  t.true(metricValue(metrics, 'mesh_cni_socket_rejections_total', { reason: 'bad-frame' }) >= 3);
 });
 
 test.serial('a peer that is not root is refused, even if the socket mode were opened up', async (t) => {
@@ -102,7 +99,7 @@ test.serial('a peer that is not root is refused, even if the socket mode were op
   t.is(await asProxy(), 'EACCES', 'the 0600 socket keeps other users out');
   fs.chmodSync(agent.socketPath, 0o666);
   t.regex(await asProxy(), /^(closed|ECONNRESET|EPIPE)$/, 'SO_PEERCRED refuses the connection anyway: no answer');
-  t.is(metricValue((await scrape(agent)).body, 'mesh_cni_socket_rejections_total', 'reason="non-root-peer"'), 1);
+  t.is(metricValue((await scrape(agent)).body, 'mesh_cni_socket_rejections_total', { reason: 'non-root-peer' }), 1);
 });
 
 test.serial('/healthz and /readyz answer; unknown paths are 404', async (t) => {
@@ -133,9 +130,9 @@ test.serial('ADD and DEL through the agent program a real pod netns, and /metric
   t.notRegex(tryInNetns(pair.pod, 'iptables-nft-save', []).stdout, /ISTIO_/);
 
   const metrics = (await scrape(agent)).body;
-  t.is(metricValue(metrics, 'mesh_cni_requests_total', 'command="ADD",result="ok"'), 1);
-  t.is(metricValue(metrics, 'mesh_cni_requests_total', 'command="CHECK",result="ok"'), 1);
-  t.is(metricValue(metrics, 'mesh_cni_requests_total', 'command="DEL",result="ok"'), 1);
-  t.true(metricValue(metrics, 'mesh_cni_rules_programmed_total', 'backend="iptables-nft"') > 0);
-  t.is(metricValue(metrics, 'mesh_cni_add_duration_seconds_count', 'decision="meshed"'), 1);
+  t.is(metricValue(metrics, 'mesh_cni_requests_total', { command: 'ADD', result: 'ok' }), 1);
+  t.is(metricValue(metrics, 'mesh_cni_requests_total', { command: 'CHECK', result: 'ok' }), 1);
+  t.is(metricValue(metrics, 'mesh_cni_requests_total', { command: 'DEL', result: 'ok' }), 1);
+  t.true(metricValue(metrics, 'mesh_cni_rules_programmed_total', { backend: 'iptables-nft' }) > 0);
+  t.is(metricValue(metrics, 'mesh_cni_add_duration_seconds_count', { decision: 'meshed' }), 1);
 });
