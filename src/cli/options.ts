@@ -60,9 +60,16 @@ export const excludeNamespacesOption = {
   'exclude-namespaces': { type: 'string', array: true, default: ['kube-system'], describe: "namespaces never redirected (the netconf's kubernetes.exclude_namespaces)" },
 } satisfies Record<string, Options>;
 
-export const procRootOption = {
+/** Where a pod's netns is looked for when ADD recorded none: the runtime over CRI, then /proc, as the agent does. */
+export const netnsLookupOptions = {
   'proc-root': { type: 'string', default: '/proc', describe: "the host's /proc (the DaemonSet mounts it at /host/proc)" },
+  'cri-socket': { type: 'string', default: DEFAULT_CRI_SOCKET, describe: "the container runtime's CRI socket, to find the netns of pods whose ADD we never saw ('' : do not ask)" },
 } satisfies Record<string, Options>;
+
+export interface NetnsLookupArgs {
+  'proc-root': string;
+  'cri-socket': string;
+}
 
 /**
  * A pod's netns given directly (--netns) or found from the pod (--pod NAMESPACE/POD: the API for the pod, then
@@ -72,13 +79,12 @@ export const podOrNetnsOptions = {
   netns: { type: 'string', describe: 'the pod network namespace, e.g. /var/run/netns/NAME or /proc/PID/ns/net' },
   pod: { type: 'string', describe: 'NAMESPACE/POD: find the netns (and, for apply, the annotations) from the pod' },
   ...nodeOptions,
-  ...procRootOption,
+  ...netnsLookupOptions,
 } satisfies Record<string, Options>;
 
-export interface PodOrNetnsArgs extends NodeArgs {
+export interface PodOrNetnsArgs extends NodeArgs, NetnsLookupArgs {
   netns?: string;
   pod?: string;
-  'proc-root': string;
 }
 
 export function checkPodOrNetns(args: { netns?: unknown; pod?: unknown }): true | string {
@@ -106,18 +112,15 @@ export const repairOptions = {
   'repair-mode': { choices: REPAIR_MODES, default: 'repair' as RepairMode, describe: 'what to do with a meshed pod whose rules are missing or wrong' },
   'repair-rate': { type: 'number', default: 5, describe: 'repair actions per second at most' },
   'repair-burst': { type: 'number', default: 10, describe: 'repair actions allowed at once after a quiet spell' },
-  ...procRootOption,
-  'cri-socket': { type: 'string', default: DEFAULT_CRI_SOCKET, describe: "the container runtime's CRI socket, to find the netns of pods whose ADD we never saw ('' : do not ask)" },
+  ...netnsLookupOptions,
   ...backendOption,
 } satisfies Record<string, Options>;
 
-export interface RepairArgs {
+export interface RepairArgs extends NetnsLookupArgs {
   'repair-mode': RepairMode;
   'repair-rate': number;
   'repair-burst': number;
   'exclude-namespaces': string[];
-  'proc-root': string;
-  'cri-socket': string;
   backend: BackendName;
 }
 

@@ -7,6 +7,7 @@ import type { CoreV1Api, KubeConfig, V1Pod } from '@kubernetes/client-node';
 import { AttachmentStore, type AttachmentRecord } from '../cni/attachments';
 import { ApiUnavailableError, MeshCniError, NetnsNotFoundError, PodNetnsUnknownError, PodNotFoundError, PodNotOnNodeError } from '../errors';
 import { fromProcCgroups, pathExists, recordsForPod } from '../repair/locate';
+import { fromCri } from '../repair/cri';
 import { decideMeshing } from '../cni/decision';
 import { podInfoFromPod } from '../cni/pod-api';
 import type { RedirectConfig } from '../redirect/config';
@@ -111,18 +112,27 @@ export function recordsFor(store: AttachmentStore, pod: V1Pod): AttachmentRecord
 export interface NetnsLocation {
   /** the netns path, when one exists now */
   netns?: string;
-  /** how it was found: `attachment` (what ADD recorded) or `proc` (a process in the pod's cgroup) */
-  source?: 'attachment' | 'proc';
+  /** how it was found: `attachment` (what ADD recorded), `cri` (the runtime) or `proc` (a process in the pod's cgroup) */
+  source?: 'attachment' | 'cri' | 'proc';
   /** the newest path ADD recorded, also when it no longer exists */
   recorded?: string;
   record?: AttachmentRecord;
 }
 
 /** The reconciler's order (src/repair/locate.ts), keeping what ADD recorded so "gone" can name the path. */
-export async function locatePodNetns(pod: V1Pod, stateDir: string, procRoot: string): Promise<NetnsLocation> {
+export async function locatePodNetns(pod: V1Pod, stateDir: string, procRoot: string, criSocket = ''): Promise<NetnsLocation> {
   const records = recordsFor(new AttachmentStore(stateDir), pod);
   const live = records.find((r) => pathExists(r.netns));
   if (live) return { netns: live.netns, source: 'attachment', recorded: live.netns, record: live };
+  if (criSocket) {
+    const cri = fromCri(criSocket);
+    try {
+      const fromRuntime = await cri(pod);
+      if (fromRuntime) return { netns: fromRuntime, source: 'cri', recorded: records[0]?.netns, record: records[0] };
+    } finally {
+      cri.close();
+    }
+  }
   const fromProc = await fromProcCgroups(procRoot)(pod);
   if (fromProc) return { netns: fromProc, source: 'proc', recorded: records[0]?.netns, record: records[0] };
   return { recorded: records[0]?.netns, record: records[0] };
@@ -187,6 +197,7 @@ export interface TargetArgs {
   'node-name'?: string;
   'state-dir': string;
   'proc-root': string;
+  'cri-socket': string;
 }
 
 /** --netns as given, or the netns of --pod: from the API, on this node, then located like the reconciler does. */
@@ -195,7 +206,7 @@ export async function resolveTarget(args: TargetArgs): Promise<Target> {
   const ref = parsePodRef(args.pod ?? '');
   const pod = await getPod(await connectKube(args.kubeconfig), ref);
   requireOnNode(pod, args['node-name']);
-  const where = await locatePodNetns(pod, args['state-dir'], args['proc-root']);
+  const where = await locatePodNetns(pod, args['state-dir'], args['proc-root'], args['cri-socket']);
   if (where.netns) return { netns: where.netns, pod, ref };
   const id = `${ref.namespace}/${ref.name}`;
   if (where.recorded) throw new NetnsNotFoundError(where.recorded, undefined, `ADD recorded it for ${id}, but the sandbox is gone; kubelet starts a new one, or delete the pod`);
@@ -220,6 +231,7 @@ export interface InspectSettings {
   namespace?: string;
   stateDir: string;
   procRoot: string;
+  criSocket: string;
   backend: BackendName;
   excludeNamespaces: readonly string[];
 }
@@ -231,11 +243,15 @@ export interface InspectSettings {
 export async function inspectNodePods(kube: Kube, s: InspectSettings): Promise<Array<{ pod: V1Pod; finding: Finding }>> {
   const pods = await listNodePods(kube, s.nodeName, s.namespace);
   const { repairDeps } = await import('../repair/wiring');
-  const deps = await repairDeps({ kubeConfig: kube.kubeConfig, nodeName: s.nodeName, pods: () => pods, attachments: new AttachmentStore(s.stateDir), procRoot: s.procRoot, backend: s.backend });
-  const reconciler = new Reconciler({ mode: 'off', excludeNamespaces: s.excludeNamespaces, backend: s.backend, dryRun: true }, deps);
-  const out: Array<{ pod: V1Pod; finding: Finding }> = [];
-  for (const pod of pods) out.push({ pod, finding: await reconciler.inspect(pod) });
-  return out;
+  const deps = await repairDeps({ kubeConfig: kube.kubeConfig, nodeName: s.nodeName, pods: () => pods, attachments: new AttachmentStore(s.stateDir), procRoot: s.procRoot, criSocket: s.criSocket, backend: s.backend });
+  try {
+    const reconciler = new Reconciler({ mode: 'off', excludeNamespaces: s.excludeNamespaces, backend: s.backend, dryRun: true }, deps);
+    const out: Array<{ pod: V1Pod; finding: Finding }> = [];
+    for (const pod of pods) out.push({ pod, finding: await reconciler.inspect(pod) });
+    return out;
+  } finally {
+    deps.close();
+  }
 }
 
 export interface PodCounts {

@@ -13,7 +13,7 @@ import type { ObservedRule } from '../../redirect/backend/types';
 import { buildPlan } from '../../redirect/plan';
 import type { RedirectConfig } from '../../redirect/config';
 import { chooseBackend, compareRedirect, type BackendName } from '../../redirect/engine';
-import { backendOption, excludeNamespacesOption, nodeOptions, procRootOption, type NodeArgs } from '../options';
+import { backendOption, excludeNamespacesOption, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
 import { EXIT, outputOption, paint, printJson, runCommand, table, type OutputFormat, type Tone } from '../output';
 import {
   ago,
@@ -34,13 +34,13 @@ export const describe = 'why a pod is (not) redirected: decision trail, expected
 export function builder(y: Argv) {
   return y
     .positional('pod', { type: 'string', demandOption: true, describe: 'NAMESPACE/POD' })
-    .options({ ...nodeOptions, ...excludeNamespacesOption, ...procRootOption, ...backendOption, ...outputOption })
+    .options({ ...nodeOptions, ...excludeNamespacesOption, ...netnsLookupOptions, ...backendOption, ...outputOption })
     .check((a) => checkPodRef(a.pod, 'the pod'))
     .example('$0 explain shop/cart-7d9', 'the whole story of one pod')
     .example('$0 explain shop/cart-7d9 -o json | jq .diff', 'only what differs');
 }
 
-type Args = NodeArgs & { pod: string; 'exclude-namespaces': string[]; 'proc-root': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
+type Args = NodeArgs & { pod: string; 'exclude-namespaces': string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
 
 export type ExplainStep = Omit<DecisionStep, 'outcome'> & { outcome: DecisionStep['outcome'] | 'error' };
 
@@ -61,7 +61,7 @@ export interface Explanation {
   /** the skip reason, `meshed`, or `invalid-config` */
   reason: string;
   backend: { name: string; reason: string };
-  netns: { path: string | null; source: 'attachment' | 'proc' | null; recorded: string | null; exists: boolean };
+  netns: { path: string | null; source: 'attachment' | 'cri' | 'proc' | null; recorded: string | null; exists: boolean };
   families: Family[];
   expected: RuleJson[];
   observed: RuleJson[] | null;
@@ -104,7 +104,7 @@ export async function explain(args: Args): Promise<Explanation> {
   const id = `${ref.namespace}/${ref.name}`;
   const { trail, config, reason } = decide(pod, args['exclude-namespaces']);
   const [where, chosen, events] = await Promise.all([
-    locatePodNetns(pod, args['state-dir'], args['proc-root']),
+    locatePodNetns(pod, args['state-dir'], args['proc-root'], args['cri-socket']),
     chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] }),
     meshCniEvents(kube, ref.namespace).catch(() => new Map<string, LastAction>()),
   ]);
@@ -128,7 +128,7 @@ export async function explain(args: Args): Promise<Explanation> {
     const problem = where.recorded
       ? `network namespace ${where.recorded} (recorded by ADD) no longer exists: the pod sandbox is gone`
       : pod.status?.podIP
-        ? `no network namespace found for the pod (nothing recorded under ${args['state-dir']}/attachments, no process of it in ${args['proc-root']})`
+        ? `no network namespace found for the pod (nothing recorded under ${args['state-dir']}/attachments, unknown to the runtime at ${args['cri-socket'] || '(no CRI socket)'}, no process of it in ${args['proc-root']})`
         : 'the pod has no IP yet: its sandbox has not been networked';
     return { ...base, families, expected, observed: null, diff: null, verdict: config ? 'unknown' : 'not-meshed', problem: config || where.recorded ? problem : null };
   }

@@ -7,7 +7,7 @@ import { AttachmentStore } from '../../cni/attachments';
 import { MeshCniError } from '../../errors';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import type { Finding } from '../../repair/reconciler';
-import { backendOption, excludeNamespacesOption, nodeOptions, procRootOption, type NodeArgs } from '../options';
+import { backendOption, excludeNamespacesOption, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
 import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
 import { ago, connectKube, inspectNodePods, lastActionFor, meshCniEvents, recordsFor, type LastAction } from '../pod-context';
 
@@ -20,7 +20,7 @@ export function builder(y: Argv) {
       namespace: { alias: 'n', type: 'string', describe: 'only this namespace' },
       ...nodeOptions,
       ...excludeNamespacesOption,
-      ...procRootOption,
+      ...netnsLookupOptions,
       ...backendOption,
       ...outputOption,
     })
@@ -28,7 +28,7 @@ export function builder(y: Argv) {
     .example('$0 pods -n shop -o json', 'one namespace, as JSON');
 }
 
-type Args = NodeArgs & { namespace?: string; 'exclude-namespaces': string[]; 'proc-root': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
+type Args = NodeArgs & { namespace?: string; 'exclude-namespaces': string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
 
 export type RulesState = 'ok' | 'differ' | 'unknown' | 'n/a';
 
@@ -76,6 +76,7 @@ export async function handler(args: Args): Promise<void> {
         namespace: args.namespace,
         stateDir: args['state-dir'],
         procRoot: args['proc-root'],
+        criSocket: args['cri-socket'],
         backend: args.backend,
         excludeNamespaces: args['exclude-namespaces'],
       }),

@@ -14,7 +14,7 @@ import {
   excludeNamespacesOption,
   installOptions,
   nodeOptions,
-  procRootOption,
+  netnsLookupOptions,
   type NodeArgs,
 } from '../options';
 import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
@@ -33,7 +33,7 @@ export function builder(y: Argv) {
       'health-host': { type: 'string', default: '127.0.0.1', describe: 'where the health port listens' },
       'repair-mode': { choices: REPAIR_MODES, describe: "the agent's repair mode, reported as given when its /metrics cannot be read" },
       ...excludeNamespacesOption,
-      ...procRootOption,
+      ...netnsLookupOptions,
       ...backendOption,
       ...outputOption,
     })
@@ -49,7 +49,7 @@ type Args = NodeArgs & {
   'health-host': string;
   'repair-mode'?: RepairMode;
   'exclude-namespaces': string[];
-  'proc-root': string;
+  'proc-root': string; 'cri-socket': string;
   backend: BackendName;
   'host-netns'?: string;
   output: OutputFormat;
@@ -129,6 +129,7 @@ async function podCounts(args: Args): Promise<StatusReport['pods']> {
       nodeName: node,
       stateDir: args['state-dir'],
       procRoot: args['proc-root'],
+        criSocket: args['cri-socket'],
       backend: args.backend,
       excludeNamespaces: args['exclude-namespaces'],
     });
