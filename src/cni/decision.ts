@@ -89,9 +89,11 @@ function proxySettings(pod: PodInfo): ProxySettings {
  * that pods which are clearly not meshed never cost an API call.
  */
 export function skipFromMetadata(pod: Pick<PodInfo, 'namespace' | 'labels' | 'annotations'>, excludeNamespaces: readonly string[]): SkipReason | undefined {
-  if (excludeNamespaces.includes(pod.namespace)) return 'namespace-excluded';
-  if (pod.annotations[SIDECAR_STATUS_ANNOTATION] === undefined) return 'not-injected';
-  if (injectionDisabled(pod as PodInfo)) return 'injection-disabled';
+  // The decision's own first steps: the ones that need only the namespace, labels and annotations.
+  for (const step of STEPS.slice(0, METADATA_STEPS)) {
+    const result = step(pod as PodInfo, { excludeNamespaces });
+    if (result.outcome === 'skip') return result.rule as SkipReason;
+  }
   return undefined;
 }
 
@@ -105,6 +107,7 @@ export interface DecisionStep {
 }
 
 type Step = (pod: PodInfo, options: DecisionOptions) => DecisionStep;
+const METADATA_STEPS = 3;
 
 function injectValue(pod: PodInfo): string {
   const label = pod.labels[INJECT_KEY];
@@ -116,6 +119,7 @@ function injectValue(pod: PodInfo): string {
 
 /** The rules before the annotations are parsed, each a pure check; the order is the plugin's. */
 const STEPS: Step[] = [
+  // The first METADATA_STEPS look only at namespace, labels and annotations (skipFromMetadata runs them alone).
   (pod, o) =>
     o.excludeNamespaces.includes(pod.namespace)
       ? { rule: 'namespace-excluded', outcome: 'skip', detail: `namespace ${pod.namespace} is in exclude_namespaces [${o.excludeNamespaces.join(', ')}]` }

@@ -3,7 +3,7 @@
  * and with no agent (standalone fallback executing dist/src/cni/main.js).
  */
 import test from 'ava';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileTempDir } from '../support/tmp';
@@ -11,9 +11,9 @@ import { runCni } from '../../src/cni/dispatch';
 import { serveCni } from '../../src/cni/socket-protocol';
 import type { CniInvocation } from '../../src/cni/types';
 import { env, INJECTED, logFile, netconf, unitDeps, withAnnotations } from './helpers';
+import { execShim } from '../support/shim';
 
 const root = join(__dirname, '..', '..', '..');
-const shim = join(root, 'build', 'mesh-cni');
 const dir = fileTempDir('shim');
 
 test.before(() => {
@@ -21,37 +21,9 @@ test.before(() => {
   if (!existsSync(join(root, 'dist', 'src', 'cni', 'main.js'))) throw new Error('dist/src/cni/main.js missing: run tsc first');
 });
 
-interface ShimRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  json: any;
-}
-
-function runShim(extraEnv: Record<string, string | undefined>, stdin: string | Buffer): Promise<ShimRun> {
-  return new Promise((resolve, reject) => {
-    // The runtime's environment: PATH and the CNI_* variables, nothing of ours.
-    // MESH_CNI_LOG_FILE keeps the standalone engine's lines for unparsable netconfs out of /var/log.
-    const child = spawn(shim, [], { env: { PATH: process.env.PATH, MESH_CNI_LOG_FILE: logFile, ...extraEnv } as NodeJS.ProcessEnv, stdio: ['pipe', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (c: Buffer) => out.push(c));
-    child.stderr.on('data', (c: Buffer) => err.push(c));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const stdout = Buffer.concat(out).toString();
-      let json: any;
-      try {
-        json = JSON.parse(stdout);
-      } catch {
-        json = undefined;
-      }
-      resolve({ code, stdout, stderr: Buffer.concat(err).toString(), json });
-    });
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(stdin);
-  });
-}
+/** The runtime's environment: PATH and the CNI_* variables; MESH_CNI_LOG_FILE keeps the standalone engine's
+ * lines for unparsable netconfs out of /var/log. */
+const runShim = (extraEnv: Record<string, string | undefined>, stdin: string | Buffer) => execShim({ MESH_CNI_LOG_FILE: logFile, ...extraEnv }, stdin);
 
 test.serial('through the agent socket: ADD answers the handler’s stdout and exit code; only CNI_* env crosses', async (t) => {
   const socketPath = join(dir, 'agent-add.sock');

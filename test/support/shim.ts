@@ -10,7 +10,8 @@ export interface ShimRun {
   json: any;
 }
 
-export function execShim(env: Record<string, string>, netconf: unknown, timeoutMs = 60_000): Promise<ShimRun> {
+/** `stdin`: a Buffer or string is sent as it is, anything else as JSON. */
+export function execShim(env: Record<string, string | undefined>, stdin: unknown, timeoutMs = 60_000): Promise<ShimRun> {
   return new Promise((resolve, reject) => {
     const child = spawn(SHIM, [], { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
@@ -31,6 +32,6 @@ export function execShim(env: Record<string, string>, netconf: unknown, timeoutM
       resolve({ code: code ?? -1, stdout, stderr: Buffer.concat(err).toString(), json });
     });
     child.stdin.on('error', () => undefined);
-    child.stdin.end(typeof netconf === 'string' ? netconf : JSON.stringify(netconf));
+    child.stdin.end(typeof stdin === 'string' || Buffer.isBuffer(stdin) ? stdin : JSON.stringify(stdin));
   });
 }
