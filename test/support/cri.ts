@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { CNI_PLUGIN_DIR, CRI_PROTO, requireNodeDeps, SHIM } from './node-deps';
 import { startService, waitUntil, type Service } from './service';
+import type { ShimRun } from './shim';
 
 const PREFIX = 'mcni-node-';
 export const SANDBOX_IMAGE = 'docker.io/mesh-cni/pause:test';
@@ -314,12 +315,8 @@ export interface PodSpec {
   labels?: Record<string, string>;
 }
 
-export interface ShimResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-  json: any;
-}
+/** What one run of our CNI binary answered (the same shape execShim gives). */
+export type ShimResult = ShimRun;
 
 /** CNI_ARGS as containerd 1.6 builds them for a pod. */
 export function podCniArgs(namespace: string, name: string, sandboxId: string, uid: string): string {
