@@ -18,6 +18,7 @@ import { INJECTED } from '../cni/helpers';
 
 const PODS = 100;
 const IN_FLIGHT = 8;
+const KILLS = 8;
 
 function addNetns(name: string): void {
   for (const args of [['netns', 'add', name], ['-n', name, 'link', 'set', 'lo', 'up']]) {
@@ -40,21 +41,29 @@ test.serial(`fault agent-sigkill: ${PODS} ADDs while the agent is killed at rand
   const agentArgs = ['--health-port', '0', '--health-host', '127.0.0.1', '--no-kubernetes', '--no-install', '--socket', socket, '--state-dir', dir];
   let agent: AgentProcess | undefined = await startAgentProcess(agentArgs, path.join(dir, 'agent.log'));
   t.teardown(() => agent?.kill());
+  // Kills are tied to progress, not to the clock (a faster ADD would otherwise outrun them): when a worker
+  // starts one of the ADDs at KILL_POINTS, the agent is SIGKILLed a few milliseconds later, with ADDs in flight,
+  // and that worker waits for the restarted agent before it goes on (the others keep going meanwhile).
+  const killPoints = new Set<number>();
+  while (killPoints.size < KILLS) killPoints.add(5 + Math.floor(Math.random() * (PODS - 10)));
   let kills = 0;
-  let done = false;
-  // The killer: at random moments, SIGKILL the agent and start it again a little later.
-  const killer = (async () => {
-    while (!done) {
-      await new Promise((r) => setTimeout(r, 50 + Math.random() * 250));
-      if (done || !agent) continue;
+  let inFlight = 0;
+  let inFlightAtKills = 0;
+  // One kill and restart at a time: two kill points can come close together, and two agents must never
+  // start on the same socket.
+  let killQueue = Promise.resolve();
+  const killAndRestart = () =>
+    (killQueue = killQueue.then(async () => {
+      await new Promise((r) => setTimeout(r, Math.random() * 20));
       const dying = agent;
       agent = undefined;
-      await dying.kill();
+      inFlightAtKills += inFlight;
+      await dying?.kill();
       kills++;
-      await new Promise((r) => setTimeout(r, Math.random() * 200));
-      if (!done) agent = await startAgentProcess(agentArgs, path.join(dir, 'agent.log'));
-    }
-  })();
+      await new Promise((r) => setTimeout(r, Math.random() * 100));
+      agent = await startAgentProcess(agentArgs, path.join(dir, 'agent.log'));
+    }));
+
 
   const netconf = { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'mesh-cni', backend: 'iptables-nft', log_file: path.join(dir, 'cni.log'), state_dir: dir, runtimeConfig: { 'io.kubernetes.cri.pod-annotations': INJECTED } };
   const results: number[] = new Array(PODS);
@@ -63,6 +72,8 @@ test.serial(`fault agent-sigkill: ${PODS} ADDs while the agent is killed at rand
     Array.from({ length: IN_FLIGHT }, async () => {
       while (next < PODS) {
         const i = next++;
+        const killing = killPoints.has(i) ? killAndRestart() : undefined;
+        inFlight++;
         const r = await execShim(
           {
             CNI_COMMAND: 'ADD',
@@ -75,12 +86,12 @@ test.serial(`fault agent-sigkill: ${PODS} ADDs while the agent is killed at rand
           },
           netconf,
         );
+        inFlight--;
         results[i] = r.code;
+        await killing;
       }
     }),
   );
-  done = true;
-  await killer;
 
   const config = redirectConfigFromAnnotations({});
   let succeeded = 0;
@@ -94,7 +105,8 @@ test.serial(`fault agent-sigkill: ${PODS} ADDs while the agent is killed at rand
     else if (results[i] !== 0 && none) failedClean++;
     else partial.push(`pod ${i}: exit ${results[i]}, ${full ? 'full' : none ? 'no' : 'PARTIAL'} rules`);
   }
-  t.log(`fault agent-sigkill: ${PODS} trials, ${kills} agent kills, ${succeeded} programmed, ${failedClean} failed cleanly, ${partial.length} partial`);
-  t.true(kills >= 3, `the agent was killed ${kills} times; the fault was not exercised`);
+  t.log(`fault agent-sigkill: ${PODS} trials, ${kills} agent kills with ${inFlightAtKills} ADDs in flight in all, ${succeeded} programmed, ${failedClean} failed cleanly, ${partial.length} partial`);
+  t.is(kills, KILLS);
+  t.true(inFlightAtKills >= KILLS, `only ${inFlightAtKills} ADDs were in flight across ${kills} kills; the fault was not exercised`);
   t.deepEqual(partial, [], 'every pod ends fully programmed with success, or with no rules and an error');
 });
