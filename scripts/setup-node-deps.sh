@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs and builds what the real-node tests (containerd's CRI, cnitool, kube-apiserver + etcd) need, from
+# Installs and builds what the real-node and cluster tests (containerd's CRI, cnitool, the Kubernetes control
+# plane and node components + etcd, buildah and debootstrap for the image) need, from
 # Debian's apt repositories only. Idempotent: the built binaries and the CRI proto are cached outside the
 # checkout, in $MESH_CNI_CACHE (default /var/cache/mesh-cni), and a stamp makes a rerun take seconds.
 #
-#   $MESH_CNI_CACHE/bin/kube-apiserver   built from Debian's `kubernetes` source (~4 min on 2 cores)
+#   $MESH_CNI_CACHE/bin/kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kube-proxy
+#                                        built from Debian's `kubernetes` source (1.20.2) in one make (~20 min
+#                                        on 2 cores)
 #   $MESH_CNI_CACHE/bin/cnitool          built from Debian's `golang-github-appc-cni` source (GOPATH mode)
 #   $MESH_CNI_CACHE/cri/api.proto        the CRI v1alpha2 API from the same kubernetes source, gogo stripped
 #
@@ -18,11 +21,13 @@ CRI_ONLY=0
 
 CACHE=${MESH_CNI_CACHE:-/var/cache/mesh-cni}
 # Bump when what this script produces changes, so every machine rebuilds once.
-STAMP_CONTENT="mesh-cni node deps v1"
+STAMP_CONTENT="mesh-cni node deps v2"
+KUBE_COMPONENTS=(kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy)
 PACKAGES=(
   containerd runc busybox-static golang-go etcd-server make rsync dpkg-dev
   socat conntrack iptables nftables iproute2 util-linux python3 openssl
   containernetworking-plugins build-essential ca-certificates xz-utils kubernetes-client
+  buildah debootstrap fuse-overlayfs
 )
 
 log() { printf 'setup-node-deps: %s\n' "$*" >&2; }
@@ -74,7 +79,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 
 have_cache() {
-  [[ -x $CACHE/bin/kube-apiserver && -x $CACHE/bin/cnitool && -s $CACHE/cri/api.proto ]] &&
+  local c
+  for c in "${KUBE_COMPONENTS[@]}"; do [[ -x $CACHE/bin/$c ]] || return 1; done
+  [[ -x $CACHE/bin/cnitool && -s $CACHE/cri/api.proto ]] &&
     [[ $(cat "$CACHE/stamp" 2>/dev/null) == "$STAMP_CONTENT" ]]
 }
 
@@ -168,19 +175,22 @@ if [[ $CRI_ONLY -eq 1 ]]; then
   exit 0
 fi
 
-log "building kube-apiserver (about 4 minutes on 2 cores)"
+log "building ${KUBE_COMPONENTS[*]} (about 20 minutes on 2 cores)"
 t0=$SECONDS
 build_home=$(mktemp -d)
-(cd "$kube_src" && HOME=$build_home make WHAT=cmd/kube-apiserver >"$BUILD/make.log" 2>&1) || {
+what=$(printf 'cmd/%s ' "${KUBE_COMPONENTS[@]}")
+(cd "$kube_src" && HOME=$build_home make WHAT="${what% }" >"$BUILD/make.log" 2>&1) || {
   tail -n 40 "$BUILD/make.log" >&2
   rm -rf "$build_home"
   exit 1
 }
 rm -rf "$build_home"
-built=$(find "$kube_src/_output" -type f -name kube-apiserver -perm -u+x | head -n 1)
-[[ -n $built ]] || { log "kube-apiserver not found under $kube_src/_output"; exit 1; }
-install -m 0755 "$built" "$CACHE/bin/kube-apiserver"
-log "kube-apiserver built in $((SECONDS - t0))s"
+for c in "${KUBE_COMPONENTS[@]}"; do
+  built=$(find "$kube_src/_output" -type f -name "$c" -perm -u+x | head -n 1)
+  [[ -n $built ]] || { log "$c not found under $kube_src/_output"; exit 1; }
+  install -m 0755 "$built" "$CACHE/bin/$c"
+done
+log "${KUBE_COMPONENTS[*]} built in $((SECONDS - t0))s"
 
 printf '%s\n' "$STAMP_CONTENT" >"$CACHE/stamp"
 log "done in ${SECONDS}s: $(ls "$CACHE/bin" | tr '\n' ' ')and cri/api.proto in $CACHE"
