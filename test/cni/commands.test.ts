@@ -20,7 +20,8 @@ test('ADD of an injected pod applies rules once, with the netconf backend, and p
   t.is(deps.engine.calls.length, 1);
   const line = JSON.parse(r.stderr);
   t.like(line, { command: 'ADD', pod: 'shop/cart-7d9', decision: 'meshed', source: 'runtime+defaults', rules: 12, level: 'warn' });
-  t.true(line.notes[0].includes('Istio defaults'));
+  t.true(line.notes[0].includes('decided from annotations alone'), line.notes[0]);
+  t.true(line.notes[0].includes('proxy uid/gid 1337'), 'the log names the facts it assumed');
 });
 
 test('ADD of a pod that is not injected passes through without the engine', async (t) => {
@@ -54,7 +55,7 @@ test('ADD with interception mode NONE applies nothing', async (t) => {
 });
 
 test('ADD asks the agent cache before the API, and the cache has the spec', async (t) => {
-  const cached: PodInfo = { name: 'cart-7d9', namespace: 'shop', labels: {}, annotations: INJECTED, containers: ['istio-proxy'], initContainers: [], proxyUid: 1500 };
+  const cached: PodInfo = { name: 'cart-7d9', namespace: 'shop', labels: {}, annotations: INJECTED, containers: [{ name: 'istio-proxy', list: 'containers' }], proxy: { lists: ['containers'], env: {}, runAsUser: 1500 } };
   let fetched = 0;
   const deps = unitDeps({
     podCache: { lookup: async () => cached },

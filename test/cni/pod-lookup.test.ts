@@ -69,7 +69,7 @@ test('kubeconfig errors never quote credentials', (t) => {
   t.notRegex(err!.message, /sekret/);
 });
 
-test('PodInfo from a pod: containers, proxy uid/gid and DNS capture from istio-proxy', (t) => {
+test('PodInfo from a pod: containers with their lists, proxy uid/gid and env from istio-proxy', (t) => {
   const info = podInfoFromPod({
     metadata: { name: 'p', namespace: 'n', uid: 'u', labels: { app: 'x' }, annotations: INJECTED },
     spec: {
@@ -77,7 +77,13 @@ test('PodInfo from a pod: containers, proxy uid/gid and DNS capture from istio-p
       containers: [{ name: 'app' }, { name: 'istio-proxy', securityContext: { runAsUser: 1337, runAsGroup: 1338 }, env: [{ name: 'ISTIO_META_DNS_CAPTURE', value: 'true' }] }],
     },
   });
-  t.like(info, { name: 'p', namespace: 'n', uid: 'u', containers: ['app', 'istio-proxy'], initContainers: ['istio-validation'], proxyUid: 1337, proxyGid: 1338, dnsCapture: true });
+  t.like(info, { name: 'p', namespace: 'n', uid: 'u' });
+  t.deepEqual(info.containers, [
+    { name: 'istio-validation', list: 'initContainers' },
+    { name: 'app', list: 'containers' },
+    { name: 'istio-proxy', list: 'containers' },
+  ]);
+  t.deepEqual(info.proxy, { lists: ['containers'], env: { ISTIO_META_DNS_CAPTURE: 'true' }, runAsUser: 1337, runAsGroup: 1338 });
 });
 
 async function fakeApiServer(handler: http.RequestListener): Promise<{ url: string; close: () => Promise<void>; hits: string[] }> {

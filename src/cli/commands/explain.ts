@@ -5,7 +5,7 @@
  */
 import type { Argv } from 'yargs';
 import type { V1Pod } from '@kubernetes/client-node';
-import { explainMeshing, type DecisionStep } from '../../cni/decision';
+import { explainMeshing, needsNamespaceLabels, type DecisionStep } from '../../cni/decision';
 import { podInfoFromPod } from '../../cni/pod-api';
 import { MeshCniError } from '../../errors';
 import type { Family } from '../../redirect/constants';
@@ -23,6 +23,7 @@ import {
   lastActionFor,
   locatePodNetns,
   meshCniEvents,
+  namespaceLabels,
   parsePodRef,
   requireOnNode,
   type LastAction,
@@ -74,7 +75,7 @@ export interface Explanation {
 
 const ruleJson = (r: ObservedRule): RuleJson => ({ family: r.family, table: r.table, chain: r.chain, rule: r.text, ...(r.packets === undefined ? {} : { packets: r.packets }) });
 
-function decide(pod: V1Pod, excludeNamespaces: readonly string[]): { trail: ExplainStep[]; config?: RedirectConfig; reason: string } {
+function decide(pod: V1Pod, excludeNamespaces: readonly string[], nsLabels: Record<string, string> | undefined): { trail: ExplainStep[]; config?: RedirectConfig; reason: string } {
   const trail: DecisionStep[] = [];
   if (pod.spec?.hostNetwork) {
     trail.push({ rule: 'host-network', outcome: 'skip', detail: 'hostNetwork: true: the runtime never calls CNI for this pod' });
@@ -82,7 +83,9 @@ function decide(pod: V1Pod, excludeNamespaces: readonly string[]): { trail: Expl
   }
   trail.push({ rule: 'host-network', outcome: 'pass', detail: 'the pod has its own network namespace' });
   try {
-    const decision = explainMeshing(podInfoFromPod(pod), { excludeNamespaces }, trail);
+    const info = podInfoFromPod(pod);
+    if (needsNamespaceLabels(info)) info.namespaceLabels = nsLabels;
+    const decision = explainMeshing(info, { excludeNamespaces }, trail);
     return decision.meshed ? { trail, config: decision.config, reason: 'meshed' } : { trail, reason: decision.reason };
   } catch (err) {
     const failed: ExplainStep = { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` };
@@ -102,7 +105,8 @@ export async function explain(args: Args): Promise<Explanation> {
   const pod = await getPod(kube, ref);
   requireOnNode(pod, nodeName);
   const id = `${ref.namespace}/${ref.name}`;
-  const { trail, config, reason } = decide(pod, args['exclude-namespaces']);
+  const nsLabels = needsNamespaceLabels(podInfoFromPod(pod)) ? await namespaceLabels(kube, ref.namespace) : undefined;
+  const { trail, config, reason } = decide(pod, args['exclude-namespaces'], nsLabels);
   const [where, chosen, events] = await Promise.all([
     locatePodNetns(pod, args['state-dir'], args['proc-root'], args['cri-socket']),
     chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] }),
@@ -155,7 +159,7 @@ export async function explain(args: Args): Promise<Explanation> {
   };
 }
 
-const OUTCOME_TONE: Record<ExplainStep['outcome'], Tone> = { pass: 'ok', skip: 'warn', meshed: 'ok', error: 'bad' };
+const OUTCOME_TONE: Record<ExplainStep['outcome'], Tone> = { pass: 'ok', skip: 'warn', assumed: 'warn', meshed: 'ok', error: 'bad' };
 
 function rulesTable(rules: readonly RuleJson[], nft: boolean): string {
   if (rules.length === 0) return '  (none)\n';
