@@ -47,6 +47,23 @@ test('ADD in an excluded namespace needs no metadata source at all', async (t) =
   t.like(JSON.parse(r.stderr), { reason: 'namespace-excluded', source: 'cni-args' });
 });
 
+test('ADD of our own agent pod needs no metadata source, not even a readable kubeconfig', async (t) => {
+  const deps = unitDeps({
+    podCache: { lookup: async () => t.fail('the cache must not be asked') as never },
+    fetchPod: async () => t.fail('the API must not be asked') as never,
+  });
+  const args = 'K8S_POD_NAMESPACE=mesh-cni-system;K8S_POD_NAME=mesh-cni-x7k2p';
+  const r = await run('ADD', netconf({ kubernetes: { kubeconfig: '/nonexistent/kubeconfig' } }), deps, { CNI_ARGS: args });
+  t.is(r.exitCode, 0, r.stdout);
+  t.like(JSON.parse(r.stderr), { decision: 'skipped', reason: 'own-agent-pod', source: 'cni-args' });
+  // The netconf names the agent's namespace and prefix when the DaemonSet is installed elsewhere.
+  const custom = await run('ADD', netconf({ kubernetes: { agent_namespace: 'istio-system', agent_pod_prefix: 'mesh-' } }), unitDeps(), { CNI_ARGS: 'K8S_POD_NAMESPACE=istio-system;K8S_POD_NAME=mesh-abc' });
+  t.like(JSON.parse(custom.stderr), { reason: 'own-agent-pod' });
+  const other = await run('ADD', netconf(), unitDeps(), { CNI_ARGS: 'K8S_POD_NAMESPACE=mesh-cni-system;K8S_POD_NAME=debug' });
+  t.is(other.exitCode, 1, 'any other pod there still needs a metadata source');
+  t.is(JSON.parse(other.stdout).code, 7);
+});
+
 test('ADD with interception mode NONE applies nothing', async (t) => {
   const deps = unitDeps();
   const r = await run('ADD', withAnnotations({ ...INJECTED, 'sidecar.istio.io/interceptionMode': 'NONE' }), deps);
