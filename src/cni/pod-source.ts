@@ -63,7 +63,6 @@ const defaultFetchNamespace: FetchNamespace = (kubeconfig, namespace, timeoutMs)
 
 const NAMESPACE_TIMEOUT_MS = 2000;
 
-
 const realSleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 async function getPodWithRetry(k8s: KubernetesArgs, kubeconfig: string, deps: PodSourceDeps, notes: string[]): Promise<PodInfo> {
