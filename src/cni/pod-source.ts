@@ -99,6 +99,27 @@ async function getPodWithRetry(k8s: KubernetesArgs, kubeconfig: string, deps: Po
   );
 }
 
+async function waitForCache(k8s: KubernetesArgs, cache: PodCache, deps: PodSourceDeps): Promise<PodInfo> {
+  const now = deps.now ?? Date.now;
+  const sleep = deps.sleep ?? realSleep;
+  const budget = deps.podLookupTimeoutMs ?? DEFAULT_POD_LOOKUP_TIMEOUT_MS;
+  const deadline = now() + budget;
+  let backoff = 50;
+  for (;;) {
+    const left = deadline - now();
+    if (left <= 0) break;
+    await sleep(Math.min(backoff, left));
+    backoff = Math.min(backoff * 2, 1000);
+    const pod = await cache.lookup(k8s.podNamespace, k8s.podName, k8s.podUid);
+    if (pod) return { ...pod };
+  }
+  throw new CniError(
+    CniCode.TryAgainLater,
+    `pod ${k8s.podNamespace}/${k8s.podName} did not reach the agent's watch cache within ${Math.round(budget / 1000)} s`,
+    'the netconf names no kubeconfig, so the cache is the only source of the pod spec; kubelet retries',
+  );
+}
+
 function withAssumptions(decision: MeshDecision, notes: string[]): MeshDecision {
   if (decision.assumed?.length) notes.push(`decided from annotations alone (Kubernetes turned off); assumed: ${decision.assumed.join('; ')}`);
   return decision;
@@ -124,6 +145,13 @@ export async function decidePod(
   if (fromRuntime) {
     const early = certainSkipFromAnnotations(fromRuntime);
     if (early) return { decision: { meshed: false, reason: early }, source: 'runtime' };
+  }
+  if (!netconf.kubeconfig && deps.podCache) {
+    // The agent runs with Kubernetes but the netconf names no kubeconfig: its watch cache is the only source
+    // of the facts the annotations lack, so wait for the pod to reach it rather than assume them.
+    const pod = await waitForCache(k8s, deps.podCache, deps);
+    if (needsNamespaceLabels(pod) && deps.podCache.namespaceLabels) pod.namespaceLabels = await deps.podCache.namespaceLabels(k8s.podNamespace).catch(() => undefined);
+    return { decision: decideMeshing(pod, options), source: 'cache' };
   }
   if (netconf.kubeconfig) {
     const pod: PodInfo = await getPodWithRetry(k8s, netconf.kubeconfig, deps, notes);

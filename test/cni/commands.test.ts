@@ -47,6 +47,23 @@ test('ADD in an excluded namespace needs no metadata source at all', async (t) =
   t.like(JSON.parse(r.stderr), { reason: 'namespace-excluded', source: 'cni-args' });
 });
 
+test('ADD through an agent with Kubernetes on but no kubeconfig waits for its watch cache, never assumes', async (t) => {
+  let lookups = 0;
+  let clock = 0;
+  const pod: PodInfo = { name: 'cart-7d9', namespace: 'shop', labels: {}, annotations: INJECTED, containers: [{ name: 'istio-proxy', list: 'initContainers' }], proxy: { lists: ['initContainers'], env: {}, runAsUser: 1000620000, runAsGroup: 1000620000 } };
+  const timing = { now: () => clock, sleep: async (ms: number) => void (clock += ms) };
+  const late = unitDeps({ ...timing, podCache: { lookup: async () => (++lookups >= 3 ? pod : undefined) } });
+  const r = await run('ADD', withAnnotations(INJECTED), late);
+  t.is(r.exitCode, 0, r.stdout);
+  t.like(JSON.parse(r.stderr), { decision: 'meshed', source: 'cache' });
+  t.like(late.engine.calls[0]!.config, { proxyUid: 1000620000, proxyGid: 1000620000 });
+  const never = unitDeps({ ...timing, podCache: { lookup: async () => undefined } });
+  const r2 = await run('ADD', withAnnotations(INJECTED), never);
+  t.is(JSON.parse(r2.stdout).code, 11, 'kubelet retries');
+  t.deepEqual(never.engine.calls, []);
+  t.true(clock >= 30_000, 'it waited the lookup budget (30 s)');
+});
+
 test('ADD of our own agent pod needs no metadata source, not even a readable kubeconfig', async (t) => {
   const deps = unitDeps({
     podCache: { lookup: async () => t.fail('the cache must not be asked') as never },
