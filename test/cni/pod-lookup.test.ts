@@ -184,3 +184,31 @@ test.serial('403 from the API is final: code 104 without waiting', async (t) => 
   t.is(r.json.code, 104);
   t.is(api.hits.length, 1);
 });
+
+test.serial('a pod without sidecar status: its namespace is read (once, best effort) to tell ambient from the rest', async (t) => {
+  const plainPod = { metadata: { name: 'cart-7d9', namespace: 'shop', uid: 'uid-1', labels: {}, annotations: {} }, spec: { containers: [{ name: 'cart' }] } };
+  const injectedPod = { ...pod, metadata: { ...pod.metadata, labels: {} } };
+  const respond = (nsStatus: number, body: unknown) =>
+    fakeApiServer((req, res) => {
+      if (req.url === '/api/v1/namespaces/shop') res.writeHead(nsStatus).end(JSON.stringify({ metadata: { name: 'shop', labels: { 'istio.io/dataplane-mode': 'ambient' } } }));
+      else res.writeHead(200).end(JSON.stringify(body));
+    });
+  const ambient = await respond(200, plainPod);
+  t.teardown(ambient.close);
+  const r = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(ambient.url, 'kc-amb') } }), unitDeps());
+  t.like(JSON.parse(r.stderr), { decision: 'skipped', reason: 'ambient', source: 'api' });
+  t.deepEqual(ambient.hits.map((h) => h.split(' ')[1]), ['/api/v1/namespaces/shop/pods/cart-7d9', '/api/v1/namespaces/shop']);
+
+  const refused = await respond(403, plainPod);
+  t.teardown(refused.close);
+  const r2 = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(refused.url, 'kc-ns403') } }), unitDeps());
+  t.is(r2.exitCode, 0, 'the pod is skipped either way: a namespace that cannot be read never fails the ADD');
+  const line = JSON.parse(r2.stderr);
+  t.like(line, { decision: 'skipped', reason: 'no-istio-proxy' });
+  t.regex(line.notes.join('\n'), /namespace shop not readable .*403.*ambient label was not checked/);
+
+  const sidecar = await respond(200, injectedPod);
+  t.teardown(sidecar.close);
+  await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(sidecar.url, 'kc-sc') } }), unitDeps());
+  t.is(sidecar.hits.length, 1, 'an injected pod never costs the namespace read');
+});
