@@ -85,6 +85,9 @@ function recordRequest(metrics: AgentMetrics, line: Readonly<RequestLogLine>): v
   const result = line.error ? String(line.error.code) : 'ok';
   metrics.requests.inc({ command: line.command || 'unknown', result });
   if (line.command === 'ADD') metrics.addDuration.observe({ decision: line.decision ?? 'error' }, line.durationMs / 1000);
+  if (line.command === 'ADD' && (line.decision === 'meshed' || line.decision === 'skipped')) {
+    metrics.addDecisions.inc({ decision: line.decision, reason: line.decision === 'meshed' ? 'meshed' : line.reason ?? 'unknown' });
+  }
   if (line.command === 'ADD' && line.decision === 'meshed' && line.rules) metrics.rulesProgrammed.inc({ backend: line.backend ?? 'unknown' }, line.rules);
 }
 
@@ -221,6 +224,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
       onAction: (action, result) => metrics.repairActions.inc({ action, result }),
     });
     // Logged as each action happens, not when the pass that found it ends (a pass over many pods takes a while).
+    deps.namespaceLabels = (namespace) => cache.namespaceLabels(namespace);
     deps.onFinding = (f) => log({ level: 'info', msg: 'repair', pod: `${f.namespace}/${f.name}`, reason: f.reason, action: f.action, actedAt: f.actedAt });
     reconciler = new Reconciler({ mode: r.mode, excludeNamespaces: r.excludeNamespaces ?? ['kube-system'], backend: r.backend, ratePerSecond: r.ratePerSecond, burst: r.burst }, deps);
     const stopSchedule = scheduleRepair(reconciler, r.resyncMs ?? 30_000, log, (handler) => (onPodEvent = handler));

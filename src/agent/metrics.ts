@@ -16,6 +16,13 @@ export class AgentMetrics {
     buckets: [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30],
     registers: [this.registry],
   });
+  /** One series per skip reason of src/cni/decision.ts (SKIP_REASONS), plus `meshed`: the decision's own strings. */
+  readonly addDecisions = new Counter({
+    name: 'mesh_cni_add_decisions_total',
+    help: 'CNI ADDs answered by the agent by pod decision: reason is `meshed` or the stable skip reason (no-istio-proxy, proxyless, not-a-sidecar, ...)',
+    labelNames: ['decision', 'reason'] as const,
+    registers: [this.registry],
+  });
   readonly rulesProgrammed = new Counter({
     name: 'mesh_cni_rules_programmed_total',
     help: 'Redirect rules written into pod network namespaces',

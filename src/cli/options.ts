@@ -30,6 +30,7 @@ export const configOptions = {
   'proxy-uid': { type: 'number', describe: "the proxy's uid (default 1337)" },
   'proxy-gid': { type: 'number', describe: "the proxy's gid (default 1337)" },
   'dns-capture': { type: 'boolean', default: false, describe: "capture DNS to the agent on 15053 (Istio's ISTIO_META_DNS_CAPTURE)" },
+  'invalid-drop': { type: 'boolean', default: false, describe: "drop conntrack-INVALID packets (Istio's INVALID_DROP)" },
 } satisfies Record<string, Options>;
 
 export const backendOption = {
@@ -98,6 +99,7 @@ export interface ConfigArgs {
   'proxy-uid'?: number;
   'proxy-gid'?: number;
   'dns-capture': boolean;
+  'invalid-drop'?: boolean;
 }
 
 export function configFromArgs(args: ConfigArgs): RedirectConfig {
@@ -105,6 +107,7 @@ export function configFromArgs(args: ConfigArgs): RedirectConfig {
     proxyUid: args['proxy-uid'],
     proxyGid: args['proxy-gid'],
     dnsCapture: args['dns-capture'],
+    invalidDrop: args['invalid-drop'] ?? false,
   });
 }
 

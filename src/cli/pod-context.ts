@@ -95,6 +95,16 @@ export function requireOnNode(pod: V1Pod, nodeName: string | undefined): void {
   if (podNode !== nodeName) throw new PodNotOnNodeError(`${pod.metadata?.namespace}/${pod.metadata?.name}`, podNode, nodeName);
 }
 
+/** A namespace's labels (ambient can be enabled there); undefined when it cannot be read. */
+export async function namespaceLabels(kube: Kube, namespace: string): Promise<Record<string, string> | undefined> {
+  try {
+    const ns = await apiCall(`reading namespace ${namespace}`, () => kube.core.readNamespace({ name: namespace }));
+    return ns.metadata?.labels ?? {};
+  } catch {
+    return undefined;
+  }
+}
+
 export async function listNodePods(kube: Kube, nodeName: string, namespace?: string): Promise<V1Pod[]> {
   const fieldSelector = `spec.nodeName=${nodeName}`;
   const list = await apiCall(`listing the pods of node ${nodeName}`, () =>
@@ -244,6 +254,11 @@ export async function inspectNodePods(kube: Kube, s: InspectSettings): Promise<A
   const pods = await listNodePods(kube, s.nodeName, s.namespace);
   const { repairDeps } = await import('../repair/wiring');
   const deps = await repairDeps({ kubeConfig: kube.kubeConfig, nodeName: s.nodeName, pods: () => pods, attachments: new AttachmentStore(s.stateDir), procRoot: s.procRoot, criSocket: s.criSocket, backend: s.backend });
+  const namespaces = new Map<string, Promise<Record<string, string> | undefined>>();
+  deps.namespaceLabels = (namespace) => {
+    if (!namespaces.has(namespace)) namespaces.set(namespace, namespaceLabels(kube, namespace));
+    return namespaces.get(namespace)!;
+  };
   try {
     const reconciler = new Reconciler({ mode: 'off', excludeNamespaces: s.excludeNamespaces, backend: s.backend, dryRun: true }, deps);
     const out: Array<{ pod: V1Pod; finding: Finding }> = [];

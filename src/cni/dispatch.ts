@@ -70,7 +70,7 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine):
     return { stdout };
   }
   const notes = line.notes ?? (line.notes = []);
-  const { decision, source } = await decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, buildConfig: deps.buildConfig }, deps, notes);
+  const { decision, source } = await decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, agentPod: req.netconf.agentPod, buildConfig: deps.buildConfig }, deps, notes);
   line.source = source;
   if (!decision.meshed) {
     Object.assign(line, { decision: 'skipped', reason: decision.reason });
@@ -124,7 +124,7 @@ async function cmdCheck(req: NetworkRequest, deps: CniDeps, line: RequestLogLine
     return { stdout: '' };
   }
   const notes = line.notes ?? (line.notes = []);
-  const { decision, source } = await decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, buildConfig: deps.buildConfig }, deps, notes);
+  const { decision, source } = await decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, agentPod: req.netconf.agentPod, buildConfig: deps.buildConfig }, deps, notes);
   line.source = source;
   if (!decision.meshed) {
     Object.assign(line, { decision: 'skipped', reason: decision.reason });

@@ -6,6 +6,7 @@
 import type { BackendName } from '../redirect/engine';
 import { CniCode, CniError } from './errors';
 import type { SupportedVersion } from './version';
+import { DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX, type AgentPodMatch } from './decision';
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -35,7 +36,7 @@ const STANDARD_KEYS = new Set([
   'cni.dev/valid-attachments',
 ]);
 const OUR_KEYS = new Set(['log_level', 'log_file', 'kubernetes', 'backend', 'agent_socket', 'state_dir']);
-const OUR_KUBERNETES_KEYS = new Set(['kubeconfig', 'exclude_namespaces']);
+const OUR_KUBERNETES_KEYS = new Set(['kubeconfig', 'exclude_namespaces', 'agent_namespace', 'agent_pod_prefix']);
 
 export interface MeshNetConf {
   name: string;
@@ -45,6 +46,8 @@ export interface MeshNetConf {
   logFile: string;
   kubeconfig?: string;
   excludeNamespaces: readonly string[];
+  /** our own agent's pods (namespace and DaemonSet pod-name prefix): never redirected, decided before any lookup */
+  agentPod: AgentPodMatch;
   backend: BackendName;
   agentSocket: string;
   /** where ADD records what it programmed (the reconciler reads it) */
@@ -86,7 +89,15 @@ function absolutePath(key: string, value: unknown): string {
 
 const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
-function parseKubernetes(value: unknown): { kubeconfig?: string; excludeNamespaces: readonly string[] } {
+interface KubernetesFields {
+  kubeconfig?: string;
+  excludeNamespaces: readonly string[];
+  agentPod: AgentPodMatch;
+}
+
+const DEFAULT_AGENT_POD: AgentPodMatch = { namespace: DEFAULT_AGENT_NAMESPACE, podNamePrefix: DEFAULT_AGENT_POD_PREFIX };
+
+function parseKubernetes(value: unknown): KubernetesFields {
   if (!isObject(value)) throw invalid('kubernetes', value, 'must be an object');
   for (const key of Object.keys(value)) {
     if (!OUR_KUBERNETES_KEYS.has(key)) throw unsupported(`kubernetes.${key}`, value[key], [...OUR_KUBERNETES_KEYS].map((k) => `kubernetes.${k}`));
@@ -100,7 +111,11 @@ function parseKubernetes(value: unknown): { kubeconfig?: string; excludeNamespac
     }
     excludeNamespaces = list as string[];
   }
-  return { kubeconfig, excludeNamespaces };
+  const agentNamespace = value.agent_namespace ?? DEFAULT_AGENT_NAMESPACE;
+  if (typeof agentNamespace !== 'string' || !NAMESPACE_NAME.test(agentNamespace)) throw invalid('kubernetes.agent_namespace', agentNamespace, 'must be a namespace name');
+  const prefix = value.agent_pod_prefix ?? DEFAULT_AGENT_POD_PREFIX;
+  if (typeof prefix !== 'string' || !/^[a-z0-9][-.a-z0-9]*$/.test(prefix)) throw invalid('kubernetes.agent_pod_prefix', prefix, 'must be the start of a pod name (lower case letters, digits, "-", ".")');
+  return { kubeconfig, excludeNamespaces, agentPod: { namespace: agentNamespace, podNamePrefix: prefix } };
 }
 
 function parseRuntimeAnnotations(runtimeConfig: unknown): Record<string, string> | undefined {
@@ -134,7 +149,7 @@ export function parseMeshNetConf(raw: Record<string, unknown>, cniVersion: Suppo
   if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw invalid('log_level', logLevel, `must be one of ${LOG_LEVELS.join(', ')}`);
   const backend = raw.backend ?? 'auto';
   if (!(BACKENDS as readonly unknown[]).includes(backend)) throw invalid('backend', backend, `must be one of ${BACKENDS.join(', ')}`);
-  const kubernetes = raw.kubernetes === undefined ? { excludeNamespaces: DEFAULT_EXCLUDED_NAMESPACES } : parseKubernetes(raw.kubernetes);
+  const kubernetes: KubernetesFields = raw.kubernetes === undefined ? { excludeNamespaces: DEFAULT_EXCLUDED_NAMESPACES, agentPod: DEFAULT_AGENT_POD } : parseKubernetes(raw.kubernetes);
   return {
     name: raw.name as string,
     type: raw.type as string | undefined,
@@ -143,6 +158,7 @@ export function parseMeshNetConf(raw: Record<string, unknown>, cniVersion: Suppo
     logFile: raw.log_file === undefined ? DEFAULT_LOG_FILE : absolutePath('log_file', raw.log_file),
     kubeconfig: kubernetes.kubeconfig,
     excludeNamespaces: kubernetes.excludeNamespaces,
+    agentPod: kubernetes.agentPod,
     backend: backend as BackendName,
     agentSocket: raw.agent_socket === undefined ? DEFAULT_AGENT_SOCKET : absolutePath('agent_socket', raw.agent_socket),
     stateDir: raw.state_dir === undefined ? DEFAULT_STATE_DIR : absolutePath('state_dir', raw.state_dir),

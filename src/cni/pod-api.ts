@@ -4,7 +4,7 @@
  */
 import type https from 'node:https';
 import { CniCode, CniError } from './errors';
-import type { PodInfo } from './decision';
+import type { ContainerList, PodInfo, ProxyFacts } from './decision';
 import { PROXY_CONTAINER } from './decision';
 import type { KubeEndpoint } from './kubeconfig';
 
@@ -16,8 +16,17 @@ export class RetryableLookupError extends Error {
 const MAX_POD_BYTES = 4 * 1024 * 1024;
 
 export function getPodJson(endpoint: KubeEndpoint, namespace: string, name: string, timeoutMs: number): Promise<unknown> {
+  return getApiJson(endpoint, `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`, `GET pod ${namespace}/${name}`, timeoutMs);
+}
+
+/** The pod's namespace: only its labels matter (ambient can be enabled there). */
+export function getNamespaceJson(endpoint: KubeEndpoint, namespace: string, timeoutMs: number): Promise<unknown> {
+  return getApiJson(endpoint, `/api/v1/namespaces/${encodeURIComponent(namespace)}`, `GET namespace ${namespace}`, timeoutMs);
+}
+
+function getApiJson(endpoint: KubeEndpoint, apiPath: string, where: string, timeoutMs: number): Promise<unknown> {
   const base = endpoint.server.pathname.replace(/\/+$/, '');
-  const path = `${base}/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`;
+  const path = `${base}${apiPath}`;
   const headers: Record<string, string> = { Accept: 'application/json', 'User-Agent': 'mesh-cni' };
   if (endpoint.token) headers.Authorization = `Bearer ${endpoint.token}`;
   const options: https.RequestOptions = {
@@ -44,12 +53,11 @@ export function getPodJson(endpoint: KubeEndpoint, namespace: string, name: stri
       let size = 0;
       res.on('data', (chunk: Buffer) => {
         size += chunk.length;
-        if (size > MAX_POD_BYTES) req.destroy(new Error('pod object larger than 4 MiB'));
+        if (size > MAX_POD_BYTES) req.destroy(new Error('object larger than 4 MiB'));
         else chunks.push(chunk);
       });
       res.on('end', () => {
         const status = res.statusCode ?? 0;
-        const where = `GET pod ${namespace}/${name}`;
         if (status === 200) {
           try {
             resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
@@ -65,15 +73,16 @@ export function getPodJson(endpoint: KubeEndpoint, namespace: string, name: stri
       res.on('error', (err) => reject(new RetryableLookupError(err.message)));
     });
     req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    req.on('error', (err) => reject(err instanceof CniError ? err : new RetryableLookupError(`GET pod ${namespace}/${name}: ${err.message}`)));
+    req.on('error', (err) => reject(err instanceof CniError ? err : new RetryableLookupError(`${where}: ${err.message}`)));
     req.end();
   });
 }
 
 interface K8sContainer {
   name?: string;
+  args?: unknown;
   env?: { name?: string; value?: string }[];
-  securityContext?: { runAsUser?: number; runAsGroup?: number };
+  securityContext?: { runAsUser?: number; runAsGroup?: number } | null;
 }
 
 function stringMap(v: unknown): Record<string, string> {
@@ -81,28 +90,53 @@ function stringMap(v: unknown): Record<string, string> {
   return Object.fromEntries(Object.entries(v).filter((e): e is [string, string] => typeof e[1] === 'string'));
 }
 
-/** PodInfo from a v1 Pod object; proxy identity and DNS capture come from the istio-proxy container. */
+/**
+ * PodInfo from a v1 Pod object, as Istio's ExtractPodInfo reads it: the containers are the init containers
+ * followed by the regular ones; from each istio-proxy (a native sidecar is an init container) come its env
+ * (literal values; `valueFrom` reads as ""), its proxy type (`args[1]` when `args[0]` is `proxy`) and its
+ * container securityContext's runAsUser/runAsGroup. Istio does not look at the pod-level securityContext.
+ */
 export function podInfoFromPod(pod: unknown): PodInfo & { uid?: string } {
   const p = (pod ?? {}) as {
     metadata?: { name?: string; namespace?: string; uid?: string; labels?: unknown; annotations?: unknown };
-    spec?: { containers?: K8sContainer[]; initContainers?: K8sContainer[]; securityContext?: { runAsUser?: number; runAsGroup?: number } };
+    spec?: { containers?: K8sContainer[] | null; initContainers?: K8sContainer[] | null };
   };
-  const containers = p.spec?.containers ?? [];
-  const proxy = containers.find((c) => c.name === PROXY_CONTAINER);
+  const lists: Array<[ContainerList, K8sContainer[]]> = [
+    ['initContainers', p.spec?.initContainers ?? []],
+    ['containers', p.spec?.containers ?? []],
+  ];
   const info: PodInfo & { uid?: string } = {
     name: p.metadata?.name ?? '',
     namespace: p.metadata?.namespace ?? '',
     uid: p.metadata?.uid,
     labels: stringMap(p.metadata?.labels),
     annotations: stringMap(p.metadata?.annotations),
-    containers: containers.map((c) => c.name ?? ''),
-    initContainers: (p.spec?.initContainers ?? []).map((c) => c.name ?? ''),
+    containers: lists.flatMap(([list, containers]) => containers.map((c) => ({ name: c.name ?? '', list }))),
   };
-  const uid = proxy?.securityContext?.runAsUser ?? p.spec?.securityContext?.runAsUser;
-  const gid = proxy?.securityContext?.runAsGroup ?? p.spec?.securityContext?.runAsGroup;
-  if (proxy && typeof uid === 'number') info.proxyUid = uid;
-  if (proxy && typeof gid === 'number') info.proxyGid = gid;
-  const dns = proxy?.env?.find((e) => e.name === 'ISTIO_META_DNS_CAPTURE');
-  if (dns?.value !== undefined) info.dnsCapture = dns.value === 'true';
+  let proxy: ProxyFacts | undefined;
+  for (const [list, containers] of lists) {
+    for (const c of containers) {
+      if (c.name !== PROXY_CONTAINER) continue;
+      // A pod with an istio-proxy in both lists: later values overwrite earlier ones, as Istio's loop does.
+      proxy ??= { lists: [], env: {} };
+      if (!proxy.lists.includes(list)) proxy.lists.push(list);
+      for (const e of c.env ?? []) if (typeof e.name === 'string') proxy.env[e.name] = typeof e.value === 'string' ? e.value : '';
+      const args = Array.isArray(c.args) ? c.args : [];
+      if (args.length >= 2 && args[0] === 'proxy' && typeof args[1] === 'string') proxy.proxyType = args[1];
+      if (c.securityContext) {
+        const { runAsUser, runAsGroup } = c.securityContext;
+        if (typeof runAsUser === 'number') proxy.runAsUser = runAsUser;
+        else delete proxy.runAsUser;
+        if (typeof runAsGroup === 'number') proxy.runAsGroup = runAsGroup;
+        else delete proxy.runAsGroup;
+      }
+    }
+  }
+  if (proxy) info.proxy = proxy;
   return info;
+}
+
+/** The labels of a v1 Namespace object. */
+export function namespaceLabelsFromNamespace(ns: unknown): Record<string, string> {
+  return stringMap((ns as { metadata?: { labels?: unknown } } | null)?.metadata?.labels);
 }

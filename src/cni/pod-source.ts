@@ -1,28 +1,48 @@
 /**
- * Pod metadata, fastest source first: the annotations the runtime passed in runtimeConfig, then the agent's
- * watch cache (an interface the agent implements), then a GET with the netconf's kubeconfig, retried with
- * backoff for a bounded time and then answered with code 11 so kubelet retries. Never a silent pass-through:
- * when no source can tell, ADD fails (fail closed).
+ * Pod metadata, fastest source first. Our own agent pods and excluded namespaces are decided from CNI_ARGS
+ * before anything is looked up (so the agent can start while the API or its kubeconfig is unavailable).
+ * Then the agent's watch cache (an interface the agent implements), then a skip the runtime's annotations
+ * make certain (no API call for a pod that is clearly not meshed), then a GET with the netconf's kubeconfig,
+ * retried with backoff for a bounded time and then answered with code 11 so kubelet retries.
+ *
+ * What annotations cannot tell (DISABLE_ENVOY, the proxy type, the uid/gid, the proxy's env, the labels) is
+ * never guessed on a path that can program rules: it comes from the cache or the GET. Only when Kubernetes is
+ * turned off (no kubeconfig in the netconf: `--no-kubernetes`) is a pod decided from its annotations alone,
+ * and the notes name every fact that was assumed. Never a silent pass-through: when no source can tell,
+ * ADD fails (fail closed).
  */
 import { CniCode, CniError } from './errors';
-import { decideMeshing, skipFromMetadata, type DecisionOptions, type MeshDecision, type PodInfo } from './decision';
+import {
+  certainSkipFromAnnotations,
+  decideMeshing,
+  isOwnAgentPod,
+  needsNamespaceLabels,
+  type DecisionOptions,
+  type MeshDecision,
+  type PodInfo,
+} from './decision';
 import { readKubeconfig } from './kubeconfig';
-import { getPodJson, podInfoFromPod, RetryableLookupError } from './pod-api';
+import { getNamespaceJson, getPodJson, namespaceLabelsFromNamespace, podInfoFromPod, RetryableLookupError } from './pod-api';
 import type { KubernetesArgs } from './request';
 
 /** The agent's node-scoped pod cache; undefined means "not in the cache", not "does not exist". */
 export interface PodCache {
   lookup(namespace: string, name: string, uid?: string): Promise<PodInfo | undefined>;
+  /** the namespace's labels; undefined when they cannot be read */
+  namespaceLabels?(namespace: string): Promise<Record<string, string> | undefined>;
 }
 
 /** One GET of the pod object; throws RetryableLookupError for failures worth retrying. */
 export type FetchPod = (kubeconfig: string, namespace: string, name: string, timeoutMs: number) => Promise<unknown>;
+/** One GET of the namespace object. */
+export type FetchNamespace = (kubeconfig: string, namespace: string, timeoutMs: number) => Promise<unknown>;
 
 export const DEFAULT_POD_LOOKUP_TIMEOUT_MS = 30_000;
 
 export interface PodSourceDeps {
   podCache?: PodCache;
   fetchPod?: FetchPod;
+  fetchNamespace?: FetchNamespace;
   /** total time a GET is retried before code 11; Istio waits up to 30 s */
   podLookupTimeoutMs?: number;
   sleep?: (ms: number) => Promise<void>;
@@ -38,6 +58,10 @@ export interface PodDecision {
 
 const defaultFetchPod: FetchPod = (kubeconfig, namespace, name, timeoutMs) =>
   getPodJson(readKubeconfig(kubeconfig), namespace, name, timeoutMs);
+
+const defaultFetchNamespace: FetchNamespace = (kubeconfig, namespace, timeoutMs) => getNamespaceJson(readKubeconfig(kubeconfig), namespace, timeoutMs);
+
+const NAMESPACE_TIMEOUT_MS = 2000;
 
 const realSleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -75,6 +99,32 @@ async function getPodWithRetry(k8s: KubernetesArgs, kubeconfig: string, deps: Po
   );
 }
 
+async function waitForCache(k8s: KubernetesArgs, cache: PodCache, deps: PodSourceDeps): Promise<PodInfo> {
+  const now = deps.now ?? Date.now;
+  const sleep = deps.sleep ?? realSleep;
+  const budget = deps.podLookupTimeoutMs ?? DEFAULT_POD_LOOKUP_TIMEOUT_MS;
+  const deadline = now() + budget;
+  let backoff = 50;
+  for (;;) {
+    const left = deadline - now();
+    if (left <= 0) break;
+    await sleep(Math.min(backoff, left));
+    backoff = Math.min(backoff * 2, 1000);
+    const pod = await cache.lookup(k8s.podNamespace, k8s.podName, k8s.podUid);
+    if (pod) return { ...pod };
+  }
+  throw new CniError(
+    CniCode.TryAgainLater,
+    `pod ${k8s.podNamespace}/${k8s.podName} did not reach the agent's watch cache within ${Math.round(budget / 1000)} s`,
+    'the netconf names no kubeconfig, so the cache is the only source of the pod spec; kubelet retries',
+  );
+}
+
+function withAssumptions(decision: MeshDecision, notes: string[]): MeshDecision {
+  if (decision.assumed?.length) notes.push(`decided from annotations alone (Kubernetes turned off); assumed: ${decision.assumed.join('; ')}`);
+  return decision;
+}
+
 /** Throws CniError (11, 104, 105, 7) when the pod cannot be known, InvalidConfigError for bad annotations. */
 export async function decidePod(
   k8s: KubernetesArgs,
@@ -83,22 +133,41 @@ export async function decidePod(
   deps: PodSourceDeps,
   notes: string[],
 ): Promise<PodDecision> {
+  if (isOwnAgentPod(k8s.podNamespace, k8s.podName, options.agentPod)) return { decision: { meshed: false, reason: 'own-agent-pod' }, source: 'cni-args' };
   if (options.excludeNamespaces.includes(k8s.podNamespace)) return { decision: { meshed: false, reason: 'namespace-excluded' }, source: 'cni-args' };
+  const cached = deps.podCache ? await deps.podCache.lookup(k8s.podNamespace, k8s.podName, k8s.podUid) : undefined;
+  if (cached) {
+    const pod: PodInfo = { ...cached };
+    if (needsNamespaceLabels(pod) && deps.podCache?.namespaceLabels) pod.namespaceLabels = await deps.podCache.namespaceLabels(k8s.podNamespace).catch(() => undefined);
+    return { decision: decideMeshing(pod, options), source: 'cache' };
+  }
   const fromRuntime = netconf.runtimeAnnotations;
   if (fromRuntime) {
-    const early = skipFromMetadata({ namespace: k8s.podNamespace, labels: {}, annotations: fromRuntime }, options.excludeNamespaces);
+    const early = certainSkipFromAnnotations(fromRuntime);
     if (early) return { decision: { meshed: false, reason: early }, source: 'runtime' };
   }
-  const cached = deps.podCache ? await deps.podCache.lookup(k8s.podNamespace, k8s.podName, k8s.podUid) : undefined;
-  if (cached) return { decision: decideMeshing(cached, options), source: 'cache' };
+  if (!netconf.kubeconfig && deps.podCache) {
+    // The agent runs with Kubernetes but the netconf names no kubeconfig: its watch cache is the only source
+    // of the facts the annotations lack, so wait for the pod to reach it rather than assume them.
+    const pod = await waitForCache(k8s, deps.podCache, deps);
+    if (needsNamespaceLabels(pod) && deps.podCache.namespaceLabels) pod.namespaceLabels = await deps.podCache.namespaceLabels(k8s.podNamespace).catch(() => undefined);
+    return { decision: decideMeshing(pod, options), source: 'cache' };
+  }
   if (netconf.kubeconfig) {
-    const pod = await getPodWithRetry(k8s, netconf.kubeconfig, deps, notes);
+    const pod: PodInfo = await getPodWithRetry(k8s, netconf.kubeconfig, deps, notes);
+    if (needsNamespaceLabels(pod)) {
+      const fetchNamespace = deps.fetchNamespace ?? defaultFetchNamespace;
+      try {
+        pod.namespaceLabels = namespaceLabelsFromNamespace(await fetchNamespace(netconf.kubeconfig, k8s.podNamespace, NAMESPACE_TIMEOUT_MS));
+      } catch (err) {
+        notes.push(`namespace ${k8s.podNamespace} not readable (${(err as Error).message}): its ambient label was not checked`);
+      }
+    }
     return { decision: decideMeshing(pod, options), source: 'api' };
   }
   if (fromRuntime) {
-    notes.push('pod spec unavailable (no kubeconfig): containers from sidecar.istio.io/status, proxy uid/gid and DNS capture at Istio defaults');
-    const pod: PodInfo = { name: k8s.podName, namespace: k8s.podNamespace, labels: {}, annotations: fromRuntime };
-    return { decision: decideMeshing(pod, options), source: 'runtime+defaults' };
+    const pod: PodInfo = { name: k8s.podName, namespace: k8s.podNamespace, annotations: fromRuntime };
+    return { decision: withAssumptions(decideMeshing(pod, options), notes), source: 'runtime+defaults' };
   }
   throw new CniError(
     CniCode.InvalidNetworkConfig,

@@ -111,6 +111,37 @@ export class NodePodCache implements PodCache {
     return podInfoFromPod(pod);
   }
 
+  private readonly namespaces = new Map<string, { at: number; labels: Record<string, string> | undefined }>();
+
+  /**
+   * A namespace's labels (ambient can be enabled on the namespace), read on demand and kept a minute: only
+   * pods that are skipped anyway ask, to name the right reason. Undefined when the API refuses (the agent's
+   * ClusterRole may not grant namespaces) or is away.
+   */
+  async namespaceLabels(namespace: string): Promise<Record<string, string> | undefined> {
+    const now = Date.now();
+    const known = this.namespaces.get(namespace);
+    if (known && now - known.at < 60_000) return known.labels;
+    const k8s = await import('@kubernetes/client-node');
+    let labels: Record<string, string> | undefined;
+    try {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error('no answer within 2 s')), 2000);
+      });
+      try {
+        const ns = await Promise.race([this.kubeConfig.makeApiClient(k8s.CoreV1Api).readNamespace({ name: namespace }), late]);
+        labels = ns.metadata?.labels ?? {};
+      } finally {
+        clearTimeout(timer);
+      }
+    } catch {
+      labels = undefined;
+    }
+    this.namespaces.set(namespace, { at: now, labels });
+    return labels;
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.restartTimer) clearTimeout(this.restartTimer);

@@ -1,7 +1,8 @@
 /**
  * From a pod's annotations (and the proxy's settings) to a validated RedirectConfig.
  *
- * Names, defaults and meaning follow Istio 1.24's CNI plugin, so a pod annotated for Istio gets the same
+ * Names, defaults and meaning follow Istio's CNI plugin (1.24, and NewRedirect at HEAD for
+ * reroute-virtual-interfaces, INVALID_DROP and ISTIO_DUAL_STACK), so a pod annotated for Istio gets the same
  * redirection. Where Istio accepts a value that then breaks at apply time (a `*` in a port exclusion list,
  * a malformed interface name), we reject it up front with a message naming the annotation, the value and
  * why. Nothing is silently dropped.
@@ -18,6 +19,10 @@ export interface ProxySettings {
   proxyGid?: number;
   /** Istio's ISTIO_META_DNS_CAPTURE in the proxy's environment. */
   dnsCapture?: boolean;
+  /** INVALID_DROP in the proxy's environment: drop conntrack-INVALID packets instead of letting them reset. */
+  invalidDrop?: boolean;
+  /** ISTIO_DUAL_STACK in the proxy's environment (see RedirectConfig.dualStack). */
+  dualStack?: boolean;
 }
 
 /** A list of CIDRs split by family, in the order given; `all` is the `*` wildcard. */
@@ -49,6 +54,14 @@ export interface RedirectConfig {
   excludeInterfaces: string[];
   kubevirtInterfaces: string[];
   dnsCapture: boolean;
+  /** INVALID_DROP: conntrack-INVALID packets are dropped in mangle PREROUTING (Istio's ISTIO_DROP chain). */
+  invalidDrop: boolean;
+  /**
+   * ISTIO_DUAL_STACK. Istio programs IPv6 only when it is set (or the pod's first address is IPv6); mesh-cni
+   * programs IPv6 whenever the pod has a global IPv6 address, set or not, so no IPv6 traffic bypasses the
+   * proxy. Kept so `plan`/`explain` can say which Istio would have done.
+   */
+  dualStack: boolean;
   /** TPROXY: the mark of diverted inbound packets and the policy routing table they are looked up in. */
   tproxyMark: number;
   tproxyRouteTable: number;
@@ -140,6 +153,13 @@ function parseId(key: string, value: number | undefined, fallback: number): numb
   return value;
 }
 
+/** `istio.io/reroute-virtual-interfaces` when present (even empty), else the deprecated kubevirtInterfaces. */
+function rerouteInterfaces(annotations: Record<string, string>): string[] {
+  const current = annotations[ANNOTATIONS.rerouteVirtualInterfaces];
+  if (current !== undefined) return parseInterfaces(ANNOTATIONS.rerouteVirtualInterfaces, current);
+  return parseInterfaces(ANNOTATIONS.kubevirtInterfaces, annotations[ANNOTATIONS.kubevirtInterfaces] ?? '');
+}
+
 /** Every annotation we read, so callers (the CLI, `explain`) can show which ones applied. */
 export const KNOWN_ANNOTATIONS: readonly string[] = Object.values(ANNOTATIONS);
 
@@ -170,8 +190,10 @@ export function redirectConfigFromAnnotations(annotations: Record<string, string
     includeOutboundIPRanges: parseCidrList(ANNOTATIONS.includeOutboundIPRanges, get(ANNOTATIONS.includeOutboundIPRanges, '*'), { wildcard: true }),
     excludeOutboundIPRanges: exclude,
     excludeInterfaces: parseInterfaces(ANNOTATIONS.excludeInterfaces, get(ANNOTATIONS.excludeInterfaces, '')),
-    kubevirtInterfaces: parseInterfaces(ANNOTATIONS.kubevirtInterfaces, get(ANNOTATIONS.kubevirtInterfaces, '')),
+    kubevirtInterfaces: rerouteInterfaces(annotations),
     dnsCapture: proxy.dnsCapture ?? false,
+    invalidDrop: proxy.invalidDrop ?? false,
+    dualStack: proxy.dualStack ?? false,
     tproxyMark: DEFAULTS.tproxyMark,
     tproxyRouteTable: DEFAULTS.tproxyRouteTable,
   };
@@ -179,7 +201,7 @@ export function redirectConfigFromAnnotations(annotations: Record<string, string
 
 /**
  * A config that uses every feature that writes outside our own chains (TPROXY marks and routes, DNS zones,
- * interface exclusions): what `remove` and `show` derive the shapes of our rules from, whatever config wrote them.
+ * interface exclusions, the INVALID drop): what `remove` and `show` derive the shapes of our rules from, whatever config wrote them.
  */
 export function widestConfig(): RedirectConfig {
   return redirectConfigFromAnnotations(
@@ -188,7 +210,7 @@ export function widestConfig(): RedirectConfig {
       [ANNOTATIONS.excludeInterfaces]: 'any0',
       [ANNOTATIONS.kubevirtInterfaces]: 'any1',
     },
-    { dnsCapture: true },
+    { dnsCapture: true, invalidDrop: true },
   );
 }
 

@@ -9,7 +9,9 @@ export const ANNOTATIONS = {
   includeOutboundPorts: 'traffic.sidecar.istio.io/includeOutboundPorts',
   excludeOutboundPorts: 'traffic.sidecar.istio.io/excludeOutboundPorts',
   excludeInterfaces: 'traffic.sidecar.istio.io/excludeInterfaces',
+  /** deprecated by `istio.io/reroute-virtual-interfaces`, read only when that one is absent (as Istio does) */
   kubevirtInterfaces: 'traffic.sidecar.istio.io/kubevirtInterfaces',
+  rerouteVirtualInterfaces: 'istio.io/reroute-virtual-interfaces',
 } as const;
 
 /** Istio 1.24's defaults (cni/pkg/plugin and tools/istio-iptables). */
@@ -35,6 +37,8 @@ export const CHAINS = {
   output: 'ISTIO_OUTPUT',
   divert: 'ISTIO_DIVERT',
   tproxy: 'ISTIO_TPROXY',
+  /** INVALID_DROP: conntrack-INVALID packets jump here and are dropped */
+  drop: 'ISTIO_DROP',
 } as const;
 
 export type ChainName = (typeof CHAINS)[keyof typeof CHAINS];

@@ -33,6 +33,7 @@ export type Match =
 export type Target =
   | { kind: 'return' }
   | { kind: 'accept' }
+  | { kind: 'drop' }
   | { kind: 'jump'; chain: ChainName }
   /** `iptablesFlag`: Istio spells the UDP DNS redirect `--to-port`; kept so our text diffs clean against theirs. */
   | { kind: 'redirect'; port: number; iptablesFlag?: '--to-port' }
@@ -116,6 +117,17 @@ function kubevirtShortCircuit(r: RuleList, cfg: RedirectConfig): void {
   for (const name of cfg.kubevirtInterfaces) {
     r.insert('nat', 'PREROUTING', 1, [{ kind: 'iifname', names: [name] }], toReturn, 'kubevirt-not-inbound');
   }
+}
+
+/**
+ * INVALID_DROP: a packet conntrack calls INVALID (out of window, typically after a NAT'd connection's state
+ * expired) is dropped rather than reaching the application, which would answer it with a reset.
+ * Istio's text on iptables: `-A PREROUTING -m conntrack --ctstate INVALID -j ISTIO_DROP`, `-A ISTIO_DROP -j DROP`.
+ */
+function invalidDrop(r: RuleList, cfg: RedirectConfig): void {
+  if (!cfg.invalidDrop) return;
+  r.add('mangle', 'PREROUTING', [{ kind: 'ctstate', states: ['INVALID'] }], jump(CHAINS.drop), 'drop-conntrack-invalid');
+  r.add('mangle', CHAINS.drop, [], { kind: 'drop' }, 'drop-conntrack-invalid');
 }
 
 /** The target chains: the tunnel port bypass and the two REDIRECT chains. */
@@ -265,6 +277,7 @@ export function planFamily(cfg: RedirectConfig, family: Family): FamilyPlan {
   if (cfg.mode === 'NONE') return { family, rules: [], links: [] };
   excludeInterfaces(r, cfg);
   kubevirtShortCircuit(r, cfg);
+  invalidDrop(r, cfg);
   redirectChains(r, cfg);
   inbound(r, cfg);
   outbound(r, cfg);

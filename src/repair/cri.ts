@@ -32,6 +32,8 @@ export interface CriSandbox {
   metadata?: { name?: string; uid?: string; namespace?: string; attempt?: number };
   state?: string;
   created_at?: string;
+  /** the pod's annotations, as the runtime passes them to the CNI plugin */
+  annotations?: Record<string, string>;
 }
 
 type Unary = (request: unknown, metadata: GrpcModule.Metadata, options: GrpcModule.CallOptions, callback: (err: GrpcModule.ServiceError | null, value?: any) => void) => void;
@@ -133,6 +135,24 @@ export function netnsFromInfo(info: Record<string, string>): string | undefined 
     if (found) return found;
   }
   return undefined;
+}
+
+/**
+ * The newest ready sandbox of namespace/name and its netns, as the runtime knows it: what `explain` uses when
+ * Kubernetes is turned off (the sandbox carries the annotations the plugin was given).
+ */
+export async function findSandbox(socket: string, namespace: string, name: string): Promise<{ sandbox: CriSandbox; netns?: string } | undefined> {
+  const cri = await CriRuntime.open(socket);
+  try {
+    const mine = (await cri.readySandboxes()).filter((s) => s.metadata?.namespace === namespace && s.metadata?.name === name);
+    mine.sort((a, b) => Number(BigInt(b.created_at ?? '0') - BigInt(a.created_at ?? '0')));
+    const sandbox = mine[0];
+    if (!sandbox) return undefined;
+    const netns = await cri.netnsPath(sandbox.id);
+    return { sandbox, netns: netns && fs.existsSync(netns) ? netns : undefined };
+  } finally {
+    cri.close();
+  }
 }
 
 /**

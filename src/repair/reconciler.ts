@@ -8,7 +8,7 @@
  * own (src/cni/decision), so the two never disagree.
  */
 import type { V1Pod } from '@kubernetes/client-node';
-import { decideMeshing } from '../cni/decision';
+import { decideMeshing, needsNamespaceLabels } from '../cni/decision';
 import { podInfoFromPod } from '../cni/pod-api';
 import type { RedirectConfig } from '../redirect/config';
 import type { BackendName } from '../redirect/engine';
@@ -55,6 +55,8 @@ export interface RepairDeps {
   onAction?(action: string, result: 'ok' | 'failed'): void;
   /** Told once per finding that led to an action (or a rate-limited one), as soon as it is done. */
   onFinding?(finding: Finding): void;
+  /** A namespace's labels (ambient can be enabled there), undefined when unknown; only asked for pods skipped anyway. */
+  namespaceLabels?(namespace: string): Promise<Record<string, string> | undefined>;
 }
 
 export interface ReconcilerOptions {
@@ -94,7 +96,9 @@ export class Reconciler {
     const base = { namespace: meta.namespace ?? '', name: meta.name ?? '', uid: meta.uid };
     if (meta.deletionTimestamp) return { ...base, verdict: 'skipped', reason: 'terminating' };
     if (pod.spec?.hostNetwork) return { ...base, verdict: 'not-meshed', reason: 'host-network' };
-    const decision = decideMeshing(podInfoFromPod(pod), { excludeNamespaces: this.options.excludeNamespaces });
+    const info = podInfoFromPod(pod);
+    if (needsNamespaceLabels(info) && this.deps.namespaceLabels) info.namespaceLabels = await this.deps.namespaceLabels(info.namespace).catch(() => undefined);
+    const decision = decideMeshing(info, { excludeNamespaces: this.options.excludeNamespaces });
     if (!decision.meshed) return { ...base, verdict: 'not-meshed', reason: decision.reason };
     // Until the pod has an IP the CNI chain has not finished ADD: nothing to judge yet.
     if (!pod.status?.podIP) return { ...base, verdict: 'unknown', reason: 'no pod IP yet (sandbox networking not done)' };

@@ -109,7 +109,7 @@ test.serial('walk-through: apply --pod, then status → pods → explain → rep
   t.regex(lines[0], /^POD\s+MESHED\s+REASON\s+RULES\s+BACKEND\s+LAST ACTION$/);
   t.regex(pods.stdout, /^kube-system\/coredns\s+no\s+namespace-excluded\s+-\s+-\s+-$/m);
   t.regex(pods.stdout, /^shop\/cart\s+yes\s+rules match the plan\s+ok\s+\S+\s+Programmed \d+s ago$/m);
-  t.regex(pods.stdout, /^shop\/legacy-batch\s+no\s+not-injected\s+-\s+-\s+-$/m);
+  t.regex(pods.stdout, /^shop\/legacy-batch\s+no\s+no-istio-proxy\s+-\s+-\s+-$/m);
   t.regex(pods.stdout, /^shop\/orders\s+yes\s+rules differ from the plan\s+\d+ differ\s+/m);
   // Columns line up: every row's second column starts where the header's does.
   const col = lines[0].indexOf('MESHED');
@@ -128,8 +128,22 @@ test.serial('walk-through: apply --pod, then status → pods → explain → rep
   t.regex(explained.stdout, /^pod shop\/orders {2}uid [0-9a-f-]{36} {2}node node-a$/m);
   const trail = explained.stdout.slice(explained.stdout.indexOf('decision'), explained.stdout.indexOf('expected rules'));
   t.deepEqual(
-    [...trail.matchAll(/^ {2}(\S+)\s+(pass|skip|meshed|error)\s/gm)].map((m) => `${m[1]}:${m[2]}`),
-    ['host-network:pass', 'namespace-excluded:pass', 'not-injected:pass', 'injection-disabled:pass', 'has-istio-init:pass', 'no-istio-proxy:pass', 'annotations:pass', 'meshed:meshed'],
+    [...trail.matchAll(/^ {2}(\S+)\s+(pass|skip|assumed|meshed|error)\s/gm)].map((m) => `${m[1]}:${m[2]}`),
+    [
+      'host-network:pass',
+      'own-agent-pod:pass',
+      'namespace-excluded:pass',
+      'ambient:pass',
+      'has-istio-init:pass',
+      'proxyless:pass',
+      'no-istio-proxy:pass',
+      'not-a-sidecar:pass',
+      'injection-disabled:pass',
+      'not-injected:pass',
+      'proxy-settings:pass',
+      'annotations:pass',
+      'meshed:meshed',
+    ],
   );
   t.regex(explained.stdout, /--dport 5432 -j RETURN/, "the pod's own exclusion is in the plan");
   t.regex(explained.stdout, new RegExp(`rules in the netns ${orders.netns} \\(found from what ADD recorded\\)`));
@@ -137,7 +151,7 @@ test.serial('walk-through: apply --pod, then status → pods → explain → rep
   t.regex(explained.stdout, /^verdict: broken: the rules in .* differ from the plan \(1 difference\)$/m);
   t.regex(explained.stdout, /^fix: mesh-cni apply --pod shop\/orders/m);
   const explainJson = json(ok(t, n.run(['explain', 'shop/orders', '-o', 'json']), 1));
-  t.deepEqual(Object.keys(explainJson), ['pod', 'uid', 'node', 'trail', 'meshed', 'reason', 'backend', 'netns', 'lastAction', 'families', 'expected', 'observed', 'diff', 'verdict', 'problem']);
+  t.deepEqual(Object.keys(explainJson), ['pod', 'uid', 'node', 'trail', 'assumed', 'meshed', 'reason', 'backend', 'netns', 'lastAction', 'families', 'expected', 'observed', 'diff', 'verdict', 'problem']);
   t.like(explainJson, { pod: 'shop/orders', meshed: true, reason: 'meshed', verdict: 'broken', netns: { path: orders.netns, source: 'attachment', exists: true } });
   t.is(explainJson.diff.length, 1);
   t.is(explainJson.diff[0].kind, 'missing');
@@ -175,16 +189,16 @@ test.serial('--pod on plan, show and remove: the pod from the API, the netns fro
   t.is(json(ok(t, n.run(['show', '--pod', 'shop/cart', '-o', 'json']))).rules.length, shown.rules.length);
 
   const plain = ok(t, n.run(['plan', '--pod', 'shop/legacy-batch']), 1);
-  t.regex(plain.stderr, /pod shop\/legacy-batch is not meshed \(not-injected\)/);
+  t.regex(plain.stderr, /pod shop\/legacy-batch is not meshed \(no-istio-proxy\)/);
   t.regex(plain.stderr, /hint: mesh-cni explain shop\/legacy-batch/);
 });
 
 test.serial('explain: a pod that is not meshed says which rule skipped it, and exits 0', (t) => {
   const n = node!;
   const r = ok(t, n.run(['explain', 'shop/legacy-batch']));
-  t.regex(r.stdout, /^ {2}not-injected\s+skip\s+no sidecar\.istio\.io\/status annotation/m);
+  t.regex(r.stdout, /^ {2}no-istio-proxy\s+skip\s+no istio-proxy among \[app\] \(from the pod spec\)/m);
   t.notRegex(r.stdout, /injection-disabled/, 'the trail stops at the rule that decided');
-  t.regex(r.stdout, /none: the pod is not meshed \(not-injected\)/);
+  t.regex(r.stdout, /none: the pod is not meshed \(no-istio-proxy\)/);
   const excluded = json(ok(t, n.run(['explain', 'kube-system/coredns', '-o', 'json'])));
   t.like(excluded, { meshed: false, reason: 'namespace-excluded', verdict: 'not-meshed', problem: null, expected: [] });
   t.like(excluded.trail.at(-1), { rule: 'namespace-excluded', outcome: 'skip' });

@@ -20,7 +20,8 @@ test('ADD of an injected pod applies rules once, with the netconf backend, and p
   t.is(deps.engine.calls.length, 1);
   const line = JSON.parse(r.stderr);
   t.like(line, { command: 'ADD', pod: 'shop/cart-7d9', decision: 'meshed', source: 'runtime+defaults', rules: 12, level: 'warn' });
-  t.true(line.notes[0].includes('Istio defaults'));
+  t.true(line.notes[0].includes('decided from annotations alone'), line.notes[0]);
+  t.true(line.notes[0].includes('proxy uid/gid 1337'), 'the log names the facts it assumed');
 });
 
 test('ADD of a pod that is not injected passes through without the engine', async (t) => {
@@ -46,6 +47,40 @@ test('ADD in an excluded namespace needs no metadata source at all', async (t) =
   t.like(JSON.parse(r.stderr), { reason: 'namespace-excluded', source: 'cni-args' });
 });
 
+test('ADD through an agent with Kubernetes on but no kubeconfig waits for its watch cache, never assumes', async (t) => {
+  let lookups = 0;
+  let clock = 0;
+  const pod: PodInfo = { name: 'cart-7d9', namespace: 'shop', labels: {}, annotations: INJECTED, containers: [{ name: 'istio-proxy', list: 'initContainers' }], proxy: { lists: ['initContainers'], env: {}, runAsUser: 1000620000, runAsGroup: 1000620000 } };
+  const timing = { now: () => clock, sleep: async (ms: number) => void (clock += ms) };
+  const late = unitDeps({ ...timing, podCache: { lookup: async () => (++lookups >= 3 ? pod : undefined) } });
+  const r = await run('ADD', withAnnotations(INJECTED), late);
+  t.is(r.exitCode, 0, r.stdout);
+  t.like(JSON.parse(r.stderr), { decision: 'meshed', source: 'cache' });
+  t.like(late.engine.calls[0]!.config, { proxyUid: 1000620000, proxyGid: 1000620000 });
+  const never = unitDeps({ ...timing, podCache: { lookup: async () => undefined } });
+  const r2 = await run('ADD', withAnnotations(INJECTED), never);
+  t.is(JSON.parse(r2.stdout).code, 11, 'kubelet retries');
+  t.deepEqual(never.engine.calls, []);
+  t.true(clock >= 30_000, 'it waited the lookup budget (30 s)');
+});
+
+test('ADD of our own agent pod needs no metadata source, not even a readable kubeconfig', async (t) => {
+  const deps = unitDeps({
+    podCache: { lookup: async () => t.fail('the cache must not be asked') as never },
+    fetchPod: async () => t.fail('the API must not be asked') as never,
+  });
+  const args = 'K8S_POD_NAMESPACE=mesh-cni-system;K8S_POD_NAME=mesh-cni-x7k2p';
+  const r = await run('ADD', netconf({ kubernetes: { kubeconfig: '/nonexistent/kubeconfig' } }), deps, { CNI_ARGS: args });
+  t.is(r.exitCode, 0, r.stdout);
+  t.like(JSON.parse(r.stderr), { decision: 'skipped', reason: 'own-agent-pod', source: 'cni-args' });
+  // The netconf names the agent's namespace and prefix when the DaemonSet is installed elsewhere.
+  const custom = await run('ADD', netconf({ kubernetes: { agent_namespace: 'istio-system', agent_pod_prefix: 'mesh-' } }), unitDeps(), { CNI_ARGS: 'K8S_POD_NAMESPACE=istio-system;K8S_POD_NAME=mesh-abc' });
+  t.like(JSON.parse(custom.stderr), { reason: 'own-agent-pod' });
+  const other = await run('ADD', netconf(), unitDeps(), { CNI_ARGS: 'K8S_POD_NAMESPACE=mesh-cni-system;K8S_POD_NAME=debug' });
+  t.is(other.exitCode, 1, 'any other pod there still needs a metadata source');
+  t.is(JSON.parse(other.stdout).code, 7);
+});
+
 test('ADD with interception mode NONE applies nothing', async (t) => {
   const deps = unitDeps();
   const r = await run('ADD', withAnnotations({ ...INJECTED, 'sidecar.istio.io/interceptionMode': 'NONE' }), deps);
@@ -54,7 +89,7 @@ test('ADD with interception mode NONE applies nothing', async (t) => {
 });
 
 test('ADD asks the agent cache before the API, and the cache has the spec', async (t) => {
-  const cached: PodInfo = { name: 'cart-7d9', namespace: 'shop', labels: {}, annotations: INJECTED, containers: ['istio-proxy'], initContainers: [], proxyUid: 1500 };
+  const cached: PodInfo = { name: 'cart-7d9', namespace: 'shop', labels: {}, annotations: INJECTED, containers: [{ name: 'istio-proxy', list: 'containers' }], proxy: { lists: ['containers'], env: {}, runAsUser: 1500 } };
   let fetched = 0;
   const deps = unitDeps({
     podCache: { lookup: async () => cached },

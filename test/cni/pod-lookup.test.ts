@@ -69,7 +69,7 @@ test('kubeconfig errors never quote credentials', (t) => {
   t.notRegex(err!.message, /sekret/);
 });
 
-test('PodInfo from a pod: containers, proxy uid/gid and DNS capture from istio-proxy', (t) => {
+test('PodInfo from a pod: containers with their lists, proxy uid/gid and env from istio-proxy', (t) => {
   const info = podInfoFromPod({
     metadata: { name: 'p', namespace: 'n', uid: 'u', labels: { app: 'x' }, annotations: INJECTED },
     spec: {
@@ -77,7 +77,13 @@ test('PodInfo from a pod: containers, proxy uid/gid and DNS capture from istio-p
       containers: [{ name: 'app' }, { name: 'istio-proxy', securityContext: { runAsUser: 1337, runAsGroup: 1338 }, env: [{ name: 'ISTIO_META_DNS_CAPTURE', value: 'true' }] }],
     },
   });
-  t.like(info, { name: 'p', namespace: 'n', uid: 'u', containers: ['app', 'istio-proxy'], initContainers: ['istio-validation'], proxyUid: 1337, proxyGid: 1338, dnsCapture: true });
+  t.like(info, { name: 'p', namespace: 'n', uid: 'u' });
+  t.deepEqual(info.containers, [
+    { name: 'istio-validation', list: 'initContainers' },
+    { name: 'app', list: 'containers' },
+    { name: 'istio-proxy', list: 'containers' },
+  ]);
+  t.deepEqual(info.proxy, { lists: ['containers'], env: { ISTIO_META_DNS_CAPTURE: 'true' }, runAsUser: 1337, runAsGroup: 1338 });
 });
 
 async function fakeApiServer(handler: http.RequestListener): Promise<{ url: string; close: () => Promise<void>; hits: string[] }> {
@@ -177,4 +183,32 @@ test.serial('403 from the API is final: code 104 without waiting', async (t) => 
   const r = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(api.url, 'kc-403') } }), unitDeps({ podLookupTimeoutMs: 10_000 }));
   t.is(r.json.code, 104);
   t.is(api.hits.length, 1);
+});
+
+test.serial('a pod without sidecar status: its namespace is read (once, best effort) to tell ambient from the rest', async (t) => {
+  const plainPod = { metadata: { name: 'cart-7d9', namespace: 'shop', uid: 'uid-1', labels: {}, annotations: {} }, spec: { containers: [{ name: 'cart' }] } };
+  const injectedPod = { ...pod, metadata: { ...pod.metadata, labels: {} } };
+  const respond = (nsStatus: number, body: unknown) =>
+    fakeApiServer((req, res) => {
+      if (req.url === '/api/v1/namespaces/shop') res.writeHead(nsStatus).end(JSON.stringify({ metadata: { name: 'shop', labels: { 'istio.io/dataplane-mode': 'ambient' } } }));
+      else res.writeHead(200).end(JSON.stringify(body));
+    });
+  const ambient = await respond(200, plainPod);
+  t.teardown(ambient.close);
+  const r = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(ambient.url, 'kc-amb') } }), unitDeps());
+  t.like(JSON.parse(r.stderr), { decision: 'skipped', reason: 'ambient', source: 'api' });
+  t.deepEqual(ambient.hits.map((h) => h.split(' ')[1]), ['/api/v1/namespaces/shop/pods/cart-7d9', '/api/v1/namespaces/shop']);
+
+  const refused = await respond(403, plainPod);
+  t.teardown(refused.close);
+  const r2 = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(refused.url, 'kc-ns403') } }), unitDeps());
+  t.is(r2.exitCode, 0, 'the pod is skipped either way: a namespace that cannot be read never fails the ADD');
+  const line = JSON.parse(r2.stderr);
+  t.like(line, { decision: 'skipped', reason: 'no-istio-proxy' });
+  t.regex(line.notes.join('\n'), /namespace shop not readable .*403.*ambient label was not checked/);
+
+  const sidecar = await respond(200, injectedPod);
+  t.teardown(sidecar.close);
+  await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(sidecar.url, 'kc-sc') } }), unitDeps());
+  t.is(sidecar.hits.length, 1, 'an injected pod never costs the namespace read');
 });

@@ -27,4 +27,8 @@ export const PLAN_CASES: PodCase[] = [
   { name: 'dns-tproxy', annotations: { 'sidecar.istio.io/interceptionMode': 'TPROXY' }, proxy: { dnsCapture: true } },
   { name: 'custom-uid', annotations: {}, proxy: { proxyUid: 1000670000, proxyGid: 1000670001 } },
   { name: 'none', annotations: { 'sidecar.istio.io/interceptionMode': 'NONE' } },
+  { name: 'invalid-drop', annotations: {}, proxy: { invalidDrop: true } },
+  { name: 'invalid-drop-tproxy-dns', annotations: { 'sidecar.istio.io/interceptionMode': 'TPROXY' }, proxy: { invalidDrop: true, dnsCapture: true } },
+  // The current annotation wins over the deprecated one, which is then not read at all.
+  { name: 'reroute-virtual-interfaces', annotations: { 'istio.io/reroute-virtual-interfaces': 'k6t-eth0', [`${T}kubevirtInterfaces`]: 'tap9' } },
 ];

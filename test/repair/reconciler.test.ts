@@ -68,6 +68,30 @@ test('healthy, unmeshed, excluded, terminating and not-yet-networked pods see no
   t.deepEqual(d.rec, { applied: [], labeled: [], deleted: [], events: [] });
 });
 
+test('the reason of a skipped pod is the decision\'s: ambient through its namespace, a gateway, a proxyless pod', async (t) => {
+  const ambient = pod('ambient', { meshed: false, namespace: 'mesh-ambient' });
+  const gateway = pod('gateway');
+  gateway.spec!.containers = [{ name: 'istio-proxy', args: ['proxy', 'router'] }];
+  const proxyless = pod('proxyless');
+  proxyless.spec!.containers[1]!.env = [{ name: 'DISABLE_ENVOY', value: 'true' }];
+  const native = pod('native');
+  native.spec = { initContainers: [{ name: 'istio-validation' }, { name: 'istio-proxy' }], containers: [{ name: 'app' }] };
+  const d = deps([ambient, gateway, proxyless, native], () => true);
+  const asked: string[] = [];
+  d.namespaceLabels = async (ns): Promise<Record<string, string>> => {
+    asked.push(ns);
+    return ns === 'mesh-ambient' ? { 'istio.io/dataplane-mode': 'ambient' } : {};
+  };
+  const findings = await reconciler('repair', d).pass();
+  t.deepEqual(findings.map((f) => [f.name, f.verdict, f.reason]), [
+    ['ambient', 'not-meshed', 'ambient'],
+    ['gateway', 'not-meshed', 'not-a-sidecar'],
+    ['proxyless', 'not-meshed', 'proxyless'],
+    ['native', 'healthy', 'rules match the plan'],
+  ]);
+  t.deepEqual(asked, ['mesh-ambient'], 'only the pod without sidecar status needed its namespace');
+});
+
 for (const mode of ['repair', 'label', 'delete'] as const) {
   test(`a broken pod in ${mode} mode gets the action and one Event`, async (t) => {
     const broken = pod('broken');

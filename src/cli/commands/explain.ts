@@ -3,9 +3,11 @@
  * plugin's own rules, in its order, up to the one that decided), the rules the plan expects, the rules its
  * netns holds, and the difference between the two.
  */
+import * as fs from 'node:fs';
 import type { Argv } from 'yargs';
 import type { V1Pod } from '@kubernetes/client-node';
-import { explainMeshing, type DecisionStep } from '../../cni/decision';
+import { AttachmentStore } from '../../cni/attachments';
+import { explainMeshing, needsNamespaceLabels, type DecisionStep, type PodInfo } from '../../cni/decision';
 import { podInfoFromPod } from '../../cni/pod-api';
 import { MeshCniError } from '../../errors';
 import type { Family } from '../../redirect/constants';
@@ -23,9 +25,12 @@ import {
   lastActionFor,
   locatePodNetns,
   meshCniEvents,
+  namespaceLabels,
   parsePodRef,
+  recordsFor,
   requireOnNode,
   type LastAction,
+  type NetnsLocation,
 } from '../pod-context';
 
 export const command = 'explain <pod>';
@@ -34,13 +39,21 @@ export const describe = 'why a pod is (not) redirected: decision trail, expected
 export function builder(y: Argv) {
   return y
     .positional('pod', { type: 'string', demandOption: true, describe: 'NAMESPACE/POD' })
-    .options({ ...nodeOptions, ...excludeNamespacesOption, ...netnsLookupOptions, ...backendOption, ...outputOption })
+    .options({
+      ...nodeOptions,
+      ...excludeNamespacesOption,
+      ...netnsLookupOptions,
+      ...backendOption,
+      ...outputOption,
+      kubernetes: { type: 'boolean', default: true, describe: 'read the pod from the API server (--no-kubernetes: decide as the plugin does without one, from the annotations the container runtime holds)' },
+    })
     .check((a) => checkPodRef(a.pod, 'the pod'))
     .example('$0 explain shop/cart-7d9', 'the whole story of one pod')
-    .example('$0 explain shop/cart-7d9 -o json | jq .diff', 'only what differs');
+    .example('$0 explain shop/cart-7d9 -o json | jq .diff', 'only what differs')
+    .example('$0 explain shop/cart-7d9 --no-kubernetes', 'on a node without Kubernetes: what was decided from the annotations, and what was assumed');
 }
 
-type Args = NodeArgs & { pod: string; 'exclude-namespaces': string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
+type Args = NodeArgs & { kubernetes?: boolean; pod: string; 'exclude-namespaces': string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
 
 export type ExplainStep = Omit<DecisionStep, 'outcome'> & { outcome: DecisionStep['outcome'] | 'error' };
 
@@ -57,6 +70,8 @@ export interface Explanation {
   uid: string | null;
   node: string | null;
   trail: ExplainStep[];
+  /** the facts assumed at Istio's defaults because only the annotations were known (--no-kubernetes) */
+  assumed: string[];
   meshed: boolean;
   /** the skip reason, `meshed`, or `invalid-config` */
   reason: string;
@@ -74,20 +89,70 @@ export interface Explanation {
 
 const ruleJson = (r: ObservedRule): RuleJson => ({ family: r.family, table: r.table, chain: r.chain, rule: r.text, ...(r.packets === undefined ? {} : { packets: r.packets }) });
 
-function decide(pod: V1Pod, excludeNamespaces: readonly string[]): { trail: ExplainStep[]; config?: RedirectConfig; reason: string } {
+interface Decided {
+  trail: ExplainStep[];
+  config?: RedirectConfig;
+  reason: string;
+  assumed: string[];
+}
+
+function decide(pod: V1Pod, excludeNamespaces: readonly string[], nsLabels: Record<string, string> | undefined): Decided {
   const trail: DecisionStep[] = [];
   if (pod.spec?.hostNetwork) {
     trail.push({ rule: 'host-network', outcome: 'skip', detail: 'hostNetwork: true: the runtime never calls CNI for this pod' });
-    return { trail, reason: 'host-network' };
+    return { trail, reason: 'host-network', assumed: [] };
   }
   trail.push({ rule: 'host-network', outcome: 'pass', detail: 'the pod has its own network namespace' });
   try {
-    const decision = explainMeshing(podInfoFromPod(pod), { excludeNamespaces }, trail);
-    return decision.meshed ? { trail, config: decision.config, reason: 'meshed' } : { trail, reason: decision.reason };
+    const info = podInfoFromPod(pod);
+    if (needsNamespaceLabels(info)) info.namespaceLabels = nsLabels;
+    return decideInfo(info, excludeNamespaces, trail);
   } catch (err) {
     const failed: ExplainStep = { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` };
-    return { trail: [...trail, failed], reason: 'invalid-config' };
+    return { trail: [...trail, failed], reason: 'invalid-config', assumed: [] };
   }
+}
+
+function decideInfo(info: PodInfo, excludeNamespaces: readonly string[], trail: DecisionStep[]): Decided {
+  const decision = explainMeshing(info, { excludeNamespaces }, trail);
+  const assumed = decision.assumed ?? [];
+  return decision.meshed ? { trail, config: decision.config, reason: 'meshed', assumed } : { trail, reason: decision.reason, assumed };
+}
+
+/**
+ * Kubernetes turned off: the pod as the plugin saw it, from the runtime's sandbox (its annotations, its
+ * netns), decided from the annotations alone, with every assumption named.
+ */
+async function explainFromRuntime(args: Args): Promise<Explanation> {
+  const ref = parsePodRef(args.pod);
+  const id = `${ref.namespace}/${ref.name}`;
+  const socket = args['cri-socket'];
+  if (!socket) throw new MeshCniError('explain --no-kubernetes reads the pod from the container runtime', { hint: 'pass --cri-socket (the runtime\'s CRI socket)' });
+  const { findSandbox } = await import('../../repair/cri');
+  let found: Awaited<ReturnType<typeof findSandbox>>;
+  try {
+    found = await findSandbox(socket, ref.namespace, ref.name);
+  } catch (err) {
+    throw new MeshCniError(`cannot ask the container runtime at ${socket}: ${(err as Error).message}`, { hint: 'pass --cri-socket with the runtime\'s CRI socket' });
+  }
+  if (!found) throw new MeshCniError(`the container runtime at ${socket} has no ready sandbox for pod ${id}`);
+  const trail: DecisionStep[] = [];
+  let decided: Decided;
+  try {
+    decided = decideInfo({ name: ref.name, namespace: ref.namespace, annotations: found.sandbox.annotations ?? {} }, args['exclude-namespaces'], trail);
+  } catch (err) {
+    decided = { trail: [...trail, { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` }], reason: 'invalid-config', assumed: [] };
+  }
+  const pod: V1Pod = { metadata: { name: ref.name, namespace: ref.namespace, uid: found.sandbox.metadata?.uid } };
+  const record = recordsFor(new AttachmentStore(args['state-dir']), pod)[0];
+  // The reconciler's order: what ADD recorded, then the runtime.
+  const where: NetnsLocation =
+    record && fs.existsSync(record.netns)
+      ? { netns: record.netns, source: 'attachment', recorded: record.netns, record }
+      : found.netns
+        ? { netns: found.netns, source: 'cri', recorded: record?.netns, record }
+        : { recorded: record?.netns, record };
+  return finish(args, id, pod, decided, where, new Map());
 }
 
 function diffKind(problem: string): 'missing' | 'unexpected' | 'order' {
@@ -95,6 +160,7 @@ function diffKind(problem: string): 'missing' | 'unexpected' | 'order' {
 }
 
 export async function explain(args: Args): Promise<Explanation> {
+  if (args.kubernetes === false) return explainFromRuntime(args);
   const nodeName = args['node-name'];
   if (!nodeName) throw new MeshCniError('explain needs to know which node it is on (the netns is looked for here)', { hint: 'pass --node-name or set NODE_NAME' });
   const ref = parsePodRef(args.pod);
@@ -102,17 +168,24 @@ export async function explain(args: Args): Promise<Explanation> {
   const pod = await getPod(kube, ref);
   requireOnNode(pod, nodeName);
   const id = `${ref.namespace}/${ref.name}`;
-  const { trail, config, reason } = decide(pod, args['exclude-namespaces']);
-  const [where, chosen, events] = await Promise.all([
+  const nsLabels = needsNamespaceLabels(podInfoFromPod(pod)) ? await namespaceLabels(kube, ref.namespace) : undefined;
+  const decided = decide(pod, args['exclude-namespaces'], nsLabels);
+  const [where, events] = await Promise.all([
     locatePodNetns(pod, args['state-dir'], args['proc-root'], args['cri-socket']),
-    chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] }),
     meshCniEvents(kube, ref.namespace).catch(() => new Map<string, LastAction>()),
   ]);
+  return finish(args, id, pod, decided, where, events);
+}
+
+async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, where: NetnsLocation, events: Map<string, LastAction>): Promise<Explanation> {
+  const { trail, config, reason, assumed } = decided;
+  const chosen = await chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] });
   const base = {
     pod: id,
     uid: pod.metadata?.uid ?? null,
     node: pod.spec?.nodeName ?? null,
     trail,
+    assumed,
     meshed: config !== undefined,
     reason,
     backend: { name: chosen.backend.name, reason: chosen.reason },
@@ -127,7 +200,7 @@ export async function explain(args: Args): Promise<Explanation> {
     const expected = plan ? families.flatMap((f) => chosen.backend.expected(f, plan[f].rules)).map(ruleJson) : [];
     const problem = where.recorded
       ? `network namespace ${where.recorded} (recorded by ADD) no longer exists: the pod sandbox is gone`
-      : pod.status?.podIP
+      : pod.status?.podIP || args.kubernetes === false
         ? `no network namespace found for the pod (nothing recorded under ${args['state-dir']}/attachments, unknown to the runtime at ${args['cri-socket'] || '(no CRI socket)'}, no process of it in ${args['proc-root']})`
         : 'the pod has no IP yet: its sandbox has not been networked';
     return { ...base, families, expected, observed: null, diff: null, verdict: config ? 'unknown' : 'not-meshed', problem: config || where.recorded ? problem : null };
@@ -155,7 +228,7 @@ export async function explain(args: Args): Promise<Explanation> {
   };
 }
 
-const OUTCOME_TONE: Record<ExplainStep['outcome'], Tone> = { pass: 'ok', skip: 'warn', meshed: 'ok', error: 'bad' };
+const OUTCOME_TONE: Record<ExplainStep['outcome'], Tone> = { pass: 'ok', skip: 'warn', assumed: 'warn', meshed: 'ok', error: 'bad' };
 
 function rulesTable(rules: readonly RuleJson[], nft: boolean): string {
   if (rules.length === 0) return '  (none)\n';
@@ -168,10 +241,11 @@ export function explanationText(e: Explanation, now = Date.now()): string {
   if (e.lastAction) out += `last action: ${e.lastAction.reason} ${ago(e.lastAction.at, now)}: ${e.lastAction.message}\n`;
   out += `\n${paint('bold', 'decision')} (in the plugin's order)\n`;
   out += table(e.trail.map((s) => [`  ${s.rule}`, { text: s.outcome, tone: OUTCOME_TONE[s.outcome] }, s.detail]));
+  if (e.assumed.length > 0) out += `  ${paint('warn', 'decided from the annotations alone (Kubernetes turned off); assumed:')}\n${e.assumed.map((a) => `    - ${a}\n`).join('')}`;
   out += `\n${paint('bold', 'expected rules')} (${e.backend.name}: ${e.backend.reason}; ${e.families.join(', ')})\n`;
   out += e.meshed ? rulesTable(e.expected, nft) : `  none: the pod is not meshed (${e.reason})\n`;
   out += `\n${paint('bold', 'rules in the netns')}`;
-  if (e.netns.path) out += ` ${e.netns.path} (found ${e.netns.source === 'attachment' ? 'from what ADD recorded' : 'from a process in the pod'})\n${rulesTable(e.observed ?? [], nft)}`;
+  if (e.netns.path) out += ` ${e.netns.path} (found ${e.netns.source === 'attachment' ? 'from what ADD recorded' : e.netns.source === 'cri' ? 'from the container runtime' : 'from a process in the pod'})\n${rulesTable(e.observed ?? [], nft)}`;
   else out += `\n  ${e.netns.recorded ? `${e.netns.recorded} (recorded by ADD) no longer exists` : 'no network namespace found'}\n`;
   if (e.diff) {
     out += `\n${paint('bold', 'diff')} (- expected but missing, + present but not expected)\n`;

@@ -51,6 +51,8 @@ function renderTarget(t: Target): string {
       return '-j RETURN';
     case 'accept':
       return '-j ACCEPT';
+    case 'drop':
+      return '-j DROP';
     case 'jump':
       return `-j ${t.chain}`;
     case 'redirect':

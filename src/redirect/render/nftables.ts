@@ -118,6 +118,8 @@ function renderTarget(t: Target, family: Family): string[] {
       return ['return'];
     case 'accept':
       return ['accept'];
+    case 'drop':
+      return ['drop'];
     case 'jump':
       return [`jump ${nftChainName(t.chain)}`];
     case 'redirect':
