@@ -75,6 +75,32 @@ export class RuleMismatchError extends MeshCniError {
   }
 }
 
+/**
+ * An apply failed and taking our rules out again failed too: the netns holds some of our rules. `details`
+ * lists them (or says they could not be read), so the person reading the error knows what is left.
+ */
+export class RollbackFailedError extends MeshCniError {
+  override readonly code = 'ROLLBACK_FAILED';
+  constructor(
+    readonly netns: string,
+    readonly applyError: unknown,
+    readonly rollbackError: unknown,
+    /** undefined: they could not be read (`readError` says why) */
+    readonly rulesLeft: readonly string[] | undefined,
+    readError?: unknown,
+  ) {
+    const msg = (e: unknown) => (e instanceof Error ? e.message : String(e));
+    const left = rulesLeft === undefined ? 'rules of ours may be left' : `${rulesLeft.length} rule(s) of ours are left`;
+    super(`${msg(applyError)}; removing the rules again failed too (${msg(rollbackError)}), so ${left} in ${netns}`, {
+      hint: 'the pod must not run like this: delete the pod sandbox, or run `mesh-cni remove` on the netns',
+      details:
+        rulesLeft === undefined
+          ? `the rules left in ${netns} could not be read: ${msg(readError)}`
+          : `rules left in ${netns}:\n${rulesLeft.join('\n') || '(none: the failed removal changed nothing of ours)'}`,
+    });
+  }
+}
+
 /** The API server has no such pod (the CLI's --pod and explain). */
 export class PodNotFoundError extends MeshCniError {
   override readonly code = 'POD_NOT_FOUND';

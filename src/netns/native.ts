@@ -5,6 +5,7 @@
 export interface Libc {
   setns(fd: number, nstype: number): number;
   getsockopt(fd: number, level: number, name: number, value: Buffer, length: Buffer): number;
+  flock(fd: number, operation: number): number;
 }
 
 let libc: Libc | undefined;
@@ -17,6 +18,7 @@ export function loadLibc(): Libc {
     libc = ffi.Library(null, {
       setns: ['int', ['int', 'int']],
       getsockopt: ['int', ['int', 'int', 'int', 'pointer', 'pointer']],
+      flock: ['int', ['int', 'int']],
     }) as unknown as Libc;
     errnoFn = ffi.errno;
   }

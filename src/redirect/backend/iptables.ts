@@ -117,6 +117,8 @@ export class IptablesBackend implements Backend {
       packageHint: 'iptables',
     });
     if (fresh.code === 0) return 'created';
+    // The save and the replacing restore are two steps; the engine holds the netns lock across both, so no
+    // other mesh-cni request can change our rules in between (the replace's `-D` lines name what was saved).
     const state = await this.save(netns, family);
     const anyOurs = this.ours(state, family).length > 0 || [...state.chains.values()].some((c) => [...c].some((n) => OUR_CHAINS.includes(n)));
     if (!anyOurs) {
