@@ -56,6 +56,8 @@ export interface EngineOptions {
   allowHostNetns?: boolean;
   /** Where `auto` looks for the node's existing rules: the netns the agent runs in, unless a test says otherwise. */
   hostNetns?: string;
+  /** A backend object to use instead of `backend` (fault tests hand one whose programs are stand-ins). */
+  backendInstance?: Backend;
 }
 
 /** A backend by its explicit name; `auto` must be resolved first (`chooseBackend`), it depends on the host. */
@@ -116,7 +118,8 @@ function detectCached(hostNetns: string | undefined): Promise<BackendChoice> {
 }
 
 /** The backend to use and why: the named one, or for `auto` what the host already uses. */
-export async function chooseBackend(o: Pick<EngineOptions, 'backend' | 'hostNetns'>): Promise<{ backend: Backend; reason: string }> {
+export async function chooseBackend(o: Pick<EngineOptions, 'backend' | 'hostNetns' | 'backendInstance'>): Promise<{ backend: Backend; reason: string }> {
+  if (o.backendInstance) return { backend: o.backendInstance, reason: 'given by the caller' };
   const name = o.backend ?? 'auto';
   if (name !== 'auto') return { backend: backendFor(name), reason: 'named with --backend' };
   const choice: BackendChoice = await detectCached(o.hostNetns);
