@@ -17,6 +17,27 @@ import {
 } from './version';
 
 export const MAX_STDIN_BYTES = 1024 * 1024;
+/** Bounds on the CNI_* environment, the same in the shim's frame, the agent and the standalone engine. */
+export const MAX_ENV_ENTRIES = 64;
+export const MAX_ENV_BYTES = 64 * 1024;
+
+/**
+ * The CNI_* environment must fit whole: the shim refuses to shorten it (a dropped CNI_ARGS would make a
+ * meshed pod look like none), and the standalone engine applies the same bound so the answer never depends
+ * on whether the agent is running.
+ */
+function checkEnvBounds(env: Readonly<Record<string, string | undefined>>): void {
+  let count = 0;
+  let bytes = 0;
+  for (const [name, value] of Object.entries(env)) {
+    if (value === undefined || !name.startsWith('CNI_')) continue;
+    count++;
+    bytes += Buffer.byteLength(`${name}=${value}`);
+  }
+  if (count > MAX_ENV_ENTRIES || bytes > MAX_ENV_BYTES) {
+    throw envError('the CNI_* environment is larger than mesh-cni accepts', `${count} CNI_* variables of ${bytes} bytes; at most ${MAX_ENV_ENTRIES} variables and ${MAX_ENV_BYTES} bytes are accepted`);
+  }
+}
 
 const COMMANDS: readonly CniCommand[] = ['ADD', 'DEL', 'CHECK', 'VERSION', 'STATUS', 'GC'];
 
@@ -150,6 +171,7 @@ export function parseRequest(invocation: CniInvocation): CniRequest {
   if (command === '') throw envError('required env variables [CNI_COMMAND] missing');
   if (!(COMMANDS as readonly string[]).includes(command)) throw envError(`unknown CNI_COMMAND: ${command}`, `expected one of ${COMMANDS.join(', ')}`);
   const cmd = command as CniCommand;
+  checkEnvBounds(env);
 
   const missing = REQUIRED_ENV[cmd].filter((name) => !env[name]);
   if (missing.length > 0) throw envError(`required env variables [${missing.join(',')}] missing`);

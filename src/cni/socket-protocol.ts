@@ -11,13 +11,12 @@
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { dirname } from 'node:path';
-import { MAX_STDIN_BYTES } from './request';
+import { MAX_ENV_BYTES, MAX_ENV_ENTRIES, MAX_STDIN_BYTES } from './request';
 import type { CniInvocation, CniResponse } from './types';
 
 export const REQUEST_MAGIC = 'MCQ1';
 export const RESPONSE_MAGIC = 'MCR1';
-export const MAX_ENV_ENTRIES = 64;
-export const MAX_ENV_BYTES = 64 * 1024;
+export { MAX_ENV_BYTES, MAX_ENV_ENTRIES };
 /** stdin may be one byte over the limit so the handler, not the framing, reports oversized stdin */
 export const MAX_REQUEST_BODY = MAX_STDIN_BYTES + 1 + MAX_ENV_BYTES + 4 * (MAX_ENV_ENTRIES + 2);
 export const MAX_RESPONSE_BODY = 4 * 1024 * 1024;
@@ -208,11 +207,27 @@ async function handleBounded(handler: CniHandler, invocation: CniInvocation, tim
 }
 
 /**
+ * The socket's directory must be ours alone: whoever can write it can unlink our socket and put their own
+ * in its place, and then answer the shim. So it must be a real directory (not a symlink), owned by this
+ * process's user, and writable by nobody else.
+ */
+export function checkSocketDir(dir: string): void {
+  const st = lstatSync(dir);
+  const uid = process.geteuid?.() ?? 0;
+  if (!st.isDirectory()) throw new Error(`socket directory ${dir} is not a directory (a symlink?); refusing to serve there`);
+  if (st.uid !== uid) throw new Error(`socket directory ${dir} is owned by uid ${st.uid}, not by us (uid ${uid}); refusing to serve there`);
+  if ((st.mode & 0o022) !== 0) {
+    throw new Error(`socket directory ${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}); refusing to serve there: chmod go-w it`);
+  }
+}
+
+/**
  * Serves CNI requests on a UNIX socket only root can use (mode 0600; the umask closes the window between
  * bind and chmod). Requests are handled concurrently, each bounded in size (the framing) and time.
  */
 export async function serveCni(socketPath: string, handler: CniHandler, options: ServeOptions = {}): Promise<CniServer> {
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
+  checkSocketDir(dirname(socketPath));
   await removeStaleSocket(socketPath);
   const server = net.createServer((socket) => {
     // A shim that went away must not take the agent with it (EPIPE/ECONNRESET on a late answer).
