@@ -81,15 +81,21 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine):
   const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, verify: 'when-replacing' });
   Object.assign(line, { decision: 'meshed', backend: report.backend, rules: report.rules });
   const k8s = req.kubernetes;
-  const note = attachmentsFor(req, deps).record({
-    containerId: req.containerId,
-    ifName: req.ifName,
-    netns: req.netns,
-    pod: { namespace: k8s.podNamespace, name: k8s.podName, uid: k8s.podUid },
-    backend: report.backend,
-    rules: report.rules,
-    programmedAt: new Date().toISOString(),
-  });
+  // The rules are in place: from here nothing may fail the ADD (the record is a shortcut, never a condition).
+  let note: string | undefined;
+  try {
+    note = attachmentsFor(req, deps).record({
+      containerId: req.containerId,
+      ifName: req.ifName,
+      netns: req.netns,
+      pod: { namespace: k8s.podNamespace, name: k8s.podName, uid: k8s.podUid },
+      backend: report.backend,
+      rules: report.rules,
+      programmedAt: new Date().toISOString(),
+    });
+  } catch (err) {
+    note = `attachment state not recorded (${(err as Error).message}); the reconciler will find the netns another way`;
+  }
   if (note) notes.push(note);
   return { stdout };
 }

@@ -94,7 +94,8 @@ function isObject(v: unknown): v is Record<string, unknown> {
 }
 
 function validateInterfaceName(name: string): void {
-  if (name.length > 15) throw envError('CNI_IFNAME is too long', 'an interface name has at most 15 characters');
+  // The kernel's limit is 15 bytes (IFNAMSIZ less the NUL), not 15 UTF-16 units.
+  if (Buffer.byteLength(name, 'utf8') > 15) throw envError('CNI_IFNAME is too long', 'an interface name has at most 15 bytes');
   if (name === '.' || name === '..' || /[/:\s]/.test(name)) {
     throw envError('CNI_IFNAME is not a valid interface name', JSON.stringify(name));
   }
