@@ -101,6 +101,19 @@ export class RollbackFailedError extends MeshCniError {
   }
 }
 
+/**
+ * The request was abandoned (its caller went away, or its time ran out) before it touched the netns; nothing
+ * was changed. The runtime retries with a fresh request.
+ */
+export class RequestAbandonedError extends MeshCniError {
+  override readonly code = 'REQUEST_ABANDONED';
+  constructor(readonly netns: string, reason: unknown) {
+    super(`the request was abandoned before it touched ${netns} (${reason instanceof Error ? reason.message : String(reason)}); nothing was changed`, {
+      hint: 'the runtime retries the request',
+    });
+  }
+}
+
 /** The API server has no such pod (the CLI's --pod and explain). */
 export class PodNotFoundError extends MeshCniError {
   override readonly code = 'POD_NOT_FOUND';

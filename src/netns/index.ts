@@ -8,7 +8,7 @@
  */
 import * as fs from 'node:fs';
 import { spawn } from 'node:child_process';
-import { CommandFailedError, MeshCniError, NetnsNotFoundError, NotANetnsError } from '../errors';
+import { CommandFailedError, MeshCniError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError } from '../errors';
 import { errno, loadLibc } from './native';
 
 const CLONE_NEWNET = 0x40000000;
@@ -175,7 +175,7 @@ export class NetnsBusyError extends MeshCniError {
 }
 
 /** Takes an exclusive flock on the namespace file, polling (a blocking flock would stop the event loop). */
-async function lockNetnsFile(path: string, deadline: number, started: number): Promise<number> {
+async function lockNetnsFile(path: string, deadline: number, started: number, signal: AbortSignal | undefined): Promise<number> {
   let fd: number;
   try {
     fd = fs.openSync(path, 'r');
@@ -185,7 +185,18 @@ async function lockNetnsFile(path: string, deadline: number, started: number): P
   const c = loadLibc();
   let wait = 2;
   for (;;) {
-    if (c.flock(fd, LOCK_EX | LOCK_NB) === 0) return fd;
+    if (signal?.aborted) {
+      fs.closeSync(fd);
+      throw new RequestAbandonedError(path, signal.reason);
+    }
+    if (c.flock(fd, LOCK_EX | LOCK_NB) === 0) {
+      // Abandoned while we waited: give the netns back untouched.
+      if (signal?.aborted) {
+        fs.closeSync(fd);
+        throw new RequestAbandonedError(path, signal.reason);
+      }
+      return fd;
+    }
     const code = errno();
     if (code !== EWOULDBLOCK && code !== EINTR) {
       fs.closeSync(fd);
@@ -207,8 +218,11 @@ async function lockNetnsFile(path: string, deadline: number, started: number): P
  * /proc/PID/ns/net) opens the one nsfs inode, and flock conflicts per inode, so two requests naming the same
  * netns by different paths still exclude each other. The kernel drops the lock when the fd closes or the
  * process dies, so nothing stale is ever left, and no state directory is needed.
+ *
+ * `signal`: a request abandoned before it holds the lock never runs `fn` (RequestAbandonedError); once
+ * `fn` has started it runs to its end (see docs/cancellation.md for why finishing, not undoing).
  */
-export async function withNetnsLock<T>(path: string, fn: () => Promise<T>, options: { timeoutMs?: number } = {}): Promise<T> {
+export async function withNetnsLock<T>(path: string, fn: () => Promise<T>, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<T> {
   let st: fs.Stats;
   try {
     st = fs.statSync(path);
@@ -220,7 +234,7 @@ export async function withNetnsLock<T>(path: string, fn: () => Promise<T>, optio
   const deadline = started + (options.timeoutMs ?? 60_000);
   const before = queues.get(key) ?? Promise.resolve();
   const mine = before.then(async () => {
-    const fd = await lockNetnsFile(path, deadline, started);
+    const fd = await lockNetnsFile(path, deadline, started, options.signal);
     try {
       return await fn();
     } finally {

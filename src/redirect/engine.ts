@@ -58,6 +58,11 @@ export interface EngineOptions {
   hostNetns?: string;
   /** A backend object to use instead of `backend` (fault tests hand one whose programs are stand-ins). */
   backendInstance?: Backend;
+  /**
+   * Aborted when the request is abandoned (its caller went away). Checked once the netns lock is held,
+   * before anything in the netns is read or changed; an apply already under way is finished, not cut.
+   */
+  signal?: AbortSignal;
 }
 
 /** A backend by its explicit name; `auto` must be resolved first (`chooseBackend`), it depends on the host. */
@@ -288,7 +293,7 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: boolea
     }
     markBroken(o.netns, undefined);
     return { backend: backend.name, backendReason: reason, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6 };
-  });
+  }, { signal: o.signal });
 }
 
 export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; verify?: boolean | VerifyMode }): Promise<ApplyReport> {
@@ -310,7 +315,7 @@ export async function removeRedirect(o: EngineOptions): Promise<{ removed: numbe
     const removed = await removeAll(o.netns, backend);
     markBroken(o.netns, undefined);
     return { removed };
-  });
+  }, { signal: o.signal });
 }
 
 async function observeAll(backend: Backend, netns: string, families: readonly Family[]): Promise<ObservedRule[]> {
