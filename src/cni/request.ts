@@ -4,7 +4,7 @@
  * containernetworking/cni's skel so a runtime sees the same code for the same mistake.
  */
 import { CniCode, CniError } from './errors';
-import { parseMeshNetConf, type MeshNetConf } from './netconf';
+import { jsonDepth, parseMeshNetConf, type MeshNetConf } from './netconf';
 import type { CniAttachment, CniCommand, CniInvocation } from './types';
 import {
   compareVersions,
@@ -17,6 +17,8 @@ import {
 } from './version';
 
 export const MAX_STDIN_BYTES = 1024 * 1024;
+/** Far more than any plugin's result needs (ips, routes, dns: four or five levels). */
+export const MAX_PREV_RESULT_DEPTH = 32;
 /** Bounds on the CNI_* environment, the same in the shim's frame, the agent and the standalone engine. */
 export const MAX_ENV_ENTRIES = 64;
 export const MAX_ENV_BYTES = 64 * 1024;
@@ -195,6 +197,10 @@ export function parseRequest(invocation: CniInvocation): CniRequest {
   if (!NAME_CHARS.test(raw.name)) throw new CniError(CniCode.InvalidNetworkConfig, 'invalid characters found in network name', raw.name);
   const cniVersion = negotiateVersion(raw, cmd);
   const netconf = parseMeshNetConf(raw, cniVersion);
+  // A result is a few levels deep; converting one nested 10^5 levels would overflow the stack (once 999).
+  if (raw.prevResult !== undefined && raw.prevResult !== null && jsonDepth(raw.prevResult, MAX_PREV_RESULT_DEPTH) > MAX_PREV_RESULT_DEPTH) {
+    throw new CniError(CniCode.DecodingFailure, `cannot decode prevResult: it is nested more than ${MAX_PREV_RESULT_DEPTH} levels deep`);
+  }
   const prevResult = raw.prevResult === undefined || raw.prevResult === null ? undefined : decodePrevResult(raw.prevResult, cniVersion);
 
   return {
