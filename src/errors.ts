@@ -101,6 +101,16 @@ export class RollbackFailedError extends MeshCniError {
   }
 }
 
+/** A netns another mesh-cni process (or request) kept locked for longer than we were willing to wait. */
+export class NetnsBusyError extends MeshCniError {
+  override readonly code = 'NETNS_BUSY';
+  constructor(readonly path: string, waitedMs: number) {
+    super(`network namespace ${path} is being programmed by another mesh-cni request (waited ${waitedMs} ms)`, {
+      hint: 'the runtime retries; a request stuck for this long points at a hung iptables or nft process',
+    });
+  }
+}
+
 /**
  * The request was abandoned (its caller went away, or its time ran out) before it touched the netns; nothing
  * was changed. The runtime retries with a fresh request.

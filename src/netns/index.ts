@@ -8,7 +8,8 @@
  */
 import * as fs from 'node:fs';
 import { spawn } from 'node:child_process';
-import { CommandFailedError, MeshCniError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError } from '../errors';
+import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError } from '../errors';
+export { NetnsBusyError };
 import { errno, loadLibc } from './native';
 
 const CLONE_NEWNET = 0x40000000;
@@ -163,16 +164,6 @@ const EINTR = 4;
 
 /** Work on one netns queued in this process, by the namespace's identity (dev:inode), not its path. */
 const queues = new Map<string, Promise<unknown>>();
-
-/** A netns another mesh-cni process (or request) kept locked for longer than we were willing to wait. */
-export class NetnsBusyError extends MeshCniError {
-  override readonly code = 'NETNS_BUSY';
-  constructor(readonly path: string, waitedMs: number) {
-    super(`network namespace ${path} is being programmed by another mesh-cni request (waited ${waitedMs} ms)`, {
-      hint: 'the runtime retries; a request stuck for this long points at a hung iptables or nft process',
-    });
-  }
-}
 
 /** Takes an exclusive flock on the namespace file, polling (a blocking flock would stop the event loop). */
 async function lockNetnsFile(path: string, deadline: number, started: number, signal: AbortSignal | undefined): Promise<number> {

@@ -5,10 +5,11 @@
  * the agent is away), so both the in-process queue and the cross-process lock on the netns are exercised.
  */
 import test from 'ava';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { runCni } from '../../src/cni/dispatch';
-import { checkRedirect, type BackendName } from '../../src/redirect/engine';
+import { applyRedirect, checkRedirect, type BackendName } from '../../src/redirect/engine';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { createNetns, netnsPath } from '../support/netns';
 import { requireKernelTools, requireNft } from '../support/require';
@@ -81,3 +82,30 @@ for (const backend of ['iptables-nft', 'iptables-legacy', 'nftables'] as Backend
     t.is(failed, 0, problems.slice(0, 5).join('\n'));
   });
 }
+
+test.serial('fault concurrent-add: the lock lives with the namespace: an flock through /proc/PID/ns/net holds back an apply through /var/run/netns', async (t) => {
+  requireKernelTools(t);
+  const ns = createNetns(t, 'lock');
+  // A process inside the netns gives a second path to it; flock(1) holds the lock on that path for 1.5 s.
+  const sleeper = spawn('ip', ['netns', 'exec', ns, 'sleep', '30'], { stdio: 'ignore' });
+  t.teardown(() => void sleeper.kill('SIGKILL'));
+  // `ip netns exec` enters the netns and execs the program, so the child's own pid is inside it.
+  const pid = sleeper.pid!;
+  const inside = () => {
+    try {
+      return fs.statSync(`/proc/${pid}/ns/net`).ino === fs.statSync(netnsPath(ns)).ino;
+    } catch {
+      return false;
+    }
+  };
+  for (let i = 0; i < 100 && !inside(); i++) await new Promise((r) => setTimeout(r, 20));
+  t.true(inside(), 'the sleeper runs inside the netns');
+  const holder = spawn('flock', ['-x', `/proc/${pid}/ns/net`, 'sleep', '1.5'], { stdio: 'ignore' });
+  t.teardown(() => void holder.kill('SIGKILL'));
+  await new Promise((r) => setTimeout(r, 200));
+  const started = Date.now();
+  await applyRedirect({ netns: netnsPath(ns), config: redirectConfigFromAnnotations(INJECTED), backend: 'iptables-nft' });
+  const waited = Date.now() - started;
+  t.true(waited >= 1000, `the apply waited ${waited} ms for the lock held through the other path`);
+  t.log(`fault concurrent-add lock: apply waited ${waited} ms behind an flock taken through /proc/${pid}/ns/net`);
+});
