@@ -45,6 +45,7 @@
 #define DEFAULT_TIMEOUT_MS 60000
 #define CNI_TRY_AGAIN_LATER 11
 #define CNI_IO_FAILURE 5
+#define CNI_INVALID_ENVIRONMENT 4
 
 extern char **environ;
 
@@ -131,16 +132,27 @@ static size_t read_stdin(unsigned char *buf, size_t cap) {
   return len;
 }
 
-/* Builds the request frame: "MCQ1" u32 bodyLen | u32 envCount {u32 len, "NAME=VALUE"}* u32 stdinLen stdin */
-static unsigned char *build_frame(const unsigned char *in, size_t in_len, size_t *frame_len) {
+/*
+ * Whether the CNI_* environment fits the frame's bounds (the agent's are the same, and the standalone engine
+ * applies them too). Nothing is ever left out: a variable dropped to fit would change the request's meaning
+ * (CNI_ARGS gone makes a meshed pod look like no Kubernetes pod at all).
+ */
+static int env_fits(size_t *count_out, size_t *bytes_out) {
   size_t env_bytes = 0, count = 0;
   for (char **e = environ; *e; e++) {
-    if (strncmp(*e, "CNI_", 4) != 0 || count == MAX_ENV_ENTRIES) continue;
-    size_t l = strlen(*e);
-    if (env_bytes + l > MAX_ENV_BYTES) continue;
-    env_bytes += l;
+    if (strncmp(*e, "CNI_", 4) != 0) continue;
+    env_bytes += strlen(*e);
     count++;
   }
+  *count_out = count;
+  *bytes_out = env_bytes;
+  return count <= MAX_ENV_ENTRIES && env_bytes <= MAX_ENV_BYTES;
+}
+
+/* Builds the request frame: "MCQ1" u32 bodyLen | u32 envCount {u32 len, "NAME=VALUE"}* u32 stdinLen stdin */
+static unsigned char *build_frame(const unsigned char *in, size_t in_len, size_t *frame_len) {
+  size_t count = 0, env_bytes = 0;
+  if (!env_fits(&count, &env_bytes)) return NULL;
   size_t body = 4 + count * 4 + env_bytes + 4 + in_len;
   unsigned char *frame = malloc(8 + body);
   if (!frame) return NULL;
@@ -148,16 +160,12 @@ static unsigned char *build_frame(const unsigned char *in, size_t in_len, size_t
   put_u32(frame + 4, (uint32_t)body);
   put_u32(frame + 8, (uint32_t)count);
   unsigned char *p = frame + 12;
-  size_t written = 0, used = 0;
-  for (char **e = environ; *e && written < count; e++) {
+  for (char **e = environ; *e; e++) {
     if (strncmp(*e, "CNI_", 4) != 0) continue;
     size_t l = strlen(*e);
-    if (used + l > MAX_ENV_BYTES) continue;
     put_u32(p, (uint32_t)l);
     memcpy(p + 4, *e, l);
     p += 4 + l;
-    used += l;
-    written++;
   }
   put_u32(p, (uint32_t)in_len);
   if (in_len) memcpy(p + 4, in, in_len);
@@ -208,18 +216,48 @@ static int recv_all(int fd, unsigned char *buf, size_t len, long deadline) {
   return 0;
 }
 
-/* Connects to the agent; -1 when it is not there (the caller falls back to standalone). */
-static int connect_agent(const char *path) {
+#define AGENT_ABSENT (-1)
+#define AGENT_TIMEOUT (-2)
+#define AGENT_NOT_ROOT (-3)
+
+/*
+ * Connects to the agent within the request's one deadline. The socket is non-blocking from the start: a
+ * stopped agent whose backlog is full makes a blocking connect() wait forever, and a UNIX socket answers
+ * EAGAIN there instead, which is retried until the deadline. Returns the fd, AGENT_ABSENT when nothing
+ * listens (the caller runs standalone), AGENT_TIMEOUT, or AGENT_NOT_ROOT when the listener is not root.
+ */
+static int connect_agent(const char *path, long deadline) {
   struct sockaddr_un addr;
-  if (strlen(path) >= sizeof addr.sun_path) return -1;
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
+  if (strlen(path) >= sizeof addr.sun_path) return AGENT_ABSENT;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return AGENT_ABSENT;
   memset(&addr, 0, sizeof addr);
   addr.sun_family = AF_UNIX;
   strcpy(addr.sun_path, path);
-  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+  for (;;) {
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0) break;
+    if (errno == EINTR) continue;
+    if (errno == EISCONN) break;
+    if (errno == EAGAIN || errno == EINPROGRESS) {
+      long left = deadline - now_ms();
+      if (left <= 0) {
+        close(fd);
+        return AGENT_TIMEOUT;
+      }
+      /* A full backlog does not signal when it drains; look again shortly. */
+      struct timespec pause = {.tv_sec = 0, .tv_nsec = (left < 20 ? left : 20) * 1000000L};
+      nanosleep(&pause, NULL);
+      continue;
+    }
     close(fd);
-    return -1;
+    return AGENT_ABSENT;
+  }
+  /* Only root may answer for the agent: a socket put there by anyone else is not ours to trust. */
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != 0) {
+    close(fd);
+    return AGENT_NOT_ROOT;
   }
   return fd;
 }
@@ -231,9 +269,7 @@ static int connect_agent(const char *path) {
  */
 #define AGENT_CONNECTION_BROKE (-1000)
 
-static int relay_via_agent(int fd, const unsigned char *in, size_t in_len) {
-  int ms = timeout_ms();
-  long deadline = now_ms() + ms;
+static int relay_via_agent(int fd, const unsigned char *in, size_t in_len, int ms, long deadline) {
   char detail[128];
   snprintf(detail, sizeof detail, "timeout %d ms", ms);
   size_t frame_len = 0;
@@ -321,12 +357,35 @@ int main(void) {
   unsigned char *in = malloc(STDIN_CAP);
   if (!in) return fail(CNI_IO_FAILURE, "mesh-cni shim: out of memory", "");
   size_t in_len = read_stdin(in, STDIN_CAP);
+  /* One deadline for the whole exchange with the agent: connect, write and read. */
+  int ms = timeout_ms();
+  long deadline = now_ms() + ms;
+
+  size_t env_count = 0, env_bytes = 0;
+  if (!env_fits(&env_count, &env_bytes)) {
+    /* The same answer with or without the agent: a request is never shortened to fit. */
+    char detail[160];
+    snprintf(detail, sizeof detail, "%zu CNI_* variables of %zu bytes; at most %d variables and %d bytes are accepted", env_count, env_bytes,
+             MAX_ENV_ENTRIES, MAX_ENV_BYTES);
+    return fail(CNI_INVALID_ENVIRONMENT, "the CNI_* environment is larger than mesh-cni accepts", detail);
+  }
 
   const char *path = getenv("MESH_CNI_AGENT_SOCKET");
   if (!path || !*path) path = DEFAULT_SOCKET;
-  int fd = connect_agent(path);
-  if (fd < 0) return run_standalone(in, in_len);
-  int code = relay_via_agent(fd, in, in_len);
+  int fd = connect_agent(path, deadline);
+  if (fd == AGENT_ABSENT) return run_standalone(in, in_len);
+  if (fd == AGENT_TIMEOUT) {
+    char detail[128];
+    snprintf(detail, sizeof detail, "could not connect to %s within %d ms", path, ms);
+    return fail(CNI_TRY_AGAIN_LATER, "mesh-cni agent did not answer in time", detail);
+  }
+  if (fd == AGENT_NOT_ROOT) {
+    /* Never hand the request to an impostor, nor believe its answer: program the pod ourselves. */
+    static const char warn[] = "mesh-cni shim: the agent socket is not served by root; running standalone\n";
+    write_all_fd(STDERR_FILENO, warn, sizeof warn - 1);
+    return run_standalone(in, in_len);
+  }
+  int code = relay_via_agent(fd, in, in_len, ms, deadline);
   close(fd);
   if (code == AGENT_CONNECTION_BROKE) return run_standalone(in, in_len);
   free(in);

@@ -75,6 +75,55 @@ export class RuleMismatchError extends MeshCniError {
   }
 }
 
+/**
+ * An apply failed and taking our rules out again failed too: the netns holds some of our rules. `details`
+ * lists them (or says they could not be read), so the person reading the error knows what is left.
+ */
+export class RollbackFailedError extends MeshCniError {
+  override readonly code = 'ROLLBACK_FAILED';
+  constructor(
+    readonly netns: string,
+    readonly applyError: unknown,
+    readonly rollbackError: unknown,
+    /** undefined: they could not be read (`readError` says why) */
+    readonly rulesLeft: readonly string[] | undefined,
+    readError?: unknown,
+  ) {
+    const msg = (e: unknown) => (e instanceof Error ? e.message : String(e));
+    const left = rulesLeft === undefined ? 'rules of ours may be left' : `${rulesLeft.length} rule(s) of ours are left`;
+    super(`${msg(applyError)}; removing the rules again failed too (${msg(rollbackError)}), so ${left} in ${netns}`, {
+      hint: 'the pod must not run like this: delete the pod sandbox, or run `mesh-cni remove` on the netns',
+      details:
+        rulesLeft === undefined
+          ? `the rules left in ${netns} could not be read: ${msg(readError)}`
+          : `rules left in ${netns}:\n${rulesLeft.join('\n') || '(none: the failed removal changed nothing of ours)'}`,
+    });
+  }
+}
+
+/** A netns another mesh-cni process (or request) kept locked for longer than we were willing to wait. */
+export class NetnsBusyError extends MeshCniError {
+  override readonly code = 'NETNS_BUSY';
+  constructor(readonly path: string, waitedMs: number) {
+    super(`network namespace ${path} is being programmed by another mesh-cni request (waited ${waitedMs} ms)`, {
+      hint: 'the runtime retries; a request stuck for this long points at a hung iptables or nft process',
+    });
+  }
+}
+
+/**
+ * The request was abandoned (its caller went away, or its time ran out) before it touched the netns; nothing
+ * was changed. The runtime retries with a fresh request.
+ */
+export class RequestAbandonedError extends MeshCniError {
+  override readonly code = 'REQUEST_ABANDONED';
+  constructor(readonly netns: string, reason: unknown) {
+    super(`the request was abandoned before it touched ${netns} (${reason instanceof Error ? reason.message : String(reason)}); nothing was changed`, {
+      hint: 'the runtime retries the request',
+    });
+  }
+}
+
 /** The API server has no such pod (the CLI's --pod and explain). */
 export class PodNotFoundError extends MeshCniError {
   override readonly code = 'POD_NOT_FOUND';

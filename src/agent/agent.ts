@@ -185,7 +185,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
   const deps: CniDeps = { engine, podCache, onRequest: (line) => recordRequest(metrics, line) };
   let cniServer: CniServer | undefined;
-  cniServer = await serveCni(socketPath, (invocation) => runCni(invocation, deps), {
+  cniServer = await serveCni(socketPath, (invocation, abandoned) => runCni(invocation, deps, abandoned), {
     authorize: options.requireRootPeer === false ? undefined : rootOnly,
     onReject: (reason) => {
       metrics.peerRejections.inc({ reason: reason.startsWith('non-root') ? 'non-root-peer' : reason });

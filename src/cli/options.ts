@@ -42,12 +42,23 @@ export const netnsOption = {
   netns: { type: 'string', demandOption: true, describe: 'the pod network namespace, e.g. /var/run/netns/NAME or /proc/PID/ns/net' },
 } satisfies Record<string, Options>;
 
+/**
+ * yargs turns a string option given twice into an array, which then reached code expecting one path (the
+ * agent died with a TypeError on `--socket a --socket b`). A one-valued option given twice is a usage error.
+ */
+export function once(name: string): (value: string) => string {
+  return (value: string | string[]) => {
+    if (Array.isArray(value)) throw new Error(`--${name} was given ${value.length} times (${value.map((v) => JSON.stringify(String(v))).join(', ')}); give it once`);
+    return value;
+  };
+}
+
 /** Where the CLI finds this node's API, name, recorded attachments and agent; shared by every node command. */
 export const nodeOptions = {
-  kubeconfig: { type: 'string', describe: 'a kubeconfig file; the in-cluster service account when absent' },
-  'node-name': { type: 'string', default: process.env.NODE_NAME, describe: "this node's name (default $NODE_NAME, from the downward API)" },
-  'state-dir': { type: 'string', default: DEFAULT_STATE_DIR, describe: 'where install records what it changed and the plugin records attachments' },
-  socket: { type: 'string', default: DEFAULT_AGENT_SOCKET, describe: "the agent's UNIX socket (the shim's, mode 0600, root only)" },
+  kubeconfig: { type: 'string', coerce: once('kubeconfig'), describe: 'a kubeconfig file; the in-cluster service account when absent' },
+  'node-name': { type: 'string', coerce: once('node-name'), default: process.env.NODE_NAME, describe: "this node's name (default $NODE_NAME, from the downward API)" },
+  'state-dir': { type: 'string', coerce: once('state-dir'), default: DEFAULT_STATE_DIR, describe: 'where install records what it changed and the plugin records attachments' },
+  socket: { type: 'string', coerce: once('socket'), default: DEFAULT_AGENT_SOCKET, describe: "the agent's UNIX socket (the shim's, mode 0600, root only)" },
 } satisfies Record<string, Options>;
 
 export interface NodeArgs {

@@ -24,7 +24,29 @@ export interface AttachmentRecord {
   programmedAt: string;
 }
 
-const SAFE = /^[A-Za-z0-9_.-]+$/;
+/** Characters a file name part keeps as they are; everything else (the separator `_` included) is %XX. */
+const KEPT = /[A-Za-z0-9.-]/;
+
+/**
+ * One part of a record's file name: UTF-8 bytes outside [A-Za-z0-9.-] written as %XX. `_` is escaped, so
+ * the one `_` between container id and interface is unambiguous and the naming is injective: (`a_b`,`c`)
+ * and (`a`,`b_c`) no longer share a file. Any CNI_IFNAME the kernel accepts (`eth0@x`, `eth+`, `ethé`)
+ * has a name, so recording never fails on it.
+ */
+function encodePart(part: string): string {
+  let out = '';
+  for (const ch of part) {
+    if (KEPT.test(ch)) out += ch;
+    else for (const byte of Buffer.from(ch, 'utf8')) out += `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}
+
+/** The name records were written under before the injective naming; still read, forgotten and collected. */
+const LEGACY_SAFE = /^[A-Za-z0-9_.-]+$/;
+function legacyName(containerId: string, ifName: string): string | undefined {
+  return LEGACY_SAFE.test(containerId) && LEGACY_SAFE.test(ifName) ? `${containerId}_${ifName}.json` : undefined;
+}
 
 export class AttachmentStore {
   readonly dir: string;
@@ -33,23 +55,24 @@ export class AttachmentStore {
     this.dir = path.join(stateDir, 'attachments');
   }
 
-  private file(containerId: string, ifName: string): string {
-    if (!SAFE.test(containerId) || !SAFE.test(ifName)) throw new Error(`unsafe attachment id ${containerId}/${ifName}`);
-    return path.join(this.dir, `${containerId}_${ifName}.json`);
+  private name(containerId: string, ifName: string): string {
+    return `${encodePart(containerId)}_${encodePart(ifName)}.json`;
   }
 
   /** Records an attachment; returns a note instead of throwing when the state cannot be written. */
   record(rec: AttachmentRecord): string | undefined {
-    const target = this.file(rec.containerId, rec.ifName);
-    const temp = `${target}.${process.pid}.tmp`;
+    let temp: string | undefined;
     try {
+      const target = path.join(this.dir, this.name(rec.containerId, rec.ifName));
+      temp = `${target}.${process.pid}.tmp`;
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
       fs.writeFileSync(temp, `${JSON.stringify(rec)}\n`, { mode: 0o600 });
       fs.renameSync(temp, target);
+      this.dropLegacy(rec.containerId, rec.ifName);
       return undefined;
     } catch (err) {
       try {
-        fs.rmSync(temp, { force: true });
+        if (temp) fs.rmSync(temp, { force: true });
       } catch {
         // the directory itself is unusable; nothing was written
       }
@@ -57,25 +80,42 @@ export class AttachmentStore {
     }
   }
 
+  /**
+   * Removes the record an older version wrote for this attachment, but only when it really is this one's:
+   * the old names collided, so the file may hold the other attachment of the pair.
+   */
+  private dropLegacy(containerId: string, ifName: string): void {
+    const legacy = legacyName(containerId, ifName);
+    if (!legacy || legacy === this.name(containerId, ifName)) return;
+    const file = path.join(this.dir, legacy);
+    try {
+      const rec = JSON.parse(fs.readFileSync(file, 'utf8')) as AttachmentRecord;
+      if (rec.containerId === containerId && rec.ifName === ifName) fs.rmSync(file, { force: true });
+    } catch {
+      // absent or unreadable: nothing of this attachment's to drop
+    }
+  }
+
   forget(containerId: string, ifName: string): void {
     try {
-      fs.rmSync(this.file(containerId, ifName), { force: true });
+      fs.rmSync(path.join(this.dir, this.name(containerId, ifName)), { force: true });
+      this.dropLegacy(containerId, ifName);
     } catch {
       // best effort, like DEL itself
     }
   }
 
-  list(): AttachmentRecord[] {
+  private entries(): Array<{ file: string; rec: AttachmentRecord }> {
     let names: string[];
     try {
       names = fs.readdirSync(this.dir);
     } catch {
       return [];
     }
-    const out: AttachmentRecord[] = [];
+    const out: Array<{ file: string; rec: AttachmentRecord }> = [];
     for (const name of names.filter((n) => n.endsWith('.json'))) {
       try {
-        out.push(JSON.parse(fs.readFileSync(path.join(this.dir, name), 'utf8')) as AttachmentRecord);
+        out.push({ file: path.join(this.dir, name), rec: JSON.parse(fs.readFileSync(path.join(this.dir, name), 'utf8')) as AttachmentRecord });
       } catch {
         // a torn or foreign file: skip it, GC or the next ADD replaces it
       }
@@ -83,14 +123,21 @@ export class AttachmentStore {
     return out;
   }
 
+  list(): AttachmentRecord[] {
+    return this.entries().map((e) => e.rec);
+  }
+
   /** Drops every attachment not in `valid` (CNI GC); returns how many were dropped. */
   gc(valid: readonly CniAttachment[]): number {
-    const keep = new Set(valid.map((a) => `${a.containerID}_${a.ifname}.json`));
+    const keep = new Set(valid.map((a) => JSON.stringify([a.containerID, a.ifname])));
     let dropped = 0;
-    for (const rec of this.list()) {
-      const name = `${rec.containerId}_${rec.ifName}.json`;
-      if (!keep.has(name)) {
-        this.forget(rec.containerId, rec.ifName);
+    for (const { file, rec } of this.entries()) {
+      if (!keep.has(JSON.stringify([rec.containerId, rec.ifName]))) {
+        try {
+          fs.rmSync(file, { force: true });
+        } catch {
+          // best effort
+        }
         dropped++;
       }
     }

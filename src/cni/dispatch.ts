@@ -61,7 +61,7 @@ function podName(req: NetworkRequest): string | undefined {
   return req.kubernetes ? `${req.kubernetes.podNamespace}/${req.kubernetes.podName}` : undefined;
 }
 
-async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
+async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal): Promise<Outcome> {
   requireNetns(req, deps);
   // Converted before any rule is written, so an undecodable prevResult fails with nothing applied.
   const stdout = JSON.stringify(req.prevResult ? convertResult(req.prevResult, req.cniVersion) : emptyResult(req.cniVersion));
@@ -78,23 +78,29 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine):
   }
   const engine = await loadEngine(deps);
   // A fresh sandbox's one transaction proves its result; the read-back would double the ADD's processes.
-  const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, verify: 'when-replacing' });
+  const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, verify: 'when-replacing', signal });
   Object.assign(line, { decision: 'meshed', backend: report.backend, rules: report.rules });
   const k8s = req.kubernetes;
-  const note = attachmentsFor(req, deps).record({
-    containerId: req.containerId,
-    ifName: req.ifName,
-    netns: req.netns,
-    pod: { namespace: k8s.podNamespace, name: k8s.podName, uid: k8s.podUid },
-    backend: report.backend,
-    rules: report.rules,
-    programmedAt: new Date().toISOString(),
-  });
+  // The rules are in place: from here nothing may fail the ADD (the record is a shortcut, never a condition).
+  let note: string | undefined;
+  try {
+    note = attachmentsFor(req, deps).record({
+      containerId: req.containerId,
+      ifName: req.ifName,
+      netns: req.netns,
+      pod: { namespace: k8s.podNamespace, name: k8s.podName, uid: k8s.podUid },
+      backend: report.backend,
+      rules: report.rules,
+      programmedAt: new Date().toISOString(),
+    });
+  } catch (err) {
+    note = `attachment state not recorded (${(err as Error).message}); the reconciler will find the netns another way`;
+  }
   if (note) notes.push(note);
   return { stdout };
 }
 
-async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
+async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal): Promise<Outcome> {
   // DEL is best effort and repeatable: a gone or never-programmed netns is success.
   attachmentsFor(req, deps).forget(req.containerId, req.ifName);
   if (req.netns === '') {
@@ -108,7 +114,7 @@ async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine):
   }
   const engine = await loadEngine(deps);
   try {
-    const { removed } = await engine.removeRedirect({ netns: req.netns, backend: req.netconf.backend });
+    const { removed } = await engine.removeRedirect({ netns: req.netns, backend: req.netconf.backend, signal });
     Object.assign(line, { decision: 'removed', rules: removed });
   } catch (err) {
     if (!(err instanceof NetnsNotFoundError)) throw err;
@@ -163,7 +169,7 @@ function versionAnswer(cniVersion: string): string {
   return JSON.stringify(answer);
 }
 
-const HANDLERS: Record<NetworkRequest['command'], (req: NetworkRequest, deps: CniDeps, line: RequestLogLine) => Promise<Outcome>> = {
+const HANDLERS: Record<NetworkRequest['command'], (req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal) => Promise<Outcome>> = {
   ADD: cmdAdd,
   DEL: cmdDel,
   CHECK: cmdCheck,
@@ -171,8 +177,12 @@ const HANDLERS: Record<NetworkRequest['command'], (req: NetworkRequest, deps: Cn
   STATUS: cmdStatus,
 };
 
-/** Runs one CNI invocation. Never throws: every failure becomes the spec's error JSON and a non-zero exit. */
-export async function runCni(invocation: CniInvocation, deps: CniDeps = {}): Promise<CniResponse> {
+/**
+ * Runs one CNI invocation. Never throws: every failure becomes the spec's error JSON and a non-zero exit.
+ * `signal` aborts when the caller abandoned the request (the agent's socket server): ADD and DEL then do
+ * not start on the netns (code 11), and one already started is finished.
+ */
+export async function runCni(invocation: CniInvocation, deps: CniDeps = {}, signal?: AbortSignal): Promise<CniResponse> {
   const now = deps.now ?? Date.now;
   const started = now();
   const env = invocation.env;
@@ -190,7 +200,7 @@ export async function runCni(invocation: CniInvocation, deps: CniDeps = {}): Pro
     } else {
       netconf = req.netconf;
       line.pod = podName(req);
-      const outcome = await HANDLERS[req.command](req, deps, line);
+      const outcome = await HANDLERS[req.command](req, deps, line, signal);
       response = { exitCode: 0, stdout: outcome.stdout, stderr: '' };
     }
   } catch (err) {

@@ -8,8 +8,10 @@ import {
   CommandFailedError,
   InvalidConfigError,
   MeshCniError,
+  NetnsBusyError,
   NetnsNotFoundError,
   NotANetnsError,
+  RequestAbandonedError,
   RuleMismatchError,
 } from '../errors';
 import type { CniErrorJson } from './types';
@@ -86,6 +88,8 @@ export function toCniError(err: unknown): CniError {
     if (err instanceof NotANetnsError) {
       return new CniError(CniCode.InvalidEnvironment, `CNI_NETNS: ${err.message}`, details, { cause: err });
     }
+    if (err instanceof NetnsBusyError) return new CniError(CniCode.TryAgainLater, err.message, details, { cause: err });
+    if (err instanceof RequestAbandonedError) return new CniError(CniCode.TryAgainLater, err.message, details, { cause: err });
     if (err instanceof RuleMismatchError) return new CniError(CniCode.RuleMismatch, err.message, details, { cause: err });
     if (err instanceof CommandFailedError) return new CniError(CniCode.RedirectFailed, err.message, details, { cause: err });
     return new CniError(CniCode.RedirectFailed, err.message, details, { cause: err });

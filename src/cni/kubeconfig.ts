@@ -86,6 +86,9 @@ export function parseKubeconfig(text: string, path: string): KubeEndpoint {
   if (!token && typeof user.tokenFile === 'string' && user.tokenFile !== '') {
     token = material({ tokenFile: user.tokenFile }, 'tokenFile', baseDir, path)?.toString('utf8').trim();
   }
+  // The token goes into an Authorization header: a CR, LF or other control character would be refused
+  // there (a TypeError, once 999) or, worse, split the header. Never quote the token itself.
+  if (token !== undefined && /[\x00-\x1f\x7f]/.test(token)) throw invalid(path, 'the user token holds a control character (CR, LF, ...); it cannot be sent as a bearer token');
   const insecure = cluster['insecure-skip-tls-verify'];
   return {
     server,

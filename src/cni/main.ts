@@ -7,6 +7,7 @@
 import { readSync, writeSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { runCni } from './dispatch';
+import { flushRequestLogs } from './log';
 import { MAX_STDIN_BYTES } from './request';
 
 /**
@@ -62,6 +63,8 @@ async function main(): Promise<void> {
   const response = await runCni({ env: process.env, stdin }, { podLookupTimeoutMs: lookupTimeoutFromEnv(), defaultLogFile: process.env.MESH_CNI_LOG_FILE || undefined });
   if (response.stderr) writeAll(2, response.stderr);
   writeAll(1, response.stdout);
+  // The log line is written in the background; a log file that hangs may cost a second, never the pod.
+  await flushRequestLogs(1000);
   process.exit(response.exitCode);
 }
 

@@ -60,8 +60,37 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+/** How deep a value is (a scalar 0, `{}` 1), counted level by level without recursion: a 10^5-level value must not overflow the stack. Stops past `limit`. */
+export function jsonDepth(value: unknown, limit: number): number {
+  let depth = 0;
+  let level: unknown[] = [value];
+  while (depth <= limit) {
+    const next: unknown[] = [];
+    let objects = false;
+    for (const v of level) {
+      if (typeof v !== 'object' || v === null) continue;
+      objects = true;
+      for (const child of Object.values(v)) next.push(child);
+    }
+    if (!objects) return depth;
+    depth++;
+    level = next;
+  }
+  return depth;
+}
+
+/**
+ * A value for a message: scalars as JSON, cut at 80 characters; objects and arrays by their shape only
+ * (key names, never nested values), so a credential nested under a field we do not know
+ * (`"auth":{"bearer":"..."}`) is never echoed, and a deeply nested value cannot overflow the stack.
+ */
 function shown(value: unknown): string {
-  const text = JSON.stringify(value) ?? String(value);
+  let text: string;
+  if (Array.isArray(value)) text = `(a list of ${value.length})`;
+  else if (typeof value === 'object' && value !== null) {
+    const keys = Object.keys(value);
+    text = `(an object with ${keys.length === 0 ? 'no keys' : `keys ${keys.slice(0, 5).map((k) => JSON.stringify(k)).join(', ')}${keys.length > 5 ? ', ...' : ''}`})`;
+  } else text = JSON.stringify(value) ?? String(value);
   return text.length > 80 ? `${text.slice(0, 77)}...` : text;
 }
 
@@ -70,7 +99,7 @@ function invalid(key: string, value: unknown, why: string): CniError {
 }
 
 /** Code 2 must quote key and value, except where the key suggests a credential: those stay out of logs. */
-const LOOKS_SECRET = /token|password|passwd|secret|credential|key|cert/i;
+const LOOKS_SECRET = /token|password|passwd|pass|secret|credential|key|cert|auth|bearer|jwt|private/i;
 
 function unsupported(key: string, value: unknown, known: Iterable<string>): CniError {
   return new CniError(

@@ -4,7 +4,7 @@
  * containernetworking/cni's skel so a runtime sees the same code for the same mistake.
  */
 import { CniCode, CniError } from './errors';
-import { parseMeshNetConf, type MeshNetConf } from './netconf';
+import { jsonDepth, parseMeshNetConf, type MeshNetConf } from './netconf';
 import type { CniAttachment, CniCommand, CniInvocation } from './types';
 import {
   compareVersions,
@@ -17,6 +17,29 @@ import {
 } from './version';
 
 export const MAX_STDIN_BYTES = 1024 * 1024;
+/** Far more than any plugin's result needs (ips, routes, dns: four or five levels). */
+export const MAX_PREV_RESULT_DEPTH = 32;
+/** Bounds on the CNI_* environment, the same in the shim's frame, the agent and the standalone engine. */
+export const MAX_ENV_ENTRIES = 64;
+export const MAX_ENV_BYTES = 64 * 1024;
+
+/**
+ * The CNI_* environment must fit whole: the shim refuses to shorten it (a dropped CNI_ARGS would make a
+ * meshed pod look like none), and the standalone engine applies the same bound so the answer never depends
+ * on whether the agent is running.
+ */
+function checkEnvBounds(env: Readonly<Record<string, string | undefined>>): void {
+  let count = 0;
+  let bytes = 0;
+  for (const [name, value] of Object.entries(env)) {
+    if (value === undefined || !name.startsWith('CNI_')) continue;
+    count++;
+    bytes += Buffer.byteLength(`${name}=${value}`);
+  }
+  if (count > MAX_ENV_ENTRIES || bytes > MAX_ENV_BYTES) {
+    throw envError('the CNI_* environment is larger than mesh-cni accepts', `${count} CNI_* variables of ${bytes} bytes; at most ${MAX_ENV_ENTRIES} variables and ${MAX_ENV_BYTES} bytes are accepted`);
+  }
+}
 
 const COMMANDS: readonly CniCommand[] = ['ADD', 'DEL', 'CHECK', 'VERSION', 'STATUS', 'GC'];
 
@@ -73,7 +96,8 @@ function isObject(v: unknown): v is Record<string, unknown> {
 }
 
 function validateInterfaceName(name: string): void {
-  if (name.length > 15) throw envError('CNI_IFNAME is too long', 'an interface name has at most 15 characters');
+  // The kernel's limit is 15 bytes (IFNAMSIZ less the NUL), not 15 UTF-16 units.
+  if (Buffer.byteLength(name, 'utf8') > 15) throw envError('CNI_IFNAME is too long', 'an interface name has at most 15 bytes');
   if (name === '.' || name === '..' || /[/:\s]/.test(name)) {
     throw envError('CNI_IFNAME is not a valid interface name', JSON.stringify(name));
   }
@@ -150,6 +174,7 @@ export function parseRequest(invocation: CniInvocation): CniRequest {
   if (command === '') throw envError('required env variables [CNI_COMMAND] missing');
   if (!(COMMANDS as readonly string[]).includes(command)) throw envError(`unknown CNI_COMMAND: ${command}`, `expected one of ${COMMANDS.join(', ')}`);
   const cmd = command as CniCommand;
+  checkEnvBounds(env);
 
   const missing = REQUIRED_ENV[cmd].filter((name) => !env[name]);
   if (missing.length > 0) throw envError(`required env variables [${missing.join(',')}] missing`);
@@ -172,6 +197,10 @@ export function parseRequest(invocation: CniInvocation): CniRequest {
   if (!NAME_CHARS.test(raw.name)) throw new CniError(CniCode.InvalidNetworkConfig, 'invalid characters found in network name', raw.name);
   const cniVersion = negotiateVersion(raw, cmd);
   const netconf = parseMeshNetConf(raw, cniVersion);
+  // A result is a few levels deep; converting one nested 10^5 levels would overflow the stack (once 999).
+  if (raw.prevResult !== undefined && raw.prevResult !== null && jsonDepth(raw.prevResult, MAX_PREV_RESULT_DEPTH) > MAX_PREV_RESULT_DEPTH) {
+    throw new CniError(CniCode.DecodingFailure, `cannot decode prevResult: it is nested more than ${MAX_PREV_RESULT_DEPTH} levels deep`);
+  }
   const prevResult = raw.prevResult === undefined || raw.prevResult === null ? undefined : decodePrevResult(raw.prevResult, cniVersion);
 
   return {

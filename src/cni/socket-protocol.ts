@@ -11,13 +11,12 @@
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { dirname } from 'node:path';
-import { MAX_STDIN_BYTES } from './request';
+import { MAX_ENV_BYTES, MAX_ENV_ENTRIES, MAX_STDIN_BYTES } from './request';
 import type { CniInvocation, CniResponse } from './types';
 
 export const REQUEST_MAGIC = 'MCQ1';
 export const RESPONSE_MAGIC = 'MCR1';
-export const MAX_ENV_ENTRIES = 64;
-export const MAX_ENV_BYTES = 64 * 1024;
+export { MAX_ENV_BYTES, MAX_ENV_ENTRIES };
 /** stdin may be one byte over the limit so the handler, not the framing, reports oversized stdin */
 export const MAX_REQUEST_BODY = MAX_STDIN_BYTES + 1 + MAX_ENV_BYTES + 4 * (MAX_ENV_ENTRIES + 2);
 export const MAX_RESPONSE_BODY = 4 * 1024 * 1024;
@@ -146,14 +145,21 @@ export function readFrame(socket: net.Socket, magic: string, maxBody: number): P
   });
 }
 
-export type CniHandler = (invocation: CniInvocation) => Promise<CniResponse>;
+/**
+ * `signal` aborts when the request is abandoned: the shim went away (it timed out or was killed) or the
+ * agent's own bound on the request passed. The handler must then not start on the netns (see dispatch).
+ */
+export type CniHandler = (invocation: CniInvocation, signal: AbortSignal) => Promise<CniResponse>;
 
 export interface CniServer {
   server: net.Server;
   close(): Promise<void>;
 }
 
-const READ_TIMEOUT_MS = 10_000;
+/** A whole request frame must arrive within this (not per byte: a 1-byte drip must not hold a connection). */
+export const FRAME_DEADLINE_MS = 10_000;
+/** Connections served at once; more are closed at accept (the shim then runs standalone). */
+export const MAX_CONNECTIONS = 128;
 
 function removeStaleSocket(socketPath: string): Promise<void> {
   let isSocket = false;
@@ -183,6 +189,15 @@ export interface ServeOptions {
   onReject?: (reason: string) => void;
   /** Bound on one request's handling; past it the shim is answered with code 11 (try again). */
   handlerTimeoutMs?: number;
+  /** Time for a whole request frame to arrive (default FRAME_DEADLINE_MS). */
+  frameDeadlineMs?: number;
+  /** Open connections at most (default MAX_CONNECTIONS). */
+  maxConnections?: number;
+}
+
+/** Resolves after the event loop has polled for I/O once more (two check phases from now). */
+function nextLoopTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(() => setImmediate(resolve)));
 }
 
 /** The answer when handling took longer than allowed: kubelet retries the sandbox. */
@@ -190,15 +205,19 @@ function timeoutResponse(ms: number): CniResponse {
   return { exitCode: 1, stdout: JSON.stringify({ cniVersion: '1.1.0', code: 11, msg: `the agent did not finish within ${ms} ms; try again` }), stderr: '' };
 }
 
-async function handleBounded(handler: CniHandler, invocation: CniInvocation, timeoutMs: number | undefined): Promise<CniResponse> {
-  const work = handler(invocation).catch((err: unknown): CniResponse => {
+async function handleBounded(handler: CniHandler, invocation: CniInvocation, timeoutMs: number | undefined, abandon: AbortController): Promise<CniResponse> {
+  const work = handler(invocation, abandon.signal).catch((err: unknown): CniResponse => {
     const msg = err instanceof Error ? err.message : String(err);
     return { exitCode: 1, stdout: JSON.stringify({ cniVersion: '1.1.0', code: 999, msg }), stderr: '' };
   });
   if (!timeoutMs) return work;
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<CniResponse>((resolve) => {
-    timer = setTimeout(() => resolve(timeoutResponse(timeoutMs)), timeoutMs);
+    timer = setTimeout(() => {
+      // The shim is told to try again, so this request's work must not go on to program the netns.
+      abandon.abort(new Error(`not finished within ${timeoutMs} ms`));
+      resolve(timeoutResponse(timeoutMs));
+    }, timeoutMs);
   });
   try {
     return await Promise.race([work, late]);
@@ -208,12 +227,30 @@ async function handleBounded(handler: CniHandler, invocation: CniInvocation, tim
 }
 
 /**
+ * The socket's directory must be ours alone: whoever can write it can unlink our socket and put their own
+ * in its place, and then answer the shim. So it must be a real directory (not a symlink), owned by this
+ * process's user, and writable by nobody else.
+ */
+export function checkSocketDir(dir: string): void {
+  const st = lstatSync(dir);
+  const uid = process.geteuid?.() ?? 0;
+  if (!st.isDirectory()) throw new Error(`socket directory ${dir} is not a directory (a symlink?); refusing to serve there`);
+  if (st.uid !== uid) throw new Error(`socket directory ${dir} is owned by uid ${st.uid}, not by us (uid ${uid}); refusing to serve there`);
+  if ((st.mode & 0o022) !== 0) {
+    throw new Error(`socket directory ${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}); refusing to serve there: chmod go-w it`);
+  }
+}
+
+/**
  * Serves CNI requests on a UNIX socket only root can use (mode 0600; the umask closes the window between
- * bind and chmod). Requests are handled concurrently, each bounded in size (the framing) and time.
+ * bind and chmod). Requests are handled concurrently, each bounded in size (the framing) and time: the whole
+ * frame within `frameDeadlineMs`, the handling within `handlerTimeoutMs`, and at most `maxConnections` open.
  */
 export async function serveCni(socketPath: string, handler: CniHandler, options: ServeOptions = {}): Promise<CniServer> {
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
+  checkSocketDir(dirname(socketPath));
   await removeStaleSocket(socketPath);
+  const frameDeadlineMs = options.frameDeadlineMs ?? FRAME_DEADLINE_MS;
   const server = net.createServer((socket) => {
     // A shim that went away must not take the agent with it (EPIPE/ECONNRESET on a late answer).
     socket.on('error', () => undefined);
@@ -223,18 +260,34 @@ export async function serveCni(socketPath: string, handler: CniHandler, options:
       socket.destroy();
       return;
     }
-    socket.setTimeout(READ_TIMEOUT_MS, () => socket.destroy());
+    const abandon = new AbortController();
+    // The shim never half-closes: end or close before our answer means it gave up on this request.
+    const gone = () => abandon.abort(new Error('the shim closed the connection before the answer'));
+    socket.once('end', gone);
+    socket.once('close', gone);
+    const frameTimer = setTimeout(() => {
+      options.onReject?.('frame-deadline');
+      socket.destroy();
+    }, frameDeadlineMs);
     readFrame(socket, REQUEST_MAGIC, MAX_REQUEST_BODY)
       .then(async (body) => {
-        socket.setTimeout(0);
-        const response = await handleBounded(handler, decodeRequestBody(body), options.handlerTimeoutMs);
+        clearTimeout(frameTimer);
+        // A shim that gave up before we read its frame (the agent was stopped, or busy) closed the connection
+        // already; libuv reports that EOF one loop turn after the data. Look once more before starting, so
+        // such a request is abandoned before it begins rather than somewhere in the middle.
+        await nextLoopTurn();
+        const response = await handleBounded(handler, decodeRequestBody(body), options.handlerTimeoutMs, abandon);
+        socket.off('end', gone);
         socket.end(encodeResponse(response));
       })
       .catch((err: Error) => {
+        clearTimeout(frameTimer);
         options.onReject?.(err instanceof FrameError ? 'bad-frame' : 'io-error');
         socket.destroy();
       });
   });
+  // Past this the kernel's accept is followed by an immediate close: bounded memory and fds, whatever connects.
+  server.maxConnections = options.maxConnections ?? MAX_CONNECTIONS;
   const previousUmask = process.umask(0o177);
   try {
     await new Promise<void>((resolve, reject) => {

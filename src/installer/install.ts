@@ -3,8 +3,10 @@
  * names a plugin that is not on disk). Every write is skipped when the content is already right, so a pass
  * over an installed node touches nothing and a directory watcher sees no echo of its own work.
  */
-import { mkdir, realpath, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
+import { mkdir, open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { exists, readIfExists, removeIfExists, sha256, writeFileAtomic, writeIfChanged, type WriteAction } from './atomic-file';
 import { ENGINE_DIR_NAME, engineInPlace, installEngineDir, treeDigest } from './engine-dir';
 import { convertConfText, hasOurEntry, insertIntoConflistText, isChainedLast, isOurs, PLUGIN_TYPE, removeFromConflistText } from './conflist';
@@ -128,6 +130,90 @@ async function release(state: InstallState, record: ConfigRecord): Promise<boole
   return true;
 }
 
+/** A temp file beside `path` holding `data`, synced: half of an atomic replace. */
+async function stageBeside(path: string, data: Buffer, mode: number): Promise<string> {
+  const temp = join(dirname(path), `.${basename(path)}.mesh-cni-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const handle = await open(temp, 'wx', mode);
+  try {
+    await handle.writeFile(data);
+    await handle.chmod(mode);
+    await handle.sync();
+  } catch (err) {
+    await handle.close();
+    await rm(temp, { force: true });
+    throw err;
+  }
+  await handle.close();
+  return temp;
+}
+
+async function fsyncDirOf(path: string): Promise<void> {
+  const handle = await open(dirname(path), fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** renameat2(RENAME_EXCHANGE) where the kernel and filesystem have it; undefined where they do not. */
+function exchange(a: string, b: string): boolean {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    return (require('../netns/native') as typeof import('../netns/native')).renameExchange(a, b);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Puts our entry into the primary CNI's conflist without ever writing over a newer version of it. A plain
+ * read-modify-rename loses the primary's update when it rewrites the file between our read and our rename
+ * (1 in 20-40 rounds of two rewrites 20-60 ms apart). So: compare the file with what we read just before
+ * replacing it, and replace by exchanging (renameat2 RENAME_EXCHANGE), which hands back what the path held
+ * at that instant: if that is not what we based our version on, the primary wrote in between, and its
+ * content, now in hand, is merged and written again. Nothing the primary wrote is lost, only delayed by
+ * one round. Where exchange is not supported the compare-before-rename still closes all but a microseconds
+ * window. Returns the bytes the file holds at the end.
+ */
+async function replacePrimary(path: string, read: Buffer, merge: (text: Buffer) => Buffer, mode: number): Promise<{ bytes: Buffer; written: boolean }> {
+  let base = read;
+  let atPath = read;
+  let written = false;
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const desired = merge(base);
+    if (desired.equals(atPath)) return { bytes: desired, written };
+    const temp = await stageBeside(path, desired, mode);
+    try {
+      const now = await readIfExists(path);
+      if (!now || !now.equals(atPath)) {
+        // Changed since we read it: start again from what is there now.
+        if (!now) throw new InstallerError(`${path} disappeared while our entry was being added`);
+        base = now;
+        atPath = now;
+        continue;
+      }
+      if (!exchange(temp, path)) {
+        await rename(temp, path);
+        await fsyncDirOf(path);
+        return { bytes: desired, written: true };
+      }
+      written = true;
+      const displaced = await readFile(temp);
+      if (displaced.equals(atPath)) {
+        await fsyncDirOf(path);
+        return { bytes: desired, written };
+      }
+      // The primary wrote between our compare and the exchange: its write is `displaced`; merge it.
+      base = displaced;
+      atPath = desired;
+    } finally {
+      await rm(temp, { force: true });
+    }
+  }
+  throw new InstallerError(`${path} kept changing while our entry was being added; retrying on the next change`);
+}
+
 async function chainIntoPrimary(o: InstallOptions, state: InstallState): Promise<ConfigOutcome> {
   const { primary, skipped } = await scanConfDir(o.cniConfDir);
   if (!primary) {
@@ -142,13 +228,9 @@ async function chainIntoPrimary(o: InstallOptions, state: InstallState): Promise
     path = await writeTarget(primary.path);
     const mode = await modeOf(path, CONFIG_MODE);
     const record = recordFor(state, path, primary.bytes, mode);
-    const desired = Buffer.from(insertIntoConflistText(primary.bytes.toString('utf8'), o.pluginConfig));
-    if (desired.equals(primary.bytes)) {
-      action = 'unchanged';
-    } else {
-      await writeFileAtomic(path, desired, mode);
-      action = hadEntryBefore ? 'reinserted' : 'inserted';
-    }
+    const merge = (bytes: Buffer) => Buffer.from(insertIntoConflistText(bytes.toString('utf8'), o.pluginConfig));
+    const { bytes: desired, written } = await replacePrimary(path, primary.bytes, merge, mode);
+    action = written ? (hadEntryBefore ? 'reinserted' : 'inserted') : 'unchanged';
     upsert(state, { ...record, writtenSha256: sha256(desired), entryPresent: true });
   } else {
     convertedFrom = primary.path;

@@ -8,7 +8,8 @@
  */
 import * as fs from 'node:fs';
 import { spawn } from 'node:child_process';
-import { CommandFailedError, MeshCniError, NetnsNotFoundError, NotANetnsError } from '../errors';
+import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError } from '../errors';
+export { NetnsBusyError };
 import { errno, loadLibc } from './native';
 
 const CLONE_NEWNET = 0x40000000;
@@ -154,4 +155,87 @@ export async function runChecked(netns: string | undefined, program: string, arg
   const result = await run(netns, program, args, options);
   if (result.code !== 0) throw new CommandFailedError(program, result.code, result.stderr);
   return result;
+}
+
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const EWOULDBLOCK = 11;
+const EINTR = 4;
+
+/** Work on one netns queued in this process, by the namespace's identity (dev:inode), not its path. */
+const queues = new Map<string, Promise<unknown>>();
+
+/** Takes an exclusive flock on the namespace file, polling (a blocking flock would stop the event loop). */
+async function lockNetnsFile(path: string, deadline: number, started: number, signal: AbortSignal | undefined): Promise<number> {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r');
+  } catch (err) {
+    throw netnsAccessError(path, err);
+  }
+  const c = loadLibc();
+  let wait = 2;
+  for (;;) {
+    if (signal?.aborted) {
+      fs.closeSync(fd);
+      throw new RequestAbandonedError(path, signal.reason);
+    }
+    if (c.flock(fd, LOCK_EX | LOCK_NB) === 0) {
+      // Abandoned while we waited: give the netns back untouched.
+      if (signal?.aborted) {
+        fs.closeSync(fd);
+        throw new RequestAbandonedError(path, signal.reason);
+      }
+      return fd;
+    }
+    const code = errno();
+    if (code !== EWOULDBLOCK && code !== EINTR) {
+      fs.closeSync(fd);
+      throw new MeshCniError(`flock(${path}) failed with errno ${code}`);
+    }
+    if (Date.now() >= deadline) {
+      fs.closeSync(fd);
+      throw new NetnsBusyError(path, Date.now() - started);
+    }
+    await new Promise((r) => setTimeout(r, wait));
+    wait = Math.min(wait * 2, 50);
+  }
+}
+
+/**
+ * Runs `fn` with the netns to itself: queued behind other work on the same namespace in this process, and
+ * holding an exclusive flock on the namespace file against other processes (standalone plugins, the CLI,
+ * another agent). The lock lives with the namespace itself: every path to it (/var/run/netns/NAME,
+ * /proc/PID/ns/net) opens the one nsfs inode, and flock conflicts per inode, so two requests naming the same
+ * netns by different paths still exclude each other. The kernel drops the lock when the fd closes or the
+ * process dies, so nothing stale is ever left, and no state directory is needed.
+ *
+ * `signal`: a request abandoned before it holds the lock never runs `fn` (RequestAbandonedError); once
+ * `fn` has started it runs to its end (see docs/cancellation.md for why finishing, not undoing).
+ */
+export async function withNetnsLock<T>(path: string, fn: () => Promise<T>, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<T> {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(path);
+  } catch (err) {
+    throw netnsAccessError(path, err);
+  }
+  const key = `${st.dev}:${st.ino}`;
+  const started = Date.now();
+  const deadline = started + (options.timeoutMs ?? 60_000);
+  const before = queues.get(key) ?? Promise.resolve();
+  const mine = before.then(async () => {
+    const fd = await lockNetnsFile(path, deadline, started, options.signal);
+    try {
+      return await fn();
+    } finally {
+      fs.closeSync(fd);
+    }
+  });
+  const tail = mine.catch(() => undefined);
+  queues.set(key, tail);
+  void tail.then(() => {
+    if (queues.get(key) === tail) queues.delete(key);
+  });
+  return mine;
 }

@@ -5,6 +5,8 @@
 export interface Libc {
   setns(fd: number, nstype: number): number;
   getsockopt(fd: number, level: number, name: number, value: Buffer, length: Buffer): number;
+  flock(fd: number, operation: number): number;
+  renameat2(olddirfd: number, oldpath: string, newdirfd: number, newpath: string, flags: number): number;
 }
 
 let libc: Libc | undefined;
@@ -17,6 +19,8 @@ export function loadLibc(): Libc {
     libc = ffi.Library(null, {
       setns: ['int', ['int', 'int']],
       getsockopt: ['int', ['int', 'int', 'int', 'pointer', 'pointer']],
+      flock: ['int', ['int', 'int']],
+      renameat2: ['int', ['int', 'string', 'int', 'string', 'uint']],
     }) as unknown as Libc;
     errnoFn = ffi.errno;
   }
@@ -40,4 +44,19 @@ export function peerCredentials(fd: number): { pid: number; uid: number; gid: nu
     throw new Error(`getsockopt(SO_PEERCRED) failed with errno ${errno()}`);
   }
   return { pid: cred.readInt32LE(0), uid: cred.readUInt32LE(4), gid: cred.readUInt32LE(8) };
+}
+
+const AT_FDCWD = -100;
+const RENAME_EXCHANGE = 2;
+
+/**
+ * Swaps two paths in one step (renameat2 RENAME_EXCHANGE): afterwards `a` names what `b` held and `b`
+ * what `a` held. Returns false where the kernel or filesystem cannot (EINVAL, ENOSYS), so callers can fall
+ * back to a plain rename; throws on any other failure.
+ */
+export function renameExchange(a: string, b: string): boolean {
+  if (loadLibc().renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) === 0) return true;
+  const code = errno();
+  if (code === 22 || code === 38) return false;
+  throw new Error(`renameat2(${a}, ${b}, RENAME_EXCHANGE) failed with errno ${code}`);
 }

@@ -109,6 +109,8 @@ export function parseCidrList(key: string, value: string, options: { wildcard?: 
     if (!text.includes('/')) {
       throw new InvalidConfigError(key, value, `"${text}" has no prefix length (write ${text}/${text.includes(':') ? 128 : 32} for one address)`);
     }
+    // ip-address accepts a zone id (fe80::1%eth0/64) and drops it; a zone has no meaning in a rule's CIDR.
+    if (text.includes('%')) throw new InvalidConfigError(key, value, `"${text}" has a zone id (%...); a CIDR in a rule cannot carry one`);
     if (Address4.isValid(text)) {
       const addr = new Address4(text);
       // The kernel keeps only the network part; normalising here makes plan, rules and read-back agree.
@@ -128,14 +130,16 @@ export function parseCidrList(key: string, value: string, options: { wildcard?: 
 }
 
 // The kernel also refuses "/" and ":"; `"`, `\` and `*` would change meaning inside an nft string (quote,
-// escape, wildcard), so they are refused for every backend alike rather than only for nftables.
-const IFNAME = /^[^\s/:,"\\*]{1,15}$/;
+// escape, wildcard), so they are refused for every backend alike rather than only for nftables. Control
+// characters (NUL above all: iptables stops reading the name there) are refused too, and the length is the
+// kernel's: 15 bytes of UTF-8, not 15 UTF-16 units.
+const IFNAME = /^[^\s/:,"\\*\x00-\x1f\x7f]+$/;
 
 function parseInterfaces(key: string, value: string): string[] {
   const names = items(key, value);
   for (const name of names) {
-    if (!IFNAME.test(name) || name === '.' || name === '..') {
-      throw new InvalidConfigError(key, value, `"${name}" is not a valid interface name (1-15 characters, no spaces, "/", ":", '"', "\\" or "*")`);
+    if (!IFNAME.test(name) || Buffer.byteLength(name, 'utf8') > 15 || name === '.' || name === '..') {
+      throw new InvalidConfigError(key, value, `"${name}" is not a valid interface name (1-15 bytes, no spaces, control characters, "/", ":", '"', "\\" or "*")`);
     }
   }
   return dedup(names);

@@ -3,11 +3,19 @@
  *
  * A netns ends either fully programmed or with none of our rules: each family is one atomic transaction,
  * the result is read back and compared with the plan, and any failure removes everything of ours (every
- * family, links included) before the error is reported.
+ * family, links included) before the error is reported. When that removal fails too, the error says so
+ * (RollbackFailedError, with the rules left listed) and the netns is remembered as broken, so CHECK and the
+ * reconciler never call it healthy.
+ *
+ * Apply, remove and compare hold the netns to themselves (`withNetnsLock`): one request at a time per
+ * namespace in this process, and an flock on the namespace file against every other mesh-cni process. Two
+ * ADDs racing into one netns used to interleave their save and restore steps and one's rollback deleted
+ * what the other had committed; serialised, each later apply replaces the earlier one's rules in one
+ * transaction.
  */
 import * as fs from 'node:fs';
-import { MeshCniError, RuleMismatchError } from '../errors';
-import { isHostNetns, run, withNetns } from '../netns';
+import { MeshCniError, RollbackFailedError, RuleMismatchError } from '../errors';
+import { isHostNetns, run, withNetns, withNetnsLock } from '../netns';
 import { widestConfig, type RedirectConfig } from './config';
 import { FAMILIES, type Family } from './constants';
 import { buildPlan, type LinkSetup, type Plan } from './plan';
@@ -48,6 +56,13 @@ export interface EngineOptions {
   allowHostNetns?: boolean;
   /** Where `auto` looks for the node's existing rules: the netns the agent runs in, unless a test says otherwise. */
   hostNetns?: string;
+  /** A backend object to use instead of `backend` (fault tests hand one whose programs are stand-ins). */
+  backendInstance?: Backend;
+  /**
+   * Aborted when the request is abandoned (its caller went away). Checked once the netns lock is held,
+   * before anything in the netns is read or changed; an apply already under way is finished, not cut.
+   */
+  signal?: AbortSignal;
 }
 
 /** A backend by its explicit name; `auto` must be resolved first (`chooseBackend`), it depends on the host. */
@@ -108,7 +123,8 @@ function detectCached(hostNetns: string | undefined): Promise<BackendChoice> {
 }
 
 /** The backend to use and why: the named one, or for `auto` what the host already uses. */
-export async function chooseBackend(o: Pick<EngineOptions, 'backend' | 'hostNetns'>): Promise<{ backend: Backend; reason: string }> {
+export async function chooseBackend(o: Pick<EngineOptions, 'backend' | 'hostNetns' | 'backendInstance'>): Promise<{ backend: Backend; reason: string }> {
+  if (o.backendInstance) return { backend: o.backendInstance, reason: 'given by the caller' };
   const name = o.backend ?? 'auto';
   if (name !== 'auto') return { backend: backendFor(name), reason: 'named with --backend' };
   const choice: BackendChoice = await detectCached(o.hostNetns);
@@ -199,33 +215,85 @@ export function diffRules(expected: readonly ObservedRule[], observed: readonly 
   return problems;
 }
 
+/**
+ * Namespaces (by dev:inode) where a failed rollback left rules of ours: CHECK and the reconciler report them
+ * broken until an apply or remove succeeds there.
+ */
+const brokenNetns = new Map<string, string>();
+
+function netnsKey(netns: string): string | undefined {
+  try {
+    const st = fs.statSync(netns);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return undefined;
+  }
+}
+
+function markBroken(netns: string, why: string | undefined): void {
+  const key = netnsKey(netns);
+  if (key === undefined) return;
+  if (why === undefined) brokenNetns.delete(key);
+  else brokenNetns.set(key, why);
+}
+
+/** Why the netns is known broken (a failed rollback there), if it is. */
+export function knownBroken(netns: string): string | undefined {
+  const key = netnsKey(netns);
+  return key === undefined ? undefined : brokenNetns.get(key);
+}
+
+/**
+ * Takes out everything of ours after a failed apply. If that fails as well, the original error is not
+ * enough: the netns holds rules nobody asked for, so the error becomes a RollbackFailedError naming them.
+ */
+async function rollBack(netns: string, backend: Backend, cause: unknown): Promise<never> {
+  try {
+    await removeAll(netns, backend);
+  } catch (rollbackErr) {
+    let left: string[] | undefined;
+    let readError: unknown;
+    try {
+      left = (await observeAll(backend, netns, FAMILIES)).map((r) => `${r.family} ${r.table}/${r.chain}: ${r.text}`);
+    } catch (err) {
+      readError = err;
+    }
+    const err = new RollbackFailedError(netns, cause, rollbackErr, left, readError);
+    markBroken(netns, err.message);
+    throw err;
+  }
+  throw cause;
+}
+
 /** Applies a plan (the lower-level entry; `applyRedirect` builds the plan from a config). */
 export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: boolean | VerifyMode }): Promise<ApplyReport> {
   const started = process.hrtime.bigint();
   guardHost(o);
   const { backend, reason } = await chooseBackend(o);
-  const families = o.families ?? (await detectFamilies(o.netns));
-  let rules = 0;
-  try {
-    const outcome = await backend.apply(o.netns, o.plan, families);
-    const mode: VerifyMode = o.verify === false ? 'never' : o.verify === true || o.verify === undefined ? 'always' : o.verify;
-    const readBack = mode === 'always' || (mode === 'when-replacing' && !outcome.provenByTransaction);
-    for (const family of families) {
-      const fp = o.plan[family];
-      await setLinks(o.netns, fp.links);
-      if (readBack) {
-        const problems = diffRules(backend.expected(family, fp.rules), await backend.observe(o.netns, family));
-        if (problems.length > 0) {
-          throw new RuleMismatchError(`the ${family} rules read back from ${o.netns} differ from the plan`, problems.join('\n'));
+  return withNetnsLock(o.netns, async () => {
+    const families = o.families ?? (await detectFamilies(o.netns));
+    let rules = 0;
+    try {
+      const outcome = await backend.apply(o.netns, o.plan, families);
+      const mode: VerifyMode = o.verify === false ? 'never' : o.verify === true || o.verify === undefined ? 'always' : o.verify;
+      const readBack = mode === 'always' || (mode === 'when-replacing' && !outcome.provenByTransaction);
+      for (const family of families) {
+        const fp = o.plan[family];
+        await setLinks(o.netns, fp.links);
+        if (readBack) {
+          const problems = diffRules(backend.expected(family, fp.rules), await backend.observe(o.netns, family));
+          if (problems.length > 0) {
+            throw new RuleMismatchError(`the ${family} rules read back from ${o.netns} differ from the plan`, problems.join('\n'));
+          }
         }
+        rules += backend.expected(family, fp.rules).length;
       }
-      rules += backend.expected(family, fp.rules).length;
+    } catch (err) {
+      return rollBack(o.netns, backend, err);
     }
-  } catch (err) {
-    await removeAll(o.netns, backend).catch(() => undefined);
-    throw err;
-  }
-  return { backend: backend.name, backendReason: reason, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6 };
+    markBroken(o.netns, undefined);
+    return { backend: backend.name, backendReason: reason, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6 };
+  }, { signal: o.signal });
 }
 
 export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; verify?: boolean | VerifyMode }): Promise<ApplyReport> {
@@ -242,7 +310,12 @@ async function removeAll(netns: string, backend: Backend): Promise<number> {
 /** Removes every rule of ours from the netns (both families); throws NetnsNotFoundError when it is gone. */
 export async function removeRedirect(o: EngineOptions): Promise<{ removed: number }> {
   guardHost(o);
-  return { removed: await removeAll(o.netns, (await chooseBackend(o)).backend) };
+  const { backend } = await chooseBackend(o);
+  return withNetnsLock(o.netns, async () => {
+    const removed = await removeAll(o.netns, backend);
+    markBroken(o.netns, undefined);
+    return { removed };
+  }, { signal: o.signal });
 }
 
 async function observeAll(backend: Backend, netns: string, families: readonly Family[]): Promise<ObservedRule[]> {
@@ -276,16 +349,27 @@ export interface RedirectComparison {
 export async function compareRedirect(o: EngineOptions & { config: RedirectConfig | undefined }): Promise<RedirectComparison> {
   const { backend } = await chooseBackend(o);
   const plan = o.config ? buildPlan(o.config) : undefined;
-  const families = o.families ?? (await detectFamilies(o.netns));
-  const expected: ObservedRule[] = [];
-  const problems: string[] = [];
-  const observed = await observeAll(backend, o.netns, FAMILIES);
-  for (const family of FAMILIES) {
-    const want = plan && families.includes(family) ? backend.expected(family, plan[family].rules) : [];
-    expected.push(...want);
-    problems.push(...diffRules(want, observed.filter((r) => r.family === family)));
-  }
-  return { backend: backend.name, families, expected, observed, problems };
+  // Under the lock: an apply in progress (one transaction per family) is never seen half-way.
+  return withNetnsLock(o.netns, async () => {
+    const families = o.families ?? (await detectFamilies(o.netns));
+    const expected: ObservedRule[] = [];
+    const problems: string[] = [];
+    const broken = knownBroken(o.netns);
+    if (broken) problems.push(`a failed rollback left this netns in an unknown state: ${broken}`);
+    let observed: ObservedRule[];
+    try {
+      observed = await observeAll(backend, o.netns, FAMILIES);
+    } catch (err) {
+      if (!broken) throw err;
+      return { backend: backend.name, families, expected, observed: [], problems: [...problems, `the rules could not be read: ${(err as Error).message}`] };
+    }
+    for (const family of FAMILIES) {
+      const want = plan && families.includes(family) ? backend.expected(family, plan[family].rules) : [];
+      expected.push(...want);
+      problems.push(...diffRules(want, observed.filter((r) => r.family === family)));
+    }
+    return { backend: backend.name, families, expected, observed, problems };
+  });
 }
 
 /** Whether the netns holds exactly what the config asks for; `problems` says what differs. */

@@ -5,6 +5,7 @@
  * against real read-back for every plan we can produce.
  */
 import { BUILTIN_CHAINS, OUR_CHAINS, type Table } from './constants';
+import { OWNER_TAG_PREFIX } from './render/iptables';
 
 export interface SavedRule {
   table: Table;
@@ -67,6 +68,11 @@ export function signature(spec: string): string {
       current.push(tok);
       continue;
     }
+    if (current[current.length - 1] === '--comment') {
+      // iptables-save quotes comments; we render them bare.
+      current.push(tok.replace(/^"(.*)"$/, '$1'));
+      continue;
+    }
     // An option's value: decimal numbers, and drop the all-ones masks iptables-save prints by default.
     current.push(
       tok
@@ -78,8 +84,10 @@ export function signature(spec: string): string {
   }
   flush();
   const defaults = new Set(['--on-ip 0.0.0.0', '--on-ip ::', '--nfmask 4294967295', '--ctmask 4294967295', '--mask 4294967295']);
+  // The owner tag says who wrote a rule, not what it does: a tagged rule and the same rule written untagged
+  // by an earlier release compare equal.
   return groups
-    .filter((g) => !defaults.has(g))
+    .filter((g) => !defaults.has(g) && !g.startsWith(`--comment ${OWNER_TAG_PREFIX}`))
     .sort()
     .join(' | ');
 }
@@ -93,16 +101,33 @@ export function targetOf(spec: string): string | undefined {
   return m?.[1];
 }
 
+/** Whether a rule carries our owner tag (`-m comment --comment mesh-cni/...`). */
+export function hasOwnerTag(spec: string): boolean {
+  return /(?:^|\s)--comment\s+"?mesh-cni\//.test(spec);
+}
+
 /**
- * Whether a saved rule belongs to us: every rule in one of our chains, every jump into one of them, and the
- * rules our plan puts straight into built-in chains, recognised by shape (`ownedShapes`).
+ * Whether a saved rule belongs to us: every rule in one of our chains, and in a built-in chain every rule
+ * with our owner tag. Rules written before the tag existed (`untagged` true: the family holds our chains
+ * but not one tagged rule, so an earlier release programmed it) are recognised as before, by being a jump
+ * into our chains or by shape (`ownedShapes`); this is kept for one release, so an upgrade can still
+ * remove and replace what the previous one wrote. A netns we never programmed has none of our chains, so
+ * there nothing untagged is ever taken for ours.
  */
-export function isOurs(rule: SavedRule, ownedShapes: ReadonlySet<string>): boolean {
+export function isOurs(rule: SavedRule, ownedShapes: ReadonlySet<string>, untagged = false): boolean {
   if (isOurChain(rule.chain)) return true;
   if (!isBuiltin(rule.chain)) return false;
+  if (hasOwnerTag(rule.spec)) return true;
+  if (!untagged) return false;
   const target = targetOf(rule.spec);
   if (target && isOurChain(target)) return true;
   return ownedShapes.has(shapeKey(rule.table, rule.chain, rule.spec));
+}
+
+/** Whether a family's state is an earlier release's: our chains are there and no rule carries our tag. */
+export function isUntaggedState(state: SavedState): boolean {
+  const ourChains = [...state.chains.values()].some((chains) => [...chains].some(isOurChain));
+  return ourChains && !state.rules.some((r) => isBuiltin(r.chain) && hasOwnerTag(r.spec));
 }
 
 /**

@@ -105,7 +105,10 @@ test.serial('fault state-readonly: a read-only state directory leaves ADD fully 
   const r = await execShim({ ...env(ns, dir), MESH_CNI_AGENT_SOCKET: socket }, netconf(dir, { state_dir: state }));
   t.is(r.code, 0, r.stdout + r.stderr);
   t.true((await ourRules(ns)) > 0, 'fully programmed');
-  t.regex(fs.readFileSync(path.join(dir, 'cni.log'), 'utf8'), /attachment state not recorded/);
+  // The agent writes its log line in the background (never on its event loop): give it a moment.
+  const logged = () => fs.existsSync(path.join(dir, 'cni.log')) && /attachment state not recorded/.test(fs.readFileSync(path.join(dir, 'cni.log'), 'utf8'));
+  for (let i = 0; i < 100 && !logged(); i++) await new Promise((r) => setTimeout(r, 20));
+  t.true(logged(), 'the log line names the state that was not recorded');
   t.is((await fetch(`http://127.0.0.1:${agent.healthPort}/healthz`)).status, 200, 'the agent stays up');
   t.log('fault state-readonly: 1 trial, ADD succeeded fully, 0 partial, agent healthy');
 });

@@ -1,7 +1,7 @@
 /** `mesh-cni plan`: the rules a pod would get, printed and touched nowhere. */
 import type { Argv } from 'yargs';
 import { buildPlan, type Plan } from '../../redirect/plan';
-import { renderRestore, toIptablesLines, lineText } from '../../redirect/render/iptables';
+import { OWNER_TAG_PREFIX, renderRestore, toIptablesLines, lineText } from '../../redirect/render/iptables';
 import { renderNftScript, toNftRules } from '../../redirect/render/nftables';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import type { Family } from '../../redirect/constants';
@@ -79,6 +79,8 @@ export async function handler(args: Args): Promise<void> {
       process.stdout.write('# interceptionMode NONE: no rules\n');
       return;
     }
+    // The owner tag is the one difference from istio-iptables' text; say so where people compare the two.
+    if (!nft) process.stdout.write(`# owner tag: rules in built-in chains carry -m comment --comment ${OWNER_TAG_PREFIX}<purpose>, so DEL and re-apply never touch another component's rules; Istio's text is the same without it\n`);
     process.stdout.write(nft ? renderNftScript(plan, families) : iptablesText(plan, families, args.ipv6));
   });
 }

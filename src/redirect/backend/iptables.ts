@@ -8,7 +8,7 @@ import { BUILTIN_CHAINS, FAMILIES, OUR_CHAINS, type Family, type Table } from '.
 import { widestConfig } from '../config';
 import { effectiveChains, planFamily, type Plan, type Rule } from '../plan';
 import { renderRestore, toIptablesLines } from '../render/iptables';
-import { isOurs, parseSave, shapeKey, signature, targetOf, type SavedRule, type SavedState } from '../iptables-save';
+import { isOurs, isUntaggedState, parseSave, shapeKey, signature, targetOf, type SavedRule, type SavedState } from '../iptables-save';
 import type { ApplyOutcome, Backend, ObservedRule } from './types';
 
 export type IptablesFlavour = 'default' | 'nft' | 'legacy';
@@ -22,7 +22,8 @@ function binary(family: Family, flavour: IptablesFlavour, tool: 'restore' | 'sav
 
 /**
  * The built-in-chain rules any config of ours can write (TPROXY marks, DNS conntrack zones, interface
- * exclusions), by shape: how `remove` and `show` recognise them without knowing the config that wrote them.
+ * exclusions), by shape: how `remove` and `show` recognise the untagged ones an earlier release wrote
+ * (today's carry the owner tag, see render/iptables.ts).
  */
 function ownedShapesFor(family: Family): Set<string> {
   const lines = toIptablesLines(planFamily(widestConfig(), family).rules);
@@ -58,7 +59,8 @@ export class IptablesBackend implements Backend {
   }
 
   private ours(state: SavedState, family: Family): SavedRule[] {
-    return state.rules.filter((r) => isOurs(r, shapes(family)));
+    const untagged = isUntaggedState(state);
+    return state.rules.filter((r) => isOurs(r, shapes(family), untagged));
   }
 
   /**
@@ -117,6 +119,8 @@ export class IptablesBackend implements Backend {
       packageHint: 'iptables',
     });
     if (fresh.code === 0) return 'created';
+    // The save and the replacing restore are two steps; the engine holds the netns lock across both, so no
+    // other mesh-cni request can change our rules in between (the replace's `-D` lines name what was saved).
     const state = await this.save(netns, family);
     const anyOurs = this.ours(state, family).length > 0 || [...state.chains.values()].some((c) => [...c].some((n) => OUR_CHAINS.includes(n)));
     if (!anyOurs) {

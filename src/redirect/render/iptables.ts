@@ -1,11 +1,33 @@
 /**
- * Plan → `iptables-restore` input, line for line what Istio 1.24 writes for the same pod: tables in
- * alphabetical order, `-N` for each of our chains in order of first use, then the rules in plan order.
+ * Plan → `iptables-restore` input, line for line what Istio 1.24 writes for the same pod (plus our owner tag
+ * on built-in-chain rules): tables in alphabetical order, `-N` for each of our chains in order of first
+ * use, then the rules in plan order.
  * A list match (ports, CIDRs, interfaces) becomes one line per element, as Istio writes it; a negated port
  * list becomes one `multiport` match.
  */
 import { chainsByTable, type Match, type Rule, type Target } from '../plan';
-import type { Table } from '../constants';
+import { BUILTIN_CHAINS, type Table } from '../constants';
+
+/**
+ * Every rule we write into a built-in chain (PREROUTING, OUTPUT, ...) carries an owner tag, an iptables
+ * comment `mesh-cni/<purpose>`: remove, DEL and re-apply touch only tagged rules there (and our ISTIO_*
+ * chains), so another component's rule of the same shape (`-A PREROUTING -i v0 -j RETURN`) is never taken
+ * for ours. The purpose is derived from the rule's target, so the tag is stable across releases.
+ */
+export const OWNER_TAG_PREFIX = 'mesh-cni/';
+
+export function ownerTag(rule: Rule): string {
+  const t = rule.target;
+  const purpose = t.kind === 'jump' ? `to-${t.chain.toLowerCase().replace(/_/g, '-')}` : t.kind.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+  return `${OWNER_TAG_PREFIX}${purpose}`;
+}
+
+const isBuiltinChain = (chain: string) => (BUILTIN_CHAINS as readonly string[]).includes(chain);
+
+/** Restore text without our owner tags: how Istio writes the same rules (the golden comparison with Istio's listings). */
+export function stripOwnerTags(text: string): string {
+  return text.replace(/ -m comment --comment "?mesh-cni\/[^\s"]+"?/g, '');
+}
 
 /** One rule as iptables sees it: a single line in one chain, no lists left. */
 export interface IptablesLine {
@@ -90,7 +112,7 @@ export function toIptablesLines(rules: readonly Rule[]): IptablesLine[] {
       table: rule.table,
       chain: rule.chain,
       insertAt: rule.insertAt,
-      spec: [...matches.map(renderMatch), renderTarget(rule.target)].join(' '),
+      spec: [...matches.map(renderMatch), ...(isBuiltinChain(rule.chain) ? [`-m comment --comment ${ownerTag(rule)}`] : []), renderTarget(rule.target)].join(' '),
       rule,
     })),
   );

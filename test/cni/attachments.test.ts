@@ -1,0 +1,48 @@
+/** The attachment store's file naming: injective, total over every valid CNI_IFNAME, and reading what older versions wrote. */
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { AttachmentStore, type AttachmentRecord } from '../../src/cni/attachments';
+import { testTempDir } from '../support/tmp';
+
+function rec(containerId: string, ifName: string): AttachmentRecord {
+  return { containerId, ifName, netns: `/var/run/netns/${containerId}`, backend: 'iptables-nft', rules: 3, programmedAt: '2026-01-01T00:00:00Z' };
+}
+
+test('names are injective: (a_b, c) and (a, b_c) are two records, and forgetting one keeps the other', (t) => {
+  const store = new AttachmentStore(testTempDir(t, 'att'));
+  t.is(store.record(rec('a_b', 'c')), undefined);
+  t.is(store.record(rec('a', 'b_c')), undefined);
+  t.is(store.list().length, 2);
+  store.forget('a', 'b_c');
+  t.deepEqual(store.list().map((r) => [r.containerId, r.ifName]), [['a_b', 'c']]);
+  t.is(store.gc([{ containerID: 'a_b', ifname: 'c' }]), 0);
+  t.is(store.list().length, 1);
+});
+
+for (const ifName of ['eth0@x', 'eth+', 'ethé', 'a%41', 'net1:2']) {
+  test(`an interface named ${JSON.stringify(ifName)} is recorded, listed and forgotten`, (t) => {
+    const store = new AttachmentStore(testTempDir(t, 'att'));
+    t.is(store.record(rec('c1', ifName)), undefined);
+    t.deepEqual(store.list().map((r) => r.ifName), [ifName]);
+    store.forget('c1', ifName);
+    t.deepEqual(store.list(), []);
+  });
+}
+
+test('a record written under the old name is read, and forgotten only by its own attachment', (t) => {
+  const dir = testTempDir(t, 'att');
+  const store = new AttachmentStore(dir);
+  fs.mkdirSync(store.dir, { recursive: true });
+  // The old naming wrote (a_b, c) as a_b_c.json, the same name (a, b_c) would have had.
+  fs.writeFileSync(path.join(store.dir, 'a_b_c.json'), JSON.stringify(rec('a_b', 'c')));
+  t.deepEqual(store.list().map((r) => r.containerId), ['a_b']);
+  store.forget('a', 'b_c');
+  t.is(store.list().length, 1, "another attachment's DEL leaves the old record alone");
+  store.forget('a_b', 'c');
+  t.deepEqual(store.list(), []);
+  fs.writeFileSync(path.join(store.dir, 'x_eth0.json'), JSON.stringify(rec('x', 'eth0')));
+  fs.writeFileSync(path.join(store.dir, 'y_z_eth0.json'), JSON.stringify(rec('y_z', 'eth0')));
+  t.is(store.gc([{ containerID: 'x', ifname: 'eth0' }]), 1);
+  t.deepEqual(store.list().map((r) => r.containerId), ['x']);
+});
