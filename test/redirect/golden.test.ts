@@ -40,13 +40,13 @@ for (const name of ['basic', 'include-exclude-ports', 'tproxy']) {
 
 test('golden: INVALID_DROP is Istio\'s text (istio-iptables testdata drop-invalid.golden, mangle table)', (t) => {
   const c = PLAN_CASES.find((x) => x.name === 'invalid-drop')!;
-  const restore = renderRestore(buildPlan(redirectConfigFromAnnotations(c.annotations, c.proxy)).ipv4.rules);
+  const restore = stripOwnerTags(renderRestore(buildPlan(redirectConfigFromAnnotations(c.annotations, c.proxy)).ipv4.rules));
   const mangle = restore.slice(restore.indexOf('* mangle'), restore.indexOf('COMMIT', restore.indexOf('* mangle')) + 'COMMIT'.length);
   t.is(mangle, ['* mangle', '-N ISTIO_DROP', '-A PREROUTING -m conntrack --ctstate INVALID -j ISTIO_DROP', '-A ISTIO_DROP -j DROP', 'COMMIT'].join('\n'));
 });
 
 test('golden: istio.io/reroute-virtual-interfaces is preferred; present but empty still hides the deprecated one', (t) => {
-  const rules = (a: Record<string, string>) => renderRestore(buildPlan(redirectConfigFromAnnotations(a)).ipv4.rules);
+  const rules = (a: Record<string, string>) => stripOwnerTags(renderRestore(buildPlan(redirectConfigFromAnnotations(a)).ipv4.rules));
   const both = rules({ 'istio.io/reroute-virtual-interfaces': 'k6t-eth0', 'traffic.sidecar.istio.io/kubevirtInterfaces': 'tap9' });
   t.regex(both, /-I PREROUTING 1 -i k6t-eth0 -j ISTIO_REDIRECT/);
   t.notRegex(both, /tap9/);
