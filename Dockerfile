@@ -9,11 +9,13 @@ COPY package.json package-lock.json ./
 # dependencies whose native addons we use are then built (package.json allowScripts names them).
 RUN npm ci --ignore-scripts --no-audit --no-fund \
  && npm rebuild @2060.io/ref-napi @2060.io/ffi-napi
-COPY tsconfig.json ./
-COPY scripts/ scripts/
+# Only what the product build reads: tsconfig.build.json compiles src/ alone (tests, bench and the demo are
+# compiled by tsconfig.json, which the image never needs).
+COPY tsconfig.build.json ./
+COPY scripts/build-engine.js scripts/build-native.js scripts/
 COPY native/ native/
 COPY src/ src/
-RUN npm run build \
+RUN npm run build:product \
  && node scripts/build-native.js \
  && npm prune --omit=dev --no-audit --no-fund
 
