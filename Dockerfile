@@ -31,6 +31,8 @@ COPY --from=build /app/dist/src ./dist/src
 COPY --from=build /app/build/mesh-cni ./build/mesh-cni
 # the self-contained standalone engine (scripts/build-engine.js, run by npm run build), installed as mesh-cni.d
 COPY --from=build /app/build/engine ./build/engine
+# The CLI on PATH, for `kubectl exec ds/mesh-cni -- mesh-cni status` (main.js is executable, `#!/usr/bin/env node`).
+RUN ln -s /app/dist/src/cli/main.js /usr/local/bin/mesh-cni
 # Root, deliberately, and nothing here can run as another user: the agent writes the host's CNI dirs
 # (/opt/cni/bin, /etc/cni/net.d, root's), owns the shim's socket (the shim only trusts a root peer), and
 # enters other pods' network namespaces and programs iptables/nftables there, which the DaemonSet allows
