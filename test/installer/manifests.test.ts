@@ -84,6 +84,11 @@ test('RBAC: pods read and events create by default; patch and delete only in the
   t.deepEqual(verbsOn(role, 'pods').sort(), ['get', 'list', 'watch']);
   t.deepEqual(verbsOn(role, 'pods/status'), []);
   t.true(verbsOn(role, 'events').includes('create'));
+  // pods/explain in the agent pod read the Events back (LAST ACTION); without it they got a 403
+  t.true(verbsOn(role, 'events').includes('list'));
+  // SIGTERM: restart or uninstall is told from the agent's own DaemonSet and node (src/agent/stop-decision.ts)
+  t.deepEqual(role.rules!.filter((r) => r.apiGroups!.includes('apps')).map((r) => ({ resources: r.resources, verbs: r.verbs })), [{ resources: ['daemonsets'], verbs: ['get'] }]);
+  t.deepEqual(verbsOn(role, 'nodes'), ['get']);
   t.false(role.rules!.some((r) => r.verbs.includes('*') || r.resources?.includes('*')));
 
   const repair = one<V1ClusterRole>(optional, 'ClusterRole');
@@ -156,6 +161,8 @@ test('DaemonSet: host paths mounted where the agent and the installer expect the
     ['/var/run/mesh-cni', '/var/run/mesh-cni'],
     ['/var/run/netns', '/var/run/netns'],
     ['/proc', '/host/proc'],
+    // the plugin's request log outlives the container
+    ['/var/log/mesh-cni', '/var/log/mesh-cni'],
   ];
   for (const [host, inPod] of expected) {
     const mount = mounts.get(inPod);

@@ -22,7 +22,7 @@ import {
   getPod,
   lastActionFor,
   locatePodNetns,
-  meshCniEvents,
+  meshCniEventsOrWhy,
   parsePodRef,
   requireOnNode,
   type LastAction,
@@ -67,6 +67,8 @@ export interface Explanation {
   observed: RuleJson[] | null;
   diff: Array<{ kind: 'missing' | 'unexpected' | 'order'; text: string }> | null;
   lastAction: LastAction | null;
+  /** what could not be read (e.g. Events on a 403), so the answer may be incomplete */
+  warnings: string[];
   verdict: 'healthy' | 'broken' | 'not-meshed' | 'unknown';
   /** what is wrong, in a sentence; null when nothing is */
   problem: string | null;
@@ -103,11 +105,12 @@ export async function explain(args: Args): Promise<Explanation> {
   requireOnNode(pod, nodeName);
   const id = `${ref.namespace}/${ref.name}`;
   const { trail, config, reason } = decide(pod, args['exclude-namespaces']);
-  const [where, chosen, events] = await Promise.all([
+  const [where, chosen, eventsOrWhy] = await Promise.all([
     locatePodNetns(pod, args['state-dir'], args['proc-root'], args['cri-socket']),
     chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] }),
-    meshCniEvents(kube, ref.namespace).catch(() => new Map<string, LastAction>()),
+    meshCniEventsOrWhy(kube, ref.namespace),
   ]);
+  const events = eventsOrWhy.events;
   const base = {
     pod: id,
     uid: pod.metadata?.uid ?? null,
@@ -118,6 +121,7 @@ export async function explain(args: Args): Promise<Explanation> {
     backend: { name: chosen.backend.name, reason: chosen.reason },
     netns: { path: where.netns ?? null, source: where.source ?? null, recorded: where.recorded ?? null, exists: where.netns !== undefined },
     lastAction: lastActionFor(pod, events, where.record) ?? null,
+    warnings: eventsOrWhy.warning ? [eventsOrWhy.warning] : [],
   };
 
   if (!where.netns) {
@@ -166,6 +170,7 @@ export function explanationText(e: Explanation, now = Date.now()): string {
   const nft = e.backend.name === 'nftables';
   let out = `${paint('bold', `pod ${e.pod}`)}  uid ${e.uid ?? '-'}  node ${e.node ?? '-'}\n`;
   if (e.lastAction) out += `last action: ${e.lastAction.reason} ${ago(e.lastAction.at, now)}: ${e.lastAction.message}\n`;
+  for (const w of e.warnings) out += `${paint('warn', `warning: ${w}`)}\n`;
   out += `\n${paint('bold', 'decision')} (in the plugin's order)\n`;
   out += table(e.trail.map((s) => [`  ${s.rule}`, { text: s.outcome, tone: OUTCOME_TONE[s.outcome] }, s.detail]));
   out += `\n${paint('bold', 'expected rules')} (${e.backend.name}: ${e.backend.reason}; ${e.families.join(', ')})\n`;
