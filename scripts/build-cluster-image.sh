@@ -59,6 +59,8 @@ DRIVER=${MESH_CNI_BUILDAH_DRIVER:-overlay}
 bh() { buildah --root "$STORE/storage" --runroot "$STORE/run" --storage-driver "$DRIVER" "$@"; }
 
 tree=$(git -C "$REPO" rev-parse "$COMMIT^{tree}") || die "no commit $COMMIT in $REPO"
+git -C "$REPO" diff --quiet "$COMMIT" -- Dockerfile .dockerignore package.json package-lock.json tsconfig.build.json scripts native src ||
+  log "note: uncommitted changes are not in the image: it is built from commit $COMMIT"
 archive=$IMAGES/mesh-cni-$tree.tar
 if [[ -s $archive ]]; then
   log "cached: $archive (${SECONDS}s)"
