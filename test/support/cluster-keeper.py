@@ -8,6 +8,8 @@ Holds the cluster suite's private mount namespace (test/support/cluster.ts). Run
   - binds DIR/containerd and DIR/kubelet over /var/lib/containerd and /var/lib/kubelet (containerd's
     overlay snapshotter cannot stack on an overlayfs upper dir),
   - binds a file over each /proc/sys entry kubelet rewrites (the host keeps its values),
+  - shadows every `node` on the standard PATH with a program that fails as a missing one would (most
+    Kubernetes nodes have no Node.js: the plugin's fallback must not need it),
   - makes / rshared inside only (kubelet's mount propagation needs it),
 
 then writes DIR/keeper.pid and waits for SIGTERM. Nothing here is visible to the
@@ -61,6 +63,14 @@ def main():
         with open(source) as f, open(copy, 'w') as out:
             out.write(f.read())
         mount('--bind', copy, source)
+    no_node = os.path.join(base, 'no-node')
+    with open(no_node, 'w') as f:
+        f.write('#!/bin/sh\necho "node: not installed on this node (the cluster suite hides it)" >&2\nexit 127\n')
+    os.chmod(no_node, 0o755)
+    for d in ('/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'):
+        candidate = os.path.join(d, 'node')
+        if os.path.isfile(candidate) and not os.path.islink(os.path.dirname(candidate)):
+            mount('--bind', no_node, candidate)
     mount('--make-rshared', '/')
     with open(os.path.join(base, 'keeper.pid.tmp'), 'w') as f:
         f.write(str(os.getpid()))

@@ -347,7 +347,9 @@ export class Cluster {
 
   /** A path inside the cluster's mount namespace, as the host can open it. */
   inside(p: string): string {
-    return path.join(`/proc/${this.keeperPid}/root`, p);
+    // /var/run is an absolute symlink to /run: through /proc/PID/root it would resolve against the host's root.
+    const resolved = p === '/var/run' || p.startsWith('/var/run/') ? p.slice('/var'.length) : p;
+    return path.join(`/proc/${this.keeperPid}/root`, resolved);
   }
 
   /** argv prefix: run a program in the node's network and mount namespaces. */
