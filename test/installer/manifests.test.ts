@@ -91,13 +91,17 @@ test('RBAC: pods read and events create by default; patch and delete only in the
   t.deepEqual(verbsOn(role, 'nodes'), ['get']);
   t.false(role.rules!.some((r) => r.verbs.includes('*') || r.resources?.includes('*')));
 
-  const repair = one<V1ClusterRole>(optional, 'ClusterRole');
+  const repair = one<V1ClusterRole>(optional, 'ClusterRole', 'mesh-cni-repair');
+  const readiness = one<V1ClusterRole>(optional, 'ClusterRole', 'mesh-cni-node-readiness');
+  // --remove-not-ready-taint patches its node's taints; nothing else
+  t.deepEqual(readiness.rules!.map((r) => ({ groups: r.apiGroups, resources: r.resources, verbs: r.verbs })), [{ groups: [''], resources: ['nodes'], verbs: ['patch'] }]);
+  t.deepEqual(verbsOn(role, 'nodes'), ['get'], 'the base role reads nodes only');
   // label mode patches through pods/status only; no write access to pod specs
   t.deepEqual(verbsOn(repair, 'pods').sort(), ['delete']);
   t.deepEqual(verbsOn(repair, 'pods/status'), ['patch']);
 
-  for (const [objects, r] of [[base, role], [optional, repair]] as const) {
-    const binding = one<V1ClusterRoleBinding>(objects, 'ClusterRoleBinding');
+  for (const [objects, r] of [[base, role], [optional, repair], [optional, readiness]] as const) {
+    const binding = one<V1ClusterRoleBinding>(objects, 'ClusterRoleBinding', r.metadata!.name);
     t.is(binding.roleRef.name, r.metadata!.name!);
     t.is(binding.roleRef.kind, 'ClusterRole');
     t.deepEqual(binding.subjects!.map((s) => ({ ...s })), [{ kind: 'ServiceAccount', name: sa.metadata!.name, namespace: NAMESPACE }]);
