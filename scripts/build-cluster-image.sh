@@ -15,7 +15,8 @@
 # Everything is cached outside the checkout, in $MESH_CNI_CACHE (default /var/cache/mesh-cni):
 #   containers/          buildah's own storage (never the host's /var/lib/containers) and its CNI dir
 #   images/base.stamp    what the base images were made from; a rerun with the same inputs skips them
-#   images/mesh-cni-<tree>.tar   the image of git tree <tree>; a rerun for the same commit tree takes a second
+#   images/mesh-cni-<key>.tar    the image of a commit, keyed by its tree less test/, bench/, docs/, .ci and
+#                                *.md (which no image build reads); a rerun for the same key takes a second
 #
 # usage: scripts/build-cluster-image.sh [COMMIT]   (default HEAD; prints the archive's path on stdout)
 # Needs root, buildah and debootstrap (scripts/setup-node-deps.sh installs both).
@@ -58,7 +59,11 @@ export TMPDIR=$STORE/tmp
 DRIVER=${MESH_CNI_BUILDAH_DRIVER:-overlay}
 bh() { buildah --root "$STORE/storage" --runroot "$STORE/run" --storage-driver "$DRIVER" "$@"; }
 
-tree=$(git -C "$REPO" rev-parse "$COMMIT^{tree}") || die "no commit $COMMIT in $REPO"
+git -C "$REPO" rev-parse --verify --quiet "$COMMIT^{commit}" >/dev/null || die "no commit $COMMIT in $REPO"
+# The cache key: the commit's tree without what no image build reads (tests, benchmarks, docs, CI), so a
+# test-only commit reuses the image. The build itself always runs from the whole clean clone; if the
+# Dockerfile ever copies one of these paths, drop it from this list.
+tree=$(git -C "$REPO" ls-tree "$COMMIT" | awk -F'\t' '$2 !~ /^(test|bench|docs|\.ci)$/ && $2 !~ /\.md$/' | git -C "$REPO" hash-object --stdin)
 git -C "$REPO" diff --quiet "$COMMIT" -- Dockerfile .dockerignore package.json package-lock.json tsconfig.build.json scripts native src ||
   log "note: uncommitted changes are not in the image: it is built from commit $COMMIT"
 archive=$IMAGES/mesh-cni-$tree.tar
@@ -156,7 +161,7 @@ src=$(mktemp -d "$STORE/tmp/src.XXXXXX")
 trap 'rm -rf "$src"' EXIT
 git clone --quiet --no-checkout "$REPO" "$src/repo"
 git -C "$src/repo" checkout --quiet "$(git -C "$REPO" rev-parse "$COMMIT")"
-log "building $IMAGE from a clean clone of $(git -C "$REPO" rev-parse --short "$COMMIT") (tree ${tree:0:12})"
+log "building $IMAGE from a clean clone of $(git -C "$REPO" rev-parse --short "$COMMIT") (key ${tree:0:12})"
 t0=$SECONDS
 (cd "$src/repo" && bh bud --isolation chroot --pull-never --layers -t "$IMAGE" . >"$src/bud.log" 2>&1) || {
   tail -n 40 "$src/bud.log" >&2
