@@ -116,13 +116,13 @@ function agentContext(cl: Cluster): string {
 }
 
 /** The one agent pod, Ready, and (optionally) not `previous`; returns it. */
-async function agentReady(cl: Cluster, what: string, timeoutMs: number, previous?: string): Promise<any> {
+async function agentReady(cl: Cluster, what: string, timeoutMs: number, previous?: string, accept: (pod: any) => boolean = () => true): Promise<any> {
   return cl.waitFor(
     what,
     timeoutMs,
     () => {
       const pods = agentPods(cl).filter((p) => !p.metadata.deletionTimestamp && p.metadata.uid !== previous);
-      const ready = pods.find((p) => p.status?.conditions?.some((x: any) => x.type === 'Ready' && x.status === 'True'));
+      const ready = pods.find((p) => accept(p) && p.status?.conditions?.some((x: any) => x.type === 'Ready' && x.status === 'True'));
       return ready && chained(cl) ? ready : undefined;
     },
     () => agentContext(cl),
@@ -252,16 +252,35 @@ test.serial('a primary CNI rewriting its config is re-chained, and new meshed po
  * Meshed pods created every 1.5 s from before `disrupt` until the agent is back and Ready: how many ran
  * without rules (the witness), and their start delays.
  */
-async function throughDisruption(t: any, batch: string, disrupt: (cl: Cluster) => Promise<void> | void): Promise<void> {
+async function throughDisruption(t: any, batch: string, disrupt: (cl: Cluster) => Promise<((pod: any) => boolean) | void> | void): Promise<number> {
   const cl = c();
-  const previous = agentPods(cl)[0]?.metadata.uid as string | undefined;
+  const before = agentPods(cl).find((p) => !p.metadata.deletionTimestamp);
+  const previous = before?.metadata.uid as string | undefined;
+  // When the agent's process is gone: from then until the next one starts, nothing but the standalone
+  // engine can have programmed a pod.
+  const oldPid = containerPid(cl, before, 'agent');
+  let down = 0;
+  const watch = setInterval(() => {
+    if (!down && !fs.existsSync(`/proc/${oldPid}`)) down = Date.now();
+  }, 50);
   const created = new Map<string, number>();
   const churn = churnPods(cl, NS, batch, 1500, created);
   await new Promise((r) => setTimeout(r, 3000));
   const t0 = Date.now();
-  await disrupt(cl);
-  await agentReady(cl, `the agent Ready again after the ${batch}`, 240_000, batch === 'sigkill' ? undefined : previous);
+  const isNew = await disrupt(cl);
+  // Two more at once while the agent is away.
+  await Promise.all(
+    [1, 2].map(async (i) => {
+      const name = `${batch}-burst-${i}`;
+      created.set(name, Date.now());
+      await createPod(cl, { name, namespace: NS, meshed: true, labels: { batch } });
+    }),
+  );
+  await agentReady(cl, `the agent Ready again after the ${batch}`, 240_000, isNew ? undefined : previous, isNew ?? undefined);
+  clearInterval(watch);
   const back = Date.now() - t0;
+  // The new agent binds a new socket when it starts serving: its ctime ends the window.
+  const up = fs.statSync(cl.inside('/var/run/mesh-cni/agent.sock')).ctimeMs;
   await new Promise((r) => setTimeout(r, 3000));
   const names = await churn.stop();
   const delays = await startDelays(cl, NS, batch, created, 240_000);
@@ -269,16 +288,17 @@ async function throughDisruption(t: any, batch: string, disrupt: (cl: Cluster) =
   const adds = pluginLog(cl).filter((l) => l.command === 'ADD' && names.some((n) => l.pod === `${NS}/${n}`));
   const outcomes = new Map<string, number>();
   for (const l of adds) {
-    // The agent answers from its watch cache; the standalone engine from the runtime's annotations.
-    const key = l.error ? `error ${l.error.code}` : `${l.decision} (pod from ${l.source ?? '?'})`;
+    const key = l.error ? `error ${l.error.code}` : `${l.decision}`;
     outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
   }
+  const standalone = adds.filter((l) => !l.error && l.decision === 'meshed' && down > 0 && Date.parse(l.time) >= down && Date.parse(l.time) < up).length;
   const inGap = [...delays].filter(([n]) => created.get(n)! >= t0 && created.get(n)! <= t0 + back).map(([, d]) => d);
   const outside = [...delays].filter(([n]) => created.get(n)! < t0 || created.get(n)! > t0 + back).map(([, d]) => d);
   const line =
     `${batch}: ${names.length} meshed pods created throughout, agent Ready again after ${(back / 1000).toFixed(1)} s; ` +
     `ran without rules: ${unredirected.length}; start delay of the ${inGap.length} created in that gap ${summarize(inGap)}, ` +
-    `of the ${outside.length} others ${summarize(outside)}; ADDs: ${[...outcomes].map(([k, n]) => `${n} ${k}`).join(', ') || 'none logged'}`;
+    `of the ${outside.length} others ${summarize(outside)}; ADDs logged: ${[...outcomes].map(([k, n]) => `${n} ${k}`).join(', ') || 'none'}, ` +
+    `of which ${standalone} meshed by the standalone engine while no agent process ran (${down ? `${((up - down) / 1000).toFixed(1)} s` : 'never seen down'})`;
   figures.push(line);
   t.log(line);
   // Every one of them has its rules now: outbound is redirected (nothing listens on its 15001: refused).
@@ -289,6 +309,7 @@ async function throughDisruption(t: any, batch: string, disrupt: (cl: Cluster) =
   }
   t.deepEqual(unredirected, [], 'no meshed pod ran without its rules');
   await kubectlAsync(cl, ['-n', NS, 'delete', 'pods', '-l', `batch=${batch}`, '--wait=false']);
+  return standalone;
 }
 
 test.serial('a rolling update to a new image tag while pods are created: no meshed pod runs without rules', async (t) => {
@@ -310,13 +331,15 @@ test.serial('the agent pod deleted while pods are created: no meshed pod runs wi
 
 test.serial('the agent SIGKILLed while pods are created (no node on the host): no meshed pod runs without rules', async (t) => {
   t.timeout(10 * 60_000);
-  await throughDisruption(t, 'sigkill', async (cl) => {
+  const standalone = await throughDisruption(t, 'sigkill', async (cl) => {
     const agent = agentPods(cl).find((p) => !p.metadata.deletionTimestamp);
     const pid = containerPid(cl, agent, 'agent');
     const restarts = agent.status.containerStatuses[0].restartCount as number;
     process.kill(pid, 'SIGKILL');
-    await cl.waitFor('kubelet to restart the agent container', 120_000, () => agentPods(cl)[0]?.status.containerStatuses[0].restartCount > restarts, () => agentContext(cl));
+    return (pod: any) => pod.status.containerStatuses[0].restartCount > restarts;
   });
+  // The proof that the fallback needs no Node.js on the host (this node has none on PATH).
+  t.true(standalone >= 1, 'at least one pod was programmed by the standalone engine while no agent ran');
 });
 
 test.serial('optional node readiness: a node provisioned with the cni.istio.io/not-ready taint takes pods only once the agent is ready', async (t) => {
