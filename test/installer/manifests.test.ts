@@ -89,6 +89,7 @@ test('RBAC: pods read and events create by default; patch and delete only in the
   // SIGTERM: restart or uninstall is told from the agent's own DaemonSet and node (src/agent/stop-decision.ts)
   t.deepEqual(role.rules!.filter((r) => r.apiGroups!.includes('apps')).map((r) => ({ resources: r.resources, verbs: r.verbs })), [{ resources: ['daemonsets'], verbs: ['get'] }]);
   t.deepEqual(verbsOn(role, 'nodes'), ['get']);
+  t.deepEqual(verbsOn(role, 'namespaces'), ['get']);
   t.false(role.rules!.some((r) => r.verbs.includes('*') || r.resources?.includes('*')));
 
   const repair = one<V1ClusterRole>(optional, 'ClusterRole', 'mesh-cni-repair');
