@@ -212,17 +212,22 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     });
   }
 
-  let decider: StopDecider | undefined;
+  // Learning which DaemonSet runs us takes API reads: done in the background, so a slow API never delays
+  // readiness; a SIGTERM before it is done waits for it (each read is bounded).
+  let decider: Promise<StopDecider> | undefined;
   if (options.install && options.uninstallOnStop === 'auto' && podCache && options.kubernetes && options.self) {
     const { StopDecider } = await import('./stop-decision');
-    decider = await StopDecider.create({ kubeConfig: podCache.kubeConfig, nodeName: options.kubernetes.nodeName, ...options.self });
-    log({ level: 'info', msg: 'on SIGTERM the plugin stays unless this DaemonSet no longer runs here', owner: decider.describeOwner() });
+    decider = StopDecider.create({ kubeConfig: podCache.kubeConfig, nodeName: options.kubernetes.nodeName, ...options.self });
+    decider.then(
+      (d) => log({ level: 'info', msg: 'on SIGTERM the plugin stays unless this DaemonSet no longer runs here', owner: d.describeOwner() }),
+      () => undefined,
+    );
   }
   const stopDecision = async (): Promise<StopDecision> => {
     if (options.uninstallOnStop === true) return { uninstall: true, reason: 'told to uninstall on exit (--uninstall-on-exit=always)' };
     if (options.uninstallOnStop !== 'auto') return { uninstall: false, reason: 'told to leave the plugin in place (--uninstall-on-exit=never)' };
     if (!decider) return { uninstall: false, reason: 'no Kubernetes API or no pod identity (POD_NAMESPACE, POD_NAME) to find the DaemonSet: the plugin stays (fail closed)' };
-    return decider.decide();
+    return (await decider).decide();
   };
 
   let reconciler: Reconciler | undefined;

@@ -6,6 +6,8 @@
  * node -- does the agent restore what it changed. Istio's ambient node agent draws the same line
  * (`ShouldStopCleanup` in cni/pkg/nodeagent); this one also checks the nodeSelector and taints.
  *
+ * Its namespace being deleted counts as the DaemonSet being deleted.
+ *
  * Fail closed: when the API cannot say (unreachable, slow, 5xx), the plugin stays. A 401 or 403 counts as
  * "being uninstalled" only when the same read succeeded when the agent started: the service account or its
  * RBAC was removed since, which is what `kubectl delete -f install/` does before the DaemonSet's pods stop.
@@ -202,6 +204,10 @@ export class StopDecider {
       return keep(`cannot read ${ds} (${describe(err)}): the plugin stays (fail closed)`);
     }
     if (daemonSet.metadata?.deletionTimestamp) return remove(`${ds} is being deleted`);
+    // `kubectl delete namespace`: the namespace controller deletes pods before DaemonSets (core before apps),
+    // so the DaemonSet may still look intact while its namespace is going. Unreadable: decided by the rest.
+    const namespace = await bounded(this.timeout, () => this.core.readNamespace({ name: this.owner!.namespace })).catch((err: unknown) => (statusOf(err) === 404 ? 'gone' : undefined));
+    if (namespace === 'gone' || (namespace && namespace.metadata?.deletionTimestamp)) return remove(`namespace ${this.owner.namespace} of ${ds} is being deleted`);
     let node: V1Node;
     try {
       node = await bounded(this.timeout, () => this.core.readNode({ name: this.options.nodeName }));

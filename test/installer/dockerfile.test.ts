@@ -10,7 +10,7 @@
  * runtime stage's RUN lines (apt-get). The rest of this file reads the Dockerfile's text: golden checks.
  */
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { REPO_ROOT } from '../support/paths';
@@ -92,6 +92,15 @@ test('every path the runtime stage copies --from=build exists in the built stage
       t.true(existsSync(join(stage, source.slice('/app/'.length))), `COPY --from=build ${source}: not produced by the build stage`);
     }
   }
+});
+
+test('the engine the image installs on hosts carries a runtime that starts with an empty environment', (t) => {
+  t.is(built, undefined, built?.message);
+  const runtime = join(stage, 'build', 'engine', 'runtime');
+  const r = spawnSync(join(runtime, 'ld.so'), ['--library-path', join(runtime, 'lib'), join(runtime, 'node'), '-p', 'process.versions.node'], { encoding: 'utf8', env: {} });
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout.trim(), process.versions.node);
+  t.true(existsSync(join(runtime, 'lib', 'libc.so.6')));
 });
 
 test('the CLI the image puts on PATH is the built, executable CLI (kubectl exec ... mesh-cni status)', (t) => {

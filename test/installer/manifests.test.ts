@@ -89,6 +89,7 @@ test('RBAC: pods read and events create by default; patch and delete only in the
   // SIGTERM: restart or uninstall is told from the agent's own DaemonSet and node (src/agent/stop-decision.ts)
   t.deepEqual(role.rules!.filter((r) => r.apiGroups!.includes('apps')).map((r) => ({ resources: r.resources, verbs: r.verbs })), [{ resources: ['daemonsets'], verbs: ['get'] }]);
   t.deepEqual(verbsOn(role, 'nodes'), ['get']);
+  t.deepEqual(verbsOn(role, 'namespaces'), ['get']);
   t.false(role.rules!.some((r) => r.verbs.includes('*') || r.resources?.includes('*')));
 
   const repair = one<V1ClusterRole>(optional, 'ClusterRole', 'mesh-cni-repair');
@@ -133,7 +134,7 @@ test('DaemonSet: every ConfigMap setting becomes an agent flag, and the image en
   const envs = new Map(agent.env!.map((e) => [e.name, e]));
   const settings = agent.args!.filter((a) => a.includes('$('));
   const flags = new Map(settings.map((a) => /^--([a-z-]+)=\$\(([A-Z_]+)\)$/.exec(a)!).map((m) => [m[1]!, m[2]!]));
-  t.deepEqual([...flags.keys()].sort(), ['backend', 'cni-bin-dir', 'cni-conf-dir', 'cri-socket', 'health-port', 'log-level', 'repair-mode']);
+  t.deepEqual([...flags.keys()].sort(), ['backend', 'cni-bin-dir', 'cni-conf-dir', 'cri-socket', 'health-port', 'log-level', 'remove-not-ready-taint', 'repair-mode']);
   // Fixed by the pod's own layout, not a setting: the host's /proc is mounted at /host/proc.
   t.deepEqual(agent.args!.filter((a) => !a.includes('$(')), ['--proc-root=/host/proc']);
   t.deepEqual([...flags.keys()].sort(), Object.keys(config.data!).sort());
@@ -142,6 +143,7 @@ test('DaemonSet: every ConfigMap setting becomes an agent flag, and the image en
     t.deepEqual({ name: ref?.name, key: ref?.key }, { name: config.metadata!.name, key: flag }, `--${flag}`);
   }
   t.is(envs.get('NODE_NAME')?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
+  t.is(config.data!['remove-not-ready-taint'], 'false', 'node readiness is opt-in (it needs the optional RBAC)');
   t.is(config.data!['cni-bin-dir'], '/host/opt/cni/bin');
   t.is(config.data!['cni-conf-dir'], '/host/etc/cni/net.d');
 });

@@ -8,6 +8,7 @@
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type * as K8s from '@kubernetes/client-node';
 import { StopDecider } from '../../src/agent/stop-decision';
@@ -152,6 +153,27 @@ test.serial('the DaemonSet being deleted, then gone: uninstall', async (t) => {
   t.true(gone.uninstall, gone.reason);
   t.regex(gone.reason, /is gone/);
   kubectl('apply', '-f', path.join(INSTALL, '30-daemonset.yaml'));
+});
+
+test.serial('kubectl delete namespace: the DaemonSet still intact (pods go first) but its namespace terminating: uninstall', async (t) => {
+  // No namespace controller runs here, so a deleted namespace stays Terminating with its objects inside.
+  const other = 'mesh-cni-elsewhere';
+  await kube!.core().createNamespace({ body: { metadata: { name: other } } });
+  const manifest = k8s.loadYaml<K8s.V1DaemonSet>(readFileSync(path.join(INSTALL, '30-daemonset.yaml'), 'utf8'));
+  const ds = await apps().createNamespacedDaemonSet({ namespace: other, body: { ...manifest, metadata: { ...manifest.metadata, namespace: other } } });
+  await kube!.core().createNamespacedPod({
+    namespace: other,
+    body: {
+      metadata: { name: POD, ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'mesh-cni', uid: ds.metadata!.uid!, controller: true }] },
+      spec: { nodeName: NODE, containers: [{ name: 'agent', image: 'mesh-cni:0.1.0' }] },
+    },
+  });
+  const d = await StopDecider.create({ kubeConfig: await loadKubeConfig(saKubeconfig), podNamespace: other, podName: POD, nodeName: NODE });
+  t.false((await d.decide()).uninstall);
+  await kube!.core().deleteNamespace({ name: other });
+  const decision = await d.decide();
+  t.true(decision.uninstall, decision.reason);
+  t.regex(decision.reason, /namespace mesh-cni-elsewhere of DaemonSet mesh-cni-elsewhere\/mesh-cni is being deleted/);
 });
 
 test.serial('a pod that no DaemonSet owns (run by hand): the plugin stays, and the reason says how to remove it', async (t) => {

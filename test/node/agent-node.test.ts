@@ -52,8 +52,8 @@ function agentArgs(): string[] {
 const AGENT_NS = 'mesh-cni-system';
 const AGENT_POD = 'mesh-cni-agent-1';
 
-async function startTheAgent(): Promise<AgentProcess> {
-  agent = await startAgentProcess(agentArgs(), path.join(node!.dir, 'agent.log'), { POD_NAMESPACE: AGENT_NS, POD_NAME: AGENT_POD });
+async function startTheAgent(extra: string[] = []): Promise<AgentProcess> {
+  agent = await startAgentProcess([...agentArgs(), ...extra], path.join(node!.dir, 'agent.log'), { POD_NAMESPACE: AGENT_NS, POD_NAME: AGENT_POD });
   return agent;
 }
 
@@ -232,8 +232,20 @@ test.serial('SIGTERM while its DaemonSet still runs here (a restart, a rollout):
   t.is(connect(sandbox.netnsPath, POD_GATEWAY, 80).listener, 'proxy');
 });
 
+test.serial('--remove-not-ready-taint: the node registered with cni.istio.io/not-ready loses that taint once the agent is ready', async (t) => {
+  const merge = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
+  await kube!.core().patchNode({ name: NODE, body: { spec: { taints: [{ key: 'cni.istio.io/not-ready', effect: 'NoSchedule' }] } } }, merge);
+  await startTheAgent(['--remove-not-ready-taint']);
+  await waitFor('/readyz 200', 20_000, ready);
+  const untainted = await waitFor('the taint removed', 10_000, async () => ((await kube!.core().readNode({ name: NODE })).spec?.taints ?? []).length === 0);
+  t.log(`taint removed ${untainted} ms after the agent turned ready`);
+  // The line is written once the PATCH's answer is in, which can be a moment after the node shows it.
+  await waitFor('the log line', 5_000, () => agent!.lines().some((l) => /removed the cni.istio.io\/not-ready taint/.test(String(l.msg))));
+  t.pass();
+});
+
 test.serial('SIGTERM once its DaemonSet is deleted: the agent takes its entry and files back out; the primary conflist is byte-for-byte as before', async (t) => {
-  await startTheAgent();
+  if (!agent || agent.service.exited()) await startTheAgent();
   await waitFor('/readyz 200', 20_000, ready);
   await appsApi().deleteNamespacedDaemonSet({ name: 'mesh-cni', namespace: AGENT_NS });
   await agent!.stop();

@@ -145,9 +145,11 @@ export async function explain(args: Args): Promise<Explanation> {
       ? 'the pod\'s annotations are invalid: every ADD for it fails'
       : diff.length === 0
         ? null
-        : config
-          ? `the rules in ${where.netns} differ from the plan (${diff.length} difference${diff.length === 1 ? '' : 's'})`
-          : `the pod is not meshed but ${where.netns} holds mesh-cni rules`;
+        : config && compared.observed.length === 0
+          ? `no mesh-cni rules in ${where.netns} (the plan has ${compared.expected.length})`
+          : config
+            ? `the rules in ${where.netns} differ from the plan (${diff.length} difference${diff.length === 1 ? '' : 's'})`
+            : `the pod is not meshed but ${where.netns} holds mesh-cni rules`;
   return {
     ...base,
     families: compared.families,

@@ -6,7 +6,7 @@ import type { Argv } from 'yargs';
 import { AttachmentStore } from '../../cni/attachments';
 import { MeshCniError } from '../../errors';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
-import type { Finding } from '../../repair/reconciler';
+import { NO_RULES_REASON, type Finding } from '../../repair/reconciler';
 import { backendOption, excludeNamespacesOption, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
 import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
 import { ago, connectKube, inspectNodePods, lastActionFor, meshCniEventsOrWhy, recordsFor, type LastAction } from '../pod-context';
@@ -30,7 +30,7 @@ export function builder(y: Argv) {
 
 type Args = NodeArgs & { namespace?: string; 'exclude-namespaces': string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
 
-export type RulesState = 'ok' | 'differ' | 'unknown' | 'n/a';
+export type RulesState = 'ok' | 'differ' | 'none' | 'unknown' | 'n/a';
 
 export interface PodRow {
   namespace: string;
@@ -48,6 +48,7 @@ export interface PodRow {
 
 function rulesState(f: Finding): RulesState {
   if (f.verdict === 'healthy') return 'ok';
+  if (f.verdict === 'broken' && f.reason === NO_RULES_REASON) return 'none';
   if (f.verdict === 'broken') return f.problems?.length ? 'differ' : 'unknown';
   if (f.verdict === 'unknown') return 'unknown';
   return 'n/a';
@@ -58,7 +59,7 @@ export function textTable(rows: readonly PodRow[], now = Date.now()): string {
     `${r.namespace}/${r.name}`,
     r.meshed ? { text: 'yes', tone: 'ok' } : { text: 'no', tone: 'dim' },
     r.reason,
-    r.rules === 'ok' ? { text: 'ok', tone: 'ok' } : r.rules === 'differ' ? { text: `${r.problems.length} differ`, tone: 'bad' } : r.rules === 'unknown' ? { text: 'unknown', tone: 'warn' } : '-',
+    r.rules === 'ok' ? { text: 'ok', tone: 'ok' } : r.rules === 'none' ? { text: 'none', tone: 'bad' } : r.rules === 'differ' ? { text: `${r.problems.length} differ`, tone: 'bad' } : r.rules === 'unknown' ? { text: 'unknown', tone: 'warn' } : '-',
     r.backend ?? '-',
     r.lastAction ? `${r.lastAction.reason} ${ago(r.lastAction.at, now)}` : '-',
   ]);

@@ -4,6 +4,8 @@
  * the pods. Every part that can be answered without the agent or the API is, and the rest says why not.
  */
 import type { Argv } from 'yargs';
+import { access, constants } from 'node:fs/promises';
+import { join } from 'node:path';
 import { BUNDLED_ENGINE, BUNDLED_SHIM, artifactSha256, buildInfo, packageVersion } from '../../build-info';
 import { callCniSocket } from '../../cni/socket-protocol';
 import { checkInstalled, installedPaths, pluginEntry, scanConfDir } from '../../installer';
@@ -19,6 +21,8 @@ import {
 } from '../options';
 import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
 import { connectKube, countFindings, inspectNodePods, type PodCounts } from '../pod-context';
+
+const isExecutable = (path: string) => access(path, constants.X_OK).then(() => true, () => false);
 
 export const command = 'status';
 export const describe = 'the state of mesh-cni on this node: CNI config, installed binaries, agent, backend, repair mode, pods';
@@ -183,6 +187,10 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
     if (b.installedSha256 === null) problems.push(`the ${b.name} is not installed at ${b.path}`);
     else if (b.matchesAgent === false) problems.push(`the installed ${b.name} differs from the agent's`);
     else if (b.matchesAgent === null && !b.matchesCli) problems.push(`the installed ${b.name} differs from this CLI's`);
+  }
+  // The fallback on a host without Node.js runs on the runtime shipped in the engine dir (scripts/build-engine.js).
+  if (installedShas.engine !== null && !(await isExecutable(join(paths.engine, 'runtime', 'ld.so')))) {
+    problems.push(`the installed engine ${paths.engine} carries no Node.js runtime (runtime/): the standalone fallback needs node on the host's PATH`);
   }
   if (!socket.reachable) problems.push(`the agent does not answer on ${args.socket}: pods are handled by the standalone engine`);
   if (probe && !probe.health.reachable) problems.push(`the agent's health port ${probe.health.url} does not answer`);
