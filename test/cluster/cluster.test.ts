@@ -211,17 +211,17 @@ test.serial('the CLI in the agent pod: kubectl exec ds/mesh-cni -- mesh-cni stat
   const cl = c();
   const exec = (...args: string[]) => cl.kubectl(['-n', AGENT_NS, 'exec', 'ds/mesh-cni', '--', 'mesh-cni', ...args], { timeoutMs: 60_000 });
   const status = exec('status');
-  t.is(status.status, 0, `mesh-cni status: ${status.stderr}`);
+  t.is(status.status, 0, `mesh-cni status exited ${status.status}:\n${status.stdout}\n${status.stderr}`);
   t.log(status.stdout);
   t.regex(status.stdout, /mesh-cni/);
   const pods = exec('pods');
-  t.is(pods.status, 0, `mesh-cni pods: ${pods.stderr}`);
+  t.is(pods.status, 0, `mesh-cni pods exited ${pods.status}:\n${pods.stdout}\n${pods.stderr}`);
   t.log(pods.stdout);
   const meshedLine = pods.stdout.split('\n').find((l) => /\bmeshed\b/.test(l) && l.includes(NS));
   t.truthy(meshedLine, `mesh-cni pods lists ${NS}/meshed:\n${pods.stdout}`);
   t.notRegex(pods.stdout + pods.stderr, /forbidden|403/i);
   const explain = exec('explain', `${NS}/meshed`);
-  t.is(explain.status, 0, `mesh-cni explain: ${explain.stderr}`);
+  t.is(explain.status, 0, `mesh-cni explain exited ${explain.status}:\n${explain.stdout}\n${explain.stderr}`);
   t.log(explain.stdout);
   t.notRegex(explain.stdout + explain.stderr, /forbidden|403/i);
 });
@@ -354,9 +354,11 @@ test.serial('optional node readiness: a node provisioned with the cni.istio.io/n
   const pending = cl.json(['-n', NS, 'get', 'pod', 'while-tainted']);
   t.falsy(pending.spec.nodeName, 'the scheduler keeps the pod off the tainted node');
   const previous = agentPods(cl)[0]?.metadata.uid as string | undefined;
-  cl.kubectlOk(['-n', AGENT_NS, 'patch', 'ds/mesh-cni', '--type=json', '-p', JSON.stringify([{ op: 'add', path: '/spec/template/spec/containers/0/args/-', value: '--remove-not-ready-taint' }])]);
+  // As README says: the ConfigMap setting, then a restart of the DaemonSet.
+  cl.kubectlOk(['-n', AGENT_NS, 'patch', 'configmap', 'mesh-cni-config', '--type=merge', '-p', JSON.stringify({ data: { 'remove-not-ready-taint': 'true' } })]);
+  cl.kubectlOk(['-n', AGENT_NS, 'rollout', 'restart', 'ds/mesh-cni']);
   const ms = Date.now();
-  await agentReady(cl, 'the agent with --remove-not-ready-taint Ready', 240_000, previous);
+  await agentReady(cl, 'the agent restarted with remove-not-ready-taint Ready', 240_000, previous);
   await cl.waitFor(`the ${taint} taint removed by the agent`, 60_000, () => !taints().includes(`${taint}:NoSchedule`), () => agentContext(cl));
   figures.push(`node readiness: taint removed ${((Date.now() - ms) / 1000).toFixed(1)} s after the rollout began`);
   const [pod] = await waitPodsRunning(cl, NS, ['while-tainted'], 180_000);

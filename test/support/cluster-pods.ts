@@ -191,15 +191,16 @@ export interface Churn {
 }
 
 /**
- * Creates meshed pods `prefix-1`, `prefix-2`, ... one every `intervalMs` until stopped: pods arriving
- * throughout an agent restart.
+ * Creates meshed pods `prefix-1`, `prefix-2`, ... one every `intervalMs` until stopped or `max` are created:
+ * pods arriving throughout an agent restart (the cap keeps a slow restart on a loaded machine from piling up
+ * pods that slow it further).
  */
-export function churnPods(cluster: Cluster, namespace: string, prefix: string, intervalMs: number, created: Map<string, number>): Churn {
+export function churnPods(cluster: Cluster, namespace: string, prefix: string, intervalMs: number, created: Map<string, number>, max = 24): Churn {
   let stopping = false;
   let n = 0;
   const errors: string[] = [];
   const loop = (async () => {
-    while (!stopping) {
+    while (!stopping && n < max) {
       const name = `${prefix}-${++n}`;
       const t0 = Date.now();
       try {
