@@ -90,6 +90,9 @@ test.serial('walk-through: apply --pod, then status → pods → explain → rep
   t.regex(status.stdout, new RegExp(`^pods\\s+4 on ${NODE}: 2 meshed \\(1 healthy, 1 broken, 0 unknown\\), 2 skipped$`, 'm'));
   t.regex(status.stdout, /1 problem:\n {2}- 1 meshed pod with rules missing or wrong/);
   t.notRegex(status.stdout, /\x1b\[/, 'no colour when piped');
+  // In the agent pod there are no flags: the DaemonSet's HEALTH_PORT stands in for --health-port.
+  const inPod = mesh(['status', ...n.flags(), '--cni-conf-dir', n.confDir, '--cni-bin-dir', n.binDir], { NODE_NAME: NODE, HEALTH_PORT: String(n.healthPort) });
+  t.regex(inPod.stdout, /^repair mode\s+off \(from the agent's \/metrics\)$/m, inPod.stdout + inPod.stderr);
   const statusJson = json(ok(t, n.run(['status', '-o', 'json']), 1));
   t.deepEqual(Object.keys(statusJson), ['node', 'cniConfig', 'binaries', 'versions', 'agent', 'backend', 'repairMode', 'pods', 'problems']);
   t.is(statusJson.node, NODE);

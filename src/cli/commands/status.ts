@@ -33,7 +33,12 @@ export function builder(y: Argv) {
       ...nodeOptions,
       'cni-bin-dir': installOptions['cni-bin-dir'],
       'cni-conf-dir': installOptions['cni-conf-dir'],
-      'health-port': { type: 'number', describe: "the agent's health port: read /readyz and /metrics (repair mode, the agent's version)" },
+      'health-port': {
+        type: 'number',
+        // In the agent's pod the DaemonSet sets HEALTH_PORT (from the ConfigMap): `kubectl exec ... mesh-cni status` then reads the agent too.
+        default: /^\d+$/.test(process.env.HEALTH_PORT ?? '') ? Number(process.env.HEALTH_PORT) : undefined,
+        describe: "the agent's health port: read /readyz and /metrics (repair mode, the agent's version; default $HEALTH_PORT)",
+      },
       'health-host': { type: 'string', default: '127.0.0.1', describe: 'where the health port listens' },
       'repair-mode': { choices: REPAIR_MODES, describe: "the agent's repair mode, reported as given when its /metrics cannot be read" },
       ...excludeNamespacesOption,
