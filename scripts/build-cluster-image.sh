@@ -161,6 +161,10 @@ src=$(mktemp -d "$STORE/tmp/src.XXXXXX")
 trap 'rm -rf "$src"' EXIT
 git clone --quiet --no-checkout "$REPO" "$src/repo"
 git -C "$src/repo" checkout --quiet "$(git -C "$REPO" rev-parse "$COMMIT")"
+# A build that failed before leaves its working container (and its overlay mount) behind: this store is ours
+# alone (the lock above), so none is in use now.
+bh rm --all >/dev/null 2>&1 || true
+build_started=$(date +%s)
 log "building $IMAGE from a clean clone of $(git -C "$REPO" rev-parse --short "$COMMIT") (key ${tree:0:12})"
 t0=$SECONDS
 (cd "$src/repo" && bh bud --isolation chroot --pull-never --layers -t "$IMAGE" . >"$src/bud.log" 2>&1) || {
@@ -171,7 +175,20 @@ log "image built in $((SECONDS - t0))s"
 rm -f "$archive.new"
 bh push --quiet "$IMAGE" "docker-archive:$archive.new:$IMAGE" >/dev/null
 mv "$archive.new" "$archive"
+# Intermediate images of earlier builds (about 1.7 GB per source change) are removed; a layer this build
+# reused is the parent of one it made and cannot be removed, so the npm ci layer stays cached.
+for _ in 1 2 3 4 5; do
+  removed=0
+  while read -r id created; do
+    [[ -n $id ]] || continue
+    ts=$(date -d "${created% UTC}" +%s 2>/dev/null || echo "$build_started")
+    if [[ $ts -lt $build_started ]] && bh rmi "$id" >/dev/null 2>&1; then removed=1; fi
+  done < <(bh images --filter dangling=true --format '{{.ID}} {{.CreatedAtRaw}}' 2>/dev/null)
+  [[ $removed -eq 1 ]] || break
+done
 # Older archives of other trees are dead weight; keep the newest few.
 ls -1t "$IMAGES"/mesh-cni-*.tar 2>/dev/null | tail -n +4 | xargs -r rm -f
+# containers/storage leaves its graph root bind-mounted (private) on the host; it mounts it again when needed.
+umount "$STORE/storage/overlay" 2>/dev/null || true
 log "exported $archive in ${SECONDS}s total"
 printf '%s\n' "$archive"
