@@ -97,10 +97,13 @@ export function requireClusterDeps(): void {
 /**
  * The agent image for the committed tree, built by scripts/build-cluster-image.sh (cached by tree: seconds
  * when warm; the first build makes the base images and takes minutes). Returns the docker-archive's path.
+ * MESH_CNI_CLUSTER_COMMIT=<commit> runs the suite against the image of another commit (to see a test fail
+ * on the code before a fix).
  */
 export function agentImageArchive(): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn('bash', [IMAGE_SCRIPT], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
+    const commit = process.env.MESH_CNI_CLUSTER_COMMIT;
+    const child = spawn('bash', [IMAGE_SCRIPT, ...(commit ? [commit] : [])], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
