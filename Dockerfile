@@ -9,11 +9,13 @@ COPY package.json package-lock.json ./
 # dependencies whose native addons we use are then built (package.json allowScripts names them).
 RUN npm ci --ignore-scripts --no-audit --no-fund \
  && npm rebuild @2060.io/ref-napi @2060.io/ffi-napi
-COPY tsconfig.json ./
-COPY scripts/ scripts/
+# Only what the product build reads: tsconfig.build.json compiles src/ alone (tests, bench and the demo are
+# compiled by tsconfig.json, which the image never needs).
+COPY tsconfig.build.json ./
+COPY scripts/build-engine.js scripts/build-native.js scripts/
 COPY native/ native/
 COPY src/ src/
-RUN npm run build \
+RUN npm run build:product \
  && node scripts/build-native.js \
  && npm prune --omit=dev --no-audit --no-fund
 
@@ -29,6 +31,8 @@ COPY --from=build /app/dist/src ./dist/src
 COPY --from=build /app/build/mesh-cni ./build/mesh-cni
 # the self-contained standalone engine (scripts/build-engine.js, run by npm run build), installed as mesh-cni.d
 COPY --from=build /app/build/engine ./build/engine
+# The CLI on PATH, for `kubectl exec ds/mesh-cni -- mesh-cni status` (main.js is executable, `#!/usr/bin/env node`).
+RUN ln -s /app/dist/src/cli/main.js /usr/local/bin/mesh-cni
 # Root, deliberately, and nothing here can run as another user: the agent writes the host's CNI dirs
 # (/opt/cni/bin, /etc/cni/net.d, root's), owns the shim's socket (the shim only trusts a root peer), and
 # enters other pods' network namespaces and programs iptables/nftables there, which the DaemonSet allows

@@ -10,7 +10,10 @@
  * Engine: MESH_CNI_ENGINE_PATH fixed at build time, else <dir of this binary>/mesh-cni.d/mesh-cni.js (the
  *         self-contained engine the installer puts there), else <dir of this binary>/mesh-cni.js (older
  *         installs), else <dir of this binary>/../dist/src/cni/main.js (the build tree).
- * Node:   MESH_CNI_NODE_PATH fixed at build time, else `node` on PATH.
+ * Node:   the runtime shipped beside the engine, <engine dir>/runtime/ (node and the libraries it links, from
+ *         scripts/build-engine.js), started through its own loader so nothing of the host's libc is used:
+ *         runtime/ld.so --library-path runtime/lib runtime/node <engine>. Only where no runtime is shipped (the
+ *         build tree): MESH_CNI_NODE_PATH fixed at build time, else `node` on PATH.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -345,6 +348,19 @@ static int run_standalone(const unsigned char *in, size_t in_len) {
   write_all_fd(fd, (const char *)in, in_len);
   if (lseek(fd, 0, SEEK_SET) < 0 || dup2(fd, STDIN_FILENO) < 0) {
     return fail(CNI_IO_FAILURE, "mesh-cni shim: cannot pass stdin to the engine", strerror(errno));
+  }
+  /* The engine's directory: every path below is it plus a short suffix, so PATH_MAX + 32 always fits. */
+  char dir[PATH_MAX], loader[PATH_MAX + 32], libs[PATH_MAX + 32], node[PATH_MAX + 32];
+  snprintf(dir, sizeof dir, "%s", engine);
+  char *slash = strrchr(dir, '/');
+  if (slash) *slash = '\0';
+  snprintf(loader, sizeof loader, "%s/runtime/ld.so", dir);
+  if (access(loader, X_OK) == 0) {
+    snprintf(libs, sizeof libs, "%s/runtime/lib", dir);
+    snprintf(node, sizeof node, "%s/runtime/node", dir);
+    char *shipped[] = {loader, "--library-path", libs, node, engine, NULL};
+    execv(loader, shipped);
+    return fail(CNI_TRY_AGAIN_LATER, "mesh-cni agent is not running and the shipped runtime could not be executed", strerror(errno));
   }
   char *argv[] = {"node", engine, NULL};
   if (MESH_CNI_NODE_PATH[0] != '\0' && access(MESH_CNI_NODE_PATH, X_OK) == 0) execv(MESH_CNI_NODE_PATH, argv);

@@ -16,10 +16,19 @@
  *
  * The build fails when the walk reaches a package that must never load on the standalone ADD path
  * (FORBIDDEN below): that is what keeps the plugin's start cost near a bare `node -e 0`.
+ *
+ * runtime/ carries what runs the engine on a host that has no Node.js (most nodes: COS, Bottlerocket,
+ * Flatcar, managed images): the node binary building this (in the image, the image's node), its ELF loader
+ * as runtime/ld.so and every library `ldd` names for node and for the engine's addons, in runtime/lib. The
+ * shim starts it as `runtime/ld.so --library-path runtime/lib runtime/node mesh-cni.js`, so the host's libc
+ * (any version, or none) is never used; about 100 MB. Then process.execPath is the loader, not node: nothing
+ * on the engine's path may spawn process.execPath (checked below). The programs the engine runs (iptables,
+ * nft, ip) are the host's and load the host's own libraries: --library-path is not inherited.
  */
 const fs = require('node:fs');
 const path = require('node:path');
 const { builtinModules } = require('node:module');
+const { execFileSync } = require('node:child_process');
 
 const root = path.join(__dirname, '..');
 const dist = path.join(root, 'dist');
@@ -92,6 +101,52 @@ function addonFiles(pkgDir) {
     .map((f) => path.join(release, f));
 }
 
+/**
+ * What `ldd` says these ELF files load: { libraries: Map(soname -> path), loader }. A library that is "not
+ * found" fails the build: the engine would not start on the host.
+ */
+function sharedLibraries(files) {
+  const libraries = new Map();
+  let loader;
+  for (const file of files) {
+    let out;
+    try {
+      out = execFileSync('ldd', [file], { encoding: 'utf8' });
+    } catch (err) {
+      throw new Error(`ldd ${file} failed (is libc-bin installed?): ${err.message}`);
+    }
+    for (const line of out.split('\n')) {
+      const linked = /^\s*(\S+) => (\S+) \(0x[0-9a-f]+\)$/.exec(line);
+      if (linked) {
+        libraries.set(linked[1], linked[2]);
+        continue;
+      }
+      if (/=> not found/.test(line)) throw new Error(`${file} needs ${line.trim()}`);
+      const interpreter = /^\s*(\/\S+) \(0x[0-9a-f]+\)$/.exec(line);
+      if (interpreter) loader = interpreter[1];
+    }
+  }
+  if (!loader) throw new Error(`ldd named no ELF loader for ${files[0]}`);
+  return { libraries, loader };
+}
+
+/** The node runtime into <staging>/runtime (see the header). */
+function bundleRuntime(staging, addons) {
+  const node = fs.realpathSync(process.execPath);
+  const { libraries, loader } = sharedLibraries([node, ...addons]);
+  const runtime = path.join(staging, 'runtime');
+  copy(node, path.join(runtime, 'node'));
+  copy(fs.realpathSync(loader), path.join(runtime, 'ld.so'));
+  fs.chmodSync(path.join(runtime, 'ld.so'), 0o755);
+  for (const [soname, file] of libraries) copy(fs.realpathSync(file), path.join(runtime, 'lib', soname));
+  return [...libraries.keys()].sort();
+}
+
+/** A module on the engine's path that spawns process.execPath would run the loader, not node. */
+function respawnsExecPath(files) {
+  return [...files].filter((f) => f.endsWith('.js') && !f.includes(`${path.sep}node_modules${path.sep}`) && /\bprocess\.execPath\b/.test(fs.readFileSync(f, 'utf8')));
+}
+
 function copy(from, to) {
   fs.mkdirSync(path.dirname(to), { recursive: true });
   fs.copyFileSync(from, to);
@@ -106,13 +161,22 @@ function main() {
   if (forbidden.length > 0) {
     throw new Error(`the standalone engine would load ${forbidden.join(', ')}; keep those imports lazy and off the CNI path`);
   }
+  const respawning = respawnsExecPath(files);
+  if (respawning.length > 0) {
+    throw new Error(`${respawning.map((f) => path.relative(root, f)).join(', ')} use process.execPath, which is the ELF loader when the shim runs the shipped runtime`);
+  }
   const staging = `${outDir}.tmp-${process.pid}`;
   fs.rmSync(staging, { recursive: true, force: true });
   for (const file of files) copy(file, path.join(staging, destinationOf(file)));
+  const addons = [];
   for (const dir of packages.keys()) {
     copy(path.join(dir, 'package.json'), path.join(staging, destinationOf(path.join(dir, 'package.json'))));
-    for (const addon of addonFiles(dir)) copy(addon, path.join(staging, destinationOf(addon)));
+    for (const addon of addonFiles(dir)) {
+      copy(addon, path.join(staging, destinationOf(addon)));
+      addons.push(addon);
+    }
   }
+  const libraries = bundleRuntime(staging, addons);
   const main = path.relative(dist, entry).split(path.sep).join('/');
   fs.writeFileSync(
     path.join(staging, ENTRY_NAME),
@@ -123,7 +187,7 @@ function main() {
   fs.renameSync(staging, outDir);
   const bytes = [...listFiles(outDir)].reduce((sum, f) => sum + fs.statSync(f).size, 0);
   process.stdout.write(
-    `built ${path.relative(root, outDir)}/: ${files.size} modules, packages ${[...names].sort().join(', ')}; ${(bytes / 1024).toFixed(0)} KiB\n`,
+    `built ${path.relative(root, outDir)}/: ${files.size} modules, packages ${[...names].sort().join(', ')}; runtime node ${process.version} with ${libraries.join(', ')}; ${(bytes / 1024 / 1024).toFixed(1)} MiB\n`,
   );
   for (const u of unresolved) process.stdout.write(`  not bundled (optional, unresolvable here): ${u}\n`);
 }

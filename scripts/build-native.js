@@ -4,6 +4,10 @@
  * Builds native/mesh-cni-shim.c into build/mesh-cni (run by `npm install`). Plain JavaScript because it runs
  * before TypeScript is compiled. The compiler gets an argument array, never a shell line.
  *
+ * Linked statically: the shim runs on the host, not in our image, and a dynamic build needs the glibc of the
+ * machine that built it (the bookworm build image: GLIBC_2.34), which Debian 11, Ubuntu 20.04 or RHEL 8 nodes
+ * lack. Static, it needs only the kernel (~770 KB; it calls nothing of libc that needs NSS or dlopen).
+ *
  * Environment (all optional), fixed into the binary at build time:
  *   CC                     compiler (default cc)
  *   MESH_CNI_ENGINE_PATH   absolute path of the standalone engine (default: found relative to the binary)
@@ -33,6 +37,7 @@ function main() {
     '-Wextra',
     '-Werror',
     '-O2',
+    '-static',
     ...pathDefine('MESH_CNI_ENGINE_PATH', process.env.MESH_CNI_ENGINE_PATH ?? ''),
     ...pathDefine('MESH_CNI_NODE_PATH', process.env.MESH_CNI_NODE_PATH ?? process.execPath),
     '-o',

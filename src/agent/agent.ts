@@ -17,6 +17,7 @@ import { buildInfo } from '../build-info';
 import type { InstallOptions, InstallWatcher } from '../installer';
 import { Reconciler, type RepairMode } from '../repair/reconciler';
 import type { BackendName } from '../redirect/engine';
+import type { StopDecider, StopDecision } from './stop-decision';
 
 export { DEFAULT_AGENT_SOCKET as DEFAULT_SOCKET } from '../paths';
 import { DEFAULT_AGENT_SOCKET } from '../paths';
@@ -39,7 +40,15 @@ export interface AgentOptions {
   stateDir?: string;
   /** Install the plugin into the node's CNI config and keep it there; uninstall on stop when asked. */
   install?: InstallOptions;
-  uninstallOnStop?: boolean;
+  /**
+   * On stop: `auto` uninstalls only when the agent's DaemonSet is gone, being deleted or no longer selects this
+   * node (stop-decision.ts; needs Kubernetes and `self`), true always, false never. Default false.
+   */
+  uninstallOnStop?: boolean | 'auto';
+  /** Once ready, take the cni.istio.io/not-ready taint off this node (node-taint.ts; needs Kubernetes). */
+  removeNotReadyTaint?: boolean;
+  /** The agent's own pod (downward API), to find its DaemonSet. */
+  self?: { podNamespace: string; podName: string };
   /** Extra readiness conditions (the installer's "our entry is in the active config"). */
   readiness?: Array<() => string | undefined>;
   /** The reconciler; needs Kubernetes. Mode `off` (the default here) disables it. */
@@ -206,6 +215,24 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     });
   }
 
+  // Learning which DaemonSet runs us takes API reads: done in the background, so a slow API never delays
+  // readiness; a SIGTERM before it is done waits for it (each read is bounded).
+  let decider: Promise<StopDecider> | undefined;
+  if (options.install && options.uninstallOnStop === 'auto' && podCache && options.kubernetes && options.self) {
+    const { StopDecider } = await import('./stop-decision');
+    decider = StopDecider.create({ kubeConfig: podCache.kubeConfig, nodeName: options.kubernetes.nodeName, ...options.self });
+    decider.then(
+      (d) => log({ level: 'info', msg: 'on SIGTERM the plugin stays unless this DaemonSet no longer runs here', owner: d.describeOwner() }),
+      () => undefined,
+    );
+  }
+  const stopDecision = async (): Promise<StopDecision> => {
+    if (options.uninstallOnStop === true) return { uninstall: true, reason: 'told to uninstall on exit (--uninstall-on-exit=always)' };
+    if (options.uninstallOnStop !== 'auto') return { uninstall: false, reason: 'told to leave the plugin in place (--uninstall-on-exit=never)' };
+    if (!decider) return { uninstall: false, reason: 'no Kubernetes API or no pod identity (POD_NAMESPACE, POD_NAME) to find the DaemonSet: the plugin stays (fail closed)' };
+    return (await decider).decide();
+  };
+
   let reconciler: Reconciler | undefined;
   let stopRepair = () => undefined as void;
   if (options.kubernetes && podCache && options.repair && options.repair.mode !== 'off') {
@@ -253,17 +280,29 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
       return reasons;
     },
     async stop() {
+      stopUntaint();
+      // Decided first, while the watch and the API client still run; the plugin stays unless told otherwise.
+      const decision = options.install ? await stopDecision().catch((err: unknown) => ({ uninstall: false, reason: `deciding failed (${String(err)}): the plugin stays` })) : undefined;
       stopRepair();
       await watcher?.close();
-      if (options.install && options.uninstallOnStop) {
-        const { uninstall } = await import('../installer');
-        const report = await uninstall(options.install);
-        log({ level: 'info', msg: 'uninstalled', actions: report.actions.map((a) => `${a.action} ${a.path}`) });
+      if (options.install && decision) {
+        if (decision.uninstall) {
+          const { uninstall } = await import('../installer');
+          const report = await uninstall(options.install);
+          log({ level: 'info', msg: 'uninstalled', reason: decision.reason, actions: report.actions.map((a) => `${a.action} ${a.path}`) });
+        } else {
+          log({ level: 'info', msg: 'stopping; the plugin stays in place (the shim runs the standalone engine until an agent answers)', reason: decision.reason });
+        }
       }
       await Promise.all([cniServer?.close(), podCache?.stop(), new Promise((r) => health.close(r))]);
       cniServer = undefined;
     },
   };
+  let stopUntaint = () => undefined as void;
+  if (options.removeNotReadyTaint && options.kubernetes && podCache) {
+    const { untaintWhenReady } = await import('./node-taint');
+    stopUntaint = untaintWhenReady({ kubeConfig: podCache.kubeConfig, nodeName: options.kubernetes.nodeName, ready: () => agent.notReadyReasons().length === 0, log });
+  }
   const health = await serveHealth(() => agent, options.healthHost ?? '0.0.0.0', agent.healthPort);
   agent.healthPort = (health.address() as net.AddressInfo).port;
   log({ level: 'info', msg: 'agent started', socket: socketPath, healthPort: agent.healthPort, kubernetes: Boolean(options.kubernetes) });

@@ -172,6 +172,26 @@ export async function meshCniEvents(kube: Kube, namespace?: string): Promise<Map
   return newest;
 }
 
+/**
+ * The Events, or none and a sentence saying why: a pods/explain row without them still stands (LAST ACTION then
+ * shows what ADD recorded), but the reader must learn that it is incomplete, above all on a 403.
+ */
+/** The Events, or none and a warning saying why they could not be read. */
+export interface EventsOrWhy {
+  events: Map<string, LastAction>;
+  warning?: string;
+}
+
+export async function meshCniEventsOrWhy(kube: Kube, namespace?: string): Promise<EventsOrWhy> {
+  try {
+    return { events: await meshCniEvents(kube, namespace) };
+  } catch (err) {
+    const status = (err as { status?: number }).status;
+    const grant = status === 403 ? ': the service account may not list events (install/10-rbac.yaml grants it)' : '';
+    return { events: new Map(), warning: `last actions are incomplete, ${(err as Error).message}${grant}` };
+  }
+}
+
 /** The newest of the pod's mesh-cni Events and the ADD that programmed it. */
 export function lastActionFor(pod: V1Pod, events: Map<string, LastAction>, record: AttachmentRecord | undefined): LastAction | undefined {
   const event = events.get(pod.metadata?.uid ?? '') ?? events.get(`${pod.metadata?.namespace}/${pod.metadata?.name}`);

@@ -139,7 +139,8 @@ async function cmdCheck(req: NetworkRequest, deps: CniDeps, line: RequestLogLine
   const engine = await loadEngine(deps);
   const result = await engine.checkRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend });
   if (!result.ok) {
-    throw new CniError(CniCode.CheckFailed, `redirect rules in ${req.netns} are missing or differ from the pod's annotations`, result.problems.join('\n'));
+    const what = result.observedRules === 0 ? `no redirect rules in ${req.netns} (the pod's ${result.problems.length} planned rules are all missing)` : `redirect rules in ${req.netns} are missing or differ from the pod's annotations`;
+    throw new CniError(CniCode.CheckFailed, what, result.problems.join('\n'));
   }
   line.decision = 'checked';
   return { stdout: '' };

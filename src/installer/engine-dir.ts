@@ -1,5 +1,6 @@
 /**
- * The standalone engine is a directory (build/engine: mesh-cni.js, our modules, the ffi addons), installed as
+ * The standalone engine is a directory (build/engine: mesh-cni.js, our modules, the ffi addons, and runtime/:
+ * the Node.js it runs on, with its loader and libraries, for hosts without one), installed as
  * <cni-bin-dir>/mesh-cni.d. A directory cannot be renamed over another, so `mesh-cni.d` is a symlink to a
  * versioned sibling, `.mesh-cni.d-<digest>-<random>`, written completely before the link is swapped by
  * rename: the shim sees either the old engine or the new one, never a mix. The previous version is kept
@@ -22,13 +23,32 @@ async function* files(dir: string): AsyncGenerator<string> {
   }
 }
 
+/**
+ * Content hashes by file identity. The engine carries its Node.js runtime (~100 MB), and every install pass
+ * and readiness check digests the source and the installed tree: hashed once, a file is re-read only when
+ * its inode, size, mtime or ctime changed (any write changes ctime, and ctime cannot be set back).
+ */
+const contentHashes = new Map<string, string>();
+
+async function contentHash(path: string): Promise<{ sha256: string; executable: boolean }> {
+  const st = await lstat(path, { bigint: true });
+  const key = `${path}\0${st.dev}\0${st.ino}\0${st.size}\0${st.mtimeNs}\0${st.ctimeNs}`;
+  let sha256 = contentHashes.get(key);
+  if (sha256 === undefined) {
+    sha256 = createHash('sha256').update(await readFile(path)).digest('hex');
+    if (contentHashes.size > 20_000) contentHashes.clear();
+    contentHashes.set(key, sha256);
+  }
+  return { sha256, executable: (st.mode & 0o111n) !== 0n };
+}
+
 /** A digest of a tree: every file's relative path, executable bit and content. */
 export async function treeDigest(dir: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const path of files(dir)) {
-    const executable = ((await lstat(path)).mode & 0o111) !== 0;
+    const { sha256, executable } = await contentHash(path);
     hash.update(`${relative(dir, path)}\0${executable ? 'x' : '-'}\0`);
-    hash.update(createHash('sha256').update(await readFile(path)).digest('hex'));
+    hash.update(sha256);
     hash.update('\n');
   }
   return hash.digest('hex');

@@ -4,7 +4,7 @@
  * entry. Then the files we own go. With dryRun the same plan is returned and nothing is written.
  */
 import { join } from 'node:path';
-import { lstat, rm, stat } from 'node:fs/promises';
+import { lstat, readdir, rm, stat } from 'node:fs/promises';
 import { exists, readIfExists, removeIfExists, sha256, writeFileAtomic } from './atomic-file';
 import { hasOurEntry, removeFromConflistText } from './conflist';
 import { installedPaths } from './install';
@@ -12,6 +12,9 @@ import { engineVersions, removeEngineDir } from './engine-dir';
 import { kindOf, listConfFiles, invalidReason } from './primary-config';
 import { loadState, STATE_FILE, type ConfigRecord } from './state';
 import type { InstallOptions, UninstallAction, UninstallReport } from './types';
+
+/** AttachmentStore's directory under a state dir (src/cni/attachments.ts; the installer imports nothing of cni/). */
+const ATTACHMENTS_DIR = 'attachments';
 
 interface Step extends UninstallAction {
   apply?: () => Promise<void>;
@@ -89,6 +92,19 @@ export async function planUninstall(o: InstallOptions): Promise<Step[]> {
     if (await exists(path)) {
       steps.push({ action: 'delete-file', path, detail: 'installed by mesh-cni', apply: async () => void (await removeIfExists(path)) });
     }
+  }
+  // What ADD recorded per pod (src/cni/attachments.ts): only the plugin and reconciler read it, and both go.
+  const attachmentDirs = new Set([join(o.stateDir, ATTACHMENTS_DIR)]);
+  if (typeof o.pluginConfig.state_dir === 'string') attachmentDirs.add(join(o.pluginConfig.state_dir, ATTACHMENTS_DIR));
+  for (const dir of attachmentDirs) {
+    const records = await readdir(dir).catch(() => undefined);
+    if (records === undefined) continue;
+    steps.push({
+      action: 'delete-file',
+      path: dir,
+      detail: `the plugin's attachment records (${records.length} file${records.length === 1 ? '' : 's'})`,
+      apply: () => rm(dir, { recursive: true, force: true }),
+    });
   }
   const versions = await engineVersions(o.cniBinDir);
   if (versions.length > 0 || (await lstat(paths.engine).catch(() => undefined))) {

@@ -372,8 +372,11 @@ export async function compareRedirect(o: EngineOptions & { config: RedirectConfi
   });
 }
 
-/** Whether the netns holds exactly what the config asks for; `problems` says what differs. */
-export async function checkRedirect(o: EngineOptions & { config: RedirectConfig }): Promise<{ ok: boolean; problems: string[] }> {
-  const { problems } = await compareRedirect(o);
-  return { ok: problems.length === 0, problems };
+/**
+ * Whether the netns holds exactly what the config asks for; `problems` says what differs, `observedRules` how
+ * many of ours are there at all (0: none, which a reader must hear as "no rules", not as N differences).
+ */
+export async function checkRedirect(o: EngineOptions & { config: RedirectConfig }): Promise<{ ok: boolean; problems: string[]; observedRules?: number }> {
+  const { problems, observed } = await compareRedirect(o);
+  return { ok: problems.length === 0, problems, observedRules: observed.length };
 }

@@ -26,6 +26,9 @@ const ISTIO_VALIDATION_FAILED = 126;
 
 export type Verdict = 'healthy' | 'broken' | 'not-meshed' | 'skipped' | 'unknown';
 
+/** A meshed pod whose netns holds none of our rules (not "N differences": nothing was ever programmed, or all was flushed). */
+export const NO_RULES_REASON = 'no mesh-cni rules in the netns';
+
 export interface Finding {
   namespace: string;
   name: string;
@@ -46,7 +49,8 @@ export interface RepairDeps {
   pods(): readonly V1Pod[];
   /** The pod's netns path, or undefined when it cannot be found (the sandbox may not exist yet). */
   locateNetns(pod: V1Pod): Promise<string | undefined>;
-  check(netns: string, config: RedirectConfig): Promise<{ ok: boolean; problems: string[] }>;
+  /** `observedRules`: how many of our rules the netns holds at all (0: none). */
+  check(netns: string, config: RedirectConfig): Promise<{ ok: boolean; problems: string[]; observedRules?: number }>;
   apply(netns: string, config: RedirectConfig): Promise<void>;
   label(pod: V1Pod): Promise<void>;
   /** Deletes with uid and resourceVersion preconditions, so a replaced pod is never hit. */
@@ -106,8 +110,9 @@ export class Reconciler {
     if (istioValidationFailed(pod)) return { ...base, netns, verdict: 'broken', reason: `${VALIDATION_CONTAINER} exited ${ISTIO_VALIDATION_FAILED}` };
     if (!netns) return { ...base, verdict: 'unknown', reason: 'network namespace not found' };
     try {
-      const { ok, problems } = await this.deps.check(netns, decision.config);
+      const { ok, problems, observedRules } = await this.deps.check(netns, decision.config);
       if (ok) return { ...base, netns, verdict: 'healthy', reason: 'rules match the plan' };
+      if (observedRules === 0) return { ...base, netns, verdict: 'broken', reason: NO_RULES_REASON, problems };
       return { ...base, netns, verdict: 'broken', reason: 'rules differ from the plan', problems };
     } catch (err) {
       if (err instanceof NetnsNotFoundError) return { ...base, verdict: 'unknown', reason: 'network namespace is gone' };
@@ -132,7 +137,11 @@ export class Reconciler {
       return;
     }
     finding.actedAt = new Date().toISOString();
-    const what = `${finding.reason}${finding.problems?.length ? ` (${finding.problems.length} rule differences)` : ''}`;
+    const differences = finding.problems?.length ?? 0;
+    const what =
+      finding.reason === NO_RULES_REASON
+        ? `${finding.reason} (all ${differences} planned rules missing)`
+        : `${finding.reason}${differences ? ` (${differences} rule difference${differences === 1 ? '' : 's'})` : ''}`;
     try {
       if (mode === 'repair') {
         if (!finding.netns) throw new Error('network namespace not found');

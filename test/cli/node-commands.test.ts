@@ -90,6 +90,9 @@ test.serial('walk-through: apply --pod, then status → pods → explain → rep
   t.regex(status.stdout, new RegExp(`^pods\\s+4 on ${NODE}: 2 meshed \\(1 healthy, 1 broken, 0 unknown\\), 2 skipped$`, 'm'));
   t.regex(status.stdout, /1 problem:\n {2}- 1 meshed pod with rules missing or wrong/);
   t.notRegex(status.stdout, /\x1b\[/, 'no colour when piped');
+  // In the agent pod there are no flags: the DaemonSet's HEALTH_PORT stands in for --health-port.
+  const inPod = mesh(['status', ...n.flags(), '--cni-conf-dir', n.confDir, '--cni-bin-dir', n.binDir], { NODE_NAME: NODE, HEALTH_PORT: String(n.healthPort) });
+  t.regex(inPod.stdout, /^repair mode\s+off \(from the agent's \/metrics\)$/m, inPod.stdout + inPod.stderr);
   const statusJson = json(ok(t, n.run(['status', '-o', 'json']), 1));
   t.deepEqual(Object.keys(statusJson), ['node', 'cniConfig', 'binaries', 'versions', 'agent', 'backend', 'repairMode', 'pods', 'problems']);
   t.is(statusJson.node, NODE);
@@ -151,7 +154,8 @@ test.serial('walk-through: apply --pod, then status → pods → explain → rep
   t.regex(explained.stdout, /^verdict: broken: the rules in .* differ from the plan \(1 difference\)$/m);
   t.regex(explained.stdout, /^fix: mesh-cni apply --pod shop\/orders/m);
   const explainJson = json(ok(t, n.run(['explain', 'shop/orders', '-o', 'json']), 1));
-  t.deepEqual(Object.keys(explainJson), ['pod', 'uid', 'node', 'trail', 'assumed', 'meshed', 'reason', 'backend', 'netns', 'lastAction', 'families', 'expected', 'observed', 'diff', 'verdict', 'problem']);
+  t.deepEqual(Object.keys(explainJson), ['pod', 'uid', 'node', 'trail', 'assumed', 'meshed', 'reason', 'backend', 'netns', 'lastAction', 'warnings', 'families', 'expected', 'observed', 'diff', 'verdict', 'problem']);
+  t.deepEqual(explainJson.warnings, [], 'Events are readable: nothing is missing from the answer');
   t.like(explainJson, { pod: 'shop/orders', meshed: true, reason: 'meshed', verdict: 'broken', netns: { path: orders.netns, source: 'attachment', exists: true } });
   t.is(explainJson.diff.length, 1);
   t.is(explainJson.diff[0].kind, 'missing');

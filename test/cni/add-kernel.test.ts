@@ -110,6 +110,19 @@ test('CHECK passes after ADD and fails (103) once the rules are removed by hand'
   t.is(broken.json?.code, 103, broken.stdout);
 });
 
+test('CHECK says "no redirect rules" for a netns holding none of ours, and "differ" when some are missing', async (t) => {
+  const ns = newPodNetns(t);
+  const none = await cni('CHECK', ns, conf(INJECTED));
+  t.is(none.json?.code, 103, none.stdout);
+  t.regex(none.json?.msg ?? '', /^no redirect rules in \S+ \(the pod's \d+ planned rules are all missing\)$/);
+  t.is((await cni('ADD', ns, conf(INJECTED))).exitCode, 0);
+  // one of our rules gone, the rest still there
+  execFileSync('ip', ['netns', 'exec', ns, 'iptables', '-t', 'nat', '-D', 'OUTPUT', '-p', 'tcp', '-j', 'ISTIO_OUTPUT']);
+  const some = await cni('CHECK', ns, conf(INJECTED));
+  t.is(some.json?.code, 103, some.stdout);
+  t.regex(some.json?.msg ?? '', /are missing or differ from the pod's annotations/);
+});
+
 test('DEL removes the rules and succeeds twice; DEL after the netns is gone succeeds', async (t) => {
   const ns = newPodNetns(t);
   t.is((await cni('ADD', ns, conf(INJECTED))).exitCode, 0);

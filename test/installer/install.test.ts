@@ -4,6 +4,8 @@
 import test, { type ExecutionContext } from 'ava';
 import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync, rmSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { pluginEntry } from '../../src/installer';
 import { checkInstalled, findPrimaryConfig, install, uninstall, PLUGIN_TYPE, STATE_FILE_FOR_TESTS } from './helpers';
 import { parseKubeconfig } from '../../src/cni/kubeconfig';
 import { BRIDGE_CONF, CALICO_CONFLIST, FLANNEL_CONFLIST, INVALID_FIRST, makeNode, REAL_WORLD, type Node } from './fixtures';
@@ -142,6 +144,24 @@ test('a .conf whose .conflist name is taken by someone else gets a name that sti
   await uninstall(n.options);
   t.deepEqual(readdirSync(n.confDir).sort(), ['10-bridge.conf', '10-bridge.conflist']);
   t.is(readFileSync(join(n.confDir, '10-bridge.conf'), 'utf8'), BRIDGE_CONF);
+});
+
+test('uninstall removes the attachment records ADD left under the state dir (also a state_dir of the entry)', async (t) => {
+  const entryState = join(tmpdir(), `mesh-cni-entry-state-${process.pid}-${Date.now()}`);
+  t.teardown(() => rmSync(entryState, { recursive: true, force: true }));
+  const n = node(t, { '10-flannel.conflist': FLANNEL_CONFLIST }, { pluginConfig: pluginEntry({ stateDir: entryState }) });
+  await install(n.options);
+  // What the plugin writes on ADD (AttachmentStore): one JSON file per attachment.
+  for (const dir of [join(n.options.stateDir, 'attachments'), join(entryState, 'attachments')]) {
+    mkdirSync(dir, { recursive: true });
+    for (const id of ['c1', 'c2']) writeFileSync(join(dir, `${id}_eth0.json`), '{"containerId":"c1"}\n');
+  }
+  const dry = await uninstall(n.options, { dryRun: true });
+  t.true(dry.actions.some((a) => a.path === join(n.options.stateDir, 'attachments') && /2 files/.test(a.detail)));
+  await uninstall(n.options);
+  t.false(existsSync(join(n.options.stateDir, 'attachments')));
+  t.false(existsSync(join(entryState, 'attachments')));
+  t.deepEqual(readdirSync(n.options.stateDir), [], 'nothing of ours left in the state dir');
 });
 
 test('dry run changes nothing and lists what it would do', async (t) => {

@@ -84,15 +84,25 @@ test('RBAC: pods read and events create by default; patch and delete only in the
   t.deepEqual(verbsOn(role, 'pods').sort(), ['get', 'list', 'watch']);
   t.deepEqual(verbsOn(role, 'pods/status'), []);
   t.true(verbsOn(role, 'events').includes('create'));
+  // pods/explain in the agent pod read the Events back (LAST ACTION); without it they got a 403
+  t.true(verbsOn(role, 'events').includes('list'));
+  // SIGTERM: restart or uninstall is told from the agent's own DaemonSet and node (src/agent/stop-decision.ts)
+  t.deepEqual(role.rules!.filter((r) => r.apiGroups!.includes('apps')).map((r) => ({ resources: r.resources, verbs: r.verbs })), [{ resources: ['daemonsets'], verbs: ['get'] }]);
+  t.deepEqual(verbsOn(role, 'nodes'), ['get']);
+  t.deepEqual(verbsOn(role, 'namespaces'), ['get']);
   t.false(role.rules!.some((r) => r.verbs.includes('*') || r.resources?.includes('*')));
 
-  const repair = one<V1ClusterRole>(optional, 'ClusterRole');
+  const repair = one<V1ClusterRole>(optional, 'ClusterRole', 'mesh-cni-repair');
+  const readiness = one<V1ClusterRole>(optional, 'ClusterRole', 'mesh-cni-node-readiness');
+  // --remove-not-ready-taint patches its node's taints; nothing else
+  t.deepEqual(readiness.rules!.map((r) => ({ groups: r.apiGroups, resources: r.resources, verbs: r.verbs })), [{ groups: [''], resources: ['nodes'], verbs: ['patch'] }]);
+  t.deepEqual(verbsOn(role, 'nodes'), ['get'], 'the base role reads nodes only');
   // label mode patches through pods/status only; no write access to pod specs
   t.deepEqual(verbsOn(repair, 'pods').sort(), ['delete']);
   t.deepEqual(verbsOn(repair, 'pods/status'), ['patch']);
 
-  for (const [objects, r] of [[base, role], [optional, repair]] as const) {
-    const binding = one<V1ClusterRoleBinding>(objects, 'ClusterRoleBinding');
+  for (const [objects, r] of [[base, role], [optional, repair], [optional, readiness]] as const) {
+    const binding = one<V1ClusterRoleBinding>(objects, 'ClusterRoleBinding', r.metadata!.name);
     t.is(binding.roleRef.name, r.metadata!.name!);
     t.is(binding.roleRef.kind, 'ClusterRole');
     t.deepEqual(binding.subjects!.map((s) => ({ ...s })), [{ kind: 'ServiceAccount', name: sa.metadata!.name, namespace: NAMESPACE }]);
@@ -124,7 +134,7 @@ test('DaemonSet: every ConfigMap setting becomes an agent flag, and the image en
   const envs = new Map(agent.env!.map((e) => [e.name, e]));
   const settings = agent.args!.filter((a) => a.includes('$('));
   const flags = new Map(settings.map((a) => /^--([a-z-]+)=\$\(([A-Z_]+)\)$/.exec(a)!).map((m) => [m[1]!, m[2]!]));
-  t.deepEqual([...flags.keys()].sort(), ['backend', 'cni-bin-dir', 'cni-conf-dir', 'cri-socket', 'health-port', 'log-level', 'repair-mode']);
+  t.deepEqual([...flags.keys()].sort(), ['backend', 'cni-bin-dir', 'cni-conf-dir', 'cri-socket', 'health-port', 'log-level', 'remove-not-ready-taint', 'repair-mode']);
   // Fixed by the pod's own layout, not a setting: the host's /proc is mounted at /host/proc.
   t.deepEqual(agent.args!.filter((a) => !a.includes('$(')), ['--proc-root=/host/proc']);
   t.deepEqual([...flags.keys()].sort(), Object.keys(config.data!).sort());
@@ -133,6 +143,7 @@ test('DaemonSet: every ConfigMap setting becomes an agent flag, and the image en
     t.deepEqual({ name: ref?.name, key: ref?.key }, { name: config.metadata!.name, key: flag }, `--${flag}`);
   }
   t.is(envs.get('NODE_NAME')?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
+  t.is(config.data!['remove-not-ready-taint'], 'false', 'node readiness is opt-in (it needs the optional RBAC)');
   t.is(config.data!['cni-bin-dir'], '/host/opt/cni/bin');
   t.is(config.data!['cni-conf-dir'], '/host/etc/cni/net.d');
 });
@@ -156,6 +167,8 @@ test('DaemonSet: host paths mounted where the agent and the installer expect the
     ['/var/run/mesh-cni', '/var/run/mesh-cni'],
     ['/var/run/netns', '/var/run/netns'],
     ['/proc', '/host/proc'],
+    // the plugin's request log outlives the container
+    ['/var/log/mesh-cni', '/var/log/mesh-cni'],
   ];
   for (const [host, inPod] of expected) {
     const mount = mounts.get(inPod);

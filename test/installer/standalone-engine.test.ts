@@ -2,14 +2,17 @@
  * The installed plugin works on its own: `install` puts the shim and build/engine into a temp CNI bin dir,
  * and the shim executed from there -- no agent, cwd elsewhere, a runtime's minimal environment -- programs a
  * real test netns through <bin>/mesh-cni.d. A probe preloaded into node records every module the engine
- * loaded: all from the installed directory, none of the heavy packages, nothing from the checkout.
+ * loaded: all from the installed directory, none of the heavy packages, nothing from the checkout, and that
+ * the runtime shipped in mesh-cni.d/runtime ran it. The last test masks every node binary of the host in a
+ * private mount namespace: the fallback must work on a node that has no Node.js.
  */
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { install, pluginEntry, uninstall } from '../../src/installer';
-import { createNetns, inNetns, netnsPath } from '../support/netns';
+import { createNetns, createPodPeer, EXTERNAL_V4, inNetns, netnsPath } from '../support/netns';
+import { connect, listen } from '../support/traffic';
 import { REPO_ROOT } from '../support/paths';
 import { requireKernelTools, requireNft } from '../support/require';
 import { testTempDir } from '../support/tmp';
@@ -44,7 +47,7 @@ for (const backend of ['iptables', 'nftables'] as const) {
     const netns = createNetns(t, 'standalone');
     const loaded = join(root, 'loaded.json');
     const probe = join(root, 'probe.js');
-    writeFileSync(probe, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(loaded)}, JSON.stringify(Object.keys(require.cache))));\n`);
+    writeFileSync(probe, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(loaded)}, JSON.stringify({ modules: Object.keys(require.cache), execPath: process.execPath })));\n`);
     const netconf = {
       cniVersion: '1.0.0',
       name: 'k8s-pod-network',
@@ -80,7 +83,8 @@ for (const backend of ['iptables', 'nftables'] as const) {
     const rules = backend === 'nftables' ? inNetns(netns, nftProgram(), ['list', 'ruleset']) : inNetns(netns, 'iptables-save', []);
     t.regex(rules, /15001/, 'outbound redirect to the sidecar is in the pod netns');
 
-    const modules = JSON.parse(readFileSync(loaded, 'utf8')) as string[];
+    const { modules, execPath } = JSON.parse(readFileSync(loaded, 'utf8')) as { modules: string[]; execPath: string };
+    t.regex(execPath, new RegExp(`^${binDir}/\\.mesh-cni\\.d-[0-9a-f]+-[0-9a-f]+/runtime/ld\\.so$`), 'the shipped runtime ran the engine, not the host node');
     const outside = modules.filter((m) => m !== probe && !m.startsWith(`${binDir}/`));
     t.deepEqual(outside, [], 'every module came from the installed engine directory');
     t.true(modules.some((m) => m.includes('ffi_bindings.node') || m.includes('ffi-napi')), 'the installed ffi addon entered the netns');
@@ -93,3 +97,56 @@ for (const backend of ['iptables', 'nftables'] as const) {
     await uninstall(options);
   });
 }
+
+/** Every path `node` runs from on this machine, and the one running the tests. */
+function hostNodes(): string[] {
+  const found = spawnSync('which', ['-a', 'node'], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
+  return [...new Set([...found, process.execPath].map((p) => realpathSync(p)))];
+}
+
+test.serial('a host with no Node.js: the installed shim runs the engine on the runtime shipped in mesh-cni.d, and real TCP lands on 15001', async (t) => {
+  requireKernelTools(t);
+  const root = testTempDir(t, 'no-node');
+  const binDir = join(root, 'opt/cni/bin');
+  const options = {
+    cniBinDir: binDir,
+    cniConfDir: join(root, 'etc/cni/net.d'),
+    shimPath: join(REPO_ROOT, 'build', 'mesh-cni'),
+    enginePath: ENGINE,
+    pluginConfig: pluginEntry({ backend: 'iptables' }),
+    standaloneConf: true,
+    stateDir: join(root, 'var/run/mesh-cni'),
+  };
+  await install(options);
+  t.teardown(() => uninstall(options).then(() => undefined));
+  const pair = createPodPeer(t, { ipv6: false });
+  const empty = join(root, 'not-node');
+  writeFileSync(empty, '', { mode: 0o644 });
+  const netconf = { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'mesh-cni', backend: 'iptables', log_file: join(root, 'mesh-cni.log'), state_dir: join(root, 'state'), runtimeConfig: { 'io.kubernetes.cri.pod-annotations': INJECTED } };
+  // A private mount namespace in which every node binary of this host is an empty, non-executable file:
+  // `node` there fails (checked, exit 98), so only the shipped runtime can run the engine.
+  const script = 'e=$1; s=$2; shift 2; for n; do mount --bind "$e" "$n" || exit 99; done; if node -e 0 2>/dev/null; then exit 98; fi; exec "$s"';
+  const started = Date.now();
+  const add = spawnSync('unshare', ['--mount', '--propagation', 'private', '--', '/bin/sh', '-c', script, 'sh', empty, join(binDir, 'mesh-cni'), ...hostNodes()], {
+    cwd: '/',
+    input: JSON.stringify(netconf),
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: {
+      PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+      CNI_COMMAND: 'ADD',
+      CNI_CONTAINERID: 'no-node-1',
+      CNI_NETNS: pair.podPath,
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: binDir,
+      CNI_ARGS: POD_ARGS,
+      MESH_CNI_AGENT_SOCKET: join(root, 'no-agent.sock'),
+    },
+  });
+  t.log(`standalone ADD on the shipped runtime, node masked: ${Date.now() - started} ms (mount namespace setup included)`);
+  t.not(add.status, 98, 'node was still runnable inside the test namespace');
+  t.is(add.status, 0, `${add.stdout}\n${add.stderr}`);
+  t.regex(inNetns(pair.pod, 'iptables-save', []), /15001/);
+  await listen(t, pair.podPath, 'proxy', ['15001']);
+  t.is(connect(pair.podPath, EXTERNAL_V4[0]!.host, 80).listener, 'proxy', 'outbound TCP from the pod lands on the sidecar port');
+});

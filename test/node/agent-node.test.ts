@@ -12,6 +12,11 @@ import { httpGet, metricValue, startAgentProcess, type AgentProcess } from '../s
 import { POD_GATEWAY, startNode, type CriNode, type Sandbox } from '../support/cri';
 import { startKube, type Kube } from '../support/kube';
 import { connect, listen } from '../support/traffic';
+import { REPO_ROOT } from '../support/paths';
+import type * as K8s from '@kubernetes/client-node';
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const k8s = require('@kubernetes/client-node') as typeof K8s;
 
 const NODE = 'node-a';
 const NS = 'shop';
@@ -42,9 +47,35 @@ function agentArgs(): string[] {
   ];
 }
 
-async function startTheAgent(): Promise<AgentProcess> {
-  agent = await startAgentProcess(agentArgs(), path.join(node!.dir, 'agent.log'));
+// The agent's own pod, as the downward API names it; its DaemonSet is install/30-daemonset.yaml (no controller
+// runs, so the pod carries the ownerReference the DaemonSet controller would set).
+const AGENT_NS = 'mesh-cni-system';
+const AGENT_POD = 'mesh-cni-agent-1';
+
+async function startTheAgent(extra: string[] = []): Promise<AgentProcess> {
+  agent = await startAgentProcess([...agentArgs(), ...extra], path.join(node!.dir, 'agent.log'), { POD_NAMESPACE: AGENT_NS, POD_NAME: AGENT_POD });
   return agent;
+}
+
+function appsApi(): K8s.AppsV1Api {
+  const config = new k8s.KubeConfig();
+  config.loadFromFile(kube!.kubeconfig);
+  return config.makeApiClient(k8s.AppsV1Api);
+}
+
+async function createAgentDaemonSet(): Promise<void> {
+  await kube!.ensureNamespace(AGENT_NS);
+  const manifest = k8s.loadYaml<K8s.V1DaemonSet>(fs.readFileSync(path.join(REPO_ROOT, 'install', '30-daemonset.yaml'), 'utf8'));
+  const ds = await appsApi().createNamespacedDaemonSet({ namespace: AGENT_NS, body: manifest });
+  await kube!.core().createNode({ body: { metadata: { name: NODE, labels: { 'kubernetes.io/os': 'linux' } } } });
+  await kube!.core().createNamespacedPod({
+    namespace: AGENT_NS,
+    body: {
+      metadata: { name: AGENT_POD, ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: ds.metadata!.name!, uid: ds.metadata!.uid!, controller: true }] },
+      // Not bound to NODE: the agent's own pod would otherwise show up in the node's pod cache the tests count.
+      spec: { containers: [{ name: 'agent', image: 'mesh-cni:0.1.0' }] },
+    },
+  });
 }
 
 async function waitFor(what: string, timeoutMs: number, check: () => Promise<boolean> | boolean): Promise<number> {
@@ -66,6 +97,7 @@ test.before(async () => {
   socket = node.agentSocket;
   stateDir = path.join(node.dir, 'agent-state');
   primaryBefore = fs.readFileSync(path.join(node.confDir, primaryName));
+  await createAgentDaemonSet();
 });
 
 test.after.always(async () => {
@@ -182,7 +214,40 @@ test.serial('agent restarted: ready again, and serves ADDs from its cache again'
   t.deepEqual(kube!.podGets(NS, 'cart-again'), []);
 });
 
-test.serial('SIGTERM: the agent takes its entry and files back out; the primary conflist is byte-for-byte as before', async (t) => {
+test.serial('SIGTERM while its DaemonSet still runs here (a restart, a rollout): entry, shim and engine stay, and a pod started meanwhile is redirected', async (t) => {
+  await agent!.stop();
+  agent = undefined;
+  const conflist = JSON.parse(fs.readFileSync(path.join(node!.confDir, primaryName), 'utf8')) as { plugins: Array<{ type: string }> };
+  t.is(conflist.plugins.at(-1)?.type, 'mesh-cni', 'our entry is still the last plugin');
+  t.true(fs.existsSync(path.join(node!.binDir, 'mesh-cni')));
+  t.true(fs.existsSync(path.join(node!.binDir, 'mesh-cni.d', 'mesh-cni.js')));
+  const said = fs.readFileSync(path.join(node!.dir, 'agent.log'), 'utf8');
+  t.regex(said, /the plugin stays in place.*DaemonSet mesh-cni-system\/mesh-cni still runs on node node-a/);
+
+  const { sandbox, add } = await startPod('cart-between-agents');
+  t.teardown(() => removePod(sandbox));
+  t.is(add?.decision, 'meshed', JSON.stringify(add));
+  t.is(add?.source, 'runtime+defaults', 'the standalone engine programmed it');
+  await listen(t, sandbox.netnsPath, 'proxy', ['15001']);
+  t.is(connect(sandbox.netnsPath, POD_GATEWAY, 80).listener, 'proxy');
+});
+
+test.serial('--remove-not-ready-taint: the node registered with cni.istio.io/not-ready loses that taint once the agent is ready', async (t) => {
+  const merge = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
+  await kube!.core().patchNode({ name: NODE, body: { spec: { taints: [{ key: 'cni.istio.io/not-ready', effect: 'NoSchedule' }] } } }, merge);
+  await startTheAgent(['--remove-not-ready-taint']);
+  await waitFor('/readyz 200', 20_000, ready);
+  const untainted = await waitFor('the taint removed', 10_000, async () => ((await kube!.core().readNode({ name: NODE })).spec?.taints ?? []).length === 0);
+  t.log(`taint removed ${untainted} ms after the agent turned ready`);
+  // The line is written once the PATCH's answer is in, which can be a moment after the node shows it.
+  await waitFor('the log line', 5_000, () => agent!.lines().some((l) => /removed the cni.istio.io\/not-ready taint/.test(String(l.msg))));
+  t.pass();
+});
+
+test.serial('SIGTERM once its DaemonSet is deleted: the agent takes its entry and files back out; the primary conflist is byte-for-byte as before', async (t) => {
+  if (!agent || agent.service.exited()) await startTheAgent();
+  await waitFor('/readyz 200', 20_000, ready);
+  await appsApi().deleteNamespacedDaemonSet({ name: 'mesh-cni', namespace: AGENT_NS });
   await agent!.stop();
   agent = undefined;
   t.deepEqual(fs.readFileSync(path.join(node!.confDir, primaryName)), primaryBefore);

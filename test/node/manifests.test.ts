@@ -34,7 +34,7 @@ test.serial('kubectl apply --dry-run=server accepts every manifest in install/ a
   t.is(ns.code, 0, ns.out);
   const dry = kubectl('apply', '--dry-run=server', '-f', INSTALL, '-f', path.join(INSTALL, 'optional'));
   t.is(dry.code, 0, dry.out);
-  for (const object of ['serviceaccount/mesh-cni', 'clusterrole.rbac.authorization.k8s.io/mesh-cni', 'clusterrolebinding.rbac.authorization.k8s.io/mesh-cni', 'configmap/mesh-cni-config', 'daemonset.apps/mesh-cni', 'clusterrole.rbac.authorization.k8s.io/mesh-cni-repair']) {
+  for (const object of ['serviceaccount/mesh-cni', 'clusterrole.rbac.authorization.k8s.io/mesh-cni', 'clusterrolebinding.rbac.authorization.k8s.io/mesh-cni', 'configmap/mesh-cni-config', 'daemonset.apps/mesh-cni', 'clusterrole.rbac.authorization.k8s.io/mesh-cni-repair', 'clusterrole.rbac.authorization.k8s.io/mesh-cni-node-readiness']) {
     t.regex(dry.out, new RegExp(`${object.replace(/\./g, '\\.')} (created|configured|unchanged) \\(server dry run\\)`), dry.out);
   }
   t.notRegex(dry.out, /Warning|error/i, dry.out);

@@ -68,6 +68,8 @@ async function startTheAgent(mode: string, extra: string[] = []): Promise<AgentP
       '--health-host', '127.0.0.1',
       '--repair-mode', mode,
       '--resync-seconds', '1',
+      // These tests need the plugin out of the chain once the agent stops (pods that start unredirected).
+      '--uninstall-on-exit', 'always',
       ...extra,
     ],
     path.join(node!.dir, 'agent.log'),
@@ -75,7 +77,7 @@ async function startTheAgent(mode: string, extra: string[] = []): Promise<AgentP
   return agent;
 }
 
-/** SIGTERM: the agent uninstalls, so pods started afterwards get no rules (our plugin is out of the chain). */
+/** SIGTERM with --uninstall-on-exit=always: the agent uninstalls, so pods started afterwards get no rules (our plugin is out of the chain). */
 async function stopTheAgent(): Promise<void> {
   await agent?.stop();
   agent = undefined;

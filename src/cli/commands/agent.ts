@@ -16,7 +16,20 @@ export function builder(y: Argv) {
       'health-host': { type: 'string', default: '0.0.0.0', describe: 'address the health server binds' },
       kubernetes: { type: 'boolean', default: true, describe: "watch this node's pods through the API server (--no-kubernetes: annotations only from the runtime)" },
       install: { type: 'boolean', default: true, describe: "install the plugin into the node's CNI config and keep it there (--no-install: someone else does)" },
-      'uninstall-on-exit': { type: 'boolean', default: true, describe: 'on SIGTERM, take our entry and files back out' },
+      'uninstall-on-exit': {
+        type: 'string',
+        choices: ['auto', 'always', 'never'],
+        default: 'auto',
+        // the flag was a boolean: --uninstall-on-exit / --no-uninstall-on-exit keep their meaning
+        coerce: (v: unknown) => (v === true || v === 'true' || v === '' ? 'always' : v === false || v === 'false' ? 'never' : (v as 'auto' | 'always' | 'never')),
+        describe:
+          'on SIGTERM, take our entry and files back out: auto only when the DaemonSet (found from POD_NAMESPACE/POD_NAME) is gone, being deleted or no longer selects this node; otherwise they stay for the next agent',
+      },
+      'remove-not-ready-taint': {
+        type: 'boolean',
+        default: false,
+        describe: 'once installed and ready, remove the cni.istio.io/not-ready taint from this node (needs install/optional/node-readiness-rbac.yaml)',
+      },
       ...installOptions,
       ...repairOptions,
       'resync-seconds': { type: 'number', default: 30, describe: 'how often the reconciler checks every pod on the node' },
@@ -33,12 +46,16 @@ interface AgentArgs extends RepairArgs, InstallArgs {
   kubeconfig?: string;
   'node-name'?: string;
   install: boolean;
-  'uninstall-on-exit': boolean;
+  'uninstall-on-exit': 'auto' | 'always' | 'never';
+  'remove-not-ready-taint': boolean;
   'resync-seconds': number;
 }
 
 export async function handler(args: AgentArgs): Promise<void> {
   await runCommand('text', async () => {
+    if (args['remove-not-ready-taint'] && !args.kubernetes) {
+      throw new MeshCniError('--remove-not-ready-taint needs the Kubernetes API', { hint: 'drop --no-kubernetes, or the taint flag' });
+    }
     if (args.kubernetes && !args['node-name']) {
       throw new MeshCniError('the agent needs to know its node to watch its pods', { hint: 'pass --node-name or set NODE_NAME (or run with --no-kubernetes)' });
     }
@@ -50,7 +67,9 @@ export async function handler(args: AgentArgs): Promise<void> {
       kubernetes: args.kubernetes ? { nodeName: args['node-name']!, kubeconfigPath: args.kubeconfig } : false,
       repair: args.kubernetes ? { ...repairSettings(args), resyncMs: args['resync-seconds'] * 1000 } : undefined,
       install: args.install ? installSettings({ ...args, kubernetes: args.kubernetes && !args.kubeconfig }) : undefined,
-      uninstallOnStop: args['uninstall-on-exit'],
+      uninstallOnStop: args['uninstall-on-exit'] === 'auto' ? 'auto' : args['uninstall-on-exit'] === 'always',
+      removeNotReadyTaint: args['remove-not-ready-taint'],
+      self: process.env.POD_NAMESPACE && process.env.POD_NAME ? { podNamespace: process.env.POD_NAMESPACE, podName: process.env.POD_NAME } : undefined,
     });
     process.stdout.write(`mesh-cni agent ready: socket ${agent.socketPath}, health on port ${agent.healthPort}\n`);
     await new Promise<void>((resolve) => {

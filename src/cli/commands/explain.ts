@@ -24,11 +24,12 @@ import {
   getPod,
   lastActionFor,
   locatePodNetns,
-  meshCniEvents,
+  meshCniEventsOrWhy,
   namespaceLabels,
   parsePodRef,
   recordsFor,
   requireOnNode,
+  type EventsOrWhy,
   type LastAction,
   type NetnsLocation,
 } from '../pod-context';
@@ -82,6 +83,8 @@ export interface Explanation {
   observed: RuleJson[] | null;
   diff: Array<{ kind: 'missing' | 'unexpected' | 'order'; text: string }> | null;
   lastAction: LastAction | null;
+  /** what could not be read (e.g. Events on a 403), so the answer may be incomplete */
+  warnings: string[];
   verdict: 'healthy' | 'broken' | 'not-meshed' | 'unknown';
   /** what is wrong, in a sentence; null when nothing is */
   problem: string | null;
@@ -152,7 +155,7 @@ async function explainFromRuntime(args: Args): Promise<Explanation> {
       : found.netns
         ? { netns: found.netns, source: 'cri', recorded: record?.netns, record }
         : { recorded: record?.netns, record };
-  return finish(args, id, pod, decided, where, new Map());
+  return finish(args, id, pod, decided, where, { events: new Map() });
 }
 
 function diffKind(problem: string): 'missing' | 'unexpected' | 'order' {
@@ -172,12 +175,12 @@ export async function explain(args: Args): Promise<Explanation> {
   const decided = decide(pod, args['exclude-namespaces'], nsLabels);
   const [where, events] = await Promise.all([
     locatePodNetns(pod, args['state-dir'], args['proc-root'], args['cri-socket']),
-    meshCniEvents(kube, ref.namespace).catch(() => new Map<string, LastAction>()),
+    meshCniEventsOrWhy(kube, ref.namespace),
   ]);
   return finish(args, id, pod, decided, where, events);
 }
 
-async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, where: NetnsLocation, events: Map<string, LastAction>): Promise<Explanation> {
+async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, where: NetnsLocation, eventsOrWhy: EventsOrWhy): Promise<Explanation> {
   const { trail, config, reason, assumed } = decided;
   const chosen = await chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] });
   const base = {
@@ -190,7 +193,8 @@ async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, wher
     reason,
     backend: { name: chosen.backend.name, reason: chosen.reason },
     netns: { path: where.netns ?? null, source: where.source ?? null, recorded: where.recorded ?? null, exists: where.netns !== undefined },
-    lastAction: lastActionFor(pod, events, where.record) ?? null,
+    lastAction: lastActionFor(pod, eventsOrWhy.events, where.record) ?? null,
+    warnings: eventsOrWhy.warning ? [eventsOrWhy.warning] : [],
   };
 
   if (!where.netns) {
@@ -214,9 +218,11 @@ async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, wher
       ? 'the pod\'s annotations are invalid: every ADD for it fails'
       : diff.length === 0
         ? null
-        : config
-          ? `the rules in ${where.netns} differ from the plan (${diff.length} difference${diff.length === 1 ? '' : 's'})`
-          : `the pod is not meshed but ${where.netns} holds mesh-cni rules`;
+        : config && compared.observed.length === 0
+          ? `no mesh-cni rules in ${where.netns} (the plan has ${compared.expected.length})`
+          : config
+            ? `the rules in ${where.netns} differ from the plan (${diff.length} difference${diff.length === 1 ? '' : 's'})`
+            : `the pod is not meshed but ${where.netns} holds mesh-cni rules`;
   return {
     ...base,
     families: compared.families,
@@ -239,6 +245,7 @@ export function explanationText(e: Explanation, now = Date.now()): string {
   const nft = e.backend.name === 'nftables';
   let out = `${paint('bold', `pod ${e.pod}`)}  uid ${e.uid ?? '-'}  node ${e.node ?? '-'}\n`;
   if (e.lastAction) out += `last action: ${e.lastAction.reason} ${ago(e.lastAction.at, now)}: ${e.lastAction.message}\n`;
+  for (const w of e.warnings) out += `${paint('warn', `warning: ${w}`)}\n`;
   out += `\n${paint('bold', 'decision')} (in the plugin's order)\n`;
   out += table(e.trail.map((s) => [`  ${s.rule}`, { text: s.outcome, tone: OUTCOME_TONE[s.outcome] }, s.detail]));
   if (e.assumed.length > 0) out += `  ${paint('warn', 'decided from the annotations alone (Kubernetes turned off); assumed:')}\n${e.assumed.map((a) => `    - ${a}\n`).join('')}`;

@@ -6,10 +6,10 @@ import type { Argv } from 'yargs';
 import { AttachmentStore } from '../../cni/attachments';
 import { MeshCniError } from '../../errors';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
-import type { Finding } from '../../repair/reconciler';
+import { NO_RULES_REASON, type Finding } from '../../repair/reconciler';
 import { backendOption, excludeNamespacesOption, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
 import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
-import { ago, connectKube, inspectNodePods, lastActionFor, meshCniEvents, recordsFor, type LastAction } from '../pod-context';
+import { ago, connectKube, inspectNodePods, lastActionFor, meshCniEventsOrWhy, recordsFor, type LastAction } from '../pod-context';
 
 export const command = 'pods';
 export const describe = "this node's pods: meshed or why not, rules as planned or not, backend, last action";
@@ -30,7 +30,7 @@ export function builder(y: Argv) {
 
 type Args = NodeArgs & { namespace?: string; 'exclude-namespaces': string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
 
-export type RulesState = 'ok' | 'differ' | 'unknown' | 'n/a';
+export type RulesState = 'ok' | 'differ' | 'none' | 'unknown' | 'n/a';
 
 export interface PodRow {
   namespace: string;
@@ -48,6 +48,7 @@ export interface PodRow {
 
 function rulesState(f: Finding): RulesState {
   if (f.verdict === 'healthy') return 'ok';
+  if (f.verdict === 'broken' && f.reason === NO_RULES_REASON) return 'none';
   if (f.verdict === 'broken') return f.problems?.length ? 'differ' : 'unknown';
   if (f.verdict === 'unknown') return 'unknown';
   return 'n/a';
@@ -58,7 +59,7 @@ export function textTable(rows: readonly PodRow[], now = Date.now()): string {
     `${r.namespace}/${r.name}`,
     r.meshed ? { text: 'yes', tone: 'ok' } : { text: 'no', tone: 'dim' },
     r.reason,
-    r.rules === 'ok' ? { text: 'ok', tone: 'ok' } : r.rules === 'differ' ? { text: `${r.problems.length} differ`, tone: 'bad' } : r.rules === 'unknown' ? { text: 'unknown', tone: 'warn' } : '-',
+    r.rules === 'ok' ? { text: 'ok', tone: 'ok' } : r.rules === 'none' ? { text: 'none', tone: 'bad' } : r.rules === 'differ' ? { text: `${r.problems.length} differ`, tone: 'bad' } : r.rules === 'unknown' ? { text: 'unknown', tone: 'warn' } : '-',
     r.backend ?? '-',
     r.lastAction ? `${r.lastAction.reason} ${ago(r.lastAction.at, now)}` : '-',
   ]);
@@ -70,7 +71,7 @@ export async function handler(args: Args): Promise<void> {
     const nodeName = args['node-name'];
     if (!nodeName) throw new MeshCniError('pods needs to know which node it is on', { hint: 'pass --node-name or set NODE_NAME' });
     const kube = await connectKube(args.kubeconfig);
-    const [inspected, events, chosen] = await Promise.all([
+    const [inspected, { events, warning }, chosen] = await Promise.all([
       inspectNodePods(kube, {
         nodeName,
         namespace: args.namespace,
@@ -80,7 +81,7 @@ export async function handler(args: Args): Promise<void> {
         backend: args.backend,
         excludeNamespaces: args['exclude-namespaces'],
       }),
-      meshCniEvents(kube, args.namespace).catch(() => new Map<string, LastAction>()),
+      meshCniEventsOrWhy(kube, args.namespace),
       chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] }),
     ]);
     const store = new AttachmentStore(args['state-dir']);
@@ -103,7 +104,8 @@ export async function handler(args: Args): Promise<void> {
       };
     });
     const broken = rows.filter((r) => r.verdict === 'broken').length;
-    if (args.output === 'json') printJson({ node: nodeName, namespace: args.namespace ?? null, backend: { name: chosen.backend.name, reason: chosen.reason }, pods: rows });
+    if (warning) process.stderr.write(`mesh-cni: warning: ${warning}\n`);
+    if (args.output === 'json') printJson({ node: nodeName, namespace: args.namespace ?? null, backend: { name: chosen.backend.name, reason: chosen.reason }, pods: rows, warnings: warning ? [warning] : [] });
     else {
       process.stdout.write(rows.length === 0 ? `no pods on ${nodeName}${args.namespace ? ` in namespace ${args.namespace}` : ''}\n` : textTable(rows));
       if (broken > 0) process.stdout.write(`\n${broken} broken: mesh-cni explain NAMESPACE/POD says why; mesh-cni repair fixes them\n`);

@@ -4,6 +4,8 @@
  * the pods. Every part that can be answered without the agent or the API is, and the rest says why not.
  */
 import type { Argv } from 'yargs';
+import { access, constants } from 'node:fs/promises';
+import { join } from 'node:path';
 import { BUNDLED_ENGINE, BUNDLED_SHIM, artifactSha256, buildInfo, packageVersion } from '../../build-info';
 import { callCniSocket } from '../../cni/socket-protocol';
 import { checkInstalled, installedPaths, pluginEntry, scanConfDir } from '../../installer';
@@ -20,6 +22,8 @@ import {
 import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
 import { connectKube, countFindings, inspectNodePods, type PodCounts } from '../pod-context';
 
+const isExecutable = (path: string) => access(path, constants.X_OK).then(() => true, () => false);
+
 export const command = 'status';
 export const describe = 'the state of mesh-cni on this node: CNI config, installed binaries, agent, backend, repair mode, pods';
 
@@ -29,7 +33,12 @@ export function builder(y: Argv) {
       ...nodeOptions,
       'cni-bin-dir': installOptions['cni-bin-dir'],
       'cni-conf-dir': installOptions['cni-conf-dir'],
-      'health-port': { type: 'number', describe: "the agent's health port: read /readyz and /metrics (repair mode, the agent's version)" },
+      'health-port': {
+        type: 'number',
+        // In the agent's pod the DaemonSet sets HEALTH_PORT (from the ConfigMap): `kubectl exec ... mesh-cni status` then reads the agent too.
+        default: /^\d+$/.test(process.env.HEALTH_PORT ?? '') ? Number(process.env.HEALTH_PORT) : undefined,
+        describe: "the agent's health port: read /readyz and /metrics (repair mode, the agent's version; default $HEALTH_PORT)",
+      },
       'health-host': { type: 'string', default: '127.0.0.1', describe: 'where the health port listens' },
       'repair-mode': { choices: REPAIR_MODES, describe: "the agent's repair mode, reported as given when its /metrics cannot be read" },
       ...excludeNamespacesOption,
@@ -183,6 +192,10 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
     if (b.installedSha256 === null) problems.push(`the ${b.name} is not installed at ${b.path}`);
     else if (b.matchesAgent === false) problems.push(`the installed ${b.name} differs from the agent's`);
     else if (b.matchesAgent === null && !b.matchesCli) problems.push(`the installed ${b.name} differs from this CLI's`);
+  }
+  // The fallback on a host without Node.js runs on the runtime shipped in the engine dir (scripts/build-engine.js).
+  if (installedShas.engine !== null && !(await isExecutable(join(paths.engine, 'runtime', 'ld.so')))) {
+    problems.push(`the installed engine ${paths.engine} carries no Node.js runtime (runtime/): the standalone fallback needs node on the host's PATH`);
   }
   if (!socket.reachable) problems.push(`the agent does not answer on ${args.socket}: pods are handled by the standalone engine`);
   if (probe && !probe.health.reachable) problems.push(`the agent's health port ${probe.health.url} does not answer`);
