@@ -32,8 +32,9 @@ export async function exists(path: string): Promise<boolean> {
   }
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+/** fsync of the directory holding `path`, so a rename in it survives a crash. */
+export async function fsyncDirOf(path: string): Promise<void> {
+  const handle = await open(dirname(path), constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     await handle.sync();
   } finally {
@@ -41,9 +42,9 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-export async function writeFileAtomic(path: string, data: Buffer | string, mode: number): Promise<void> {
-  const dir = dirname(path);
-  const temp = join(dir, `.${basename(path)}.mesh-cni-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+/** A temp file beside `path` holding `data` with exactly `mode`, synced: the first half of an atomic replace. */
+export async function stageBeside(path: string, data: Buffer | string, mode: number): Promise<string> {
+  const temp = join(dirname(path), `.${basename(path)}.mesh-cni-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   const handle = await open(temp, 'wx', mode);
   try {
     await handle.writeFile(data);
@@ -56,13 +57,18 @@ export async function writeFileAtomic(path: string, data: Buffer | string, mode:
     throw err;
   }
   await handle.close();
+  return temp;
+}
+
+export async function writeFileAtomic(path: string, data: Buffer | string, mode: number): Promise<void> {
+  const temp = await stageBeside(path, data, mode);
   try {
     await rename(temp, path);
   } catch (err) {
     await rm(temp, { force: true });
     throw err;
   }
-  await fsyncDir(dir);
+  await fsyncDirOf(path);
 }
 
 export type WriteAction = 'written' | 'unchanged';

@@ -3,11 +3,9 @@
  * names a plugin that is not on disk). Every write is skipped when the content is already right, so a pass
  * over an installed node touches nothing and a directory watcher sees no echo of its own work.
  */
-import { randomBytes } from 'node:crypto';
-import { constants as fsConstants } from 'node:fs';
-import { mkdir, open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { exists, readIfExists, removeIfExists, sha256, writeFileAtomic, writeIfChanged, type WriteAction } from './atomic-file';
+import { mkdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { exists, fsyncDirOf, readIfExists, removeIfExists, sha256, stageBeside, writeFileAtomic, writeIfChanged, type WriteAction } from './atomic-file';
 import { ENGINE_DIR_NAME, engineInPlace, installEngineDir, treeDigest } from './engine-dir';
 import { convertConfText, hasOurEntry, insertIntoConflistText, isChainedLast, isOurs, PLUGIN_TYPE, removeFromConflistText } from './conflist';
 import { InstallerError } from './errors';
@@ -128,32 +126,6 @@ async function release(state: InstallState, record: ConfigRecord): Promise<boole
     state.configs = state.configs.filter((r) => r !== record);
   }
   return true;
-}
-
-/** A temp file beside `path` holding `data`, synced: half of an atomic replace. */
-async function stageBeside(path: string, data: Buffer, mode: number): Promise<string> {
-  const temp = join(dirname(path), `.${basename(path)}.mesh-cni-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
-  const handle = await open(temp, 'wx', mode);
-  try {
-    await handle.writeFile(data);
-    await handle.chmod(mode);
-    await handle.sync();
-  } catch (err) {
-    await handle.close();
-    await rm(temp, { force: true });
-    throw err;
-  }
-  await handle.close();
-  return temp;
-}
-
-async function fsyncDirOf(path: string): Promise<void> {
-  const handle = await open(dirname(path), fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 /** renameat2(RENAME_EXCHANGE) where the kernel and filesystem have it; undefined where they do not. */
