@@ -31,6 +31,7 @@ import {
 } from '../support/cluster-pods';
 import { REPO_ROOT } from '../support/paths';
 import { connect, listen } from '../support/traffic';
+import { readJsonLines } from '../support/json-lines';
 
 const NS = 'shop';
 const AGENT_NS = 'mesh-cni-system';
@@ -89,22 +90,7 @@ function chained(cl: Cluster): boolean {
 
 /** The plugin's request log on the node (both the agent and the standalone engine write it). */
 function pluginLog(cl: Cluster): Array<Record<string, any>> {
-  let text = '';
-  try {
-    text = fs.readFileSync(cl.inside('/var/log/mesh-cni/cni.log'), 'utf8');
-  } catch {
-    return [];
-  }
-  return text
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => {
-      try {
-        return JSON.parse(l) as Record<string, any>;
-      } catch {
-        return {};
-      }
-    });
+  return readJsonLines(cl.inside('/var/log/mesh-cni/cni.log'));
 }
 
 function agentPods(cl: Cluster): any[] {

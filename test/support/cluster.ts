@@ -20,7 +20,8 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { buildSandboxImage } from './cri';
+import { buildSandboxImage, removeCgroupTree } from './cri';
+import { auditEventsIn, type AuditEvent } from './kube';
 import { NODE_CACHE, SETUP_HINT } from './node-deps';
 import { REPO_ROOT } from './paths';
 import { startService, waitUntil, type Service } from './service';
@@ -152,22 +153,6 @@ function cgroupHierarchies(): string[] {
   }
 }
 
-function removeCgroupTree(root: string): void {
-  for (const h of cgroupHierarchies()) {
-    const dir = path.join(h, root);
-    if (!fs.existsSync(dir)) continue;
-    const walk = (d: string) => {
-      for (const e of fs.readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) walk(path.join(d, e.name));
-      try {
-        fs.rmdirSync(d);
-      } catch {
-        // a process is still in it: killed below by netns, then the next sweep removes the dir
-      }
-    };
-    walk(dir);
-  }
-}
-
 async function killStragglers(inodes: Set<number>): Promise<void> {
   for (let round = 0; round < 50; round++) {
     const pids = processesInNetns(inodes);
@@ -270,14 +255,7 @@ rules:
   - level: None
 `;
 
-export interface AuditEvent {
-  verb: string;
-  requestURI: string;
-  objectRef?: { resource?: string; subresource?: string; namespace?: string; name?: string; apiGroup?: string };
-  user?: { username?: string };
-  userAgent?: string;
-  responseStatus?: { code?: number };
-}
+export type { AuditEvent };
 
 // ---------------------------------------------------------------------------------------------------------
 
@@ -444,16 +422,7 @@ export class Cluster {
 
   /** The audit log's events (the agent's service account only: see AUDIT_POLICY). */
   auditEvents(): AuditEvent[] {
-    let text = '';
-    try {
-      text = fs.readFileSync(path.join(this.dir, 'audit.log'), 'utf8');
-    } catch {
-      return [];
-    }
-    return text
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as AuditEvent);
+    return auditEventsIn(path.join(this.dir, 'audit.log'));
   }
 
   logTail(name: string, lines = 30): string {

@@ -18,6 +18,7 @@ import { gzipSync } from 'node:zlib';
 import { CNI_PLUGIN_DIR, CRI_PROTO, requireNodeDeps, SHIM } from './node-deps';
 import { startService, waitUntil, type Service } from './service';
 import type { ShimRun } from './shim';
+import { readJsonLines } from './json-lines';
 
 const PREFIX = 'mcni-node-';
 export const SANDBOX_IMAGE = 'docker.io/mesh-cni/pause:test';
@@ -57,7 +58,8 @@ function removeNetnsPath(p: string): void {
   }
 }
 
-function removeCgroupTree(parent: string): void {
+/** Removes a cgroup dir and its children in every v1 hierarchy (a dir still holding a process is left). */
+export function removeCgroupTree(parent: string): void {
   let controllers: string[] = [];
   try {
     controllers = fs.readdirSync('/sys/fs/cgroup');
@@ -358,22 +360,7 @@ export class CriNode {
 
   /** The mesh-cni log lines written since `from` (a byte offset from meshCniLogSize()). */
   meshCniLogSince(from: number): Array<Record<string, any>> {
-    let text = '';
-    try {
-      text = fs.readFileSync(this.meshCniLog).subarray(from).toString();
-    } catch {
-      return [];
-    }
-    return text
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => {
-        try {
-          return JSON.parse(l) as Record<string, any>;
-        } catch {
-          return { raw: l };
-        }
-      });
+    return readJsonLines(this.meshCniLog, from);
   }
 
   meshCniLogSize(): number {

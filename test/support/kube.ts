@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import type * as K8s from '@kubernetes/client-node';
 import { KUBE_APISERVER, requireNodeDeps } from './node-deps';
 import { startService, waitUntil, type Service } from './service';
+import { readJsonLines } from './json-lines';
 
 const PREFIX = 'mcni-kube-';
 
@@ -53,9 +54,15 @@ export interface KubeOptions {
 export interface AuditEvent {
   verb: string;
   requestURI: string;
-  objectRef?: { resource?: string; subresource?: string; namespace?: string; name?: string };
+  objectRef?: { resource?: string; subresource?: string; namespace?: string; name?: string; apiGroup?: string };
   user?: { username?: string };
   userAgent?: string;
+  responseStatus?: { code?: number };
+}
+
+/** The events of an audit log; a line the API server is still writing is left out. */
+export function auditEventsIn(file: string): AuditEvent[] {
+  return readJsonLines(file).filter((e) => !('raw' in e)) as AuditEvent[];
 }
 
 const AUDIT_POLICY = `apiVersion: audit.k8s.io/v1
@@ -149,16 +156,7 @@ users:
 
   /** The audit log's events (the API server must have been started with `audit: true`). */
   auditEvents(): AuditEvent[] {
-    let text = '';
-    try {
-      text = fs.readFileSync(this.auditLog, 'utf8');
-    } catch {
-      return [];
-    }
-    return text
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as AuditEvent);
+    return auditEventsIn(this.auditLog);
   }
 
   /** Per-pod GETs (what a plugin without a cache does on every ADD) of namespace/name. */
