@@ -5,7 +5,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { classifyNetnsPath } from '../../src/cni/netns-path';
+import { classifyNetnsPath } from '../../src/netns';
 import { INJECTED, logDir, netconf, run, unitDeps, withAnnotations } from './helpers';
 
 interface Case {
