@@ -13,7 +13,7 @@ import {
   type InstallOptions,
 } from '../installer';
 import { parseAnnotationArgs, redirectConfigFromAnnotations, type RedirectConfig } from '../redirect/config';
-import { BACKEND_NAMES, type BackendName } from '../redirect/engine';
+import { BACKEND_NAMES, type BackendName } from '../redirect/backend-names';
 import { REPAIR_MODES, type RepairMode } from '../repair/reconciler';
 import { DEFAULT_CRI_SOCKET } from '../repair/cri';
 import { DEFAULT_AGENT_SOCKET } from '../paths';

@@ -264,7 +264,7 @@ function proxySettings(pod: PodInfo): { settings: ProxySettings; assumed: string
  * InvalidConfigError (from the engine's parser) when the pod's annotations are invalid; `trail` then holds
  * what was decided before the annotations were parsed.
  */
-export function explainMeshing(pod: PodInfo, options: DecisionOptions, trail: DecisionStep[] = []): MeshDecision {
+export function decideMeshing(pod: PodInfo, options: DecisionOptions, trail: DecisionStep[] = []): MeshDecision {
   const v = view(pod, options);
   const assumed: string[] = [];
   for (const step of STEPS) {
@@ -300,11 +300,6 @@ function proxyDetail(proxy: ProxyFacts, config: RedirectConfig): string {
   const id = (v: number | undefined, used: number) => (v === undefined ? `absent → ${used}` : v === 0 ? `0 → ${used}` : String(used));
   const env = [PROXY_ENV.dnsCapture, PROXY_ENV.invalidDrop, PROXY_ENV.dualStack].map((n) => `${n}=${proxy.env[n] ?? '(unset)'}`).join(' ');
   return `securityContext of ${at}: runAsUser ${id(proxy.runAsUser, config.proxyUid)}, runAsGroup ${id(proxy.runAsGroup, config.proxyGid)}; env: ${env}`;
-}
-
-/** Throws InvalidConfigError (from the engine's parser) when the pod's annotations are invalid. */
-export function decideMeshing(pod: PodInfo, options: DecisionOptions): MeshDecision {
-  return explainMeshing(pod, options);
 }
 
 /**

@@ -3,14 +3,13 @@
  * is refused with code 2 (the spec wants key and value in the message), a known key with a bad value with 7.
  * Field names are snake_case, as in the issue and the README.
  */
-import type { BackendName } from '../redirect/engine';
+import { BACKEND_NAMES, type BackendName } from '../redirect/backend-names';
 import { CniCode, CniError } from './errors';
 import type { SupportedVersion } from './version';
 import { DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX, type AgentPodMatch } from './decision';
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
-export const BACKENDS: readonly BackendName[] = ['auto', 'iptables', 'iptables-nft', 'iptables-legacy', 'nftables'];
 
 export const DEFAULT_LOG_FILE = '/var/log/mesh-cni/cni.log';
 import { DEFAULT_AGENT_SOCKET, DEFAULT_STATE_DIR } from '../paths';
@@ -177,7 +176,7 @@ export function parseMeshNetConf(raw: Record<string, unknown>, cniVersion: Suppo
   const logLevel = raw.log_level ?? 'info';
   if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw invalid('log_level', logLevel, `must be one of ${LOG_LEVELS.join(', ')}`);
   const backend = raw.backend ?? 'auto';
-  if (!(BACKENDS as readonly unknown[]).includes(backend)) throw invalid('backend', backend, `must be one of ${BACKENDS.join(', ')}`);
+  if (!(BACKEND_NAMES as readonly unknown[]).includes(backend)) throw invalid('backend', backend, `must be one of ${BACKEND_NAMES.join(', ')}`);
   const kubernetes: KubernetesFields = raw.kubernetes === undefined ? { excludeNamespaces: DEFAULT_EXCLUDED_NAMESPACES, agentPod: DEFAULT_AGENT_POD } : parseKubernetes(raw.kubernetes);
   return {
     name: raw.name as string,

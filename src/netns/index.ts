@@ -146,13 +146,6 @@ export function run(netns: string | undefined, program: string, args: readonly s
   });
 }
 
-/** Like `run`, but a non-zero exit becomes a CommandFailedError. */
-export async function runChecked(netns: string | undefined, program: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
-  const result = await run(netns, program, args, options);
-  if (result.code !== 0) throw new CommandFailedError(program, result.code, result.stderr);
-  return result;
-}
-
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 const EWOULDBLOCK = 11;
