@@ -189,7 +189,6 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
       logFile: args['plugin-log-file'],
       kubeconfig: inCluster ? path.join(args['host-cni-conf-dir'], KUBECONFIG_NAME) : undefined,
       excludeNamespaces: args['exclude-namespaces'],
-      agentSocket: args.socket,
       stateDir: args['state-dir'] === DEFAULT_STATE_DIR ? undefined : args['state-dir'],
     }),
     kubeconfig: inCluster ? serviceAccountKubeconfig(env, args['cni-conf-dir']) : undefined,

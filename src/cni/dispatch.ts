@@ -200,6 +200,7 @@ export async function runCni(invocation: CniInvocation, deps: CniDeps = {}, sign
       line.decision = 'version';
     } else {
       netconf = req.netconf;
+      if (netconf.deprecations) (line.notes ??= []).push(...netconf.deprecations);
       line.pod = podName(req);
       const outcome = await HANDLERS[req.command](req, deps, line, signal);
       response = { exitCode: 0, stdout: outcome.stdout, stderr: '' };

@@ -143,7 +143,7 @@ test.serial('the agent installs the shim and inserts its entry into the primary 
 
   const list = JSON.parse(fs.readFileSync(path.join(node!.confDir, primaryName), 'utf8'));
   t.deepEqual(list.plugins.map((p: { type: string }) => p.type), ['bridge', 'mesh-cni'], 'our entry last, in the same file');
-  t.is(list.plugins[1].agent_socket, socket);
+  t.false('agent_socket' in list.plugins[1], 'agent_socket, which nothing reads, is no longer written');
   t.is(list.plugins[1].state_dir, stateDir);
   t.true(fs.lstatSync(path.join(node!.binDir, 'mesh-cni')).isFile(), 'the shim is a real file in the bin dir, not a link into the checkout');
   // The engine: a link to a versioned directory of real files beside it, none of them pointing into the checkout.
