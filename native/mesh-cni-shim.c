@@ -8,8 +8,9 @@
  *
  * Socket: $MESH_CNI_AGENT_SOCKET, else /var/run/mesh-cni/agent.sock.
  * Engine: MESH_CNI_ENGINE_PATH fixed at build time, else <dir of this binary>/mesh-cni.d/mesh-cni.js (the
- *         self-contained engine the installer puts there), else <dir of this binary>/mesh-cni.js (older
- *         installs), else <dir of this binary>/../dist/src/cni/main.js (the build tree).
+ *         self-contained engine the installer puts there), else <dir of this binary>/../dist/src/cni/main.js
+ *         (the build tree). A bare <dir>/mesh-cni.js is not looked for: older installs put one there, and the
+ *         installer deletes it.
  * Node:   the runtime shipped beside the engine, <engine dir>/runtime/ (node and the libraries it links, from
  *         scripts/build-engine.js), started through its own loader so nothing of the host's libc is used:
  *         runtime/ld.so --library-path runtime/lib runtime/node <engine>. Only where no runtime is shipped (the
@@ -329,7 +330,7 @@ static int find_engine(char *out, size_t size) {
   char *slash = strrchr(exe, '/');
   if (!slash) return -1;
   *slash = '\0';
-  static const char *const relative[] = {"/mesh-cni.d/mesh-cni.js", "/mesh-cni.js", "/../dist/src/cni/main.js"};
+  static const char *const relative[] = {"/mesh-cni.d/mesh-cni.js", "/../dist/src/cni/main.js"};
   for (size_t i = 0; i < sizeof relative / sizeof relative[0]; i++) {
     int w = snprintf(out, size, "%s%s", exe, relative[i]);
     if (w > 0 && (size_t)w < size && readable(out)) return 0;

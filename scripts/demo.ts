@@ -7,7 +7,9 @@
 import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { showRedirect } from '../src/redirect/engine';
-import { POD_GATEWAY, startNode, type CriNode, type Sandbox } from '../test/support/cri';
+import { POD_GATEWAY } from '../test/support/cni-conf';
+import type { Sandbox } from '../test/support/cri-client';
+import { startNode, type CriNode } from '../test/support/cri';
 import { startAgentProcess, type AgentProcess } from '../test/support/agent';
 import { connect, listen } from '../test/support/traffic';
 

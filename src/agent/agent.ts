@@ -19,7 +19,6 @@ import { Reconciler, type RepairMode } from '../repair/reconciler';
 import type { BackendName } from '../redirect/engine';
 import type { StopDecider, StopDecision } from './stop-decision';
 
-export { DEFAULT_AGENT_SOCKET as DEFAULT_SOCKET } from '../paths';
 import { DEFAULT_AGENT_SOCKET } from '../paths';
 export const DEFAULT_HEALTH_PORT = 8000;
 

@@ -10,7 +10,7 @@
  */
 import type { CoreV1Api, KubeConfig, V1Taint } from '@kubernetes/client-node';
 
-export const NOT_READY_TAINT_KEY = 'cni.istio.io/not-ready';
+import { NOT_READY_TAINT_KEY } from '../istio-names';
 
 export type UntaintResult = 'removed' | 'absent';
 

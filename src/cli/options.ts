@@ -13,7 +13,7 @@ import {
   type InstallOptions,
 } from '../installer';
 import { parseAnnotationArgs, redirectConfigFromAnnotations, type RedirectConfig } from '../redirect/config';
-import { BACKEND_NAMES, type BackendName } from '../redirect/engine';
+import { BACKEND_NAMES, type BackendName } from '../redirect/backend-names';
 import { REPAIR_MODES, type RepairMode } from '../repair/reconciler';
 import { DEFAULT_CRI_SOCKET } from '../repair/cri';
 import { DEFAULT_AGENT_SOCKET } from '../paths';
@@ -189,7 +189,6 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
       logFile: args['plugin-log-file'],
       kubeconfig: inCluster ? path.join(args['host-cni-conf-dir'], KUBECONFIG_NAME) : undefined,
       excludeNamespaces: args['exclude-namespaces'],
-      agentSocket: args.socket,
       stateDir: args['state-dir'] === DEFAULT_STATE_DIR ? undefined : args['state-dir'],
     }),
     kubeconfig: inCluster ? serviceAccountKubeconfig(env, args['cni-conf-dir']) : undefined,

@@ -10,19 +10,7 @@
  * lists the assumptions so the request log and `explain` can name them.
  */
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
-
-export const SIDECAR_STATUS_ANNOTATION = 'sidecar.istio.io/status';
-export const INJECT_KEY = 'sidecar.istio.io/inject';
-export const DATAPLANE_MODE_LABEL = 'istio.io/dataplane-mode';
-export const PROXY_CONTAINER = 'istio-proxy';
-export const INIT_CONTAINER = 'istio-init';
-/** Istio's proxy env that shape or skip the redirect (ExtractPodInfo reads them from istio-proxy). */
-export const PROXY_ENV = {
-  disableEnvoy: 'DISABLE_ENVOY',
-  dnsCapture: 'ISTIO_META_DNS_CAPTURE',
-  invalidDrop: 'INVALID_DROP',
-  dualStack: 'ISTIO_DUAL_STACK',
-} as const;
+import { DATAPLANE_MODE_LABEL, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from '../istio-names';
 
 /** The agent's own pods: its DaemonSet's namespace and pod-name prefix (install/30-daemonset.yaml). */
 export const DEFAULT_AGENT_NAMESPACE = 'mesh-cni-system';
@@ -276,7 +264,7 @@ function proxySettings(pod: PodInfo): { settings: ProxySettings; assumed: string
  * InvalidConfigError (from the engine's parser) when the pod's annotations are invalid; `trail` then holds
  * what was decided before the annotations were parsed.
  */
-export function explainMeshing(pod: PodInfo, options: DecisionOptions, trail: DecisionStep[] = []): MeshDecision {
+export function decideMeshing(pod: PodInfo, options: DecisionOptions, trail: DecisionStep[] = []): MeshDecision {
   const v = view(pod, options);
   const assumed: string[] = [];
   for (const step of STEPS) {
@@ -312,11 +300,6 @@ function proxyDetail(proxy: ProxyFacts, config: RedirectConfig): string {
   const id = (v: number | undefined, used: number) => (v === undefined ? `absent → ${used}` : v === 0 ? `0 → ${used}` : String(used));
   const env = [PROXY_ENV.dnsCapture, PROXY_ENV.invalidDrop, PROXY_ENV.dualStack].map((n) => `${n}=${proxy.env[n] ?? '(unset)'}`).join(' ');
   return `securityContext of ${at}: runAsUser ${id(proxy.runAsUser, config.proxyUid)}, runAsGroup ${id(proxy.runAsGroup, config.proxyGid)}; env: ${env}`;
-}
-
-/** Throws InvalidConfigError (from the engine's parser) when the pod's annotations are invalid. */
-export function decideMeshing(pod: PodInfo, options: DecisionOptions): MeshDecision {
-  return explainMeshing(pod, options);
 }
 
 /**

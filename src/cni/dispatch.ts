@@ -11,7 +11,7 @@ import { CniCode, CniError, toCniError } from './errors';
 import { AttachmentStore } from './attachments';
 import { writeRequestLog, type RequestLogLine } from './log';
 import { DEFAULT_LOG_FILE, type LogLevel, type MeshNetConf } from './netconf';
-import { classifyNetnsPath, type NetnsPathKind } from './netns-path';
+import { classifyNetnsPath, type NetnsPathKind } from '../netns';
 import { decidePod, type PodSourceDeps } from './pod-source';
 import { MAX_STDIN_BYTES, parseRequest, responseVersionOf, type NetworkRequest } from './request';
 import { checkProgramsForBackend } from './status';
@@ -200,6 +200,7 @@ export async function runCni(invocation: CniInvocation, deps: CniDeps = {}, sign
       line.decision = 'version';
     } else {
       netconf = req.netconf;
+      if (netconf.deprecations) (line.notes ??= []).push(...netconf.deprecations);
       line.pod = podName(req);
       const outcome = await HANDLERS[req.command](req, deps, line, signal);
       response = { exitCode: 0, stdout: outcome.stdout, stderr: '' };

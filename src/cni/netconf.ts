@@ -3,18 +3,16 @@
  * is refused with code 2 (the spec wants key and value in the message), a known key with a bad value with 7.
  * Field names are snake_case, as in the issue and the README.
  */
-import type { BackendName } from '../redirect/engine';
+import { BACKEND_NAMES, type BackendName } from '../redirect/backend-names';
 import { CniCode, CniError } from './errors';
 import type { SupportedVersion } from './version';
 import { DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX, type AgentPodMatch } from './decision';
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
-export const BACKENDS: readonly BackendName[] = ['auto', 'iptables', 'iptables-nft', 'iptables-legacy', 'nftables'];
 
 export const DEFAULT_LOG_FILE = '/var/log/mesh-cni/cni.log';
-import { DEFAULT_AGENT_SOCKET, DEFAULT_STATE_DIR } from '../paths';
-export { DEFAULT_AGENT_SOCKET };
+import { DEFAULT_STATE_DIR } from '../paths';
 export const DEFAULT_EXCLUDED_NAMESPACES: readonly string[] = ['kube-system'];
 export const POD_ANNOTATIONS_CAPABILITY = 'io.kubernetes.cri.pod-annotations';
 
@@ -35,7 +33,14 @@ const STANDARD_KEYS = new Set([
   'prevResult',
   'cni.dev/valid-attachments',
 ]);
-const OUR_KEYS = new Set(['log_level', 'log_file', 'kubernetes', 'backend', 'agent_socket', 'state_dir']);
+const OUR_KEYS = new Set(['log_level', 'log_file', 'kubernetes', 'backend', 'state_dir']);
+/**
+ * Keys older mesh-cni installers wrote that nothing reads any more: accepted (a conflist already on a node
+ * must not start failing ADDs) and ignored, with a note in the request log.
+ */
+const DEPRECATED_KEYS: Record<string, string> = {
+  agent_socket: 'netconf key agent_socket is ignored (the shim finds the agent at $MESH_CNI_AGENT_SOCKET, default /var/run/mesh-cni/agent.sock); reinstalling mesh-cni writes the conflist without it',
+};
 const OUR_KUBERNETES_KEYS = new Set(['kubeconfig', 'exclude_namespaces', 'agent_namespace', 'agent_pod_prefix']);
 
 export interface MeshNetConf {
@@ -49,7 +54,8 @@ export interface MeshNetConf {
   /** our own agent's pods (namespace and DaemonSet pod-name prefix): never redirected, decided before any lookup */
   agentPod: AgentPodMatch;
   backend: BackendName;
-  agentSocket: string;
+  /** notes for the request log about deprecated keys the netconf carried (accepted and ignored) */
+  deprecations?: string[];
   /** where ADD records what it programmed (the reconciler reads it) */
   stateDir: string;
   /** the pod's annotations, when the runtime passed them (capability io.kubernetes.cri.pod-annotations) */
@@ -163,10 +169,15 @@ function parseRuntimeAnnotations(runtimeConfig: unknown): Record<string, string>
   return annotations as Record<string, string>;
 }
 
+function deprecationsOf(raw: Record<string, unknown>): Pick<MeshNetConf, 'deprecations'> {
+  const notes = Object.keys(DEPRECATED_KEYS).filter((key) => key in raw).map((key) => DEPRECATED_KEYS[key]!);
+  return notes.length > 0 ? { deprecations: notes } : {};
+}
+
 /** Validates the decoded stdin object (already known to carry a supported cniVersion and a valid name). */
 export function parseMeshNetConf(raw: Record<string, unknown>, cniVersion: SupportedVersion): MeshNetConf {
   for (const key of Object.keys(raw)) {
-    if (!STANDARD_KEYS.has(key) && !OUR_KEYS.has(key)) throw unsupported(key, raw[key], OUR_KEYS);
+    if (!STANDARD_KEYS.has(key) && !OUR_KEYS.has(key) && !(key in DEPRECATED_KEYS)) throw unsupported(key, raw[key], OUR_KEYS);
   }
   if (raw.type !== undefined && typeof raw.type !== 'string') throw invalid('type', raw.type, 'must be a string');
   if (raw.capabilities !== undefined) {
@@ -177,7 +188,7 @@ export function parseMeshNetConf(raw: Record<string, unknown>, cniVersion: Suppo
   const logLevel = raw.log_level ?? 'info';
   if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw invalid('log_level', logLevel, `must be one of ${LOG_LEVELS.join(', ')}`);
   const backend = raw.backend ?? 'auto';
-  if (!(BACKENDS as readonly unknown[]).includes(backend)) throw invalid('backend', backend, `must be one of ${BACKENDS.join(', ')}`);
+  if (!(BACKEND_NAMES as readonly unknown[]).includes(backend)) throw invalid('backend', backend, `must be one of ${BACKEND_NAMES.join(', ')}`);
   const kubernetes: KubernetesFields = raw.kubernetes === undefined ? { excludeNamespaces: DEFAULT_EXCLUDED_NAMESPACES, agentPod: DEFAULT_AGENT_POD } : parseKubernetes(raw.kubernetes);
   return {
     name: raw.name as string,
@@ -189,8 +200,8 @@ export function parseMeshNetConf(raw: Record<string, unknown>, cniVersion: Suppo
     excludeNamespaces: kubernetes.excludeNamespaces,
     agentPod: kubernetes.agentPod,
     backend: backend as BackendName,
-    agentSocket: raw.agent_socket === undefined ? DEFAULT_AGENT_SOCKET : absolutePath('agent_socket', raw.agent_socket),
     stateDir: raw.state_dir === undefined ? DEFAULT_STATE_DIR : absolutePath('state_dir', raw.state_dir),
     runtimeAnnotations: parseRuntimeAnnotations(raw.runtimeConfig),
+    ...deprecationsOf(raw),
   };
 }

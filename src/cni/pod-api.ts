@@ -5,7 +5,7 @@
 import type https from 'node:https';
 import { CniCode, CniError } from './errors';
 import type { ContainerList, PodInfo, ProxyFacts } from './decision';
-import { PROXY_CONTAINER } from './decision';
+import { PROXY_CONTAINER } from '../istio-names';
 import type { KubeEndpoint } from './kubeconfig';
 
 /** A failure worth retrying (not found yet, network, 5xx, 429); anything else is final. */

@@ -22,7 +22,6 @@ export interface PluginEntrySettings {
   /** host path of the kubeconfig written by install; omit with --no-kubernetes */
   kubeconfig?: string;
   excludeNamespaces?: string[];
-  agentSocket?: string;
   /** where ADD records attachments; the agent's reconciler reads the same place */
   stateDir?: string;
 }
@@ -37,7 +36,6 @@ export function pluginEntry(s: PluginEntrySettings = {}): Record<string, unknown
   if (s.logLevel) entry.log_level = s.logLevel;
   if (s.logFile) entry.log_file = s.logFile;
   if (s.backend) entry.backend = s.backend;
-  if (s.agentSocket) entry.agent_socket = s.agentSocket;
   if (s.stateDir) entry.state_dir = s.stateDir;
   if (s.kubeconfig || s.excludeNamespaces) {
     entry.kubernetes = {

@@ -11,9 +11,10 @@ import { spawn } from 'node:child_process';
 import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError } from '../errors';
 export { NetnsBusyError };
 import { errno, loadLibc } from './native';
+import { isNsfs, isOwnNetns } from './identity';
+export { classifyNetnsPath, type NetnsPathKind } from './identity';
 
 const CLONE_NEWNET = 0x40000000;
-const NSFS_MAGIC = 0x6e736673;
 const EINVAL = 22;
 const ENOENT = 'ENOENT';
 
@@ -38,7 +39,7 @@ function openNetns(path: string): number {
     throw netnsAccessError(path, err);
   }
   try {
-    if (fs.statfsSync(path).type !== NSFS_MAGIC) throw new NotANetnsError(path);
+    if (!isNsfs(path)) throw new NotANetnsError(path);
   } catch (err) {
     fs.closeSync(fd);
     throw err instanceof MeshCniError ? err : new NotANetnsError(path, err);
@@ -46,18 +47,13 @@ function openNetns(path: string): number {
   return fd;
 }
 
-/** The inode that identifies a network namespace; equal inodes mean the same namespace. */
-export function netnsInode(path: string): number {
+/** True when `path` names the namespace this thread itself runs in (the host's, for the agent). */
+export function isHostNetns(path: string): boolean {
   try {
-    return fs.statSync(path).ino;
+    return isOwnNetns(path);
   } catch (err) {
     throw netnsAccessError(path, err);
   }
-}
-
-/** True when `path` names the namespace this process itself runs in (the host's, for the agent). */
-export function isHostNetns(path: string): boolean {
-  return netnsInode(path) === netnsInode('/proc/self/ns/net');
 }
 
 /**
@@ -148,13 +144,6 @@ export function run(netns: string | undefined, program: string, args: readonly s
     child.stdin.on('error', () => undefined);
     child.stdin.end(options.input ?? '');
   });
-}
-
-/** Like `run`, but a non-zero exit becomes a CommandFailedError. */
-export async function runChecked(netns: string | undefined, program: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
-  const result = await run(netns, program, args, options);
-  if (result.code !== 0) throw new CommandFailedError(program, result.code, result.stderr);
-  return result;
 }
 
 const LOCK_EX = 2;

@@ -9,7 +9,8 @@
  */
 import { Address4, Address6 } from 'ip-address';
 import { InvalidConfigError } from '../errors';
-import { ANNOTATIONS, DEFAULTS } from './constants';
+import { ANNOTATIONS } from '../istio-names';
+import { DEFAULTS } from './constants';
 
 export type InterceptionMode = 'REDIRECT' | 'TPROXY' | 'NONE';
 

@@ -1,19 +1,5 @@
 /** Names and numbers shared by config, plan and both renderers: one place, so none is spelled twice. */
 
-export const ANNOTATIONS = {
-  interceptionMode: 'sidecar.istio.io/interceptionMode',
-  includeOutboundIPRanges: 'traffic.sidecar.istio.io/includeOutboundIPRanges',
-  excludeOutboundIPRanges: 'traffic.sidecar.istio.io/excludeOutboundIPRanges',
-  includeInboundPorts: 'traffic.sidecar.istio.io/includeInboundPorts',
-  excludeInboundPorts: 'traffic.sidecar.istio.io/excludeInboundPorts',
-  includeOutboundPorts: 'traffic.sidecar.istio.io/includeOutboundPorts',
-  excludeOutboundPorts: 'traffic.sidecar.istio.io/excludeOutboundPorts',
-  excludeInterfaces: 'traffic.sidecar.istio.io/excludeInterfaces',
-  /** deprecated by `istio.io/reroute-virtual-interfaces`, read only when that one is absent (as Istio does) */
-  kubevirtInterfaces: 'traffic.sidecar.istio.io/kubevirtInterfaces',
-  rerouteVirtualInterfaces: 'istio.io/reroute-virtual-interfaces',
-} as const;
-
 /** Istio 1.24's defaults (cni/pkg/plugin and tools/istio-iptables). */
 export const DEFAULTS = {
   proxyPort: 15001,

@@ -14,12 +14,10 @@ import type { RedirectConfig } from '../redirect/config';
 import type { BackendName } from '../redirect/engine';
 import { NetnsNotFoundError } from '../errors';
 import { TokenBucket } from './token-bucket';
+import { UNINITIALIZED_LABEL, VALIDATION_CONTAINER } from '../istio-names';
 
 export type RepairMode = 'repair' | 'label' | 'delete' | 'off';
 export const REPAIR_MODES: readonly RepairMode[] = ['repair', 'label', 'delete', 'off'];
-/** Istio's label for pods whose redirection is not in place, so existing tooling works. */
-export const UNINITIALIZED_LABEL = 'cni.istio.io/uninitialized';
-export const VALIDATION_CONTAINER = 'istio-validation';
 /** Pods a pass looks at at once: each check starts programs, so a few overlap their waits. */
 export const REPAIR_CONCURRENCY = 4;
 const ISTIO_VALIDATION_FAILED = 126;

@@ -210,3 +210,18 @@ test('ADD: a null pod-annotations capability (containerd 1.6, pod without annota
   t.deepEqual(r.json, prevResult);
   t.deepEqual(deps.engine.calls, []);
 });
+
+test('a conflist still carrying agent_socket (older installers wrote it) keeps ADD working, and the log says it is ignored', async (t) => {
+  for (const value of ['/var/run/mesh-cni/agent.sock', 'relative.sock']) {
+    const deps = unitDeps();
+    const r = await run('ADD', withAnnotations(INJECTED, { prevResult: prev, agent_socket: value }), deps);
+    t.is(r.exitCode, 0, r.stdout);
+    t.deepEqual(r.json, prev);
+    t.is(deps.engine.calls.length, 1, 'the pod is still programmed');
+    const line = JSON.parse(r.stderr);
+    t.like(line, { decision: 'meshed' });
+    t.true(line.notes.some((n: string) => /agent_socket is ignored/.test(n)), JSON.stringify(line.notes));
+  }
+  const plain = JSON.parse((await run('ADD', withAnnotations(INJECTED, { prevResult: prev }), unitDeps())).stderr);
+  t.false((plain.notes ?? []).some((n: string) => /agent_socket/.test(n)), 'no note without the key');
+});

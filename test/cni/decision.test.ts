@@ -3,7 +3,7 @@
  * the reason strings are part of the contract. Pods come through podInfoFromPod, as every caller feeds them.
  */
 import test, { type ExecutionContext } from 'ava';
-import { certainSkipFromAnnotations, decideMeshing, explainMeshing, injectedContainersFromStatus, parseGoBool, SKIP_REASONS, type DecisionStep, type PodInfo } from '../../src/cni/decision';
+import { certainSkipFromAnnotations, decideMeshing, injectedContainersFromStatus, parseGoBool, SKIP_REASONS, type DecisionStep, type PodInfo } from '../../src/cni/decision';
 import { podInfoFromPod } from '../../src/cni/pod-api';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { INJECTED } from './helpers';
@@ -154,7 +154,7 @@ test('an istio-proxy in both lists: the regular container is read last, as Istio
 
 test('the trail names the container list each fact came from', (t) => {
   const trail: DecisionStep[] = [];
-  explainMeshing(pod({ initContainers: [{ name: 'istio-validation' }, nativeProxy], containers: [{ name: 'cart' }] }), options, trail);
+  decideMeshing(pod({ initContainers: [{ name: 'istio-validation' }, nativeProxy], containers: [{ name: 'cart' }] }), options, trail);
   const by = Object.fromEntries(trail.map((s) => [s.rule, s]));
   t.regex(by['no-istio-proxy']!.detail, /istio-proxy in initContainers \(from the pod spec\)/);
   t.regex(by['proxyless']!.detail, /env of istio-proxy in initContainers/);
@@ -179,7 +179,7 @@ test('status JSON: containers from both lists, null lists are fine', (t) => {
 
 test('annotations only: a native sidecar is meshed, and every assumed fact is named', (t) => {
   const trail: DecisionStep[] = [];
-  const d = explainMeshing(annotationsOnly({ 'sidecar.istio.io/status': nativeStatus }), options, trail);
+  const d = decideMeshing(annotationsOnly({ 'sidecar.istio.io/status': nativeStatus }), options, trail);
   t.true(d.meshed);
   t.regex(trail.find((s) => s.rule === 'no-istio-proxy')!.detail, /istio-proxy in initContainers \(from the sidecar.istio.io\/status annotation\)/);
   const assumed = d.assumed!.join('\n');

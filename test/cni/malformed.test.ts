@@ -5,7 +5,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { classifyNetnsPath } from '../../src/cni/netns-path';
+import { classifyNetnsPath } from '../../src/netns';
 import { INJECTED, logDir, netconf, run, unitDeps, withAnnotations } from './helpers';
 
 interface Case {
@@ -68,7 +68,6 @@ const cases: [string, Case][] = [
   ['unknown log_level', { stdin: netconf({ log_level: 'loud' }), code: 7, msg: /log_level/ }],
   ['relative kubeconfig path', { stdin: netconf({ kubernetes: { kubeconfig: 'kubeconfig' } }), code: 7, msg: /kubeconfig/ }],
   ['exclude_namespaces not a list', { stdin: netconf({ kubernetes: { exclude_namespaces: 'kube-system' } }), code: 7 }],
-  ['relative agent_socket', { stdin: netconf({ agent_socket: 'agent.sock' }), code: 7 }],
   ['capabilities not booleans', { stdin: netconf({ capabilities: { 'io.kubernetes.cri.pod-annotations': 'yes' } }), code: 7 }],
   ['runtime annotations not an object', { stdin: netconf({ runtimeConfig: { 'io.kubernetes.cri.pod-annotations': ['a'] } }), code: 7 }],
   ['runtime annotation value not a string', { stdin: netconf({ runtimeConfig: { 'io.kubernetes.cri.pod-annotations': { ...INJECTED, 'sidecar.istio.io/inject': true } } }), code: 7 }],

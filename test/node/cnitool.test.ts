@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { conflist, makeCniBinDir, POD_GATEWAY } from '../support/cri';
+import { conflist, makeCniBinDir, POD_GATEWAY } from '../support/cni-conf';
 import { CNITOOL, requireNodeDeps, SHIM } from '../support/node-deps';
 import { connect, listen } from '../support/traffic';
 

@@ -7,7 +7,9 @@
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { podCniArgs, POD_GATEWAY, startNode, type CriNode, type Sandbox } from '../support/cri';
+import { podCniArgs, POD_GATEWAY } from '../support/cni-conf';
+import type { Sandbox } from '../support/cri-client';
+import { startNode, type CriNode } from '../support/cri';
 import { connect, listen } from '../support/traffic';
 import { nftProgram } from '../../src/redirect/backend/nftables';
 
@@ -136,14 +138,14 @@ test.serial('CHECK as the runtime calls it: passes on the live pod, fails with 1
       }),
     });
 
-  const ok = check();
+  const ok = await check();
   t.is(ok.code, 0, ok.stdout + ok.stderr);
 
   for (const argv of [['iptables', '-t', 'nat', '-F'], ['iptables', '-t', 'nat', '-X']]) {
     const r = spawnSync('nsenter', [`--net=${pod.netnsPath}`, '--', ...argv], { encoding: 'utf8' });
     t.is(r.status, 0, r.stderr);
   }
-  const broken = check();
+  const broken = await check();
   t.is(broken.code, 1);
   t.is(broken.json?.code, 103, broken.stdout);
   // every rule flushed: "no rules", not N differences

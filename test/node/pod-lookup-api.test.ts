@@ -7,7 +7,8 @@
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import { POD_GATEWAY, podCniArgs, startNode, type CriNode } from '../support/cri';
+import { POD_GATEWAY, podCniArgs } from '../support/cni-conf';
+import { startNode, type CriNode } from '../support/cri';
 import { forwardIntoNetns, freePort, startKube, type Forward, type Kube } from '../support/kube';
 import { connect, listen } from '../support/traffic';
 
@@ -85,7 +86,7 @@ test.serial('an API that is down: ADD answers 11 after the bounded wait and leav
     spawnSync('ip', ['netns', 'del', netns]);
   });
   const started = Date.now();
-  const r = node!.invokeShim('ADD', {
+  const r = await node!.invokeShim('ADD', {
     containerId: 'down-1',
     netnsPath: `/var/run/netns/${netns}`,
     args: podCniArgs('shop', 'cart-down', 'down-1', 'uid-down'),

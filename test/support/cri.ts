@@ -7,292 +7,21 @@
  * sandboxes (so our DEL runs), containerd and its shims, the pod netns, mounts, cgroups and files. A later
  * run sweeps what a crashed test process left (dirs and netns named after a PID that is gone).
  */
-import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
-import { spawnSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { gzipSync } from 'node:zlib';
-import { CNI_PLUGIN_DIR, CRI_PROTO, requireNodeDeps, SHIM } from './node-deps';
-import { startService, waitUntil, type Service } from './service';
-import type { ShimRun } from './shim';
+import { conflist, makeCniBinDir } from './cni-conf';
+import { CriClient, type Sandbox } from './cri-client';
 import { readJsonLines } from './json-lines';
+import { sh } from './netns';
+import { requireNodeDeps } from './node-deps';
+import { cleanupNodeDir, NODE_PREFIX, sweepDeadNodes, type NodeRecord } from './node-sweep';
+import { buildSandboxImage, SANDBOX_IMAGE } from './oci-image';
+import { startService, waitUntil, type Service } from './service';
+import { execShim, type ShimRun } from './shim';
 
-const PREFIX = 'mcni-node-';
-export const SANDBOX_IMAGE = 'docker.io/mesh-cni/pause:test';
-export const POD_SUBNET = '10.99.0.0/24';
-export const POD_GATEWAY = '10.99.0.1';
 let nodes = 0;
-
-function run(program: string, args: string[], options: { input?: string | Buffer; allowFail?: boolean } = {}): string {
-  const r = spawnSync(program, args, { input: options.input, encoding: 'utf8', timeout: 60_000 });
-  if (!options.allowFail && (r.error || r.status !== 0)) {
-    throw new Error(`${program} ${args.join(' ')} failed (${r.status ?? r.error?.message}): ${r.stderr}`);
-  }
-  return r.stdout ?? '';
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Cleanup that must also work for a test process that died: everything is found from names and files.
-
-function pidAlive(pid: number): boolean {
-  return fs.existsSync(`/proc/${pid}`);
-}
-
-function mountsUnder(dir: string): string[] {
-  const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n');
-  const points = mounts.map((l) => l.split(' ')[4]).filter((p): p is string => !!p && (p === dir || p.startsWith(`${dir}/`)));
-  // deepest first
-  return points.sort((a, b) => b.length - a.length);
-}
-
-function removeNetnsPath(p: string): void {
-  if (!fs.existsSync(p)) return;
-  spawnSync('umount', ['-l', p]);
-  try {
-    fs.unlinkSync(p);
-  } catch {
-    // already gone
-  }
-}
-
-/** Removes a cgroup dir and its children in every v1 hierarchy (a dir still holding a process is left). */
-export function removeCgroupTree(parent: string): void {
-  let controllers: string[] = [];
-  try {
-    controllers = fs.readdirSync('/sys/fs/cgroup');
-  } catch {
-    return;
-  }
-  for (const c of controllers) {
-    const dir = path.join('/sys/fs/cgroup', c, parent);
-    if (!fs.existsSync(dir)) continue;
-    const walk = (d: string) => {
-      for (const e of fs.readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) walk(path.join(d, e.name));
-      try {
-        fs.rmdirSync(d);
-      } catch {
-        // a process is still in it; the reaper kills it, and the next sweep removes the dir
-      }
-    };
-    walk(dir);
-  }
-}
-
-/** What a node directory records so that anyone can clean it up later. */
-interface NodeRecord {
-  netns: string;
-  networkName: string;
-  cgroupParent: string;
-  grpcAddress: string;
-}
-
-function cleanupNodeDir(dir: string): void {
-  let record: NodeRecord | undefined;
-  try {
-    record = JSON.parse(fs.readFileSync(path.join(dir, 'node.json'), 'utf8')) as NodeRecord;
-  } catch {
-    record = undefined;
-  }
-  let sandboxes: Array<{ id: string; netns: string }> = [];
-  try {
-    sandboxes = fs
-      .readFileSync(path.join(dir, 'sandboxes.list'), 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as { id: string; netns: string });
-  } catch {
-    sandboxes = [];
-  }
-  for (const s of sandboxes) {
-    if (s.netns) removeNetnsPath(s.netns);
-    // containerd also attaches `lo` through a network of its own, cached like ours
-    fs.rmSync(path.join('/var/lib/cni/results', `cni-loopback-${s.id}-lo`), { force: true });
-    if (record) {
-      // containerd 1.6 names a shim's socket after sha256(<grpc address>/<namespace>/<id>)
-      const hash = createHash('sha256').update(path.join(record.grpcAddress, 'k8s.io', s.id)).digest('hex');
-      fs.rmSync(path.join('/run/containerd/s', hash), { force: true });
-    }
-  }
-  for (const m of mountsUnder(dir)) spawnSync('umount', ['-l', m]);
-  if (record) {
-    spawnSync('ip', ['netns', 'del', record.netns]);
-    for (const f of fs.existsSync('/var/lib/cni/results') ? fs.readdirSync('/var/lib/cni/results') : []) {
-      if (f.startsWith(`${record.networkName}-`)) fs.rmSync(path.join('/var/lib/cni/results', f), { force: true });
-    }
-    removeCgroupTree(record.cgroupParent);
-  }
-  fs.rmSync(dir, { recursive: true, force: true });
-}
-
-/** Removes what node instances of test processes that no longer exist left behind. */
-export function sweepDeadNodes(): void {
-  for (const entry of fs.readdirSync(os.tmpdir())) {
-    const m = new RegExp(`^${PREFIX}(\\d+)-`).exec(entry);
-    if (m && !pidAlive(Number(m[1]))) cleanupNodeDir(path.join(os.tmpdir(), entry));
-  }
-  for (const name of fs.existsSync('/var/run/netns') ? fs.readdirSync('/var/run/netns') : []) {
-    const m = new RegExp(`^${PREFIX}(\\d+)-`).exec(name);
-    if (m && !pidAlive(Number(m[1]))) spawnSync('ip', ['netns', 'del', name]);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// The image: an OCI layout built by hand around /bin/busybox, imported with ctr.
-
-function sha256(data: Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
-function goArch(): string {
-  return ({ x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x' } as Record<string, string>)[process.arch] ?? process.arch;
-}
-
-/** Writes an OCI image archive whose only process is `busybox sleep`; returns its path. */
-export function buildSandboxImage(dir: string, imageName = SANDBOX_IMAGE): string {
-  const rootfs = path.join(dir, 'rootfs');
-  fs.mkdirSync(path.join(rootfs, 'bin'), { recursive: true });
-  fs.copyFileSync('/bin/busybox', path.join(rootfs, 'bin/busybox'));
-  fs.chmodSync(path.join(rootfs, 'bin/busybox'), 0o755);
-  const layerTar = path.join(dir, 'layer.tar');
-  run('tar', ['--owner=0', '--group=0', '--numeric-owner', '--mtime=@0', '-C', rootfs, '-cf', layerTar, 'bin']);
-  const layer = fs.readFileSync(layerTar);
-  const layerGz = gzipSync(layer);
-  const config = Buffer.from(
-    JSON.stringify({
-      architecture: goArch(),
-      os: 'linux',
-      config: { Entrypoint: ['/bin/busybox', 'sleep', '2147483647'], WorkingDir: '/' },
-      rootfs: { type: 'layers', diff_ids: [`sha256:${sha256(layer)}`] },
-    }),
-  );
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: 'application/vnd.oci.image.manifest.v1+json',
-      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${sha256(config)}`, size: config.length },
-      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: `sha256:${sha256(layerGz)}`, size: layerGz.length }],
-    }),
-  );
-  const layout = path.join(dir, 'oci');
-  const blobs = path.join(layout, 'blobs/sha256');
-  fs.mkdirSync(blobs, { recursive: true });
-  for (const blob of [config, manifest, layerGz]) fs.writeFileSync(path.join(blobs, sha256(blob)), blob);
-  fs.writeFileSync(path.join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-  fs.writeFileSync(
-    path.join(layout, 'index.json'),
-    JSON.stringify({
-      schemaVersion: 2,
-      manifests: [
-        {
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          digest: `sha256:${sha256(manifest)}`,
-          size: manifest.length,
-          platform: { architecture: goArch(), os: 'linux' },
-          annotations: { 'io.containerd.image.name': imageName, 'org.opencontainers.image.ref.name': 'test' },
-        },
-      ],
-    }),
-  );
-  const archive = path.join(dir, 'image.tar');
-  run('tar', ['--owner=0', '--group=0', '--numeric-owner', '-C', layout, '-cf', archive, 'oci-layout', 'index.json', 'blobs']);
-  fs.rmSync(rootfs, { recursive: true, force: true });
-  fs.rmSync(layerTar, { force: true });
-  return archive;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// The conflist.
-
-export interface ConflistOptions {
-  networkName: string;
-  cniVersion?: string;
-  bridge: string;
-  hostLocalDataDir: string;
-  /** Our plugin's entry, merged over {type: 'mesh-cni'}; null: the primary CNI alone (the agent inserts us). */
-  meshCni: Record<string, unknown> | null;
-  subnet?: string;
-  gateway?: string;
-}
-
-/** bridge (own name, gateway, no masquerade) + host-local + mesh-cni last, as the installer chains it. */
-export function conflist(options: ConflistOptions): Record<string, unknown> {
-  return {
-    cniVersion: options.cniVersion ?? '1.0.0',
-    name: options.networkName,
-    plugins: [
-      {
-        type: 'bridge',
-        bridge: options.bridge,
-        isGateway: true,
-        ipMasq: false,
-        ipam: {
-          type: 'host-local',
-          dataDir: options.hostLocalDataDir,
-          ranges: [[{ subnet: options.subnet ?? POD_SUBNET, gateway: options.gateway ?? POD_GATEWAY }]],
-          routes: [{ dst: '0.0.0.0/0' }],
-        },
-      },
-      ...(options.meshCni ? [{ type: 'mesh-cni', ...options.meshCni }] : []),
-    ],
-  };
-}
-
-/** A CNI bin dir holding the distribution's plugins and our shim (a symlink: the shim finds its engine
- * from its real path, build/../dist/src/cni/main.js). */
-export function makeCniBinDir(dir: string, withShim = true): string {
-  fs.mkdirSync(dir, { recursive: true });
-  for (const plugin of fs.readdirSync(CNI_PLUGIN_DIR)) fs.symlinkSync(path.join(CNI_PLUGIN_DIR, plugin), path.join(dir, plugin));
-  if (withShim) fs.symlinkSync(SHIM, path.join(dir, 'mesh-cni'));
-  return dir;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// The CRI client.
-
-export interface Sandbox {
-  id: string;
-  uid: string;
-  netnsPath: string;
-  ip: string;
-  status: any;
-  info: any;
-}
-
-type Unary = (request: unknown, metadata: grpc.Metadata, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, response: any) => void) => void;
-
-export class CriClient {
-  private readonly runtime: grpc.Client & Record<string, Unary>;
-
-  constructor(socket: string) {
-    const definition = protoLoader.loadSync(CRI_PROTO, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
-    const pkg = grpc.loadPackageDefinition(definition) as any;
-    const RuntimeService = pkg.runtime.v1alpha2.RuntimeService as grpc.ServiceClientConstructor;
-    this.runtime = new RuntimeService(`unix:${socket}`, grpc.credentials.createInsecure()) as any;
-  }
-
-  call<T = any>(method: string, request: unknown, timeoutMs = 60_000): Promise<T> {
-    return new Promise((resolve, reject) => {
-      this.runtime[method]!.call(this.runtime, request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, response) => {
-        if (err) reject(Object.assign(new Error(`CRI ${method}: ${err.details || err.message}`), { code: err.code, details: err.details }));
-        else resolve(response as T);
-      });
-    });
-  }
-
-  version(): Promise<any> {
-    return this.call('Version', { version: 'v1alpha2' }, 2_000);
-  }
-
-  close(): void {
-    this.runtime.close();
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// The node.
 
 export interface NodeOptions {
   /** Fields of our conflist entry (log_file and type are set here). */
@@ -315,14 +44,6 @@ export interface PodSpec {
   uid?: string;
   annotations?: Record<string, string>;
   labels?: Record<string, string>;
-}
-
-/** What one run of our CNI binary answered (the same shape execShim gives). */
-export type ShimResult = ShimRun;
-
-/** CNI_ARGS as containerd 1.6 builds them for a pod. */
-export function podCniArgs(namespace: string, name: string, sandboxId: string, uid: string): string {
-  return `IgnoreUnknown=1;K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=${sandboxId};K8S_POD_UID=${uid}`;
 }
 
 export class CriNode {
@@ -447,30 +168,18 @@ export class CriNode {
   }
 
   /** Runs our CNI binary exactly as a runtime does: from the node netns, CNI_* environment, netconf on stdin. */
-  invokeShim(command: string, options: { containerId: string; netnsPath: string; args?: string; netconf: Record<string, unknown>; env?: Record<string, string> }): ShimResult {
-    const r = spawnSync('nsenter', [`--net=${this.netnsPath}`, '--', path.join(this.binDir, 'mesh-cni')], {
-      input: JSON.stringify(options.netconf),
-      encoding: 'utf8',
-      timeout: 60_000,
-      env: {
-        PATH: process.env.PATH,
-        MESH_CNI_AGENT_SOCKET: path.join(this.dir, 'no-agent.sock'),
-        CNI_COMMAND: command,
-        CNI_CONTAINERID: options.containerId,
-        CNI_NETNS: options.netnsPath,
-        CNI_IFNAME: 'eth0',
-        CNI_PATH: this.binDir,
-        CNI_ARGS: options.args ?? '',
-        ...options.env,
-      },
-    });
-    let json: any;
-    try {
-      json = r.stdout ? JSON.parse(r.stdout) : undefined;
-    } catch {
-      json = undefined;
-    }
-    return { code: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '', json };
+  invokeShim(command: string, options: { containerId: string; netnsPath: string; args?: string; netconf: Record<string, unknown>; env?: Record<string, string> }): Promise<ShimRun> {
+    const env = {
+      MESH_CNI_AGENT_SOCKET: path.join(this.dir, 'no-agent.sock'),
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: options.containerId,
+      CNI_NETNS: options.netnsPath,
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: this.binDir,
+      CNI_ARGS: options.args ?? '',
+      ...options.env,
+    };
+    return execShim(env, options.netconf, { program: path.join(this.binDir, 'mesh-cni'), netnsPath: this.netnsPath });
   }
 
   containerdExited(): boolean {
@@ -522,8 +231,8 @@ export async function startNode(options: NodeOptions = {}): Promise<CriNode> {
   requireNodeDeps({ containerd: true });
   if (nodes === 0) sweepDeadNodes();
   const n = ++nodes;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${PREFIX}${process.pid}-${n}-`));
-  const netns = `${PREFIX}${process.pid}-${n}`;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${NODE_PREFIX}${process.pid}-${n}-`));
+  const netns = `${NODE_PREFIX}${process.pid}-${n}`;
   const networkName = `mcni-${process.pid}-${n}`;
   const bridge = `mcb${randomBytes(4).toString('hex')}`;
   const socket = path.join(dir, 'containerd.sock');
@@ -533,8 +242,8 @@ export async function startNode(options: NodeOptions = {}): Promise<CriNode> {
 
   let containerd: Service | undefined;
   try {
-    run('ip', ['netns', 'add', netns]);
-    run('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+    sh('ip', ['netns', 'add', netns]);
+    sh('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
     const withPlugin = options.plugin !== false;
     const binDir = makeCniBinDir(path.join(dir, 'cni-bin'), withPlugin);
     const confDir = path.join(dir, 'cni-conf');
@@ -570,7 +279,7 @@ export async function startNode(options: NodeOptions = {}): Promise<CriNode> {
         return true;
       });
       const image = buildSandboxImage(path.join(dir, 'image'));
-      run('ctr', ['-a', socket, '-n', 'k8s.io', 'images', 'import', image]);
+      sh('ctr', ['-a', socket, '-n', 'k8s.io', 'images', 'import', image]);
       return node;
     } catch (err) {
       await node.stop();

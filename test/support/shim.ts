@@ -10,10 +10,25 @@ export interface ShimRun {
   json: any;
 }
 
-/** `stdin`: a Buffer or string is sent as it is, anything else as JSON. */
-export function execShim(env: Record<string, string | undefined>, stdin: unknown, timeoutMs = 60_000): Promise<ShimRun> {
+export interface ExecShimOptions {
+  timeoutMs?: number;
+  /** the binary to run (default: the built shim); a node's bin dir holds a link to it */
+  program?: string;
+  /** the network namespace to run it from (as a runtime runs plugins from the node's); default ours */
+  netnsPath?: string;
+}
+
+/**
+ * `stdin`: a Buffer or string is sent as it is, anything else as JSON. The one way tests run the shim, from
+ * this netns or (`netnsPath`) a node's, through nsenter as a runtime would start it there.
+ */
+export function execShim(env: Record<string, string | undefined>, stdin: unknown, options: number | ExecShimOptions = {}): Promise<ShimRun> {
+  const o: ExecShimOptions = typeof options === 'number' ? { timeoutMs: options } : options;
+  const timeoutMs = o.timeoutMs ?? 60_000;
+  const program = o.program ?? SHIM;
+  const [file, args] = o.netnsPath ? ['nsenter', [`--net=${o.netnsPath}`, '--', program]] : [program, []];
   return new Promise((resolve, reject) => {
-    const child = spawn(SHIM, [], { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(file, args, { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);

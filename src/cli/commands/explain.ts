@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import type { Argv } from 'yargs';
 import type { V1Pod } from '@kubernetes/client-node';
 import { AttachmentStore } from '../../cni/attachments';
-import { explainMeshing, needsNamespaceLabels, type DecisionStep, type PodInfo } from '../../cni/decision';
+import { decideMeshing, needsNamespaceLabels, type DecisionStep, type PodInfo } from '../../cni/decision';
 import { podInfoFromPod } from '../../cni/pod-api';
 import { MeshCniError } from '../../errors';
 import type { Family } from '../../redirect/constants';
@@ -117,7 +117,7 @@ function decide(pod: V1Pod, excludeNamespaces: readonly string[], nsLabels: Reco
 }
 
 function decideInfo(info: PodInfo, excludeNamespaces: readonly string[], trail: DecisionStep[]): Decided {
-  const decision = explainMeshing(info, { excludeNamespaces }, trail);
+  const decision = decideMeshing(info, { excludeNamespaces }, trail);
   const assumed = decision.assumed ?? [];
   return decision.meshed ? { trail, config: decision.config, reason: 'meshed', assumed } : { trail, reason: decision.reason, assumed };
 }

@@ -1,0 +1,43 @@
+/**
+ * Istio's API names that mesh-cni reads or writes: annotations, labels, the taint, container names and the
+ * proxy's env. They are Istio's contract, not ours, so they live in one module that every room may import
+ * (it imports nothing), and none is spelled twice.
+ */
+
+/** The annotations that shape the redirect (Istio's cni/pkg/plugin NewRedirect and tools/istio-iptables). */
+export const ANNOTATIONS = {
+  interceptionMode: 'sidecar.istio.io/interceptionMode',
+  includeOutboundIPRanges: 'traffic.sidecar.istio.io/includeOutboundIPRanges',
+  excludeOutboundIPRanges: 'traffic.sidecar.istio.io/excludeOutboundIPRanges',
+  includeInboundPorts: 'traffic.sidecar.istio.io/includeInboundPorts',
+  excludeInboundPorts: 'traffic.sidecar.istio.io/excludeInboundPorts',
+  includeOutboundPorts: 'traffic.sidecar.istio.io/includeOutboundPorts',
+  excludeOutboundPorts: 'traffic.sidecar.istio.io/excludeOutboundPorts',
+  excludeInterfaces: 'traffic.sidecar.istio.io/excludeInterfaces',
+  /** deprecated by `istio.io/reroute-virtual-interfaces`, read only when that one is absent (as Istio does) */
+  kubevirtInterfaces: 'traffic.sidecar.istio.io/kubevirtInterfaces',
+  rerouteVirtualInterfaces: 'istio.io/reroute-virtual-interfaces',
+} as const;
+
+/** The annotations and labels that decide whether a pod is meshed at all. */
+export const SIDECAR_STATUS_ANNOTATION = 'sidecar.istio.io/status';
+export const INJECT_KEY = 'sidecar.istio.io/inject';
+export const DATAPLANE_MODE_LABEL = 'istio.io/dataplane-mode';
+
+/** Istio's label for pods whose redirection is not in place, so existing tooling works. */
+export const UNINITIALIZED_LABEL = 'cni.istio.io/uninitialized';
+/** The node taint that keeps pods off a node until its CNI can redirect them (Istio uses the same key). */
+export const NOT_READY_TAINT_KEY = 'cni.istio.io/not-ready';
+
+export const PROXY_CONTAINER = 'istio-proxy';
+export const INIT_CONTAINER = 'istio-init';
+/** Istio's init container that checks the redirection and exits 126 when it is not in place. */
+export const VALIDATION_CONTAINER = 'istio-validation';
+
+/** Istio's proxy env that shape or skip the redirect (ExtractPodInfo reads them from istio-proxy). */
+export const PROXY_ENV = {
+  disableEnvoy: 'DISABLE_ENVOY',
+  dnsCapture: 'ISTIO_META_DNS_CAPTURE',
+  invalidDrop: 'INVALID_DROP',
+  dualStack: 'ISTIO_DUAL_STACK',
+} as const;

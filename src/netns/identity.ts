@@ -1,0 +1,53 @@
+/**
+ * What a network-namespace path names: whether it is a namespace file at all, and whether it is the
+ * namespace this thread runs in. The CNI path check (before anything else runs) and the engine's
+ * host-netns refusal both ask here, so they cannot disagree.
+ *
+ * statfs of an nsfs file reports NSFS_MAGIC, both for bind mounts under /var/run/netns and for
+ * /proc/PID/ns/net.
+ */
+import * as fs from 'node:fs';
+
+const NSFS_MAGIC = 0x6e736673;
+
+/**
+ * The calling thread's own namespace. /proc/thread-self, not /proc/self: setns(2) moves one thread, and
+ * /proc/self names the thread-group leader, so on any thread other than the leader (or on the leader while
+ * another thread has switched) /proc/self can name a namespace the caller is not in.
+ */
+const OWN_NETNS = '/proc/thread-self/ns/net';
+
+export type NetnsPathKind = 'netns' | 'missing' | 'not-netns' | 'own-netns';
+
+/** True when `path` is a file on nsfs (throws what statfs throws). */
+export function isNsfs(path: string): boolean {
+  return fs.statfsSync(path).type === NSFS_MAGIC;
+}
+
+/**
+ * A namespace is identified by the device and inode of its nsfs file together (namespaces(7)): the inode
+ * alone is unique only within one nsfs device, so comparing inodes only could take a pod's namespace for
+ * our own.
+ */
+function sameNamespace(a: fs.Stats, b: fs.Stats): boolean {
+  return a.ino === b.ino && a.dev === b.dev;
+}
+
+/** True when the namespace file at `path` is the calling thread's own network namespace (throws what stat throws). */
+export function isOwnNetns(path: string): boolean {
+  return sameNamespace(fs.statSync(path), fs.statSync(OWN_NETNS));
+}
+
+/**
+ * A cheap look at a CNI_NETNS before anything else runs: missing, not a network namespace, our own
+ * namespace (programming it would redirect the node's traffic, which skel refuses too), or a pod's netns.
+ */
+export function classifyNetnsPath(path: string): NetnsPathKind {
+  try {
+    if (!isNsfs(path)) return 'not-netns';
+    return isOwnNetns(path) ? 'own-netns' : 'netns';
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code === 'ENOENT' || code === 'ENOTDIR' ? 'missing' : 'not-netns';
+  }
+}
