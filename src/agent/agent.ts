@@ -1,7 +1,7 @@
 /**
  * The node agent: serves the shim's CNI requests on a root-only UNIX socket with a warm engine and a
- * node-scoped pod cache, and exposes /healthz, /readyz and /metrics. Installing the plugin into the node's
- * CNI config and repairing pods are wired in here too; each part stays in its own room.
+ * node-scoped pod cache, and exposes /healthz, /readyz, /metrics and /pods (the CLI's completion). Installing
+ * the plugin into the node's CNI config and repairing pods are wired in here too; each part stays in its room.
  */
 import http from 'node:http';
 import type net from 'node:net';
@@ -20,8 +20,8 @@ import type { BackendName } from '../redirect/engine';
 import type { StopDecider, StopDecision } from './stop-decision';
 
 export { DEFAULT_AGENT_SOCKET as DEFAULT_SOCKET } from '../paths';
-import { DEFAULT_AGENT_SOCKET } from '../paths';
-export const DEFAULT_HEALTH_PORT = 8000;
+import { DEFAULT_AGENT_SOCKET, DEFAULT_HEALTH_PORT } from '../paths';
+export { DEFAULT_HEALTH_PORT };
 
 export interface AgentOptions {
   socketPath?: string;
@@ -100,6 +100,10 @@ function recordRequest(metrics: AgentMetrics, line: Readonly<RequestLogLine>): v
   if (line.command === 'ADD' && line.decision === 'meshed' && line.rules) metrics.rulesProgrammed.inc({ backend: line.backend ?? 'unknown' }, line.rules);
 }
 
+function isLoopback(address: string | undefined): boolean {
+  return address === '::1' || /^(::ffff:)?127\./.test(address ?? '');
+}
+
 function serveHealth(agent: () => Agent, host: string, port: number): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     const a = agent();
@@ -108,6 +112,12 @@ function serveHealth(agent: () => Agent, host: string, port: number): Promise<ht
     } else if (req.url === '/readyz') {
       const reasons = a.notReadyReasons();
       res.writeHead(reasons.length === 0 ? 200 : 503, { 'content-type': 'application/json' }).end(`${JSON.stringify({ ready: reasons.length === 0, reasons })}\n`);
+    } else if (req.url === '/pods') {
+      // Names of this node's pods, for the CLI's shell completion; asked on loopback only, so a node port
+      // never hands pod names to the network.
+      if (!isLoopback(req.socket.remoteAddress)) return void res.writeHead(403).end();
+      const pods = (a.podCache?.pods() ?? []).map((p) => ({ namespace: p.metadata?.namespace ?? '', name: p.metadata?.name ?? '' }));
+      res.writeHead(a.podCache ? 200 : 404, { 'content-type': 'application/json' }).end(`${JSON.stringify({ pods })}\n`);
     } else if (req.url === '/metrics') {
       a.metrics.podsCached.set(a.podCache?.pods().length ?? 0);
       a.metrics.registry

@@ -62,10 +62,10 @@ function httpCode(err: unknown): number | undefined {
 }
 
 /** An API call bounded in time, with failures turned into ApiUnavailableError (the message says which call). */
-export async function apiCall<T>(what: string, call: () => Promise<T>): Promise<T> {
+export async function apiCall<T>(what: string, call: () => Promise<T>, timeoutMs = API_TIMEOUT_MS): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${API_TIMEOUT_MS / 1000} s`)), API_TIMEOUT_MS);
+    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs / 1000} s`)), timeoutMs);
   });
   try {
     return await Promise.race([call(), late]);
@@ -105,10 +105,13 @@ export async function namespaceLabels(kube: Kube, namespace: string): Promise<Re
   }
 }
 
-export async function listNodePods(kube: Kube, nodeName: string, namespace?: string): Promise<V1Pod[]> {
-  const fieldSelector = `spec.nodeName=${nodeName}`;
-  const list = await apiCall(`listing the pods of node ${nodeName}`, () =>
-    namespace ? kube.core.listNamespacedPod({ namespace, fieldSelector }) : kube.core.listPodForAllNamespaces({ fieldSelector }),
+/** The pods of node `nodeName` (of every node when undefined), sorted by NAMESPACE/POD. */
+export async function listNodePods(kube: Kube, nodeName: string | undefined, namespace?: string, timeoutMs?: number): Promise<V1Pod[]> {
+  const fieldSelector = nodeName === undefined ? undefined : `spec.nodeName=${nodeName}`;
+  const list = await apiCall(
+    nodeName === undefined ? 'listing pods' : `listing the pods of node ${nodeName}`,
+    () => (namespace ? kube.core.listNamespacedPod({ namespace, fieldSelector }) : kube.core.listPodForAllNamespaces({ fieldSelector })),
+    timeoutMs,
   );
   return [...list.items].sort((a, b) => `${a.metadata?.namespace}/${a.metadata?.name}`.localeCompare(`${b.metadata?.namespace}/${b.metadata?.name}`));
 }
