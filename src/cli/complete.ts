@@ -85,8 +85,9 @@ function isPodName(v: unknown): v is PodName {
 /** The API's pods of this node (all pods when no node name is known), within API_TIMEOUT_MS. */
 export async function podsFromApi(kubeconfig: string | undefined, nodeName: string | undefined): Promise<PodName[] | undefined> {
   try {
-    const { connectKube, listNodePods } = await import('./pod-context');
-    const pods = await listNodePods(await connectKube(kubeconfig), nodeName, undefined, API_TIMEOUT_MS);
+    const { connectKube } = await import('./kube-client');
+    const { listNodePods } = await import('../kube/node-pods');
+    const pods = await listNodePods((await connectKube(kubeconfig)).core, nodeName, { timeoutMs: API_TIMEOUT_MS });
     return pods.map((p) => ({ namespace: p.metadata?.namespace ?? '', name: p.metadata?.name ?? '' }));
   } catch {
     return undefined;
