@@ -1,7 +1,7 @@
 /**
  * The node agent: serves the shim's CNI requests on a root-only UNIX socket with a warm engine and a
- * node-scoped pod cache, and exposes /healthz, /readyz and /metrics. Installing the plugin into the node's
- * CNI config and repairing pods are wired in here too; each part stays in its own room.
+ * node-scoped pod cache, and exposes /healthz, /readyz, /metrics and /pods (the CLI's completion). Installing
+ * the plugin into the node's CNI config and repairing pods are wired in here too; each part stays in its room.
  */
 import http from 'node:http';
 import type net from 'node:net';
@@ -19,8 +19,8 @@ import { Reconciler, type RepairMode } from '../repair/reconciler';
 import type { BackendName } from '../redirect/engine';
 import type { StopDecider, StopDecision } from './stop-decision';
 
-import { DEFAULT_AGENT_SOCKET } from '../paths';
-export const DEFAULT_HEALTH_PORT = 8000;
+import { DEFAULT_AGENT_SOCKET, DEFAULT_HEALTH_PORT } from '../paths';
+export { DEFAULT_HEALTH_PORT };
 
 export interface AgentOptions {
   socketPath?: string;
@@ -99,6 +99,10 @@ function recordRequest(metrics: AgentMetrics, line: Readonly<RequestLogLine>): v
   if (line.command === 'ADD' && line.decision === 'meshed' && line.rules) metrics.rulesProgrammed.inc({ backend: line.backend ?? 'unknown' }, line.rules);
 }
 
+function isLoopback(address: string | undefined): boolean {
+  return address === '::1' || /^(::ffff:)?127\./.test(address ?? '');
+}
+
 function serveHealth(agent: () => Agent, host: string, port: number): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     const a = agent();
@@ -107,6 +111,12 @@ function serveHealth(agent: () => Agent, host: string, port: number): Promise<ht
     } else if (req.url === '/readyz') {
       const reasons = a.notReadyReasons();
       res.writeHead(reasons.length === 0 ? 200 : 503, { 'content-type': 'application/json' }).end(`${JSON.stringify({ ready: reasons.length === 0, reasons })}\n`);
+    } else if (req.url === '/pods') {
+      // Names of this node's pods, for the CLI's shell completion; asked on loopback only, so a node port
+      // never hands pod names to the network.
+      if (!isLoopback(req.socket.remoteAddress)) return void res.writeHead(403).end();
+      const pods = (a.podCache?.pods() ?? []).map((p) => ({ namespace: p.metadata?.namespace ?? '', name: p.metadata?.name ?? '' }));
+      res.writeHead(a.podCache ? 200 : 404, { 'content-type': 'application/json' }).end(`${JSON.stringify({ pods })}\n`);
     } else if (req.url === '/metrics') {
       a.metrics.podsCached.set(a.podCache?.pods().length ?? 0);
       a.metrics.registry
@@ -157,9 +167,10 @@ function scheduleRepair(
   };
 }
 
-export async function startAgent(options: AgentOptions): Promise<Agent> {
-  const log = options.log ?? defaultLog;
-  const metrics = new AgentMetrics();
+type Log = (line: Record<string, unknown>) => void;
+
+/** mesh_cni_agent_info: the version and the digests of the binaries we install. */
+async function recordBuildInfo(metrics: AgentMetrics, options: AgentOptions): Promise<void> {
   const build = await buildInfo(options.install?.shimPath, options.install?.enginePath);
   metrics.info.set(
     {
@@ -171,29 +182,32 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     },
     1,
   );
-  const socketPath = options.socketPath ?? DEFAULT_AGENT_SOCKET;
-  let podCache: NodePodCache | undefined;
-  let onPodEvent: ((pod: V1Pod) => void) | undefined;
-  if (options.kubernetes) {
-    const { NodePodCache } = await import('../kube/pod-cache');
-    podCache = await NodePodCache.start({
-      ...options.kubernetes,
-      onEvent: (event, pod) => {
-        if (event !== 'delete') onPodEvent?.(pod);
-      },
-      onError: (err) => log({ level: 'warn', msg: 'pod watch failed; restarting with backoff', error: String(err) }),
-    });
-  }
-  // Loaded now so the first ADD does not pay for it.
+}
+
+/** The watch cache of this node's pods; `onPodEvent` hears every pod that was added or changed. */
+async function startPodCache(options: AgentOptions, log: Log, onPodEvent: (pod: V1Pod) => void): Promise<NodePodCache | undefined> {
+  if (!options.kubernetes) return undefined;
+  const { NodePodCache } = await import('../kube/pod-cache');
+  return NodePodCache.start({
+    ...options.kubernetes,
+    onEvent: (event, pod) => {
+      if (event !== 'delete') onPodEvent(pod);
+    },
+    onError: (err) => log({ level: 'warn', msg: 'pod watch failed; restarting with backoff', error: String(err) }),
+  });
+}
+
+/** The engine, loaded now so the first ADD does not pay for it, with `auto`'s detection warmed up. */
+async function warmEngine(options: AgentOptions): Promise<CniDeps['engine']> {
   const engine = await import('../redirect/engine');
   // `auto` looks at the host's rules with five programs; once a minute is enough for a node's packet filter.
   engine.rememberAutoDetection(options.autoDetectionTtlMs ?? 60_000);
   void engine.chooseBackend({ backend: 'auto' }).catch(() => undefined);
-  const attachments = new AttachmentStore(options.stateDir);
-  // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
-  const deps: CniDeps = { engine, podCache, onRequest: (line) => recordRequest(metrics, line) };
-  let cniServer: CniServer | undefined;
-  cniServer = await serveCni(socketPath, (invocation, abandoned) => runCni(invocation, deps, abandoned), {
+  return engine;
+}
+
+function serveShim(socketPath: string, deps: CniDeps, options: AgentOptions, metrics: AgentMetrics, log: Log): Promise<CniServer> {
+  return serveCni(socketPath, (invocation, abandoned) => runCni(invocation, deps, abandoned), {
     authorize: options.requireRootPeer === false ? undefined : rootOnly,
     onReject: (reason) => {
       metrics.peerRejections.inc({ reason: reason.startsWith('non-root') ? 'non-root-peer' : reason });
@@ -201,21 +215,25 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     },
     handlerTimeoutMs: options.requestTimeoutMs ?? 55_000,
   });
+}
 
-  let watcher: InstallWatcher | undefined;
-  if (options.install) {
-    const { watchAndRepair } = await import('../installer');
-    watcher = watchAndRepair(options.install, (event) => {
-      if (event.type === 'error') log({ level: 'warn', msg: 'install pass failed; retrying on the next change', trigger: event.trigger, error: String(event.error) });
-      else if (event.report.config.action === 'reinserted') {
-        metrics.reinsertions.inc();
-        log({ level: 'info', msg: 'our entry was missing from the active CNI config; put it back', config: event.report.config.path, trigger: event.trigger });
-      }
-    });
-  }
+/** Keeps our entry in the node's CNI config, counting the times it had to be put back. */
+async function keepInstalled(install: InstallOptions, metrics: AgentMetrics, log: Log): Promise<InstallWatcher> {
+  const { watchAndRepair } = await import('../installer');
+  return watchAndRepair(install, (event) => {
+    if (event.type === 'error') log({ level: 'warn', msg: 'install pass failed; retrying on the next change', trigger: event.trigger, error: String(event.error) });
+    else if (event.report.config.action === 'reinserted') {
+      metrics.reinsertions.inc();
+      log({ level: 'info', msg: 'our entry was missing from the active CNI config; put it back', config: event.report.config.path, trigger: event.trigger });
+    }
+  });
+}
 
-  // Learning which DaemonSet runs us takes API reads: done in the background, so a slow API never delays
-  // readiness; a SIGTERM before it is done waits for it (each read is bounded).
+/**
+ * What SIGTERM does to the plugin. Learning which DaemonSet runs us takes API reads: started in the background,
+ * so a slow API never delays readiness; a SIGTERM before it is done waits for it (each read is bounded).
+ */
+async function stopDecider(options: AgentOptions, podCache: NodePodCache | undefined, log: Log): Promise<() => Promise<StopDecision>> {
   let decider: Promise<StopDecider> | undefined;
   if (options.install && options.uninstallOnStop === 'auto' && podCache && options.kubernetes && options.self) {
     const { StopDecider } = await import('./stop-decision');
@@ -225,85 +243,140 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
       () => undefined,
     );
   }
-  const stopDecision = async (): Promise<StopDecision> => {
+  return async () => {
     if (options.uninstallOnStop === true) return { uninstall: true, reason: 'told to uninstall on exit (--uninstall-on-exit=always)' };
     if (options.uninstallOnStop !== 'auto') return { uninstall: false, reason: 'told to leave the plugin in place (--uninstall-on-exit=never)' };
     if (!decider) return { uninstall: false, reason: 'no Kubernetes API or no pod identity (POD_NAMESPACE, POD_NAME) to find the DaemonSet: the plugin stays (fail closed)' };
     return (await decider).decide();
   };
+}
 
-  let reconciler: Reconciler | undefined;
-  let stopRepair = () => undefined as void;
-  if (options.kubernetes && podCache && options.repair && options.repair.mode !== 'off') {
-    const r = options.repair;
-    const { repairDeps } = await import('../repair/wiring');
-    const cache = podCache;
-    const deps = await repairDeps({
-      kubeConfig: cache.kubeConfig,
-      nodeName: options.kubernetes.nodeName,
-      pods: () => cache.pods(),
-      attachments,
-      procRoot: r.procRoot,
-      criSocket: r.criSocket,
-      onLocatorError: (err) => log({ level: 'warn', msg: 'cannot ask the container runtime where pods are; falling back to /proc', error: err.message }),
-      backend: r.backend,
-      onAction: (action, result) => metrics.repairActions.inc({ action, result }),
-    });
-    // Logged as each action happens, not when the pass that found it ends (a pass over many pods takes a while).
-    deps.namespaceLabels = (namespace) => cache.namespaceLabels(namespace);
-    deps.onFinding = (f) => log({ level: 'info', msg: 'repair', pod: `${f.namespace}/${f.name}`, reason: f.reason, action: f.action, actedAt: f.actedAt });
-    reconciler = new Reconciler({ mode: r.mode, excludeNamespaces: r.excludeNamespaces ?? ['kube-system'], backend: r.backend, ratePerSecond: r.ratePerSecond, burst: r.burst }, deps);
-    const stopSchedule = scheduleRepair(reconciler, r.resyncMs ?? 30_000, log, (handler) => (onPodEvent = handler));
-    stopRepair = () => {
+interface Repair {
+  reconciler?: Reconciler;
+  stop(): void;
+}
+
+/** The reconciler over the pod cache, its actions counted and logged as each happens. */
+async function startRepair(options: AgentOptions, cache: NodePodCache | undefined, attachments: AttachmentStore, metrics: AgentMetrics, log: Log, subscribe: (handler: (pod: V1Pod) => void) => void): Promise<Repair> {
+  const r = options.repair;
+  if (!options.kubernetes || !cache || !r || r.mode === 'off') return { stop: () => undefined };
+  const { repairDeps } = await import('../repair/wiring');
+  const deps = await repairDeps({
+    kubeConfig: cache.kubeConfig,
+    nodeName: options.kubernetes.nodeName,
+    pods: () => cache.pods(),
+    attachments,
+    procRoot: r.procRoot,
+    criSocket: r.criSocket,
+    onLocatorError: (err) => log({ level: 'warn', msg: 'cannot ask the container runtime where pods are; falling back to /proc', error: err.message }),
+    backend: r.backend,
+    onAction: (action, result) => metrics.repairActions.inc({ action, result }),
+  });
+  // Logged as each action happens, not when the pass that found it ends (a pass over many pods takes a while).
+  deps.namespaceLabels = (namespace) => cache.namespaceLabels(namespace);
+  deps.onFinding = (f) => log({ level: 'info', msg: 'repair', pod: `${f.namespace}/${f.name}`, reason: f.reason, action: f.action, actedAt: f.actedAt });
+  const reconciler = new Reconciler({ mode: r.mode, excludeNamespaces: r.excludeNamespaces ?? ['kube-system'], backend: r.backend, ratePerSecond: r.ratePerSecond, burst: r.burst }, deps);
+  const stopSchedule = scheduleRepair(reconciler, r.resyncMs ?? 30_000, log, subscribe);
+  return {
+    reconciler,
+    stop: () => {
       stopSchedule();
       deps.close();
-    };
-  }
-
-  const agent: Agent = {
-    metrics,
-    reconciler,
-    attachments,
-    podCache,
-    socketPath,
-    healthPort: options.healthPort ?? DEFAULT_HEALTH_PORT,
-    notReadyReasons() {
-      const reasons: string[] = [];
-      if (!cniServer) reasons.push('the CNI socket is not being served');
-      if (podCache && !podCache.synced()) reasons.push('the pod cache has not synced with the API server yet');
-      if (watcher && !watcher.ready()) reasons.push('the active CNI config does not hold our entry yet, or our binaries are missing');
-      for (const check of options.readiness ?? []) {
-        const why = check();
-        if (why) reasons.push(why);
-      }
-      return reasons;
-    },
-    async stop() {
-      stopUntaint();
-      // Decided first, while the watch and the API client still run; the plugin stays unless told otherwise.
-      const decision = options.install ? await stopDecision().catch((err: unknown) => ({ uninstall: false, reason: `deciding failed (${String(err)}): the plugin stays` })) : undefined;
-      stopRepair();
-      await watcher?.close();
-      if (options.install && decision) {
-        if (decision.uninstall) {
-          const { uninstall } = await import('../installer');
-          const report = await uninstall(options.install);
-          log({ level: 'info', msg: 'uninstalled', reason: decision.reason, actions: report.actions.map((a) => `${a.action} ${a.path}`) });
-        } else {
-          log({ level: 'info', msg: 'stopping; the plugin stays in place (the shim runs the standalone engine until an agent answers)', reason: decision.reason });
-        }
-      }
-      await Promise.all([cniServer?.close(), podCache?.stop(), new Promise((r) => health.close(r))]);
-      cniServer = undefined;
     },
   };
-  let stopUntaint = () => undefined as void;
-  if (options.removeNotReadyTaint && options.kubernetes && podCache) {
-    const { untaintWhenReady } = await import('./node-taint');
-    stopUntaint = untaintWhenReady({ kubeConfig: podCache.kubeConfig, nodeName: options.kubernetes.nodeName, ready: () => agent.notReadyReasons().length === 0, log });
+}
+
+/** The parts a running agent is made of; `stop` takes them down in order. */
+interface Parts {
+  options: AgentOptions;
+  log: Log;
+  metrics: AgentMetrics;
+  attachments: AttachmentStore;
+  socketPath: string;
+  podCache?: NodePodCache;
+  cniServer?: CniServer;
+  watcher?: InstallWatcher;
+  repair: Repair;
+  stopDecision: () => Promise<StopDecision>;
+  stopUntaint: () => void;
+  health?: http.Server;
+}
+
+function notReadyReasons(p: Parts): string[] {
+  const reasons: string[] = [];
+  if (!p.cniServer) reasons.push('the CNI socket is not being served');
+  if (p.podCache && !p.podCache.synced()) reasons.push('the pod cache has not synced with the API server yet');
+  if (p.watcher && !p.watcher.ready()) reasons.push('the active CNI config does not hold our entry yet, or our binaries are missing');
+  for (const check of p.options.readiness ?? []) {
+    const why = check();
+    if (why) reasons.push(why);
   }
-  const health = await serveHealth(() => agent, options.healthHost ?? '0.0.0.0', agent.healthPort);
-  agent.healthPort = (health.address() as net.AddressInfo).port;
+  return reasons;
+}
+
+/** Uninstalls, or says why the plugin stays. */
+async function carryOut(decision: StopDecision, install: InstallOptions, log: Log): Promise<void> {
+  if (decision.uninstall) {
+    const { uninstall } = await import('../installer');
+    const report = await uninstall(install);
+    log({ level: 'info', msg: 'uninstalled', reason: decision.reason, actions: report.actions.map((a) => `${a.action} ${a.path}`) });
+  } else {
+    log({ level: 'info', msg: 'stopping; the plugin stays in place (the shim runs the standalone engine until an agent answers)', reason: decision.reason });
+  }
+}
+
+async function stopParts(p: Parts): Promise<void> {
+  p.stopUntaint();
+  const install = p.options.install;
+  // Decided first, while the watch and the API client still run; the plugin stays unless told otherwise.
+  const decision = install ? await p.stopDecision().catch((err: unknown) => ({ uninstall: false, reason: `deciding failed (${String(err)}): the plugin stays` })) : undefined;
+  p.repair.stop();
+  await p.watcher?.close();
+  if (install && decision) await carryOut(decision, install, p.log);
+  const health = p.health;
+  await Promise.all([p.cniServer?.close(), p.podCache?.stop(), health ? new Promise((r) => health.close(r)) : undefined]);
+  p.cniServer = undefined;
+}
+
+function agentOf(p: Parts): Agent {
+  return {
+    metrics: p.metrics,
+    reconciler: p.repair.reconciler,
+    attachments: p.attachments,
+    podCache: p.podCache,
+    socketPath: p.socketPath,
+    healthPort: p.options.healthPort ?? DEFAULT_HEALTH_PORT,
+    notReadyReasons: () => notReadyReasons(p),
+    stop: () => stopParts(p),
+  };
+}
+
+/** Once ready, takes the not-ready taint off this node; a function that stops trying. */
+async function untaint(options: AgentOptions, podCache: NodePodCache | undefined, ready: () => boolean, log: Log): Promise<() => void> {
+  if (!options.removeNotReadyTaint || !options.kubernetes || !podCache) return () => undefined;
+  const { untaintWhenReady } = await import('./node-taint');
+  return untaintWhenReady({ kubeConfig: podCache.kubeConfig, nodeName: options.kubernetes.nodeName, ready, log });
+}
+
+export async function startAgent(options: AgentOptions): Promise<Agent> {
+  const log = options.log ?? defaultLog;
+  const metrics = new AgentMetrics();
+  await recordBuildInfo(metrics, options);
+  const socketPath = options.socketPath ?? DEFAULT_AGENT_SOCKET;
+  let onPodEvent: ((pod: V1Pod) => void) | undefined;
+  const podCache = await startPodCache(options, log, (pod) => onPodEvent?.(pod));
+  const attachments = new AttachmentStore(options.stateDir);
+  // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
+  const deps: CniDeps = { engine: await warmEngine(options), podCache, onRequest: (line) => recordRequest(metrics, line) };
+  const parts: Parts = { options, log, metrics, attachments, socketPath, podCache, repair: { stop: () => undefined }, stopDecision: async () => ({ uninstall: false, reason: '' }), stopUntaint: () => undefined };
+  parts.cniServer = await serveShim(socketPath, deps, options, metrics, log);
+  if (options.install) parts.watcher = await keepInstalled(options.install, metrics, log);
+  parts.stopDecision = await stopDecider(options, podCache, log);
+  parts.repair = await startRepair(options, podCache, attachments, metrics, log, (handler) => (onPodEvent = handler));
+  const agent = agentOf(parts);
+  parts.stopUntaint = await untaint(options, podCache, () => agent.notReadyReasons().length === 0, log);
+  parts.health = await serveHealth(() => agent, options.healthHost ?? '0.0.0.0', agent.healthPort);
+  agent.healthPort = (parts.health.address() as net.AddressInfo).port;
   log({ level: 'info', msg: 'agent started', socket: socketPath, healthPort: agent.healthPort, kubernetes: Boolean(options.kubernetes) });
   return agent;
 }

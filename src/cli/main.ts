@@ -15,8 +15,10 @@ import * as pods from './commands/pods';
 import * as explain from './commands/explain';
 import * as completion from './commands/completion';
 import { EXIT } from './output';
+import { clusterCompletion, fetchCompletionNames, type PodName } from './complete';
 
-export function cli(argv: string[]) {
+/** `names`: the pods fetched for a completion request (fetchCompletionNames), before yargs runs. */
+export function cli(argv: string[], names?: PodName[]) {
   return yargs(argv)
     .scriptName('mesh-cni')
     .command(status)
@@ -31,6 +33,9 @@ export function cli(argv: string[]) {
     .command(uninstall)
     .command(repair)
     .command(completion)
+    // yargs' completion hook, for pods and namespaces; its own script command stays hidden under a name no one
+    // types, since `completion` is ours (bash and zsh, --shell).
+    .completion('__yargs-completion', false, clusterCompletion(argv, names))
     .demandCommand(1, 'name a command (see --help)')
     .strict()
     .recommendCommands()
@@ -52,5 +57,7 @@ if (require.main === module) {
     if (err.code === 'EPIPE') process.exit(0);
     throw err;
   });
-  void cli(hideBin(process.argv)).parseAsync();
+  const argv = hideBin(process.argv);
+  // yargs runs the command's handler when a completion function answers late, so the names are fetched first.
+  void fetchCompletionNames(argv).then((names) => cli(argv, names).parseAsync());
 }

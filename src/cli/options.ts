@@ -17,7 +17,7 @@ import { BACKEND_NAMES, type BackendName } from '../redirect/backend-names';
 import { REPAIR_MODES, type RepairMode } from '../repair/reconciler';
 import { DEFAULT_CRI_SOCKET } from '../repair/cri';
 import { DEFAULT_AGENT_SOCKET } from '../paths';
-import { checkPodRef } from './pod-context';
+import { checkPodRef } from './pod-ref';
 
 export const configOptions = {
   annotation: {

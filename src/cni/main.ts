@@ -7,6 +7,7 @@
 import { readSync, writeSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { runCni } from './dispatch';
+import { CniCode, CniError } from './errors';
 import { flushRequestLogs } from './log';
 import { MAX_STDIN_BYTES } from './request';
 
@@ -56,7 +57,7 @@ async function main(): Promise<void> {
   try {
     stdin = readStdinBounded(MAX_STDIN_BYTES);
   } catch (err) {
-    writeAll(1, JSON.stringify({ cniVersion: '1.1.0', code: 5, msg: `error reading from stdin: ${(err as Error).message}` }));
+    writeAll(1, JSON.stringify(new CniError(CniCode.IoFailure, `error reading from stdin: ${(err as Error).message}`).toJson('1.1.0')));
     process.exit(1);
   }
   // Until the netconf (and its log_file) is parsed, lines go to MESH_CNI_LOG_FILE or the default log file.

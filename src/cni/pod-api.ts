@@ -8,9 +8,15 @@ import type { ContainerList, PodInfo, ProxyFacts } from './decision';
 import { PROXY_CONTAINER } from '../istio-names';
 import type { KubeEndpoint } from './kubeconfig';
 
-/** A failure worth retrying (not found yet, network, 5xx, 429); anything else is final. */
-export class RetryableLookupError extends Error {
+/**
+ * A failure worth retrying (not found yet, network, 5xx, 429); anything else is final. pod-source.ts retries
+ * it within the lookup budget; one that escaped would answer 11 (try again later), which it is.
+ */
+export class RetryableLookupError extends CniError {
   override readonly name = 'RetryableLookupError';
+  constructor(message: string) {
+    super(CniCode.TryAgainLater, message);
+  }
 }
 
 const MAX_POD_BYTES = 4 * 1024 * 1024;

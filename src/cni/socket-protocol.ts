@@ -11,6 +11,7 @@
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { dirname } from 'node:path';
+import { CniCode, CniError, toCniError } from './errors';
 import { MAX_ENV_BYTES, MAX_ENV_ENTRIES, MAX_STDIN_BYTES } from './request';
 import type { CniInvocation, CniResponse } from './types';
 
@@ -22,8 +23,17 @@ export const MAX_REQUEST_BODY = MAX_STDIN_BYTES + 1 + MAX_ENV_BYTES + 4 * (MAX_E
 export const MAX_RESPONSE_BODY = 4 * 1024 * 1024;
 const HEADER = 8;
 
-export class FrameError extends Error {
+/** A frame that is not one: the agent refuses the connection; a client reading a bad answer gets code 6. */
+export class FrameError extends CniError {
   override readonly name = 'FrameError';
+  constructor(message: string) {
+    super(CniCode.DecodingFailure, message);
+  }
+}
+
+/** Answers that carry a CNI error: exit 1, the error JSON on stdout. */
+function errorResponse(err: CniError): CniResponse {
+  return { exitCode: 1, stdout: JSON.stringify(err.toJson('1.1.0')), stderr: '' };
 }
 
 export function isForwardedEnvName(name: string): boolean {
@@ -202,14 +212,12 @@ function nextLoopTurn(): Promise<void> {
 
 /** The answer when handling took longer than allowed: kubelet retries the sandbox. */
 function timeoutResponse(ms: number): CniResponse {
-  return { exitCode: 1, stdout: JSON.stringify({ cniVersion: '1.1.0', code: 11, msg: `the agent did not finish within ${ms} ms; try again` }), stderr: '' };
+  return errorResponse(new CniError(CniCode.TryAgainLater, `the agent did not finish within ${ms} ms; try again`));
 }
 
 async function handleBounded(handler: CniHandler, invocation: CniInvocation, timeoutMs: number | undefined, abandon: AbortController): Promise<CniResponse> {
-  const work = handler(invocation, abandon.signal).catch((err: unknown): CniResponse => {
-    const msg = err instanceof Error ? err.message : String(err);
-    return { exitCode: 1, stdout: JSON.stringify({ cniVersion: '1.1.0', code: 999, msg }), stderr: '' };
-  });
+  // The handler answers every failure itself; one that escapes it is a bug (999), unless it is a CniError.
+  const work = handler(invocation, abandon.signal).catch((err: unknown): CniResponse => errorResponse(toCniError(err)));
   if (!timeoutMs) return work;
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<CniResponse>((resolve) => {

@@ -38,117 +38,140 @@ export interface InstallWatcher {
  * changed something or changed readiness, every error (the next trigger retries), and the first pass.
  */
 export function watchAndRepair(o: InstallOptions, onEvent: (event: InstallEvent) => void = () => {}, options: WatchOptions = {}): InstallWatcher {
-  const debounceMs = options.debounceMs ?? 25;
-  const periodMs = options.periodMs ?? 2000;
-  const dirs = [o.cniConfDir, o.cniBinDir, ...(o.kubeconfig ? [dirname(o.kubeconfig.tokenPath)] : [])];
-  const watchers = new Map<string, { watcher: FSWatcher; ino: number }>();
-  let closed = false;
-  let running: Promise<void> | undefined;
-  let again: WatchTrigger | undefined;
-  let debounce: NodeJS.Timeout | undefined;
-  let last: InstallReport | undefined;
-  let isReady = false;
-  let waiters: Array<() => void> = [];
+  const loop = new InstallLoop(o, onEvent, options.debounceMs ?? 25);
+  loop.begin(options.periodMs ?? 2000);
+  return {
+    close: () => loop.close(),
+    ready: () => loop.isReady,
+    lastReport: () => loop.last,
+    nextPass: () => loop.nextPass(),
+  };
+}
 
-  const emit = (event: InstallEvent) => {
+class InstallLoop {
+  private readonly dirs: string[];
+  private readonly watchers = new Map<string, { watcher: FSWatcher; ino: number }>();
+  private closed = false;
+  private running: Promise<void> | undefined;
+  private again: WatchTrigger | undefined;
+  private debounce: NodeJS.Timeout | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private waiters: Array<() => void> = [];
+  last: InstallReport | undefined;
+  isReady = false;
+
+  constructor(
+    private readonly o: InstallOptions,
+    private readonly onEvent: (event: InstallEvent) => void,
+    private readonly debounceMs: number,
+  ) {
+    this.dirs = [o.cniConfDir, o.cniBinDir, ...(o.kubeconfig ? [dirname(o.kubeconfig.tokenPath)] : [])];
+  }
+
+  begin(periodMs: number): void {
+    this.timer = setInterval(() => this.start('periodic'), periodMs);
+    this.start('start');
+  }
+
+  private emit(event: InstallEvent): void {
     try {
-      onEvent(event);
+      this.onEvent(event);
     } catch {
       // A listener's failure must not stop the repair loop.
     }
-  };
+  }
 
   /** After every pass: watch each dir, and watch again any dir replaced by a new one (an inotify watch follows the old inode). */
-  const ensureWatchers = () => {
-    if (closed) return;
-    for (const dir of dirs) {
+  private ensureWatchers(): void {
+    if (this.closed) return;
+    for (const dir of this.dirs) {
       let ino: number;
       try {
         ino = statSync(dir).ino;
       } catch {
         continue; // not there yet (the first pass creates the CNI dirs); retried after the next pass
       }
-      const current = watchers.get(dir);
+      const current = this.watchers.get(dir);
       if (current?.ino === ino) continue;
       current?.watcher.close();
-      watchers.delete(dir);
-      try {
-        const watcher = watch(dir, { persistent: false }, () => schedule('fs'));
-        watcher.on('error', () => {
-          watcher.close();
-          if (watchers.get(dir)?.watcher === watcher) watchers.delete(dir);
-        });
-        watchers.set(dir, { watcher, ino });
-      } catch {
-        // Removed between stat and watch; retried after the next pass.
-      }
+      this.watchers.delete(dir);
+      this.watchDir(dir, ino);
     }
-  };
+  }
 
-  const runPass = async (trigger: WatchTrigger) => {
-    const pending = waiters;
-    waiters = [];
+  private watchDir(dir: string, ino: number): void {
     try {
-      const report = await install(o);
-      const readinessChanged = report.status.ready !== isReady;
-      last = report;
-      isReady = report.status.ready;
-      if (trigger === 'start' || report.changed || readinessChanged) emit({ type: 'pass', trigger, report });
+      const watcher = watch(dir, { persistent: false }, () => this.schedule('fs'));
+      watcher.on('error', () => {
+        watcher.close();
+        if (this.watchers.get(dir)?.watcher === watcher) this.watchers.delete(dir);
+      });
+      this.watchers.set(dir, { watcher, ino });
+    } catch {
+      // Removed between stat and watch; retried after the next pass.
+    }
+  }
+
+  private async runPass(trigger: WatchTrigger): Promise<void> {
+    const pending = this.waiters;
+    this.waiters = [];
+    try {
+      const report = await install(this.o);
+      const readinessChanged = report.status.ready !== this.isReady;
+      this.last = report;
+      this.isReady = report.status.ready;
+      if (trigger === 'start' || report.changed || readinessChanged) this.emit({ type: 'pass', trigger, report });
     } catch (err) {
-      isReady = false;
-      emit({ type: 'error', trigger, error: err instanceof Error ? err : new Error(String(err)) });
+      this.isReady = false;
+      this.emit({ type: 'error', trigger, error: err instanceof Error ? err : new Error(String(err)) });
     } finally {
       for (const resolve of pending) resolve();
     }
-  };
-
-  const start = (trigger: WatchTrigger) => {
-    if (closed) return;
-    if (running) {
-      again = again ?? trigger;
-      return;
-    }
-    running = runPass(trigger).then(() => {
-      running = undefined;
-      ensureWatchers();
-      if (again && !closed) {
-        const next = again;
-        again = undefined;
-        start(next);
-      }
-    });
-  };
-
-  function schedule(trigger: WatchTrigger) {
-    if (closed) return;
-    if (debounce) clearTimeout(debounce);
-    debounce = setTimeout(() => {
-      debounce = undefined;
-      start(trigger);
-    }, debounceMs);
   }
 
-  const timer = setInterval(() => start('periodic'), periodMs);
-  start('start');
+  /** Passes never overlap: a trigger during a pass schedules exactly one more. */
+  private start(trigger: WatchTrigger): void {
+    if (this.closed) return;
+    if (this.running) {
+      this.again = this.again ?? trigger;
+      return;
+    }
+    this.running = this.runPass(trigger).then(() => {
+      this.running = undefined;
+      this.ensureWatchers();
+      if (this.again && !this.closed) {
+        const next = this.again;
+        this.again = undefined;
+        this.start(next);
+      }
+    });
+  }
 
-  return {
-    async close() {
-      closed = true;
-      clearInterval(timer);
-      if (debounce) clearTimeout(debounce);
-      for (const w of watchers.values()) w.watcher.close();
-      watchers.clear();
-      while (running) await running;
-      for (const resolve of waiters) resolve();
-      waiters = [];
-    },
-    ready: () => isReady,
-    lastReport: () => last,
-    nextPass: () =>
-      new Promise<void>((resolve) => {
-        if (closed) return resolve();
-        waiters.push(resolve);
-        start('fs');
-      }),
-  };
+  private schedule(trigger: WatchTrigger): void {
+    if (this.closed) return;
+    if (this.debounce) clearTimeout(this.debounce);
+    this.debounce = setTimeout(() => {
+      this.debounce = undefined;
+      this.start(trigger);
+    }, this.debounceMs);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.timer);
+    if (this.debounce) clearTimeout(this.debounce);
+    for (const w of this.watchers.values()) w.watcher.close();
+    this.watchers.clear();
+    while (this.running) await this.running;
+    for (const resolve of this.waiters) resolve();
+    this.waiters = [];
+  }
+
+  nextPass(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (this.closed) return resolve();
+      this.waiters.push(resolve);
+      this.start('fs');
+    });
+  }
 }

@@ -74,13 +74,24 @@ export function fromProcCgroups(procRoot = '/proc'): NetnsLocator {
   };
 }
 
-/** Tries each locator in turn. */
-export function firstOf(...locators: NetnsLocator[]): NetnsLocator {
-  return async (pod) => {
-    for (const locate of locators) {
-      const found = await locate(pod);
-      if (found) return found;
-    }
-    return undefined;
+/** How a netns was found: what ADD recorded, the runtime over CRI, or a process in the pod's cgroup. */
+export type NetnsSource = 'attachment' | 'cri' | 'proc';
+
+export interface NetnsChain {
+  locate(pod: V1Pod): Promise<{ netns: string; source: NetnsSource } | undefined>;
+  close(): void;
+}
+
+/** Tries each locator in turn; the first that finds the netns names the source. */
+export function firstOf(locators: ReadonlyArray<[NetnsSource, NetnsLocator]>, close: () => void = () => undefined): NetnsChain {
+  return {
+    async locate(pod) {
+      for (const [source, locate] of locators) {
+        const netns = await locate(pod);
+        if (netns) return { netns, source };
+      }
+      return undefined;
+    },
+    close,
   };
 }

@@ -1,13 +1,16 @@
 /**
- * The CLI in a real terminal (tmux): bash completion from `mesh-cni completion`, and colour on a TTY only,
- * never piped, never with NO_COLOR. Each test runs its own tmux server (-L, a socket of its own), killed
+ * The CLI in a real terminal (tmux): bash completion from `mesh-cni completion` (commands, flags, option
+ * values, and this node's pods and namespaces from a real kube-apiserver or the agent's cache), and colour on a
+ * TTY only, never piped, never with NO_COLOR. Each test runs its own tmux server (-L, a socket of its own), killed
  * in teardown, so a person's tmux sessions are never touched.
  */
 import test, { type ExecutionContext } from 'ava';
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { startAgent } from '../../src/agent/agent';
 import { CLI } from '../support/paths';
+import { freePort, startKube } from '../support/kube';
 import { testTempDir } from '../support/tmp';
 
 interface Term {
@@ -24,8 +27,8 @@ function tmux(socket: string, args: string[]): string {
   return r.stdout;
 }
 
-/** A bash in a 200x50 tmux pane with `mesh-cni` on PATH (a wrapper around the built CLI). */
-function terminal(t: ExecutionContext): Term {
+/** A bash in a 200x50 tmux pane with `mesh-cni` on PATH (a wrapper around the built CLI); `env` is added. */
+function terminal(t: ExecutionContext, env: Record<string, string> = {}): Term {
   const dir = testTempDir(t, 'tmux');
   const bin = path.join(dir, 'bin');
   fs.mkdirSync(bin);
@@ -44,6 +47,7 @@ function terminal(t: ExecutionContext): Term {
   tmux(socket, [
     'new-session', '-d', '-s', 'cli', '-x', '200', '-y', '50',
     'env', '-i', `PATH=${bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`, 'TERM=xterm-256color', `HOME=${dir}`, 'PS1=$ ', 'HISTFILE=',
+    ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
     'bash', '--norc', '--noprofile',
   ]);
   shellPid = Number(tmux(socket, ['display-message', '-p', '-t', 'cli', '#{pane_pid}']).trim()) || undefined;
@@ -83,6 +87,69 @@ test.serial('bash completion: source the script, type `mesh-cni ex<TAB>`, get `e
   t.is(zsh.status, 0);
   t.regex(zsh.stdout, /^#compdef mesh-cni\n/);
   t.regex(zsh.stdout, /compdef _mesh_cni_completions mesh-cni/);
+});
+
+test.serial('bash completion from the cluster: `explain sh<TAB>` completes a pod of this node from kube-apiserver, `--backend <TAB>` the backends', async (t) => {
+  const kube = await startKube();
+  t.teardown(() => kube.stop());
+  await kube.createPod({ namespace: 'shop', name: 'shipping', nodeName: 'node-a' });
+  // On another node: were the node not filtered, `sh<TAB>` would stop at the common prefix `shop/sh`.
+  await kube.createPod({ namespace: 'shop', name: 'shelf', nodeName: 'node-b' });
+  await kube.createPod({ namespace: 'kube-system', name: 'coredns', nodeName: 'node-a' });
+  // No agent on this health port: the names come from the API.
+  const term = terminal(t, { NODE_NAME: 'node-a', HEALTH_PORT: String(await freePort()) });
+  term.send('source <(mesh-cni completion --shell bash) && clear', 'Enter');
+  await term.waitFor(/^\$ ?$/m);
+
+  term.send(`mesh-cni explain --kubeconfig ${kube.kubeconfig} sh`, 'Tab');
+  t.regex(await term.waitFor(/explain --kubeconfig \S+ shop\/shipping\s*$/m), /shop\/shipping/);
+  term.send('C-u', `mesh-cni apply --kubeconfig ${kube.kubeconfig} --pod shop/sh`, 'Tab');
+  t.regex(await term.waitFor(/--pod shop\/shipping\s*$/m), /--pod shop\/shipping/);
+  term.send('C-u', `mesh-cni pods --kubeconfig ${kube.kubeconfig} -n ku`, 'Tab');
+  t.regex(await term.waitFor(/-n kube-system\s*$/m), /-n kube-system/);
+
+  // Option values from their choices: TAB TAB lists them.
+  term.send('C-u', 'clear', 'Enter');
+  await term.waitFor(/^\$ ?$/m);
+  term.send('mesh-cni plan --backend ', 'Tab', 'Tab');
+  const listed = await term.waitFor(/nftables/);
+  for (const name of ['auto', 'iptables', 'iptables-nft', 'iptables-legacy', 'nftables']) t.regex(listed, new RegExp(`(^|\\s)${name}(\\s|$)`, 'm'));
+  term.send('C-u', 'clear', 'Enter');
+  await term.waitFor(/^\$ ?$/m);
+  term.send('mesh-cni agent --repair-mode la', 'Tab');
+  t.regex(await term.waitFor(/--repair-mode label\s*$/m), /label/);
+  term.send('C-u');
+});
+
+test.serial("completion asks the agent's pod cache first, and prints nothing when no source answers", async (t) => {
+  const kube = await startKube();
+  t.teardown(() => kube.stop());
+  await kube.createPod({ namespace: 'shop', name: 'shipping', nodeName: 'node-a' });
+  const dir = testTempDir(t, 'agent');
+  const agent = await startAgent({ socketPath: path.join(dir, 'agent.sock'), stateDir: dir, healthPort: 0, healthHost: '127.0.0.1', kubernetes: { nodeName: 'node-a', kubeconfigPath: kube.kubeconfig }, log: () => undefined });
+  t.teardown(() => agent.stop());
+  for (let i = 0; !agent.podCache?.synced() && i < 100; i++) await new Promise((r) => setTimeout(r, 100));
+  // Asynchronous: the agent runs in this process and must answer while the CLI waits.
+  const complete = (env: Record<string, string>, ...words: string[]) =>
+    new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = execFile(process.execPath, [CLI, '--get-yargs-completions', 'mesh-cni', ...words], { encoding: 'utf8', env: { PATH: process.env.PATH, NODE_NAME: 'node-a', ...env } }, (_err, stdout, stderr) =>
+        resolve({ status: child.exitCode, stdout, stderr }),
+      );
+    });
+  // No kubeconfig that works: only the agent can name the pod.
+  const fromAgent = await complete({ HEALTH_PORT: String(agent.healthPort) }, 'explain', '--kubeconfig', path.join(dir, 'none'), '');
+  t.is(fromAgent.status, 0, fromAgent.stderr);
+  t.deepEqual(fromAgent.stdout.trim().split('\n'), ['shop/shipping']);
+  const namespaces = await complete({ HEALTH_PORT: String(agent.healthPort) }, 'pods', '-n', '');
+  t.deepEqual(namespaces.stdout.trim().split('\n'), ['shop']);
+  // Neither the agent nor the API: no words, no error, exit 0.
+  await kube.stopApiserver();
+  const started = Date.now();
+  const none = await complete({ HEALTH_PORT: String(await freePort()) }, 'explain', '--kubeconfig', kube.kubeconfig, 'sh');
+  t.is(none.status, 0);
+  t.is(none.stdout, '');
+  t.is(none.stderr, '');
+  t.true(Date.now() - started < 8_000, `bounded (${Date.now() - started} ms)`);
 });
 
 test.serial('colour on a TTY; none when piped; none with NO_COLOR=1', async (t) => {

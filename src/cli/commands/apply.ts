@@ -12,7 +12,8 @@ import {
   type PodOrNetnsArgs,
 } from '../options';
 import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
-import { podConfig, resolveTarget } from '../pod-context';
+import { podConfig } from '../pod-config';
+import { resolveTarget } from '../pod-netns';
 
 export const command = 'apply';
 export const describe = 'program a network namespace (IPv4, and IPv6 when it has a global IPv6 address)';

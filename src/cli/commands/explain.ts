@@ -17,22 +17,10 @@ import type { RedirectConfig } from '../../redirect/config';
 import { chooseBackend, compareRedirect, type BackendName } from '../../redirect/engine';
 import { backendOption, excludeNamespacesOption, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
 import { EXIT, outputOption, paint, printJson, runCommand, table, type OutputFormat, type Tone } from '../output';
-import {
-  ago,
-  checkPodRef,
-  connectKube,
-  getPod,
-  lastActionFor,
-  locatePodNetns,
-  meshCniEventsOrWhy,
-  namespaceLabels,
-  parsePodRef,
-  recordsFor,
-  requireOnNode,
-  type EventsOrWhy,
-  type LastAction,
-  type NetnsLocation,
-} from '../pod-context';
+import { connectKube, getPod, namespaceLabels, requireOnNode } from '../kube-client';
+import { ago, lastActionFor, meshCniEventsOrWhy, type EventsOrWhy, type LastAction } from '../last-action';
+import { locatePodNetns, recordsFor, type NetnsLocation } from '../pod-netns';
+import { checkPodRef, parsePodRef } from '../pod-ref';
 
 export const command = 'explain <pod>';
 export const describe = 'why a pod is (not) redirected: decision trail, expected plan, rules in its netns, and the diff';

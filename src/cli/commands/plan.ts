@@ -6,7 +6,9 @@ import { renderNftScript, toNftRules } from '../../redirect/render/nftables';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import type { Family } from '../../redirect/constants';
 import { configFromArgs, configOptions, backendOption, excludeNamespacesOption, nodeOptions, type ConfigArgs } from '../options';
-import { checkPodRef, connectKube, getPod, parsePodRef, podConfig } from '../pod-context';
+import { connectKube, getPod } from '../kube-client';
+import { podConfig } from '../pod-config';
+import { checkPodRef, parsePodRef } from '../pod-ref';
 import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
 
 export const command = 'plan';

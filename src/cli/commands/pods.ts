@@ -9,7 +9,10 @@ import { chooseBackend, type BackendName } from '../../redirect/engine';
 import { NO_RULES_REASON, type Finding } from '../../repair/reconciler';
 import { backendOption, excludeNamespacesOption, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
 import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
-import { ago, connectKube, inspectNodePods, lastActionFor, meshCniEventsOrWhy, recordsFor, type LastAction } from '../pod-context';
+import { connectKube } from '../kube-client';
+import { ago, lastActionFor, meshCniEventsOrWhy, type LastAction } from '../last-action';
+import { inspectNodePods } from '../node-inspect';
+import { recordsFor } from '../pod-netns';
 
 export const command = 'pods';
 export const describe = "this node's pods: meshed or why not, rules as planned or not, backend, last action";

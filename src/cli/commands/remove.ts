@@ -3,7 +3,7 @@ import type { Argv } from 'yargs';
 import { removeRedirect, type BackendName } from '../../redirect/engine';
 import { backendOption, checkPodOrNetns, podOrNetnsOptions, type PodOrNetnsArgs } from '../options';
 import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
-import { resolveTarget } from '../pod-context';
+import { resolveTarget } from '../pod-netns';
 
 export const command = 'remove';
 export const describe = 'remove every mesh-cni rule and chain from a network namespace (others are left alone)';

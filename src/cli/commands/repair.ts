@@ -37,9 +37,11 @@ export async function handler(args: Args): Promise<void> {
     const nodeName = args['node-name'];
     if (!nodeName) throw new MeshCniError('repair needs to know which node it is on', { hint: 'pass --node-name or set NODE_NAME' });
     const { loadKubeConfig } = await import('../../kube/pod-cache');
-    const { repairDeps, listNodePods } = await import('../../repair/wiring');
+    const { repairDeps } = await import('../../repair/wiring');
+    const { listNodePods } = await import('../../kube/node-pods');
+    const k8s = await import('@kubernetes/client-node');
     const kubeConfig = await loadKubeConfig(args.kubeconfig);
-    const pods = await listNodePods(kubeConfig, nodeName);
+    const pods = await listNodePods(kubeConfig.makeApiClient(k8s.CoreV1Api), nodeName);
     const settings = repairSettings(args);
     const deps = await repairDeps({
       kubeConfig,

@@ -2,7 +2,7 @@
 import type { Argv } from 'yargs';
 import { showRedirect, type BackendName } from '../../redirect/engine';
 import { backendOption, checkPodOrNetns, podOrNetnsOptions, type PodOrNetnsArgs } from '../options';
-import { resolveTarget } from '../pod-context';
+import { resolveTarget } from '../pod-netns';
 import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
 
 export const command = 'show';

@@ -20,7 +20,8 @@ import {
   type NodeArgs,
 } from '../options';
 import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
-import { connectKube, countFindings, inspectNodePods, type PodCounts } from '../pod-context';
+import { connectKube } from '../kube-client';
+import { countFindings, inspectNodePods, type PodCounts } from '../node-inspect';
 
 const isExecutable = (path: string) => access(path, constants.X_OK).then(() => true, () => false);
 
