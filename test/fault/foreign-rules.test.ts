@@ -49,7 +49,7 @@ function missingForeign(ns: string, flavour: 'nft' | 'legacy', expected: string[
 
 for (const flavour of ['nft', 'legacy'] as const) {
   for (const [configName, annotations] of Object.entries(CONFIGS)) {
-    test.serial(`fault foreign-rules iptables-${flavour} ${configName}: DEL, ADD, re-ADD and DEL leave another component's same-shaped rules alone`, async (t) => {
+    test.serial(`fault foreign-rules iptables-${flavour} ${configName}: DEL, ADD, re-ADD, remove and DEL leave another component's same-shaped rules alone`, async (t) => {
       requireKernelTools(t);
       const backend = `iptables-${flavour}` as const;
       const dir = testTempDir(t, 'foreign');
@@ -76,10 +76,15 @@ for (const flavour of ['nft', 'legacy'] as const) {
       await call('ADD');
       t.deepEqual(missingForeign(ns, flavour, foreign), [], 're-ADD');
       t.deepEqual((await checkRedirect({ netns: p, config, backend })).problems, []);
+      // what `mesh-cni remove` runs
+      await removeRedirect({ netns: p, backend });
+      t.deepEqual(missingForeign(ns, flavour, foreign), [], 'remove');
+      t.is((await showRedirect({ netns: p, backend })).rules.length, 0, 'remove took ours');
+      await call('ADD');
       await call('DEL');
       t.deepEqual(missingForeign(ns, flavour, foreign), [], 'DEL');
       t.is((await showRedirect({ netns: p, backend })).rules.length, 0, 'ours are gone');
-      t.log(`fault foreign-rules iptables-${flavour} ${configName}: ${foreign.length} foreign rules in 6 built-in chains survived DEL, ADD, re-ADD, DEL`);
+      t.log(`fault foreign-rules iptables-${flavour} ${configName}: ${foreign.length} foreign rules in 6 built-in chains survived DEL, ADD, re-ADD, remove, ADD, DEL`);
     });
   }
 
