@@ -3,12 +3,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 export class AgentMetrics {
   readonly registry = new Registry();
-  readonly requests = new Counter({
-    name: 'mesh_cni_requests_total',
-    help: 'CNI requests served by the agent, by command and result (ok or the CNI error code)',
-    labelNames: ['command', 'result'] as const,
-    registers: [this.registry],
-  });
+  readonly requests = this.counter('mesh_cni_requests_total', 'CNI requests served by the agent, by command and result (ok or the CNI error code)', ['command', 'result'] as const);
   readonly addDuration = new Histogram({
     name: 'mesh_cni_add_duration_seconds',
     help: 'Time to serve a CNI ADD, from request to answer',
@@ -17,40 +12,16 @@ export class AgentMetrics {
     registers: [this.registry],
   });
   /** One series per skip reason of src/cni/decision.ts (SKIP_REASONS), plus `meshed`: the decision's own strings. */
-  readonly addDecisions = new Counter({
-    name: 'mesh_cni_add_decisions_total',
-    help: 'CNI ADDs answered by the agent by pod decision: reason is `meshed` or the stable skip reason (no-istio-proxy, proxyless, not-a-sidecar, ...)',
-    labelNames: ['decision', 'reason'] as const,
-    registers: [this.registry],
-  });
-  readonly rulesProgrammed = new Counter({
-    name: 'mesh_cni_rules_programmed_total',
-    help: 'Redirect rules written into pod network namespaces',
-    labelNames: ['backend'] as const,
-    registers: [this.registry],
-  });
-  readonly repairActions = new Counter({
-    name: 'mesh_cni_repair_actions_total',
-    help: 'Actions the reconciler took on broken pods, by action and result',
-    labelNames: ['action', 'result'] as const,
-    registers: [this.registry],
-  });
-  readonly reinsertions = new Counter({
-    name: 'mesh_cni_install_reinsertions_total',
-    help: 'Times the agent put its entry back into the primary CNI config after another component removed it',
-    registers: [this.registry],
-  });
+  readonly addDecisions = this.counter('mesh_cni_add_decisions_total', 'CNI ADDs answered by the agent by pod decision: reason is `meshed` or the stable skip reason (no-istio-proxy, proxyless, not-a-sidecar, ...)', ['decision', 'reason'] as const);
+  readonly rulesProgrammed = this.counter('mesh_cni_rules_programmed_total', 'Redirect rules written into pod network namespaces', ['backend'] as const);
+  readonly repairActions = this.counter('mesh_cni_repair_actions_total', 'Actions the reconciler took on broken pods, by action and result', ['action', 'result'] as const);
+  readonly reinsertions = this.counter('mesh_cni_install_reinsertions_total', 'Times the agent put its entry back into the primary CNI config after another component removed it');
   readonly podsCached = new Gauge({
     name: 'mesh_cni_pods_cached',
     help: "Pods on this node in the agent's watch cache",
     registers: [this.registry],
   });
-  readonly peerRejections = new Counter({
-    name: 'mesh_cni_socket_rejections_total',
-    help: 'Connections to the agent socket refused (non-root peer, malformed or oversized frame)',
-    labelNames: ['reason'] as const,
-    registers: [this.registry],
-  });
+  readonly peerRejections = this.counter('mesh_cni_socket_rejections_total', 'Connections to the agent socket refused (non-root peer, malformed or oversized frame)', ['reason'] as const);
 
   /** Constant 1; the labels say what the agent runs (for `mesh-cni status` and dashboards). */
   readonly info = new Gauge({
@@ -59,6 +30,11 @@ export class AgentMetrics {
     labelNames: ['version', 'shim_sha256', 'engine_sha256', 'repair_mode', 'backend'] as const,
     registers: [this.registry],
   });
+
+  /** A counter on this registry; its labels are typed from `labelNames`. */
+  private counter<L extends string>(name: string, help: string, labelNames: readonly L[] = []): Counter<L> {
+    return new Counter({ name, help, labelNames, registers: [this.registry] });
+  }
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'mesh_cni_agent_' });

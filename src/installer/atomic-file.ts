@@ -12,24 +12,26 @@ export function sha256(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
-/** The file's bytes, or undefined when it does not exist. */
-export async function readIfExists(path: string): Promise<Buffer | undefined> {
+/** What `op` gives, or `absent` when the path does not exist; any other error is thrown. */
+async function unlessMissing<T>(op: () => Promise<T>, absent: T): Promise<T> {
   try {
-    return await readFile(path);
+    return await op();
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return absent;
     throw err;
   }
 }
 
-export async function exists(path: string): Promise<boolean> {
-  try {
+/** The file's bytes, or undefined when it does not exist. */
+export function readIfExists(path: string): Promise<Buffer | undefined> {
+  return unlessMissing<Buffer | undefined>(() => readFile(path), undefined);
+}
+
+export function exists(path: string): Promise<boolean> {
+  return unlessMissing(async () => {
     await stat(path);
     return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw err;
-  }
+  }, false);
 }
 
 /** fsync of the directory holding `path`, so a rename in it survives a crash. */
@@ -88,12 +90,9 @@ export async function writeIfChanged(path: string, data: Buffer | string, mode: 
   return 'written';
 }
 
-export async function removeIfExists(path: string): Promise<boolean> {
-  try {
+export function removeIfExists(path: string): Promise<boolean> {
+  return unlessMissing(async () => {
     await rm(path);
     return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw err;
-  }
+  }, false);
 }
