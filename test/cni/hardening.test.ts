@@ -1,5 +1,5 @@
 /**
- * Inputs that used to crash, mislead or leak (issue 13, items 11-14): interface names with NUL or more than
+ * Inputs that used to crash, mislead or leak: interface names with NUL or more than
  * 15 bytes, IPv6 zone ids, JSON nested 10^5 levels deep, a secret nested under a field we do not know, a
  * kubeconfig token with CR/LF. Each gets its documented code, and the engine is never called.
  */
