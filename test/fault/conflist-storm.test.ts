@@ -6,21 +6,14 @@
  */
 import test from 'ava';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { watchAndRepair, findPrimaryConfig, PLUGIN_TYPE } from '../../src/installer';
+import { findPrimaryConfig, PLUGIN_TYPE } from '../../src/installer';
 import { runCni } from '../../src/cni/dispatch';
-import { CALICO_CONFLIST, makeNode } from '../installer/fixtures';
+import { CALICO_CONFLIST, watchedCalicoNode } from '../installer/fixtures';
 
 const REWRITES = 100;
 
 test.serial(`fault conflist-storm: ${REWRITES} rewrites of the primary conflist during ADDs → entry present once, no ADD saw a broken config`, async (t) => {
-  const node = makeNode({ '10-calico.conflist': CALICO_CONFLIST });
-  t.teardown(node.cleanup);
-  // The entry carries this test's own log and state paths so ADD writes nothing outside the temp node.
-  node.options.pluginConfig = { ...node.options.pluginConfig, kubernetes: undefined, log_file: path.join(node.root, 'cni.log'), state_dir: node.root };
-  const watcher = watchAndRepair(node.options);
-  t.teardown(() => watcher.close());
-  const file = path.join(node.confDir, '10-calico.conflist');
+  const { node, watcher, file } = watchedCalicoNode(t);
   const deadline = Date.now() + 5000;
   while (!watcher.ready() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   t.true(watcher.ready(), 'installed before the storm');

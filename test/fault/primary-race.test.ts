@@ -5,20 +5,14 @@
  */
 import test from 'ava';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { watchAndRepair, PLUGIN_TYPE } from '../../src/installer';
-import { CALICO_CONFLIST, makeNode } from '../installer/fixtures';
+import { PLUGIN_TYPE } from '../../src/installer';
+import { CALICO_CONFLIST, watchedCalicoNode } from '../installer/fixtures';
 
 const ROUNDS = 500;
 
 test.serial(`fault primary-race: ${ROUNDS} rounds of two primary rewrites 20 ms apart, the primary's last write always kept with our entry`, async (t) => {
   t.timeout(170_000);
-  const node = makeNode({ '10-calico.conflist': CALICO_CONFLIST });
-  t.teardown(node.cleanup);
-  node.options.pluginConfig = { ...node.options.pluginConfig, kubernetes: undefined, log_file: path.join(node.root, 'cni.log'), state_dir: node.root };
-  const watcher = watchAndRepair(node.options);
-  t.teardown(() => watcher.close());
-  const file = path.join(node.confDir, '10-calico.conflist');
+  const { watcher, file } = watchedCalicoNode(t);
   const until = async (ok: () => boolean, ms: number) => {
     const end = Date.now() + ms;
     while (!ok() && Date.now() < end) await new Promise((r) => setTimeout(r, 5));

@@ -5,8 +5,9 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { InstallOptions } from '../../src/installer';
-import { pluginEntry } from '../../src/installer';
+import type { ExecutionContext } from 'ava';
+import type { InstallOptions, InstallWatcher } from '../../src/installer';
+import { pluginEntry, watchAndRepair } from '../../src/installer';
 
 export const CALICO_CONFLIST = `{
   "name": "k8s-pod-network",
@@ -128,6 +129,20 @@ export function makeNode(files: Record<string, string> = {}, extra: Partial<Inst
     kubeconfigPath,
     cleanup: () => rmSync(root, { recursive: true, force: true }),
   };
+}
+
+/**
+ * A temp node whose primary CNI is Calico's conflist, watched by the installer as the agent runs it; our
+ * entry carries the node's own log and state paths, so an ADD writes nothing outside it. Both are removed
+ * when the test ends. For the fault suites that race the primary's writes against ours.
+ */
+export function watchedCalicoNode(t: ExecutionContext): { node: Node; watcher: InstallWatcher; file: string } {
+  const node = makeNode({ '10-calico.conflist': CALICO_CONFLIST });
+  t.teardown(node.cleanup);
+  node.options.pluginConfig = { ...node.options.pluginConfig, kubernetes: undefined, log_file: join(node.root, 'cni.log'), state_dir: node.root };
+  const watcher = watchAndRepair(node.options);
+  t.teardown(() => watcher.close());
+  return { node, watcher, file: join(node.confDir, '10-calico.conflist') };
 }
 
 export const REAL_WORLD: Array<{ title: string; file: string; text: string }> = [

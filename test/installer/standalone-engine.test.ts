@@ -26,21 +26,26 @@ test.before(() => {
   if (!existsSync(join(ENGINE, 'mesh-cni.js'))) throw new Error(`${ENGINE} is missing: npm run build runs scripts/build-engine.js`);
 });
 
+/** The shim and engine installed into a private node tree under `root`, as the agent installs them. */
+function installOptions(root: string, backend: 'iptables' | 'nftables') {
+  return {
+    cniBinDir: join(root, 'opt/cni/bin'),
+    cniConfDir: join(root, 'etc/cni/net.d'),
+    shimPath: join(REPO_ROOT, 'build', 'mesh-cni'),
+    enginePath: ENGINE,
+    pluginConfig: pluginEntry({ backend }),
+    standaloneConf: true,
+    stateDir: join(root, 'var/run/mesh-cni'),
+  };
+}
+
 for (const backend of ['iptables', 'nftables'] as const) {
   test.serial(`installed shim, no agent: ADD (${backend}) into a real netns from a temp bin dir, then DEL`, async (t) => {
     requireKernelTools(t);
     if (backend === 'nftables') requireNft(t);
     const root = testTempDir(t, 'standalone');
-    const binDir = join(root, 'opt/cni/bin');
-    const options = {
-      cniBinDir: binDir,
-      cniConfDir: join(root, 'etc/cni/net.d'),
-      shimPath: join(REPO_ROOT, 'build', 'mesh-cni'),
-      enginePath: ENGINE,
-      pluginConfig: pluginEntry({ backend }),
-      standaloneConf: true,
-      stateDir: join(root, 'var/run/mesh-cni'),
-    };
+    const options = installOptions(root, backend);
+    const binDir = options.cniBinDir;
     await install(options);
     t.true(existsSync(join(binDir, 'mesh-cni.d', 'mesh-cni.js')));
 
@@ -107,16 +112,8 @@ function hostNodes(): string[] {
 test.serial('a host with no Node.js: the installed shim runs the engine on the runtime shipped in mesh-cni.d, and real TCP lands on 15001', async (t) => {
   requireKernelTools(t);
   const root = testTempDir(t, 'no-node');
-  const binDir = join(root, 'opt/cni/bin');
-  const options = {
-    cniBinDir: binDir,
-    cniConfDir: join(root, 'etc/cni/net.d'),
-    shimPath: join(REPO_ROOT, 'build', 'mesh-cni'),
-    enginePath: ENGINE,
-    pluginConfig: pluginEntry({ backend: 'iptables' }),
-    standaloneConf: true,
-    stateDir: join(root, 'var/run/mesh-cni'),
-  };
+  const options = installOptions(root, 'iptables');
+  const binDir = options.cniBinDir;
   await install(options);
   t.teardown(() => uninstall(options).then(() => undefined));
   const pair = createPodPeer(t, { ipv6: false });
