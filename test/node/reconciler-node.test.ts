@@ -94,8 +94,12 @@ async function waitFor(what: string, timeoutMs: number, check: () => Promise<boo
   }
 }
 
+/**
+ * The pod's nat rules in both iptables flavours: the agent's `auto` backend decides by what the host netns
+ * holds, which other suites running beside this one can change (legacy rules there make it pick legacy).
+ */
 function rulesIn(netns: string): string {
-  return spawnSync('nsenter', [`--net=${netns}`, '--', 'iptables-save', '-t', 'nat'], { encoding: 'utf8' }).stdout;
+  return ['iptables-nft-save', 'iptables-legacy-save'].map((save) => spawnSync('nsenter', [`--net=${netns}`, '--', save, '-t', 'nat'], { encoding: 'utf8' }).stdout).join('');
 }
 const redirected = (netns: string) => /--to-ports 15001/.test(rulesIn(netns));
 
@@ -151,7 +155,8 @@ test.serial('race: pods started while our plugin was not in the chain are all re
 test.serial('rules removed by hand from a running pod are restored on the next resync', async (t) => {
   const { sandbox } = await runPod('race', 'tampered');
   t.true(redirected(sandbox.netnsPath), 'started through the agent, with rules');
-  for (const argv of [['iptables', '-t', 'nat', '-F'], ['iptables', '-t', 'nat', '-X']]) {
+  // by hand, in whichever flavour the agent's `auto` chose (see rulesIn)
+  for (const argv of ['iptables-nft', 'iptables-legacy'].flatMap((ipt) => [[ipt, '-t', 'nat', '-F'], [ipt, '-t', 'nat', '-X']])) {
     const r = spawnSync('nsenter', [`--net=${sandbox.netnsPath}`, '--', ...argv], { encoding: 'utf8' });
     t.is(r.status, 0, r.stderr);
   }
