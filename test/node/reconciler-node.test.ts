@@ -76,13 +76,24 @@ async function startTheAgent(mode: string, extra: string[] = []): Promise<AgentP
     ],
     path.join(node!.dir, 'agent.log'),
   );
+  await chainInEffect(true);
   return agent;
+}
+
+/**
+ * Waits until containerd runs the chain with (or without) our plugin. It reloads the conflist on its own
+ * after the agent installs or uninstalls; a sandbox created before that gets the previous chain, as a
+ * kubelet's would.
+ */
+async function chainInEffect(withUs: boolean): Promise<void> {
+  await waitFor(`containerd to load the chain ${withUs ? 'with' : 'without'} mesh-cni`, 10_000, async () => (await node!.loadedPluginTypes()).includes('mesh-cni') === withUs);
 }
 
 /** SIGTERM with --uninstall-on-exit=always: the agent uninstalls, so pods started afterwards get no rules (our plugin is out of the chain). */
 async function stopTheAgent(): Promise<void> {
   await agent?.stop();
   agent = undefined;
+  await chainInEffect(false);
 }
 
 async function waitFor(what: string, timeoutMs: number, check: () => Promise<boolean> | boolean): Promise<number> {
@@ -99,9 +110,12 @@ async function waitFor(what: string, timeoutMs: number, check: () => Promise<boo
  * holds, which other suites running beside this one can change (legacy rules there make it pick legacy).
  */
 function rulesIn(netns: string): string {
-  return ['iptables-nft-save', 'iptables-legacy-save'].map((save) => spawnSync('nsenter', [`--net=${netns}`, '--', save, '-t', 'nat'], { encoding: 'utf8' }).stdout).join('');
+  const reads = [['iptables-nft-save', '-t', 'nat'], ['iptables-legacy-save', '-t', 'nat'], ['nft', 'list', 'ruleset']];
+  return reads.map((argv) => spawnSync('nsenter', [`--net=${netns}`, '--', ...argv], { encoding: 'utf8' }).stdout).join('');
 }
-const redirected = (netns: string) => /--to-ports 15001/.test(rulesIn(netns));
+const redirected = (netns: string) => /--to-ports 15001|redirect to :15001/.test(rulesIn(netns));
+/** What to print when a pod has no rules: the agent's and the plugin's last lines. */
+const whyNot = () => `agent log:\n${agent?.log(20) ?? ''}\nplugin log:\n${node!.meshCniLogSince(0).slice(-5).map((l) => JSON.stringify(l)).join('\n')}`;
 
 interface RunningPod {
   pod: V1Pod;
@@ -154,9 +168,10 @@ test.serial('race: pods started while our plugin was not in the chain are all re
 
 test.serial('rules removed by hand from a running pod are restored on the next resync', async (t) => {
   const { sandbox } = await runPod('race', 'tampered');
-  t.true(redirected(sandbox.netnsPath), 'started through the agent, with rules');
-  // by hand, in whichever flavour the agent's `auto` chose (see rulesIn)
-  for (const argv of ['iptables-nft', 'iptables-legacy'].flatMap((ipt) => [[ipt, '-t', 'nat', '-F'], [ipt, '-t', 'nat', '-X']])) {
+  t.true(redirected(sandbox.netnsPath), `started through the agent, with rules\n${whyNot()}`);
+  // by hand, in whichever backend the agent's `auto` chose (see rulesIn)
+  const removals = [...['iptables-nft', 'iptables-legacy'].flatMap((ipt) => [[ipt, '-t', 'nat', '-F'], [ipt, '-t', 'nat', '-X']]), ['nft', 'flush', 'ruleset']];
+  for (const argv of removals) {
     const r = spawnSync('nsenter', [`--net=${sandbox.netnsPath}`, '--', ...argv], { encoding: 'utf8' });
     t.is(r.status, 0, r.stderr);
   }
@@ -168,7 +183,7 @@ test.serial('rules removed by hand from a running pod are restored on the next r
 test.serial('healthy and non-meshed pods see no action: zero Events after several resyncs', async (t) => {
   const healthy = await runPod('quiet', 'healthy-1');
   const plain = await runPod('quiet', 'plain-1', { 'kubectl.kubernetes.io/default-container': 'app' });
-  t.true(redirected(healthy.sandbox.netnsPath));
+  t.true(redirected(healthy.sandbox.netnsPath), whyNot());
   t.false(redirected(plain.sandbox.netnsPath));
   await new Promise((r) => setTimeout(r, 3_500));
   t.deepEqual(await eventsFor('quiet', healthy.pod.metadata!.uid!), []);

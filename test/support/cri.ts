@@ -125,6 +125,18 @@ export class CriNode {
     return { status: r.status, info, netnsPath };
   }
 
+  /**
+   * The plugin types of the network containerd has loaded now (CRI Status, verbose: its `cniconfig`).
+   * containerd reloads the conflist on its own schedule after a file change, so a test that needs a new
+   * chain in effect waits for it here, as kubelet's pods would simply get the old chain until then.
+   */
+  async loadedPluginTypes(): Promise<string[]> {
+    const r = await this.client.call<{ info: Record<string, string> }>('Status', { verbose: true }, 5_000);
+    const cni = r.info?.cniconfig ? JSON.parse(r.info.cniconfig) : {};
+    const networks: Array<{ Config?: { Plugins?: Array<{ Network?: { type?: string } }> } }> = cni.Networks ?? [];
+    return networks.flatMap((n) => (n.Config?.Plugins ?? []).map((p) => p.Network?.type ?? ''));
+  }
+
   stopPodSandbox(id: string): Promise<unknown> {
     return this.client.call('StopPodSandbox', { pod_sandbox_id: id });
   }
