@@ -16,6 +16,8 @@ import { renderNftScript } from '../../src/redirect/render/nftables';
 import { CommandFailedError } from '../../src/errors';
 import { toCniError, CniCode } from '../../src/cni/errors';
 import { createNetns, createPodPeer, inNetns, netnsPath, sh } from '../support/netns';
+import { mesh } from '../support/cli';
+import { loadLibc } from '../../src/netns/native';
 import { connect, listen } from '../support/traffic';
 import { requireKernelTools, requireNft } from '../support/require';
 import { diffRules } from '../../src/redirect/rule-state';
@@ -42,21 +44,20 @@ function ourTables(netns: string): string[] {
 
 const threadNetns = () => fs.readlinkSync('/proc/thread-self/ns/net');
 
-/** This process's netfilter netlink sockets (protocol 12 in /proc/net/netlink, by inode) still open. */
+/**
+ * This process's open netfilter netlink sockets, in whatever netns they were opened (so asked of each
+ * descriptor, not read from /proc/self/net/netlink, which lists the current netns only).
+ */
 function openNetfilterSockets(): number {
-  const inodes = new Set(
-    fs
-      .readFileSync('/proc/self/net/netlink', 'utf8')
-      .split('\n')
-      .slice(1)
-      .map((l) => l.trim().split(/\s+/))
-      .filter((f) => f[1] === '12')
-      .map((f) => f[f.length - 1]),
-  );
+  const option = (fd: number, name: number) => {
+    const value = Buffer.alloc(4);
+    const length = Buffer.alloc(4);
+    length.writeUInt32LE(4);
+    return loadLibc().getsockopt(fd, 1 /* SOL_SOCKET */, name, value, length) === 0 ? value.readInt32LE(0) : undefined;
+  };
   return fs.readdirSync('/proc/self/fd').filter((fd) => {
     try {
-      const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/self/fd/${fd}`));
-      return m !== null && inodes.has(m[1]!);
+      return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith('socket:') && option(Number(fd), 39 /* SO_DOMAIN */) === 16 && option(Number(fd), 38 /* SO_PROTOCOL */) === 12;
     } catch {
       return false;
     }
@@ -174,4 +175,21 @@ test.serial('libnftables and the process render one transaction for both familie
   t.true(applied!.ok, applied!.error);
   t.regex(listed!.output, /ip saddr 127\.0\.0\.6/);
   t.regex(listed!.output, /ip6 saddr ::6/);
+});
+
+test.serial('where libnftables cannot be loaded, the backend spawns nft instead and says so; MESH_CNI_NFTABLES=library refuses to', (t) => {
+  requireLibrary(t);
+  const ns = createNetns(t, 'pod');
+  const absent = { MESH_CNI_LIBNFTABLES: '/nonexistent/libnftables.so.1' };
+  const applied = mesh(['apply', '--netns', netnsPath(ns), '--backend', 'nftables'], absent);
+  t.is(applied.code, 0, applied.stderr);
+  t.regex(applied.stdout, /with nftables via the nft program \(\/nonexistent\/libnftables\.so\.1 could not be loaded: .*; spawning nft instead\)/);
+  t.deepEqual(ourTables(ns), ['table inet mesh-cni-nat']);
+  t.regex(mesh(['status', '--backend', 'nftables'], absent).stdout, /backend\s+nftables .*via the nft program/);
+  t.regex(mesh(['status', '--backend', 'nftables']).stdout, /backend\s+nftables .*via libnftables in-process/);
+
+  const refused = mesh(['remove', '--netns', netnsPath(ns), '--backend', 'nftables'], { ...absent, MESH_CNI_NFTABLES: 'library' });
+  t.not(refused.code, 0);
+  t.regex(refused.stderr, /could not be loaded/);
+  t.deepEqual(ourTables(ns), ['table inet mesh-cni-nat'], 'nothing was done the other way');
 });

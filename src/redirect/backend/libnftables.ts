@@ -45,6 +45,8 @@ interface Loaded {
 }
 
 export const LIBNFTABLES = 'libnftables.so.1';
+/** Where the library is, when not where the dynamic linker looks (`MESH_CNI_LIBNFTABLES=/opt/lib/libnftables.so.1`). */
+export const LIBNFTABLES_ENV = 'MESH_CNI_LIBNFTABLES';
 
 /** `MESH_CNI_NFTABLES=process` makes the nftables backend spawn `nft` even where the library loads; `library` refuses the fallback. */
 export const NFTABLES_MODE_ENV = 'MESH_CNI_NFTABLES';
@@ -69,7 +71,7 @@ function load(): Loaded | undefined {
     const ffi = require('@2060.io/ffi-napi') as typeof import('@2060.io/ffi-napi');
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const ref = require('@2060.io/ref-napi') as typeof import('@2060.io/ref-napi');
-    const nft = ffi.Library(LIBNFTABLES, {
+    const nft = ffi.Library(process.env[LIBNFTABLES_ENV] || LIBNFTABLES, {
       nft_ctx_new: ['pointer', ['uint32']],
       nft_ctx_free: ['void', ['pointer']],
       nft_run_cmd_from_buffer: ['int', ['pointer', 'string']],
@@ -84,7 +86,7 @@ function load(): Loaded | undefined {
     const mnl = ffi.Library('libmnl.so.0', { mnl_socket_get_fd: ['int', ['pointer']] }) as unknown as Libmnl;
     loaded = { nft, mnl, readPointer: (b, o, s) => ref.readPointer(b, o, s), isNull: (b) => ref.isNull(b) };
   } catch (err) {
-    loadError = `${LIBNFTABLES} could not be loaded: ${(err as Error).message.split('\n')[0]}`;
+    loadError = `${process.env[LIBNFTABLES_ENV] || LIBNFTABLES} could not be loaded: ${(err as Error).message.split('\n')[0]}`;
   }
   return loaded;
 }

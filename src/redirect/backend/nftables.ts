@@ -53,7 +53,7 @@ export function nftablesVia(options: NftablesBackendOptions = {}): { via: NftVia
   const mode = options.mode ?? nftablesModeFromEnv();
   if (mode === 'process') return { via: 'nft', reason: options.mode ? 'the nft process was asked for' : `${NFTABLES_MODE_ENV}=process` };
   const unavailable = libnftablesUnavailable();
-  if (unavailable === undefined) return { via: 'libnftables', reason: `${LIBNFTABLES} loaded (in-process)` };
+  if (unavailable === undefined) return { via: 'libnftables', reason: `${LIBNFTABLES} loaded` };
   if (mode === 'library') throw new CommandFailedError(LIBNFTABLES, null, unavailable, `install the libnftables1 package, or unset ${NFTABLES_MODE_ENV}`);
   return { via: 'nft', reason: `${unavailable}; spawning nft instead` };
 }
@@ -74,6 +74,10 @@ export class NftablesBackend implements Backend {
 
   get viaReason(): string {
     return (this.chosen ??= nftablesVia(this.options)).reason;
+  }
+
+  describeVia(): string {
+    return this.via === 'libnftables' ? `libnftables in-process (${this.viaReason})` : `the nft program (${this.viaReason})`;
   }
 
   private async exec(netns: string, args: string[], input?: string, hint = 'the rules were not applied'): Promise<RunResult> {
