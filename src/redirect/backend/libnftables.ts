@@ -183,20 +183,34 @@ function secondDescriptor(l: Loaded, ctx: Pointer): number | undefined {
   return dup >= 0 ? dup : undefined;
 }
 
-/** Sockets whose last close is still running on the thread pool (tests wait for them to be gone). */
-let closing = 0;
+/**
+ * Descriptors waiting for their last close. They are closed one at a time, so the kernel's wait holds at most
+ * one of libuv's four pool threads (the agent's file I/O needs the others); in a burst they queue up here
+ * and, holding only a reference to a netns that is in use anyway, cost nothing.
+ */
+const toClose: number[] = [];
+let closingNow = false;
 const idleWaiters: Array<() => void> = [];
 
-/** Resolves once every socket handed to the thread pool is closed. */
+/** Resolves once every socket handed over for closing is closed. */
 export function socketsClosed(): Promise<void> {
-  return closing === 0 ? Promise.resolve() : new Promise((resolve) => idleWaiters.push(resolve));
+  return !closingNow && toClose.length === 0 ? Promise.resolve() : new Promise((resolve) => idleWaiters.push(resolve));
+}
+
+function closeNext(): void {
+  const fd = toClose.shift();
+  if (fd === undefined) {
+    closingNow = false;
+    for (const w of idleWaiters.splice(0)) w();
+    return;
+  }
+  closingNow = true;
+  fs.close(fd, closeNext);
 }
 
 function closeLater(fd: number): void {
-  closing++;
-  fs.close(fd, () => {
-    if (--closing === 0) for (const w of idleWaiters.splice(0)) w();
-  });
+  toClose.push(fd);
+  if (!closingNow) closeNext();
 }
 
 export class LibnftablesUnavailableError extends Error {}
