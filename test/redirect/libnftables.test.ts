@@ -193,3 +193,17 @@ test.serial('where libnftables cannot be loaded, the backend spawns nft instead 
   t.regex(refused.stderr, /could not be loaded/);
   t.deepEqual(ourTables(ns), ['table inet mesh-cni-nat'], 'nothing was done the other way');
 });
+
+test.serial('a statement our renderer never writes, added to one of our chains, is a difference through the JSON listing as through the text one', async (t) => {
+  requireLibrary(t);
+  const ns = createNetns(t, 'pod');
+  const config = redirectConfigFromAnnotations({});
+  await applyRedirect({ netns: netnsPath(ns), backendInstance: library(), config, families: ['ipv4'] });
+  inNetns(ns, nftProgram(), ['add', 'rule', 'inet', 'mesh-cni-nat', 'output', 'meta', 'l4proto', 'tcp', 'log', 'prefix', '"someone-else "', 'counter', 'accept']);
+  const viaLibrary = await checkRedirect({ netns: netnsPath(ns), backendInstance: library(), config, families: ['ipv4'] });
+  const viaProcess = await checkRedirect({ netns: netnsPath(ns), backendInstance: processPath(), config, families: ['ipv4'] });
+  t.false(viaProcess.ok);
+  t.false(viaLibrary.ok);
+  t.is(viaLibrary.problems.length, viaProcess.problems.length, viaLibrary.problems.join('\n'));
+  t.regex(viaLibrary.problems.join('\n'), /unexpected in ipv4 nat\/output: .*"log"/, 'shown as the JSON nft gave, not dropped');
+});
