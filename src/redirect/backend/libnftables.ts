@@ -13,9 +13,10 @@
  * same wait when it exits. So a context is made inside the pod's netns for each call (a reused one would
  * stay in the netns it was made in), and its socket is closed off the main thread: a second descriptor for
  * the socket is taken before `nft_ctx_free`, whose own close then only drops a reference, and that
- * descriptor is closed on libuv's thread pool, where the wait blocks nobody.
+ * descriptor is closed on libuv's thread pool (one at a time), where the wait blocks nobody.
  */
 import * as fs from 'node:fs';
+import { CommandFailedError } from '../../errors';
 import { withNetns } from '../../netns';
 import { loadLibc } from '../../netns/native';
 
@@ -213,8 +214,6 @@ function closeLater(fd: number): void {
   if (!closingNow) closeNext();
 }
 
-export class LibnftablesUnavailableError extends Error {}
-
 /**
  * Runs `commands` in order inside the netns at `netns` (undefined: the current one) with one context,
  * stopping at the first that fails; returns the results of those that ran. Synchronous from entering the
@@ -222,7 +221,7 @@ export class LibnftablesUnavailableError extends Error {}
  */
 export function runNft(netns: string | undefined, commands: readonly NftCommand[]): NftCommandResult[] {
   const l = load();
-  if (!l) throw new LibnftablesUnavailableError(loadError);
+  if (!l) throw new CommandFailedError(LIBNFTABLES, null, loadError ?? 'not loaded', 'install the libnftables1 package');
   let second: number | undefined;
   const work = (): NftCommandResult[] => {
     const refused = netlinkOpens();
