@@ -12,7 +12,7 @@
  * `via` says which one this backend uses.
  */
 import * as fs from 'node:fs';
-import { CommandFailedError } from '../../errors';
+import { CommandFailedError, NftRefusedError } from '../../errors';
 import { run, type RunResult } from '../../netns';
 import { NFT_TABLES, NFT_TABLE_NAMES, nftChainName, type Family, type Table } from '../constants';
 import { effectiveChains, type Plan, type Rule } from '../plan';
@@ -101,7 +101,7 @@ export class NftablesBackend implements Backend {
     }
     const results = runNft(netns, commands);
     const failed = results.find((r) => !r.ok);
-    if (failed) throw new CommandFailedError(`${LIBNFTABLES} (in-process nft)`, 1, failed.error, hint);
+    if (failed) throw new NftRefusedError(failed.error, hint);
     return results.map((r) => r.output);
   }
 
