@@ -67,6 +67,18 @@ export class CommandFailedError extends MeshCniError {
   }
 }
 
+/**
+ * nftables refused a command run in-process through libnftables: nft's own error text (the line named and
+ * marked, as `nft -f` prints it), without an exit code since no program ran. A CommandFailedError, so the CNI
+ * answer (code 100) is the one the nft process gives.
+ */
+export class NftRefusedError extends CommandFailedError {
+  constructor(stderr: string, hint?: string) {
+    super('libnftables', 1, stderr, hint);
+    this.message = `nftables refused the rules (libnftables, in-process): ${stderr.trim() || '(no error text)'}`;
+  }
+}
+
 /** Rules were applied but what the kernel holds differs from the plan, so they were rolled back. */
 export class RuleMismatchError extends MeshCniError {
   override readonly code = 'RULE_MISMATCH';

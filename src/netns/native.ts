@@ -7,6 +7,10 @@ export interface Libc {
   getsockopt(fd: number, level: number, name: number, value: Buffer, length: Buffer): number;
   flock(fd: number, operation: number): number;
   renameat2(olddirfd: number, oldpath: string, newdirfd: number, newpath: string, flags: number): number;
+  /** Only in its three-int form (F_DUPFD_CLOEXEC, F_GETFD, ...). */
+  fcntl(fd: number, cmd: number, arg: number): number;
+  socket(domain: number, type: number, protocol: number): number;
+  memfd_create(name: string, flags: number): number;
 }
 
 let libc: Libc | undefined;
@@ -21,6 +25,9 @@ export function loadLibc(): Libc {
       getsockopt: ['int', ['int', 'int', 'int', 'pointer', 'pointer']],
       flock: ['int', ['int', 'int']],
       renameat2: ['int', ['int', 'string', 'int', 'string', 'uint']],
+      fcntl: ['int', ['int', 'int', 'int']],
+      socket: ['int', ['int', 'int', 'int']],
+      memfd_create: ['int', ['string', 'uint']],
     }) as unknown as Libc;
     errnoFn = ffi.errno;
   }

@@ -7,6 +7,7 @@
 import { run } from '../netns';
 import { NFT_TABLE_NAMES } from './constants';
 import { nftProgram } from './backend/nftables';
+import { libnftablesAvailable, nftablesModeFromEnv, runNft } from './backend/libnftables';
 
 export type ConcreteBackend = 'nftables' | 'iptables-nft' | 'iptables-legacy';
 
@@ -61,11 +62,25 @@ interface NftJsonItem {
   rule?: { family: string; table: string };
 }
 
+/** The host's whole ruleset as nft's JSON, in-process where libnftables loads (as the backend would run it). */
+async function nftJsonRuleset(hostNetns: string): Promise<string | undefined> {
+  if (nftablesModeFromEnv() !== 'process' && libnftablesAvailable()) {
+    try {
+      const [r] = runNft(hostNetns, [{ script: 'list ruleset', json: true }]);
+      return r?.ok ? r.output : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  const r = await run(hostNetns, nftProgram(), ['-j', 'list', 'ruleset'], { timeoutMs: 30_000 }).catch(() => undefined);
+  return r && r.code === 0 ? r.stdout : undefined;
+}
+
 /** Rules in native nftables tables (not iptables-nft's, not ours). */
 async function countNativeNftRules(hostNetns: string): Promise<number | undefined> {
-  const r = await run(hostNetns, nftProgram(), ['-j', 'list', 'ruleset'], { timeoutMs: 30_000 }).catch(() => undefined);
-  if (!r || r.code !== 0) return undefined;
-  const items = (JSON.parse(r.stdout || '{"nftables":[]}') as { nftables: NftJsonItem[] }).nftables;
+  const listing = await nftJsonRuleset(hostNetns);
+  if (listing === undefined) return undefined;
+  const items = (JSON.parse(listing || '{"nftables":[]}') as { nftables: NftJsonItem[] }).nftables;
   return items.filter(({ rule }) => rule && !NFT_TABLE_NAMES.includes(rule.table) && !(IPTABLES_NFT_FAMILIES.has(rule.family) && IPTABLES_NFT_TABLES.has(rule.table))).length;
 }
 

@@ -45,6 +45,8 @@ export interface ApplyReport {
   families: Family[];
   rules: number;
   durationMs: number;
+  /** How the backend reached the kernel, where it has a choice (nftables: `libnftables in-process (...)` or `the nft program (...)`). */
+  via?: string;
 }
 
 export interface EngineOptions {
@@ -121,7 +123,8 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: Verify
       return rollBack(o.netns, backend, err);
     }
     markBroken(o.netns, undefined);
-    return { backend: backend.name, backendReason: reason, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6 };
+    const via = backend.describeVia?.();
+    return { backend: backend.name, backendReason: reason, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6, ...(via ? { via } : {}) };
   }, { signal: o.signal });
 }
 

@@ -30,6 +30,7 @@ const rows: Row[] = [
   ['RequestAbandonedError', () => new errors.RequestAbandonedError('/var/run/netns/p', new Error('shim gone')), CniCode.TryAgainLater, 'REQUEST_ABANDONED'],
   ['RuleMismatchError', () => new errors.RuleMismatchError('rules differ', '-A OUTPUT ...'), CniCode.RuleMismatch, 'RULE_MISMATCH'],
   ['CommandFailedError', () => new errors.CommandFailedError('iptables-restore', 1, 'Bad rule'), CniCode.RedirectFailed, 'COMMAND_FAILED'],
+  ['NftRefusedError', () => new errors.NftRefusedError('<rules>:3:1-20: Error: Could not process rule: Operation not supported'), CniCode.RedirectFailed, 'COMMAND_FAILED'],
   ['RollbackFailedError', () => new errors.RollbackFailedError('/var/run/netns/p', new Error('apply failed'), new Error('rollback failed'), ['-A OUTPUT -j ISTIO_OUTPUT']), CniCode.RedirectFailed, 'ROLLBACK_FAILED'],
   ['ApiUnavailableError', () => new errors.ApiUnavailableError('listing pods: no answer'), CniCode.RedirectFailed, 'API_UNAVAILABLE'],
   ['PodNotFoundError', () => new errors.PodNotFoundError('shop', 'cart'), CniCode.RedirectFailed, 'POD_NOT_FOUND'],

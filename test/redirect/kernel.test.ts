@@ -2,7 +2,7 @@
  * Kernel tests: rules applied to a real pod netns, judged by where real TCP and UDP land. A "pod" netns and
  * a "peer" netns are joined by a veth pair; listeners in both report which port accepted each connection
  * and its original destination. Every case runs for each backend (both iptables flavours and native
- * nftables) and each IP family.
+ * nftables, in-process through libnftables where it loads) and each IP family.
  */
 import test, { type ExecutionContext } from 'ava';
 import { applyRedirect, removeRedirect, type BackendName } from '../../src/redirect/engine';

@@ -85,7 +85,7 @@ export interface StatusReport {
     cniVersions: string[] | null;
     health: { url: string; reachable: boolean; ready: boolean | null; reasons: string[]; error: string | null } | null;
   };
-  backend: { name: string; reason: string };
+  backend: { name: string; reason: string; via?: string };
   repairMode: { mode: string | null; source: 'agent' | 'flag' | 'unknown' };
   pods: ({ available: true; node: string } & PodCounts) | { available: false; reason: string };
   problems: string[];
@@ -215,7 +215,7 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
     binaries,
     versions: { cli: packageVersion(), agent: info?.version ?? null },
     agent: { socket: args.socket, ...socket, health: probe?.health ?? null },
-    backend: { name: backend.backend.name, reason: backend.reason },
+    backend: { name: backend.backend.name, reason: backend.reason, ...(backend.backend.describeVia ? { via: backend.backend.describeVia() } : {}) },
     repairMode,
     pods,
     problems,
@@ -249,7 +249,7 @@ function text(r: StatusReport): string {
     const h = r.agent.health;
     rows.push(['agent health', !h.reachable ? { text: `${h.url} not reachable: ${h.error}`, tone: 'bad' } : h.ready ? { text: `ready (${h.url}/readyz)`, tone: 'ok' } : { text: `not ready: ${h.reasons.join('; ')}`, tone: 'bad' }]);
   }
-  rows.push(['backend', `${r.backend.name} (${r.backend.reason})`]);
+  rows.push(['backend', `${r.backend.name} (${r.backend.reason})${r.backend.via ? `, via ${r.backend.via}` : ''}`]);
   rows.push(['repair mode', r.repairMode.mode ? `${r.repairMode.mode} (${r.repairMode.source === 'agent' ? "from the agent's /metrics" : 'as given with --repair-mode'})` : { text: 'unknown (pass --health-port to read it from the agent)', tone: 'dim' }]);
   const p = r.pods;
   rows.push([

@@ -1,15 +1,25 @@
 /**
- * The native nftables backend: the whole plan, both families, as one `nft -f -` transaction into our own
- * `inet` tables, read back with `nft list ruleset inet`. Everything of ours is in tables named mesh-cni-*,
- * so removing is deleting those tables and nobody else's rule is ever touched.
+ * The native nftables backend: the whole plan, both families, as one nft transaction into our own `inet`
+ * tables, read back as a listing of the ruleset. Everything of ours is in tables named mesh-cni-*, so
+ * removing is deleting those tables and nobody else's rule is ever touched.
+ *
+ * Two ways to talk to nftables, the same script and the same result:
+ * - in-process, through libnftables (libnftables.ts) inside `withNetns`: no process on the ADD path, and the
+ *   read-back is the library's JSON listing (nft-json.ts). Used whenever the library loads.
+ * - the `nft` program, spawned in the netns: `nft -f -` with the script on stdin, read back with
+ *   `nft list ruleset inet` (nft-list.ts). The fallback where libnftables is absent, or forced with
+ *   MESH_CNI_NFTABLES=process.
+ * `via` says which one this backend uses.
  */
 import * as fs from 'node:fs';
-import { CommandFailedError } from '../../errors';
+import { CommandFailedError, NftRefusedError } from '../../errors';
 import { run, type RunResult } from '../../netns';
 import { NFT_TABLES, NFT_TABLE_NAMES, nftChainName, type Family, type Table } from '../constants';
 import { effectiveChains, type Plan, type Rule } from '../plan';
 import { nftDeleteTables, renderNftScript, ruleBodies } from '../render/nftables';
 import { familiesOf, nftSignature, parseNftList, type ListedRule } from '../nft-list';
+import { parseNftJson } from '../nft-json';
+import { LIBNFTABLES, libnftablesUnavailable, nftablesModeFromEnv, NFTABLES_MODE_ENV, runNft, type NftablesMode } from './libnftables';
 import type { ApplyOutcome, Backend, ObservedRule } from './types';
 
 /**
@@ -23,16 +33,51 @@ export function nftProgram(): string {
 const TABLE_OF = new Map<string, Table>(Object.entries(NFT_TABLES).map(([table, name]) => [name, table as Table]));
 
 export interface NftablesBackendOptions {
-  /** The nft program (a path in tests, to run a stand-in that fails). */
+  /** The nft program (a path in tests, to run a stand-in that fails); naming one means the process path unless `mode` says otherwise. */
   nft?: string;
+  /** `library`, `process`, or `auto` (the library when it loads); by default MESH_CNI_NFTABLES, else auto. */
+  mode?: NftablesMode;
+}
+
+/** How the backend reaches nftables. */
+export type NftVia = 'libnftables' | 'nft';
+
+const LIST_RULESET = 'list ruleset inet';
+
+/**
+ * Which way a backend made with these options talks to nftables, and why (for `mesh-cni status`, the
+ * apply report and the agent's log).
+ */
+export function nftablesVia(options: NftablesBackendOptions = {}): { via: NftVia; reason: string } {
+  if (options.mode === undefined && options.nft !== undefined) return { via: 'nft', reason: `the nft program ${options.nft} was named` };
+  const mode = options.mode ?? nftablesModeFromEnv();
+  if (mode === 'process') return { via: 'nft', reason: options.mode ? 'the nft process was asked for' : `${NFTABLES_MODE_ENV}=process` };
+  const unavailable = libnftablesUnavailable();
+  if (unavailable === undefined) return { via: 'libnftables', reason: `${LIBNFTABLES} loaded` };
+  if (mode === 'library') throw new CommandFailedError(LIBNFTABLES, null, unavailable, `install the libnftables1 package, or unset ${NFTABLES_MODE_ENV}`);
+  return { via: 'nft', reason: `${unavailable}; spawning nft instead` };
 }
 
 export class NftablesBackend implements Backend {
   readonly name = 'nftables';
   private readonly nft: string;
+  private chosen?: { via: NftVia; reason: string };
 
-  constructor(options: NftablesBackendOptions = {}) {
+  constructor(private readonly options: NftablesBackendOptions = {}) {
     this.nft = options.nft ?? nftProgram();
+  }
+
+  /** Decided on first use, so making a backend (`mesh-cni plan`) loads no native code. */
+  get via(): NftVia {
+    return (this.chosen ??= nftablesVia(this.options)).via;
+  }
+
+  get viaReason(): string {
+    return (this.chosen ??= nftablesVia(this.options)).reason;
+  }
+
+  describeVia(): string {
+    return this.via === 'libnftables' ? `libnftables in-process (${this.viaReason})` : `the nft program (${this.viaReason})`;
   }
 
   private async exec(netns: string, args: string[], input?: string, hint = 'the rules were not applied'): Promise<RunResult> {
@@ -41,20 +86,49 @@ export class NftablesBackend implements Backend {
     return result;
   }
 
+  /**
+   * Runs nft commands in the netns, in-process or as `nft` (one process per command); returns each one's
+   * output. A command nft refuses throws CommandFailedError with nft's own error text, as the process does.
+   */
+  private async commands(netns: string, commands: Array<{ script: string; json?: boolean }>, hint: string): Promise<string[]> {
+    if (this.via === 'nft') {
+      const out: string[] = [];
+      for (const c of commands) {
+        const r = c.script === LIST_RULESET ? await this.exec(netns, ['list', 'ruleset', 'inet'], undefined, hint) : await this.exec(netns, ['-f', '-'], c.script, hint);
+        out.push(r.stdout);
+      }
+      return out;
+    }
+    const results = runNft(netns, commands);
+    const failed = results.find((r) => !r.ok);
+    if (failed) throw new NftRefusedError(failed.error, hint);
+    return results.map((r) => r.output);
+  }
+
+  private parse(listing: string): ListedRule[] {
+    const rules = this.via === 'nft' ? parseNftList(listing) : parseNftJson(listing);
+    return rules.filter((r) => NFT_TABLE_NAMES.includes(r.table));
+  }
+
   /** Our rules as listed, in chain order. */
   private async list(netns: string): Promise<ListedRule[]> {
-    const listed = await this.exec(netns, ['list', 'ruleset', 'inet'], undefined, 'could not read the nftables ruleset');
-    return parseNftList(listed.stdout).filter((r) => NFT_TABLE_NAMES.includes(r.table));
+    const [listing] = await this.commands(netns, [{ script: LIST_RULESET, json: true }], 'could not read the nftables ruleset');
+    return this.parse(listing!);
   }
 
   /** One transaction for every family: the script deletes our tables and defines what the plan needs. */
   async apply(netns: string, plan: Plan, families: readonly Family[]): Promise<ApplyOutcome> {
-    await this.exec(netns, ['-f', '-'], renderNftScript(plan, families));
+    await this.commands(netns, [{ script: renderNftScript(plan, families) }], 'the rules were not applied');
     // One transaction deleted every table of ours and defined the plan's: nothing else of ours can remain.
     return { provenByTransaction: true };
   }
 
   async remove(netns: string): Promise<number> {
+    if (this.via === 'libnftables') {
+      // The listing and the delete in one visit to the netns.
+      const [listing] = await this.commands(netns, [{ script: LIST_RULESET, json: true }, { script: nftDeleteTables() }], 'the rules were not removed');
+      return this.parse(listing!).length;
+    }
     const rules = await this.list(netns);
     await this.exec(netns, ['-f', '-'], nftDeleteTables(), 'the rules were not removed');
     return rules.length;

@@ -41,4 +41,9 @@ export interface Backend {
   observeFamilies?(netns: string, families: readonly Family[]): Promise<ObservedRule[]>;
   /** What `observe` should return once `rules` are applied. */
   expected(family: Family, rules: readonly Rule[]): ObservedRule[];
+  /**
+   * How the backend reaches the kernel, where it has more than one way, and why that one (nftables: in-process
+   * through libnftables, or the nft program). Shown by `mesh-cni status` and `apply`, and in the apply report.
+   */
+  describeVia?(): string;
 }
