@@ -8,6 +8,7 @@ import type net from 'node:net';
 import { AttachmentStore } from '../cni/attachments';
 import { runCni, type CniDeps } from '../cni/dispatch';
 import type { RequestLogLine } from '../cni/log';
+import type { AddPhase, PhaseSeconds } from '../cni/phases';
 import { serveCni, type CniServer } from '../cni/socket-protocol';
 import { peerCredentials } from '../netns/native';
 import type { NodePodCache } from '../kube/pod-cache';
@@ -89,8 +90,10 @@ function rootOnly(socket: net.Socket): string | undefined {
   return uid === 0 ? undefined : `non-root peer (uid ${uid})`;
 }
 
-function recordRequest(metrics: AgentMetrics, line: Readonly<RequestLogLine>): void {
+function recordRequest(metrics: AgentMetrics, line: Readonly<RequestLogLine>, phases: Readonly<PhaseSeconds> | undefined): void {
   const result = line.error ? String(line.error.code) : 'ok';
+  // A failed ADD's laps say little (the failing phase's time lands wherever the error was caught): not recorded.
+  if (phases && !line.error) for (const [phase, seconds] of Object.entries(phases) as Array<[AddPhase, number]>) metrics.addPhase.observe({ phase }, seconds);
   metrics.requests.inc({ command: line.command || 'unknown', result });
   if (line.command === 'ADD') metrics.addDuration.observe({ decision: line.decision ?? 'error' }, line.durationMs / 1000);
   if (line.command === 'ADD' && (line.decision === 'meshed' || line.decision === 'skipped')) {
@@ -367,7 +370,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   const podCache = await startPodCache(options, log, (pod) => onPodEvent?.(pod));
   const attachments = new AttachmentStore(options.stateDir);
   // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
-  const deps: CniDeps = { engine: await warmEngine(options), podCache, onRequest: (line) => recordRequest(metrics, line) };
+  const deps: CniDeps = { engine: await warmEngine(options), podCache, onRequest: (line, phases) => recordRequest(metrics, line, phases) };
   const parts: Parts = { options, log, metrics, attachments, socketPath, podCache, repair: { stop: () => undefined }, stopDecision: async () => ({ uninstall: false, reason: '' }), stopUntaint: () => undefined };
   parts.cniServer = await serveShim(socketPath, deps, options, metrics, log);
   if (options.install) parts.watcher = await keepInstalled(options.install, metrics, log);

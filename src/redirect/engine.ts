@@ -21,7 +21,7 @@ import { widestConfig, type RedirectConfig } from './config';
 import { FAMILIES, type Family } from './constants';
 import { clearLinks, detectFamilies, setLinks } from './links';
 import { buildPlan, type Plan } from './plan';
-import type { Backend, ObservedRule } from './backend/types';
+import type { ApplyLaps, Backend, ObservedRule } from './backend/types';
 import { diffRules, markBroken, observeAll } from './rule-state';
 
 export { BACKEND_NAMES, type BackendName } from './backend-names';
@@ -63,6 +63,8 @@ export interface EngineOptions {
    * before anything in the netns is read or changed; an apply already under way is finished, not cut.
    */
   signal?: AbortSignal;
+  /** Told where the time goes: plan, render (where the backend renders apart from applying), apply. */
+  laps?: { lap(phase: 'plan' | 'render' | 'apply'): void };
 }
 
 function guardHost(o: EngineOptions): void {
@@ -104,7 +106,9 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: Verify
     const families = o.families ?? (await detectFamilies(o.netns));
     let rules = 0;
     try {
-      const outcome = await backend.apply(o.netns, o.plan, families);
+      // Choosing the backend, the lock and the families are part of applying.
+      o.laps?.lap('apply');
+      const outcome = await backend.apply(o.netns, o.plan, families, o.laps as ApplyLaps | undefined);
       const readBack = o.verify !== 'when-replacing' || !outcome.provenByTransaction;
       for (const family of families) {
         const fp = o.plan[family];
@@ -121,12 +125,15 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: Verify
       return rollBack(o.netns, backend, err);
     }
     markBroken(o.netns, undefined);
+    o.laps?.lap('apply');
     return { backend: backend.name, backendReason: reason, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6 };
   }, { signal: o.signal });
 }
 
 export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; verify?: VerifyMode }): Promise<ApplyReport> {
-  return applyPlan({ ...o, plan: buildPlan(o.config) });
+  const plan = buildPlan(o.config);
+  o.laps?.lap('plan');
+  return applyPlan({ ...o, plan });
 }
 
 async function removeAll(netns: string, backend: Backend): Promise<number> {

@@ -136,3 +136,40 @@ test.serial('ADD and DEL through the agent program a real pod netns, and /metric
   t.true(metricValue(metrics, 'mesh_cni_rules_programmed_total', { backend: 'iptables-nft' }) > 0);
   t.is(metricValue(metrics, 'mesh_cni_add_duration_seconds_count', { decision: 'meshed' }), 1);
 });
+
+/** `name_count` per `phase` label, from Prometheus text. */
+function phaseCounts(metrics: string): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const m of metrics.matchAll(/^mesh_cni_add_phase_seconds_count\{phase="([a-z]+)"\} (\d+)$/gm)) counts[m[1]!] = Number(m[2]);
+  return counts;
+}
+
+test.serial("a meshed ADD's time is on /metrics by phase, every phase once; a skipped ADD has no plan or apply", async (t) => {
+  requireKernelTools(t);
+  const { agent } = await agentFor(t);
+  const pair = createPodPeer(t);
+  await listen(t, pair.pod, 'pod', ['15001']);
+  await listen(t, pair.peer, 'peer', ['80']);
+  const stdin = Buffer.from(JSON.stringify(withAnnotations(INJECTED, { backend: 'iptables-nft', log_file: '/dev/null' })));
+  const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c1', CNI_NETNS: pair.podPath, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS };
+  const added = await callCniSocket(agent.socketPath, { env, stdin }, 30_000);
+  t.is(added.exitCode, 0, added.stdout);
+  t.is(connect(pair.pod, pair.peerIp4, 80).port, 15001, 'the ADD whose phases are counted really programmed the netns');
+
+  const metrics = (await scrape(agent)).body;
+  t.deepEqual(phaseCounts(metrics), { parse: 1, decide: 1, plan: 1, render: 1, apply: 1, record: 1, log: 1 });
+  const sum = (phase: string) => metricValue(metrics, 'mesh_cni_add_phase_seconds_sum', { phase });
+  const phases = ['parse', 'decide', 'plan', 'render', 'apply', 'record', 'log'].map(sum);
+  for (const s of phases) t.true(s > 0);
+  // The laps partition the request: together they are the ADD's duration, and apply (a process) is most of it.
+  const total = metricValue(metrics, 'mesh_cni_add_duration_seconds_sum', { decision: 'meshed' });
+  const together = phases.reduce((a, b) => a + b, 0);
+  t.true(together <= total * 1.01 + 0.0005 && together >= total * 0.9, `phases ${together} s of an ADD of ${total} s`);
+  t.true(sum('apply') > sum('render') && sum('apply') > sum('plan'), 'the restore process outweighs planning and rendering');
+
+  // Not meshed (no sidecar): decided, logged, nothing planned or applied.
+  const plain = Buffer.from(JSON.stringify(withAnnotations({}, { backend: 'iptables-nft', log_file: '/dev/null' })));
+  const skipped = await callCniSocket(agent.socketPath, { env: { ...env, CNI_CONTAINERID: 'c2' }, stdin: plain }, 30_000);
+  t.is(skipped.exitCode, 0, skipped.stdout);
+  t.deepEqual(phaseCounts((await scrape(agent)).body), { parse: 2, decide: 2, plan: 1, render: 1, apply: 1, record: 1, log: 2 });
+});
