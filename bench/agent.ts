@@ -107,3 +107,83 @@ export function meshedNetconf(dir: string, backend: string): Record<string, unkn
     runtimeConfig: { 'io.kubernetes.cri.pod-annotations': INJECTED },
   };
 }
+
+/** The agent's /metrics text. */
+export async function scrapeMetrics(agent: AgentProcess): Promise<string> {
+  const res = await fetch(`http://127.0.0.1:${agent.healthPort}/metrics`);
+  return res.text();
+}
+
+/** Cumulative bucket counts of one histogram series (`le` → count), from Prometheus text. */
+export function histogramBuckets(text: string, name: string, labels: Record<string, string>): Map<number, number> {
+  const buckets = new Map<number, number>();
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}_bucket{`)) continue;
+    if (!Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) continue;
+    const le = /le="([^"]+)"/.exec(line)?.[1];
+    if (le === undefined) continue;
+    buckets.set(le === '+Inf' ? Infinity : Number(le), Number(line.slice(line.lastIndexOf(' ') + 1)));
+  }
+  return buckets;
+}
+
+/**
+ * A quantile of what a histogram observed between two scrapes, interpolated within its bucket as
+ * Prometheus' histogram_quantile does; NaN when nothing was observed.
+ */
+export function histogramQuantile(before: Map<number, number>, after: Map<number, number>, q: number): { value: number; count: number } {
+  const bounds = [...after.keys()].sort((a, b) => a - b);
+  const count = (le: number) => (after.get(le) ?? 0) - (before.get(le) ?? 0);
+  const total = count(Infinity);
+  if (total === 0) return { value: NaN, count: 0 };
+  const rank = q * total;
+  let lower = 0;
+  let below = 0;
+  for (const le of bounds) {
+    const c = count(le);
+    if (c >= rank) {
+      if (le === Infinity) return { value: lower, count: total };
+      return { value: lower + ((le - lower) * (rank - below)) / Math.max(c - below, 1e-9), count: total };
+    }
+    lower = le;
+    below = c;
+  }
+  return { value: lower, count: total };
+}
+
+export interface SmallSpawner {
+  pid: number;
+  run(netns: string, program: string, args: string[], input: string): Promise<{ code: number | null; ms: number; stdout: string }>;
+  stop(): void;
+}
+
+/** bench/small-spawner.ts as a child process, one job at a time. */
+export function startSmallSpawner(): SmallSpawner {
+  const child = spawn(process.execPath, [path.join(__dirname, 'small-spawner.js')], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let pending: ((line: string) => void) | undefined;
+  let buffered = '';
+  child.stdout!.on('data', (c: Buffer) => {
+    buffered += c.toString();
+    const nl = buffered.indexOf('\n');
+    if (nl >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      pending?.(line);
+    }
+  });
+  return {
+    pid: child.pid!,
+    run: (netns, program, args, input) =>
+      new Promise((resolve) => {
+        pending = (line) => {
+          const r = JSON.parse(line) as { code: number | null; ms: number; stderr: string };
+          resolve({ code: r.code, ms: r.ms, stdout: r.stderr });
+        };
+        child.stdin!.write(`${JSON.stringify({ netns, program, args, input })}\n`);
+      }),
+    stop: () => {
+      child.stdin!.end();
+      child.kill('SIGTERM');
+    },
+  };
+}

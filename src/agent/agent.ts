@@ -93,7 +93,7 @@ function rootOnly(socket: net.Socket): string | undefined {
 function recordRequest(metrics: AgentMetrics, line: Readonly<RequestLogLine>, phases: Readonly<PhaseSeconds> | undefined): void {
   const result = line.error ? String(line.error.code) : 'ok';
   // A failed ADD's laps say little (the failing phase's time lands wherever the error was caught): not recorded.
-  if (phases && !line.error) for (const [phase, seconds] of Object.entries(phases) as Array<[AddPhase, number]>) metrics.addPhase.observe({ phase }, seconds);
+  if (phases && !line.error) for (const [phase, seconds] of Object.entries(phases) as Array<[AddPhase, number]>) metrics.addPhase.observe({ phase, backend: line.backend ?? 'none' }, seconds);
   metrics.requests.inc({ command: line.command || 'unknown', result });
   if (line.command === 'ADD') metrics.addDuration.observe({ decision: line.decision ?? 'error' }, line.durationMs / 1000);
   if (line.command === 'ADD' && (line.decision === 'meshed' || line.decision === 'skipped')) {

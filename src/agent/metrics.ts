@@ -15,7 +15,7 @@ export class AgentMetrics {
    * An answered ADD's time by phase (src/cni/phases.ts): parse, decide, plan, render, apply (the restore or nft
    * transaction and what it waits for), record, log. Everything but apply is the agent's own work.
    */
-  readonly addPhase = this.histogram('mesh_cni_add_phase_seconds', 'Time a successful CNI ADD spent in each phase: parse, decide, plan, render, apply (packet filter transaction), record (attachment state), log', ['phase'] as const, [
+  readonly addPhase = this.histogram('mesh_cni_add_phase_seconds', 'Time a successful CNI ADD spent in each phase: parse, decide, plan, render, apply (packet filter transaction), record (attachment state), log; backend is `none` for a pod not meshed', ['phase', 'backend'] as const, [
     0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2,
   ]);
   /** One series per skip reason of src/cni/decision.ts (SKIP_REASONS), plus `meshed`: the decision's own strings. */

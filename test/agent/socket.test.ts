@@ -140,7 +140,7 @@ test.serial('ADD and DEL through the agent program a real pod netns, and /metric
 /** `name_count` per `phase` label, from Prometheus text. */
 function phaseCounts(metrics: string): Record<string, number> {
   const counts: Record<string, number> = {};
-  for (const m of metrics.matchAll(/^mesh_cni_add_phase_seconds_count\{phase="([a-z]+)"\} (\d+)$/gm)) counts[m[1]!] = Number(m[2]);
+  for (const m of metrics.matchAll(/^mesh_cni_add_phase_seconds_count\{phase="([a-z]+)",backend="[a-z-]+"\} (\d+)$/gm)) counts[m[1]!] = (counts[m[1]!] ?? 0) + Number(m[2]);
   return counts;
 }
 
@@ -158,6 +158,7 @@ test.serial("a meshed ADD's time is on /metrics by phase, every phase once; a sk
 
   const metrics = (await scrape(agent)).body;
   t.deepEqual(phaseCounts(metrics), { parse: 1, decide: 1, plan: 1, render: 1, apply: 1, record: 1, log: 1 });
+  t.is(metricValue(metrics, 'mesh_cni_add_phase_seconds_count', { phase: 'apply', backend: 'iptables-nft' }), 1);
   const sum = (phase: string) => metricValue(metrics, 'mesh_cni_add_phase_seconds_sum', { phase });
   const phases = ['parse', 'decide', 'plan', 'render', 'apply', 'record', 'log'].map(sum);
   for (const s of phases) t.true(s > 0);
