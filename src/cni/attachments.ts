@@ -48,6 +48,9 @@ function legacyName(containerId: string, ifName: string): string | undefined {
   return LEGACY_SAFE.test(containerId) && LEGACY_SAFE.test(ifName) ? `${containerId}_${ifName}.json` : undefined;
 }
 
+/** Directories this process made or found; an ADD's record then costs a write and a rename, no mkdir. */
+const knownDirs = new Set<string>();
+
 export class AttachmentStore {
   readonly dir: string;
 
@@ -65,8 +68,17 @@ export class AttachmentStore {
     try {
       const target = path.join(this.dir, this.name(rec.containerId, rec.ifName));
       temp = `${target}.${process.pid}.tmp`;
-      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-      fs.writeFileSync(temp, `${JSON.stringify(rec)}\n`, { mode: 0o600 });
+      const text = `${JSON.stringify(rec)}\n`;
+      try {
+        if (!knownDirs.has(this.dir)) throw Object.assign(new Error('not known yet'), { code: 'ENOENT' });
+        fs.writeFileSync(temp, text, { mode: 0o600 });
+      } catch (err) {
+        // Made on first use, and again whenever someone removed it since.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+        knownDirs.add(this.dir);
+        fs.writeFileSync(temp, text, { mode: 0o600 });
+      }
       fs.renameSync(temp, target);
       this.dropLegacy(rec.containerId, rec.ifName);
       return undefined;

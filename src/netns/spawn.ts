@@ -118,6 +118,13 @@ function cString(s: string): Buffer {
   return Buffer.from(`${s}\0`, 'utf8');
 }
 
+/** A NULL-terminated array of pointers to `items` (which must stay referenced while it is used). */
+function pointerArray(items: readonly Buffer[]): Buffer {
+  const array = Buffer.alloc((items.length + 1) * 8);
+  items.forEach((s, i) => (array as Buffer & { writePointer(p: Buffer, offset: number): void }).writePointer(s, i * 8));
+  return array;
+}
+
 function memfdWith(b: Bound, name: string, content: string): number {
   const fd = b.lib.memfd_create(name, MFD_CLOEXEC);
   if (fd < 0) throw new Error(`memfd_create failed with errno ${b.errno()}`);
@@ -128,10 +135,11 @@ function memfdWith(b: Bound, name: string, content: string): number {
 
 /**
  * Starts `program args...` (looked up in PATH) in the calling thread's namespaces, `input` on its stdin.
- * Synchronous, so it can run inside withNetns. Returns undefined when posix_spawn is not available here;
+ * Synchronous, so it can run inside withNetns. `env` replaces this process's environment (PATH is still
+ * searched in ours, as execvp does). Returns undefined when posix_spawn is not available here;
  * throws SpawnError when the program cannot be started.
  */
-export function startSpawn(program: string, args: readonly string[], input: string): SpawnedProgram | undefined {
+export function startSpawn(program: string, args: readonly string[], input: string, env?: Readonly<Record<string, string>>): SpawnedProgram | undefined {
   const b = bind();
   if (!b) return undefined;
   const { lib } = b;
@@ -158,9 +166,9 @@ export function startSpawn(program: string, args: readonly string[], input: stri
       if (lib.posix_spawn_file_actions_adddup2(actions, fd, target) !== 0) throw new Error('posix_spawn_file_actions_adddup2 failed');
     }
     const strings = [program, ...args].map(cString);
-    const argv = Buffer.alloc((strings.length + 1) * 8);
-    strings.forEach((s, i) => (argv as Buffer & { writePointer(p: Buffer, offset: number): void }).writePointer(s, i * 8));
-    const envp = (b.environ as Buffer & { readPointer(offset: number, size: number): Buffer }).readPointer(0, 0);
+    const argv = pointerArray(strings);
+    const envStrings = env ? Object.entries(env).map(([k, v]) => cString(`${k}=${v}`)) : [];
+    const envp = env ? pointerArray(envStrings) : (b.environ as Buffer & { readPointer(offset: number, size: number): Buffer }).readPointer(0, 0);
     const pid = Buffer.alloc(4);
     const rc = lib.posix_spawnp(pid, program, actions, b.attr, argv, envp);
     if (rc !== 0) throw new SpawnError(program, rc);

@@ -130,8 +130,39 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: Verify
   }, { signal: o.signal });
 }
 
+/** Plans by their config's JSON; a cluster runs few distinct configs, so a small bound holds them all. */
+const plans = new Map<string, Plan>();
+const MAX_CACHED_PLANS = 64;
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
+
+/**
+ * The plan for a config, built once per distinct config: the agent's ADDs mostly repeat a handful. Keyed by the
+ * config's whole JSON (every field is plain data), so any change in any field is a different plan; frozen, so
+ * nothing can alter a plan another request shares (and a backend may key its rendered text on the rules).
+ */
+export function planFor(config: RedirectConfig): Plan {
+  const key = JSON.stringify(config);
+  let plan = plans.get(key);
+  if (plan) {
+    // Most recently used last: the first key is the one to drop.
+    plans.delete(key);
+  } else {
+    plan = deepFreeze(buildPlan(structuredClone(config)));
+    if (plans.size >= MAX_CACHED_PLANS) plans.delete(plans.keys().next().value as string);
+  }
+  plans.set(key, plan);
+  return plan;
+}
+
 export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; verify?: VerifyMode }): Promise<ApplyReport> {
-  const plan = buildPlan(o.config);
+  const plan = planFor(o.config);
   o.laps?.lap('plan');
   return applyPlan({ ...o, plan });
 }

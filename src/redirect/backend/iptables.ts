@@ -35,6 +35,18 @@ function shapes(family: Family): Set<string> {
   return (ownedShapes[family] ??= ownedShapesFor(family));
 }
 
+/**
+ * A fresh sandbox's restore text by its rules: the engine's plans are cached and frozen (engine.ts planFor),
+ * so the same rules array is the same text. Weak: a plan dropped from that cache takes its text with it.
+ */
+const freshText = new WeakMap<readonly Rule[], string>();
+function renderFresh(rules: readonly Rule[]): string {
+  if (!Object.isFrozen(rules)) return renderRestore(rules);
+  let text = freshText.get(rules);
+  if (text === undefined) freshText.set(rules, (text = renderRestore(rules)));
+  return text;
+}
+
 export class IptablesBackend implements Backend {
   readonly name: string;
 
@@ -114,7 +126,7 @@ export class IptablesBackend implements Backend {
   private async applyFamily(netns: string, family: Family, rules: readonly Rule[], laps?: ApplyLaps): Promise<'created' | 'replaced'> {
     // Fast path for a fresh sandbox: Istio's own text, whose `-N` fails (changing nothing) if our chains exist.
     laps?.lap('apply');
-    const text = renderRestore(rules);
+    const text = renderFresh(rules);
     laps?.lap('render');
     const fresh = await run(netns, binary(family, this.flavour, 'restore'), ['--noflush'], {
       input: text,
