@@ -5,7 +5,7 @@
  */
 import http from 'node:http';
 import type net from 'node:net';
-import { AttachmentStore } from '../cni/attachments';
+import { AttachmentStore, flushAttachmentWrites } from '../cni/attachments';
 import { runCni, type CniDeps } from '../cni/dispatch';
 import type { RequestLogLine } from '../cni/log';
 import type { AddPhase, PhaseSeconds } from '../cni/phases';
@@ -338,6 +338,8 @@ async function stopParts(p: Parts): Promise<void> {
   if (install && decision) await carryOut(decision, install, p.log);
   const health = p.health;
   await Promise.all([p.cniServer?.close(), p.podCache?.stop(), health ? new Promise((r) => health.close(r)) : undefined]);
+  // The records of the last ADDs answered (bounded: a hung disk must not hold the stop).
+  await flushAttachmentWrites(2000);
   p.cniServer = undefined;
 }
 
@@ -370,7 +372,8 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   const podCache = await startPodCache(options, log, (pod) => onPodEvent?.(pod));
   const attachments = new AttachmentStore(options.stateDir);
   // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
-  const deps: CniDeps = { engine: await warmEngine(options), podCache, onRequest: (line, phases) => recordRequest(metrics, line, phases) };
+  // Attachment records are written after the answer, as the log line is (src/cni/attachments.ts).
+  const deps: CniDeps = { engine: await warmEngine(options), podCache, recordInBackground: true, onRequest: (line, phases) => recordRequest(metrics, line, phases) };
   const parts: Parts = { options, log, metrics, attachments, socketPath, podCache, repair: { stop: () => undefined }, stopDecision: async () => ({ uninstall: false, reason: '' }), stopUntaint: () => undefined };
   parts.cniServer = await serveShim(socketPath, deps, options, metrics, log);
   if (options.install) parts.watcher = await keepInstalled(options.install, metrics, log);

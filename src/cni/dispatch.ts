@@ -33,6 +33,11 @@ export interface CniDeps extends PodSourceDeps {
   attachments?: AttachmentStore;
   /** where lines go before the netconf (and its log_file) is known; null: stderr only */
   defaultLogFile?: string | null;
+  /**
+   * Write an ADD's attachment record after answering, not before (the agent: a long-lived process keeps the
+   * write going; a failure is logged on a line of its own). The standalone plugin writes before it exits.
+   */
+  recordInBackground?: boolean;
   /** told about every request once it is answered (the agent's metrics), with an ADD's time by phase */
   onRequest?: (line: Readonly<RequestLogLine>, phases?: Readonly<PhaseSeconds>) => void;
 }
@@ -87,7 +92,7 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
   // The rules are in place: from here nothing may fail the ADD (the record is a shortcut, never a condition).
   let note: string | undefined;
   try {
-    note = attachmentsFor(req, deps).record({
+    const record = {
       containerId: req.containerId,
       ifName: req.ifName,
       netns: req.netns,
@@ -95,7 +100,9 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
       backend: report.backend,
       rules: report.rules,
       programmedAt: new Date().toISOString(),
-    });
+    };
+    if (deps.recordInBackground) attachmentsFor(req, deps).recordLater(record, (failed) => logLateNote(req, line, failed));
+    else note = attachmentsFor(req, deps).record(record);
   } catch (err) {
     note = `attachment state not recorded (${(err as Error).message}); the reconciler will find the netns another way`;
   }
@@ -104,9 +111,19 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
   return { stdout };
 }
 
+/** A note learned after the ADD was answered and logged (its record could not be written): a line of its own. */
+function logLateNote(req: NetworkRequest, added: RequestLogLine, note: string): void {
+  const line: RequestLogLine = { time: new Date().toISOString(), level: 'warn', command: 'ADD', containerId: added.containerId, pod: added.pod, netns: added.netns, decision: 'state-not-recorded', durationMs: 0, notes: [note] };
+  // To the log file only: the runtime already has its answer, and with it the stderr copy of the ADD's line.
+  writeRequestLog(line, { logFile: req.netconf.logFile, logLevel: req.netconf.logLevel });
+}
+
 async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal): Promise<Outcome> {
-  // DEL is best effort and repeatable: a gone or never-programmed netns is success.
-  attachmentsFor(req, deps).forget(req.containerId, req.ifName);
+  // DEL is best effort and repeatable: a gone or never-programmed netns is success. A record still being
+  // written is waited for, so it cannot land after the removal.
+  const store = attachmentsFor(req, deps);
+  await store.settled(req.containerId, req.ifName);
+  store.forget(req.containerId, req.ifName);
   if (req.netns === '') {
     Object.assign(line, { decision: 'nothing-to-remove', reason: 'no-netns' });
     return { stdout: '' };
@@ -152,7 +169,9 @@ async function cmdCheck(req: NetworkRequest, deps: CniDeps, line: RequestLogLine
 
 async function cmdGc(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
   const valid = req.validAttachments ?? [];
-  const dropped = attachmentsFor(req, deps).gc(valid);
+  const store = attachmentsFor(req, deps);
+  await store.settled();
+  const dropped = store.gc(valid);
   Object.assign(line, { decision: 'collected', notes: [`${valid.length} valid attachments, ${dropped} stale records dropped`] });
   return { stdout: '' };
 }

@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { startAgent, type Agent } from '../../src/agent/agent';
 import { callCniSocket } from '../../src/cni/socket-protocol';
-import { createPodPeer, tryInNetns } from '../support/netns';
+import { createNetns, createPodPeer, netnsPath, tryInNetns } from '../support/netns';
 import { connect, listen } from '../support/traffic';
 import { requireKernelTools } from '../support/require';
 import { INJECTED, POD_ARGS, withAnnotations } from '../cni/helpers';
@@ -173,4 +173,26 @@ test.serial("a meshed ADD's time is on /metrics by phase, every phase once; a sk
   const skipped = await callCniSocket(agent.socketPath, { env: { ...env, CNI_CONTAINERID: 'c2' }, stdin: plain }, 30_000);
   t.is(skipped.exitCode, 0, skipped.stdout);
   t.deepEqual(phaseCounts((await scrape(agent)).body), { parse: 2, decide: 2, plan: 1, render: 1, apply: 1, record: 1, log: 2 });
+});
+
+test.serial('the agent records an attachment after answering; a DEL right behind the ADD still leaves no record', async (t) => {
+  requireKernelTools(t);
+  const { agent, dir } = await agentFor(t);
+  const state = path.join(dir, 'records');
+  const stdin = Buffer.from(JSON.stringify(withAnnotations(INJECTED, { backend: 'iptables-nft', log_file: '/dev/null', state_dir: state })));
+  const records = () => (fs.existsSync(path.join(state, 'attachments')) ? fs.readdirSync(path.join(state, 'attachments')).filter((f) => f.endsWith('.json')) : []);
+  const ns = netnsPath(createNetns(t, 'rec'));
+  const env = (command: string, id: string) => ({ CNI_COMMAND: command, CNI_CONTAINERID: id, CNI_NETNS: ns, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS });
+  for (let i = 0; i < 10; i++) {
+    const added = await callCniSocket(agent.socketPath, { env: env('ADD', `rec-${i}`), stdin }, 30_000);
+    t.is(added.exitCode, 0, added.stdout);
+    const deleted = await callCniSocket(agent.socketPath, { env: env('DEL', `rec-${i}`), stdin }, 30_000);
+    t.is(deleted.exitCode, 0, deleted.stdout);
+  }
+  const kept = await callCniSocket(agent.socketPath, { env: env('ADD', 'rec-kept'), stdin }, 30_000);
+  t.is(kept.exitCode, 0, kept.stdout);
+  for (let i = 0; i < 100 && records().length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 100));
+  t.deepEqual(records(), ['rec-kept_eth0.json'], 'only the attachment never deleted has a record');
+  t.is(JSON.parse(fs.readFileSync(path.join(state, 'attachments', 'rec-kept_eth0.json'), 'utf8')).netns, ns);
 });
