@@ -200,6 +200,38 @@ async function startPodCache(options: AgentOptions, log: Log, onPodEvent: (pod: 
   });
 }
 
+type BuildConfig = NonNullable<CniDeps['buildConfig']>;
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
+
+/**
+ * The annotation parser, remembered per distinct (annotations, proxy settings): a node's pods come from a few
+ * Deployments, so most ADDs ask again for a config already parsed. The config is frozen (requests share it);
+ * annotations that do not parse are not remembered, so their error is raised every time.
+ */
+async function rememberedConfigs(max = 256): Promise<BuildConfig> {
+  const { redirectConfigFromAnnotations } = await import('../redirect/config');
+  const configs = new Map<string, ReturnType<BuildConfig>>();
+  return (annotations, proxy) => {
+    const key = JSON.stringify([annotations, proxy ?? null]);
+    let config = configs.get(key);
+    if (config) {
+      configs.delete(key);
+    } else {
+      config = deepFreeze(redirectConfigFromAnnotations(annotations, proxy));
+      if (configs.size >= max) configs.delete(configs.keys().next().value as string);
+    }
+    configs.set(key, config);
+    return config;
+  };
+}
+
 /** The engine, loaded now so the first ADD does not pay for it, with `auto`'s detection warmed up. */
 async function warmEngine(options: AgentOptions): Promise<CniDeps['engine']> {
   const engine = await import('../redirect/engine');
@@ -373,7 +405,13 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   const attachments = new AttachmentStore(options.stateDir);
   // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
   // Attachment records are written after the answer, as the log line is (src/cni/attachments.ts).
-  const deps: CniDeps = { engine: await warmEngine(options), podCache, recordInBackground: true, onRequest: (line, phases) => recordRequest(metrics, line, phases) };
+  const deps: CniDeps = {
+    engine: await warmEngine(options),
+    buildConfig: await rememberedConfigs(),
+    podCache,
+    recordInBackground: true,
+    onRequest: (line, phases) => recordRequest(metrics, line, phases),
+  };
   const parts: Parts = { options, log, metrics, attachments, socketPath, podCache, repair: { stop: () => undefined }, stopDecision: async () => ({ uninstall: false, reason: '' }), stopUntaint: () => undefined };
   parts.cniServer = await serveShim(socketPath, deps, options, metrics, log);
   if (options.install) parts.watcher = await keepInstalled(options.install, metrics, log);

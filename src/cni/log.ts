@@ -104,6 +104,18 @@ export function flushRequestLogs(timeoutMs: number): Promise<void> {
   });
 }
 
+let pumpScheduled = false;
+
+/** Starts the writes once the current request has been answered (after this turn of the event loop). */
+function schedulePump(): void {
+  if (pumpScheduled) return;
+  pumpScheduled = true;
+  setImmediate(() => {
+    pumpScheduled = false;
+    pump();
+  });
+}
+
 /** Queues the line for the file (best effort, in the background) and returns the text for stderr, or '' when filtered out. */
 export function writeRequestLog(line: RequestLogLine, options: { logFile?: string; logLevel?: LogLevel }): string {
   if (!shouldLog(line, options.logLevel ?? 'info')) return '';
@@ -116,7 +128,7 @@ export function writeRequestLog(line: RequestLogLine, options: { logFile?: strin
     } else {
       q.chunks.push(text);
       q.bytes += text.length;
-      pump();
+      schedulePump();
     }
   }
   return text;

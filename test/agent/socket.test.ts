@@ -196,3 +196,31 @@ test.serial('the agent records an attachment after answering; a DEL right behind
   t.deepEqual(records(), ['rec-kept_eth0.json'], 'only the attachment never deleted has a record');
   t.is(JSON.parse(fs.readFileSync(path.join(state, 'attachments', 'rec-kept_eth0.json'), 'utf8')).netns, ns);
 });
+
+test.serial("the agent's remembered configs and plans follow the annotations: pods alternating between two configs each get their own", async (t) => {
+  requireKernelTools(t);
+  const { agent } = await agentFor(t);
+  const excluding80 = { ...INJECTED, 'traffic.sidecar.istio.io/excludeOutboundPorts': '80' };
+  const cases = [INJECTED, excluding80, INJECTED, excluding80];
+  for (const [i, annotations] of cases.entries()) {
+    const pair = createPodPeer(t);
+    await listen(t, pair.pod, 'pod', ['15001']);
+    await listen(t, pair.peer, 'peer', ['80', '81']);
+    const stdin = Buffer.from(JSON.stringify(withAnnotations(annotations, { backend: 'iptables-nft', log_file: '/dev/null' })));
+    const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: `cfg-${i}`, CNI_NETNS: pair.podPath, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS };
+    const added = await callCniSocket(agent.socketPath, { env, stdin }, 30_000);
+    t.is(added.exitCode, 0, added.stdout);
+    const excluded = annotations === excluding80;
+    t.is(connect(pair.pod, pair.peerIp4, 80).port, excluded ? 80 : 15001, `pod ${i}: port 80 ${excluded ? 'excluded' : 'redirected'}`);
+    t.is(connect(pair.pod, pair.peerIp4, 81).port, 15001, `pod ${i}: port 81 redirected`);
+  }
+  // An annotation that does not parse is refused every time, not remembered as something else.
+  const bad = Buffer.from(JSON.stringify(withAnnotations({ ...INJECTED, 'traffic.sidecar.istio.io/excludeOutboundPorts': '80,,81' }, { backend: 'iptables-nft', log_file: '/dev/null' })));
+  const pair = createPodPeer(t);
+  for (let i = 0; i < 2; i++) {
+    const refused = await callCniSocket(agent.socketPath, { env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: `bad-${i}`, CNI_NETNS: pair.podPath, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS }, stdin: bad }, 30_000);
+    t.is(refused.exitCode, 1);
+    t.regex(JSON.parse(refused.stdout).msg, /excludeOutboundPorts/);
+  }
+  t.notRegex(tryInNetns(pair.pod, 'iptables-nft-save', []).stdout, /ISTIO_/);
+});
