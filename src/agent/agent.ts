@@ -410,7 +410,8 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     buildConfig: await rememberedConfigs(),
     podCache,
     recordInBackground: true,
-    onRequest: (line, phases) => recordRequest(metrics, line, phases),
+    // Counted once the answer is on its way (a dozen label lookups in prom-client are not the shim's to wait for).
+    onRequest: (line, phases) => setImmediate(() => recordRequest(metrics, line, phases)),
   };
   const parts: Parts = { options, log, metrics, attachments, socketPath, podCache, repair: { stop: () => undefined }, stopDecision: async () => ({ uninstall: false, reason: '' }), stopUntaint: () => undefined };
   parts.cniServer = await serveShim(socketPath, deps, options, metrics, log);
