@@ -1,15 +1,21 @@
 /**
  * Benchmark 1, pod ADD latency. In one loop, so every ratio compares figures from the same minutes:
- *   - the shim executed as the runtime does (env + stdin, cwd /), agent warm, into a fresh netns, per backend
- *     (iptables, nftables, and auto: what a default install writes into the netconf);
+ *   - the shim executed as the runtime does (env + stdin, started with posix_spawn as containerd's Go runtime
+ *     starts a plugin), agent warm, into a fresh netns, per backend (iptables, nftables, and auto: what a
+ *     default install writes into the netconf);
  *   - the floor: one bare iptables-restore (or nft -f) of the same rules into a fresh netns, as a process
- *     (spawned from inside the netns, as the engine spawns it);
+ *     (spawned from inside the netns, as the engine spawns it: posix_spawn, src/netns/spawn.ts);
  *   - the standalone path (no agent): the installed shim -> node -> installed engine, for VERSION and ADD,
- *     against a bare `node -e 0`.
+ *     against a bare `node -e 0`;
+ *   - the parts of an iptables ADD: the shim's exec and socket round trip (a VERSION through the agent: the
+ *     agent answers it without work), the agent's own work by phase (its /metrics histogram, every phase but
+ *     apply), its apply (the restore started from the agent), and the same restore started from a small process
+ *     and from this large one, with posix_spawn and with libuv's fork (what the engine used before).
  */
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { run } from '../src/netns';
+import { run, withNetns } from '../src/netns';
 import { redirectConfigFromAnnotations } from '../src/redirect/config';
 import { buildPlan } from '../src/redirect/plan';
 import { renderRestore } from '../src/redirect/render/iptables';
@@ -17,8 +23,9 @@ import { renderNftScript } from '../src/redirect/render/nftables';
 import { nftProgram } from '../src/redirect/backend/nftables';
 import { libnftablesAvailable, runNft } from '../src/redirect/backend/libnftables';
 import { install, pluginEntry } from '../src/installer';
-import { INJECTED, meshedNetconf, runShim, startAgentProcess } from './agent';
-import { ENGINE_DIR, exec, freshNetns, median, MINIMAL_PATH, removeNetns, SHIM, table, tempDir, writeResult, type Summary } from './lib';
+import { histogramBuckets, histogramQuantile, INJECTED, meshedNetconf, runShim, scrapeMetrics, startAgentProcess, startSmallSpawner } from './agent';
+import { ENGINE_DIR, exec, freshNetns, median, MINIMAL_PATH, removeNetns, rssKb, SHIM, table, tempDir, writeResult, type Summary } from './lib';
+import { ADD_PHASES } from '../src/cni/phases';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 
@@ -52,7 +59,12 @@ export async function benchAddLatency(): Promise<Summary[]> {
   const installedShim = path.join(binDir, 'mesh-cni');
   const absent = path.join(dir, 'no-agent.sock');
 
+  const spawner = startSmallSpawner();
+  const forkingSpawner = startSmallSpawner('fork');
   const series: Series = {};
+  let metricsBefore = '';
+  let metricsAfter = '';
+  let rss = { agent: NaN, small: NaN, bench: NaN };
   const failures: string[] = [];
   const once = async (name: string, work: (netns: string) => Promise<{ code: number | null; ms: number; stdout?: string }>) => {
     const netns = freshNetns();
@@ -65,12 +77,26 @@ export async function benchAddLatency(): Promise<Summary[]> {
     }
   };
   let id = 0;
-  const add = (backend: string, shim = SHIM, socket = agent.socket) => (netns: string) =>
-    runShim({ shim, command: 'ADD', netns, containerId: `bench-${++id}`, netconf: meshedNetconf(dir, backend), socket });
+  const add = (backend: string, shim = SHIM, socket = agent.socket, how: 'posix' | 'fork' = 'posix') => (netns: string) =>
+    runShim({ shim, command: 'ADD', netns, containerId: `bench-${++id}`, netconf: meshedNetconf(dir, backend), socket, spawn: how });
+  const restoreForkedHere = (netns: string) =>
+    new Promise<{ code: number | null; ms: number; stdout: string }>((resolve) => {
+      const t = process.hrtime.bigint();
+      const child = withNetns(netns, () => spawn('iptables-restore', ['--noflush'], { stdio: ['pipe', 'pipe', 'pipe'] }));
+      let err = '';
+      child.stdout.resume();
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      child.stdin.on('error', () => undefined);
+      child.stdin.end(restoreText);
+      child.on('close', (code) => resolve({ code, ms: Number(process.hrtime.bigint() - t) / 1e6, stdout: err }));
+    });
 
   try {
     // Warm-up: the agent's first requests load and cache what later ones reuse.
     for (const backend of ['iptables', 'nftables', 'auto']) await once(`warmup-${backend}`, add(backend));
+    await once('warmup-small', (netns) => spawner.run(netns, 'iptables-restore', ['--noflush'], restoreText));
+    await once('warmup-small-fork', (netns) => forkingSpawner.run(netns, 'iptables-restore', ['--noflush'], restoreText));
+    metricsBefore = await scrapeMetrics(agent);
     for (let i = 0; i < RUNS; i++) {
       await once('floor iptables-restore', async (netns) => {
         const t = process.hrtime.bigint();
@@ -78,6 +104,13 @@ export async function benchAddLatency(): Promise<Summary[]> {
         return { code: r.code, ms: Number(process.hrtime.bigint() - t) / 1e6, stdout: r.stderr };
       });
       await once('ADD iptables (agent)', add('iptables'));
+      await once('restore, posix_spawn from a small process', (netns) => spawner.run(netns, 'iptables-restore', ['--noflush'], restoreText));
+      await once('restore, fork from a small process', (netns) => forkingSpawner.run(netns, 'iptables-restore', ['--noflush'], restoreText));
+      await once('restore, fork from the bench process', restoreForkedHere);
+      await once('shim VERSION (agent)', (netns) =>
+        runShim({ command: 'VERSION', netns, containerId: `bench-${++id}`, netconf: meshedNetconf(dir, 'iptables'), socket: agent.socket, spawn: 'posix' }),
+      );
+      await once('ADD iptables (agent), shim forked from the bench', add('iptables', SHIM, agent.socket, 'fork'));
       await once('floor nft -f', async (netns) => {
         const t = process.hrtime.bigint();
         const r = await run(netns, nft, ['-f', '-'], { input: nftText });
@@ -97,10 +130,15 @@ export async function benchAddLatency(): Promise<Summary[]> {
       await once('standalone VERSION', async () =>
         exec(installedShim, [], { cwd: '/', input: '{"cniVersion":"1.0.0"}', env: { PATH: MINIMAL_PATH, CNI_COMMAND: 'VERSION', MESH_CNI_AGENT_SOCKET: absent } }),
       );
-      await once('standalone ADD iptables', add('iptables', installedShim, absent));
-      await once('standalone ADD auto', add('auto', installedShim, absent));
+      // The standalone lines keep child_process, as node -e 0 beside them does.
+      await once('standalone ADD iptables', add('iptables', installedShim, absent, 'fork'));
+      await once('standalone ADD auto', add('auto', installedShim, absent, 'fork'));
     }
+    metricsAfter = await scrapeMetrics(agent);
+    rss = { agent: rssKb(agent.pid), small: rssKb(spawner.pid), bench: rssKb(process.pid) };
   } finally {
+    spawner.stop();
+    forkingSpawner.stop();
     await agent.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -122,12 +160,38 @@ export async function benchAddLatency(): Promise<Summary[]> {
     'standalone-add-vs-node': m('standalone ADD iptables') / m('node -e 0'),
   };
   console.log(table(['ratio', 'value'], Object.entries(ratios)));
-  writeResult('add-latency', { runs: RUNS, medians: Object.fromEntries(Object.keys(series).map((n) => [n, m(n)])), samples: series, ratios, failures });
+
+  // The parts of an iptables ADD, from the same loop.
+  const phaseMs = (phase: string) => {
+    const labels = { phase, backend: 'iptables' };
+    const q = histogramQuantile(histogramBuckets(metricsBefore, 'mesh_cni_add_phase_seconds', labels), histogramBuckets(metricsAfter, 'mesh_cni_add_phase_seconds', labels), 0.5);
+    return q.value * 1000;
+  };
+  const phases = Object.fromEntries(ADD_PHASES.map((p) => [p, phaseMs(p)]));
+  const agentWork = ADD_PHASES.filter((p) => p !== 'apply').reduce((sum, p) => sum + (phases[p] || 0), 0);
+  const mib = (kb: number) => `${(kb / 1024).toFixed(0)} MiB`;
+  const parts: Array<[string, number]> = [
+    ['shim exec + socket round trip (VERSION through the agent)', m('shim VERSION (agent)')],
+    [`agent work: every phase but apply (${ADD_PHASES.filter((p) => p !== 'apply').map((p) => `${p} ${(phases[p] ?? NaN).toFixed(3)}`).join(', ')})`, agentWork],
+    [`apply in the agent: lock, families, the restore started from the agent with posix_spawn (RSS ${mib(rss.agent)})`, phases.apply ?? NaN],
+    [`the same restore, posix_spawn from this bench process: the floor (RSS ${mib(rss.bench)})`, m('floor iptables-restore')],
+    [`the same restore, posix_spawn from a small process (RSS ${mib(rss.small)})`, m('restore, posix_spawn from a small process')],
+    [`the same restore, libuv fork from a small process (RSS ${mib(rss.small)})`, m('restore, fork from a small process')],
+    [`the same restore, libuv fork from this bench process (RSS ${mib(rss.bench)})`, m('restore, fork from the bench process')],
+    ['ADD iptables through shim + agent', m('ADD iptables (agent)')],
+  ];
+  const rest = m('ADD iptables (agent)') - m('shim VERSION (agent)') - agentWork - (phases.apply ?? NaN);
+  parts.push(['rest: ADD less round trip, agent work and apply', rest]);
+  parts.push(['(for comparison) ADD iptables with the shim forked from this bench process', m('ADD iptables (agent), shim forked from the bench')]);
+  console.log(`\n== 1b. Where an iptables ADD goes (medians in ms; phases from the agent's /metrics histogram, interpolated in its buckets)`);
+  console.log(table(['part', 'ms'], parts.map(([k, v]) => [k, Number(v.toFixed(3))])));
+  writeResult('add-latency', { runs: RUNS, medians: Object.fromEntries(Object.keys(series).map((n) => [n, m(n)])), samples: series, ratios, failures, iptablesParts: Object.fromEntries(parts), phaseMediansMs: phases, rssKb: rss });
   const note = failures.length > 0 ? `${failures.length} failed runs` : undefined;
   return [
-    { name: 'add-vs-floor-iptables', value: ratios['add-vs-floor-iptables'], unit: 'x', target: 1.5, atMost: true, note },
+    { name: 'add-vs-floor-iptables', value: ratios['add-vs-floor-iptables'], unit: 'x', target: 1.3, atMost: true, note },
     { name: 'add-vs-floor-nftables', value: ratios['add-vs-floor-nftables'], unit: 'x', target: 0.8, atMost: true, note },
-    { name: 'add-auto-vs-floor-iptables', value: ratios['add-auto-vs-floor-iptables'], unit: 'x', target: 1.5, atMost: true, note },
+    { name: 'add-auto-vs-floor-iptables', value: ratios['add-auto-vs-floor-iptables'], unit: 'x', target: 1.3, atMost: true, note },
+    { name: 'agent-work-per-add', value: agentWork * 1000, unit: 'us', target: 500, atMost: true, note: 'median phases of an iptables ADD but apply, summed' },
     { name: 'standalone-version-vs-node', value: ratios['standalone-version-vs-node'], unit: 'x', target: 1.6, atMost: true },
     { name: 'standalone-add-vs-node', value: ratios['standalone-add-vs-node'], unit: 'x', target: 1.6, atMost: true },
   ];

@@ -13,9 +13,9 @@ import { benchRuleCount } from './rule-count';
 import { bounded, removeAllNetns, summaryLine, sweepDeadNetns, type Summary } from './lib';
 
 const BENCHMARKS: Record<string, { run: () => Promise<Summary[]>; limitMs: number; summaries: string[] }> = {
-  add: { run: benchAddLatency, limitMs: 10 * 60_000, summaries: ['add-vs-floor-iptables', 'add-vs-floor-nftables', 'add-auto-vs-floor-iptables', 'standalone-version-vs-node', 'standalone-add-vs-node'] },
+  add: { run: benchAddLatency, limitMs: 10 * 60_000, summaries: ['add-vs-floor-iptables', 'add-vs-floor-nftables', 'add-auto-vs-floor-iptables', 'agent-work-per-add', 'standalone-version-vs-node', 'standalone-add-vs-node'] },
   burst: { run: benchBurst, limitMs: 5 * 60_000, summaries: ['burst-p99'] },
-  cri: { run: benchCri, limitMs: 10 * 60_000, summaries: ['cri-run-pod-sandbox'] },
+  cri: { run: benchCri, limitMs: 10 * 60_000, summaries: ['cri-run-pod-sandbox-iptables', 'cri-run-pod-sandbox-nftables'] },
   repair: { run: benchRepairScan, limitMs: 10 * 60_000, summaries: ['repair-scan-500'] },
   memory: { run: benchMemory, limitMs: 10 * 60_000, summaries: ['agent-rss-idle', 'agent-rss-500-pods'] },
   rules: { run: benchRuleCount, limitMs: 5 * 60_000, summaries: ['nft-rules-growth'] },

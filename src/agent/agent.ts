@@ -5,9 +5,10 @@
  */
 import http from 'node:http';
 import type net from 'node:net';
-import { AttachmentStore } from '../cni/attachments';
+import { AttachmentStore, flushAttachmentWrites } from '../cni/attachments';
 import { runCni, type CniDeps } from '../cni/dispatch';
 import type { RequestLogLine } from '../cni/log';
+import type { AddPhase, PhaseSeconds } from '../cni/phases';
 import { serveCni, type CniServer } from '../cni/socket-protocol';
 import { peerCredentials } from '../netns/native';
 import type { NodePodCache } from '../kube/pod-cache';
@@ -89,8 +90,10 @@ function rootOnly(socket: net.Socket): string | undefined {
   return uid === 0 ? undefined : `non-root peer (uid ${uid})`;
 }
 
-function recordRequest(metrics: AgentMetrics, line: Readonly<RequestLogLine>): void {
+function recordRequest(metrics: AgentMetrics, line: Readonly<RequestLogLine>, phases: Readonly<PhaseSeconds> | undefined): void {
   const result = line.error ? String(line.error.code) : 'ok';
+  // A failed ADD's laps say little (the failing phase's time lands wherever the error was caught): not recorded.
+  if (phases && !line.error) for (const [phase, seconds] of Object.entries(phases) as Array<[AddPhase, number]>) metrics.addPhase.observe({ phase, backend: line.backend ?? 'none' }, seconds);
   metrics.requests.inc({ command: line.command || 'unknown', result });
   if (line.command === 'ADD') metrics.addDuration.observe({ decision: line.decision ?? 'error' }, line.durationMs / 1000);
   if (line.command === 'ADD' && (line.decision === 'meshed' || line.decision === 'skipped')) {
@@ -195,6 +198,38 @@ async function startPodCache(options: AgentOptions, log: Log, onPodEvent: (pod: 
     },
     onError: (err) => log({ level: 'warn', msg: 'pod watch failed; restarting with backoff', error: String(err) }),
   });
+}
+
+type BuildConfig = NonNullable<CniDeps['buildConfig']>;
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
+
+/**
+ * The annotation parser, remembered per distinct (annotations, proxy settings): a node's pods come from a few
+ * Deployments, so most ADDs ask again for a config already parsed. The config is frozen (requests share it);
+ * annotations that do not parse are not remembered, so their error is raised every time.
+ */
+async function rememberedConfigs(max = 256): Promise<BuildConfig> {
+  const { redirectConfigFromAnnotations } = await import('../redirect/config');
+  const configs = new Map<string, ReturnType<BuildConfig>>();
+  return (annotations, proxy) => {
+    const key = JSON.stringify([annotations, proxy ?? null]);
+    let config = configs.get(key);
+    if (config) {
+      configs.delete(key);
+    } else {
+      config = deepFreeze(redirectConfigFromAnnotations(annotations, proxy));
+      if (configs.size >= max) configs.delete(configs.keys().next().value as string);
+    }
+    configs.set(key, config);
+    return config;
+  };
 }
 
 /** The engine, loaded now so the first ADD does not pay for it, with `auto`'s detection warmed up. */
@@ -335,6 +370,8 @@ async function stopParts(p: Parts): Promise<void> {
   if (install && decision) await carryOut(decision, install, p.log);
   const health = p.health;
   await Promise.all([p.cniServer?.close(), p.podCache?.stop(), health ? new Promise((r) => health.close(r)) : undefined]);
+  // The records of the last ADDs answered (bounded: a hung disk must not hold the stop).
+  await flushAttachmentWrites(2000);
   p.cniServer = undefined;
 }
 
@@ -367,7 +404,15 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   const podCache = await startPodCache(options, log, (pod) => onPodEvent?.(pod));
   const attachments = new AttachmentStore(options.stateDir);
   // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
-  const deps: CniDeps = { engine: await warmEngine(options), podCache, onRequest: (line) => recordRequest(metrics, line) };
+  // Attachment records are written after the answer, as the log line is (src/cni/attachments.ts).
+  const deps: CniDeps = {
+    engine: await warmEngine(options),
+    buildConfig: await rememberedConfigs(),
+    podCache,
+    recordInBackground: true,
+    // Counted once the answer is on its way (a dozen label lookups in prom-client are not the shim's to wait for).
+    onRequest: (line, phases) => setImmediate(() => recordRequest(metrics, line, phases)),
+  };
   const parts: Parts = { options, log, metrics, attachments, socketPath, podCache, repair: { stop: () => undefined }, stopDecision: async () => ({ uninstall: false, reason: '' }), stopUntaint: () => undefined };
   parts.cniServer = await serveShim(socketPath, deps, options, metrics, log);
   if (options.install) parts.watcher = await keepInstalled(options.install, metrics, log);

@@ -7,8 +7,13 @@
  * The state is a shortcut, never a condition: if it cannot be written (read-only or full disk), ADD still
  * succeeds with the rules in place and the failure is noted in the log; the reconciler falls back to the
  * runtime or /proc.
+ *
+ * The agent writes the record after answering (`recordLater`), as it writes its log line: the ADD's answer
+ * does not wait on the disk. Writes to one attachment's file are kept in order, and DEL and GC wait for the
+ * writes in flight (`settled`) before they remove, so a late write never brings back what a DEL took away.
  */
 import * as fs from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { DEFAULT_STATE_DIR } from '../paths';
 import type { CniAttachment } from './types';
@@ -48,6 +53,19 @@ function legacyName(containerId: string, ifName: string): string | undefined {
   return LEGACY_SAFE.test(containerId) && LEGACY_SAFE.test(ifName) ? `${containerId}_${ifName}.json` : undefined;
 }
 
+/** Directories this process made or found; an ADD's record then costs a write and a rename, no mkdir. */
+const knownDirs = new Set<string>();
+
+/** Background writes by target file, each after the one before it for the same file. */
+const inFlight = new Map<string, Promise<void>>();
+
+/** Resolves when every background write of this process has finished, or after `timeoutMs`. */
+export async function flushAttachmentWrites(timeoutMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([Promise.all(inFlight.values()), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+  clearTimeout(timer);
+}
+
 export class AttachmentStore {
   readonly dir: string;
 
@@ -65,8 +83,17 @@ export class AttachmentStore {
     try {
       const target = path.join(this.dir, this.name(rec.containerId, rec.ifName));
       temp = `${target}.${process.pid}.tmp`;
-      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-      fs.writeFileSync(temp, `${JSON.stringify(rec)}\n`, { mode: 0o600 });
+      const text = `${JSON.stringify(rec)}\n`;
+      try {
+        if (!knownDirs.has(this.dir)) throw Object.assign(new Error('not known yet'), { code: 'ENOENT' });
+        fs.writeFileSync(temp, text, { mode: 0o600 });
+      } catch (err) {
+        // Made on first use, and again whenever someone removed it since.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+        knownDirs.add(this.dir);
+        fs.writeFileSync(temp, text, { mode: 0o600 });
+      }
       fs.renameSync(temp, target);
       this.dropLegacy(rec.containerId, rec.ifName);
       return undefined;
@@ -78,6 +105,48 @@ export class AttachmentStore {
       }
       return `attachment state not recorded (${(err as Error).message}); the reconciler will find the netns another way`;
     }
+  }
+
+  /**
+   * `record` after the caller has moved on: the write goes to libuv's threads; `onFailure` gets the same note
+   * `record` would have returned.
+   */
+  recordLater(rec: AttachmentRecord, onFailure: (note: string) => void): void {
+    const target = path.join(this.dir, this.name(rec.containerId, rec.ifName));
+    const write = async () => {
+      const temp = `${target}.${process.pid}.tmp`;
+      const text = `${JSON.stringify(rec)}\n`;
+      try {
+        if (!knownDirs.has(this.dir)) {
+          await fsp.mkdir(this.dir, { recursive: true, mode: 0o700 });
+          knownDirs.add(this.dir);
+        }
+        await fsp.writeFile(temp, text, { mode: 0o600 }).catch(async (err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+          await fsp.mkdir(this.dir, { recursive: true, mode: 0o700 });
+          await fsp.writeFile(temp, text, { mode: 0o600 });
+        });
+        await fsp.rename(temp, target);
+        this.dropLegacy(rec.containerId, rec.ifName);
+      } catch (err) {
+        await fsp.rm(temp, { force: true }).catch(() => undefined);
+        onFailure(`attachment state not recorded (${(err as Error).message}); the reconciler will find the netns another way`);
+      }
+    };
+    const mine = (inFlight.get(target) ?? Promise.resolve()).then(write);
+    inFlight.set(target, mine);
+    void mine.then(() => {
+      if (inFlight.get(target) === mine) inFlight.delete(target);
+    });
+  }
+
+  /** Resolves once the background writes of this attachment (or, without one named, of every attachment here) are done. */
+  async settled(containerId?: string, ifName?: string): Promise<void> {
+    if (containerId !== undefined && ifName !== undefined) {
+      await inFlight.get(path.join(this.dir, this.name(containerId, ifName)));
+      return;
+    }
+    await Promise.all([...inFlight].filter(([file]) => path.dirname(file) === this.dir).map(([, p]) => p));
   }
 
   /**

@@ -14,6 +14,7 @@ import { DEFAULT_LOG_FILE, type LogLevel, type MeshNetConf } from './netconf';
 import { classifyNetnsPath, type NetnsPathKind } from '../netns';
 import { decidePod, type PodSourceDeps } from './pod-source';
 import { MAX_STDIN_BYTES, parseRequest, responseVersionOf, type NetworkRequest } from './request';
+import { PhaseClock, type PhaseSeconds } from './phases';
 import { checkProgramsForBackend } from './status';
 import type { CniInvocation, CniResponse, CniVersionJson } from './types';
 import { convertResult, CURRENT_VERSION, emptyResult, SUPPORTED_VERSIONS } from './version';
@@ -32,8 +33,13 @@ export interface CniDeps extends PodSourceDeps {
   attachments?: AttachmentStore;
   /** where lines go before the netconf (and its log_file) is known; null: stderr only */
   defaultLogFile?: string | null;
-  /** told about every request once it is answered (the agent's metrics) */
-  onRequest?: (line: Readonly<RequestLogLine>) => void;
+  /**
+   * Write an ADD's attachment record after answering, not before (the agent: a long-lived process keeps the
+   * write going; a failure is logged on a line of its own). The standalone plugin writes before it exits.
+   */
+  recordInBackground?: boolean;
+  /** told about every request once it is answered (the agent's metrics), with an ADD's time by phase */
+  onRequest?: (line: Readonly<RequestLogLine>, phases?: Readonly<PhaseSeconds>) => void;
 }
 
 interface Outcome {
@@ -61,10 +67,11 @@ function podName(req: NetworkRequest): string | undefined {
   return req.kubernetes ? `${req.kubernetes.podNamespace}/${req.kubernetes.podName}` : undefined;
 }
 
-async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal): Promise<Outcome> {
+async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal, clock?: PhaseClock): Promise<Outcome> {
   requireNetns(req, deps);
   // Converted before any rule is written, so an undecodable prevResult fails with nothing applied.
   const stdout = JSON.stringify(req.prevResult ? convertResult(req.prevResult, req.cniVersion) : emptyResult(req.cniVersion));
+  clock?.lap('parse');
   if (!req.kubernetes) {
     Object.assign(line, { decision: 'skipped', reason: 'not-a-kubernetes-pod' });
     return { stdout };
@@ -72,19 +79,20 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
   const notes = line.notes ?? (line.notes = []);
   const { decision, source } = await decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, agentPod: req.netconf.agentPod, buildConfig: deps.buildConfig }, deps, notes);
   line.source = source;
+  clock?.lap('decide');
   if (!decision.meshed) {
     Object.assign(line, { decision: 'skipped', reason: decision.reason });
     return { stdout };
   }
   const engine = await loadEngine(deps);
   // A fresh sandbox's one transaction proves its result; the read-back would double the ADD's processes.
-  const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, verify: 'when-replacing', signal });
-  Object.assign(line, { decision: 'meshed', backend: report.backend, rules: report.rules });
+  const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, verify: 'when-replacing', signal, laps: clock });
+  Object.assign(line, { decision: 'meshed', backend: report.backend, rules: report.rules, ...(report.via ? { via: report.via } : {}) });
   const k8s = req.kubernetes;
   // The rules are in place: from here nothing may fail the ADD (the record is a shortcut, never a condition).
   let note: string | undefined;
   try {
-    note = attachmentsFor(req, deps).record({
+    const record = {
       containerId: req.containerId,
       ifName: req.ifName,
       netns: req.netns,
@@ -92,17 +100,30 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
       backend: report.backend,
       rules: report.rules,
       programmedAt: new Date().toISOString(),
-    });
+    };
+    if (deps.recordInBackground) attachmentsFor(req, deps).recordLater(record, (failed) => logLateNote(req, line, failed));
+    else note = attachmentsFor(req, deps).record(record);
   } catch (err) {
     note = `attachment state not recorded (${(err as Error).message}); the reconciler will find the netns another way`;
   }
   if (note) notes.push(note);
+  clock?.lap('record');
   return { stdout };
 }
 
+/** A note learned after the ADD was answered and logged (its record could not be written): a line of its own. */
+function logLateNote(req: NetworkRequest, added: RequestLogLine, note: string): void {
+  const line: RequestLogLine = { time: new Date().toISOString(), level: 'warn', command: 'ADD', containerId: added.containerId, pod: added.pod, netns: added.netns, decision: 'state-not-recorded', durationMs: 0, notes: [note] };
+  // To the log file only: the runtime already has its answer, and with it the stderr copy of the ADD's line.
+  writeRequestLog(line, { logFile: req.netconf.logFile, logLevel: req.netconf.logLevel });
+}
+
 async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal): Promise<Outcome> {
-  // DEL is best effort and repeatable: a gone or never-programmed netns is success.
-  attachmentsFor(req, deps).forget(req.containerId, req.ifName);
+  // DEL is best effort and repeatable: a gone or never-programmed netns is success. A record still being
+  // written is waited for, so it cannot land after the removal.
+  const store = attachmentsFor(req, deps);
+  await store.settled(req.containerId, req.ifName);
+  store.forget(req.containerId, req.ifName);
   if (req.netns === '') {
     Object.assign(line, { decision: 'nothing-to-remove', reason: 'no-netns' });
     return { stdout: '' };
@@ -148,7 +169,9 @@ async function cmdCheck(req: NetworkRequest, deps: CniDeps, line: RequestLogLine
 
 async function cmdGc(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
   const valid = req.validAttachments ?? [];
-  const dropped = attachmentsFor(req, deps).gc(valid);
+  const store = attachmentsFor(req, deps);
+  await store.settled();
+  const dropped = store.gc(valid);
   Object.assign(line, { decision: 'collected', notes: [`${valid.length} valid attachments, ${dropped} stale records dropped`] });
   return { stdout: '' };
 }
@@ -170,7 +193,7 @@ function versionAnswer(cniVersion: string): string {
   return JSON.stringify(answer);
 }
 
-const HANDLERS: Record<NetworkRequest['command'], (req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal) => Promise<Outcome>> = {
+const HANDLERS: Record<NetworkRequest['command'], (req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal, clock?: PhaseClock) => Promise<Outcome>> = {
   ADD: cmdAdd,
   DEL: cmdDel,
   CHECK: cmdCheck,
@@ -192,6 +215,8 @@ export async function runCni(invocation: CniInvocation, deps: CniDeps = {}, sign
   if (env.CNI_NETNS) line.netns = env.CNI_NETNS;
   let netconf: MeshNetConf | undefined;
   let response: CniResponse;
+  // Only where someone listens: the standalone plugin answers one request and exits.
+  const clock = deps.onRequest && env.CNI_COMMAND === 'ADD' ? new PhaseClock() : undefined;
   try {
     const req = parseRequest(invocation);
     if (req.command === 'VERSION') {
@@ -202,7 +227,7 @@ export async function runCni(invocation: CniInvocation, deps: CniDeps = {}, sign
       netconf = req.netconf;
       if (netconf.deprecations) (line.notes ??= []).push(...netconf.deprecations);
       line.pod = podName(req);
-      const outcome = await HANDLERS[req.command](req, deps, line, signal);
+      const outcome = await HANDLERS[req.command](req, deps, line, signal, clock);
       response = { exitCode: 0, stdout: outcome.stdout, stderr: '' };
     }
   } catch (err) {
@@ -221,6 +246,7 @@ export async function runCni(invocation: CniInvocation, deps: CniDeps = {}, sign
   // VERSION and successful STATUS are polled by runtimes; they are logged at debug only.
   const threshold: LogLevel = quiet && line.level === 'info' && level !== 'debug' ? 'warn' : level;
   response.stderr = writeRequestLog(line, { logFile, logLevel: threshold });
-  deps.onRequest?.(line);
+  clock?.lap('log');
+  deps.onRequest?.(line, clock?.seconds);
   return response;
 }

@@ -26,6 +26,8 @@ export interface RequestLogLine {
   reason?: string;
   source?: string;
   backend?: string;
+  /** How the backend reached the kernel (nftables: libnftables in-process, or the nft program). */
+  via?: string;
   rules?: number;
   durationMs: number;
   notes?: string[];
@@ -104,6 +106,18 @@ export function flushRequestLogs(timeoutMs: number): Promise<void> {
   });
 }
 
+let pumpScheduled = false;
+
+/** Starts the writes once the current request has been answered (after this turn of the event loop). */
+function schedulePump(): void {
+  if (pumpScheduled) return;
+  pumpScheduled = true;
+  setImmediate(() => {
+    pumpScheduled = false;
+    pump();
+  });
+}
+
 /** Queues the line for the file (best effort, in the background) and returns the text for stderr, or '' when filtered out. */
 export function writeRequestLog(line: RequestLogLine, options: { logFile?: string; logLevel?: LogLevel }): string {
   if (!shouldLog(line, options.logLevel ?? 'info')) return '';
@@ -116,7 +130,7 @@ export function writeRequestLog(line: RequestLogLine, options: { logFile?: strin
     } else {
       q.chunks.push(text);
       q.bytes += text.length;
-      pump();
+      schedulePump();
     }
   }
   return text;

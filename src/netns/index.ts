@@ -12,6 +12,7 @@ import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, N
 export { NetnsBusyError };
 import { errno, loadLibc } from './native';
 import { isNsfs, isOwnNetns } from './identity';
+import { collectSpawn, SpawnError, startSpawn } from './spawn';
 export { classifyNetnsPath, type NetnsPathKind } from './identity';
 
 const CLONE_NEWNET = 0x40000000;
@@ -112,6 +113,28 @@ export interface RunOptions {
  * program could not be started or timed out.
  */
 export function run(netns: string | undefined, program: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  // posix_spawn first (spawn.ts: no copy of this process, whatever its size); child_process where it is unavailable.
+  const lean = () => startSpawn(program, args, options.input ?? '');
+  let started;
+  try {
+    started = netns === undefined ? lean() : withNetns(netns, lean);
+  } catch (err) {
+    if (!(err instanceof SpawnError)) throw err;
+    const hint = options.packageHint ? `install the ${options.packageHint} package` : undefined;
+    return Promise.reject(new CommandFailedError(program, null, err.message, err.notFound ? hint : undefined));
+  }
+  if (started) {
+    let timedOut = false;
+    const result = collectSpawn(started, options.timeoutMs, () => (timedOut = true));
+    return result.then((r) => {
+      if (timedOut) throw new CommandFailedError(program, null, `timed out after ${options.timeoutMs} ms`);
+      return r;
+    });
+  }
+  return runForked(netns, program, args, options);
+}
+
+function runForked(netns: string | undefined, program: string, args: readonly string[], options: RunOptions): Promise<RunResult> {
   const start = () => spawn(program, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   const child = netns === undefined ? start() : withNetns(netns, start);
   return new Promise((resolve, reject) => {

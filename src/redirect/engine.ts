@@ -21,7 +21,7 @@ import { widestConfig, type RedirectConfig } from './config';
 import { FAMILIES, type Family } from './constants';
 import { clearLinks, detectFamilies, setLinks } from './links';
 import { buildPlan, type Plan } from './plan';
-import type { Backend, ObservedRule } from './backend/types';
+import type { ApplyLaps, Backend, ObservedRule } from './backend/types';
 import { diffRules, markBroken, observeAll } from './rule-state';
 
 export { BACKEND_NAMES, type BackendName } from './backend-names';
@@ -65,6 +65,8 @@ export interface EngineOptions {
    * before anything in the netns is read or changed; an apply already under way is finished, not cut.
    */
   signal?: AbortSignal;
+  /** Told where the time goes: plan, render (where the backend renders apart from applying), apply. */
+  laps?: { lap(phase: 'plan' | 'render' | 'apply'): void };
 }
 
 function guardHost(o: EngineOptions): void {
@@ -106,7 +108,9 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: Verify
     const families = o.families ?? (await detectFamilies(o.netns));
     let rules = 0;
     try {
-      const outcome = await backend.apply(o.netns, o.plan, families);
+      // Choosing the backend, the lock and the families are part of applying.
+      o.laps?.lap('apply');
+      const outcome = await backend.apply(o.netns, o.plan, families, o.laps as ApplyLaps | undefined);
       const readBack = o.verify !== 'when-replacing' || !outcome.provenByTransaction;
       for (const family of families) {
         const fp = o.plan[family];
@@ -123,13 +127,47 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: Verify
       return rollBack(o.netns, backend, err);
     }
     markBroken(o.netns, undefined);
+    o.laps?.lap('apply');
     const via = backend.describeVia?.();
     return { backend: backend.name, backendReason: reason, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6, ...(via ? { via } : {}) };
   }, { signal: o.signal });
 }
 
+/** Plans by their config's JSON; a cluster runs few distinct configs, so a small bound holds them all. */
+const plans = new Map<string, Plan>();
+const MAX_CACHED_PLANS = 64;
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
+
+/**
+ * The plan for a config, built once per distinct config: the agent's ADDs mostly repeat a handful. Keyed by the
+ * config's whole JSON (every field is plain data), so any change in any field is a different plan; frozen, so
+ * nothing can alter a plan another request shares (and a backend may key its rendered text on the rules).
+ */
+export function planFor(config: RedirectConfig): Plan {
+  const key = JSON.stringify(config);
+  let plan = plans.get(key);
+  if (plan) {
+    // Most recently used last: the first key is the one to drop.
+    plans.delete(key);
+  } else {
+    plan = deepFreeze(buildPlan(structuredClone(config)));
+    if (plans.size >= MAX_CACHED_PLANS) plans.delete(plans.keys().next().value as string);
+  }
+  plans.set(key, plan);
+  return plan;
+}
+
 export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; verify?: VerifyMode }): Promise<ApplyReport> {
-  return applyPlan({ ...o, plan: buildPlan(o.config) });
+  const plan = planFor(o.config);
+  o.laps?.lap('plan');
+  return applyPlan({ ...o, plan });
 }
 
 async function removeAll(netns: string, backend: Backend): Promise<number> {

@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { startAgent, type Agent } from '../../src/agent/agent';
 import { callCniSocket } from '../../src/cni/socket-protocol';
-import { createPodPeer, tryInNetns } from '../support/netns';
+import { createNetns, createPodPeer, netnsPath, tryInNetns } from '../support/netns';
 import { connect, listen } from '../support/traffic';
 import { requireKernelTools } from '../support/require';
 import { INJECTED, POD_ARGS, withAnnotations } from '../cni/helpers';
@@ -135,4 +135,92 @@ test.serial('ADD and DEL through the agent program a real pod netns, and /metric
   t.is(metricValue(metrics, 'mesh_cni_requests_total', { command: 'DEL', result: 'ok' }), 1);
   t.true(metricValue(metrics, 'mesh_cni_rules_programmed_total', { backend: 'iptables-nft' }) > 0);
   t.is(metricValue(metrics, 'mesh_cni_add_duration_seconds_count', { decision: 'meshed' }), 1);
+});
+
+/** `name_count` per `phase` label, from Prometheus text. */
+function phaseCounts(metrics: string): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const m of metrics.matchAll(/^mesh_cni_add_phase_seconds_count\{phase="([a-z]+)",backend="[a-z-]+"\} (\d+)$/gm)) counts[m[1]!] = (counts[m[1]!] ?? 0) + Number(m[2]);
+  return counts;
+}
+
+test.serial("a meshed ADD's time is on /metrics by phase, every phase once; a skipped ADD has no plan or apply", async (t) => {
+  requireKernelTools(t);
+  const { agent } = await agentFor(t);
+  const pair = createPodPeer(t);
+  await listen(t, pair.pod, 'pod', ['15001']);
+  await listen(t, pair.peer, 'peer', ['80']);
+  const stdin = Buffer.from(JSON.stringify(withAnnotations(INJECTED, { backend: 'iptables-nft', log_file: '/dev/null' })));
+  const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c1', CNI_NETNS: pair.podPath, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS };
+  const added = await callCniSocket(agent.socketPath, { env, stdin }, 30_000);
+  t.is(added.exitCode, 0, added.stdout);
+  t.is(connect(pair.pod, pair.peerIp4, 80).port, 15001, 'the ADD whose phases are counted really programmed the netns');
+
+  const metrics = (await scrape(agent)).body;
+  t.deepEqual(phaseCounts(metrics), { parse: 1, decide: 1, plan: 1, render: 1, apply: 1, record: 1, log: 1 });
+  t.is(metricValue(metrics, 'mesh_cni_add_phase_seconds_count', { phase: 'apply', backend: 'iptables-nft' }), 1);
+  const sum = (phase: string) => metricValue(metrics, 'mesh_cni_add_phase_seconds_sum', { phase });
+  const phases = ['parse', 'decide', 'plan', 'render', 'apply', 'record', 'log'].map(sum);
+  for (const s of phases) t.true(s > 0);
+  // The laps partition the request: together they are the ADD's duration, and apply (a process) is most of it.
+  const total = metricValue(metrics, 'mesh_cni_add_duration_seconds_sum', { decision: 'meshed' });
+  const together = phases.reduce((a, b) => a + b, 0);
+  t.true(together <= total * 1.01 + 0.0005 && together >= total * 0.9, `phases ${together} s of an ADD of ${total} s`);
+  t.true(sum('apply') > sum('render') && sum('apply') > sum('plan'), 'the restore process outweighs planning and rendering');
+
+  // Not meshed (no sidecar): decided, logged, nothing planned or applied.
+  const plain = Buffer.from(JSON.stringify(withAnnotations({}, { backend: 'iptables-nft', log_file: '/dev/null' })));
+  const skipped = await callCniSocket(agent.socketPath, { env: { ...env, CNI_CONTAINERID: 'c2' }, stdin: plain }, 30_000);
+  t.is(skipped.exitCode, 0, skipped.stdout);
+  t.deepEqual(phaseCounts((await scrape(agent)).body), { parse: 2, decide: 2, plan: 1, render: 1, apply: 1, record: 1, log: 2 });
+});
+
+test.serial('the agent records an attachment after answering; a DEL right behind the ADD still leaves no record', async (t) => {
+  requireKernelTools(t);
+  const { agent, dir } = await agentFor(t);
+  const state = path.join(dir, 'records');
+  const stdin = Buffer.from(JSON.stringify(withAnnotations(INJECTED, { backend: 'iptables-nft', log_file: '/dev/null', state_dir: state })));
+  const records = () => (fs.existsSync(path.join(state, 'attachments')) ? fs.readdirSync(path.join(state, 'attachments')).filter((f) => f.endsWith('.json')) : []);
+  const ns = netnsPath(createNetns(t, 'rec'));
+  const env = (command: string, id: string) => ({ CNI_COMMAND: command, CNI_CONTAINERID: id, CNI_NETNS: ns, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS });
+  for (let i = 0; i < 10; i++) {
+    const added = await callCniSocket(agent.socketPath, { env: env('ADD', `rec-${i}`), stdin }, 30_000);
+    t.is(added.exitCode, 0, added.stdout);
+    const deleted = await callCniSocket(agent.socketPath, { env: env('DEL', `rec-${i}`), stdin }, 30_000);
+    t.is(deleted.exitCode, 0, deleted.stdout);
+  }
+  const kept = await callCniSocket(agent.socketPath, { env: env('ADD', 'rec-kept'), stdin }, 30_000);
+  t.is(kept.exitCode, 0, kept.stdout);
+  for (let i = 0; i < 100 && records().length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 100));
+  t.deepEqual(records(), ['rec-kept_eth0.json'], 'only the attachment never deleted has a record');
+  t.is(JSON.parse(fs.readFileSync(path.join(state, 'attachments', 'rec-kept_eth0.json'), 'utf8')).netns, ns);
+});
+
+test.serial("the agent's remembered configs and plans follow the annotations: pods alternating between two configs each get their own", async (t) => {
+  requireKernelTools(t);
+  const { agent } = await agentFor(t);
+  const excluding80 = { ...INJECTED, 'traffic.sidecar.istio.io/excludeOutboundPorts': '80' };
+  const cases = [INJECTED, excluding80, INJECTED, excluding80];
+  for (const [i, annotations] of cases.entries()) {
+    const pair = createPodPeer(t);
+    await listen(t, pair.pod, 'pod', ['15001']);
+    await listen(t, pair.peer, 'peer', ['80', '81']);
+    const stdin = Buffer.from(JSON.stringify(withAnnotations(annotations, { backend: 'iptables-nft', log_file: '/dev/null' })));
+    const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: `cfg-${i}`, CNI_NETNS: pair.podPath, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS };
+    const added = await callCniSocket(agent.socketPath, { env, stdin }, 30_000);
+    t.is(added.exitCode, 0, added.stdout);
+    const excluded = annotations === excluding80;
+    t.is(connect(pair.pod, pair.peerIp4, 80).port, excluded ? 80 : 15001, `pod ${i}: port 80 ${excluded ? 'excluded' : 'redirected'}`);
+    t.is(connect(pair.pod, pair.peerIp4, 81).port, 15001, `pod ${i}: port 81 redirected`);
+  }
+  // An annotation that does not parse is refused every time, not remembered as something else.
+  const bad = Buffer.from(JSON.stringify(withAnnotations({ ...INJECTED, 'traffic.sidecar.istio.io/excludeOutboundPorts': '80,,81' }, { backend: 'iptables-nft', log_file: '/dev/null' })));
+  const pair = createPodPeer(t);
+  for (let i = 0; i < 2; i++) {
+    const refused = await callCniSocket(agent.socketPath, { env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: `bad-${i}`, CNI_NETNS: pair.podPath, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS }, stdin: bad }, 30_000);
+    t.is(refused.exitCode, 1);
+    t.regex(JSON.parse(refused.stdout).msg, /excludeOutboundPorts/);
+  }
+  t.notRegex(tryInNetns(pair.pod, 'iptables-nft-save', []).stdout, /ISTIO_/);
 });

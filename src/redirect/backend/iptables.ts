@@ -9,7 +9,7 @@ import { widestConfig } from '../config';
 import { effectiveChains, planFamily, type Plan, type Rule } from '../plan';
 import { renderRestore, toIptablesLines } from '../render/iptables';
 import { isOurs, isUntaggedState, parseSave, shapeKey, signature, targetOf, type SavedRule, type SavedState } from '../iptables-save';
-import type { ApplyOutcome, Backend, ObservedRule } from './types';
+import type { ApplyLaps, ApplyOutcome, Backend, ObservedRule } from './types';
 
 export type IptablesFlavour = 'default' | 'nft' | 'legacy';
 
@@ -33,6 +33,18 @@ function ownedShapesFor(family: Family): Set<string> {
 const ownedShapes: Record<Family, Set<string> | undefined> = { ipv4: undefined, ipv6: undefined };
 function shapes(family: Family): Set<string> {
   return (ownedShapes[family] ??= ownedShapesFor(family));
+}
+
+/**
+ * A fresh sandbox's restore text by its rules: the engine's plans are cached and frozen (engine.ts planFor),
+ * so the same rules array is the same text. Weak: a plan dropped from that cache takes its text with it.
+ */
+const freshText = new WeakMap<readonly Rule[], string>();
+function renderFresh(rules: readonly Rule[]): string {
+  if (!Object.isFrozen(rules)) return renderRestore(rules);
+  let text = freshText.get(rules);
+  if (text === undefined) freshText.set(rules, (text = renderRestore(rules)));
+  return text;
 }
 
 export class IptablesBackend implements Backend {
@@ -86,7 +98,7 @@ export class IptablesBackend implements Backend {
    * One transaction per family. A family with no rules (interceptionMode NONE, or a family the pod no
    * longer has) is cleared only when something of ours may be there: never on a fresh sandbox's ADD.
    */
-  async apply(netns: string, plan: Plan, families: readonly Family[]): Promise<ApplyOutcome> {
+  async apply(netns: string, plan: Plan, families: readonly Family[], laps?: ApplyLaps): Promise<ApplyOutcome> {
     let replaced = false;
     let allCreated = true;
     for (const family of families) {
@@ -94,7 +106,7 @@ export class IptablesBackend implements Backend {
         replaced = (await this.removeFamily(netns, family)) > 0 || replaced;
         allCreated = false;
       } else {
-        const how = await this.applyFamily(netns, family, plan[family].rules);
+        const how = await this.applyFamily(netns, family, plan[family].rules, laps);
         replaced = how === 'replaced' || replaced;
         allCreated = allCreated && how === 'created';
       }
@@ -111,10 +123,13 @@ export class IptablesBackend implements Backend {
     return removed;
   }
 
-  private async applyFamily(netns: string, family: Family, rules: readonly Rule[]): Promise<'created' | 'replaced'> {
+  private async applyFamily(netns: string, family: Family, rules: readonly Rule[], laps?: ApplyLaps): Promise<'created' | 'replaced'> {
     // Fast path for a fresh sandbox: Istio's own text, whose `-N` fails (changing nothing) if our chains exist.
+    laps?.lap('apply');
+    const text = renderFresh(rules);
+    laps?.lap('render');
     const fresh = await run(netns, binary(family, this.flavour, 'restore'), ['--noflush'], {
-      input: renderRestore(rules),
+      input: text,
       timeoutMs: 30_000,
       packageHint: 'iptables',
     });

@@ -20,7 +20,7 @@ import { nftDeleteTables, renderNftScript, ruleBodies } from '../render/nftables
 import { familiesOf, nftSignature, parseNftList, type ListedRule } from '../nft-list';
 import { parseNftJson } from '../nft-json';
 import { LIBNFTABLES, libnftablesUnavailable, nftablesModeFromEnv, NFTABLES_MODE_ENV, runNft, type NftablesMode } from './libnftables';
-import type { ApplyOutcome, Backend, ObservedRule } from './types';
+import type { ApplyLaps, ApplyOutcome, Backend, ObservedRule } from './types';
 
 /**
  * The system's nft, by absolute path when it is in a system directory: npm puts node_modules/.bin first in
@@ -117,8 +117,11 @@ export class NftablesBackend implements Backend {
   }
 
   /** One transaction for every family: the script deletes our tables and defines what the plan needs. */
-  async apply(netns: string, plan: Plan, families: readonly Family[]): Promise<ApplyOutcome> {
-    await this.commands(netns, [{ script: renderNftScript(plan, families) }], 'the rules were not applied');
+  async apply(netns: string, plan: Plan, families: readonly Family[], laps?: ApplyLaps): Promise<ApplyOutcome> {
+    laps?.lap('apply');
+    const script = renderNftScript(plan, families);
+    laps?.lap('render');
+    await this.commands(netns, [{ script }], 'the rules were not applied');
     // One transaction deleted every table of ours and defined the plan's: nothing else of ours can remain.
     return { provenByTransaction: true };
   }

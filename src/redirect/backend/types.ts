@@ -29,10 +29,15 @@ export interface ApplyOutcome {
   provenByTransaction: boolean;
 }
 
+/** Told where an apply's time goes (the agent's per-phase histogram); `lap` gives the time since the last lap. */
+export interface ApplyLaps {
+  lap(phase: 'render' | 'apply'): void;
+}
+
 export interface Backend {
   readonly name: string;
   /** Programs the plan's rules for `families`, replacing whatever of ours was there. */
-  apply(netns: string, plan: Plan, families: readonly Family[]): Promise<ApplyOutcome>;
+  apply(netns: string, plan: Plan, families: readonly Family[], laps?: ApplyLaps): Promise<ApplyOutcome>;
   /** Removes every rule and chain of ours, every family; returns how many rules were removed. */
   remove(netns: string): Promise<number>;
   /** Our rules for one family as the kernel holds them, per chain in order. */

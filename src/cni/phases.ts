@@ -1,0 +1,22 @@
+/**
+ * Where an ADD's time goes, by phase: the agent exports it (`mesh_cni_add_phase_seconds`) so an operator can
+ * tell a slow packet filter (apply) from slow agent work (everything else). A clock of laps: each `lap(phase)`
+ * gives the time since the previous lap to that phase, so the phases add up to the whole request and a phase
+ * entered twice (apply around render) is summed. Wall time, not CPU: under a burst a phase also holds the time
+ * other requests ran while it waited.
+ */
+export const ADD_PHASES = ['parse', 'decide', 'plan', 'render', 'apply', 'record', 'log'] as const;
+export type AddPhase = (typeof ADD_PHASES)[number];
+
+export type PhaseSeconds = Partial<Record<AddPhase, number>>;
+
+export class PhaseClock {
+  private last = process.hrtime.bigint();
+  readonly seconds: PhaseSeconds = {};
+
+  lap(phase: AddPhase): void {
+    const now = process.hrtime.bigint();
+    this.seconds[phase] = (this.seconds[phase] ?? 0) + Number(now - this.last) / 1e9;
+    this.last = now;
+  }
+}
