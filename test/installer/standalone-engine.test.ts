@@ -108,17 +108,17 @@ for (const backend of ['iptables', 'nftables'] as const) {
 /**
  * A script preloaded with --require that, at exit, records what the process loaded: require.cache, the
  * executable, and every shared object the kernel has mapped into it (/proc/self/maps), which is where a
- * native addon shows however it was loaded.
+ * native addon shows however it was loaded, and node's own modules the process loaded (process.moduleLoadList).
  */
 function exitProbe(out: string): string {
-  return `process.on('exit', () => { const fs = require('fs'); const maps = [...new Set(fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').map((l) => l.split(/\\s+/)[5]).filter((f) => f && f.endsWith('.node')))]; fs.writeFileSync(${JSON.stringify(out)}, JSON.stringify({ modules: Object.keys(require.cache), execPath: process.execPath, maps })); });\n`;
+  return `process.on('exit', () => { const fs = require('fs'); const maps = [...new Set(fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').map((l) => l.split(/\\s+/)[5]).filter((f) => f && f.endsWith('.node')))]; fs.writeFileSync(${JSON.stringify(out)}, JSON.stringify({ modules: Object.keys(require.cache), execPath: process.execPath, maps, builtins: process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice(13)) })); });\n`;
 }
 
 function mappedAddons(loaded: string): string[] {
   return (JSON.parse(readFileSync(loaded, 'utf8')) as { maps: string[] }).maps;
 }
 
-test.serial('installed shim, no agent: VERSION answers on the shipped runtime without mapping the ffi addon', async (t) => {
+test.serial('installed shim, no agent: VERSION answers on the shipped runtime without the ffi addon or node:child_process/net/tty', async (t) => {
   const root = testTempDir(t, 'standalone-version');
   const options = installOptions(root, 'iptables');
   await install(options);
@@ -134,9 +134,11 @@ test.serial('installed shim, no agent: VERSION answers on the shipped runtime wi
   });
   t.is(version.status, 0, `${version.stdout}\n${version.stderr}`);
   t.true((JSON.parse(version.stdout) as { supportedVersions: string[] }).supportedVersions.includes('1.1.0'));
-  const { execPath, maps } = JSON.parse(readFileSync(loaded, 'utf8')) as { execPath: string; maps: string[] };
+  const { execPath, maps, builtins } = JSON.parse(readFileSync(loaded, 'utf8')) as { execPath: string; maps: string[]; builtins: string[] };
   t.regex(execPath, /\/runtime\/ld\.so$/, 'the shipped runtime answered');
   t.deepEqual(maps, [], 'no native addon is mapped for VERSION');
+  // child_process, net and tty each load the stream modules: a VERSION needs none of them.
+  for (const heavy of ['child_process', 'net', 'tty', 'stream']) t.false(builtins.includes(heavy), `node:${heavy} must not load for VERSION`);
   await uninstall(options);
 });
 
