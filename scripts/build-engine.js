@@ -2,20 +2,21 @@
 'use strict';
 /*
  * Builds the standalone engine, build/engine/: what the installer copies to <cni-bin-dir>/mesh-cni.d/ and the
- * shim runs with node when the agent is not there. Run by `npm run build` after tsc.
+ * shim runs when the agent is not there. Run by `npm run build` after tsc.
  *
- * dist/src/cni/main.js alone cannot run on a host (it requires its sibling modules and the ffi addons), and
- * the whole dist tree with node_modules is large and slow to load. So this walks the require() graph from
- * main.js and copies only what it reaches, keeping relative paths: our compiled modules under src/, the
- * npm packages under node_modules/ (each with its package.json and, for the two @2060.io addons, the built
- * .node binaries that node-gyp-build finds at run time). mesh-cni.js at the top is the entry.
+ * The engine is one file, engine.js, bundled by esbuild from dist/src/cni/main.js with every module and npm
+ * package it reaches, and started by mesh-cni.js with a V8 code cache of it (LOADER below). Node resolving, reading and wrapping some 75 separate modules cost about a quarter of a
+ * standalone ADD's CPU; one file is read and compiled once. The bundle keeps each CommonJS module in its own
+ * lazily run wrapper, so a require() inside a function (the engine, ffi, the kubeconfig reader) still runs
+ * only when the request needs it: VERSION never loads the ffi addon.
  *
- * No bundler is used (esbuild is not a dependency); the walk is a plain scan for require('literal'), which is
- * all tsc emits for our imports, dynamic `await import()` included. A require the walk cannot resolve is
- * reported and skipped: the packages we use only do that inside try/catch for optional modules.
+ * The two native addons (@2060.io/ref-napi and ffi-napi) cannot be bundled. Their packages load them through
+ * node-gyp-build with a computed path; the plugin below replaces that call with a require of the binary
+ * copied to addons/<package>.node beside the bundle (esbuild leaves a .node require as it is).
  *
- * The build fails when the walk reaches a package that must never load on the standalone ADD path
- * (FORBIDDEN below): that is what keeps the plugin's start cost near a bare `node -e 0`.
+ * The build fails when the bundle takes in a package that must never load on the standalone ADD path
+ * (FORBIDDEN below, checked on esbuild's metafile): that is what keeps the plugin's start cost near a bare
+ * `node -e 0`.
  *
  * runtime/ carries what runs the engine on a host that has no Node.js (most nodes: COS, Bottlerocket,
  * Flatcar, managed images): the node binary building this (in the image, the image's node), its ELF loader
@@ -27,78 +28,80 @@
  */
 const fs = require('node:fs');
 const path = require('node:path');
-const { builtinModules } = require('node:module');
 const { execFileSync } = require('node:child_process');
+const vm = require('node:vm');
+const Module = require('node:module');
 
 const root = path.join(__dirname, '..');
 const dist = path.join(root, 'dist');
 const entry = path.join(dist, 'src', 'cni', 'main.js');
 const outDir = path.join(root, 'build', 'engine');
 const ENTRY_NAME = 'mesh-cni.js';
+const BUNDLE_NAME = 'engine.js';
+const CACHE_NAME = 'engine.cache';
+const ADDON_DIR = 'addons';
 const FORBIDDEN = ['@kubernetes/client-node', 'prom-client', 'yargs', '@grpc/grpc-js'];
-const BUILTINS = new Set(builtinModules);
-const REQUIRE = /\brequire\(\s*(['"])([^'"]+)\1\s*\)/g;
+/** The packages whose node-gyp-build call is replaced by a require of addons/<name>.node. */
+const ADDON_PACKAGES = ['@2060.io/ref-napi', '@2060.io/ffi-napi'];
 
-/** The package a node_modules path belongs to: its root dir and name (scoped names included). */
-function packageOf(file) {
-  const marker = `${path.sep}node_modules${path.sep}`;
+/** The package a node_modules path belongs to (scoped names included). */
+function packageNameOf(file) {
+  const marker = 'node_modules/';
   const at = file.lastIndexOf(marker);
   if (at < 0) return undefined;
-  const rest = file.slice(at + marker.length).split(path.sep);
-  const name = rest[0].startsWith('@') ? `${rest[0]}/${rest[1]}` : rest[0];
-  return { name, dir: file.slice(0, at + marker.length) + name };
+  const rest = file.slice(at + marker.length).split('/');
+  return rest[0].startsWith('@') ? `${rest[0]}/${rest[1]}` : rest[0];
 }
 
-/**
- * Where a source file goes in the engine dir: dist/x -> x, <root>/node_modules/p/x -> node_modules/p/x, and a
- * nested copy (<root>/node_modules/p/node_modules/q/x) keeps its nesting, so two versions of q never collide.
- */
-function destinationOf(file) {
-  const marker = `${path.sep}node_modules${path.sep}`;
-  const at = file.indexOf(marker);
-  if (at >= 0) return file.slice(at + 1);
-  const rel = path.relative(dist, file);
-  if (rel.startsWith('..')) throw new Error(`the engine requires ${file}, which is neither in dist/ nor in a package`);
-  return rel;
+/** The one built .node binary of an addon package (node-gyp-build would find the same in build/Release). */
+function addonBinary(pkg) {
+  const release = path.join(root, 'node_modules', pkg, 'build', 'Release');
+  const found = fs.existsSync(release) ? fs.readdirSync(release).filter((f) => f.endsWith('.node')) : [];
+  if (found.length !== 1) throw new Error(`${path.relative(root, release)} holds ${found.length} .node files, expected one (npm rebuild ${pkg})`);
+  return path.join(release, found[0]);
 }
 
-function walk() {
-  const files = new Set();
-  const packages = new Map();
-  const unresolved = [];
-  const queue = [entry];
-  while (queue.length > 0) {
-    const file = queue.pop();
-    if (files.has(file)) continue;
-    files.add(file);
-    const pkg = packageOf(file);
-    if (pkg) packages.set(pkg.dir, pkg.name);
-    if (!file.endsWith('.js')) continue;
-    const text = fs.readFileSync(file, 'utf8');
-    for (const m of text.matchAll(REQUIRE)) {
-      const spec = m[2];
-      if (spec.startsWith('node:') || BUILTINS.has(spec)) continue;
-      let resolved;
-      try {
-        resolved = require.resolve(spec, { paths: [path.dirname(file)] });
-      } catch {
-        unresolved.push(`${spec} (from ${path.relative(root, file)})`);
-        continue;
-      }
-      queue.push(resolved);
-    }
+const addonFileName = (pkg) => `${pkg.split('/').pop()}.node`;
+
+/** esbuild plugin: node-gyp-build(dir) in an addon package becomes require('./addons/<package>.node'). */
+const addonsPlugin = {
+  name: 'mesh-cni-addons',
+  setup(build) {
+    build.onResolve({ filter: /^node-gyp-build$/ }, (args) => {
+      const pkg = packageNameOf(args.importer.split(path.sep).join('/'));
+      if (!ADDON_PACKAGES.includes(pkg)) return undefined;
+      return { path: pkg, namespace: 'mesh-cni-addon' };
+    });
+    build.onLoad({ filter: /.*/, namespace: 'mesh-cni-addon' }, (args) => ({
+      contents: `module.exports = function loadAddon() { return require('./${ADDON_DIR}/${addonFileName(args.path)}'); };\n`,
+      loader: 'js',
+    }));
+    build.onResolve({ filter: /\.node$/ }, (args) => ({ path: args.path, external: true }));
+  },
+};
+
+async function bundle(outfile) {
+  let esbuild;
+  try {
+    esbuild = require('esbuild');
+  } catch (err) {
+    throw new Error(`esbuild is missing (a devDependency: run npm ci): ${err.message}`);
   }
-  return { files, packages, unresolved };
-}
-
-/** Native addons node-gyp-build loads by a computed path: the built binaries of a package, nothing else. */
-function addonFiles(pkgDir) {
-  const release = path.join(pkgDir, 'build', 'Release');
-  if (!fs.existsSync(release)) return [];
-  return fs
-    .readdirSync(release)
-    .filter((f) => f.endsWith('.node'))
-    .map((f) => path.join(release, f));
+  const result = await esbuild.build({
+    absWorkingDir: root,
+    entryPoints: [entry],
+    outfile,
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'cjs',
+    metafile: true,
+    plugins: [addonsPlugin],
+    logLevel: 'silent',
+    legalComments: 'none',
+  });
+  for (const w of result.warnings) process.stdout.write(`  esbuild: ${w.text}${w.location ? ` (${w.location.file})` : ''}\n`);
+  return Object.keys(result.metafile.inputs).filter((f) => !f.startsWith('mesh-cni-addon:'));
 }
 
 /**
@@ -142,9 +145,9 @@ function bundleRuntime(staging, addons) {
   return [...libraries.keys()].sort();
 }
 
-/** A module on the engine's path that spawns process.execPath would run the loader, not node. */
-function respawnsExecPath(files) {
-  return [...files].filter((f) => f.endsWith('.js') && !f.includes(`${path.sep}node_modules${path.sep}`) && /\bprocess\.execPath\b/.test(fs.readFileSync(f, 'utf8')));
+/** A module of ours in the bundle that spawns process.execPath would run the loader, not node. */
+function respawnsExecPath(inputs) {
+  return inputs.filter((f) => !f.includes('node_modules/') && /\bprocess\.execPath\b/.test(fs.readFileSync(path.join(root, f), 'utf8')));
 }
 
 function copy(from, to) {
@@ -153,43 +156,74 @@ function copy(from, to) {
   fs.chmodSync(to, fs.statSync(from).mode & 0o755);
 }
 
-function main() {
+/**
+ * mesh-cni.js, the entry the shim runs: compiles engine.js with the V8 code cache made here (engine.cache),
+ * so the 460 KiB bundle is not parsed again on every request. V8 checks the cache against its own version and
+ * flags and ignores one that does not match (another node, other V8 flags): then the bundle is compiled from
+ * source as without a cache, so a stale cache costs time, never correctness.
+ */
+const LOADER = `#!/usr/bin/env node
+'use strict';
+// The standalone mesh-cni engine's entry; built by scripts/build-engine.js (engine.js is the bundle).
+const fs = require('node:fs');
+const path = require('node:path');
+const vm = require('node:vm');
+const Module = require('node:module');
+const file = path.join(__dirname, '${BUNDLE_NAME}');
+let cachedData;
+try {
+  cachedData = fs.readFileSync(path.join(__dirname, '${CACHE_NAME}'));
+} catch {
+  cachedData = undefined;
+}
+const script = new vm.Script(Module.wrap(fs.readFileSync(file, 'utf8')), { filename: file, cachedData });
+script.runInThisContext()(exports, Module.createRequire(file), module, file, __dirname);
+`;
+
+/** The code cache of the bundle compiled as the loader compiles it, by the node that is shipped as runtime/node. */
+function writeCodeCache(bundleFile, cacheFile) {
+  const script = new vm.Script(Module.wrap(fs.readFileSync(bundleFile, 'utf8')), { filename: bundleFile });
+  fs.writeFileSync(cacheFile, script.createCachedData(), { mode: 0o644 });
+}
+
+async function main() {
   if (!fs.existsSync(entry)) throw new Error(`${path.relative(root, entry)} is missing: run tsc first`);
-  const { files, packages, unresolved } = walk();
-  const names = new Set(packages.values());
-  const forbidden = FORBIDDEN.filter((name) => names.has(name));
-  if (forbidden.length > 0) {
-    throw new Error(`the standalone engine would load ${forbidden.join(', ')}; keep those imports lazy and off the CNI path`);
-  }
-  const respawning = respawnsExecPath(files);
-  if (respawning.length > 0) {
-    throw new Error(`${respawning.map((f) => path.relative(root, f)).join(', ')} use process.execPath, which is the ELF loader when the shim runs the shipped runtime`);
-  }
   const staging = `${outDir}.tmp-${process.pid}`;
   fs.rmSync(staging, { recursive: true, force: true });
-  for (const file of files) copy(file, path.join(staging, destinationOf(file)));
-  const addons = [];
-  for (const dir of packages.keys()) {
-    copy(path.join(dir, 'package.json'), path.join(staging, destinationOf(path.join(dir, 'package.json'))));
-    for (const addon of addonFiles(dir)) {
-      copy(addon, path.join(staging, destinationOf(addon)));
-      addons.push(addon);
+  try {
+    const bundleFile = path.join(staging, BUNDLE_NAME);
+    const inputs = await bundle(bundleFile);
+    const names = new Set(inputs.map(packageNameOf).filter(Boolean));
+    const forbidden = FORBIDDEN.filter((name) => names.has(name));
+    if (forbidden.length > 0) {
+      throw new Error(`the standalone engine would load ${forbidden.join(', ')}; keep those imports lazy and off the CNI path`);
     }
+    const respawning = respawnsExecPath(inputs);
+    if (respawning.length > 0) {
+      throw new Error(`${respawning.join(', ')} use process.execPath, which is the ELF loader when the shim runs the shipped runtime`);
+    }
+    const addons = [];
+    for (const pkg of ADDON_PACKAGES.filter((p) => names.has(p))) {
+      const binary = addonBinary(pkg);
+      copy(binary, path.join(staging, ADDON_DIR, addonFileName(pkg)));
+      addons.push(binary);
+    }
+    // The bundle is compiled inside Module.wrap's function, where a #! line would be a syntax error.
+    fs.writeFileSync(bundleFile, fs.readFileSync(bundleFile, 'utf8').replace(/^#!.*\n/, ''), { mode: 0o644 });
+    fs.chmodSync(bundleFile, 0o644);
+    writeCodeCache(bundleFile, path.join(staging, CACHE_NAME));
+    fs.writeFileSync(path.join(staging, ENTRY_NAME), LOADER, { mode: 0o644 });
+    const libraries = bundleRuntime(staging, addons);
+    fs.rmSync(outDir, { recursive: true, force: true });
+    fs.renameSync(staging, outDir);
+    const bytes = [...listFiles(outDir)].reduce((sum, f) => sum + fs.statSync(f).size, 0);
+    const bundled = fs.statSync(path.join(outDir, BUNDLE_NAME)).size;
+    process.stdout.write(
+      `built ${path.relative(root, outDir)}/: ${BUNDLE_NAME} of ${inputs.length} modules (${(bundled / 1024).toFixed(0)} KiB, with a V8 code cache, entry ${ENTRY_NAME}), packages ${[...names].sort().join(', ')}; runtime node ${process.version} with ${libraries.join(', ')}; ${(bytes / 1024 / 1024).toFixed(1)} MiB\n`,
+    );
+  } finally {
+    fs.rmSync(staging, { recursive: true, force: true });
   }
-  const libraries = bundleRuntime(staging, addons);
-  const main = path.relative(dist, entry).split(path.sep).join('/');
-  fs.writeFileSync(
-    path.join(staging, ENTRY_NAME),
-    `#!/usr/bin/env node\n'use strict';\n// The standalone mesh-cni engine; built by scripts/build-engine.js.\nrequire('./${main}');\n`,
-    { mode: 0o644 },
-  );
-  fs.rmSync(outDir, { recursive: true, force: true });
-  fs.renameSync(staging, outDir);
-  const bytes = [...listFiles(outDir)].reduce((sum, f) => sum + fs.statSync(f).size, 0);
-  process.stdout.write(
-    `built ${path.relative(root, outDir)}/: ${files.size} modules, packages ${[...names].sort().join(', ')}; runtime node ${process.version} with ${libraries.join(', ')}; ${(bytes / 1024 / 1024).toFixed(1)} MiB\n`,
-  );
-  for (const u of unresolved) process.stdout.write(`  not bundled (optional, unresolvable here): ${u}\n`);
 }
 
 function* listFiles(dir) {
@@ -200,9 +234,7 @@ function* listFiles(dir) {
   }
 }
 
-try {
-  main();
-} catch (err) {
+main().catch((err) => {
   process.stderr.write(`mesh-cni: building the standalone engine failed: ${err.message}\n`);
   process.exitCode = 1;
-}
+});

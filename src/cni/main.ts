@@ -4,19 +4,31 @@
  * stdin (bounded), takes the environment, runs one command, prints the answer and exits with its code.
  * It loads no Kubernetes client: pod lookups use the minimal kubeconfig reader and node's https.
  */
-import { readSync, writeSync } from 'node:fs';
-import { isatty } from 'node:tty';
+import { fstatSync, readSync, writeSync } from 'node:fs';
 import { runCni } from './dispatch';
 import { CniCode, CniError } from './errors';
 import { flushRequestLogs } from './log';
 import { MAX_STDIN_BYTES } from './request';
 
 /**
+ * A terminal (or another character device, such as /dev/null, which reads as empty anyway) on stdin means no
+ * netconf is coming. fstat rather than node:tty's isatty: requiring node:tty loads net and the stream modules,
+ * several milliseconds of a VERSION whose whole start is counted. A closed stdin is left to readSync to report.
+ */
+function isTerminalLike(fd: number): boolean {
+  try {
+    return fstatSync(fd).isCharacterDevice();
+  } catch {
+    return false;
+  }
+}
+
+/**
  * stdin and stdout through plain file descriptor calls: the process.stdin/stdout streams cost several
  * milliseconds to set up, on a path where the whole start is counted.
  */
 function readStdinBounded(limit: number): Buffer {
-  if (isatty(0)) return Buffer.alloc(0);
+  if (isTerminalLike(0)) return Buffer.alloc(0);
   // One byte past the limit is enough for parseRequest to report it; reading further would waste memory.
   const buffer = Buffer.alloc(limit + 1);
   let size = 0;

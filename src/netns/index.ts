@@ -7,7 +7,7 @@
  * function: an `await` inside it would let other work run on the main thread while it is in the pod's netns.
  */
 import * as fs from 'node:fs';
-import { spawn } from 'node:child_process';
+import type * as ChildProcess from 'node:child_process';
 import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError } from '../errors';
 export { NetnsBusyError };
 import { errno, loadLibc } from './native';
@@ -135,6 +135,10 @@ export function run(netns: string | undefined, program: string, args: readonly s
 }
 
 function runForked(netns: string | undefined, program: string, args: readonly string[], options: RunOptions): Promise<RunResult> {
+  // node:child_process is required here, not at the top: it loads net and the stream modules, which a
+  // standalone VERSION (this module is on its path for the netns checks) would otherwise pay for.
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const { spawn } = require('node:child_process') as typeof ChildProcess;
   const start = () => spawn(program, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   const child = netns === undefined ? start() : withNetns(netns, start);
   return new Promise((resolve, reject) => {

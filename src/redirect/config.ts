@@ -7,7 +7,17 @@
  * a malformed interface name), we reject it up front with a message naming the annotation, the value and
  * why. Nothing is silently dropped.
  */
-import { Address4, Address6 } from 'ip-address';
+import type * as IpAddress from 'ip-address';
+
+let ipAddressModule: typeof IpAddress | undefined;
+/**
+ * ip-address, loaded on the first CIDR: building its regular expressions costs several milliseconds at load,
+ * and most pods' annotations name no CIDR (the standalone ADD counts every millisecond of its start).
+ */
+function ipAddress(): typeof IpAddress {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  return (ipAddressModule ??= require('ip-address') as typeof IpAddress);
+}
 import { InvalidConfigError } from '../errors';
 import { ANNOTATIONS } from '../istio-names';
 import { DEFAULTS } from './constants';
@@ -105,7 +115,9 @@ export function parseCidrList(key: string, value: string, options: { wildcard?: 
     throw new InvalidConfigError(key, value, '"*" is not allowed here; list the CIDRs instead');
   }
   const list: CidrList = { all: false, ipv4: [], ipv6: [], hasLoopback: false };
-  for (const text of items(key, value)) {
+  const cidrs = items(key, value);
+  const { Address4, Address6 } = cidrs.length > 0 ? ipAddress() : ({} as typeof IpAddress);
+  for (const text of cidrs) {
     if (text === '*') throw new InvalidConfigError(key, value, '"*" must stand alone, not in a list');
     if (!text.includes('/')) {
       throw new InvalidConfigError(key, value, `"${text}" has no prefix length (write ${text}/${text.includes(':') ? 128 : 32} for one address)`);

@@ -6,7 +6,14 @@
  * overlapping or adjacent prefixes of an anonymous set into one range. The signature undoes all of that.
  * Pure functions; the kernel tests prove the round trip for every plan we can produce.
  */
-import { Address4, Address6 } from 'ip-address';
+import type * as IpAddress from 'ip-address';
+
+let ipAddressModule: typeof IpAddress | undefined;
+/** ip-address on first use: its load costs milliseconds on every ADD's start, and only a read-back needs it. */
+function ipAddress(): typeof IpAddress {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  return (ipAddressModule ??= require('ip-address') as typeof IpAddress);
+}
 import type { Family } from './constants';
 
 export interface ListedRule {
@@ -65,6 +72,7 @@ function elements(token: string): string[] {
 type Interval = [bigint, bigint];
 
 function addressInterval(text: string): Interval {
+  const { Address4, Address6 } = ipAddress();
   const parse = (a: string) => (a.includes(':') ? new Address6(a) : new Address4(a));
   const dash = text.indexOf('-');
   if (dash > 0) return [parse(text.slice(0, dash)).bigInt(), parse(text.slice(dash + 1)).bigInt()];

@@ -52,7 +52,7 @@ for (const backend of ['iptables', 'nftables'] as const) {
     const netns = createNetns(t, 'standalone');
     const loaded = join(root, 'loaded.json');
     const probe = join(root, 'probe.js');
-    writeFileSync(probe, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(loaded)}, JSON.stringify({ modules: Object.keys(require.cache), execPath: process.execPath })));\n`);
+    writeFileSync(probe, exitProbe(loaded));
     const netconf = {
       cniVersion: '1.0.0',
       name: 'k8s-pod-network',
@@ -91,8 +91,10 @@ for (const backend of ['iptables', 'nftables'] as const) {
     const { modules, execPath } = JSON.parse(readFileSync(loaded, 'utf8')) as { modules: string[]; execPath: string };
     t.regex(execPath, new RegExp(`^${binDir}/\\.mesh-cni\\.d-[0-9a-f]+-[0-9a-f]+/runtime/ld\\.so$`), 'the shipped runtime ran the engine, not the host node');
     const outside = modules.filter((m) => m !== probe && !m.startsWith(`${binDir}/`));
+    t.true(modules.some((m) => m.endsWith('/mesh-cni.js')), 'the bundled engine ran');
     t.deepEqual(outside, [], 'every module came from the installed engine directory');
     t.true(modules.some((m) => m.includes('ffi_bindings.node') || m.includes('ffi-napi')), 'the installed ffi addon entered the netns');
+    t.true(mappedAddons(loaded).some((f) => f.endsWith('/addons/ffi-napi.node')), 'the ffi addon was mapped into the process that programmed the netns');
     for (const heavy of HEAVY) t.false(modules.some((m) => m.includes(`/node_modules/${heavy}/`)), `${heavy} must not load`);
 
     const del = invoke('DEL');
@@ -102,6 +104,43 @@ for (const backend of ['iptables', 'nftables'] as const) {
     await uninstall(options);
   });
 }
+
+/**
+ * A script preloaded with --require that, at exit, records what the process loaded: require.cache, the
+ * executable, and every shared object the kernel has mapped into it (/proc/self/maps), which is where a
+ * native addon shows however it was loaded, and node's own modules the process loaded (process.moduleLoadList).
+ */
+function exitProbe(out: string): string {
+  return `process.on('exit', () => { const fs = require('fs'); const maps = [...new Set(fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').map((l) => l.split(/\\s+/)[5]).filter((f) => f && f.endsWith('.node')))]; fs.writeFileSync(${JSON.stringify(out)}, JSON.stringify({ modules: Object.keys(require.cache), execPath: process.execPath, maps, builtins: process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice(13)) })); });\n`;
+}
+
+function mappedAddons(loaded: string): string[] {
+  return (JSON.parse(readFileSync(loaded, 'utf8')) as { maps: string[] }).maps;
+}
+
+test.serial('installed shim, no agent: VERSION answers on the shipped runtime without the ffi addon or node:child_process/net/tty', async (t) => {
+  const root = testTempDir(t, 'standalone-version');
+  const options = installOptions(root, 'iptables');
+  await install(options);
+  const loaded = join(root, 'loaded.json');
+  const probe = join(root, 'probe.js');
+  writeFileSync(probe, exitProbe(loaded));
+  const version = spawnSync(join(options.cniBinDir, 'mesh-cni'), [], {
+    cwd: '/',
+    input: JSON.stringify({ cniVersion: '1.0.0' }),
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', CNI_COMMAND: 'VERSION', MESH_CNI_AGENT_SOCKET: join(root, 'no-agent.sock'), NODE_OPTIONS: `--require ${probe}` },
+  });
+  t.is(version.status, 0, `${version.stdout}\n${version.stderr}`);
+  t.true((JSON.parse(version.stdout) as { supportedVersions: string[] }).supportedVersions.includes('1.1.0'));
+  const { execPath, maps, builtins } = JSON.parse(readFileSync(loaded, 'utf8')) as { execPath: string; maps: string[]; builtins: string[] };
+  t.regex(execPath, /\/runtime\/ld\.so$/, 'the shipped runtime answered');
+  t.deepEqual(maps, [], 'no native addon is mapped for VERSION');
+  // child_process, net and tty each load the stream modules: a VERSION needs none of them.
+  for (const heavy of ['child_process', 'net', 'tty', 'stream']) t.false(builtins.includes(heavy), `node:${heavy} must not load for VERSION`);
+  await uninstall(options);
+});
 
 /** Every path `node` runs from on this machine, and the one running the tests. */
 function hostNodes(): string[] {
