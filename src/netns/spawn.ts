@@ -16,7 +16,7 @@
  * When the library cannot be bound (no ffi), `startSpawn` returns undefined and callers use child_process.
  */
 import * as fs from 'node:fs';
-import net from 'node:net';
+import type * as Net from 'node:net';
 
 interface SpawnLib {
   memfd_create(name: string, flags: number): number;
@@ -246,6 +246,10 @@ export function collectSpawn(child: SpawnedProgram, timeoutMs: number | undefine
   const b = bind()!;
   return new Promise((resolve) => {
     const stderr: Buffer[] = [];
+    // node:net is required here, not at the top: it loads the stream modules, which a standalone VERSION
+    // (this module is on its path) would otherwise pay for.
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const net = require('node:net') as typeof Net;
     const pipe = new net.Socket({ fd: child.stderrFd, readable: true, writable: false });
     let timer: NodeJS.Timeout | undefined;
     let finished = false;
