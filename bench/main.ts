@@ -16,7 +16,7 @@ const BENCHMARKS: Record<string, { run: () => Promise<Summary[]>; limitMs: numbe
   add: { run: benchAddLatency, limitMs: 10 * 60_000, summaries: ['add-vs-floor-iptables', 'add-vs-floor-nftables', 'add-auto-vs-floor-iptables', 'standalone-version-vs-node', 'standalone-add-vs-node'] },
   burst: { run: benchBurst, limitMs: 5 * 60_000, summaries: ['burst-p99'] },
   cri: { run: benchCri, limitMs: 10 * 60_000, summaries: ['cri-run-pod-sandbox'] },
-  repair: { run: benchRepairScan, limitMs: 10 * 60_000, summaries: ['repair-scan-500'] },
+  repair: { run: benchRepairScan, limitMs: 10 * 60_000, summaries: ['repair-scan-iptables', 'repair-scan-cold-iptables', 'repair-scan-nftables', 'repair-scan-cold-nftables'] },
   memory: { run: benchMemory, limitMs: 10 * 60_000, summaries: ['agent-rss-idle', 'agent-rss-500-pods'] },
   rules: { run: benchRuleCount, limitMs: 5 * 60_000, summaries: ['nft-rules-growth'] },
 };
