@@ -13,6 +13,61 @@ import type { PodCache } from '../cni/pod-source';
 
 export type PodEvent = 'add' | 'update' | 'delete';
 
+type Container = NonNullable<NonNullable<V1Pod['spec']>['containers']>[number];
+type ContainerStatus = NonNullable<NonNullable<V1Pod['status']>['initContainerStatuses']>[number];
+
+/** A container as the decision reads it (src/cni/pod-api.ts podInfoFromPod): name, args, literal env, uid/gid. */
+function trimContainer(c: Container): Container {
+  const out: Container = { name: c.name };
+  if (c.args) out.args = c.args;
+  if (c.env) out.env = c.env.map((e) => ({ name: e.name, value: e.value }));
+  if (c.securityContext) out.securityContext = { runAsUser: c.securityContext.runAsUser, runAsGroup: c.securityContext.runAsGroup };
+  return out;
+}
+
+function trimStatus(c: ContainerStatus): ContainerStatus {
+  const terminated = (t: { exitCode: number } | undefined) => (t ? { terminated: { exitCode: t.exitCode } } : undefined);
+  return { name: c.name, state: terminated(c.state?.terminated), lastState: terminated(c.lastState?.terminated) } as ContainerStatus;
+}
+
+/**
+ * The fields of a pod the agent reads, and nothing else: the decision's (name, namespace, uid, labels,
+ * annotations, the containers' names, args, env and securityContext uid/gid), the reconciler's
+ * (deletionTimestamp, resourceVersion for the delete precondition, hostNetwork, the pod IPs, the
+ * istio-validation exit code) and the watch's (resourceVersion). A pod as the API server sends it is 5–20 KiB
+ * of JSON (managedFields, volumes, probes, conditions); the cache keeps about a tenth of it.
+ */
+export function trimPod(pod: V1Pod): V1Pod {
+  const m = pod.metadata ?? {};
+  const out: V1Pod = {
+    metadata: {
+      name: m.name,
+      namespace: m.namespace,
+      uid: m.uid,
+      resourceVersion: m.resourceVersion,
+      labels: m.labels,
+      annotations: m.annotations,
+      ...(m.deletionTimestamp ? { deletionTimestamp: m.deletionTimestamp } : {}),
+    },
+  };
+  if (pod.spec) {
+    out.spec = {
+      nodeName: pod.spec.nodeName,
+      hostNetwork: pod.spec.hostNetwork,
+      containers: (pod.spec.containers ?? []).map(trimContainer),
+      ...(pod.spec.initContainers ? { initContainers: pod.spec.initContainers.map(trimContainer) } : {}),
+    };
+  }
+  if (pod.status) {
+    out.status = {
+      podIP: pod.status.podIP,
+      podIPs: pod.status.podIPs?.map((p) => ({ ip: p.ip })),
+      ...(pod.status.initContainerStatuses ? { initContainerStatuses: pod.status.initContainerStatuses.map(trimStatus) } : {}),
+    };
+  }
+  return out;
+}
+
 export interface NodePodCacheOptions {
   nodeName: string;
   /** A kubeconfig file; in-cluster service account when absent. */
@@ -38,6 +93,8 @@ export class NodePodCache implements PodCache {
   private restartTimer?: NodeJS.Timeout;
   private backoffMs: number;
   private hasSynced = false;
+  /** connected and not failed since: every pod bound to this node reaches the cache within moments */
+  private connected = false;
   /** Lists and watch connections made, for tests and the status command. */
   readonly stats = { lists: 0, restarts: 0, errors: 0 };
 
@@ -58,14 +115,22 @@ export class NodePodCache implements PodCache {
     const k8s = await import('@kubernetes/client-node');
     const api = this.kubeConfig.makeApiClient(k8s.CoreV1Api);
     const fieldSelector = `spec.nodeName=${this.options.nodeName}`;
-    const listFn = () => {
+    // Both the list and every watch event are trimmed before ListWatch stores them (trimPod).
+    const listFn = async () => {
       this.stats.lists++;
-      return api.listPodForAllNamespaces({ fieldSelector });
+      const list = await api.listPodForAllNamespaces({ fieldSelector });
+      list.items = list.items.map(trimPod);
+      return list;
     };
-    const watch = new k8s.ListWatch<V1Pod>('/api/v1/pods', new k8s.Watch(this.kubeConfig), listFn, false, undefined, fieldSelector);
+    const watcher = new k8s.Watch(this.kubeConfig);
+    const watchFn = watcher.watch.bind(watcher);
+    // Bookmarks keep the resume point fresh, so a watch the server times out resumes instead of relisting.
+    watcher.watch = (path, query, callback, done) => watchFn(path, { ...query, allowWatchBookmarks: true }, (phase, obj, raw) => callback(phase, phase === 'ERROR' || phase === 'BOOKMARK' ? obj : trimPod(obj as V1Pod), raw), done);
+    const watch = new k8s.ListWatch<V1Pod>('/api/v1/pods', watcher, listFn, false, undefined, fieldSelector);
     for (const event of ['add', 'update', 'delete'] as const) watch.on(event, (pod: V1Pod) => this.options.onEvent?.(event, pod));
     watch.on('connect', () => {
       this.hasSynced = true;
+      this.connected = true;
       this.backoffMs = this.options.minBackoffMs ?? 500;
     });
     watch.on('error', (err: unknown) => this.restartAfterError(err));
@@ -78,6 +143,7 @@ export class NodePodCache implements PodCache {
   }
 
   private restartAfterError(err: unknown): void {
+    this.connected = false;
     this.stats.errors++;
     this.options.onError?.(err);
     if (this.stopped || this.restartTimer) return;
@@ -95,6 +161,11 @@ export class NodePodCache implements PodCache {
   /** True once the first list has completed (the cache then answers for every pod on the node). */
   synced(): boolean {
     return this.hasSynced;
+  }
+
+  /** Synced and the watch connected since its last error: a pod missing now is only a moment behind. */
+  watching(): boolean {
+    return this.hasSynced && this.connected && !this.stopped;
   }
 
   pods(): readonly V1Pod[] {
