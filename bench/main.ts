@@ -5,6 +5,7 @@
  * `npm run bench -- add burst` runs only those. BENCH_RUNS sets the repetitions of the latency loops.
  */
 import { benchAddLatency } from './add-latency';
+import { benchApiLoad } from './api-load';
 import { benchBurst } from './burst';
 import { benchCri } from './cri';
 import { benchMemory } from './memory';
@@ -18,6 +19,7 @@ const BENCHMARKS: Record<string, { run: () => Promise<Summary[]>; limitMs: numbe
   cri: { run: benchCri, limitMs: 10 * 60_000, summaries: ['cri-run-pod-sandbox'] },
   repair: { run: benchRepairScan, limitMs: 10 * 60_000, summaries: ['repair-scan-iptables', 'repair-scan-cold-iptables', 'repair-scan-nftables', 'repair-scan-cold-nftables'] },
   memory: { run: benchMemory, limitMs: 10 * 60_000, summaries: ['agent-rss-idle', 'agent-rss-500-pods'] },
+  'api-load': { run: benchApiLoad, limitMs: 10 * 60_000, summaries: ['api-per-pod-gets'] },
   rules: { run: benchRuleCount, limitMs: 5 * 60_000, summaries: ['nft-rules-growth'] },
 };
 
