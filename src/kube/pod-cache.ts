@@ -1,12 +1,15 @@
 /**
  * The agent's node-scoped pod cache: one list+watch of the pods on this node (`spec.nodeName` field
- * selector) through @kubernetes/client-node's ListWatch, restarted with backoff on errors (a 410 relists
- * inside ListWatch). The plugin path asks it first, so a pod the cache knows costs no API request.
+ * selector) over node's https (./lean-watch.ts), pods trimmed to the fields we read, restarted with backoff
+ * on errors (a 410 relists). The plugin path asks it first, so a pod the cache knows costs no API request.
  *
- * @kubernetes/client-node is heavy to load (~0.5 s, ~70 MB): it is imported here only, and only by the
- * agent, never on the standalone ADD path.
+ * @kubernetes/client-node is heavy to load (~0.5 s, ~50 MiB of RSS): the watch does not use it; it is
+ * loaded only when something writes to the API (`kubeConfig`, first used by repair actions, the node taint
+ * or the SIGTERM decision), and never on the standalone ADD path.
  */
-import type { KubeConfig, ListWatch, V1Pod } from '@kubernetes/client-node';
+import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
+import { readKubeconfig } from '../cni/kubeconfig';
+import { endpointFromKubeconfig, getJson, inClusterEndpoint, LeanListWatch, type ApiEndpoint } from './lean-watch';
 import { podInfoFromPod } from '../cni/pod-api';
 import type { PodInfo } from '../cni/decision';
 import type { PodCache } from '../cni/pod-source';
@@ -88,52 +91,62 @@ export async function loadKubeConfig(kubeconfigPath?: string): Promise<KubeConfi
 }
 
 export class NodePodCache implements PodCache {
-  private watch?: ListWatch<V1Pod>;
+  private watch?: LeanListWatch<V1Pod>;
   private stopped = false;
   private restartTimer?: NodeJS.Timeout;
   private backoffMs: number;
   private hasSynced = false;
   /** connected and not failed since: every pod bound to this node reaches the cache within moments */
   private connected = false;
+  private loadedKubeConfig?: KubeConfig;
   /** Lists and watch connections made, for tests and the status command. */
   readonly stats = { lists: 0, restarts: 0, errors: 0 };
 
   private constructor(
-    readonly kubeConfig: KubeConfig,
+    private readonly endpoint: ApiEndpoint,
     private readonly options: NodePodCacheOptions,
   ) {
     this.backoffMs = options.minBackoffMs ?? 500;
   }
 
   static async start(options: NodePodCacheOptions): Promise<NodePodCache> {
-    const cache = new NodePodCache(await loadKubeConfig(options.kubeconfigPath), options);
+    const endpoint = options.kubeconfigPath ? endpointFromKubeconfig(readKubeconfig(options.kubeconfigPath)) : inClusterEndpoint();
+    const cache = new NodePodCache(endpoint, options);
     await cache.begin();
     return cache;
   }
 
+  /**
+   * The @kubernetes/client-node configuration, for the parts that write to the API (repair actions, the
+   * node taint, the SIGTERM decision): loaded on first use, so an agent that only watches never loads it.
+   */
+  get kubeConfig(): KubeConfig {
+    if (!this.loadedKubeConfig) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const k8s = require('@kubernetes/client-node') as typeof import('@kubernetes/client-node');
+      const kc = new k8s.KubeConfig();
+      if (this.options.kubeconfigPath) kc.loadFromFile(this.options.kubeconfigPath);
+      else kc.loadFromCluster();
+      this.loadedKubeConfig = kc;
+    }
+    return this.loadedKubeConfig;
+  }
+
   private async begin(): Promise<void> {
-    const k8s = await import('@kubernetes/client-node');
-    const api = this.kubeConfig.makeApiClient(k8s.CoreV1Api);
-    const fieldSelector = `spec.nodeName=${this.options.nodeName}`;
-    // Both the list and every watch event are trimmed before ListWatch stores them (trimPod).
-    const listFn = async () => {
-      this.stats.lists++;
-      const list = await api.listPodForAllNamespaces({ fieldSelector });
-      list.items = list.items.map(trimPod);
-      return list;
-    };
-    const watcher = new k8s.Watch(this.kubeConfig);
-    const watchFn = watcher.watch.bind(watcher);
-    // Bookmarks keep the resume point fresh, so a watch the server times out resumes instead of relisting.
-    watcher.watch = (path, query, callback, done) => watchFn(path, { ...query, allowWatchBookmarks: true }, (phase, obj, raw) => callback(phase, phase === 'ERROR' || phase === 'BOOKMARK' ? obj : trimPod(obj as V1Pod), raw), done);
-    const watch = new k8s.ListWatch<V1Pod>('/api/v1/pods', watcher, listFn, false, undefined, fieldSelector);
-    for (const event of ['add', 'update', 'delete'] as const) watch.on(event, (pod: V1Pod) => this.options.onEvent?.(event, pod));
-    watch.on('connect', () => {
-      this.hasSynced = true;
-      this.connected = true;
-      this.backoffMs = this.options.minBackoffMs ?? 500;
+    const watch = new LeanListWatch<V1Pod>({
+      endpoint: this.endpoint,
+      path: '/api/v1/pods',
+      fieldSelector: `spec.nodeName=${this.options.nodeName}`,
+      transform: trimPod,
+      onEvent: (event, pod) => this.options.onEvent?.(event, pod),
+      onList: () => void this.stats.lists++,
+      onConnect: () => {
+        this.hasSynced = true;
+        this.connected = true;
+        this.backoffMs = this.options.minBackoffMs ?? 500;
+      },
+      onError: (err) => this.restartAfterError(err),
     });
-    watch.on('error', (err: unknown) => this.restartAfterError(err));
     this.watch = watch;
     try {
       await watch.start();
@@ -193,19 +206,10 @@ export class NodePodCache implements PodCache {
     const now = Date.now();
     const known = this.namespaces.get(namespace);
     if (known && now - known.at < 60_000) return known.labels;
-    const k8s = await import('@kubernetes/client-node');
     let labels: Record<string, string> | undefined;
     try {
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error('no answer within 2 s')), 2000);
-      });
-      try {
-        const ns = await Promise.race([this.kubeConfig.makeApiClient(k8s.CoreV1Api).readNamespace({ name: namespace }), late]);
-        labels = ns.metadata?.labels ?? {};
-      } finally {
-        clearTimeout(timer);
-      }
+      const ns = await getJson<{ metadata?: { labels?: Record<string, string> } }>(this.endpoint, `/api/v1/namespaces/${encodeURIComponent(namespace)}`, 2000);
+      labels = ns.metadata?.labels ?? {};
     } catch {
       labels = undefined;
     }
@@ -216,6 +220,6 @@ export class NodePodCache implements PodCache {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.restartTimer) clearTimeout(this.restartTimer);
-    await this.watch?.stop();
+    this.watch?.stop();
   }
 }

@@ -8,7 +8,8 @@ import type { RepairDeps } from './reconciler';
 import type { CheckStats } from './check';
 
 export interface RepairWiring extends NetnsChainOptions {
-  kubeConfig: KubeConfig;
+  /** a function: loaded only when the first action needs it */
+  kubeConfig: KubeConfig | (() => KubeConfig);
   nodeName: string;
   pods: () => readonly V1Pod[];
   attachments: AttachmentStore;
