@@ -198,6 +198,8 @@ export class LeanListWatch<T extends KubeObject> {
       else this.start().catch((e: unknown) => this.o.onError(e));
     };
     req.on('response', (res) => {
+      // First: a connection cut at any point below (the API server going away) is an 'error' on the response.
+      res.on('error', (err) => finish(err));
       if (res.statusCode === 410) {
         this.resourceVersion = '';
         res.resume();
@@ -210,6 +212,8 @@ export class LeanListWatch<T extends KubeObject> {
       // No idle timeout: a quiet node's watch carries nothing but bookmarks for minutes.
       res.socket?.setKeepAlive(true, 30_000);
       const lines = createInterface({ input: res });
+      // readline passes its input's errors on as its own: unheard, a cut connection would crash the agent.
+      lines.on('error', (err) => finish(err));
       lines.on('line', (line) => {
         let event: { type?: string; object?: T & { code?: number } };
         try {
@@ -233,7 +237,6 @@ export class LeanListWatch<T extends KubeObject> {
         }
         if (obj.metadata?.resourceVersion) this.resourceVersion = obj.metadata.resourceVersion;
       });
-      res.on('error', (err) => finish(err));
       res.on('end', () => finish(undefined));
       res.on('close', () => finish(res.complete ? undefined : new Error('the watch connection was closed')));
     });
