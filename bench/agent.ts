@@ -23,7 +23,7 @@ export interface AgentProcess {
   stop(): Promise<void>;
 }
 
-export async function startAgentProcess(dir: string, options: { kubeconfig?: string; nodeName?: string; extraArgs?: string[] } = {}): Promise<AgentProcess> {
+export async function startAgentProcess(dir: string, options: { kubeconfig?: string; nodeName?: string; repairMode?: string; nodeArgs?: string[]; extraArgs?: string[] } = {}): Promise<AgentProcess> {
   const socket = path.join(dir, 'agent.sock');
   const args = [
     CLI,
@@ -37,10 +37,10 @@ export async function startAgentProcess(dir: string, options: { kubeconfig?: str
     '--no-install',
     '--state-dir',
     stateDirFor(dir),
-    ...(options.kubeconfig ? ['--kubeconfig', options.kubeconfig, '--node-name', options.nodeName ?? 'bench-node', '--repair-mode', 'off'] : ['--no-kubernetes']),
+    ...(options.kubeconfig ? ['--kubeconfig', options.kubeconfig, '--node-name', options.nodeName ?? 'bench-node', '--repair-mode', options.repairMode ?? 'off'] : ['--no-kubernetes']),
     ...(options.extraArgs ?? []),
   ];
-  const child: ChildProcess = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env.PATH } });
+  const child: ChildProcess = spawn(process.execPath, [...(options.nodeArgs ?? []), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env.PATH } });
   const log = fs.createWriteStream(path.join(dir, 'agent.log'));
   child.stderr!.pipe(log);
   const ready = await new Promise<number>((resolve, reject) => {

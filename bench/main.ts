@@ -5,6 +5,7 @@
  * `npm run bench -- add burst` runs only those. BENCH_RUNS sets the repetitions of the latency loops.
  */
 import { benchAddLatency } from './add-latency';
+import { benchApiLoad } from './api-load';
 import { benchBurst } from './burst';
 import { benchCri } from './cri';
 import { benchMemory } from './memory';
@@ -16,8 +17,9 @@ const BENCHMARKS: Record<string, { run: () => Promise<Summary[]>; limitMs: numbe
   add: { run: benchAddLatency, limitMs: 10 * 60_000, summaries: ['add-vs-floor-iptables', 'add-vs-floor-nftables', 'add-auto-vs-floor-iptables', 'agent-work-per-add', 'standalone-version-vs-node', 'standalone-add-vs-node'] },
   burst: { run: benchBurst, limitMs: 5 * 60_000, summaries: ['burst-p99'] },
   cri: { run: benchCri, limitMs: 10 * 60_000, summaries: ['cri-run-pod-sandbox-iptables', 'cri-run-pod-sandbox-nftables'] },
-  repair: { run: benchRepairScan, limitMs: 10 * 60_000, summaries: ['repair-scan-500'] },
+  repair: { run: benchRepairScan, limitMs: 10 * 60_000, summaries: ['repair-scan-iptables', 'repair-scan-cold-iptables', 'repair-scan-nftables', 'repair-scan-cold-nftables'] },
   memory: { run: benchMemory, limitMs: 10 * 60_000, summaries: ['agent-rss-idle', 'agent-rss-500-pods'] },
+  'api-load': { run: benchApiLoad, limitMs: 10 * 60_000, summaries: ['api-per-pod-gets'] },
   rules: { run: benchRuleCount, limitMs: 5 * 60_000, summaries: ['nft-rules-growth'] },
 };
 

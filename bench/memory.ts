@@ -94,7 +94,7 @@ export async function benchMemory(): Promise<Summary[]> {
   );
   writeResult('memory', { pods: PODS, source: 'kube-apiserver + etcd (test/support/kube.ts), node-scoped watch', rssMiB: result });
   return [
-    { name: 'agent-rss-idle', value: result.idle!, unit: 'MiB', target: 100, atMost: true, note: `without Kubernetes ${result.bareIdle!.toFixed(0)} MiB` },
-    { name: 'agent-rss-500-pods', value: result.loaded!, unit: 'MiB', target: 140, atMost: true, note: `${result.cached} pods from a real apiserver` },
+    { name: 'agent-rss-idle', value: result.idle!, unit: 'MiB', target: 90, atMost: true, note: `without Kubernetes ${result.bareIdle!.toFixed(0)} MiB` },
+    { name: 'agent-rss-500-pods', value: result.loaded!, unit: 'MiB', target: 130, atMost: true, note: `${result.cached} pods from a real apiserver` },
   ];
 }

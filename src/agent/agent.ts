@@ -297,7 +297,7 @@ async function startRepair(options: AgentOptions, cache: NodePodCache | undefine
   if (!options.kubernetes || !cache || !r || r.mode === 'off') return { stop: () => undefined };
   const { repairDeps } = await import('../repair/wiring');
   const deps = await repairDeps({
-    kubeConfig: cache.kubeConfig,
+    kubeConfig: () => cache.kubeConfig,
     nodeName: options.kubernetes.nodeName,
     pods: () => cache.pods(),
     attachments,

@@ -30,7 +30,19 @@ export interface PodCache {
   lookup(namespace: string, name: string, uid?: string): Promise<PodInfo | undefined>;
   /** the namespace's labels; undefined when they cannot be read */
   namespaceLabels?(namespace: string): Promise<Record<string, string> | undefined>;
+  /**
+   * True while the watch is synced and connected: a pod bound to this node that is missing from the cache
+   * is only moments behind (the ADD raced the watch event), so it is waited for rather than fetched.
+   */
+  watching?(): boolean;
 }
+
+/**
+ * How long an ADD waits for a pod to reach a healthy watch cache before it asks the API server itself.
+ * kubelet only runs the sandbox of a pod already bound to the node, so the watch event is normally on
+ * its way; a GET per pod from every node is the load the cache exists to avoid.
+ */
+export const CACHE_WAIT_MS = 3000;
 
 /** One GET of the pod object; throws RetryableLookupError for failures worth retrying. */
 export type FetchPod = (kubeconfig: string, namespace: string, name: string, timeoutMs: number) => Promise<unknown>;
@@ -100,9 +112,20 @@ async function getPodWithRetry(k8s: KubernetesArgs, kubeconfig: string, deps: Po
 }
 
 async function waitForCache(k8s: KubernetesArgs, cache: PodCache, deps: PodSourceDeps): Promise<PodInfo> {
+  const budget = deps.podLookupTimeoutMs ?? DEFAULT_POD_LOOKUP_TIMEOUT_MS;
+  const pod = await pollCache(k8s, cache, deps, budget);
+  if (pod) return pod;
+  throw new CniError(
+    CniCode.TryAgainLater,
+    `pod ${k8s.podNamespace}/${k8s.podName} did not reach the agent's watch cache within ${Math.round(budget / 1000)} s`,
+    'the netconf names no kubeconfig, so the cache is the only source of the pod spec; kubelet retries',
+  );
+}
+
+/** The pod once the cache has it, or undefined after `budget` ms. */
+async function pollCache(k8s: KubernetesArgs, cache: PodCache, deps: PodSourceDeps, budget: number): Promise<PodInfo | undefined> {
   const now = deps.now ?? Date.now;
   const sleep = deps.sleep ?? realSleep;
-  const budget = deps.podLookupTimeoutMs ?? DEFAULT_POD_LOOKUP_TIMEOUT_MS;
   const deadline = now() + budget;
   let backoff = 50;
   for (;;) {
@@ -113,11 +136,7 @@ async function waitForCache(k8s: KubernetesArgs, cache: PodCache, deps: PodSourc
     const pod = await cache.lookup(k8s.podNamespace, k8s.podName, k8s.podUid);
     if (pod) return { ...pod };
   }
-  throw new CniError(
-    CniCode.TryAgainLater,
-    `pod ${k8s.podNamespace}/${k8s.podName} did not reach the agent's watch cache within ${Math.round(budget / 1000)} s`,
-    'the netconf names no kubeconfig, so the cache is the only source of the pod spec; kubelet retries',
-  );
+  return undefined;
 }
 
 function withAssumptions(decision: MeshDecision, notes: string[]): MeshDecision {
@@ -152,6 +171,14 @@ export async function decidePod(
     const pod = await waitForCache(k8s, deps.podCache, deps);
     if (needsNamespaceLabels(pod) && deps.podCache.namespaceLabels) pod.namespaceLabels = await deps.podCache.namespaceLabels(k8s.podNamespace).catch(() => undefined);
     return { decision: decideMeshing(pod, options), source: 'cache' };
+  }
+  if (netconf.kubeconfig && deps.podCache?.watching?.()) {
+    const pod = await pollCache(k8s, deps.podCache, deps, Math.min(CACHE_WAIT_MS, deps.podLookupTimeoutMs ?? CACHE_WAIT_MS));
+    if (pod) {
+      if (needsNamespaceLabels(pod) && deps.podCache.namespaceLabels) pod.namespaceLabels = await deps.podCache.namespaceLabels(k8s.podNamespace).catch(() => undefined);
+      return { decision: decideMeshing(pod, options), source: 'cache' };
+    }
+    notes.push(`pod not in the watch cache after ${CACHE_WAIT_MS / 1000} s; read from the API`);
   }
   if (netconf.kubeconfig) {
     const pod: PodInfo = await getPodWithRetry(k8s, netconf.kubeconfig, deps, notes);

@@ -11,9 +11,19 @@ export interface PodActions {
   event(pod: V1Pod, reason: string, message: string, type: 'Normal' | 'Warning'): Promise<void>;
 }
 
-export async function podActions(kubeConfig: KubeConfig, nodeName: string): Promise<PodActions> {
-  const k8s = await import('@kubernetes/client-node');
-  const api: CoreV1Api = kubeConfig.makeApiClient(k8s.CoreV1Api);
+/**
+ * `kubeConfig` is asked for on the first action, not before: a node whose pods are all healthy never loads
+ * @kubernetes/client-node for these (see pod-cache.ts).
+ */
+export async function podActions(kubeConfig: KubeConfig | (() => KubeConfig), nodeName: string): Promise<PodActions> {
+  let client: CoreV1Api | undefined;
+  const core = async (): Promise<CoreV1Api> => {
+    if (!client) {
+      const k8s = await import('@kubernetes/client-node');
+      client = (typeof kubeConfig === 'function' ? kubeConfig() : kubeConfig).makeApiClient(k8s.CoreV1Api);
+    }
+    return client;
+  };
   const id = (pod: V1Pod) => ({ name: pod.metadata?.name ?? '', namespace: pod.metadata?.namespace ?? '' });
   return {
     async label(pod) {
@@ -22,17 +32,17 @@ export async function podActions(kubeConfig: KubeConfig, nodeName: string): Prom
       const body = pod.metadata?.labels
         ? [{ op: 'add', path: `/metadata/labels/${escaped}`, value: 'true' }]
         : [{ op: 'add', path: '/metadata/labels', value: { [UNINITIALIZED_LABEL]: 'true' } }];
-      await api.patchNamespacedPodStatus({ ...id(pod), body });
+      await (await core()).patchNamespacedPodStatus({ ...id(pod), body });
     },
     async delete(pod) {
-      await api.deleteNamespacedPod({
+      await (await core()).deleteNamespacedPod({
         ...id(pod),
         body: { preconditions: { uid: pod.metadata?.uid, resourceVersion: pod.metadata?.resourceVersion } },
       });
     },
     async event(pod, reason, message, type) {
       const now = new Date();
-      await api.createNamespacedEvent({
+      await (await core()).createNamespacedEvent({
         namespace: id(pod).namespace,
         body: {
           metadata: { generateName: `${id(pod).name}.`, namespace: id(pod).namespace },

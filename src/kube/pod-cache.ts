@@ -1,17 +1,75 @@
 /**
  * The agent's node-scoped pod cache: one list+watch of the pods on this node (`spec.nodeName` field
- * selector) through @kubernetes/client-node's ListWatch, restarted with backoff on errors (a 410 relists
- * inside ListWatch). The plugin path asks it first, so a pod the cache knows costs no API request.
+ * selector) over node's https (./lean-watch.ts), pods trimmed to the fields we read, restarted with backoff
+ * on errors (a 410 relists). The plugin path asks it first, so a pod the cache knows costs no API request.
  *
- * @kubernetes/client-node is heavy to load (~0.5 s, ~70 MB): it is imported here only, and only by the
- * agent, never on the standalone ADD path.
+ * @kubernetes/client-node is heavy to load (~0.5 s, ~50 MiB of RSS): the watch does not use it; it is
+ * loaded only when something writes to the API (`kubeConfig`, first used by repair actions, the node taint
+ * or the SIGTERM decision), and never on the standalone ADD path.
  */
-import type { KubeConfig, ListWatch, V1Pod } from '@kubernetes/client-node';
+import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
+import { readKubeconfig } from '../cni/kubeconfig';
+import { endpointFromKubeconfig, getJson, inClusterEndpoint, LeanListWatch, type ApiEndpoint } from './lean-watch';
 import { podInfoFromPod } from '../cni/pod-api';
 import type { PodInfo } from '../cni/decision';
 import type { PodCache } from '../cni/pod-source';
 
 export type PodEvent = 'add' | 'update' | 'delete';
+
+type Container = NonNullable<NonNullable<V1Pod['spec']>['containers']>[number];
+type ContainerStatus = NonNullable<NonNullable<V1Pod['status']>['initContainerStatuses']>[number];
+
+/** A container as the decision reads it (src/cni/pod-api.ts podInfoFromPod): name, args, literal env, uid/gid. */
+function trimContainer(c: Container): Container {
+  const out: Container = { name: c.name };
+  if (c.args) out.args = c.args;
+  if (c.env) out.env = c.env.map((e) => ({ name: e.name, value: e.value }));
+  if (c.securityContext) out.securityContext = { runAsUser: c.securityContext.runAsUser, runAsGroup: c.securityContext.runAsGroup };
+  return out;
+}
+
+function trimStatus(c: ContainerStatus): ContainerStatus {
+  const terminated = (t: { exitCode: number } | undefined) => (t ? { terminated: { exitCode: t.exitCode } } : undefined);
+  return { name: c.name, state: terminated(c.state?.terminated), lastState: terminated(c.lastState?.terminated) } as ContainerStatus;
+}
+
+/**
+ * The fields of a pod the agent reads, and nothing else: the decision's (name, namespace, uid, labels,
+ * annotations, the containers' names, args, env and securityContext uid/gid), the reconciler's
+ * (deletionTimestamp, resourceVersion for the delete precondition, hostNetwork, the pod IPs, the
+ * istio-validation exit code) and the watch's (resourceVersion). A pod as the API server sends it is 5–20 KiB
+ * of JSON (managedFields, volumes, probes, conditions); the cache keeps about a tenth of it.
+ */
+export function trimPod(pod: V1Pod): V1Pod {
+  const m = pod.metadata ?? {};
+  const out: V1Pod = {
+    metadata: {
+      name: m.name,
+      namespace: m.namespace,
+      uid: m.uid,
+      resourceVersion: m.resourceVersion,
+      labels: m.labels,
+      annotations: m.annotations,
+      ...(m.deletionTimestamp ? { deletionTimestamp: m.deletionTimestamp } : {}),
+    },
+  };
+  if (pod.spec) {
+    out.spec = {
+      nodeName: pod.spec.nodeName,
+      hostNetwork: pod.spec.hostNetwork,
+      containers: (pod.spec.containers ?? []).map(trimContainer),
+      ...(pod.spec.initContainers ? { initContainers: pod.spec.initContainers.map(trimContainer) } : {}),
+    };
+  }
+  if (pod.status) {
+    out.status = {
+      podIP: pod.status.podIP,
+      podIPs: pod.status.podIPs?.map((p) => ({ ip: p.ip })),
+      ...(pod.status.initContainerStatuses ? { initContainerStatuses: pod.status.initContainerStatuses.map(trimStatus) } : {}),
+    };
+  }
+  return out;
+}
 
 export interface NodePodCacheOptions {
   nodeName: string;
@@ -33,42 +91,62 @@ export async function loadKubeConfig(kubeconfigPath?: string): Promise<KubeConfi
 }
 
 export class NodePodCache implements PodCache {
-  private watch?: ListWatch<V1Pod>;
+  private watch?: LeanListWatch<V1Pod>;
   private stopped = false;
   private restartTimer?: NodeJS.Timeout;
   private backoffMs: number;
   private hasSynced = false;
+  /** connected and not failed since: every pod bound to this node reaches the cache within moments */
+  private connected = false;
+  private loadedKubeConfig?: KubeConfig;
   /** Lists and watch connections made, for tests and the status command. */
   readonly stats = { lists: 0, restarts: 0, errors: 0 };
 
   private constructor(
-    readonly kubeConfig: KubeConfig,
+    private readonly endpoint: ApiEndpoint,
     private readonly options: NodePodCacheOptions,
   ) {
     this.backoffMs = options.minBackoffMs ?? 500;
   }
 
   static async start(options: NodePodCacheOptions): Promise<NodePodCache> {
-    const cache = new NodePodCache(await loadKubeConfig(options.kubeconfigPath), options);
+    const endpoint = options.kubeconfigPath ? endpointFromKubeconfig(readKubeconfig(options.kubeconfigPath)) : inClusterEndpoint();
+    const cache = new NodePodCache(endpoint, options);
     await cache.begin();
     return cache;
   }
 
+  /**
+   * The @kubernetes/client-node configuration, for the parts that write to the API (repair actions, the
+   * node taint, the SIGTERM decision): loaded on first use, so an agent that only watches never loads it.
+   */
+  get kubeConfig(): KubeConfig {
+    if (!this.loadedKubeConfig) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const k8s = require('@kubernetes/client-node') as typeof import('@kubernetes/client-node');
+      const kc = new k8s.KubeConfig();
+      if (this.options.kubeconfigPath) kc.loadFromFile(this.options.kubeconfigPath);
+      else kc.loadFromCluster();
+      this.loadedKubeConfig = kc;
+    }
+    return this.loadedKubeConfig;
+  }
+
   private async begin(): Promise<void> {
-    const k8s = await import('@kubernetes/client-node');
-    const api = this.kubeConfig.makeApiClient(k8s.CoreV1Api);
-    const fieldSelector = `spec.nodeName=${this.options.nodeName}`;
-    const listFn = () => {
-      this.stats.lists++;
-      return api.listPodForAllNamespaces({ fieldSelector });
-    };
-    const watch = new k8s.ListWatch<V1Pod>('/api/v1/pods', new k8s.Watch(this.kubeConfig), listFn, false, undefined, fieldSelector);
-    for (const event of ['add', 'update', 'delete'] as const) watch.on(event, (pod: V1Pod) => this.options.onEvent?.(event, pod));
-    watch.on('connect', () => {
-      this.hasSynced = true;
-      this.backoffMs = this.options.minBackoffMs ?? 500;
+    const watch = new LeanListWatch<V1Pod>({
+      endpoint: this.endpoint,
+      path: '/api/v1/pods',
+      fieldSelector: `spec.nodeName=${this.options.nodeName}`,
+      transform: trimPod,
+      onEvent: (event, pod) => this.options.onEvent?.(event, pod),
+      onList: () => void this.stats.lists++,
+      onConnect: () => {
+        this.hasSynced = true;
+        this.connected = true;
+        this.backoffMs = this.options.minBackoffMs ?? 500;
+      },
+      onError: (err) => this.restartAfterError(err),
     });
-    watch.on('error', (err: unknown) => this.restartAfterError(err));
     this.watch = watch;
     try {
       await watch.start();
@@ -78,6 +156,7 @@ export class NodePodCache implements PodCache {
   }
 
   private restartAfterError(err: unknown): void {
+    this.connected = false;
     this.stats.errors++;
     this.options.onError?.(err);
     if (this.stopped || this.restartTimer) return;
@@ -95,6 +174,11 @@ export class NodePodCache implements PodCache {
   /** True once the first list has completed (the cache then answers for every pod on the node). */
   synced(): boolean {
     return this.hasSynced;
+  }
+
+  /** Synced and the watch connected since its last error: a pod missing now is only a moment behind. */
+  watching(): boolean {
+    return this.hasSynced && this.connected && !this.stopped;
   }
 
   pods(): readonly V1Pod[] {
@@ -122,19 +206,10 @@ export class NodePodCache implements PodCache {
     const now = Date.now();
     const known = this.namespaces.get(namespace);
     if (known && now - known.at < 60_000) return known.labels;
-    const k8s = await import('@kubernetes/client-node');
     let labels: Record<string, string> | undefined;
     try {
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error('no answer within 2 s')), 2000);
-      });
-      try {
-        const ns = await Promise.race([this.kubeConfig.makeApiClient(k8s.CoreV1Api).readNamespace({ name: namespace }), late]);
-        labels = ns.metadata?.labels ?? {};
-      } finally {
-        clearTimeout(timer);
-      }
+      const ns = await getJson<{ metadata?: { labels?: Record<string, string> } }>(this.endpoint, `/api/v1/namespaces/${encodeURIComponent(namespace)}`, 2000);
+      labels = ns.metadata?.labels ?? {};
     } catch {
       labels = undefined;
     }
@@ -145,6 +220,6 @@ export class NodePodCache implements PodCache {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.restartTimer) clearTimeout(this.restartTimer);
-    await this.watch?.stop();
+    this.watch?.stop();
   }
 }

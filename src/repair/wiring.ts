@@ -5,9 +5,11 @@ import { podActions } from '../kube/actions';
 import type { BackendName } from '../redirect/engine';
 import { nodeNetnsChain, type NetnsChainOptions } from './netns-chain';
 import type { RepairDeps } from './reconciler';
+import type { CheckStats } from './check';
 
 export interface RepairWiring extends NetnsChainOptions {
-  kubeConfig: KubeConfig;
+  /** a function: loaded only when the first action needs it */
+  kubeConfig: KubeConfig | (() => KubeConfig);
   nodeName: string;
   pods: () => readonly V1Pod[];
   attachments: AttachmentStore;
@@ -21,13 +23,17 @@ export interface RepairWiring extends NetnsChainOptions {
  */
 export async function netnsDeps(
   w: Pick<RepairWiring, 'attachments' | 'procRoot' | 'backend' | 'criSocket' | 'onLocatorError'>,
-): Promise<Pick<RepairDeps, 'locateNetns' | 'check' | 'apply'> & { close(): void }> {
+): Promise<Pick<RepairDeps, 'locateNetns' | 'check' | 'apply'> & { close(): void; checkStats: CheckStats }> {
   const engine = await import('../redirect/engine');
+  const { repairChecker } = await import('./check');
   const chain = nodeNetnsChain(w);
+  // One checker per reconciler: it remembers expected rules per config and which netns were healthy.
+  const checker = repairChecker({ backend: w.backend });
   return {
     close: () => chain.close(),
     locateNetns: async (pod) => (await chain.locate(pod))?.netns,
-    check: (netns, config) => engine.checkRedirect({ netns, config, backend: w.backend }),
+    check: (netns, config) => checker.check(netns, config),
+    checkStats: checker.stats,
     apply: async (netns, config) => {
       await engine.applyRedirect({ netns, config, backend: w.backend });
     },

@@ -20,6 +20,7 @@ import * as path from 'node:path';
 import type { V1Pod } from '@kubernetes/client-node';
 import { decideMeshing } from '../../src/cni/decision';
 import { podInfoFromPod } from '../../src/cni/pod-api';
+import { trimPod } from '../../src/kube/pod-cache';
 import { httpGet, metricValue, startAgentProcess, type AgentProcess } from '../support/agent';
 import { startKube, type Kube } from '../support/kube';
 import { createNetns, netnsPath } from '../support/netns';
@@ -175,6 +176,10 @@ for (const f of FIXTURES) {
     // The pure decision on the stored pod: what the reconciler, `pods` and `explain` use.
     const decided = decideMeshing({ ...podInfoFromPod(pod), namespaceLabels: f.namespaceLabels ?? {} }, { excludeNamespaces: ['kube-system'] });
     t.is(decided.meshed ? 'meshed' : decided.reason, f.expect.reason, 'the decision on the stored pod');
+    // The agent's cache keeps only the fields the decision and the reconciler read: the same decision, config and all.
+    const fromTrimmed = decideMeshing({ ...podInfoFromPod(trimPod(pod)), namespaceLabels: f.namespaceLabels ?? {} }, { excludeNamespaces: ['kube-system'] });
+    t.deepEqual(fromTrimmed, decided, 'the trimmed pod the watch cache holds decides exactly as the whole pod');
+    t.true(JSON.stringify(trimPod(pod)).length < JSON.stringify(pod).length, 'trimmed');
 
     const a = await add(t, 'agent', pod);
     assertOutcome(t, 'agent', f, a, f.expect);
