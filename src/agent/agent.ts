@@ -272,7 +272,7 @@ async function stopDecider(options: AgentOptions, podCache: NodePodCache | undef
   let decider: Promise<StopDecider> | undefined;
   if (options.install && options.uninstallOnStop === 'auto' && podCache && options.kubernetes && options.self) {
     const { StopDecider } = await import('./stop-decision');
-    decider = StopDecider.create({ kubeConfig: podCache.kubeConfig, nodeName: options.kubernetes.nodeName, ...options.self });
+    decider = StopDecider.create({ kubeconfigPath: options.kubernetes.kubeconfigPath, nodeName: options.kubernetes.nodeName, ...options.self });
     decider.then(
       (d) => log({ level: 'info', msg: 'on SIGTERM the plugin stays unless this DaemonSet no longer runs here', owner: d.describeOwner() }),
       () => undefined,

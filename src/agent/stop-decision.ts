@@ -12,7 +12,9 @@
  * "being uninstalled" only when the same read succeeded when the agent started: the service account or its
  * RBAC was removed since, which is what `kubectl delete -f install/` does before the DaemonSet's pods stop.
  */
-import type { CoreV1Api, AppsV1Api, KubeConfig, V1Node, V1NodeSelectorRequirement, V1NodeSelectorTerm, V1PodSpec, V1Taint, V1Toleration } from '@kubernetes/client-node';
+import type { V1DaemonSet, V1Namespace, V1Node, V1NodeSelectorRequirement, V1NodeSelectorTerm, V1Pod, V1PodSpec, V1Taint, V1Toleration } from '@kubernetes/client-node';
+import { readKubeconfig } from '../cni/kubeconfig';
+import { endpointFromKubeconfig, getJson, inClusterEndpoint, type ApiEndpoint } from '../kube/lean-watch';
 
 export interface StopDecision {
   uninstall: boolean;
@@ -120,7 +122,8 @@ function describe(err: unknown): string {
 }
 
 export interface StopDeciderOptions {
-  kubeConfig: KubeConfig;
+  /** the agent's kubeconfig; absent: the in-cluster service account */
+  kubeconfigPath?: string;
   /** the agent's own pod, from the downward API (POD_NAMESPACE, POD_NAME) */
   podNamespace: string;
   podName: string;
@@ -140,13 +143,16 @@ export class StopDecider {
 
   private constructor(
     private readonly options: StopDeciderOptions,
-    private readonly core: CoreV1Api,
-    private readonly apps: AppsV1Api,
+    private readonly endpoint: ApiEndpoint,
   ) {}
 
+  /**
+   * Every call here is a read, so it goes over node's https as the watch does (src/kube/lean-watch.ts), not
+   * through @kubernetes/client-node: loading that library would cost the idle agent ~50 MiB for four GETs.
+   */
   static async create(options: StopDeciderOptions): Promise<StopDecider> {
-    const k8s = await import('@kubernetes/client-node');
-    const decider = new StopDecider(options, options.kubeConfig.makeApiClient(k8s.CoreV1Api), options.kubeConfig.makeApiClient(k8s.AppsV1Api));
+    const endpoint = options.kubeconfigPath ? endpointFromKubeconfig(readKubeconfig(options.kubeconfigPath)) : inClusterEndpoint();
+    const decider = new StopDecider(options, endpoint);
     await decider.learnOwner().catch(() => undefined);
     if (decider.owner) {
       await decider
@@ -167,9 +173,13 @@ export class StopDecider {
     return this.options.callTimeoutMs ?? 5_000;
   }
 
+  private get<T>(path: string): Promise<T> {
+    return bounded(this.timeout, () => getJson<T>(this.endpoint, path, this.timeout));
+  }
+
   private async learnOwner(): Promise<void> {
     const { podNamespace: namespace, podName: name } = this.options;
-    const pod = await bounded(this.timeout, () => this.core.readNamespacedPod({ name, namespace }));
+    const pod = await this.get<V1Pod>(`/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`);
     const ref = (pod.metadata?.ownerReferences ?? []).find((r) => r.kind === 'DaemonSet' && r.controller !== false);
     if (ref) this.owner = { name: ref.name, namespace };
     else this.notOwned = `pod ${namespace}/${name} is not run by a DaemonSet`;
@@ -177,7 +187,7 @@ export class StopDecider {
 
   private readDaemonSet() {
     const owner = this.owner!;
-    return bounded(this.timeout, () => this.apps.readNamespacedDaemonSet({ name: owner.name, namespace: owner.namespace }));
+    return this.get<V1DaemonSet>(`/apis/apps/v1/namespaces/${encodeURIComponent(owner.namespace)}/daemonsets/${encodeURIComponent(owner.name)}`);
   }
 
   async decide(): Promise<StopDecision> {
@@ -206,11 +216,11 @@ export class StopDecider {
     if (daemonSet.metadata?.deletionTimestamp) return remove(`${ds} is being deleted`);
     // `kubectl delete namespace`: the namespace controller deletes pods before DaemonSets (core before apps),
     // so the DaemonSet may still look intact while its namespace is going. Unreadable: decided by the rest.
-    const namespace = await bounded(this.timeout, () => this.core.readNamespace({ name: this.owner!.namespace })).catch((err: unknown) => (statusOf(err) === 404 ? 'gone' : undefined));
+    const namespace = await this.get<V1Namespace>(`/api/v1/namespaces/${encodeURIComponent(this.owner.namespace)}`).catch((err: unknown) => (statusOf(err) === 404 ? 'gone' : undefined));
     if (namespace === 'gone' || (namespace && namespace.metadata?.deletionTimestamp)) return remove(`namespace ${this.owner.namespace} of ${ds} is being deleted`);
     let node: V1Node;
     try {
-      node = await bounded(this.timeout, () => this.core.readNode({ name: this.options.nodeName }));
+      node = await this.get<V1Node>(`/api/v1/nodes/${encodeURIComponent(this.options.nodeName)}`);
     } catch (err) {
       if (statusOf(err) === 404) return remove(`node ${this.options.nodeName} is gone from the API`);
       return keep(`${ds} exists, but node ${this.options.nodeName} cannot be read (${describe(err)}): the plugin stays (fail closed)`);

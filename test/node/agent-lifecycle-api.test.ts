@@ -49,7 +49,7 @@ function apps(): K8s.AppsV1Api {
 }
 
 async function decider(kubeconfig = saKubeconfig): Promise<StopDecider> {
-  return StopDecider.create({ kubeConfig: await loadKubeConfig(kubeconfig), podNamespace: NS, podName: POD, nodeName: NODE, callTimeoutMs: 3_000 });
+  return StopDecider.create({ kubeconfigPath: kubeconfig, podNamespace: NS, podName: POD, nodeName: NODE, callTimeoutMs: 3_000 });
 }
 
 async function createAgentPod(): Promise<void> {
@@ -170,7 +170,7 @@ test.serial('kubectl delete namespace: the DaemonSet still intact (pods go first
       spec: { nodeName: NODE, containers: [{ name: 'agent', image: 'mesh-cni:0.1.0' }] },
     },
   });
-  const d = await StopDecider.create({ kubeConfig: await loadKubeConfig(saKubeconfig), podNamespace: other, podName: POD, nodeName: NODE });
+  const d = await StopDecider.create({ kubeconfigPath: saKubeconfig, podNamespace: other, podName: POD, nodeName: NODE });
   t.false((await d.decide()).uninstall);
   await kube!.core().deleteNamespace({ name: other });
   const decision = await d.decide();
@@ -180,7 +180,7 @@ test.serial('kubectl delete namespace: the DaemonSet still intact (pods go first
 
 test.serial('a pod that no DaemonSet owns (run by hand): the plugin stays, and the reason says how to remove it', async (t) => {
   await kube!.core().createNamespacedPod({ namespace: NS, body: { metadata: { name: 'by-hand' }, spec: { nodeName: NODE, containers: [{ name: 'agent', image: 'mesh-cni:0.1.0' }] } } });
-  const d = await StopDecider.create({ kubeConfig: await loadKubeConfig(saKubeconfig), podNamespace: NS, podName: 'by-hand', nodeName: NODE });
+  const d = await StopDecider.create({ kubeconfigPath: saKubeconfig, podNamespace: NS, podName: 'by-hand', nodeName: NODE });
   const decision = await d.decide();
   t.false(decision.uninstall);
   t.regex(decision.reason, /not run by a DaemonSet.*mesh-cni uninstall/);
