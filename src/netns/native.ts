@@ -11,7 +11,18 @@ export interface Libc {
   fcntl(fd: number, cmd: number, arg: number): number;
   socket(domain: number, type: number, protocol: number): number;
   memfd_create(name: string, flags: number): number;
+  send(fd: number, buf: Buffer, len: number, flags: number): number;
+  recv(fd: number, buf: Buffer, len: number, flags: number): number;
+  close(fd: number): number;
 }
+
+/** Linux's numbers for the calls above, shared by everything that uses them. */
+export const AF_NETLINK = 16;
+export const SOCK_RAW = 3;
+export const SOCK_CLOEXEC = 0o2000000;
+export const NETLINK_NETFILTER = 12;
+export const SOL_SOCKET = 1;
+export const MFD_CLOEXEC = 1;
 
 let libc: Libc | undefined;
 let errnoFn: () => number = () => 0;
@@ -28,6 +39,9 @@ export function loadLibc(): Libc {
       fcntl: ['int', ['int', 'int', 'int']],
       socket: ['int', ['int', 'int', 'int']],
       memfd_create: ['int', ['string', 'uint']],
+      send: ['long', ['int', 'pointer', 'size_t', 'int']],
+      recv: ['long', ['int', 'pointer', 'size_t', 'int']],
+      close: ['int', ['int']],
     }) as unknown as Libc;
     errnoFn = ffi.errno;
   }
@@ -39,7 +53,6 @@ export function errno(): number {
   return errnoFn();
 }
 
-const SOL_SOCKET = 1;
 const SO_PEERCRED = 17;
 
 /** The pid, uid and gid of the process at the other end of a connected UNIX socket (SO_PEERCRED). */

@@ -17,6 +17,7 @@
  */
 import * as fs from 'node:fs';
 import type * as Net from 'node:net';
+import { MFD_CLOEXEC } from './native';
 
 interface SpawnLib {
   memfd_create(name: string, flags: number): number;
@@ -44,7 +45,6 @@ interface Bound {
 }
 
 const O_CLOEXEC = 0o2000000;
-const MFD_CLOEXEC = 1;
 const POSIX_SPAWN_SETSIGDEF = 0x04;
 const POSIX_SPAWN_SETSIGMASK = 0x08;
 const WNOHANG = 1;

@@ -15,6 +15,7 @@
  */
 import * as fs from 'node:fs';
 import { withNetns } from '../netns';
+import { AF_NETLINK, errno, loadLibc, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET, type Libc } from '../netns/native';
 
 /** nfgenmsg families (NFPROTO_*). */
 export const NFPROTO = { inet: 1, ipv4: 2, ipv6: 10 } as const;
@@ -30,38 +31,6 @@ export interface NfFacts {
   legacyTables: { ipv4: Set<string>; ipv6: Set<string> };
 }
 
-interface NetlinkLibc {
-  socket(domain: number, type: number, protocol: number): number;
-  send(fd: number, buf: Buffer, len: number, flags: number): number;
-  recv(fd: number, buf: Buffer, len: number, flags: number): number;
-  getsockopt(fd: number, level: number, name: number, value: Buffer, length: Buffer): number;
-  close(fd: number): number;
-}
-
-let libc: NetlinkLibc | undefined;
-let errnoOf: () => number = () => 0;
-
-function netlinkLibc(): NetlinkLibc {
-  if (!libc) {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const ffi = require('@2060.io/ffi-napi') as typeof import('@2060.io/ffi-napi');
-    libc = ffi.Library(null, {
-      socket: ['int', ['int', 'int', 'int']],
-      send: ['long', ['int', 'pointer', 'size_t', 'int']],
-      recv: ['long', ['int', 'pointer', 'size_t', 'int']],
-      getsockopt: ['int', ['int', 'int', 'int', 'pointer', 'pointer']],
-      close: ['int', ['int']],
-    }) as unknown as NetlinkLibc;
-    errnoOf = ffi.errno;
-  }
-  return libc;
-}
-
-const AF_NETLINK = 16;
-const SOCK_RAW = 3;
-const SOCK_CLOEXEC = 0o2000000;
-const NETLINK_NETFILTER = 12;
-const SOL_SOCKET = 1;
 const MSG_DONTWAIT = 0x40;
 const SO_NETNS_COOKIE = 71;
 const NLM_F_REQUEST = 0x1;
@@ -108,8 +77,8 @@ function attributes(msg: Buffer): Map<number, Buffer> {
  * Sends one request and collects the answers' messages until the dump ends (or, for a plain request, the
  * first answer). Throws on a netlink error.
  */
-function exchange(c: NetlinkLibc, fd: number, req: Buffer, dump: boolean): Buffer[] {
-  if (c.send(fd, req, req.length, 0) !== req.length) throw new Error(`netlink send failed (errno ${errnoOf()})`);
+function exchange(c: Libc, fd: number, req: Buffer, dump: boolean): Buffer[] {
+  if (c.send(fd, req, req.length, 0) !== req.length) throw new Error(`netlink send failed (errno ${errno()})`);
   const seq = req.readUInt32LE(8);
   const out: Buffer[] = [];
   const buf = Buffer.alloc(64 * 1024);
@@ -117,7 +86,7 @@ function exchange(c: NetlinkLibc, fd: number, req: Buffer, dump: boolean): Buffe
     // Never blocking: the kernel queues a request's answer (and each next part of a dump) before send and
     // recv return, so an empty queue means something is wrong, and the event loop must not wait on it.
     const n = Number(c.recv(fd, buf, buf.length, MSG_DONTWAIT));
-    if (n <= 0) throw new Error(`netlink recv failed (errno ${errnoOf()})`);
+    if (n <= 0) throw new Error(`netlink recv failed (errno ${errno()})`);
     let off = 0;
     while (off + NLMSG_HDRLEN <= n) {
       const len = buf.readUInt32LE(off);
@@ -148,13 +117,13 @@ function readLegacy(file: string): Set<string> {
 
 /** Reads the facts inside `netns` (synchronous inside; throws when netlink refuses). */
 export function nfFacts(netns: string, o: { legacy?: boolean } = {}): NfFacts {
-  const c = netlinkLibc();
+  const c = loadLibc();
   return withNetns(netns, () => {
     const legacyTables = o.legacy
       ? { ipv4: readLegacy('/proc/thread-self/net/ip_tables_names'), ipv6: readLegacy('/proc/thread-self/net/ip6_tables_names') }
       : { ipv4: new Set<string>(), ipv6: new Set<string>() };
     const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
-    if (fd < 0) throw new Error(`netlink socket failed (errno ${errnoOf()})`);
+    if (fd < 0) throw new Error(`netlink socket failed (errno ${errno()})`);
     try {
       let cookie: bigint | undefined;
       const value = Buffer.alloc(8);

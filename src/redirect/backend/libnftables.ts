@@ -18,7 +18,7 @@
 import * as fs from 'node:fs';
 import { CommandFailedError } from '../../errors';
 import { withNetns } from '../../netns';
-import { loadLibc } from '../../netns/native';
+import { AF_NETLINK, loadLibc, MFD_CLOEXEC, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET } from '../../netns/native';
 
 type Pointer = Buffer;
 
@@ -117,15 +117,9 @@ export interface NftCommandResult {
   error: string;
 }
 
-const AF_NETLINK = 16;
-const SOCK_RAW = 3;
-const SOCK_CLOEXEC = 0o2000000;
-const NETLINK_NETFILTER = 12;
-const SOL_SOCKET = 1;
 const SO_PROTOCOL = 38;
 const SO_DOMAIN = 39;
 const F_DUPFD_CLOEXEC = 1030;
-const MFD_CLOEXEC = 1;
 
 /** What stands for the script's file in nft's error locations (`<rules>:37:1-52: Error: ...`). */
 export const SCRIPT_LABEL = '<rules>';
