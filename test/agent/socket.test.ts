@@ -163,9 +163,10 @@ test.serial("a meshed ADD's time is on /metrics by phase, every phase once; a sk
   const phases = ['parse', 'decide', 'plan', 'render', 'apply', 'record', 'log'].map(sum);
   for (const s of phases) t.true(s > 0);
   // The laps partition the request: together they are the ADD's duration, and apply (a process) is most of it.
+  // The duration is whole milliseconds (Date.now), the laps are hrtime: up to 1 ms apart either way.
   const total = metricValue(metrics, 'mesh_cni_add_duration_seconds_sum', { decision: 'meshed' });
   const together = phases.reduce((a, b) => a + b, 0);
-  t.true(together <= total * 1.01 + 0.0005 && together >= total * 0.9, `phases ${together} s of an ADD of ${total} s`);
+  t.true(together <= total * 1.01 + 0.0015 && together >= total * 0.9 - 0.001, `phases ${together} s of an ADD of ${total} s`);
   t.true(sum('apply') > sum('render') && sum('apply') > sum('plan'), 'the restore process outweighs planning and rendering');
 
   // Not meshed (no sidecar): decided, logged, nothing planned or applied.
