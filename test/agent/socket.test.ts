@@ -111,14 +111,23 @@ test.serial('/healthz and /readyz answer; unknown paths are 404', async (t) => {
   t.is((await scrape(agent, '/nope')).status, 404);
 });
 
-test.serial('ADD and DEL through the agent program a real pod netns, and /metrics counts them', async (t) => {
-  requireKernelTools(t);
-  const { agent } = await agentFor(t);
+/**
+ * A pod netns beside a peer, listeners on 15001 (pod) and 80 (peer), and the netconf and environment of a
+ * meshed pod's CNI call through the agent, for `command`.
+ */
+async function meshedPod(t: ExecutionContext) {
   const pair = createPodPeer(t);
   await listen(t, pair.pod, 'pod', ['15001']);
   await listen(t, pair.peer, 'peer', ['80']);
   const stdin = Buffer.from(JSON.stringify(withAnnotations(INJECTED, { backend: 'iptables-nft', log_file: '/dev/null' })));
   const env = (command: string) => ({ CNI_COMMAND: command, CNI_CONTAINERID: 'c1', CNI_NETNS: pair.podPath, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS });
+  return { pair, stdin, env };
+}
+
+test.serial('ADD and DEL through the agent program a real pod netns, and /metrics counts them', async (t) => {
+  requireKernelTools(t);
+  const { agent } = await agentFor(t);
+  const { pair, stdin, env } = await meshedPod(t);
 
   const added = await callCniSocket(agent.socketPath, { env: env('ADD'), stdin }, 30_000);
   t.is(added.exitCode, 0, added.stdout);
@@ -147,11 +156,8 @@ function phaseCounts(metrics: string): Record<string, number> {
 test.serial("a meshed ADD's time is on /metrics by phase, every phase once; a skipped ADD has no plan or apply", async (t) => {
   requireKernelTools(t);
   const { agent } = await agentFor(t);
-  const pair = createPodPeer(t);
-  await listen(t, pair.pod, 'pod', ['15001']);
-  await listen(t, pair.peer, 'peer', ['80']);
-  const stdin = Buffer.from(JSON.stringify(withAnnotations(INJECTED, { backend: 'iptables-nft', log_file: '/dev/null' })));
-  const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c1', CNI_NETNS: pair.podPath, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS };
+  const { pair, stdin, env: envFor } = await meshedPod(t);
+  const env = envFor('ADD');
   const added = await callCniSocket(agent.socketPath, { env, stdin }, 30_000);
   t.is(added.exitCode, 0, added.stdout);
   t.is(connect(pair.pod, pair.peerIp4, 80).port, 15001, 'the ADD whose phases are counted really programmed the netns');

@@ -81,20 +81,12 @@ async function startTheAgent(mode: string, extra: string[] = []): Promise<AgentP
 }
 
 /**
- * Waits until containerd runs the chain with (or without) our plugin. It reloads the conflist on its own
- * after the agent installs or uninstalls; a sandbox created before that gets the previous chain, as a
- * kubelet's would.
+ * Waits until containerd runs the chain with (or without) our plugin. The agent serves its socket before its
+ * first install pass has put our entry in place, and containerd reloads the conflist on its own after the
+ * agent installs or uninstalls; a sandbox created before both gets the previous chain, as a kubelet's would.
  */
 async function chainInEffect(withUs: boolean): Promise<void> {
   await waitFor(`containerd to load the chain ${withUs ? 'with' : 'without'} mesh-cni`, 30_000, async () => (await node!.loadedPluginTypes()).includes('mesh-cni') === withUs);
-}
-
-/**
- * Until /readyz says so: the agent serves its socket before its first install pass has put our entry (and
- * the ~100 MB engine directory) in place, so a sandbox started before then goes through the chain without us.
- */
-async function untilReady(): Promise<number> {
-  return waitFor('the agent ready (our entry in the active CNI config)', 30_000, async () => (await httpGet(agent!.healthPort, '/readyz')).status === 200);
 }
 
 /** SIGTERM with --uninstall-on-exit=always: the agent uninstalls, so pods started afterwards get no rules (our plugin is out of the chain). */
@@ -175,7 +167,6 @@ test.serial('race: pods started while our plugin was not in the chain are all re
 });
 
 test.serial('rules removed by hand from a running pod are restored on the next resync', async (t) => {
-  t.log(`agent ready after ${await untilReady()} ms more`);
   const { sandbox } = await runPod('race', 'tampered');
   t.true(redirected(sandbox.netnsPath), `started through the agent, with rules\n${whyNot()}`);
   // by hand, in whichever backend the agent's `auto` chose (see rulesIn)
