@@ -139,6 +139,12 @@ async function pollCache(k8s: KubernetesArgs, cache: PodCache, deps: PodSourceDe
   return undefined;
 }
 
+/** The decision for a pod the watch cache holds, with its namespace's labels from the cache where needed. */
+async function decideCached(pod: PodInfo, cache: PodCache, namespace: string, options: DecisionOptions): Promise<PodDecision> {
+  if (needsNamespaceLabels(pod) && cache.namespaceLabels) pod.namespaceLabels = await cache.namespaceLabels(namespace).catch(() => undefined);
+  return { decision: decideMeshing(pod, options), source: 'cache' };
+}
+
 function withAssumptions(decision: MeshDecision, notes: string[]): MeshDecision {
   if (decision.assumed?.length) notes.push(`decided from annotations alone (Kubernetes turned off); assumed: ${decision.assumed.join('; ')}`);
   return decision;
@@ -155,11 +161,7 @@ export async function decidePod(
   if (isOwnAgentPod(k8s.podNamespace, k8s.podName, options.agentPod)) return { decision: { meshed: false, reason: 'own-agent-pod' }, source: 'cni-args' };
   if (options.excludeNamespaces.includes(k8s.podNamespace)) return { decision: { meshed: false, reason: 'namespace-excluded' }, source: 'cni-args' };
   const cached = deps.podCache ? await deps.podCache.lookup(k8s.podNamespace, k8s.podName, k8s.podUid) : undefined;
-  if (cached) {
-    const pod: PodInfo = { ...cached };
-    if (needsNamespaceLabels(pod) && deps.podCache?.namespaceLabels) pod.namespaceLabels = await deps.podCache.namespaceLabels(k8s.podNamespace).catch(() => undefined);
-    return { decision: decideMeshing(pod, options), source: 'cache' };
-  }
+  if (cached && deps.podCache) return decideCached({ ...cached }, deps.podCache, k8s.podNamespace, options);
   const fromRuntime = netconf.runtimeAnnotations;
   if (fromRuntime) {
     const early = certainSkipFromAnnotations(fromRuntime);
@@ -168,16 +170,11 @@ export async function decidePod(
   if (!netconf.kubeconfig && deps.podCache) {
     // The agent runs with Kubernetes but the netconf names no kubeconfig: its watch cache is the only source
     // of the facts the annotations lack, so wait for the pod to reach it rather than assume them.
-    const pod = await waitForCache(k8s, deps.podCache, deps);
-    if (needsNamespaceLabels(pod) && deps.podCache.namespaceLabels) pod.namespaceLabels = await deps.podCache.namespaceLabels(k8s.podNamespace).catch(() => undefined);
-    return { decision: decideMeshing(pod, options), source: 'cache' };
+    return decideCached(await waitForCache(k8s, deps.podCache, deps), deps.podCache, k8s.podNamespace, options);
   }
   if (netconf.kubeconfig && deps.podCache?.watching?.()) {
     const pod = await pollCache(k8s, deps.podCache, deps, Math.min(CACHE_WAIT_MS, deps.podLookupTimeoutMs ?? CACHE_WAIT_MS));
-    if (pod) {
-      if (needsNamespaceLabels(pod) && deps.podCache.namespaceLabels) pod.namespaceLabels = await deps.podCache.namespaceLabels(k8s.podNamespace).catch(() => undefined);
-      return { decision: decideMeshing(pod, options), source: 'cache' };
-    }
+    if (pod) return decideCached(pod, deps.podCache, k8s.podNamespace, options);
     notes.push(`pod not in the watch cache after ${CACHE_WAIT_MS / 1000} s; read from the API`);
   }
   if (netconf.kubeconfig) {
