@@ -37,6 +37,23 @@ function push(series: Series, name: string, ms: number): void {
   (series[name] ??= []).push(ms);
 }
 
+/** How the agent's iptables ADDs reached the kernel, from its request log's `via` (all of the run, warm-up included). */
+function countVia(logFile: string): Record<string, number> {
+  const counts: Record<string, number> = {};
+  let text = '';
+  try {
+    text = fs.readFileSync(logFile, 'utf8');
+  } catch {
+    return counts;
+  }
+  for (const line of text.split('\n')) {
+    if (!line.includes('"command":"ADD"')) continue;
+    const l = JSON.parse(line) as { backend?: string; via?: string };
+    if (l.backend === 'iptables') counts[l.via ?? 'unknown'] = (counts[l.via ?? 'unknown'] ?? 0) + 1;
+  }
+  return counts;
+}
+
 export async function benchAddLatency(): Promise<Summary[]> {
   const dir = tempDir('add');
   const agent = await startAgentProcess(dir);
@@ -65,6 +82,7 @@ export async function benchAddLatency(): Promise<Summary[]> {
   let metricsBefore = '';
   let metricsAfter = '';
   let rss = { agent: NaN, small: NaN, bench: NaN };
+  let viaCounts: Record<string, number> = {};
   const failures: string[] = [];
   const once = async (name: string, work: (netns: string) => Promise<{ code: number | null; ms: number; stdout?: string }>) => {
     const netns = freshNetns();
@@ -135,6 +153,7 @@ export async function benchAddLatency(): Promise<Summary[]> {
       await once('standalone ADD auto', add('auto', installedShim, absent, 'fork'));
     }
     metricsAfter = await scrapeMetrics(agent);
+    viaCounts = countVia(path.join(dir, 'mesh-cni.log'));
     rss = { agent: rssKb(agent.pid), small: rssKb(spawner.pid), bench: rssKb(process.pid) };
   } finally {
     spawner.stop();
@@ -173,7 +192,7 @@ export async function benchAddLatency(): Promise<Summary[]> {
   const parts: Array<[string, number]> = [
     ['shim exec + socket round trip (VERSION through the agent)', m('shim VERSION (agent)')],
     [`agent work: every phase but apply (${ADD_PHASES.filter((p) => p !== 'apply').map((p) => `${p} ${(phases[p] ?? NaN).toFixed(3)}`).join(', ')})`, agentWork],
-    [`apply in the agent: lock, families, the restore started from the agent with posix_spawn (RSS ${mib(rss.agent)})`, phases.apply ?? NaN],
+    [`apply in the agent: lock, families, the rules in (${Object.entries(viaCounts).map(([v, n]) => `${v}: ${n}`).join(', ')}; agent RSS ${mib(rss.agent)})`, phases.apply ?? NaN],
     [`the same restore, posix_spawn from this bench process: the floor (RSS ${mib(rss.bench)})`, m('floor iptables-restore')],
     [`the same restore, posix_spawn from a small process (RSS ${mib(rss.small)})`, m('restore, posix_spawn from a small process')],
     [`the same restore, libuv fork from a small process (RSS ${mib(rss.small)})`, m('restore, fork from a small process')],
@@ -185,7 +204,7 @@ export async function benchAddLatency(): Promise<Summary[]> {
   parts.push(['(for comparison) ADD iptables with the shim forked from this bench process', m('ADD iptables (agent), shim forked from the bench')]);
   console.log(`\n== 1b. Where an iptables ADD goes (medians in ms; phases from the agent's /metrics histogram, interpolated in its buckets)`);
   console.log(table(['part', 'ms'], parts.map(([k, v]) => [k, Number(v.toFixed(3))])));
-  writeResult('add-latency', { runs: RUNS, medians: Object.fromEntries(Object.keys(series).map((n) => [n, m(n)])), samples: series, ratios, failures, iptablesParts: Object.fromEntries(parts), phaseMediansMs: phases, rssKb: rss });
+  writeResult('add-latency', { runs: RUNS, iptablesVia: viaCounts, medians: Object.fromEntries(Object.keys(series).map((n) => [n, m(n)])), samples: series, ratios, failures, iptablesParts: Object.fromEntries(parts), phaseMediansMs: phases, rssKb: rss });
   const note = failures.length > 0 ? `${failures.length} failed runs` : undefined;
   return [
     { name: 'add-vs-floor-iptables', value: ratios['add-vs-floor-iptables'], unit: 'x', target: 1.3, atMost: true, note },

@@ -233,8 +233,11 @@ async function rememberedConfigs(max = 256): Promise<BuildConfig> {
 }
 
 /** The engine, loaded now so the first ADD does not pay for it, with `auto`'s detection warmed up. */
-async function warmEngine(options: AgentOptions): Promise<CniDeps['engine']> {
+async function warmEngine(options: AgentOptions, log: Log): Promise<CniDeps['engine']> {
   const engine = await import('../redirect/engine');
+  // A long-running process makes iptables-nft replay templates (src/redirect/backend/nft-replay.ts).
+  const replay = await import('../redirect/backend/nft-replay');
+  replay.enableReplay((e) => log({ level: e.made ? 'info' : 'warn', msg: e.made ? 'iptables rules of a plan now go in by nf_tables replay' : 'iptables rules of a plan stay on iptables-restore', detail: e.detail }));
   // `auto` looks at the host's rules with five programs; once a minute is enough for a node's packet filter.
   engine.rememberAutoDetection(options.autoDetectionTtlMs ?? 60_000);
   void engine.chooseBackend({ backend: 'auto' }).catch(() => undefined);
@@ -406,7 +409,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
   // Attachment records are written after the answer, as the log line is (src/cni/attachments.ts).
   const deps: CniDeps = {
-    engine: await warmEngine(options),
+    engine: await warmEngine(options, log),
     buildConfig: await rememberedConfigs(),
     podCache,
     recordInBackground: true,

@@ -57,6 +57,14 @@ export function isHostNetns(path: string): boolean {
   }
 }
 
+/** Back to the thread's own netns: staying in a pod's would make every later action land in the wrong place. */
+function returnHome(homeFd: number): void {
+  if (loadLibc().setns(homeFd, CLONE_NEWNET) !== 0) {
+    process.stderr.write(`mesh-cni: fatal: could not return to the original network namespace (errno ${errno()})\n`);
+    process.abort();
+  }
+}
+
 /**
  * Runs `fn` inside the network namespace at `path` and always returns to the original namespace.
  * `fn` must be synchronous (see the module comment).
@@ -81,16 +89,44 @@ export function withNetns<T>(path: string, fn: () => T): T {
       }
       return result;
     } finally {
-      if (c.setns(homeFd, CLONE_NEWNET) !== 0) {
-        // Staying in a pod's namespace would make every later action land in the wrong place.
-        process.stderr.write(`mesh-cni: fatal: could not return to the original network namespace (errno ${errno()})\n`);
-        process.abort();
-      }
+      returnHome(homeFd);
     }
   } finally {
     fs.closeSync(targetFd);
     if (homeFd !== undefined) fs.closeSync(homeFd);
   }
+}
+
+/**
+ * A new, empty network namespace held only by a descriptor of this process: no name under /var/run/netns and
+ * no mount, so nothing is left behind if the process dies; the kernel frees it once the descriptor is closed
+ * and no process runs in it. `path` opens it like any netns file (`withNetns`, `run`). Made by unshare(2) on
+ * this thread, which then goes straight back home, as `withNetns` does.
+ */
+export function openScratchNetns(): { path: string; close(): void } {
+  const c = loadLibc();
+  const homeFd = fs.openSync('/proc/thread-self/ns/net', 'r');
+  let scratchFd: number;
+  try {
+    if (c.unshare(CLONE_NEWNET) !== 0) {
+      throw new MeshCniError(`unshare(CLONE_NEWNET) failed with errno ${errno()}`, { hint: 'making a network namespace needs CAP_SYS_ADMIN (run as root)' });
+    }
+    try {
+      scratchFd = fs.openSync('/proc/thread-self/ns/net', 'r');
+    } finally {
+      returnHome(homeFd);
+    }
+  } finally {
+    fs.closeSync(homeFd);
+  }
+  let open = true;
+  return {
+    path: `/proc/${process.pid}/fd/${scratchFd}`,
+    close: () => {
+      if (open) fs.closeSync(scratchFd);
+      open = false;
+    },
+  };
 }
 
 export interface RunResult {

@@ -4,6 +4,7 @@
  */
 export interface Libc {
   setns(fd: number, nstype: number): number;
+  unshare(flags: number): number;
   getsockopt(fd: number, level: number, name: number, value: Buffer, length: Buffer): number;
   flock(fd: number, operation: number): number;
   renameat2(olddirfd: number, oldpath: string, newdirfd: number, newpath: string, flags: number): number;
@@ -33,6 +34,7 @@ export function loadLibc(): Libc {
     const ffi = require('@2060.io/ffi-napi') as typeof import('@2060.io/ffi-napi');
     libc = ffi.Library(null, {
       setns: ['int', ['int', 'int']],
+      unshare: ['int', ['int']],
       getsockopt: ['int', ['int', 'int', 'int', 'pointer', 'pointer']],
       flock: ['int', ['int', 'int']],
       renameat2: ['int', ['int', 'string', 'int', 'string', 'uint']],

@@ -18,7 +18,7 @@ import { toCniError, CniCode } from '../../src/cni/errors';
 import { createNetns, createPodPeer, inNetns, netnsPath, sh } from '../support/netns';
 import { mesh } from '../support/cli';
 import { loadLibc } from '../../src/netns/native';
-import { connect, listen } from '../support/traffic';
+import { connect, expectDefaultRedirect, listen } from '../support/traffic';
 import { requireKernelTools, requireNft } from '../support/require';
 import { diffRules } from '../../src/redirect/rule-state';
 import { PLAN_CASES } from './cases';
@@ -81,14 +81,7 @@ test.serial('libnftables: rules applied in-process into a fresh netns redirect r
   const home = threadNetns();
   await applyRedirect({ netns: pair.podPath, backendInstance: backend, config: redirectConfigFromAnnotations({}), families: [...FAMILIES], verify: 'always' });
   t.is(threadNetns(), home);
-  for (const [peer, pod] of [
-    [pair.peerIp4, pair.podIp4],
-    [pair.peerIp6, pair.podIp6],
-  ] as const) {
-    t.like(connect(pair.pod, peer, 80), { listener: 'pod', port: 15001 }, `outbound to ${peer}:80`);
-    t.like(connect(pair.peer, pod, 8080), { listener: 'pod', port: 15006 }, `inbound to ${pod}:8080`);
-    t.like(connect(pair.pod, peer, 80, { uid: 1337, gid: 1337 }), { listener: 'peer', port: 80 }, 'the proxy uid is not captured');
-  }
+  expectDefaultRedirect(t, pair);
   const { removed } = await removeRedirect({ netns: pair.podPath, backendInstance: backend });
   t.true(removed > 0);
   t.deepEqual(ourTables(pair.pod), []);

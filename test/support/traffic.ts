@@ -93,3 +93,18 @@ export function connect(netns: string, host: string, port: number, options: Conn
     return { error: `client failed (${r.status}): ${r.stderr}` };
   }
 }
+
+/**
+ * The default plan at work in both families of a pod/peer pair (listeners on the pod's 15001, 15006 and 8080
+ * and the peer's 80 already up): outbound lands on 15001, inbound on 15006, the proxy's uid/gid go out direct.
+ */
+export function expectDefaultRedirect(t: ExecutionContext, pair: { pod: string; peer: string; podIp4: string; peerIp4: string; podIp6: string; peerIp6: string }): void {
+  for (const [peer, pod] of [
+    [pair.peerIp4, pair.podIp4],
+    [pair.peerIp6, pair.podIp6],
+  ] as const) {
+    t.like(connect(pair.pod, peer, 80), { listener: 'pod', port: 15001 }, `outbound to ${peer}:80`);
+    t.like(connect(pair.peer, pod, 8080), { listener: 'pod', port: 15006 }, `inbound to ${pod}:8080`);
+    t.like(connect(pair.pod, peer, 80, { uid: 1337, gid: 1337 }), { listener: 'peer', port: 80 }, 'the proxy uid is not captured');
+  }
+}

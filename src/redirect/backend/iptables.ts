@@ -10,6 +10,7 @@ import { effectiveChains, planFamily, type Plan, type Rule } from '../plan';
 import { renderRestore, toIptablesLines } from '../render/iptables';
 import { isOurs, isUntaggedState, parseSave, shapeKey, signature, targetOf, type SavedRule, type SavedState } from '../iptables-save';
 import type { ApplyLaps, ApplyOutcome, Backend, ObservedRule } from './types';
+import { makeTemplateLater, replayCounts, replayEnabled, tryReplay } from './nft-replay';
 
 export type IptablesFlavour = 'default' | 'nft' | 'legacy';
 
@@ -50,8 +51,19 @@ function renderFresh(rules: readonly Rule[]): string {
 export class IptablesBackend implements Backend {
   readonly name: string;
 
+  /** How this backend's last apply reached the kernel, per family programmed (undefined: no apply yet). */
+  private used?: Array<'replay' | 'restore'>;
+
   constructor(readonly flavour: IptablesFlavour = 'default') {
     this.name = flavour === 'default' ? 'iptables' : `iptables-${flavour}`;
+  }
+
+  /** After an apply: whether it replayed; before one (status): whether this process replays at all. */
+  describeVia(): string {
+    if (this.used?.length) return [...new Set(this.used)].map((u) => (u === 'replay' ? 'nf_tables replay' : 'iptables-restore')).join(' and ');
+    if (this.flavour === 'legacy' || !replayEnabled()) return 'iptables-restore';
+    const { ready, restoreOnly } = replayCounts();
+    return `iptables-restore, fresh sandboxes by nf_tables replay where the node's iptables is iptables-nft (${ready} plans ready${restoreOnly ? `, ${restoreOnly} restore-only` : ''})`;
   }
 
   private async exec(netns: string, family: Family, tool: 'restore' | 'save', args: string[], input?: string): Promise<RunResult> {
@@ -99,6 +111,7 @@ export class IptablesBackend implements Backend {
    * longer has) is cleared only when something of ours may be there: never on a fresh sandbox's ADD.
    */
   async apply(netns: string, plan: Plan, families: readonly Family[], laps?: ApplyLaps): Promise<ApplyOutcome> {
+    this.used = [];
     let replaced = false;
     let allCreated = true;
     for (const family of families) {
@@ -128,12 +141,23 @@ export class IptablesBackend implements Backend {
     laps?.lap('apply');
     const text = renderFresh(rules);
     laps?.lap('render');
-    const fresh = await run(netns, binary(family, this.flavour, 'restore'), ['--noflush'], {
+    const restore = binary(family, this.flavour, 'restore');
+    // On iptables-nft, the same objects in one transaction without the process (./nft-replay.ts); like the
+    // restore below it only succeeds into a netns holding none of them, and anything else falls through.
+    if (this.flavour !== 'legacy' && tryReplay(netns, restore, text) === 'replayed') {
+      this.used?.push('replay');
+      return 'created';
+    }
+    const fresh = await run(netns, restore, ['--noflush'], {
       input: text,
       timeoutMs: 30_000,
       packageHint: 'iptables',
     });
-    if (fresh.code === 0) return 'created';
+    this.used?.push('restore');
+    if (fresh.code === 0) {
+      if (this.flavour !== 'legacy') makeTemplateLater(family, restore, binary(family, this.flavour, 'save'), text);
+      return 'created';
+    }
     // The save and the replacing restore are two steps; the engine holds the netns lock across both, so no
     // other mesh-cni request can change our rules in between (the replace's `-D` lines name what was saved).
     const state = await this.save(netns, family);
