@@ -5,10 +5,10 @@
 FROM node:20-bookworm AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
-# Scripts are skipped here because ours need the sources (copied below, after this cacheable layer); only the
-# dependencies whose native addons we use are then built (package.json allowScripts names them).
-RUN npm ci --ignore-scripts --no-audit --no-fund \
- && npm rebuild @2060.io/ref-napi @2060.io/ffi-napi
+# Scripts are skipped here because ours need the sources (copied below, after this cacheable layer). The one
+# native addon, koffi's, is prebuilt: npm installs it as the optional package for this machine
+# (@koromix/koffi-linux-<arch>), so nothing is compiled.
+RUN npm ci --ignore-scripts --no-audit --no-fund
 # Only what the product build reads: tsconfig.build.json compiles src/ alone (tests, bench and the demo are
 # compiled by tsconfig.json, which the image never needs).
 COPY tsconfig.build.json ./

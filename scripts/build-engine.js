@@ -7,12 +7,13 @@
  * The engine is one file, engine.js, bundled by esbuild from dist/src/cni/main.js with every module and npm
  * package it reaches, and started by mesh-cni.js with a V8 code cache of it (LOADER below). Node resolving, reading and wrapping some 75 separate modules cost about a quarter of a
  * standalone ADD's CPU; one file is read and compiled once. The bundle keeps each CommonJS module in its own
- * lazily run wrapper, so a require() inside a function (the engine, ffi, the kubeconfig reader) still runs
+ * lazily run wrapper, so a require() inside a function (the engine, koffi, the kubeconfig reader) still runs
  * only when the request needs it: VERSION never loads the ffi addon.
  *
- * The two native addons (@2060.io/ref-napi and ffi-napi) cannot be bundled. Their packages load them through
- * node-gyp-build with a computed path; the plugin below replaces that call with a require of the binary
- * copied to addons/<package>.node beside the bundle (esbuild leaves a .node require as it is).
+ * The one native addon, koffi's, cannot be bundled. koffi's loader finds its prebuilt binary in the
+ * @koromix/koffi-<os>-<arch> package npm installed for this machine; the plugin below replaces `require('koffi')`
+ * with a require of that binary copied to addons/koffi.node beside the bundle (the binary is the whole API;
+ * the loader only picks it and adds deprecated aliases we do not use; esbuild leaves a .node require as it is).
  *
  * The build fails when the bundle takes in a package that must never load on the standalone ADD path
  * (FORBIDDEN below, checked on esbuild's metafile): that is what keeps the plugin's start cost near a bare
@@ -41,8 +42,8 @@ const BUNDLE_NAME = 'engine.js';
 const CACHE_NAME = 'engine.cache';
 const ADDON_DIR = 'addons';
 const FORBIDDEN = ['@kubernetes/client-node', 'prom-client', 'yargs', '@grpc/grpc-js'];
-/** The packages whose node-gyp-build call is replaced by a require of addons/<name>.node. */
-const ADDON_PACKAGES = ['@2060.io/ref-napi', '@2060.io/ffi-napi'];
+/** The packages whose require is replaced by a require of addons/<name>.node. */
+const ADDON_PACKAGES = ['koffi'];
 
 /** The package a node_modules path belongs to (scoped names included). */
 function packageNameOf(file) {
@@ -53,27 +54,32 @@ function packageNameOf(file) {
   return rest[0].startsWith('@') ? `${rest[0]}/${rest[1]}` : rest[0];
 }
 
-/** The one built .node binary of an addon package (node-gyp-build would find the same in build/Release). */
+/** koffi's prebuilt binary for this machine (glibc: the runtime shipped beside it is glibc's node). */
 function addonBinary(pkg) {
-  const release = path.join(root, 'node_modules', pkg, 'build', 'Release');
-  const found = fs.existsSync(release) ? fs.readdirSync(release).filter((f) => f.endsWith('.node')) : [];
-  if (found.length !== 1) throw new Error(`${path.relative(root, release)} holds ${found.length} .node files, expected one (npm rebuild ${pkg})`);
-  return path.join(release, found[0]);
+  if (pkg !== 'koffi') throw new Error(`no addon binary known for ${pkg}`);
+  const arch = process.arch;
+  try {
+    return require.resolve(`@koromix/koffi-linux-${arch}/linux_${arch}/koffi.node`, { paths: [root] });
+  } catch (err) {
+    throw new Error(`koffi has no prebuilt binary for linux ${arch} here (npm ci installs @koromix/koffi-linux-${arch}): ${err.message}`);
+  }
 }
 
 const addonFileName = (pkg) => `${pkg.split('/').pop()}.node`;
 
-/** esbuild plugin: node-gyp-build(dir) in an addon package becomes require('./addons/<package>.node'). */
+/** The addon packages the bundle requires (filled while bundling). */
+const requestedAddons = new Set();
+
+/** esbuild plugin: require('koffi') becomes require('./addons/koffi.node'). */
 const addonsPlugin = {
   name: 'mesh-cni-addons',
   setup(build) {
-    build.onResolve({ filter: /^node-gyp-build$/ }, (args) => {
-      const pkg = packageNameOf(args.importer.split(path.sep).join('/'));
-      if (!ADDON_PACKAGES.includes(pkg)) return undefined;
-      return { path: pkg, namespace: 'mesh-cni-addon' };
+    build.onResolve({ filter: /^koffi$/ }, (args) => {
+      requestedAddons.add(args.path);
+      return { path: args.path, namespace: 'mesh-cni-addon' };
     });
     build.onLoad({ filter: /.*/, namespace: 'mesh-cni-addon' }, (args) => ({
-      contents: `module.exports = function loadAddon() { return require('./${ADDON_DIR}/${addonFileName(args.path)}'); };\n`,
+      contents: `module.exports = require('./${ADDON_DIR}/${addonFileName(args.path)}');\n`,
       loader: 'js',
     }));
     build.onResolve({ filter: /\.node$/ }, (args) => ({ path: args.path, external: true }));
@@ -203,7 +209,7 @@ async function main() {
       throw new Error(`${respawning.join(', ')} use process.execPath, which is the ELF loader when the shim runs the shipped runtime`);
     }
     const addons = [];
-    for (const pkg of ADDON_PACKAGES.filter((p) => names.has(p))) {
+    for (const pkg of ADDON_PACKAGES.filter((p) => requestedAddons.has(p))) {
       const binary = addonBinary(pkg);
       copy(binary, path.join(staging, ADDON_DIR, addonFileName(pkg)));
       addons.push(binary);

@@ -241,9 +241,8 @@ async function lockNetnsFile(path: string, deadline: number, started: number, si
       return fd;
     }
     // On an open nsfs fd, flock(LOCK_NB) fails only for "held" (EWOULDBLOCK), EINTR or a transient ENOLCK;
-    // and errno read back through ffi is not reliable (ffi-napi reads it with a call of its own, after the
-    // binding's own work, and a trial saw 12 for a lock another ADD held). So every failure waits and
-    // retries until the deadline, which names the last errno if it was not "held".
+    // none is worth failing an ADD for, so every failure waits and retries until the deadline, which names
+    // the last errno if it was not "held".
     const code = errno();
     if (Date.now() >= deadline) {
       fs.closeSync(fd);

@@ -1,7 +1,11 @@
 /**
- * The one native seam: the few libc calls Node does not expose, bound through @2060.io/ffi-napi and loaded
- * on first use (the CLI's pure commands never load native code).
+ * The one native seam: the few libc calls Node does not expose, bound through koffi and loaded on first use
+ * (the CLI's pure commands never load native code). koffi's calls cost well under a microsecond; the agent
+ * makes a dozen per ADD on its one main thread (setns twice, flock, a netlink exchange), so that matters in a
+ * burst. Buffers are passed as pointers to their bytes.
  */
+import { koffi } from './ffi';
+
 export interface Libc {
   setns(fd: number, nstype: number): number;
   unshare(flags: number): number;
@@ -26,33 +30,30 @@ export const SOL_SOCKET = 1;
 export const MFD_CLOEXEC = 1;
 
 let libc: Libc | undefined;
-let errnoFn: () => number = () => 0;
 
 export function loadLibc(): Libc {
   if (!libc) {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const ffi = require('@2060.io/ffi-napi') as typeof import('@2060.io/ffi-napi');
-    libc = ffi.Library(null, {
-      setns: ['int', ['int', 'int']],
-      unshare: ['int', ['int']],
-      getsockopt: ['int', ['int', 'int', 'int', 'pointer', 'pointer']],
-      flock: ['int', ['int', 'int']],
-      renameat2: ['int', ['int', 'string', 'int', 'string', 'uint']],
-      fcntl: ['int', ['int', 'int', 'int']],
-      socket: ['int', ['int', 'int', 'int']],
-      memfd_create: ['int', ['string', 'uint']],
-      send: ['long', ['int', 'pointer', 'size_t', 'int']],
-      recv: ['long', ['int', 'pointer', 'size_t', 'int']],
-      close: ['int', ['int']],
-    }) as unknown as Libc;
-    errnoFn = ffi.errno;
+    const lib = koffi().load('libc.so.6');
+    libc = {
+      setns: lib.func('int setns(int fd, int nstype)'),
+      unshare: lib.func('int unshare(int flags)'),
+      getsockopt: lib.func('int getsockopt(int fd, int level, int name, void *value, void *length)'),
+      flock: lib.func('int flock(int fd, int operation)'),
+      renameat2: lib.func('int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags)'),
+      fcntl: lib.func('int fcntl(int fd, int cmd, int arg)'),
+      socket: lib.func('int socket(int domain, int type, int protocol)'),
+      memfd_create: lib.func('int memfd_create(const char *name, unsigned int flags)'),
+      send: lib.func('long send(int fd, const void *buf, size_t len, int flags)'),
+      recv: lib.func('long recv(int fd, void *buf, size_t len, int flags)'),
+      close: lib.func('int close(int fd)'),
+    } as Libc;
   }
   return libc;
 }
 
 /** errno of the last failed call made through `loadLibc()`. */
 export function errno(): number {
-  return errnoFn();
+  return koffi().errno();
 }
 
 const SO_PEERCRED = 17;

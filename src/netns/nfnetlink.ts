@@ -126,12 +126,17 @@ export function sendAll(c: Libc, fd: number, req: Buffer): void {
   if (c.send(fd, req, req.length, 0) !== req.length) throw new Error(`netlink send failed (errno ${errno()})`);
 }
 
+let received: Buffer | undefined;
+/** One buffer for every receive (every message is copied out of it): zeroing 64 KiB per call costs more than the call. */
+const receiveBuffer = (): Buffer => (received ??= Buffer.alloc(64 * 1024));
+
 /**
  * Every message queued on the socket now, never blocking: the kernel handles a netfilter request inside the
  * sender's send() and queues all of its answers (a batch's acks, each next part of a dump) before send returns,
  * so an empty queue means there is nothing more to come, and the event loop must not wait on it.
  */
-export function drain(c: Libc, fd: number, buf: Buffer = Buffer.alloc(64 * 1024)): Buffer[] {
+export function drain(c: Libc, fd: number): Buffer[] {
+  const buf = receiveBuffer();
   const out: Buffer[] = [];
   for (;;) {
     const n = Number(c.recv(fd, buf, buf.length, MSG_DONTWAIT));
@@ -162,7 +167,7 @@ export function exchange(c: Libc, fd: number, req: Buffer, dump: boolean): Buffe
   sendAll(c, fd, req);
   const seq = req.readUInt32LE(8);
   const out: Buffer[] = [];
-  const buf = Buffer.alloc(64 * 1024);
+  const buf = receiveBuffer();
   for (;;) {
     const n = Number(c.recv(fd, buf, buf.length, MSG_DONTWAIT));
     if (n <= 0) throw new Error(`netlink recv failed (errno ${errno()})`);

@@ -13,10 +13,11 @@
  * only ever waits for the pids it started, so nobody else reaps ours). Signals are reset to their defaults
  * and unblocked in the child, as libuv does (Node ignores SIGPIPE; a child must not inherit that).
  *
- * When the library cannot be bound (no ffi), `startSpawn` returns undefined and callers use child_process.
+ * When the library cannot be bound (no koffi), `startSpawn` returns undefined and callers use child_process.
  */
 import * as fs from 'node:fs';
 import type * as Net from 'node:net';
+import { koffi } from './ffi';
 import { MFD_CLOEXEC } from './native';
 
 interface SpawnLib {
@@ -31,15 +32,14 @@ interface SpawnLib {
   posix_spawnattr_setsigdefault(attr: Buffer, set: Buffer): number;
   sigemptyset(set: Buffer): number;
   sigfillset(set: Buffer): number;
-  posix_spawnp(pid: Buffer, file: string, actions: Buffer, attr: Buffer, argv: Buffer, envp: Buffer): number;
+  /** argv and envp: arrays of strings ending in null; envp null means this process's environment. */
+  posix_spawnp(pid: Buffer, file: string, actions: Buffer, attr: Buffer, argv: Array<string | null>, envp: Array<string | null>): number;
   waitpid(pid: number, status: Buffer, options: number): number;
   close(fd: number): number;
 }
 
 interface Bound {
   lib: SpawnLib;
-  /** `environ` itself: read at every spawn, since process.env writes go through setenv(3). */
-  environ: Buffer;
   attr: Buffer;
   errno: () => number;
 }
@@ -59,26 +59,24 @@ function bind(): Bound | null {
   if (bound !== undefined) return bound;
   if (process.env.MESH_CNI_SPAWN === 'fork') return (bound = null);
   try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const ffi = require('@2060.io/ffi-napi') as typeof import('@2060.io/ffi-napi');
-    require('@2060.io/ref-napi');
-    const lib = ffi.Library(null, {
-      memfd_create: ['int', ['string', 'uint']],
-      pipe2: ['int', ['pointer', 'int']],
-      posix_spawn_file_actions_init: ['int', ['pointer']],
-      posix_spawn_file_actions_adddup2: ['int', ['pointer', 'int', 'int']],
-      posix_spawn_file_actions_destroy: ['int', ['pointer']],
-      posix_spawnattr_init: ['int', ['pointer']],
-      posix_spawnattr_setflags: ['int', ['pointer', 'short']],
-      posix_spawnattr_setsigmask: ['int', ['pointer', 'pointer']],
-      posix_spawnattr_setsigdefault: ['int', ['pointer', 'pointer']],
-      sigemptyset: ['int', ['pointer']],
-      sigfillset: ['int', ['pointer']],
-      posix_spawnp: ['int', ['pointer', 'string', 'pointer', 'pointer', 'pointer', 'pointer']],
-      waitpid: ['int', ['int', 'pointer', 'int']],
-      close: ['int', ['int']],
-    }) as unknown as SpawnLib;
-    const environ = (ffi.DynamicLibrary(undefined).get('environ') as Buffer & { reinterpret(size: number): Buffer }).reinterpret(8);
+    const k = koffi();
+    const libc = k.load('libc.so.6');
+    const lib: SpawnLib = {
+      memfd_create: libc.func('int memfd_create(const char *name, unsigned int flags)'),
+      pipe2: libc.func('int pipe2(void *fds, int flags)'),
+      posix_spawn_file_actions_init: libc.func('int posix_spawn_file_actions_init(void *actions)'),
+      posix_spawn_file_actions_adddup2: libc.func('int posix_spawn_file_actions_adddup2(void *actions, int fd, int newfd)'),
+      posix_spawn_file_actions_destroy: libc.func('int posix_spawn_file_actions_destroy(void *actions)'),
+      posix_spawnattr_init: libc.func('int posix_spawnattr_init(void *attr)'),
+      posix_spawnattr_setflags: libc.func('int posix_spawnattr_setflags(void *attr, short flags)'),
+      posix_spawnattr_setsigmask: libc.func('int posix_spawnattr_setsigmask(void *attr, const void *set)'),
+      posix_spawnattr_setsigdefault: libc.func('int posix_spawnattr_setsigdefault(void *attr, const void *set)'),
+      sigemptyset: libc.func('int sigemptyset(void *set)'),
+      sigfillset: libc.func('int sigfillset(void *set)'),
+      posix_spawnp: libc.func('int posix_spawnp(void *pid, const char *file, const void *actions, const void *attr, const char **argv, const char **envp)'),
+      waitpid: libc.func('int waitpid(int pid, void *status, int options)'),
+      close: libc.func('int close(int fd)'),
+    };
     // One attribute object for every spawn: default dispositions for every signal, nothing blocked.
     const attr = Buffer.alloc(OPAQUE_BYTES);
     const none = Buffer.alloc(OPAQUE_BYTES);
@@ -87,7 +85,7 @@ function bind(): Bound | null {
     lib.posix_spawnattr_setsigmask(attr, none);
     lib.posix_spawnattr_setsigdefault(attr, all);
     lib.posix_spawnattr_setflags(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-    bound = { lib, environ, attr, errno: ffi.errno };
+    bound = { lib, attr, errno: () => k.errno() };
   } catch {
     bound = null;
   }
@@ -114,21 +112,9 @@ export class SpawnError extends Error {
   }
 }
 
-function cString(s: string): Buffer {
-  return Buffer.from(`${s}\0`, 'utf8');
-}
-
-/** A NULL-terminated array of pointers to `items` (which must stay referenced while it is used). */
-function pointerArray(items: readonly Buffer[]): Buffer {
-  const array = Buffer.alloc((items.length + 1) * 8);
-  items.forEach((s, i) => (array as Buffer & { writePointer(p: Buffer, offset: number): void }).writePointer(s, i * 8));
-  return array;
-}
-
 /**
- * O_TMPFILE | O_DIRECTORY, by architecture (O_DIRECTORY differs): an unnamed file opened by Node itself. Each
- * call through ffi costs tens of microseconds of marshalling on a busy node, and a burst of ADDs pays them on
- * the one main thread, so what Node can do without ffi it does.
+ * O_TMPFILE | O_DIRECTORY, by architecture (O_DIRECTORY differs): an unnamed file opened by Node itself, with
+ * memfd_create as the fallback where no directory takes O_TMPFILE.
  */
 const O_TMPFILE = process.arch === 'x64' ? 0o20200000 : process.arch === 'arm64' ? 0o20040000 : undefined;
 let tmpfileDir: string | null | undefined = O_TMPFILE === undefined ? null : undefined;
@@ -190,12 +176,10 @@ export function startSpawn(program: string, args: readonly string[], input: stri
     ] as const) {
       if (lib.posix_spawn_file_actions_adddup2(actions, fd, target) !== 0) throw new Error('posix_spawn_file_actions_adddup2 failed');
     }
-    const strings = [program, ...args].map(cString);
-    const argv = pointerArray(strings);
-    const envStrings = env ? Object.entries(env).map(([k, v]) => cString(`${k}=${v}`)) : [];
-    const envp = env ? pointerArray(envStrings) : (b.environ as Buffer & { readPointer(offset: number, size: number): Buffer }).readPointer(0, 0);
+    // process.env is the environment as setenv(3) left it, which is what `environ` would hold.
+    const envp = [...Object.entries(env ?? process.env).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`])), null];
     const pid = Buffer.alloc(4);
-    const rc = lib.posix_spawnp(pid, program, actions, b.attr, argv, envp);
+    const rc = lib.posix_spawnp(pid, program, actions, b.attr, [program, ...args, null], envp);
     if (rc !== 0) throw new SpawnError(program, rc);
     const started: SpawnedProgram = { pid: pid.readInt32LE(0), program, stdoutFd, stderrFd: pipeRead };
     stdoutFd = -1;

@@ -93,8 +93,8 @@ for (const backend of ['iptables', 'nftables'] as const) {
     const outside = modules.filter((m) => m !== probe && !m.startsWith(`${binDir}/`));
     t.true(modules.some((m) => m.endsWith('/mesh-cni.js')), 'the bundled engine ran');
     t.deepEqual(outside, [], 'every module came from the installed engine directory');
-    t.true(modules.some((m) => m.includes('ffi_bindings.node') || m.includes('ffi-napi')), 'the installed ffi addon entered the netns');
-    t.true(mappedAddons(loaded).some((f) => f.endsWith('/addons/ffi-napi.node')), 'the ffi addon was mapped into the process that programmed the netns');
+    t.true(modules.some((m) => m.endsWith('/addons/koffi.node')), 'the installed ffi addon entered the netns');
+    t.true(mappedAddons(loaded).some((f) => f.endsWith('/addons/koffi.node')), 'the ffi addon was mapped into the process that programmed the netns');
     for (const heavy of HEAVY) t.false(modules.some((m) => m.includes(`/node_modules/${heavy}/`)), `${heavy} must not load`);
 
     const del = invoke('DEL');

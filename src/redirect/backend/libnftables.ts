@@ -1,6 +1,6 @@
 /**
  * nftables in-process: libnftables, the library `nft` itself is a thin wrapper of, bound through
- * @2060.io/ffi-napi and loaded on first use (only when the nftables backend runs, so nothing else pays for
+ * koffi and loaded on first use (only when the nftables backend runs, so nothing else pays for
  * it). Commands are nft script text, the same the process path feeds `nft -f -`, and the answers are nft's own
  * output and error text.
  *
@@ -17,10 +17,12 @@
  */
 import * as fs from 'node:fs';
 import { CommandFailedError } from '../../errors';
+import { koffi } from '../../netns/ffi';
 import { withNetns } from '../../netns';
 import { AF_NETLINK, loadLibc, MFD_CLOEXEC, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET } from '../../netns/native';
 
-type Pointer = Buffer;
+/** An opaque C pointer as koffi hands it over (null for NULL). */
+type Pointer = unknown;
 
 interface Libnftables {
   nft_ctx_new(flags: number): Pointer;
@@ -41,8 +43,9 @@ interface Libmnl {
 interface Loaded {
   nft: Libnftables;
   mnl: Libmnl;
-  readPointer(buffer: Buffer, offset: number, size: number): Buffer;
-  isNull(buffer: Buffer): boolean;
+  /** The pointer stored at `ptr` (its first pointer-sized field); null for NULL. */
+  readPointer(ptr: Pointer): Pointer;
+  isNull(ptr: Pointer): boolean;
 }
 
 export const LIBNFTABLES = 'libnftables.so.1';
@@ -68,24 +71,22 @@ let loadError: string | undefined;
 function load(): Loaded | undefined {
   if (loaded || loadError !== undefined) return loaded;
   try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const ffi = require('@2060.io/ffi-napi') as typeof import('@2060.io/ffi-napi');
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const ref = require('@2060.io/ref-napi') as typeof import('@2060.io/ref-napi');
-    const nft = ffi.Library(process.env[LIBNFTABLES_ENV] || LIBNFTABLES, {
-      nft_ctx_new: ['pointer', ['uint32']],
-      nft_ctx_free: ['void', ['pointer']],
-      nft_run_cmd_from_buffer: ['int', ['pointer', 'string']],
-      nft_run_cmd_from_filename: ['int', ['pointer', 'string']],
-      nft_ctx_buffer_output: ['int', ['pointer']],
-      nft_ctx_buffer_error: ['int', ['pointer']],
-      nft_ctx_get_output_buffer: ['string', ['pointer']],
-      nft_ctx_get_error_buffer: ['string', ['pointer']],
-      nft_ctx_output_set_flags: ['void', ['pointer', 'uint']],
-    }) as unknown as Libnftables;
+    const k = koffi();
+    const lib = k.load(process.env[LIBNFTABLES_ENV] || LIBNFTABLES);
+    const nft: Libnftables = {
+      nft_ctx_new: lib.func('void *nft_ctx_new(uint32_t flags)'),
+      nft_ctx_free: lib.func('void nft_ctx_free(void *ctx)'),
+      nft_run_cmd_from_buffer: lib.func('int nft_run_cmd_from_buffer(void *ctx, const char *buf)'),
+      nft_run_cmd_from_filename: lib.func('int nft_run_cmd_from_filename(void *ctx, const char *filename)'),
+      nft_ctx_buffer_output: lib.func('int nft_ctx_buffer_output(void *ctx)'),
+      nft_ctx_buffer_error: lib.func('int nft_ctx_buffer_error(void *ctx)'),
+      nft_ctx_get_output_buffer: lib.func('const char *nft_ctx_get_output_buffer(void *ctx)'),
+      nft_ctx_get_error_buffer: lib.func('const char *nft_ctx_get_error_buffer(void *ctx)'),
+      nft_ctx_output_set_flags: lib.func('void nft_ctx_output_set_flags(void *ctx, unsigned int flags)'),
+    };
     // libnftables links libmnl, so it is there whenever libnftables is.
-    const mnl = ffi.Library('libmnl.so.0', { mnl_socket_get_fd: ['int', ['pointer']] }) as unknown as Libmnl;
-    loaded = { nft, mnl, readPointer: (b, o, s) => ref.readPointer(b, o, s), isNull: (b) => ref.isNull(b) };
+    const mnl: Libmnl = { mnl_socket_get_fd: k.load('libmnl.so.0').func('int mnl_socket_get_fd(void *sock)') };
+    loaded = { nft, mnl, readPointer: (ptr) => k.decode(ptr, 'void *') as Pointer, isNull: (ptr) => ptr === null };
   } catch (err) {
     loadError = `${process.env[LIBNFTABLES_ENV] || LIBNFTABLES} could not be loaded: ${(err as Error).message.split('\n')[0]}`;
   }
@@ -170,7 +171,7 @@ function intSockopt(fd: number, name: number): number | undefined {
  * netlink socket. Anything else: undefined, and the context is freed the slow way.
  */
 function secondDescriptor(l: Loaded, ctx: Pointer): number | undefined {
-  const sock = l.readPointer(ctx, 0, 0);
+  const sock = l.readPointer(ctx);
   if (l.isNull(sock)) return undefined;
   const fd = l.mnl.mnl_socket_get_fd(sock);
   if (fd < 0 || intSockopt(fd, SO_DOMAIN) !== AF_NETLINK || intSockopt(fd, SO_PROTOCOL) !== NETLINK_NETFILTER) return undefined;
