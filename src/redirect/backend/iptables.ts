@@ -191,13 +191,25 @@ export class IptablesBackend implements Backend {
     return this.ours(state, family).map((r) => ({ family, table: r.table, chain: r.chain, text: r.spec, signature: signature(r.spec), target: targetOf(r.spec) }));
   }
 
-  /** The rules the kernel should hold for `rules`, per chain in final order, as canonical signatures. */
+  /**
+   * The rules the kernel should hold for `rules`, per chain in final order, as canonical signatures. Kept per
+   * frozen rules array (the engine's cached plans), as the fresh restore text is: every ADD asks for them.
+   */
   expected(family: Family, rules: readonly Rule[]): ObservedRule[] {
-    const lines = toIptablesLines(rules);
-    const out: ObservedRule[] = [];
-    for (const chainLines of effectiveChains(lines).values()) {
-      for (const l of chainLines) out.push({ family, table: l.table, chain: l.chain, text: l.spec, signature: signature(l.spec), target: targetOf(l.spec) });
-    }
-    return out;
+    if (!Object.isFrozen(rules)) return expectedRules(family, rules);
+    const byFamily = expectedCache.get(rules) ?? {};
+    expectedCache.set(rules, byFamily);
+    return (byFamily[family] ??= Object.freeze(expectedRules(family, rules)) as ObservedRule[]);
   }
+}
+
+const expectedCache = new WeakMap<readonly Rule[], Partial<Record<Family, ObservedRule[]>>>();
+
+function expectedRules(family: Family, rules: readonly Rule[]): ObservedRule[] {
+  const lines = toIptablesLines(rules);
+  const out: ObservedRule[] = [];
+  for (const chainLines of effectiveChains(lines).values()) {
+    for (const l of chainLines) out.push({ family, table: l.table, chain: l.chain, text: l.spec, signature: signature(l.spec), target: targetOf(l.spec) });
+  }
+  return out;
 }
