@@ -8,6 +8,8 @@
  *   exactly these objects and nothing else, so the batch carries exactly what the restore would send, read
  *   from the kernel rather than guessed (compat match/target blobs, rule comments in userdata, table
  *   userdata, chain hooks and policies); `iptables-save` and the reconciler read the result like any other.
+ *   The one exception is a rule's compat protocol, which the kernel takes but never dumps: it is rebuilt
+ *   from the rule's own protocol match, as iptables-nft derives it (`compatOf`).
  * - A template is used only once proven: replayed into a second scratch netns, the kernel must then hold the
  *   same objects as after the restore (the netlink dumps compared, handles aside) and `iptables-save` must
  *   print the same text. Anything it cannot copy faithfully (sets, stateful objects, flowtables, table
