@@ -101,8 +101,13 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
       rules: report.rules,
       programmedAt: new Date().toISOString(),
     };
-    if (deps.recordInBackground) attachmentsFor(req, deps).recordLater(record, (failed) => logLateNote(req, line, failed));
-    else note = attachmentsFor(req, deps).record(record);
+    if (deps.recordInBackground) {
+      // Started after the answer; the time it takes then is still this ADD's record phase (the agent's
+      // metrics are observed after it, src/agent/agent.ts).
+      attachmentsFor(req, deps).recordLater(record, (failed) => logLateNote(req, line, failed), clock && ((seconds) => clock.add('record', seconds)));
+    } else {
+      note = attachmentsFor(req, deps).record(record);
+    }
   } catch (err) {
     note = `attachment state not recorded (${(err as Error).message}); the reconciler will find the netns another way`;
   }

@@ -44,10 +44,23 @@ export function isOwnNetns(path: string): boolean {
  */
 export function classifyNetnsPath(path: string): NetnsPathKind {
   try {
-    if (!isNsfs(path)) return 'not-netns';
-    return isOwnNetns(path) ? 'own-netns' : 'netns';
+    const target = fs.statSync(path);
+    const own = ownNetnsStat();
+    // A file on the device of our own namespace file is on nsfs (one device is one filesystem): an ADD's
+    // check costs two stats. Only a file elsewhere is asked with statfs, which names its filesystem.
+    if (own?.dev !== target.dev && !isNsfs(path)) return 'not-netns';
+    return sameNamespace(target, own ?? fs.statSync(OWN_NETNS)) ? 'own-netns' : 'netns';
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     return code === 'ENOENT' || code === 'ENOTDIR' ? 'missing' : 'not-netns';
+  }
+}
+
+/** The stat of our own namespace file, or undefined when it cannot be read (no /proc): then asked again where needed, to throw. */
+function ownNetnsStat(): fs.Stats | undefined {
+  try {
+    return fs.statSync(OWN_NETNS);
+  } catch {
+    return undefined;
   }
 }

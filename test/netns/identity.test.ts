@@ -7,6 +7,9 @@ import test from 'ava';
 import { classifyNetnsPath, isHostNetns } from '../../src/netns';
 import { createNetns, netnsPath, sh, uniqueName } from '../support/netns';
 import { requireKernelTools } from '../support/require';
+import { testTempDir } from '../support/tmp';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 
 test('a pod netns is a netns, not ours; every path to our own netns is ours', (t) => {
   requireKernelTools(t);
@@ -23,4 +26,14 @@ test('a pod netns is a netns, not ours; every path to our own netns is ours', (t
     t.is(classifyNetnsPath(own), 'own-netns', own);
     t.true(isHostNetns(own), own);
   }
+});
+
+test('a path that is not a namespace file is not-netns, a missing one missing; another kind of namespace file is not ours', (t) => {
+  requireKernelTools(t);
+  const dir = testTempDir(t, 'ident');
+  fs.writeFileSync(path.join(dir, 'file'), '');
+  for (const p of [path.join(dir, 'file'), dir, '/dev/null', '/proc/self/status']) t.is(classifyNetnsPath(p), 'not-netns', p);
+  for (const p of [path.join(dir, 'absent'), path.join(dir, 'file', 'below')]) t.is(classifyNetnsPath(p), 'missing', p);
+  // On nsfs, but our mount namespace's file, not our network namespace's: as before, not ours.
+  t.is(classifyNetnsPath('/proc/self/ns/mnt'), 'netns');
 });
