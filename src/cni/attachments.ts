@@ -140,9 +140,9 @@ export class AttachmentStore {
   /**
    * `record` after the caller has moved on: the write starts once the current turn of the event loop is over
    * (the agent has sent its answer by then) and goes to libuv's threads; `onFailure` gets the same note
-   * `record` would have returned. `onStarted` is told how long starting the write took on this thread (the
-   * record's text and handing the file to libuv), so the agent can count that work in the ADD's record phase.
-   * Started from a promise continuation instead, the start ran before the agent answered.
+   * `record` would have returned. `onStarted` is told the CPU time starting the write took (the record's text
+   * and handing the file to libuv), so the agent can count that work in the ADD's record phase. Started from
+   * a promise continuation instead, the start ran before the agent answered.
    */
   recordLater(rec: AttachmentRecord, onFailure: (note: string) => void, onStarted?: (seconds: number) => void): void {
     const target = path.join(this.dir, this.name(rec.containerId, rec.ifName));
@@ -167,10 +167,13 @@ export class AttachmentStore {
       }
     };
     const start = () => {
-      const started = process.hrtime.bigint();
+      const started = onStarted && process.cpuUsage();
       // An async function runs up to its first await when called: the work done here on the record's behalf.
       const written = write();
-      onStarted?.(Number(process.hrtime.bigint() - started) / 1e9);
+      if (started) {
+        const used = process.cpuUsage(started);
+        onStarted!((used.user + used.system) / 1e6);
+      }
       return written;
     };
     const mine = (inFlight.get(target) ?? Promise.resolve()).then(afterThisTurn).then(start);

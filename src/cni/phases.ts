@@ -15,9 +15,10 @@ export class PhaseClock {
   readonly seconds: PhaseSeconds = {};
 
   /**
-   * Work done for the ADD after its answer (the start of its attachment record's write): counted in `phase`
-   * too, so moving work past the answer never hides it, though the phases then add up to a little more than
-   * the time to the answer.
+   * Work done for the ADD after its answer (the start of its attachment record's write), counted in `phase`
+   * too so that moving work past the answer never hides it; the phases then add up to a little more than the
+   * time to the answer. Its caller measures CPU time, not wall time: right after the answer the shim that got
+   * it often runs on this CPU, and its time is no work of the agent's.
    */
   add(phase: AddPhase, seconds: number): void {
     this.seconds[phase] = (this.seconds[phase] ?? 0) + seconds;

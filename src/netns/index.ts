@@ -11,7 +11,7 @@ import type * as ChildProcess from 'node:child_process';
 import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError } from '../errors';
 export { NetnsBusyError };
 import { errno, loadLibc } from './native';
-import { isNsfs, isOwnNetns } from './identity';
+import { isNsfs, isOwnNetns, noteNetnsSwitch } from './identity';
 import { collectSpawn, SpawnError, startSpawn } from './spawn';
 export { classifyNetnsPath, type NetnsPathKind } from './identity';
 
@@ -74,6 +74,8 @@ export function withNetns<T>(path: string, fn: () => T): T {
         hint: 'entering a network namespace needs CAP_SYS_ADMIN (run as root)',
       });
     }
+    // The only setns of this thread (identity.ts relies on it to know when the thread is at home).
+    noteNetnsSwitch(true);
     try {
       const result = fn();
       if (result && typeof (result as { then?: unknown }).then === 'function') {
@@ -86,6 +88,7 @@ export function withNetns<T>(path: string, fn: () => T): T {
         process.stderr.write(`mesh-cni: fatal: could not return to the original network namespace (errno ${errno()})\n`);
         process.abort();
       }
+      noteNetnsSwitch(false);
     }
   } finally {
     fs.closeSync(targetFd);

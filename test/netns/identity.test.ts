@@ -4,7 +4,7 @@
  * bind mount under /var/run/netns) is.
  */
 import test from 'ava';
-import { classifyNetnsPath, isHostNetns } from '../../src/netns';
+import { classifyNetnsPath, isHostNetns, withNetns } from '../../src/netns';
 import { createNetns, netnsPath, sh, uniqueName } from '../support/netns';
 import { requireKernelTools } from '../support/require';
 import { testTempDir } from '../support/tmp';
@@ -36,4 +36,28 @@ test('a path that is not a namespace file is not-netns, a missing one missing; a
   for (const p of [path.join(dir, 'absent'), path.join(dir, 'file', 'below')]) t.is(classifyNetnsPath(p), 'missing', p);
   // On nsfs, but our mount namespace's file, not our network namespace's: as before, not ours.
   t.is(classifyNetnsPath('/proc/self/ns/mnt'), 'netns');
+});
+
+test('inside withNetns "ours" is the namespace entered, and back outside it is home again (the home identity is remembered only outside)', (t) => {
+  requireKernelTools(t);
+  const pod = netnsPath(createNetns(t, 'ident'));
+  const mounted = uniqueName('home');
+  sh('ip', ['netns', 'attach', mounted, String(process.pid)]);
+  t.teardown(() => {
+    sh('ip', ['netns', 'delete', mounted]);
+  });
+  const home = netnsPath(mounted);
+  t.is(classifyNetnsPath(home), 'own-netns');
+  t.is(classifyNetnsPath(pod), 'netns');
+  const inside = withNetns(pod, () => [classifyNetnsPath(pod), classifyNetnsPath(home), isHostNetns(pod)] as const);
+  t.deepEqual(inside, ['own-netns', 'netns', true]);
+  t.is(classifyNetnsPath(home), 'own-netns');
+  t.is(classifyNetnsPath(pod), 'netns');
+  t.false(isHostNetns(pod));
+  // A failing function inside still leaves the thread (and the answer) at home.
+  t.throws(() => withNetns(pod, () => {
+    throw new Error('inside');
+  }));
+  t.is(classifyNetnsPath(pod), 'netns');
+  t.is(classifyNetnsPath(home), 'own-netns');
 });
