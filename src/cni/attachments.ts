@@ -140,15 +140,18 @@ export class AttachmentStore {
   /**
    * `record` after the caller has moved on: the write starts once the current turn of the event loop is over
    * (the agent has sent its answer by then) and goes to libuv's threads; `onFailure` gets the same note
-   * `record` would have returned. `onStarted` is told the CPU time starting the write took (the record's text
+   * `record` would have returned; `programmedAtMs` (Date.now() when the rules were in place) is written as
+   * `programmedAt`. `onStarted` is told the CPU time starting the write took (the record's text
    * and handing the file to libuv), so the agent can count that work in the ADD's record phase. Started from
    * a promise continuation instead, the start ran before the agent answered.
    */
-  recordLater(rec: AttachmentRecord, onFailure: (note: string) => void, onStarted?: (seconds: number) => void): void {
+  recordLater(rec: Omit<AttachmentRecord, 'programmedAt'>, programmedAtMs: number, onFailure: (note: string) => void, onStarted?: (seconds: number) => void): void {
     const target = path.join(this.dir, this.name(rec.containerId, rec.ifName));
     const write = async () => {
       const temp = `${target}.${process.pid}.tmp`;
-      const text = `${JSON.stringify(rec)}\n`;
+      // The time is taken by the caller and only written out here, after the answer.
+      const record: AttachmentRecord = { ...rec, programmedAt: new Date(programmedAtMs).toISOString() };
+      const text = `${JSON.stringify(record)}\n`;
       try {
         if (!knownDirs.has(this.dir)) {
           await fsp.mkdir(this.dir, { recursive: true, mode: 0o700 });
@@ -176,7 +179,8 @@ export class AttachmentStore {
       }
       return written;
     };
-    const mine = (inFlight.get(target) ?? Promise.resolve()).then(afterThisTurn).then(start);
+    const before = inFlight.get(target);
+    const mine = (before ? before.then(afterThisTurn) : afterThisTurn()).then(start);
     inFlight.set(target, mine);
     void mine.then(() => {
       if (inFlight.get(target) === mine) inFlight.delete(target);

@@ -98,6 +98,7 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
   // The rules are in place: from here nothing may fail the ADD (the record is a shortcut, never a condition).
   let note: string | undefined;
   try {
+    const programmedAt = Date.now();
     const record = {
       containerId: req.containerId,
       ifName: req.ifName,
@@ -105,14 +106,13 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
       pod: { namespace: k8s.podNamespace, name: k8s.podName, uid: k8s.podUid },
       backend: report.backend,
       rules: report.rules,
-      programmedAt: new Date().toISOString(),
     };
     if (deps.recordInBackground) {
       // Started after the answer; the time it takes then is still this ADD's record phase (the agent's
       // metrics are observed after it, src/agent/agent.ts).
-      attachmentsFor(req, deps).recordLater(record, (failed) => logLateNote(req, line, failed), clock && ((seconds) => clock.add('record', seconds)));
+      attachmentsFor(req, deps).recordLater(record, programmedAt, (failed) => logLateNote(req, line, failed), clock && ((seconds) => clock.add('record', seconds)));
     } else {
-      note = attachmentsFor(req, deps).record(record);
+      note = attachmentsFor(req, deps).record({ ...record, programmedAt: new Date(programmedAt).toISOString() });
     }
   } catch (err) {
     note = `attachment state not recorded (${(err as Error).message}); the reconciler will find the netns another way`;

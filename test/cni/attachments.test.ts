@@ -6,7 +6,13 @@ import { AttachmentStore, type AttachmentRecord } from '../../src/cni/attachment
 import { testTempDir } from '../support/tmp';
 
 function rec(containerId: string, ifName: string): AttachmentRecord {
-  return { containerId, ifName, netns: `/var/run/netns/${containerId}`, backend: 'iptables-nft', rules: 3, programmedAt: '2026-01-01T00:00:00Z' };
+  return { containerId, ifName, netns: `/var/run/netns/${containerId}`, backend: 'iptables-nft', rules: 3, programmedAt: '2026-01-01T00:00:00.000Z' };
+}
+
+/** recordLater's arguments for `rec(...)`: the record without its time, and the time. */
+function later(containerId: string, ifName: string): [Omit<AttachmentRecord, 'programmedAt'>, number] {
+  const { programmedAt, ...rest } = rec(containerId, ifName);
+  return [rest, Date.parse(programmedAt)];
 }
 
 test('names are injective: (a_b, c) and (a, b_c) are two records, and forgetting one keeps the other', (t) => {
@@ -50,7 +56,7 @@ test('a record written under the old name is read, and forgotten only by its own
 test('recordLater starts the write after the current turn of the event loop, tells how long the start took, and settled waits for it', async (t) => {
   const store = new AttachmentStore(testTempDir(t, 'att'));
   const started: number[] = [];
-  store.recordLater(rec('late', 'eth0'), (note) => t.fail(note), (seconds) => started.push(seconds));
+  store.recordLater(...later('late', 'eth0'), (note) => t.fail(note), (seconds) => started.push(seconds));
   // Promise continuations of this turn (where the agent sends its answer) run before the write begins.
   for (let i = 0; i < 10; i++) await Promise.resolve();
   t.deepEqual(started, [], 'not started within this turn');
@@ -66,17 +72,17 @@ test('recordLater starts the write after the current turn of the event loop, tel
 test('recordLater into a removed state directory creates it again; one that cannot be written reports the note', async (t) => {
   const dir = testTempDir(t, 'att');
   const store = new AttachmentStore(dir);
-  store.recordLater(rec('a', 'eth0'), (note) => t.fail(note));
+  store.recordLater(...later('a', 'eth0'), (note) => t.fail(note));
   await store.settled();
   fs.rmSync(store.dir, { recursive: true });
-  store.recordLater(rec('b', 'eth0'), (note) => t.fail(note));
+  store.recordLater(...later('b', 'eth0'), (note) => t.fail(note));
   await store.settled();
   t.deepEqual(store.list().map((r) => r.containerId), ['b']);
   // A state dir that is a file: the write fails, and the failure is reported, not thrown.
   const blocked = new AttachmentStore(path.join(dir, 'file'));
   fs.writeFileSync(path.join(dir, 'file'), '');
   const notes: string[] = [];
-  blocked.recordLater(rec('c', 'eth0'), (note) => notes.push(note));
+  blocked.recordLater(...later('c', 'eth0'), (note) => notes.push(note));
   await blocked.settled();
   t.is(notes.length, 1);
   t.regex(notes[0]!, /attachment state not recorded/);
@@ -84,9 +90,9 @@ test('recordLater into a removed state directory creates it again; one that cann
 
 test('a DEL after a recordLater of the same attachment removes it for good (the removal waits for the write)', async (t) => {
   const store = new AttachmentStore(testTempDir(t, 'att'));
-  store.recordLater(rec('gone', 'eth0'), (note) => t.fail(note));
+  store.recordLater(...later('gone', 'eth0'), (note) => t.fail(note));
   await store.settled('gone', 'eth0');
-  store.recordLater(rec('gone', 'eth0'), (note) => t.fail(note));
+  store.recordLater(...later('gone', 'eth0'), (note) => t.fail(note));
   await store.settled('gone', 'eth0');
   store.forget('gone', 'eth0');
   await new Promise((r) => setTimeout(r, 20));
