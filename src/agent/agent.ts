@@ -413,7 +413,9 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     buildConfig: await rememberedConfigs(),
     podCache,
     recordInBackground: true,
-    // Counted once the answer is on its way (a dozen label lookups in prom-client are not the shim's to wait for).
+    // Counted once the answer is on its way (a dozen label lookups in prom-client are not the shim's to wait for),
+    // and after the ADD's attachment record has started writing, which adds its time to the record phase: both
+    // are set for the turn after the answer, the record first.
     onRequest: (line, phases) => setImmediate(() => recordRequest(metrics, line, phases)),
   };
   const parts: Parts = { options, log, metrics, attachments, socketPath, podCache, repair: { stop: () => undefined }, stopDecision: async () => ({ uninstall: false, reason: '' }), stopUntaint: () => undefined };

@@ -97,9 +97,38 @@ export function parseGoBool(value: string): boolean | undefined {
   return undefined;
 }
 
-/** The injected containers the status annotation lists, from both lists; `null` lists are empty. */
-export function injectedContainersFromStatus(status: string | undefined): Array<{ name: string; list: ContainerList }> | undefined {
+type ContainerEntries = ReadonlyArray<Readonly<{ name: string; list: ContainerList }>>;
+
+/** How many distinct status annotations are remembered (a node's pods come from a few Deployments). */
+export const MAX_CACHED_STATUSES = 256;
+const statuses = new Map<string, ContainerEntries>();
+
+/**
+ * The injected containers the status annotation lists, from both lists; `null` lists are empty. Remembered
+ * per distinct annotation text (frozen: requests share it), most recently used last; a text that does not
+ * parse is not remembered.
+ */
+export function injectedContainersFromStatus(status: string | undefined): ContainerEntries | undefined {
   if (status === undefined) return undefined;
+  let entries = statuses.get(status);
+  if (entries) {
+    statuses.delete(status);
+  } else {
+    const parsed = containersOfStatus(status);
+    if (!parsed) return undefined;
+    entries = Object.freeze(parsed.map((c) => Object.freeze(c)));
+    if (statuses.size >= MAX_CACHED_STATUSES) statuses.delete(statuses.keys().next().value as string);
+  }
+  statuses.set(status, entries);
+  return entries;
+}
+
+/** How many status annotations are remembered now (for tests of the bound). */
+export function cachedStatusCount(): number {
+  return statuses.size;
+}
+
+function containersOfStatus(status: string): Array<{ name: string; list: ContainerList }> | undefined {
   let parsed: unknown;
   try {
     parsed = JSON.parse(status);
@@ -132,7 +161,7 @@ interface View {
   pod: PodInfo;
   options: DecisionOptions;
   /** the container list the steps use: the spec's, else the status annotation's, else unknown */
-  containers?: Array<{ name: string; list: ContainerList }>;
+  containers?: ReadonlyArray<Readonly<{ name: string; list: ContainerList }>>;
   containersFrom: 'spec' | 'status' | 'unknown';
 }
 

@@ -12,7 +12,7 @@ import { AttachmentStore } from './attachments';
 import { writeRequestLog, type RequestLogLine } from './log';
 import { DEFAULT_LOG_FILE, type LogLevel, type MeshNetConf } from './netconf';
 import { classifyNetnsPath, type NetnsPathKind } from '../netns';
-import { decidePod, type PodSourceDeps } from './pod-source';
+import { decidePod, isPromise, type PodSourceDeps } from './pod-source';
 import { MAX_STDIN_BYTES, parseRequest, responseVersionOf, type NetworkRequest } from './request';
 import { PhaseClock, type PhaseSeconds } from './phases';
 import { checkProgramsForBackend } from './status';
@@ -77,21 +77,28 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
     return { stdout };
   }
   const notes = line.notes ?? (line.notes = []);
-  const { decision, source } = await decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, agentPod: req.netconf.agentPod, buildConfig: deps.buildConfig }, deps, notes);
+  const found = decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, agentPod: req.netconf.agentPod, buildConfig: deps.buildConfig }, deps, notes);
+  // Awaited only when the decision had to wait for something (an await is a turn of promise jobs).
+  const { decision, source } = isPromise(found) ? await found : found;
   line.source = source;
   clock?.lap('decide');
   if (!decision.meshed) {
     Object.assign(line, { decision: 'skipped', reason: decision.reason });
     return { stdout };
   }
-  const engine = await loadEngine(deps);
+  // The agent's engine is loaded already: no await (a turn of promise jobs) on an ADD's path for it.
+  const engine = deps.engine ?? (await loadEngine(deps));
   // A fresh sandbox's one transaction proves its result; the read-back would double the ADD's processes.
   const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, verify: 'when-replacing', signal, laps: clock });
-  Object.assign(line, { decision: 'meshed', backend: report.backend, rules: report.rules, ...(report.via ? { via: report.via } : {}) });
+  line.decision = 'meshed';
+  line.backend = report.backend;
+  line.rules = report.rules;
+  if (report.via) line.via = report.via;
   const k8s = req.kubernetes;
   // The rules are in place: from here nothing may fail the ADD (the record is a shortcut, never a condition).
   let note: string | undefined;
   try {
+    const programmedAt = Date.now();
     const record = {
       containerId: req.containerId,
       ifName: req.ifName,
@@ -99,10 +106,14 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
       pod: { namespace: k8s.podNamespace, name: k8s.podName, uid: k8s.podUid },
       backend: report.backend,
       rules: report.rules,
-      programmedAt: new Date().toISOString(),
     };
-    if (deps.recordInBackground) attachmentsFor(req, deps).recordLater(record, (failed) => logLateNote(req, line, failed));
-    else note = attachmentsFor(req, deps).record(record);
+    if (deps.recordInBackground) {
+      // Started after the answer; the time it takes then is still this ADD's record phase (the agent's
+      // metrics are observed after it, src/agent/agent.ts).
+      attachmentsFor(req, deps).recordLater(record, programmedAt, (failed) => logLateNote(req, line, failed), clock && ((seconds) => clock.add('record', seconds)));
+    } else {
+      note = attachmentsFor(req, deps).record({ ...record, programmedAt: new Date(programmedAt).toISOString() });
+    }
   } catch (err) {
     note = `attachment state not recorded (${(err as Error).message}); the reconciler will find the netns another way`;
   }

@@ -9,6 +9,13 @@
  * opened O_NONBLOCK (a FIFO without a reader fails at once instead of waiting), at most two files are
  * written at a time (a hung mount can hold only those two of libuv's threads), and a file that does not
  * keep up has its queue capped, the excess dropped: the stderr copy still reaches the runtime's log.
+ *
+ * A file stays open between writes (a few per file, at most MAX_OPEN_FILES files, closed after IDLE_CLOSE_MS
+ * without lines): opening, creating the directory and closing for every batch tripled the work of each write.
+ * Before each write the path is looked at again: when it names another file (logrotate moved ours away and
+ * created a new one) or none (someone removed it), ours is closed and the path opened afresh, created if
+ * need be, so lines never go on into a file nobody reads. A failed write closes the file; the next batch
+ * opens it again.
  */
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import { dirname } from 'node:path';
@@ -59,14 +66,80 @@ export function droppedLogLines(): number {
   return droppedLines;
 }
 
-async function appendInBackground(file: string, text: string): Promise<void> {
-  await fsp.mkdir(dirname(file), { recursive: true, mode: 0o755 });
-  const handle = await fsp.open(file, fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NONBLOCK, 0o640);
+/** Log files kept open, and how long one stays open without lines. */
+const MAX_OPEN_FILES = 8;
+const IDLE_CLOSE_MS = 30_000;
+
+interface OpenLog {
+  handle: fsp.FileHandle;
+  dev: number;
+  ino: number;
+  idle?: NodeJS.Timeout;
+}
+
+/** Open log files by path; only the pump (one write per file at a time) opens, uses and closes them. */
+const openLogs = new Map<string, OpenLog>();
+
+function closeLog(file: string): void {
+  const open = openLogs.get(file);
+  if (!open) return;
+  openLogs.delete(file);
+  clearTimeout(open.idle);
+  void open.handle.close().catch(() => undefined);
+}
+
+async function openLog(file: string): Promise<OpenLog> {
+  const flags = fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NONBLOCK;
+  let handle: fsp.FileHandle;
   try {
-    await handle.write(text);
-  } finally {
-    await handle.close();
+    handle = await fsp.open(file, flags, 0o640);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    await fsp.mkdir(dirname(file), { recursive: true, mode: 0o755 });
+    handle = await fsp.open(file, flags, 0o640);
   }
+  try {
+    const st = await handle.stat();
+    return { handle, dev: st.dev, ino: st.ino };
+  } catch (err) {
+    await handle.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** The open file for `file`, unless the path now names another file or none: then the path, opened again. */
+async function currentLog(file: string): Promise<OpenLog> {
+  const open = openLogs.get(file);
+  if (open) {
+    const now = await fsp.stat(file).catch(() => undefined);
+    if (now && now.dev === open.dev && now.ino === open.ino) {
+      // Most recently used last: the first one not being written is the one to close when too many are open.
+      openLogs.delete(file);
+      openLogs.set(file, open);
+      return open;
+    }
+    closeLog(file);
+  }
+  if (openLogs.size >= MAX_OPEN_FILES) {
+    const idle = [...openLogs.keys()].find((f) => !queues.get(f)?.writing);
+    if (idle) closeLog(idle);
+  }
+  const fresh = await openLog(file);
+  openLogs.set(file, fresh);
+  return fresh;
+}
+
+async function appendInBackground(file: string, text: string): Promise<void> {
+  const open = await currentLog(file);
+  try {
+    await open.handle.write(text);
+  } catch (err) {
+    closeLog(file);
+    throw err;
+  }
+  clearTimeout(open.idle);
+  open.idle = setTimeout(() => closeLog(file), IDLE_CLOSE_MS);
+  open.idle.unref();
 }
 
 function pump(): void {

@@ -14,6 +14,16 @@ export class PhaseClock {
   private last = process.hrtime.bigint();
   readonly seconds: PhaseSeconds = {};
 
+  /**
+   * Work done for the ADD after its answer (the start of its attachment record's write), counted in `phase`
+   * too so that moving work past the answer never hides it; the phases then add up to a little more than the
+   * time to the answer. Its caller measures CPU time, not wall time: right after the answer the shim that got
+   * it often runs on this CPU, and its time is no work of the agent's.
+   */
+  add(phase: AddPhase, seconds: number): void {
+    this.seconds[phase] = (this.seconds[phase] ?? 0) + seconds;
+  }
+
   lap(phase: AddPhase): void {
     const now = process.hrtime.bigint();
     this.seconds[phase] = (this.seconds[phase] ?? 0) + Number(now - this.last) / 1e9;

@@ -27,7 +27,8 @@ import type { KubernetesArgs } from './request';
 
 /** The agent's node-scoped pod cache; undefined means "not in the cache", not "does not exist". */
 export interface PodCache {
-  lookup(namespace: string, name: string, uid?: string): Promise<PodInfo | undefined>;
+  /** a cache in memory answers at once (no promise: an ADD's decision then takes no turn of promise jobs) */
+  lookup(namespace: string, name: string, uid?: string): PodInfo | undefined | Promise<PodInfo | undefined>;
   /** the namespace's labels; undefined when they cannot be read */
   namespaceLabels?(namespace: string): Promise<Record<string, string> | undefined>;
   /**
@@ -140,8 +141,16 @@ async function pollCache(k8s: KubernetesArgs, cache: PodCache, deps: PodSourceDe
 }
 
 /** The decision for a pod the watch cache holds, with its namespace's labels from the cache where needed. */
-async function decideCached(pod: PodInfo, cache: PodCache, namespace: string, options: DecisionOptions): Promise<PodDecision> {
-  if (needsNamespaceLabels(pod) && cache.namespaceLabels) pod.namespaceLabels = await cache.namespaceLabels(namespace).catch(() => undefined);
+function decideCached(pod: PodInfo, cache: PodCache, namespace: string, options: DecisionOptions): PodDecision | Promise<PodDecision> {
+  if (needsNamespaceLabels(pod) && cache.namespaceLabels) {
+    return cache
+      .namespaceLabels(namespace)
+      .catch(() => undefined)
+      .then((labels) => {
+        pod.namespaceLabels = labels;
+        return { decision: decideMeshing(pod, options), source: 'cache' };
+      });
+  }
   return { decision: decideMeshing(pod, options), source: 'cache' };
 }
 
@@ -150,45 +159,41 @@ function withAssumptions(decision: MeshDecision, notes: string[]): MeshDecision 
   return decision;
 }
 
-/** Throws CniError (11, 104, 105, 7) when the pod cannot be known, InvalidConfigError for bad annotations. */
-export async function decidePod(
-  k8s: KubernetesArgs,
-  netconf: { kubeconfig?: string; runtimeAnnotations?: Record<string, string> },
-  options: DecisionOptions,
-  deps: PodSourceDeps,
-  notes: string[],
-): Promise<PodDecision> {
+/** A promise or any thenable (a test's stand-in cache may hand one). */
+export function isPromise<T>(value: T | Promise<T>): value is Promise<T> {
+  return typeof (value as { then?: unknown } | undefined)?.then === 'function';
+}
+
+type PodNetconf = { kubeconfig?: string; runtimeAnnotations?: Record<string, string> };
+
+/**
+ * Throws (or rejects with) CniError (11, 104, 105, 7) when the pod cannot be known, InvalidConfigError for
+ * bad annotations. Answers without a promise where nothing has to be waited for (the CNI_ARGS skips, the
+ * runtime's annotations, a pod the cache holds), so an ADD's decision takes no turn of promise jobs.
+ */
+export function decidePod(k8s: KubernetesArgs, netconf: PodNetconf, options: DecisionOptions, deps: PodSourceDeps, notes: string[]): PodDecision | Promise<PodDecision> {
   if (isOwnAgentPod(k8s.podNamespace, k8s.podName, options.agentPod)) return { decision: { meshed: false, reason: 'own-agent-pod' }, source: 'cni-args' };
   if (options.excludeNamespaces.includes(k8s.podNamespace)) return { decision: { meshed: false, reason: 'namespace-excluded' }, source: 'cni-args' };
-  const cached = deps.podCache ? await deps.podCache.lookup(k8s.podNamespace, k8s.podName, k8s.podUid) : undefined;
+  const cached = deps.podCache?.lookup(k8s.podNamespace, k8s.podName, k8s.podUid);
+  if (isPromise(cached)) return cached.then((pod) => decideLookedUp(pod, k8s, netconf, options, deps, notes));
+  return decideLookedUp(cached, k8s, netconf, options, deps, notes);
+}
+
+/** decidePod once the watch cache has answered. */
+function decideLookedUp(cached: PodInfo | undefined, k8s: KubernetesArgs, netconf: PodNetconf, options: DecisionOptions, deps: PodSourceDeps, notes: string[]): PodDecision | Promise<PodDecision> {
   if (cached && deps.podCache) return decideCached({ ...cached }, deps.podCache, k8s.podNamespace, options);
   const fromRuntime = netconf.runtimeAnnotations;
   if (fromRuntime) {
     const early = certainSkipFromAnnotations(fromRuntime);
     if (early) return { decision: { meshed: false, reason: early }, source: 'runtime' };
   }
-  if (!netconf.kubeconfig && deps.podCache) {
+  const cache = deps.podCache;
+  if (!netconf.kubeconfig && cache) {
     // The agent runs with Kubernetes but the netconf names no kubeconfig: its watch cache is the only source
     // of the facts the annotations lack, so wait for the pod to reach it rather than assume them.
-    return decideCached(await waitForCache(k8s, deps.podCache, deps), deps.podCache, k8s.podNamespace, options);
+    return waitForCache(k8s, cache, deps).then((pod) => decideCached(pod, cache, k8s.podNamespace, options));
   }
-  if (netconf.kubeconfig && deps.podCache?.watching?.()) {
-    const pod = await pollCache(k8s, deps.podCache, deps, Math.min(CACHE_WAIT_MS, deps.podLookupTimeoutMs ?? CACHE_WAIT_MS));
-    if (pod) return decideCached(pod, deps.podCache, k8s.podNamespace, options);
-    notes.push(`pod not in the watch cache after ${CACHE_WAIT_MS / 1000} s; read from the API`);
-  }
-  if (netconf.kubeconfig) {
-    const pod: PodInfo = await getPodWithRetry(k8s, netconf.kubeconfig, deps, notes);
-    if (needsNamespaceLabels(pod)) {
-      const fetchNamespace = deps.fetchNamespace ?? defaultFetchNamespace;
-      try {
-        pod.namespaceLabels = namespaceLabelsFromNamespace(await fetchNamespace(netconf.kubeconfig, k8s.podNamespace, NAMESPACE_TIMEOUT_MS));
-      } catch (err) {
-        notes.push(`namespace ${k8s.podNamespace} not readable (${(err as Error).message}): its ambient label was not checked`);
-      }
-    }
-    return { decision: decideMeshing(pod, options), source: 'api' };
-  }
+  if (netconf.kubeconfig) return decideFromApi(k8s, netconf.kubeconfig, options, deps, notes);
   if (fromRuntime) {
     const pod: PodInfo = { name: k8s.podName, namespace: k8s.podNamespace, annotations: fromRuntime };
     return { decision: withAssumptions(decideMeshing(pod, options), notes), source: 'runtime+defaults' };
@@ -198,4 +203,23 @@ export async function decidePod(
     `no source of pod metadata for ${k8s.podNamespace}/${k8s.podName}`,
     'declare the capability {"io.kubernetes.cri.pod-annotations": true} in the conflist entry or set kubernetes.kubeconfig',
   );
+}
+
+/** A pod the netconf's kubeconfig can read: from the watch cache once it catches up, else from the API. */
+async function decideFromApi(k8s: KubernetesArgs, kubeconfig: string, options: DecisionOptions, deps: PodSourceDeps, notes: string[]): Promise<PodDecision> {
+  if (deps.podCache?.watching?.()) {
+    const pod = await pollCache(k8s, deps.podCache, deps, Math.min(CACHE_WAIT_MS, deps.podLookupTimeoutMs ?? CACHE_WAIT_MS));
+    if (pod) return decideCached(pod, deps.podCache, k8s.podNamespace, options);
+    notes.push(`pod not in the watch cache after ${CACHE_WAIT_MS / 1000} s; read from the API`);
+  }
+  const pod: PodInfo = await getPodWithRetry(k8s, kubeconfig, deps, notes);
+  if (needsNamespaceLabels(pod)) {
+    const fetchNamespace = deps.fetchNamespace ?? defaultFetchNamespace;
+    try {
+      pod.namespaceLabels = namespaceLabelsFromNamespace(await fetchNamespace(kubeconfig, k8s.podNamespace, NAMESPACE_TIMEOUT_MS));
+    } catch (err) {
+      notes.push(`namespace ${k8s.podNamespace} not readable (${(err as Error).message}): its ambient label was not checked`);
+    }
+  }
+  return { decision: decideMeshing(pod, options), source: 'api' };
 }

@@ -31,10 +31,12 @@ export const MAX_ENV_BYTES = 64 * 1024;
 function checkEnvBounds(env: Readonly<Record<string, string | undefined>>): void {
   let count = 0;
   let bytes = 0;
-  for (const [name, value] of Object.entries(env)) {
+  // `NAME=value` counted in parts (one byte for '='): the same sum, without building each string.
+  for (const name in env) {
+    const value = env[name];
     if (value === undefined || !name.startsWith('CNI_')) continue;
     count++;
-    bytes += Buffer.byteLength(`${name}=${value}`);
+    bytes += Buffer.byteLength(name) + 1 + Buffer.byteLength(value);
   }
   if (count > MAX_ENV_ENTRIES || bytes > MAX_ENV_BYTES) {
     throw envError('the CNI_* environment is larger than mesh-cni accepts', `${count} CNI_* variables of ${bytes} bytes; at most ${MAX_ENV_ENTRIES} variables and ${MAX_ENV_BYTES} bytes are accepted`);

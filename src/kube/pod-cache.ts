@@ -189,7 +189,8 @@ export class NodePodCache implements PodCache {
     return this.watch?.get(name, namespace);
   }
 
-  async lookup(namespace: string, name: string, uid?: string): Promise<PodInfo | undefined> {
+  /** At once, from memory (an ADD's decision then needs no await). */
+  lookup(namespace: string, name: string, uid?: string): PodInfo | undefined {
     const pod = this.get(namespace, name);
     if (!pod || (uid && pod.metadata?.uid && pod.metadata.uid !== uid)) return undefined;
     return podInfoFromPod(pod);

@@ -29,13 +29,36 @@ export function isNsfs(path: string): boolean {
  * alone is unique only within one nsfs device, so comparing inodes only could take a pod's namespace for
  * our own.
  */
-function sameNamespace(a: fs.Stats, b: fs.Stats): boolean {
+function sameNamespace(a: { dev: number; ino: number }, b: { dev: number; ino: number }): boolean {
   return a.ino === b.ino && a.dev === b.dev;
+}
+
+/**
+ * How deep this thread is in `withNetns` (src/netns/index.ts), which with `openScratchNetns` beside it is the
+ * only place that changes the thread's netns (setns(2), unshare(2)), and which always comes back: at depth 0 the thread is in the namespace it started in, so that one's identity is read
+ * once (the stat of a /proc path is the dearest part of an ADD's path check), and inside `withNetns` every time.
+ */
+let entered = 0;
+let home: { dev: number; ino: number } | undefined;
+
+/** withNetns: this thread is now in another namespace (`true`) or back from one (`false`). */
+export function noteNetnsSwitch(into: boolean): void {
+  entered += into ? 1 : -1;
+}
+
+/** The device and inode of the namespace this thread runs in (throws what stat throws). */
+function ownNetns(): { dev: number; ino: number } {
+  if (entered > 0) return fs.statSync(OWN_NETNS);
+  if (!home) {
+    const st = fs.statSync(OWN_NETNS);
+    home = { dev: st.dev, ino: st.ino };
+  }
+  return home;
 }
 
 /** True when the namespace file at `path` is the calling thread's own network namespace (throws what stat throws). */
 export function isOwnNetns(path: string): boolean {
-  return sameNamespace(fs.statSync(path), fs.statSync(OWN_NETNS));
+  return sameNamespace(fs.statSync(path), ownNetns());
 }
 
 /**
@@ -44,10 +67,23 @@ export function isOwnNetns(path: string): boolean {
  */
 export function classifyNetnsPath(path: string): NetnsPathKind {
   try {
-    if (!isNsfs(path)) return 'not-netns';
-    return isOwnNetns(path) ? 'own-netns' : 'netns';
+    const target = fs.statSync(path);
+    const own = ownNetnsStat();
+    // A file on the device of our own namespace file is on nsfs (one device is one filesystem): an ADD's
+    // check costs two stats. Only a file elsewhere is asked with statfs, which names its filesystem.
+    if (own?.dev !== target.dev && !isNsfs(path)) return 'not-netns';
+    return sameNamespace(target, own ?? ownNetns()) ? 'own-netns' : 'netns';
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     return code === 'ENOENT' || code === 'ENOTDIR' ? 'missing' : 'not-netns';
+  }
+}
+
+/** Our own namespace's identity, or undefined when it cannot be read (no /proc): then asked again where needed, to throw. */
+function ownNetnsStat(): { dev: number; ino: number } | undefined {
+  try {
+    return ownNetns();
+  } catch {
+    return undefined;
   }
 }

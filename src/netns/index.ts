@@ -11,7 +11,7 @@ import type * as ChildProcess from 'node:child_process';
 import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError } from '../errors';
 export { NetnsBusyError };
 import { errno, loadLibc } from './native';
-import { isNsfs, isOwnNetns } from './identity';
+import { isNsfs, isOwnNetns, noteNetnsSwitch } from './identity';
 import { collectSpawn, SpawnError, startSpawn } from './spawn';
 export { classifyNetnsPath, type NetnsPathKind } from './identity';
 
@@ -82,6 +82,8 @@ export function withNetns<T>(path: string, fn: () => T): T {
         hint: 'entering a network namespace needs CAP_SYS_ADMIN (run as root)',
       });
     }
+    // The only setns of this thread (identity.ts relies on it to know when the thread is at home).
+    noteNetnsSwitch(true);
     try {
       const result = fn();
       if (result && typeof (result as { then?: unknown }).then === 'function') {
@@ -90,6 +92,7 @@ export function withNetns<T>(path: string, fn: () => T): T {
       return result;
     } finally {
       returnHome(homeFd);
+      noteNetnsSwitch(false);
     }
   } finally {
     fs.closeSync(targetFd);
@@ -108,13 +111,15 @@ export function openScratchNetns(): { path: string; close(): void } {
   const homeFd = fs.openSync('/proc/thread-self/ns/net', 'r');
   let scratchFd: number;
   try {
-    if (c.unshare(CLONE_NEWNET) !== 0) {
-      throw new MeshCniError(`unshare(CLONE_NEWNET) failed with errno ${errno()}`, { hint: 'making a network namespace needs CAP_SYS_ADMIN (run as root)' });
-    }
+    noteNetnsSwitch(true);
     try {
+      if (c.unshare(CLONE_NEWNET) !== 0) {
+        throw new MeshCniError(`unshare(CLONE_NEWNET) failed with errno ${errno()}`, { hint: 'making a network namespace needs CAP_SYS_ADMIN (run as root)' });
+      }
       scratchFd = fs.openSync('/proc/thread-self/ns/net', 'r');
     } finally {
       returnHome(homeFd);
+      noteNetnsSwitch(false);
     }
   } finally {
     fs.closeSync(homeFd);

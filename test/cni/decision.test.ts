@@ -3,7 +3,7 @@
  * the reason strings are part of the contract. Pods come through podInfoFromPod, as every caller feeds them.
  */
 import test, { type ExecutionContext } from 'ava';
-import { certainSkipFromAnnotations, decideMeshing, injectedContainersFromStatus, parseGoBool, SKIP_REASONS, type DecisionStep, type PodInfo } from '../../src/cni/decision';
+import { cachedStatusCount, certainSkipFromAnnotations, decideMeshing, injectedContainersFromStatus, MAX_CACHED_STATUSES, parseGoBool, SKIP_REASONS, type DecisionStep, type PodInfo } from '../../src/cni/decision';
 import { podInfoFromPod } from '../../src/cni/pod-api';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { INJECTED } from './helpers';
@@ -175,6 +175,21 @@ test('status JSON: containers from both lists, null lists are fine', (t) => {
   t.deepEqual(injectedContainersFromStatus('{"initContainers":null,"containers":null}'), []);
   t.is(injectedContainersFromStatus('{'), undefined);
   t.is(injectedContainersFromStatus('[]'), undefined);
+});
+
+test('status JSON is remembered per text: bounded, a text that does not parse is not kept, another text gives its own lists', (t) => {
+  const status = (n: number) => JSON.stringify({ initContainers: null, containers: [`c${n}`, 'istio-proxy'] });
+  const first = injectedContainersFromStatus(status(0));
+  t.is(injectedContainersFromStatus(status(0)), first, 'the same text: the same (shared) answer');
+  t.true(Object.isFrozen(first) && Object.isFrozen(first![0]), 'shared, so frozen');
+  t.deepEqual(injectedContainersFromStatus(status(1))?.map((c) => c.name), ['c1', 'istio-proxy'], 'another text: its own containers');
+  const before = cachedStatusCount();
+  t.is(injectedContainersFromStatus('{"containers":'), undefined);
+  t.is(injectedContainersFromStatus('"a string"'), undefined);
+  t.is(cachedStatusCount(), before, 'texts that do not parse are not remembered');
+  for (let n = 0; n < MAX_CACHED_STATUSES * 2; n++) injectedContainersFromStatus(status(n));
+  t.is(cachedStatusCount(), MAX_CACHED_STATUSES);
+  t.deepEqual(injectedContainersFromStatus(status(0))?.map((c) => c.name), ['c0', 'istio-proxy'], 'a forgotten text is parsed again');
 });
 
 test('annotations only: a native sidecar is meshed, and every assumed fact is named', (t) => {
