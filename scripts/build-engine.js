@@ -31,6 +31,7 @@ const path = require('node:path');
 const { execFileSync } = require('node:child_process');
 const vm = require('node:vm');
 const Module = require('node:module');
+const os = require('node:os');
 
 const root = path.join(__dirname, '..');
 const dist = path.join(root, 'dist');
@@ -169,6 +170,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const vm = require('node:vm');
 const Module = require('node:module');
+const os = require('node:os');
 const file = path.join(__dirname, '${BUNDLE_NAME}');
 let cachedData;
 try {
@@ -180,10 +182,40 @@ const script = new vm.Script(Module.wrap(fs.readFileSync(file, 'utf8')), { filen
 script.runInThisContext()(exports, Module.createRequire(file), module, file, __dirname);
 `;
 
-/** The code cache of the bundle compiled as the loader compiles it, by the node that is shipped as runtime/node. */
+/**
+ * Trains the code cache (src/cni/warm-up.ts has why): a child process of the node that is shipped as
+ * runtime/node compiles the bundle as the loader does, loads it as a library (so no request starts), runs its
+ * warm-up in a temp dir, and only then writes the cache, which then holds every function that run compiled.
+ * NODE_OPTIONS is dropped: V8 rejects a cache made under other flags than the engine's.
+ */
+const TRAINER = `
+const fs = require('node:fs'), path = require('node:path'), vm = require('node:vm'), Module = require('node:module');
+const [bundle, out, dir] = process.argv.slice(1);
+const script = new vm.Script(Module.wrap(fs.readFileSync(bundle, 'utf8')), { filename: bundle });
+const library = { exports: {} };
+script.runInThisContext()(library.exports, Module.createRequire(bundle), library, bundle, path.dirname(bundle));
+library.exports.warmUpForCodeCache(dir).then(() => fs.writeFileSync(out, script.createCachedData(), { mode: 0o644 }));
+`;
+
+/** Whether V8 takes the cache for the bundle, in a fresh process, as the loader would. */
+const CACHE_CHECK = `
+const fs = require('node:fs'), vm = require('node:vm'), Module = require('node:module');
+const [bundle, cache] = process.argv.slice(1);
+const script = new vm.Script(Module.wrap(fs.readFileSync(bundle, 'utf8')), { filename: bundle, cachedData: fs.readFileSync(cache) });
+process.stdout.write(script.cachedDataRejected ? 'rejected' : 'accepted');
+`;
+
 function writeCodeCache(bundleFile, cacheFile) {
-  const script = new vm.Script(Module.wrap(fs.readFileSync(bundleFile, 'utf8')), { filename: bundleFile });
-  fs.writeFileSync(cacheFile, script.createCachedData(), { mode: 0o644 });
+  const env = { ...process.env };
+  delete env.NODE_OPTIONS;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mesh-cni-warm-up-'));
+  try {
+    execFileSync(process.execPath, ['-e', TRAINER, bundleFile, cacheFile, dir], { env, cwd: dir, stdio: ['ignore', 'ignore', 'inherit'], timeout: 60_000 });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const verdict = execFileSync(process.execPath, ['-e', CACHE_CHECK, bundleFile, cacheFile], { env, encoding: 'utf8', timeout: 60_000 });
+  if (verdict !== 'accepted') throw new Error(`V8 ${verdict} the trained code cache of ${BUNDLE_NAME}`);
 }
 
 async function main() {

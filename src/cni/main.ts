@@ -81,4 +81,8 @@ async function main(): Promise<void> {
   process.exit(response.exitCode);
 }
 
-void main();
+export { warmUpForCodeCache } from './warm-up';
+
+// Run as a program (the shim runs it, the bundle's loader passes its own module); the build loads the bundle
+// as a library instead, to train its code cache (scripts/build-engine.js), and must not start a request.
+if (require.main === module) void main();
