@@ -1,0 +1,93 @@
+/**
+ * The standalone engine's V8 code cache (scripts/build-engine.js): made by the node shipped as runtime/node
+ * after a warm-up run of the ADD path (src/cni/warm-up.ts), so that it holds the functions a standalone ADD
+ * calls and not only the bundle's top level; accepted by that runtime; and the bundle, loaded as a library the
+ * way the build trains it, starts no request.
+ */
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../support/paths';
+import { testTempDir } from '../support/tmp';
+
+const ENGINE = join(REPO_ROOT, 'build', 'engine');
+const RUNTIME = join(ENGINE, 'runtime');
+
+test.before(() => {
+  if (!existsSync(join(ENGINE, 'engine.cache'))) throw new Error(`${ENGINE}/engine.cache is missing: npm run build runs scripts/build-engine.js`);
+});
+
+/** node -e `script` args... on the shipped runtime, started as the shim starts it (its own loader and libraries). */
+function onRuntime(script: string, args: string[], input = '') {
+  return spawnSync(join(RUNTIME, 'ld.so'), ['--library-path', join(RUNTIME, 'lib'), join(RUNTIME, 'node'), '-e', script, ...args], {
+    cwd: '/',
+    input,
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+  });
+}
+
+const COMPILE_WITH_CACHE = `
+const fs = require('node:fs'), vm = require('node:vm'), Module = require('node:module');
+const [bundle, cache] = process.argv.slice(1);
+const script = new vm.Script(Module.wrap(fs.readFileSync(bundle, 'utf8')), { filename: bundle, cachedData: fs.readFileSync(cache) });
+process.stdout.write(script.cachedDataRejected ? 'rejected' : 'accepted');
+`;
+
+test('the shipped runtime accepts the engine code cache for the bundle', (t) => {
+  const r = onRuntime(COMPILE_WITH_CACHE, [join(ENGINE, 'engine.js'), join(ENGINE, 'engine.cache')]);
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout, 'accepted');
+});
+
+test('the code cache holds the functions a standalone ADD calls, not only the bundle top level', (t) => {
+  // A cache made right after compiling holds the top level alone: V8 creates an inner function's data only when
+  // its enclosing function is compiled, so these names are in the cache only if the warm-up compiled them.
+  const cache = readFileSync(join(ENGINE, 'engine.cache')).toString('latin1');
+  const addPath = ['runCni', 'parseRequest', 'decideMeshing', 'redirectConfigFromAnnotations', 'buildPlan', 'renderRestore', 'withNetnsLock', 'loadLibc', 'startSpawn', 'collectSpawn', 'writeRequestLog'];
+  t.deepEqual(
+    addPath.filter((name) => !cache.includes(name)),
+    [],
+    'every function of the ADD path is in the cache',
+  );
+});
+
+const LOAD_AS_LIBRARY = `
+const fs = require('node:fs'), path = require('node:path'), vm = require('node:vm'), Module = require('node:module');
+const [bundle] = process.argv.slice(1);
+const script = new vm.Script(Module.wrap(fs.readFileSync(bundle, 'utf8')), { filename: bundle });
+const library = { exports: {} };
+script.runInThisContext()(library.exports, Module.createRequire(bundle), library, bundle, path.dirname(bundle));
+setTimeout(() => process.stdout.write('library: ' + typeof library.exports.warmUpForCodeCache), 200);
+`;
+
+test('the bundle loaded as a library (as the build trains it) reads no request and answers nothing', (t) => {
+  // With a VERSION request on stdin, an engine that ran its main would answer it and exit before the timer.
+  const r = onRuntime(LOAD_AS_LIBRARY, [join(ENGINE, 'engine.js')], '{"cniVersion":"1.0.0"}');
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout, 'library: function');
+});
+
+test('the warm-up runs the ADD path inside its own directory: its plain-file "netns" is refused by every netns entry, the record and log stay there', async (t) => {
+  const dir = testTempDir(t, 'warm-up');
+  const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(join(REPO_ROOT, 'dist/src/cni/warm-up.js'))}).warmUpForCodeCache(process.argv[1])`, dir], {
+    cwd: dir,
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  t.is(r.status, 0, r.stderr);
+  const lines = readFileSync(join(dir, 'mesh-cni.log'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { command: string; error?: { code: number; msg: string }; decision?: string });
+  const adds = lines.filter((l) => l.command === 'ADD');
+  t.is(adds.length, 2);
+  // The restore and then the rollback's save both refused to enter it (no setns on a plain file).
+  t.is(adds[0]!.error?.code, 100);
+  t.regex(adds[0]!.error?.msg ?? '', /not-a-netns is not a network namespace; removing the rules again failed too \(.*not-a-netns is not a network namespace\)/);
+  t.is(adds[1]!.decision, 'meshed');
+  t.deepEqual(readdirSync(join(dir, 'state', 'attachments')), ['warm-up_eth0.json']);
+  t.deepEqual(readdirSync(dir).sort(), ['mesh-cni.log', 'not-a-netns', 'state']);
+});
