@@ -64,6 +64,50 @@ function addonBinary(pkg) {
 
 const addonFileName = (pkg) => `${pkg.split('/').pop()}.node`;
 
+/** The packages the ffi seam pulls in, whose `debug` and `assert` imports are replaced (QUIET_MODULES). */
+const FFI_PACKAGES = [...ADDON_PACKAGES, 'ref-struct-di'];
+
+/**
+ * What the ffi packages' `require('debug')` and `require('assert')` become in the bundle. Both real modules
+ * load node's whole stream stack, and both create process.stderr as they load (debug to ask whether stderr is a
+ * terminal, node:assert for its colours), which is the net and tty modules when stderr is a pipe, as the
+ * runtime gives a plugin: a few milliseconds of every standalone ADD, for messages it never prints. `debug`
+ * only writes when DEBUG names the package, which nobody sets for a CNI plugin; the packages call `assert`,
+ * `assert.equal` and `assert.strictEqual` on their arguments only, and these throw what node's would (an
+ * AssertionError with code ERR_ASSERTION, with the message given).
+ */
+const QUIET_MODULES = {
+  debug: `module.exports = function createDebug() {
+  const debug = function () {};
+  debug.enabled = false;
+  debug.extend = createDebug;
+  return debug;
+};
+module.exports.enabled = () => false;
+`,
+  assert: `class AssertionError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'AssertionError';
+    this.code = 'ERR_ASSERTION';
+  }
+}
+function check(ok, message, fallback) {
+  if (ok) return;
+  if (message instanceof Error) throw message;
+  throw new AssertionError(message === undefined ? fallback : String(message));
+}
+function assert(value, message) {
+  check(value, message, 'The expression evaluated to a falsy value');
+}
+assert.ok = assert;
+assert.equal = (actual, expected, message) => check(actual == expected, message, \`\${actual} == \${expected}\`);
+assert.strictEqual = (actual, expected, message) => check(Object.is(actual, expected), message, \`Expected values to be strictly equal: \${actual} !== \${expected}\`);
+assert.AssertionError = AssertionError;
+module.exports = assert;
+`,
+};
+
 /** esbuild plugin: node-gyp-build(dir) in an addon package becomes require('./addons/<package>.node'). */
 const addonsPlugin = {
   name: 'mesh-cni-addons',
@@ -78,6 +122,11 @@ const addonsPlugin = {
       loader: 'js',
     }));
     build.onResolve({ filter: /\.node$/ }, (args) => ({ path: args.path, external: true }));
+    build.onResolve({ filter: /^(node:)?(debug|assert)$/ }, (args) => {
+      if (!FFI_PACKAGES.includes(packageNameOf(args.importer.split(path.sep).join('/')))) return undefined;
+      return { path: args.path.replace(/^node:/, ''), namespace: 'mesh-cni-quiet' };
+    });
+    build.onLoad({ filter: /.*/, namespace: 'mesh-cni-quiet' }, (args) => ({ contents: QUIET_MODULES[args.path], loader: 'js' }));
   },
 };
 
@@ -102,7 +151,7 @@ async function bundle(outfile) {
     legalComments: 'none',
   });
   for (const w of result.warnings) process.stdout.write(`  esbuild: ${w.text}${w.location ? ` (${w.location.file})` : ''}\n`);
-  return Object.keys(result.metafile.inputs).filter((f) => !f.startsWith('mesh-cni-addon:'));
+  return Object.keys(result.metafile.inputs).filter((f) => !f.startsWith('mesh-cni-addon:') && !f.startsWith('mesh-cni-quiet:'));
 }
 
 /**

@@ -9,6 +9,7 @@ import { runCni } from './dispatch';
 import { CniCode, CniError } from './errors';
 import { flushRequestLogs } from './log';
 import { MAX_STDIN_BYTES } from './request';
+import { setCollectMode } from '../netns';
 
 /**
  * A terminal (or another character device, such as /dev/null, which reads as empty anyway) on stdin means no
@@ -65,6 +66,8 @@ function lookupTimeoutFromEnv(): number | undefined {
 }
 
 async function main(): Promise<void> {
+  // One request, nothing else to run meanwhile: programs are waited for in poll(2), not on the event loop (netns/spawn.ts).
+  setCollectMode('blocking');
   let stdin: Buffer;
   try {
     stdin = readStdinBounded(MAX_STDIN_BYTES);

@@ -14,7 +14,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { run } from '../netns';
+import { run, setCollectMode } from '../netns';
 import type { Family } from '../redirect/constants';
 import { runCni, type Engine } from './dispatch';
 import { flushRequestLogs } from './log';
@@ -53,7 +53,9 @@ export async function warmUpForCodeCache(dir: string): Promise<void> {
   // What follows a programmed netns: the attachment record and the ADD's log line.
   const programmed: Engine = { ...engine, applyRedirect: async () => ({ backend: 'iptables', backendReason: 'warm-up', families, rules: 0, durationMs: 0 }) };
   await runCni({ env, stdin }, { classifyNetns, engine: programmed });
-  // A program started and collected as the restore is (posix_spawn, in this process's own netns).
+  // A program started and collected as the standalone plugin starts the restore (posix_spawn, waited for in
+  // poll(2); in this process's own netns).
+  setCollectMode('blocking');
   await run(undefined, 'true', []).catch(() => undefined);
   await flushRequestLogs(1000);
 }

@@ -1,15 +1,21 @@
 /**
- * The standalone engine's V8 code cache (scripts/build-engine.js): made by the node shipped as runtime/node
- * after a warm-up run of the ADD path (src/cni/warm-up.ts), so that it holds the functions a standalone ADD
- * calls and not only the bundle's top level; accepted by that runtime; and the bundle, loaded as a library the
- * way the build trains it, starts no request.
+ * What keeps the standalone ADD near a bare `node -e 0`. Its V8 code cache (scripts/build-engine.js) is made by
+ * the node shipped as runtime/node after a warm-up run of the ADD path (src/cni/warm-up.ts), so that it holds
+ * the functions a standalone ADD calls and not only the bundle's top level; that runtime accepts it; the
+ * bundle, loaded as a library the way the build trains it, starts no request. And an ADD through the installed
+ * shim programs a real netns without loading node's stream stack (net, stream, tty, assert): the ffi packages'
+ * debug and assert are replaced in the bundle, and programs are waited for in poll(2) (src/netns/spawn.ts).
  */
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { install, pluginEntry, uninstall } from '../../src/installer';
+import { createNetns, inNetns, netnsPath } from '../support/netns';
 import { REPO_ROOT } from '../support/paths';
+import { requireKernelTools } from '../support/require';
 import { testTempDir } from '../support/tmp';
+import { INJECTED, POD_ARGS } from '../cni/helpers';
 
 const ENGINE = join(REPO_ROOT, 'build', 'engine');
 const RUNTIME = join(ENGINE, 'runtime');
@@ -46,7 +52,7 @@ test('the code cache holds the functions a standalone ADD calls, not only the bu
   // A cache made right after compiling holds the top level alone: V8 creates an inner function's data only when
   // its enclosing function is compiled, so these names are in the cache only if the warm-up compiled them.
   const cache = readFileSync(join(ENGINE, 'engine.cache')).toString('latin1');
-  const addPath = ['runCni', 'parseRequest', 'decideMeshing', 'redirectConfigFromAnnotations', 'buildPlan', 'renderRestore', 'withNetnsLock', 'loadLibc', 'startSpawn', 'collectSpawn', 'writeRequestLog'];
+  const addPath = ['runCni', 'parseRequest', 'decideMeshing', 'redirectConfigFromAnnotations', 'buildPlan', 'renderRestore', 'withNetnsLock', 'loadLibc', 'startSpawn', 'collectBlocking', 'writeRequestLog'];
   t.deepEqual(
     addPath.filter((name) => !cache.includes(name)),
     [],
@@ -90,4 +96,51 @@ test('the warm-up runs the ADD path inside its own directory: its plain-file "ne
   t.is(adds[1]!.decision, 'meshed');
   t.deepEqual(readdirSync(join(dir, 'state', 'attachments')), ['warm-up_eth0.json']);
   t.deepEqual(readdirSync(dir).sort(), ['mesh-cni.log', 'not-a-netns', 'state']);
+});
+
+test.serial('a standalone ADD through the installed shim programs a real netns without node:net, stream, tty or assert', async (t) => {
+  requireKernelTools(t);
+  const root = testTempDir(t, 'standalone-lean');
+  const options = {
+    cniBinDir: join(root, 'opt/cni/bin'),
+    cniConfDir: join(root, 'etc/cni/net.d'),
+    shimPath: join(REPO_ROOT, 'build', 'mesh-cni'),
+    enginePath: ENGINE,
+    pluginConfig: pluginEntry({ backend: 'iptables' }),
+    standaloneConf: true,
+    stateDir: join(root, 'var/run/mesh-cni'),
+  };
+  await install(options);
+  t.teardown(() => uninstall(options).then(() => undefined));
+  const netns = createNetns(t, 'lean');
+  const loaded = join(root, 'builtins.json');
+  const probe = join(root, 'probe.js');
+  writeFileSync(probe, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(loaded)}, JSON.stringify(process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice(13)))));\n`);
+  const netconf = { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'mesh-cni', backend: 'iptables', log_file: join(root, 'mesh-cni.log'), state_dir: join(root, 'state'), runtimeConfig: { 'io.kubernetes.cri.pod-annotations': INJECTED } };
+  const add = spawnSync(join(options.cniBinDir, 'mesh-cni'), [], {
+    cwd: '/',
+    input: JSON.stringify(netconf),
+    encoding: 'utf8',
+    timeout: 60_000,
+    // stdout and stderr are pipes, as a runtime gives them (node:net is what a piped process.stderr would load).
+    env: {
+      PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+      CNI_COMMAND: 'ADD',
+      CNI_CONTAINERID: 'lean-1',
+      CNI_NETNS: netnsPath(netns),
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: options.cniBinDir,
+      CNI_ARGS: POD_ARGS,
+      MESH_CNI_AGENT_SOCKET: join(root, 'no-agent.sock'),
+      NODE_OPTIONS: `--require ${probe}`,
+    },
+  });
+  t.is(add.status, 0, `${add.stdout}\n${add.stderr}`);
+  t.regex(inNetns(netns, 'iptables-save', []), /15001/, 'the pod netns holds the redirect');
+  const builtins = JSON.parse(readFileSync(loaded, 'utf8')) as string[];
+  t.deepEqual(
+    ['net', 'stream', 'tty', 'assert', 'child_process'].filter((m) => builtins.includes(m)),
+    [],
+    'none of node\'s stream stack was loaded',
+  );
 });
