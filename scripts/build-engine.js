@@ -40,6 +40,12 @@ const outDir = path.join(root, 'build', 'engine');
 const ENTRY_NAME = 'mesh-cni.js';
 const BUNDLE_NAME = 'engine.js';
 const CACHE_NAME = 'engine.cache';
+/**
+ * The bundle's script name, in stack traces. V8 keeps the name a function was compiled under in the code cache,
+ * so the loader compiling with the installed path would still show the build's temp dir for every cached
+ * function; the trainer and the loader both use this one instead.
+ */
+const SCRIPT_NAME = `mesh-cni.d/${BUNDLE_NAME}`;
 const ADDON_DIR = 'addons';
 const FORBIDDEN = ['@kubernetes/client-node', 'prom-client', 'yargs', '@grpc/grpc-js'];
 /** The packages whose node-gyp-build call is replaced by a require of addons/<name>.node. */
@@ -219,7 +225,6 @@ const fs = require('node:fs');
 const path = require('node:path');
 const vm = require('node:vm');
 const Module = require('node:module');
-const os = require('node:os');
 const file = path.join(__dirname, '${BUNDLE_NAME}');
 let cachedData;
 try {
@@ -227,7 +232,8 @@ try {
 } catch {
   cachedData = undefined;
 }
-const script = new vm.Script(Module.wrap(fs.readFileSync(file, 'utf8')), { filename: file, cachedData });
+// The name stack traces show: V8 keeps the one the cache was made under (the build's), so both use this.
+const script = new vm.Script(Module.wrap(fs.readFileSync(file, 'utf8')), { filename: '${SCRIPT_NAME}', cachedData });
 script.runInThisContext()(exports, Module.createRequire(file), module, file, __dirname);
 `;
 
@@ -240,7 +246,7 @@ script.runInThisContext()(exports, Module.createRequire(file), module, file, __d
 const TRAINER = `
 const fs = require('node:fs'), path = require('node:path'), vm = require('node:vm'), Module = require('node:module');
 const [bundle, out, dir] = process.argv.slice(1);
-const script = new vm.Script(Module.wrap(fs.readFileSync(bundle, 'utf8')), { filename: bundle });
+const script = new vm.Script(Module.wrap(fs.readFileSync(bundle, 'utf8')), { filename: '${SCRIPT_NAME}' });
 const library = { exports: {} };
 script.runInThisContext()(library.exports, Module.createRequire(bundle), library, bundle, path.dirname(bundle));
 library.exports.warmUpForCodeCache(dir).then(() => fs.writeFileSync(out, script.createCachedData(), { mode: 0o644 }));
@@ -250,7 +256,7 @@ library.exports.warmUpForCodeCache(dir).then(() => fs.writeFileSync(out, script.
 const CACHE_CHECK = `
 const fs = require('node:fs'), vm = require('node:vm'), Module = require('node:module');
 const [bundle, cache] = process.argv.slice(1);
-const script = new vm.Script(Module.wrap(fs.readFileSync(bundle, 'utf8')), { filename: bundle, cachedData: fs.readFileSync(cache) });
+const script = new vm.Script(Module.wrap(fs.readFileSync(bundle, 'utf8')), { filename: '${SCRIPT_NAME}', cachedData: fs.readFileSync(cache) });
 process.stdout.write(script.cachedDataRejected ? 'rejected' : 'accepted');
 `;
 

@@ -76,6 +76,15 @@ test('the bundle loaded as a library (as the build trains it) reads no request a
   t.is(r.stdout, 'library: function');
 });
 
+test('stack traces of the installed engine name mesh-cni.d/engine.js, not the build temp dir the cache was made in', (t) => {
+  // The loader itself, required (not run as the program, so no request starts), compiling with the cache.
+  const script = `require(process.argv[1]).warmUpForCodeCache('/nonexistent/mesh-cni-warm-up').catch((e) => process.stdout.write(e.stack))`;
+  const r = onRuntime(script, [join(ENGINE, 'mesh-cni.js')]);
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, /at (?:Object\.)?warmUpForCodeCache \(mesh-cni\.d\/engine\.js:\d+:\d+\)/);
+  t.notRegex(r.stdout, /engine\.tmp-/);
+});
+
 test('the warm-up runs the ADD path inside its own directory: its plain-file "netns" is refused by every netns entry, the record and log stay there', async (t) => {
   const dir = testTempDir(t, 'warm-up');
   const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(join(REPO_ROOT, 'dist/src/cni/warm-up.js'))}).warmUpForCodeCache(process.argv[1])`, dir], {
