@@ -32,6 +32,7 @@ const path = require('node:path');
 const { execFileSync } = require('node:child_process');
 const vm = require('node:vm');
 const Module = require('node:module');
+const os = require('node:os');
 
 const root = path.join(__dirname, '..');
 const dist = path.join(root, 'dist');
@@ -40,6 +41,12 @@ const outDir = path.join(root, 'build', 'engine');
 const ENTRY_NAME = 'mesh-cni.js';
 const BUNDLE_NAME = 'engine.js';
 const CACHE_NAME = 'engine.cache';
+/**
+ * The bundle's script name, in stack traces. V8 keeps the name a function was compiled under in the code cache,
+ * so the loader compiling with the installed path would still show the build's temp dir for every cached
+ * function; the trainer and the loader both use this one instead.
+ */
+const SCRIPT_NAME = `mesh-cni.d/${BUNDLE_NAME}`;
 const ADDON_DIR = 'addons';
 const FORBIDDEN = ['@kubernetes/client-node', 'prom-client', 'yargs', '@grpc/grpc-js'];
 /** The packages whose require is replaced by a require of addons/<name>.node. */
@@ -182,14 +189,45 @@ try {
 } catch {
   cachedData = undefined;
 }
-const script = new vm.Script(Module.wrap(fs.readFileSync(file, 'utf8')), { filename: file, cachedData });
+// The name stack traces show: V8 keeps the one the cache was made under (the build's), so both use this.
+const script = new vm.Script(Module.wrap(fs.readFileSync(file, 'utf8')), { filename: '${SCRIPT_NAME}', cachedData });
 script.runInThisContext()(exports, Module.createRequire(file), module, file, __dirname);
 `;
 
-/** The code cache of the bundle compiled as the loader compiles it, by the node that is shipped as runtime/node. */
+/**
+ * Trains the code cache (src/cni/warm-up.ts has why): a child process of the node that is shipped as
+ * runtime/node compiles the bundle as the loader does, loads it as a library (so no request starts), runs its
+ * warm-up in a temp dir, and only then writes the cache, which then holds every function that run compiled.
+ * NODE_OPTIONS is dropped: V8 rejects a cache made under other flags than the engine's.
+ */
+const TRAINER = `
+const fs = require('node:fs'), path = require('node:path'), vm = require('node:vm'), Module = require('node:module');
+const [bundle, out, dir] = process.argv.slice(1);
+const script = new vm.Script(Module.wrap(fs.readFileSync(bundle, 'utf8')), { filename: '${SCRIPT_NAME}' });
+const library = { exports: {} };
+script.runInThisContext()(library.exports, Module.createRequire(bundle), library, bundle, path.dirname(bundle));
+library.exports.warmUpForCodeCache(dir).then(() => fs.writeFileSync(out, script.createCachedData(), { mode: 0o644 }));
+`;
+
+/** Whether V8 takes the cache for the bundle, in a fresh process, as the loader would. */
+const CACHE_CHECK = `
+const fs = require('node:fs'), vm = require('node:vm'), Module = require('node:module');
+const [bundle, cache] = process.argv.slice(1);
+const script = new vm.Script(Module.wrap(fs.readFileSync(bundle, 'utf8')), { filename: '${SCRIPT_NAME}', cachedData: fs.readFileSync(cache) });
+process.stdout.write(script.cachedDataRejected ? 'rejected' : 'accepted');
+`;
+
 function writeCodeCache(bundleFile, cacheFile) {
-  const script = new vm.Script(Module.wrap(fs.readFileSync(bundleFile, 'utf8')), { filename: bundleFile });
-  fs.writeFileSync(cacheFile, script.createCachedData(), { mode: 0o644 });
+  const env = { ...process.env };
+  delete env.NODE_OPTIONS;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mesh-cni-warm-up-'));
+  try {
+    execFileSync(process.execPath, ['-e', TRAINER, bundleFile, cacheFile, dir], { env, cwd: dir, stdio: ['ignore', 'ignore', 'inherit'], timeout: 60_000 });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const verdict = execFileSync(process.execPath, ['-e', CACHE_CHECK, bundleFile, cacheFile], { env, encoding: 'utf8', timeout: 60_000 });
+  if (verdict !== 'accepted') throw new Error(`V8 ${verdict} the trained code cache of ${BUNDLE_NAME}`);
 }
 
 async function main() {

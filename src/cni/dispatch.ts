@@ -38,6 +38,11 @@ export interface CniDeps extends PodSourceDeps {
    * write going; a failure is logged on a line of its own). The standalone plugin writes before it exits.
    */
   recordInBackground?: boolean;
+  /**
+   * Keep `backend: auto`'s answer in the netconf's state_dir for a minute (src/redirect/choose-backend.ts): the
+   * standalone plugin, a process per request, would otherwise run the detection's programs on every one.
+   */
+  keepAutoDetection?: boolean;
   /** told about every request once it is answered (the agent's metrics), with an ADD's time by phase */
   onRequest?: (line: Readonly<RequestLogLine>, phases?: Readonly<PhaseSeconds>) => void;
 }
@@ -61,6 +66,10 @@ function requireNetns(req: NetworkRequest, deps: CniDeps): void {
 
 function attachmentsFor(req: NetworkRequest, deps: CniDeps): AttachmentStore {
   return deps.attachments ?? new AttachmentStore(req.netconf.stateDir);
+}
+
+function keptDetectionDir(req: NetworkRequest, deps: CniDeps): string | undefined {
+  return deps.keepAutoDetection ? req.netconf.stateDir : undefined;
 }
 
 function podName(req: NetworkRequest): string | undefined {
@@ -89,7 +98,7 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
   // The agent's engine is loaded already: no await (a turn of promise jobs) on an ADD's path for it.
   const engine = deps.engine ?? (await loadEngine(deps));
   // A fresh sandbox's one transaction proves its result; the read-back would double the ADD's processes.
-  const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, verify: 'when-replacing', signal, laps: clock });
+  const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), verify: 'when-replacing', signal, laps: clock });
   line.decision = 'meshed';
   line.backend = report.backend;
   line.rules = report.rules;
@@ -146,7 +155,7 @@ async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
   }
   const engine = await loadEngine(deps);
   try {
-    const { removed } = await engine.removeRedirect({ netns: req.netns, backend: req.netconf.backend, signal });
+    const { removed } = await engine.removeRedirect({ netns: req.netns, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), signal });
     Object.assign(line, { decision: 'removed', rules: removed });
   } catch (err) {
     if (!(err instanceof NetnsNotFoundError)) throw err;
@@ -169,7 +178,7 @@ async function cmdCheck(req: NetworkRequest, deps: CniDeps, line: RequestLogLine
     return { stdout: '' };
   }
   const engine = await loadEngine(deps);
-  const result = await engine.checkRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend });
+  const result = await engine.checkRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps) });
   if (!result.ok) {
     const what = result.observedRules === 0 ? `no redirect rules in ${req.netns} (the pod's ${result.problems.length} planned rules are all missing)` : `redirect rules in ${req.netns} are missing or differ from the pod's annotations`;
     throw new CniError(CniCode.CheckFailed, what, result.problems.join('\n'));

@@ -9,6 +9,7 @@ import { runCni } from './dispatch';
 import { CniCode, CniError } from './errors';
 import { flushRequestLogs } from './log';
 import { MAX_STDIN_BYTES } from './request';
+import { setCollectMode } from '../netns';
 
 /**
  * A terminal (or another character device, such as /dev/null, which reads as empty anyway) on stdin means no
@@ -65,6 +66,8 @@ function lookupTimeoutFromEnv(): number | undefined {
 }
 
 async function main(): Promise<void> {
+  // One request, nothing else to run meanwhile: programs are waited for in poll(2), not on the event loop (netns/spawn.ts).
+  setCollectMode('blocking');
   let stdin: Buffer;
   try {
     stdin = readStdinBounded(MAX_STDIN_BYTES);
@@ -73,7 +76,7 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   // Until the netconf (and its log_file) is parsed, lines go to MESH_CNI_LOG_FILE or the default log file.
-  const response = await runCni({ env: process.env, stdin }, { podLookupTimeoutMs: lookupTimeoutFromEnv(), defaultLogFile: process.env.MESH_CNI_LOG_FILE || undefined });
+  const response = await runCni({ env: process.env, stdin }, { podLookupTimeoutMs: lookupTimeoutFromEnv(), defaultLogFile: process.env.MESH_CNI_LOG_FILE || undefined, keepAutoDetection: true });
   if (response.stderr) writeAll(2, response.stderr);
   writeAll(1, response.stdout);
   // The log line is written in the background; a log file that hangs may cost a second, never the pod.
@@ -81,4 +84,8 @@ async function main(): Promise<void> {
   process.exit(response.exitCode);
 }
 
-void main();
+export { warmUpForCodeCache } from './warm-up';
+
+// Run as a program (the shim runs it, the bundle's loader passes its own module); the build loads the bundle
+// as a library instead, to train its code cache (scripts/build-engine.js), and must not start a request.
+if (require.main === module) void main();

@@ -15,6 +15,8 @@ import type { InstallOptions, UninstallAction, UninstallReport } from './types';
 
 /** AttachmentStore's directory under a state dir (src/cni/attachments.ts; the installer imports nothing of cni/). */
 const ATTACHMENTS_DIR = 'attachments';
+/** Where the standalone plugin keeps `backend: auto`'s answer for a minute (src/redirect/choose-backend.ts). */
+const KEPT_DETECTION_FILE = 'auto-backend.json';
 
 interface Step extends UninstallAction {
   apply?: () => Promise<void>;
@@ -105,6 +107,12 @@ export async function planUninstall(o: InstallOptions): Promise<Step[]> {
       detail: `the plugin's attachment records (${records.length} file${records.length === 1 ? '' : 's'})`,
       apply: () => rm(dir, { recursive: true, force: true }),
     });
+  }
+  for (const dir of new Set([o.stateDir, ...(typeof o.pluginConfig.state_dir === 'string' ? [o.pluginConfig.state_dir] : [])])) {
+    const kept = join(dir, KEPT_DETECTION_FILE);
+    if (await exists(kept)) {
+      steps.push({ action: 'delete-file', path: kept, detail: "the standalone plugin's remembered `auto` backend", apply: async () => void (await removeIfExists(kept)) });
+    }
   }
   const versions = await engineVersions(o.cniBinDir);
   if (versions.length > 0 || (await lstat(paths.engine).catch(() => undefined))) {

@@ -13,6 +13,7 @@ export { NetnsBusyError };
 import { errno, loadLibc } from './native';
 import { isNsfs, isOwnNetns, noteNetnsSwitch } from './identity';
 import { collectSpawn, SpawnError, startSpawn } from './spawn';
+export { setCollectMode, type CollectMode } from './spawn';
 export { classifyNetnsPath, type NetnsPathKind } from './identity';
 
 const CLONE_NEWNET = 0x40000000;

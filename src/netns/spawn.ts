@@ -14,6 +14,11 @@
  * and unblocked in the child, as libuv does (Node ignores SIGPIPE; a child must not inherit that).
  *
  * When the library cannot be bound (no koffi), `startSpawn` returns undefined and callers use child_process.
+ *
+ * Waiting for the program has two forms (`setCollectMode`). The agent serves many requests at once, so it
+ * watches stderr's end on the event loop, through node:net. The standalone plugin serves one request and has
+ * nothing else to run meanwhile, so it waits in poll(2), through the same library: node:net would load node's
+ * whole stream stack, several milliseconds of a process whose whole start is counted.
  */
 import * as fs from 'node:fs';
 import type * as Net from 'node:net';
@@ -32,9 +37,10 @@ interface SpawnLib {
   posix_spawnattr_setsigdefault(attr: Buffer, set: Buffer): number;
   sigemptyset(set: Buffer): number;
   sigfillset(set: Buffer): number;
-  /** argv and envp: arrays of strings ending in null; envp null means this process's environment. */
+  /** argv and envp: arrays of strings ending in null. */
   posix_spawnp(pid: Buffer, file: string, actions: Buffer, attr: Buffer, argv: Array<string | null>, envp: Array<string | null>): number;
   waitpid(pid: number, status: Buffer, options: number): number;
+  poll(fds: Buffer, nfds: number, timeoutMs: number): number;
   close(fd: number): number;
 }
 
@@ -75,6 +81,7 @@ function bind(): Bound | null {
       sigfillset: libc.func('int sigfillset(void *set)'),
       posix_spawnp: libc.func('int posix_spawnp(void *pid, const char *file, const void *actions, const void *attr, const char **argv, const char **envp)'),
       waitpid: libc.func('int waitpid(int pid, void *status, int options)'),
+      poll: libc.func('int poll(void *fds, unsigned long nfds, int timeout)'),
       close: libc.func('int close(int fd)'),
     };
     // One attribute object for every spawn: default dispositions for every signal, nothing blocked.
@@ -222,12 +229,94 @@ function readMemfd(fd: number): string {
   return buffer.toString();
 }
 
+export type CollectMode = 'event-loop' | 'blocking';
+let collectMode: CollectMode = 'event-loop';
+
+/**
+ * How `collectSpawn` waits (see the module comment). `blocking` holds the main thread until the program ends
+ * or its timeout: only for a process that serves one request, never for the agent.
+ */
+export function setCollectMode(mode: CollectMode): void {
+  collectMode = mode;
+}
+
+const POLLIN = 0x001;
+
+function kill(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
+/** One millisecond's sleep of the main thread (nothing else runs in it while a program is collected this way). */
+function sleepOneMs(): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+}
+
+/**
+ * `collectSpawn` for the blocking mode: stderr read as poll(2) says it is readable, until its end of file
+ * (the program exited) or the deadline; then the program is reaped, SIGKILLed first if it ran past the deadline.
+ */
+function collectBlocking(b: Bound, child: SpawnedProgram, timeoutMs: number | undefined, onTimeout: () => void): SpawnResult {
+  const deadline = timeoutMs ? Date.now() + timeoutMs : Infinity;
+  const stderr: Buffer[] = [];
+  const chunk = Buffer.alloc(64 * 1024);
+  const pollfd = Buffer.alloc(8);
+  let timedOut = false;
+  const expire = () => {
+    timedOut = true;
+    kill(child.pid);
+    onTimeout();
+  };
+  try {
+    for (;;) {
+      const left = deadline === Infinity ? -1 : Math.max(0, Math.min(deadline - Date.now(), 0x7fffffff));
+      pollfd.writeInt32LE(child.stderrFd, 0);
+      pollfd.writeInt16LE(POLLIN, 4);
+      pollfd.writeInt16LE(0, 6);
+      if (b.lib.poll(pollfd, 1, left) === 0) {
+        expire();
+        break;
+      }
+      // Readable, hung up, or poll itself failed (EINTR or worse): a read tells, blocking until there is
+      // something to read (0 is the end of file).
+      let n: number;
+      try {
+        n = fs.readSync(child.stderrFd, chunk, 0, chunk.length, null);
+      } catch {
+        n = 0;
+      }
+      if (n === 0) break;
+      stderr.push(Buffer.from(chunk.subarray(0, n)));
+    }
+  } finally {
+    fs.closeSync(child.stderrFd);
+  }
+  // End of file comes as the program exits; the zombie follows within moments.
+  let code = reap(b, child.pid);
+  while (code === undefined) {
+    if (!timedOut && Date.now() >= deadline) expire();
+    sleepOneMs();
+    code = reap(b, child.pid);
+  }
+  let stdout = '';
+  try {
+    stdout = readMemfd(child.stdoutFd);
+  } finally {
+    fs.closeSync(child.stdoutFd);
+  }
+  return { code, stdout, stderr: Buffer.concat(stderr).toString() };
+}
+
 /**
  * Waits for a program from `startSpawn` to end and collects its output. `onTimeout` is called (and the
  * program SIGKILLed) when it runs past `timeoutMs`; the program is still collected afterwards.
  */
 export function collectSpawn(child: SpawnedProgram, timeoutMs: number | undefined, onTimeout: () => void): Promise<SpawnResult> {
   const b = bind()!;
+  if (collectMode === 'blocking') return Promise.resolve(collectBlocking(b, child, timeoutMs, onTimeout));
   return new Promise((resolve) => {
     const stderr: Buffer[] = [];
     // node:net is required here, not at the top: it loads the stream modules, which a standalone VERSION

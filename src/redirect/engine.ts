@@ -58,6 +58,8 @@ export interface EngineOptions {
   allowHostNetns?: boolean;
   /** Where `auto` looks for the node's existing rules: the netns the agent runs in, unless a test says otherwise. */
   hostNetns?: string;
+  /** A state dir where `auto`'s answer is kept for a minute, for processes that serve one request (choose-backend.ts). */
+  keepDetectionIn?: string;
   /** A backend object to use instead of `backend` (fault tests hand one whose programs are stand-ins). */
   backendInstance?: Backend;
   /**
