@@ -153,6 +153,10 @@ function deepFreeze<T>(value: T): T {
  * nothing can alter a plan another request shares (and a backend may key its rendered text on the rules).
  */
 export function planFor(config: RedirectConfig): Plan {
+  // The agent hands the same deep-frozen config object for the same annotations (its config cache,
+  // agent.ts rememberedConfigs): no JSON then.
+  const known = Object.isFrozen(config) ? planByConfig.get(config) : undefined;
+  if (known && plans.get(known.key) === known.plan) return known.plan;
   const key = JSON.stringify(config);
   let plan = plans.get(key);
   if (plan) {
@@ -163,8 +167,12 @@ export function planFor(config: RedirectConfig): Plan {
     if (plans.size >= MAX_CACHED_PLANS) plans.delete(plans.keys().next().value as string);
   }
   plans.set(key, plan);
+  if (Object.isFrozen(config)) planByConfig.set(config, { key, plan });
   return plan;
 }
+
+/** The last plan of each frozen config object, while that plan is still the cache's for its key. */
+const planByConfig = new WeakMap<RedirectConfig, { key: string; plan: Plan }>();
 
 export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; verify?: VerifyMode }): Promise<ApplyReport> {
   const plan = planFor(o.config);
