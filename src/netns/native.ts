@@ -1,7 +1,10 @@
 /**
  * The one native seam: the few libc calls Node does not expose, bound through @2060.io/ffi-napi and loaded
- * on first use (the CLI's pure commands never load native code).
+ * on first use (the CLI's pure commands never load native code). Prepared (ffi-call.ts): an ADD makes a
+ * score of these calls, and ffi-napi's own functions cost some 27 µs of CPU each.
  */
+import { bindLibrary, lastErrno } from './ffi-call';
+
 export interface Libc {
   setns(fd: number, nstype: number): number;
   getsockopt(fd: number, level: number, name: number, value: Buffer, length: Buffer): number;
@@ -25,13 +28,10 @@ export const SOL_SOCKET = 1;
 export const MFD_CLOEXEC = 1;
 
 let libc: Libc | undefined;
-let errnoFn: () => number = () => 0;
 
 export function loadLibc(): Libc {
   if (!libc) {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const ffi = require('@2060.io/ffi-napi') as typeof import('@2060.io/ffi-napi');
-    libc = ffi.Library(null, {
+    libc = bindLibrary<Libc>(null, {
       setns: ['int', ['int', 'int']],
       getsockopt: ['int', ['int', 'int', 'int', 'pointer', 'pointer']],
       flock: ['int', ['int', 'int']],
@@ -42,15 +42,14 @@ export function loadLibc(): Libc {
       send: ['long', ['int', 'pointer', 'size_t', 'int']],
       recv: ['long', ['int', 'pointer', 'size_t', 'int']],
       close: ['int', ['int']],
-    }) as unknown as Libc;
-    errnoFn = ffi.errno;
+    });
   }
   return libc;
 }
 
 /** errno of the last failed call made through `loadLibc()`. */
 export function errno(): number {
-  return errnoFn();
+  return libc ? lastErrno() : 0;
 }
 
 const SO_PEERCRED = 17;

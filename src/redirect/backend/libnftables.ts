@@ -18,9 +18,11 @@
 import * as fs from 'node:fs';
 import { CommandFailedError } from '../../errors';
 import { withNetns } from '../../netns';
+import { bindLibrary } from '../../netns/ffi-call';
 import { AF_NETLINK, loadLibc, MFD_CLOEXEC, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET } from '../../netns/native';
 
-type Pointer = Buffer;
+/** A C pointer as its address: the context is only ever passed back to the library (ffi-call.ts, `address`). */
+type Pointer = number;
 
 interface Libnftables {
   nft_ctx_new(flags: number): Pointer;
@@ -38,11 +40,15 @@ interface Libmnl {
   mnl_socket_get_fd(sock: Pointer): number;
 }
 
+interface Memory {
+  /** Copies `length` bytes at `source` into `target`. */
+  memcpy(target: Buffer, source: Pointer, length: number): Pointer;
+}
+
 interface Loaded {
   nft: Libnftables;
   mnl: Libmnl;
-  readPointer(buffer: Buffer, offset: number, size: number): Buffer;
-  isNull(buffer: Buffer): boolean;
+  memory: Memory;
 }
 
 export const LIBNFTABLES = 'libnftables.so.1';
@@ -68,24 +74,21 @@ let loadError: string | undefined;
 function load(): Loaded | undefined {
   if (loaded || loadError !== undefined) return loaded;
   try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const ffi = require('@2060.io/ffi-napi') as typeof import('@2060.io/ffi-napi');
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const ref = require('@2060.io/ref-napi') as typeof import('@2060.io/ref-napi');
-    const nft = ffi.Library(process.env[LIBNFTABLES_ENV] || LIBNFTABLES, {
-      nft_ctx_new: ['pointer', ['uint32']],
-      nft_ctx_free: ['void', ['pointer']],
-      nft_run_cmd_from_buffer: ['int', ['pointer', 'string']],
-      nft_run_cmd_from_filename: ['int', ['pointer', 'string']],
-      nft_ctx_buffer_output: ['int', ['pointer']],
-      nft_ctx_buffer_error: ['int', ['pointer']],
-      nft_ctx_get_output_buffer: ['string', ['pointer']],
-      nft_ctx_get_error_buffer: ['string', ['pointer']],
-      nft_ctx_output_set_flags: ['void', ['pointer', 'uint']],
-    }) as unknown as Libnftables;
+    const nft = bindLibrary<Libnftables>(process.env[LIBNFTABLES_ENV] || LIBNFTABLES, {
+      nft_ctx_new: ['address', ['uint32']],
+      nft_ctx_free: ['void', ['address']],
+      nft_run_cmd_from_buffer: ['int', ['address', 'string']],
+      nft_run_cmd_from_filename: ['int', ['address', 'string']],
+      nft_ctx_buffer_output: ['int', ['address']],
+      nft_ctx_buffer_error: ['int', ['address']],
+      nft_ctx_get_output_buffer: ['string', ['address']],
+      nft_ctx_get_error_buffer: ['string', ['address']],
+      nft_ctx_output_set_flags: ['void', ['address', 'uint']],
+    });
     // libnftables links libmnl, so it is there whenever libnftables is.
-    const mnl = ffi.Library('libmnl.so.0', { mnl_socket_get_fd: ['int', ['pointer']] }) as unknown as Libmnl;
-    loaded = { nft, mnl, readPointer: (b, o, s) => ref.readPointer(b, o, s), isNull: (b) => ref.isNull(b) };
+    const mnl = bindLibrary<Libmnl>('libmnl.so.0', { mnl_socket_get_fd: ['int', ['address']] });
+    const memory = bindLibrary<Memory>(null, { memcpy: ['address', ['pointer', 'address', 'size_t']] });
+    loaded = { nft, mnl, memory };
   } catch (err) {
     loadError = `${process.env[LIBNFTABLES_ENV] || LIBNFTABLES} could not be loaded: ${(err as Error).message.split('\n')[0]}`;
   }
@@ -169,9 +172,13 @@ function intSockopt(fd: number, name: number): number | undefined {
  * from 0.9 to 1.1); the descriptor found there is used only when the kernel confirms it is a netfilter
  * netlink socket. Anything else: undefined, and the context is freed the slow way.
  */
+const POINTER_BYTES = 8;
+const pointerAt = Buffer.alloc(POINTER_BYTES);
+
 function secondDescriptor(l: Loaded, ctx: Pointer): number | undefined {
-  const sock = l.readPointer(ctx, 0, 0);
-  if (l.isNull(sock)) return undefined;
+  l.memory.memcpy(pointerAt, ctx, POINTER_BYTES);
+  const sock = Number(pointerAt.readBigUInt64LE(0));
+  if (sock === 0) return undefined;
   const fd = l.mnl.mnl_socket_get_fd(sock);
   if (fd < 0 || intSockopt(fd, SO_DOMAIN) !== AF_NETLINK || intSockopt(fd, SO_PROTOCOL) !== NETLINK_NETFILTER) return undefined;
   const dup = loadLibc().fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -221,7 +228,7 @@ export function runNft(netns: string | undefined, commands: readonly NftCommand[
     const refused = netlinkOpens();
     if (refused) return [{ ok: false, output: '', error: refused }];
     const ctx = l.nft.nft_ctx_new(NFT_CTX_DEFAULT);
-    if (l.isNull(ctx)) return [{ ok: false, output: '', error: 'nft_ctx_new failed' }];
+    if (ctx === 0) return [{ ok: false, output: '', error: 'nft_ctx_new failed' }];
     try {
       l.nft.nft_ctx_buffer_output(ctx);
       l.nft.nft_ctx_buffer_error(ctx);
