@@ -215,35 +215,38 @@ function closeLater(fd: number): void {
   if (!closingNow) closeNext();
 }
 
+/** Runs one nft command in the session's context; what `nftSession` hands its callback. */
+export type NftRun = (command: NftCommand) => NftCommandResult;
+
+function runCommand(l: Loaded, ctx: Pointer, command: NftCommand): NftCommandResult {
+  if (typeof command.script !== 'string') throw new TypeError('an nft command must be script text');
+  l.nft.nft_ctx_output_set_flags(ctx, command.json ? NFT_CTX_OUTPUT_JSON : 0);
+  const { rc, label } = runScript(l, ctx, command.script);
+  // Each get_*_buffer call hands back what was written since the last one, so results never mix.
+  const error = l.nft.nft_ctx_get_error_buffer(ctx) ?? '';
+  return { ok: rc === 0, output: l.nft.nft_ctx_get_output_buffer(ctx) ?? '', error: label ? error.split(label).join(SCRIPT_LABEL) : error };
+}
+
 /**
- * Runs `commands` in order inside the netns at `netns` (undefined: the current one) with one context,
- * stopping at the first that fails; returns the results of those that ran. Synchronous from entering the
- * netns to leaving it, so nothing else runs on the main thread meanwhile and no context outlives the call.
+ * Calls `session` inside the netns at `netns` (undefined: the current one) with one context, through which
+ * it runs as many commands as it likes, each choosing the next by what the last one answered; returns what
+ * `session` returns. Synchronous from entering the netns to leaving it (`session` must not be async), so
+ * nothing else runs on the main thread meanwhile and no context outlives the call. Where no context can
+ * be made there, every command answers with the reason.
  */
-export function runNft(netns: string | undefined, commands: readonly NftCommand[]): NftCommandResult[] {
+export function nftSession<T>(netns: string | undefined, session: (run: NftRun) => T): T {
   const l = load();
   if (!l) throw new CommandFailedError(LIBNFTABLES, null, loadError ?? 'not loaded', 'install the libnftables1 package');
   let second: number | undefined;
-  const work = (): NftCommandResult[] => {
+  const work = (): T => {
     const refused = netlinkOpens();
-    if (refused) return [{ ok: false, output: '', error: refused }];
+    if (refused) return session(() => ({ ok: false, output: '', error: refused }));
     const ctx = l.nft.nft_ctx_new(NFT_CTX_DEFAULT);
-    if (ctx === 0) return [{ ok: false, output: '', error: 'nft_ctx_new failed' }];
+    if (ctx === 0) return session(() => ({ ok: false, output: '', error: 'nft_ctx_new failed' }));
     try {
       l.nft.nft_ctx_buffer_output(ctx);
       l.nft.nft_ctx_buffer_error(ctx);
-      const results: NftCommandResult[] = [];
-      for (const command of commands) {
-        l.nft.nft_ctx_output_set_flags(ctx, command.json ? NFT_CTX_OUTPUT_JSON : 0);
-        if (typeof command.script !== 'string') throw new TypeError('an nft command must be script text');
-        const { rc, label } = runScript(l, ctx, command.script);
-        // Each get_*_buffer call hands back what was written since the last one, so results never mix.
-        const error = l.nft.nft_ctx_get_error_buffer(ctx) ?? '';
-        const result = { ok: rc === 0, output: l.nft.nft_ctx_get_output_buffer(ctx) ?? '', error: label ? error.split(label).join(SCRIPT_LABEL) : error };
-        results.push(result);
-        if (!result.ok) break;
-      }
-      return results;
+      return session((command) => runCommand(l, ctx, command));
     } finally {
       second = secondDescriptor(l, ctx);
       l.nft.nft_ctx_free(ctx);
@@ -254,4 +257,20 @@ export function runNft(netns: string | undefined, commands: readonly NftCommand[
   } finally {
     if (second !== undefined) closeLater(second);
   }
+}
+
+/**
+ * Runs `commands` in order in one session (`nftSession`), stopping at the first that fails; returns the
+ * results of those that ran.
+ */
+export function runNft(netns: string | undefined, commands: readonly NftCommand[]): NftCommandResult[] {
+  return nftSession(netns, (run) => {
+    const results: NftCommandResult[] = [];
+    for (const command of commands) {
+      const result = run(command);
+      results.push(result);
+      if (!result.ok) break;
+    }
+    return results;
+  });
 }
