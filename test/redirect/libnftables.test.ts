@@ -5,6 +5,7 @@
  * text as a CNI error and leaves nothing; and the main thread is back in its own netns after every call,
  * failed ones included, with no netlink socket of the library left open.
  */
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import test, { type ExecutionContext } from 'ava';
 import { applyPlan, applyRedirect, checkRedirect, removeRedirect } from '../../src/redirect/engine';
@@ -263,4 +264,28 @@ test.serial('the fresh script fails whole when a table of ours exists by the tim
   t.regex(applied!.error, /File exists/);
   t.deepEqual(ourTables(ns), ['table inet mesh-cni-mangle'], 'neither nat nor raw was created');
   t.notRegex(inNetns(ns, nftProgram(), ['list', 'table', 'inet', 'mesh-cni-mangle']), /chain/, 'and nothing was added to the table that was there');
+});
+
+test.serial('signals arriving while libnftables waits for the kernel do not fail its transactions', async (t) => {
+  requireLibrary(t);
+  // A handled signal interrupts libnftables' select() for the kernel's answers; unblocked, some 5% of
+  // these transactions failed with "Interrupted system call".
+  const handler = () => undefined;
+  process.on('SIGUSR2', handler);
+  const sender = spawn('bash', ['-c', `while kill -USR2 ${process.pid}; do :; done`], { stdio: 'ignore' });
+  t.teardown(() => {
+    sender.kill('SIGKILL');
+    process.off('SIGUSR2', handler);
+  });
+  const script = renderNftScript(buildPlan(redirectConfigFromAnnotations({})), ['ipv4'], { fresh: true });
+  const failures: string[] = [];
+  for (let i = 0; i < 150; i++) {
+    const ns = createNetns(t, `sig${i}`);
+    const [result] = runNft(netnsPath(ns), [{ script }]);
+    if (!result!.ok) failures.push(result!.error);
+    // Back to the event loop each time, so the signals' handler runs and libuv's signal pipe never fills.
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  t.is(sender.exitCode, null, 'signals were being sent all along');
+  t.deepEqual(failures, []);
 });

@@ -45,10 +45,19 @@ interface Memory {
   memcpy(target: Buffer, source: Pointer, length: number): Pointer;
 }
 
+interface Signals {
+  sigfillset(set: Buffer): number;
+  sigdelset(set: Buffer, signal: number): number;
+  pthread_sigmask(how: number, set: Buffer | null, old: Buffer | null): number;
+}
+
 interface Loaded {
   nft: Libnftables;
   mnl: Libmnl;
   memory: Memory;
+  signals: Signals;
+  /** Every signal a process can block, less the ones a fault raises synchronously. */
+  blocked: Buffer;
 }
 
 export const LIBNFTABLES = 'libnftables.so.1';
@@ -88,7 +97,15 @@ function load(): Loaded | undefined {
     // libnftables links libmnl, so it is there whenever libnftables is.
     const mnl = bindLibrary<Libmnl>('libmnl.so.0', { mnl_socket_get_fd: ['int', ['address']] });
     const memory = bindLibrary<Memory>(null, { memcpy: ['address', ['pointer', 'address', 'size_t']] });
-    loaded = { nft, mnl, memory };
+    const signals = bindLibrary<Signals>(null, {
+      sigfillset: ['int', ['pointer']],
+      sigdelset: ['int', ['pointer', 'int']],
+      pthread_sigmask: ['int', ['int', 'pointer', 'pointer']],
+    });
+    const blocked = Buffer.alloc(SIGSET_BYTES);
+    signals.sigfillset(blocked);
+    for (const fault of FAULT_SIGNALS) signals.sigdelset(blocked, fault);
+    loaded = { nft, mnl, memory, signals, blocked };
   } catch (err) {
     loadError = `${process.env[LIBNFTABLES_ENV] || LIBNFTABLES} could not be loaded: ${(err as Error).message.split('\n')[0]}`;
   }
@@ -119,6 +136,14 @@ export interface NftCommandResult {
   /** What `nft` would print on stderr (the error text, with the offending line marked). */
   error: string;
 }
+
+/** Larger than glibc's sigset_t (128 bytes). */
+const SIGSET_BYTES = 256;
+const SIG_BLOCK = 0;
+const SIG_SETMASK = 2;
+/** SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV: raised by a fault in the calling thread, never blocked. */
+const FAULT_SIGNALS = [4, 5, 7, 8, 11];
+const savedMask = Buffer.alloc(SIGSET_BYTES);
 
 const SO_PROTOCOL = 38;
 const SO_DOMAIN = 39;
@@ -238,6 +263,12 @@ export function nftSession<T>(netns: string | undefined, session: (run: NftRun) 
   const l = load();
   if (!l) throw new CommandFailedError(LIBNFTABLES, null, loadError ?? 'not loaded', 'install the libnftables1 package');
   let second: number | undefined;
+  // libnftables waits for the kernel's answers in select(), which a signal handler interrupts whatever
+  // SA_RESTART says: nft then reports the transaction failed with EINTR ("Could not process rule:
+  // Interrupted system call"), though the kernel may well have committed it. The agent gets signals at any
+  // moment (SIGCHLD of the programs it runs, a profiler's SIGPROF): a burst of ADDs under one saw 5 in 400
+  // fail so. So they wait, blocked on this thread, until the session is over, and are handled then.
+  if (l.signals.pthread_sigmask(SIG_BLOCK, l.blocked, savedMask) !== 0) throw new Error('pthread_sigmask(SIG_BLOCK) failed');
   const work = (): T => {
     const refused = netlinkOpens();
     if (refused) return session(() => ({ ok: false, output: '', error: refused }));
@@ -255,6 +286,7 @@ export function nftSession<T>(netns: string | undefined, session: (run: NftRun) 
   try {
     return netns === undefined ? work() : withNetns(netns, work);
   } finally {
+    l.signals.pthread_sigmask(SIG_SETMASK, savedMask, null);
     if (second !== undefined) closeLater(second);
   }
 }
