@@ -9,8 +9,9 @@
  * /etc/iproute2 tables), the transaction ~1.3 ms, a JSON listing ~0.8 ms, and `nft_ctx_free` 9–14 ms. That
  * last one is the kernel, not the library: closing an nfnetlink socket runs nf_tables' release notifier,
  * which waits for the pending transaction-destroy work, an RCU grace period, whenever any transaction
- * deleted something (ours always does: the script first deletes our tables). An `nft -f` process pays the
- * same wait when it exits. So a context is made inside the pod's netns for each call (a reused one would
+ * deleted something (the replacing script does: it first deletes our tables; the fresh sandbox's script
+ * does not, but the list is global, so another netns's deletes make our close wait too). An `nft -f`
+ * process pays the same wait when it exits. So a context is made inside the pod's netns for each call (a reused one would
  * stay in the netns it was made in), and its socket is closed off the main thread: a second descriptor for
  * the socket is taken before `nft_ctx_free`, whose own close then only drops a reference, and that
  * descriptor is closed on libuv's thread pool (one at a time), where the wait blocks nobody.
