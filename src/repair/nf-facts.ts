@@ -15,7 +15,8 @@
  */
 import * as fs from 'node:fs';
 import { withNetns } from '../netns';
-import { AF_NETLINK, errno, loadLibc, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET, type Libc } from '../netns/native';
+import { AF_NETLINK, errno, loadLibc, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET } from '../netns/native';
+import { attributes, exchange, NFT_MSG_GETGEN, NFT_MSG_NEWGEN, NFTA_GEN_ID, request, tablesOf } from '../netns/nfnetlink';
 
 /** nfgenmsg families (NFPROTO_*). */
 export const NFPROTO = { inet: 1, ipv4: 2, ipv6: 10 } as const;
@@ -31,81 +32,7 @@ export interface NfFacts {
   legacyTables: { ipv4: Set<string>; ipv6: Set<string> };
 }
 
-const MSG_DONTWAIT = 0x40;
 const SO_NETNS_COOKIE = 71;
-const NLM_F_REQUEST = 0x1;
-const NLM_F_DUMP = 0x300;
-const NLMSG_ERROR = 2;
-const NLMSG_DONE = 3;
-const NFNL_SUBSYS_NFTABLES = 10;
-const NFT_MSG_NEWTABLE = 0;
-const NFT_MSG_GETTABLE = 1;
-const NFT_MSG_NEWGEN = 15;
-const NFT_MSG_GETGEN = 16;
-const NFTA_TABLE_NAME = 1;
-const NFTA_GEN_ID = 1;
-const NLMSG_HDRLEN = 16;
-const NFGENMSG_LEN = 4;
-
-const align4 = (n: number) => (n + 3) & ~3;
-
-function request(type: number, flags: number, seq: number): Buffer {
-  const b = Buffer.alloc(NLMSG_HDRLEN + NFGENMSG_LEN);
-  b.writeUInt32LE(b.length, 0);
-  b.writeUInt16LE((NFNL_SUBSYS_NFTABLES << 8) | type, 4);
-  b.writeUInt16LE(NLM_F_REQUEST | flags, 6);
-  b.writeUInt32LE(seq, 8);
-  b.writeUInt32LE(0, 12);
-  // nfgenmsg: AF_UNSPEC (every family), version 0, res_id 0
-  return b;
-}
-
-/** The netlink attributes of one message's payload after the nfgenmsg header. */
-function attributes(msg: Buffer): Map<number, Buffer> {
-  const attrs = new Map<number, Buffer>();
-  let off = NLMSG_HDRLEN + NFGENMSG_LEN;
-  while (off + 4 <= msg.length) {
-    const len = msg.readUInt16LE(off);
-    if (len < 4) break;
-    attrs.set(msg.readUInt16LE(off + 2) & 0x3fff, msg.subarray(off + 4, off + len));
-    off += align4(len);
-  }
-  return attrs;
-}
-
-/**
- * Sends one request and collects the answers' messages until the dump ends (or, for a plain request, the
- * first answer). Throws on a netlink error.
- */
-function exchange(c: Libc, fd: number, req: Buffer, dump: boolean): Buffer[] {
-  if (c.send(fd, req, req.length, 0) !== req.length) throw new Error(`netlink send failed (errno ${errno()})`);
-  const seq = req.readUInt32LE(8);
-  const out: Buffer[] = [];
-  const buf = Buffer.alloc(64 * 1024);
-  for (;;) {
-    // Never blocking: the kernel queues a request's answer (and each next part of a dump) before send and
-    // recv return, so an empty queue means something is wrong, and the event loop must not wait on it.
-    const n = Number(c.recv(fd, buf, buf.length, MSG_DONTWAIT));
-    if (n <= 0) throw new Error(`netlink recv failed (errno ${errno()})`);
-    let off = 0;
-    while (off + NLMSG_HDRLEN <= n) {
-      const len = buf.readUInt32LE(off);
-      const type = buf.readUInt16LE(off + 4);
-      if (len < NLMSG_HDRLEN || off + len > n) break;
-      const msg = Buffer.from(buf.subarray(off, off + len));
-      off += align4(len);
-      if (msg.readUInt32LE(8) !== seq) continue;
-      if (type === NLMSG_DONE) return out;
-      if (type === NLMSG_ERROR) {
-        const code = -msg.readInt32LE(NLMSG_HDRLEN);
-        if (code === 0) return out;
-        throw new Error(`netlink request failed (errno ${code})`);
-      }
-      out.push(msg);
-      if (!dump) return out;
-    }
-  }
-}
 
 function readLegacy(file: string): Set<string> {
   try {
@@ -132,12 +59,7 @@ export function nfFacts(netns: string, o: { legacy?: boolean } = {}): NfFacts {
       if (c.getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, value, len) === 0) cookie = value.readBigUInt64LE(0);
       const gen = exchange(c, fd, request(NFT_MSG_GETGEN, 0, 1), false).find((m) => (m.readUInt16LE(4) & 0xff) === NFT_MSG_NEWGEN);
       const genAttr = gen ? attributes(gen).get(NFTA_GEN_ID) : undefined;
-      const nftTables = new Set<string>();
-      for (const m of exchange(c, fd, request(NFT_MSG_GETTABLE, NLM_F_DUMP, 2), true)) {
-        if ((m.readUInt16LE(4) & 0xff) !== NFT_MSG_NEWTABLE) continue;
-        const name = attributes(m).get(NFTA_TABLE_NAME);
-        if (name) nftTables.add(`${m.readUInt8(NLMSG_HDRLEN)}:${name.toString('utf8').replace(/\0+$/, '')}`);
-      }
+      const nftTables = tablesOf(c, fd, 2);
       return { cookie, genId: genAttr && genAttr.length >= 4 ? genAttr.readUInt32BE(0) : undefined, nftTables, legacyTables };
     } finally {
       c.close(fd);

@@ -14,6 +14,7 @@
 import * as fs from 'node:fs';
 import { CommandFailedError, NftRefusedError } from '../../errors';
 import { run, type RunResult } from '../../netns';
+import { tablesHere } from '../../netns/nfnetlink';
 import { NFT_TABLES, NFT_TABLE_NAMES, nftChainName, type Family, type Table } from '../constants';
 import { effectiveChains, type Plan, type Rule } from '../plan';
 import { nftDeleteTables, renderNftScript, ruleBodies } from '../render/nftables';
@@ -43,12 +44,17 @@ export interface NftablesBackendOptions {
 export type NftVia = 'libnftables' | 'nft';
 
 const LIST_RULESET = 'list ruleset inet';
-const LIST_TABLES = 'list tables inet';
+/** NFPROTO_INET, the family of our tables in a netlink table listing. */
+const NFPROTO_INET = 1;
 
-/** Names of our tables in a JSON listing of tables. */
-function ourTablesIn(json: string): string[] {
-  const items = (JSON.parse(json) as { nftables?: Array<{ table?: { family?: string; name?: string } }> }).nftables ?? [];
-  return items.flatMap((i) => (i.table?.family === 'inet' && i.table.name && NFT_TABLE_NAMES.includes(i.table.name) ? [i.table.name] : []));
+/**
+ * Whether the netns this thread is in holds any table of ours, asked of the kernel directly (one netlink
+ * dump of the table names: a listing through libnftables costs it a cache fetch of four kinds of object,
+ * and us its JSON).
+ */
+function holdsTablesOfOurs(): boolean {
+  const tables = tablesHere();
+  return NFT_TABLE_NAMES.some((name) => tables.has(`${NFPROTO_INET}:${name}`));
 }
 
 interface Scripts {
@@ -167,9 +173,12 @@ export class NftablesBackend implements Backend {
       await this.commands(netns, [{ script: scripts.replacing }], hint);
     } else {
       const failed = nftSession(netns, (run) => {
-        const listing = run({ script: LIST_TABLES, json: true });
-        if (!listing.ok) return listing;
-        const fresh = ourTablesIn(listing.output).length === 0;
+        let fresh: boolean;
+        try {
+          fresh = !holdsTablesOfOurs();
+        } catch (err) {
+          return { ok: false, output: '', error: `could not list the netns's nf_tables tables: ${(err as Error).message}` };
+        }
         if (fresh && scripts.fresh === '') return undefined;
         const applied = run({ script: fresh ? scripts.fresh : scripts.replacing });
         return applied.ok ? undefined : applied;
