@@ -5,7 +5,7 @@
  * Used by the reconciler's cheap check (src/repair/nf-facts.ts) and the iptables-nft replay
  * (src/redirect/backend/nft-replay.ts).
  */
-import { AF_NETLINK, errno, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, type Libc } from './native';
+import { AF_NETLINK, errno, loadLibc, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, type Libc } from './native';
 
 export const NLMSG_HDRLEN = 16;
 export const NFGENMSG_LEN = 4;
@@ -188,5 +188,29 @@ export function exchange(c: Libc, fd: number, req: Buffer, dump: boolean): Buffe
       out.push(msg);
       if (!dump) return out;
     }
+  }
+}
+
+const NFTA_TABLE_NAME = 1;
+
+/** The nf_tables tables of `fd`'s netns, as `family:name` (family as its NFPROTO number). */
+export function tablesOf(c: Libc, fd: number, seq: number): Set<string> {
+  const tables = new Set<string>();
+  for (const m of exchange(c, fd, dumpRequest(NFT_MSG.GETTABLE, seq), true)) {
+    if (nftType(m) !== NFT_MSG.NEWTABLE) continue;
+    const name = attrString(attributes(m).get(NFTA_TABLE_NAME));
+    if (name) tables.add(`${m.readUInt8(NLMSG_HDRLEN)}:${name}`);
+  }
+  return tables;
+}
+
+/** The nf_tables tables of the netns this thread is in now (see `tablesOf`); throws when netlink refuses. */
+export function tablesHere(): Set<string> {
+  const c = loadLibc();
+  const fd = openNetfilterSocket(c);
+  try {
+    return tablesOf(c, fd, 1);
+  } finally {
+    c.close(fd);
   }
 }

@@ -16,7 +16,7 @@
 import * as fs from 'node:fs';
 import { withNetns } from '../netns';
 import { loadLibc, SOL_SOCKET } from '../netns/native';
-import { attributes, attrString, dumpRequest, exchange, nfMessage, NFPROTO, NFT_MSG, nftType, NLM_F_REQUEST, NLMSG_HDRLEN, openNetfilterSocket } from '../netns/nfnetlink';
+import { attributes, exchange, nfMessage, NFPROTO, NFT_MSG, nftType, NLM_F_REQUEST, openNetfilterSocket, tablesOf } from '../netns/nfnetlink';
 
 export { NFPROTO };
 
@@ -32,7 +32,6 @@ export interface NfFacts {
 }
 
 const SO_NETNS_COOKIE = 71;
-const NFTA_TABLE_NAME = 1;
 const NFTA_GEN_ID = 1;
 
 function readLegacy(file: string): Set<string> {
@@ -59,12 +58,7 @@ export function nfFacts(netns: string, o: { legacy?: boolean } = {}): NfFacts {
       if (c.getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, value, len) === 0) cookie = value.readBigUInt64LE(0);
       const gen = exchange(c, fd, nfMessage(NFT_MSG.GETGEN, NLM_F_REQUEST, 1, NFPROTO.unspec), false).find((m) => nftType(m) === NFT_MSG.NEWGEN);
       const genAttr = gen ? attributes(gen).get(NFTA_GEN_ID) : undefined;
-      const nftTables = new Set<string>();
-      for (const m of exchange(c, fd, dumpRequest(NFT_MSG.GETTABLE, 2), true)) {
-        if (nftType(m) !== NFT_MSG.NEWTABLE) continue;
-        const name = attrString(attributes(m).get(NFTA_TABLE_NAME));
-        if (name) nftTables.add(`${m.readUInt8(NLMSG_HDRLEN)}:${name}`);
-      }
+      const nftTables = tablesOf(c, fd, 2);
       return { cookie, genId: genAttr && genAttr.length >= 4 ? genAttr.readUInt32BE(0) : undefined, nftTables, legacyTables };
     } finally {
       c.close(fd);

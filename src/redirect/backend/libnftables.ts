@@ -9,19 +9,20 @@
  * /etc/iproute2 tables), the transaction ~1.3 ms, a JSON listing ~0.8 ms, and `nft_ctx_free` 9–14 ms. That
  * last one is the kernel, not the library: closing an nfnetlink socket runs nf_tables' release notifier,
  * which waits for the pending transaction-destroy work, an RCU grace period, whenever any transaction
- * deleted something (ours always does: the script first deletes our tables). An `nft -f` process pays the
- * same wait when it exits. So a context is made inside the pod's netns for each call (a reused one would
+ * deleted something (the replacing script does: it first deletes our tables; the fresh sandbox's script
+ * does not, but the list is global, so another netns's deletes make our close wait too). An `nft -f`
+ * process pays the same wait when it exits. So a context is made inside the pod's netns for each call (a reused one would
  * stay in the netns it was made in), and its socket is closed off the main thread: a second descriptor for
  * the socket is taken before `nft_ctx_free`, whose own close then only drops a reference, and that
  * descriptor is closed on libuv's thread pool (one at a time), where the wait blocks nobody.
  */
 import * as fs from 'node:fs';
 import { CommandFailedError } from '../../errors';
-import { koffi } from '../../netns/ffi';
 import { withNetns } from '../../netns';
+import { koffi } from '../../netns/ffi';
 import { AF_NETLINK, loadLibc, MFD_CLOEXEC, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET } from '../../netns/native';
 
-/** An opaque C pointer as koffi hands it over (null for NULL). */
+/** An opaque C pointer as koffi hands it over (null for NULL): the context is only ever passed back to the library. */
 type Pointer = unknown;
 
 interface Libnftables {
@@ -40,12 +41,20 @@ interface Libmnl {
   mnl_socket_get_fd(sock: Pointer): number;
 }
 
+interface Signals {
+  sigfillset(set: Buffer): number;
+  sigdelset(set: Buffer, signal: number): number;
+  pthread_sigmask(how: number, set: Buffer | null, old: Buffer | null): number;
+}
+
 interface Loaded {
   nft: Libnftables;
   mnl: Libmnl;
   /** The pointer stored at `ptr` (its first pointer-sized field); null for NULL. */
   readPointer(ptr: Pointer): Pointer;
-  isNull(ptr: Pointer): boolean;
+  signals: Signals;
+  /** Every signal a process can block, less the ones a fault raises synchronously. */
+  blocked: Buffer;
 }
 
 export const LIBNFTABLES = 'libnftables.so.1';
@@ -86,7 +95,16 @@ function load(): Loaded | undefined {
     };
     // libnftables links libmnl, so it is there whenever libnftables is.
     const mnl: Libmnl = { mnl_socket_get_fd: k.load('libmnl.so.0').func('int mnl_socket_get_fd(void *sock)') };
-    loaded = { nft, mnl, readPointer: (ptr) => k.decode(ptr, 'void *') as Pointer, isNull: (ptr) => ptr === null };
+    const libc = k.load('libc.so.6');
+    const signals: Signals = {
+      sigfillset: libc.func('int sigfillset(void *set)'),
+      sigdelset: libc.func('int sigdelset(void *set, int signum)'),
+      pthread_sigmask: libc.func('int pthread_sigmask(int how, const void *set, void *oldset)'),
+    };
+    const blocked = Buffer.alloc(SIGSET_BYTES);
+    signals.sigfillset(blocked);
+    for (const fault of FAULT_SIGNALS) signals.sigdelset(blocked, fault);
+    loaded = { nft, mnl, readPointer: (ptr) => k.decode(ptr, 'void *') as Pointer, signals, blocked };
   } catch (err) {
     loadError = `${process.env[LIBNFTABLES_ENV] || LIBNFTABLES} could not be loaded: ${(err as Error).message.split('\n')[0]}`;
   }
@@ -117,6 +135,14 @@ export interface NftCommandResult {
   /** What `nft` would print on stderr (the error text, with the offending line marked). */
   error: string;
 }
+
+/** Larger than glibc's sigset_t (128 bytes). */
+const SIGSET_BYTES = 256;
+const SIG_BLOCK = 0;
+const SIG_SETMASK = 2;
+/** SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV: raised by a fault in the calling thread, never blocked. */
+const FAULT_SIGNALS = [4, 5, 7, 8, 11];
+const savedMask = Buffer.alloc(SIGSET_BYTES);
 
 const SO_PROTOCOL = 38;
 const SO_DOMAIN = 39;
@@ -172,7 +198,7 @@ function intSockopt(fd: number, name: number): number | undefined {
  */
 function secondDescriptor(l: Loaded, ctx: Pointer): number | undefined {
   const sock = l.readPointer(ctx);
-  if (l.isNull(sock)) return undefined;
+  if (sock === null) return undefined;
   const fd = l.mnl.mnl_socket_get_fd(sock);
   if (fd < 0 || intSockopt(fd, SO_DOMAIN) !== AF_NETLINK || intSockopt(fd, SO_PROTOCOL) !== NETLINK_NETFILTER) return undefined;
   const dup = loadLibc().fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -209,35 +235,44 @@ function closeLater(fd: number): void {
   if (!closingNow) closeNext();
 }
 
+/** Runs one nft command in the session's context; what `nftSession` hands its callback. */
+export type NftRun = (command: NftCommand) => NftCommandResult;
+
+function runCommand(l: Loaded, ctx: Pointer, command: NftCommand): NftCommandResult {
+  if (typeof command.script !== 'string') throw new TypeError('an nft command must be script text');
+  l.nft.nft_ctx_output_set_flags(ctx, command.json ? NFT_CTX_OUTPUT_JSON : 0);
+  const { rc, label } = runScript(l, ctx, command.script);
+  // Each get_*_buffer call hands back what was written since the last one, so results never mix.
+  const error = l.nft.nft_ctx_get_error_buffer(ctx) ?? '';
+  return { ok: rc === 0, output: l.nft.nft_ctx_get_output_buffer(ctx) ?? '', error: label ? error.split(label).join(SCRIPT_LABEL) : error };
+}
+
 /**
- * Runs `commands` in order inside the netns at `netns` (undefined: the current one) with one context,
- * stopping at the first that fails; returns the results of those that ran. Synchronous from entering the
- * netns to leaving it, so nothing else runs on the main thread meanwhile and no context outlives the call.
+ * Calls `session` inside the netns at `netns` (undefined: the current one) with one context, through which
+ * it runs as many commands as it likes, each choosing the next by what the last one answered; returns what
+ * `session` returns. Synchronous from entering the netns to leaving it (`session` must not be async), so
+ * nothing else runs on the main thread meanwhile and no context outlives the call. Where no context can
+ * be made there, every command answers with the reason.
  */
-export function runNft(netns: string | undefined, commands: readonly NftCommand[]): NftCommandResult[] {
+export function nftSession<T>(netns: string | undefined, session: (run: NftRun) => T): T {
   const l = load();
   if (!l) throw new CommandFailedError(LIBNFTABLES, null, loadError ?? 'not loaded', 'install the libnftables1 package');
   let second: number | undefined;
-  const work = (): NftCommandResult[] => {
+  // libnftables waits for the kernel's answers in select(), which a signal handler interrupts whatever
+  // SA_RESTART says: nft then reports the transaction failed with EINTR ("Could not process rule:
+  // Interrupted system call"), though the kernel may well have committed it. The agent gets signals at any
+  // moment (SIGCHLD of the programs it runs, a profiler's SIGPROF): a burst of ADDs under one saw 5 in 400
+  // fail so. So they wait, blocked on this thread, until the session is over, and are handled then.
+  if (l.signals.pthread_sigmask(SIG_BLOCK, l.blocked, savedMask) !== 0) throw new Error('pthread_sigmask(SIG_BLOCK) failed');
+  const work = (): T => {
     const refused = netlinkOpens();
-    if (refused) return [{ ok: false, output: '', error: refused }];
+    if (refused) return session(() => ({ ok: false, output: '', error: refused }));
     const ctx = l.nft.nft_ctx_new(NFT_CTX_DEFAULT);
-    if (l.isNull(ctx)) return [{ ok: false, output: '', error: 'nft_ctx_new failed' }];
+    if (ctx === null) return session(() => ({ ok: false, output: '', error: 'nft_ctx_new failed' }));
     try {
       l.nft.nft_ctx_buffer_output(ctx);
       l.nft.nft_ctx_buffer_error(ctx);
-      const results: NftCommandResult[] = [];
-      for (const command of commands) {
-        l.nft.nft_ctx_output_set_flags(ctx, command.json ? NFT_CTX_OUTPUT_JSON : 0);
-        if (typeof command.script !== 'string') throw new TypeError('an nft command must be script text');
-        const { rc, label } = runScript(l, ctx, command.script);
-        // Each get_*_buffer call hands back what was written since the last one, so results never mix.
-        const error = l.nft.nft_ctx_get_error_buffer(ctx) ?? '';
-        const result = { ok: rc === 0, output: l.nft.nft_ctx_get_output_buffer(ctx) ?? '', error: label ? error.split(label).join(SCRIPT_LABEL) : error };
-        results.push(result);
-        if (!result.ok) break;
-      }
-      return results;
+      return session((command) => runCommand(l, ctx, command));
     } finally {
       second = secondDescriptor(l, ctx);
       l.nft.nft_ctx_free(ctx);
@@ -246,6 +281,23 @@ export function runNft(netns: string | undefined, commands: readonly NftCommand[
   try {
     return netns === undefined ? work() : withNetns(netns, work);
   } finally {
+    l.signals.pthread_sigmask(SIG_SETMASK, savedMask, null);
     if (second !== undefined) closeLater(second);
   }
+}
+
+/**
+ * Runs `commands` in order in one session (`nftSession`), stopping at the first that fails; returns the
+ * results of those that ran.
+ */
+export function runNft(netns: string | undefined, commands: readonly NftCommand[]): NftCommandResult[] {
+  return nftSession(netns, (run) => {
+    const results: NftCommandResult[] = [];
+    for (const command of commands) {
+      const result = run(command);
+      results.push(result);
+      if (!result.ok) break;
+    }
+    return results;
+  });
 }

@@ -14,12 +14,13 @@
 import * as fs from 'node:fs';
 import { CommandFailedError, NftRefusedError } from '../../errors';
 import { run, type RunResult } from '../../netns';
+import { tablesHere } from '../../netns/nfnetlink';
 import { NFT_TABLES, NFT_TABLE_NAMES, nftChainName, type Family, type Table } from '../constants';
 import { effectiveChains, type Plan, type Rule } from '../plan';
 import { nftDeleteTables, renderNftScript, ruleBodies } from '../render/nftables';
 import { familiesOf, nftSignature, parseNftList, type ListedRule } from '../nft-list';
 import { parseNftJson } from '../nft-json';
-import { LIBNFTABLES, libnftablesUnavailable, nftablesModeFromEnv, NFTABLES_MODE_ENV, runNft, type NftablesMode } from './libnftables';
+import { LIBNFTABLES, libnftablesUnavailable, nftablesModeFromEnv, NFTABLES_MODE_ENV, nftSession, runNft, type NftablesMode } from './libnftables';
 import type { ApplyLaps, ApplyOutcome, Backend, ObservedRule } from './types';
 
 /**
@@ -43,6 +44,46 @@ export interface NftablesBackendOptions {
 export type NftVia = 'libnftables' | 'nft';
 
 const LIST_RULESET = 'list ruleset inet';
+/** NFPROTO_INET, the family of our tables in a netlink table listing. */
+const NFPROTO_INET = 1;
+
+/**
+ * Whether the netns this thread is in holds any table of ours, asked of the kernel directly (one netlink
+ * dump of the table names: a listing through libnftables costs it a cache fetch of four kinds of object,
+ * and us its JSON).
+ */
+function holdsTablesOfOurs(): boolean {
+  const tables = tablesHere();
+  return NFT_TABLE_NAMES.some((name) => tables.has(`${NFPROTO_INET}:${name}`));
+}
+
+interface Scripts {
+  /** Deletes whatever of ours is there and defines the plan. */
+  replacing: string;
+  /** For a netns holding none of our tables: defines the plan, and fails whole if one of its tables exists. */
+  fresh: string;
+}
+
+/**
+ * Rendered scripts and expected rules, kept with the plan they came from. The agent's plans come from the
+ * engine's plan cache (`planFor`) and are frozen, so the same object always renders the same text: most ADDs
+ * repeat a handful of configs, and rendering (0.2 ms) and the expected rules' signatures (0.6 ms, needed
+ * for the rule count even when nothing is read back) were a fifth of the agent's CPU per ADD. A plan that
+ * is not frozen might change, so it is rendered each time.
+ */
+const scriptCache = new WeakMap<Plan, Map<string, Scripts>>();
+const expectedCache = new WeakMap<readonly Rule[], Map<Family, readonly ObservedRule[]>>();
+
+function scriptsFor(plan: Plan, families: readonly Family[]): Scripts {
+  const render = (): Scripts => ({ replacing: renderNftScript(plan, families), fresh: renderNftScript(plan, families, { fresh: true }) });
+  if (!Object.isFrozen(plan)) return render();
+  let byFamilies = scriptCache.get(plan);
+  if (!byFamilies) scriptCache.set(plan, (byFamilies = new Map()));
+  const key = families.join(',');
+  let scripts = byFamilies.get(key);
+  if (!scripts) byFamilies.set(key, (scripts = render()));
+  return scripts;
+}
 
 /**
  * Which way a backend made with these options talks to nftables, and why (for `mesh-cni status`, the
@@ -116,13 +157,36 @@ export class NftablesBackend implements Backend {
     return this.parse(listing!);
   }
 
-  /** One transaction for every family: the script deletes our tables and defines what the plan needs. */
+  /**
+   * One transaction for every family. In-process, our tables are listed first, in the same visit to the
+   * netns and under the engine's netns lock: where there are none (a fresh sandbox), the fresh script
+   * creates the plan's tables, and `create` fails the whole transaction if one appeared meanwhile; otherwise
+   * the replacing script deletes ours and defines the plan's. The process path always replaces (a listing
+   * would be one more process).
+   */
   async apply(netns: string, plan: Plan, families: readonly Family[], laps?: ApplyLaps): Promise<ApplyOutcome> {
     laps?.lap('apply');
-    const script = renderNftScript(plan, families);
+    const scripts = scriptsFor(plan, families);
     laps?.lap('render');
-    await this.commands(netns, [{ script }], 'the rules were not applied');
-    // One transaction deleted every table of ours and defined the plan's: nothing else of ours can remain.
+    const hint = 'the rules were not applied';
+    if (this.via === 'nft') {
+      await this.commands(netns, [{ script: scripts.replacing }], hint);
+    } else {
+      const failed = nftSession(netns, (run) => {
+        let fresh: boolean;
+        try {
+          fresh = !holdsTablesOfOurs();
+        } catch (err) {
+          return { ok: false, output: '', error: `could not list the netns's nf_tables tables: ${(err as Error).message}` };
+        }
+        if (fresh && scripts.fresh === '') return undefined;
+        const applied = run({ script: fresh ? scripts.fresh : scripts.replacing });
+        return applied.ok ? undefined : applied;
+      });
+      if (failed) throw new NftRefusedError(failed.error, hint);
+    }
+    // One transaction either created every table of the plan where none of ours was, or deleted every table
+    // of ours and defined the plan's: nothing else of ours can remain.
     return { provenByTransaction: true };
   }
 
@@ -154,16 +218,27 @@ export class NftablesBackend implements Backend {
   }
 
   expected(family: Family, rules: readonly Rule[]): ObservedRule[] {
-    const out: ObservedRule[] = [];
-    for (const chainRules of effectiveChains(rules).values()) {
-      for (const rule of chainRules) {
-        for (const body of ruleBodies(rule, family)) {
-          out.push({ family, table: rule.table, chain: nftChainName(rule.chain), text: body, signature: nftSignature(body), target: targetOf(body) });
-        }
+    if (!Object.isFrozen(rules)) return expectedRules(family, rules);
+    let byFamily = expectedCache.get(rules);
+    if (!byFamily) expectedCache.set(rules, (byFamily = new Map()));
+    let cached = byFamily.get(family);
+    if (!cached) byFamily.set(family, (cached = Object.freeze(expectedRules(family, rules).map((r) => Object.freeze(r)))));
+    // A copy of the list: callers may sort or filter it; the rules in it are frozen.
+    return [...cached];
+  }
+}
+
+/** What the kernel lists for `rules` in `family`, in chain order, each with its canonical signature. */
+function expectedRules(family: Family, rules: readonly Rule[]): ObservedRule[] {
+  const out: ObservedRule[] = [];
+  for (const chainRules of effectiveChains(rules).values()) {
+    for (const rule of chainRules) {
+      for (const body of ruleBodies(rule, family)) {
+        out.push({ family, table: rule.table, chain: nftChainName(rule.chain), text: body, signature: nftSignature(body), target: targetOf(body) });
       }
     }
-    return out;
   }
+  return out;
 }
 
 /** The chain a rule jumps to, if it jumps. */

@@ -227,15 +227,23 @@ export function nftDeleteTables(): string {
   return TABLE_ORDER.map((t) => `add table inet ${NFT_TABLES[t]}\ndelete table inet ${NFT_TABLES[t]}\n`).join('');
 }
 
-/** The complete, self-replacing script for `nft -f -`. */
-export function renderNftScript(plan: Plan, families: readonly Family[]): string {
+/**
+ * The complete, self-replacing script for `nft -f -`.
+ *
+ * `fresh`: the script for a netns that holds no table of ours (its caller has just listed them, under the
+ * netns lock): no deletes, and `create table`, which fails the whole transaction if the table exists. Both
+ * leave the netns holding exactly the plan; the fresh one spares the kernel the delete of three tables that
+ * were never there, whose clean-up waits for an RCU grace period (libnftables.ts), and nft the listing of
+ * sets, objects and flowtables a delete makes it fetch.
+ */
+export function renderNftScript(plan: Plan, families: readonly Family[], options: { fresh?: boolean } = {}): string {
   const rules = toNftRules(plan, families);
-  let out = nftDeleteTables();
+  let out = options.fresh ? '' : nftDeleteTables();
   for (const table of TABLE_ORDER) {
     const tableRules = rules.filter((r) => r.table === table);
     if (tableRules.length === 0) continue;
     const name = NFT_TABLES[table];
-    out += `add table inet ${name}\n`;
+    out += `${options.fresh ? 'create' : 'add'} table inet ${name}\n`;
     for (const chain of chainOrder(table, plan, families)) {
       const hook = BASE_CHAINS[table][chain];
       out += `add chain inet ${name} ${nftChainName(chain)}${hook ? ` { ${hook} }` : ''}\n`;
