@@ -46,6 +46,21 @@ export function noteNetnsSwitch(into: boolean): void {
   entered += into ? 1 : -1;
 }
 
+/** Whether this thread is in the namespace it started in (no `withNetns` under way on it). */
+export function atHome(): boolean {
+  return entered === 0;
+}
+
+/**
+ * Whether the file open at `fd` (opened from `path`) is a namespace file: one on the device of our own
+ * namespace file is on nsfs (one device, one filesystem), so a pod's netns costs an fstat; anything else is
+ * asked with statfs.
+ */
+export function isNsfsFd(fd: number, path: string): boolean {
+  const own = ownNetnsStat();
+  return (own !== undefined && fs.fstatSync(fd).dev === own.dev) || isNsfs(path);
+}
+
 /** The device and inode of the namespace this thread runs in (throws what stat throws). */
 function ownNetns(): { dev: number; ino: number } {
   if (entered > 0) return fs.statSync(OWN_NETNS);

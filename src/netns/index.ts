@@ -11,7 +11,7 @@ import type * as ChildProcess from 'node:child_process';
 import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError } from '../errors';
 export { NetnsBusyError };
 import { errno, loadLibc } from './native';
-import { isNsfs, isOwnNetns, noteNetnsSwitch } from './identity';
+import { atHome, isNsfsFd, isOwnNetns, noteNetnsSwitch } from './identity';
 import { collectSpawn, SpawnError, startSpawn } from './spawn';
 export { setCollectMode, type CollectMode } from './spawn';
 export { classifyNetnsPath, type NetnsPathKind } from './identity';
@@ -41,7 +41,7 @@ function openNetns(path: string): number {
     throw netnsAccessError(path, err);
   }
   try {
-    if (!isNsfs(path)) throw new NotANetnsError(path);
+    if (!isNsfsFd(fd, path)) throw new NotANetnsError(path);
   } catch (err) {
     fs.closeSync(fd);
     throw err instanceof MeshCniError ? err : new NotANetnsError(path, err);
@@ -74,8 +74,11 @@ export function withNetns<T>(path: string, fn: () => T): T {
   const c = loadLibc();
   const targetFd = openNetns(path);
   let homeFd: number | undefined;
+  // From home, the way back is the one descriptor kept for it; from inside another withNetns, the
+  // namespace the thread is in now.
+  const fromHome = atHome();
   try {
-    homeFd = fs.openSync('/proc/thread-self/ns/net', 'r');
+    homeFd = fromHome ? homeDescriptor() : fs.openSync('/proc/thread-self/ns/net', 'r');
     if (c.setns(targetFd, CLONE_NEWNET) !== 0) {
       const code = errno();
       if (code === EINVAL) throw new NotANetnsError(path);
@@ -97,8 +100,14 @@ export function withNetns<T>(path: string, fn: () => T): T {
     }
   } finally {
     fs.closeSync(targetFd);
-    if (homeFd !== undefined) fs.closeSync(homeFd);
+    if (homeFd !== undefined && !fromHome) fs.closeSync(homeFd);
   }
+}
+
+let home: number | undefined;
+/** This thread's own netns, opened once (close-on-exec, so no program inherits it): every ADD enters a netns twice. */
+function homeDescriptor(): number {
+  return (home ??= fs.openSync('/proc/thread-self/ns/net', 'r'));
 }
 
 /**

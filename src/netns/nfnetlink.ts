@@ -203,14 +203,3 @@ export function tablesOf(c: Libc, fd: number, seq: number): Set<string> {
   }
   return tables;
 }
-
-/** The nf_tables tables of the netns this thread is in now (see `tablesOf`); throws when netlink refuses. */
-export function tablesHere(): Set<string> {
-  const c = loadLibc();
-  const fd = openNetfilterSocket(c);
-  try {
-    return tablesOf(c, fd, 1);
-  } finally {
-    c.close(fd);
-  }
-}

@@ -20,6 +20,7 @@ import * as fs from 'node:fs';
 import { CommandFailedError } from '../../errors';
 import { withNetns } from '../../netns';
 import { koffi } from '../../netns/ffi';
+import { tablesOf } from '../../netns/nfnetlink';
 import { AF_NETLINK, loadLibc, MFD_CLOEXEC, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET } from '../../netns/native';
 
 /** An opaque C pointer as koffi hands it over (null for NULL): the context is only ever passed back to the library. */
@@ -172,15 +173,13 @@ function runScript(l: Loaded, ctx: Pointer, script: string): { rc: number; label
 
 /**
  * libnftables ends the process (exit(), not an error) when it cannot open its netlink socket. The agent must
- * not die of that, so the same socket is opened and closed first: if that fails, so would the library's.
- * A socket that never ran a transaction closes at once.
+ * not die of that, so the same socket is opened first: if that fails, so would the library's. The socket then
+ * serves the session's table listing (`NftTables`) and is closed with the session; one that never ran a
+ * transaction closes at once.
  */
-function netlinkOpens(): string | undefined {
-  const c = loadLibc();
-  const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
-  if (fd < 0) return 'a netfilter netlink socket could not be opened in this network namespace';
-  fs.closeSync(fd);
-  return undefined;
+function netlinkOpens(): number | string {
+  const fd = loadLibc().socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+  return fd < 0 ? 'a netfilter netlink socket could not be opened in this network namespace' : fd;
 }
 
 function intSockopt(fd: number, name: number): number | undefined {
@@ -237,6 +236,8 @@ function closeLater(fd: number): void {
 
 /** Runs one nft command in the session's context; what `nftSession` hands its callback. */
 export type NftRun = (command: NftCommand) => NftCommandResult;
+/** The netns's nf_tables tables as `family:name`, read over netlink in the session (no nft cache, no parse). */
+export type NftTables = () => Set<string>;
 
 function runCommand(l: Loaded, ctx: Pointer, command: NftCommand): NftCommandResult {
   if (typeof command.script !== 'string') throw new TypeError('an nft command must be script text');
@@ -254,7 +255,7 @@ function runCommand(l: Loaded, ctx: Pointer, command: NftCommand): NftCommandRes
  * nothing else runs on the main thread meanwhile and no context outlives the call. Where no context can
  * be made there, every command answers with the reason.
  */
-export function nftSession<T>(netns: string | undefined, session: (run: NftRun) => T): T {
+export function nftSession<T>(netns: string | undefined, session: (run: NftRun, tables: NftTables) => T): T {
   const l = load();
   if (!l) throw new CommandFailedError(LIBNFTABLES, null, loadError ?? 'not loaded', 'install the libnftables1 package');
   let second: number | undefined;
@@ -265,17 +266,24 @@ export function nftSession<T>(netns: string | undefined, session: (run: NftRun) 
   // fail so. So they wait, blocked on this thread, until the session is over, and are handled then.
   if (l.signals.pthread_sigmask(SIG_BLOCK, l.blocked, savedMask) !== 0) throw new Error('pthread_sigmask(SIG_BLOCK) failed');
   const work = (): T => {
-    const refused = netlinkOpens();
-    if (refused) return session(() => ({ ok: false, output: '', error: refused }));
-    const ctx = l.nft.nft_ctx_new(NFT_CTX_DEFAULT);
-    if (ctx === null) return session(() => ({ ok: false, output: '', error: 'nft_ctx_new failed' }));
+    const probe = netlinkOpens();
+    if (typeof probe === 'string') return session(() => ({ ok: false, output: '', error: probe }), () => {
+      throw new Error(probe);
+    });
+    const tables = () => tablesOf(loadLibc(), probe, 1);
     try {
-      l.nft.nft_ctx_buffer_output(ctx);
-      l.nft.nft_ctx_buffer_error(ctx);
-      return session((command) => runCommand(l, ctx, command));
+      const ctx = l.nft.nft_ctx_new(NFT_CTX_DEFAULT);
+      if (ctx === null) return session(() => ({ ok: false, output: '', error: 'nft_ctx_new failed' }), tables);
+      try {
+        l.nft.nft_ctx_buffer_output(ctx);
+        l.nft.nft_ctx_buffer_error(ctx);
+        return session((command) => runCommand(l, ctx, command), tables);
+      } finally {
+        second = secondDescriptor(l, ctx);
+        l.nft.nft_ctx_free(ctx);
+      }
     } finally {
-      second = secondDescriptor(l, ctx);
-      l.nft.nft_ctx_free(ctx);
+      fs.closeSync(probe);
     }
   };
   try {

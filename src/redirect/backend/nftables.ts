@@ -14,7 +14,6 @@
 import * as fs from 'node:fs';
 import { CommandFailedError, NftRefusedError } from '../../errors';
 import { run, type RunResult } from '../../netns';
-import { tablesHere } from '../../netns/nfnetlink';
 import { NFT_TABLES, NFT_TABLE_NAMES, nftChainName, type Family, type Table } from '../constants';
 import { effectiveChains, type Plan, type Rule } from '../plan';
 import { nftDeleteTables, renderNftScript, ruleBodies } from '../render/nftables';
@@ -48,12 +47,11 @@ const LIST_RULESET = 'list ruleset inet';
 const NFPROTO_INET = 1;
 
 /**
- * Whether the netns this thread is in holds any table of ours, asked of the kernel directly (one netlink
+ * Whether `tables` (the netns's, from the session's netlink listing) holds any table of ours: asked of the kernel directly (one netlink
  * dump of the table names: a listing through libnftables costs it a cache fetch of four kinds of object,
  * and us its JSON).
  */
-function holdsTablesOfOurs(): boolean {
-  const tables = tablesHere();
+function holdsTablesOfOurs(tables: Set<string>): boolean {
   return NFT_TABLE_NAMES.some((name) => tables.has(`${NFPROTO_INET}:${name}`));
 }
 
@@ -172,10 +170,10 @@ export class NftablesBackend implements Backend {
     if (this.via === 'nft') {
       await this.commands(netns, [{ script: scripts.replacing }], hint);
     } else {
-      const failed = nftSession(netns, (run) => {
+      const failed = nftSession(netns, (run, tables) => {
         let fresh: boolean;
         try {
-          fresh = !holdsTablesOfOurs();
+          fresh = !holdsTablesOfOurs(tables());
         } catch (err) {
           return { ok: false, output: '', error: `could not list the netns's nf_tables tables: ${(err as Error).message}` };
         }
