@@ -5,7 +5,7 @@
  * Used by the reconciler's cheap check (src/repair/nf-facts.ts) and the iptables-nft replay
  * (src/redirect/backend/nft-replay.ts).
  */
-import { AF_NETLINK, errno, loadLibc, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, type Libc } from './native';
+import { AF_NETLINK, errno, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, type Libc } from './native';
 
 export const NLMSG_HDRLEN = 16;
 export const NFGENMSG_LEN = 4;
