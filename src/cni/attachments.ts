@@ -59,6 +59,26 @@ function legacyName(containerId: string, ifName: string): string | undefined {
 /** Directories this process made or found; an ADD's record then costs a write and a rename, no mkdir. */
 const knownDirs = new Set<string>();
 
+const TMPFS_MAGIC = 0x01021994;
+/** Whether a state dir is on tmpfs, asked once per dir (of its nearest existing ancestor while it is missing). */
+const onTmpfs = new Map<string, boolean>();
+function inMemory(dir: string): boolean {
+  let known = onTmpfs.get(dir);
+  if (known === undefined) {
+    known = false;
+    for (let d = dir; ; d = path.dirname(d)) {
+      try {
+        known = fs.statfsSync(d).type === TMPFS_MAGIC;
+        break;
+      } catch {
+        if (path.dirname(d) === d) break;
+      }
+    }
+    onTmpfs.set(dir, known);
+  }
+  return known;
+}
+
 /** Background writes by target file, each after the one before it for the same file. */
 const inFlight = new Map<string, Promise<void>>();
 
@@ -148,6 +168,13 @@ export class AttachmentStore {
   recordLater(rec: Omit<AttachmentRecord, 'programmedAt'>, programmedAtMs: number, onFailure: (note: string) => void, onStarted?: (seconds: number) => void): void {
     const target = path.join(this.dir, this.name(rec.containerId, rec.ifName));
     const write = async () => {
+      if (inMemory(this.dir)) {
+        // tmpfs (a node's /var/run): nothing can block, so the three calls run here, cheaper than four trips
+        // through libuv's threads and their wake-ups; the answer has gone out already.
+        const note = this.record({ ...rec, programmedAt: new Date(programmedAtMs).toISOString() });
+        if (note) onFailure(note);
+        return;
+      }
       const temp = `${target}.${process.pid}.tmp`;
       // The time is taken by the caller and only written out here, after the answer.
       const record: AttachmentRecord = { ...rec, programmedAt: new Date(programmedAtMs).toISOString() };

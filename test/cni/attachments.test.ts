@@ -4,6 +4,20 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { AttachmentStore, type AttachmentRecord } from '../../src/cni/attachments';
 import { testTempDir } from '../support/tmp';
+import type { ExecutionContext } from 'ava';
+
+/** A temp dir on tmpfs (/dev/shm), where records are written in the after-answer turn itself. */
+function shmTempDir(t: ExecutionContext, prefix: string): string {
+  const dir = fs.mkdtempSync(`/dev/shm/mesh-cni-${prefix}-`);
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** recordLater's two ways: through libuv's threads on a disk, in the event loop's next turn on tmpfs. */
+const WHERE = [
+  ['disk', testTempDir],
+  ['tmpfs', shmTempDir],
+] as const;
 
 function rec(containerId: string, ifName: string): AttachmentRecord {
   return { containerId, ifName, netns: `/var/run/netns/${containerId}`, backend: 'iptables-nft', rules: 3, programmedAt: '2026-01-01T00:00:00.000Z' };
@@ -53,8 +67,9 @@ test('a record written under the old name is read, and forgotten only by its own
   t.deepEqual(store.list().map((r) => r.containerId), ['x']);
 });
 
-test('recordLater starts the write after the current turn of the event loop, tells how long the start took, and settled waits for it', async (t) => {
-  const store = new AttachmentStore(testTempDir(t, 'att'));
+for (const [where, tempDir] of WHERE) {
+  test(`${where}: recordLater starts the write after the current turn of the event loop, tells how long the start took, and settled waits for it`, async (t) => {
+  const store = new AttachmentStore(tempDir(t, 'att'));
   const started: number[] = [];
   store.recordLater(...later('late', 'eth0'), (note) => t.fail(note), (seconds) => started.push(seconds));
   // Promise continuations of this turn (where the agent sends its answer) run before the write begins.
@@ -68,9 +83,11 @@ test('recordLater starts the write after the current turn of the event loop, tel
   t.is(fs.statSync(file).mode & 0o777, 0o600);
   t.deepEqual(fs.readdirSync(store.dir), ['late_eth0.json'], 'no temp file left');
 });
+}
 
-test('recordLater into a removed state directory creates it again; one that cannot be written reports the note', async (t) => {
-  const dir = testTempDir(t, 'att');
+for (const [where, tempDir] of WHERE) {
+  test(`${where}: recordLater into a removed state directory creates it again; one that cannot be written reports the note`, async (t) => {
+  const dir = tempDir(t, 'att');
   const store = new AttachmentStore(dir);
   store.recordLater(...later('a', 'eth0'), (note) => t.fail(note));
   await store.settled();
@@ -87,9 +104,11 @@ test('recordLater into a removed state directory creates it again; one that cann
   t.is(notes.length, 1);
   t.regex(notes[0]!, /attachment state not recorded/);
 });
+}
 
-test('a DEL after a recordLater of the same attachment removes it for good (the removal waits for the write)', async (t) => {
-  const store = new AttachmentStore(testTempDir(t, 'att'));
+for (const [where, tempDir] of WHERE) {
+  test(`${where}: a DEL after a recordLater of the same attachment removes it for good (the removal waits for the write)`, async (t) => {
+  const store = new AttachmentStore(tempDir(t, 'att'));
   store.recordLater(...later('gone', 'eth0'), (note) => t.fail(note));
   await store.settled('gone', 'eth0');
   store.recordLater(...later('gone', 'eth0'), (note) => t.fail(note));
@@ -98,3 +117,4 @@ test('a DEL after a recordLater of the same attachment removes it for good (the 
   await new Promise((r) => setTimeout(r, 20));
   t.deepEqual(store.list(), []);
 });
+}
