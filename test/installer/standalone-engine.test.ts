@@ -12,6 +12,7 @@ import { existsSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { install, pluginEntry, uninstall } from '../../src/installer';
 import { createNetns, createPodPeer, EXTERNAL_V4, inNetns, netnsPath } from '../support/netns';
+import { standaloneAddEnv, standaloneNetconf } from '../support/shim';
 import { connect, listen } from '../support/traffic';
 import { REPO_ROOT } from '../support/paths';
 import { requireKernelTools, requireNft } from '../support/require';
@@ -158,7 +159,7 @@ test.serial('a host with no Node.js: the installed shim runs the engine on the r
   const pair = createPodPeer(t, { ipv6: false });
   const empty = join(root, 'not-node');
   writeFileSync(empty, '', { mode: 0o644 });
-  const netconf = { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'mesh-cni', backend: 'iptables', log_file: join(root, 'mesh-cni.log'), state_dir: join(root, 'state'), runtimeConfig: { 'io.kubernetes.cri.pod-annotations': INJECTED } };
+  const netconf = standaloneNetconf(root, 'iptables', INJECTED);
   // A private mount namespace in which every node binary of this host is an empty, non-executable file:
   // `node` there fails (checked, exit 98), so only the shipped runtime can run the engine.
   const script = 'e=$1; s=$2; shift 2; for n; do mount --bind "$e" "$n" || exit 99; done; if node -e 0 2>/dev/null; then exit 98; fi; exec "$s"';
@@ -168,16 +169,7 @@ test.serial('a host with no Node.js: the installed shim runs the engine on the r
     input: JSON.stringify(netconf),
     encoding: 'utf8',
     timeout: 60_000,
-    env: {
-      PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-      CNI_COMMAND: 'ADD',
-      CNI_CONTAINERID: 'no-node-1',
-      CNI_NETNS: pair.podPath,
-      CNI_IFNAME: 'eth0',
-      CNI_PATH: binDir,
-      CNI_ARGS: POD_ARGS,
-      MESH_CNI_AGENT_SOCKET: join(root, 'no-agent.sock'),
-    },
+    env: standaloneAddEnv({ containerId: 'no-node-1', netns: pair.podPath, cniPath: binDir, root, podArgs: POD_ARGS }),
   });
   t.log(`standalone ADD on the shipped runtime, node masked: ${Date.now() - started} ms (mount namespace setup included)`);
   t.not(add.status, 98, 'node was still runnable inside the test namespace');

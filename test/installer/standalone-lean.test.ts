@@ -12,6 +12,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { install, pluginEntry, uninstall } from '../../src/installer';
 import { createNetns, inNetns, netnsPath } from '../support/netns';
+import { standaloneAddEnv, standaloneNetconf } from '../support/shim';
 import { REPO_ROOT } from '../support/paths';
 import { requireKernelTools } from '../support/require';
 import { testTempDir } from '../support/tmp';
@@ -125,24 +126,14 @@ test.serial('a standalone ADD through the installed shim programs a real netns w
   const loaded = join(root, 'builtins.json');
   const probe = join(root, 'probe.js');
   writeFileSync(probe, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(loaded)}, JSON.stringify(process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice(13)))));\n`);
-  const netconf = { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'mesh-cni', backend: 'iptables', log_file: join(root, 'mesh-cni.log'), state_dir: join(root, 'state'), runtimeConfig: { 'io.kubernetes.cri.pod-annotations': INJECTED } };
+  const netconf = standaloneNetconf(root, 'iptables', INJECTED);
   const add = spawnSync(join(options.cniBinDir, 'mesh-cni'), [], {
     cwd: '/',
     input: JSON.stringify(netconf),
     encoding: 'utf8',
     timeout: 60_000,
     // stdout and stderr are pipes, as a runtime gives them (node:net is what a piped process.stderr would load).
-    env: {
-      PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-      CNI_COMMAND: 'ADD',
-      CNI_CONTAINERID: 'lean-1',
-      CNI_NETNS: netnsPath(netns),
-      CNI_IFNAME: 'eth0',
-      CNI_PATH: options.cniBinDir,
-      CNI_ARGS: POD_ARGS,
-      MESH_CNI_AGENT_SOCKET: join(root, 'no-agent.sock'),
-      NODE_OPTIONS: `--require ${probe}`,
-    },
+    env: standaloneAddEnv({ containerId: 'lean-1', netns: netnsPath(netns), cniPath: options.cniBinDir, root, podArgs: POD_ARGS }, { NODE_OPTIONS: `--require ${probe}` }),
   });
   t.is(add.status, 0, `${add.stdout}\n${add.stderr}`);
   t.regex(inNetns(netns, 'iptables-save', []), /15001/, 'the pod netns holds the redirect');

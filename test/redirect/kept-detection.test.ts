@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { chooseBackend, KEPT_DETECTION_FILE, KEPT_DETECTION_TTL_MS, rememberAutoDetection } from '../../src/redirect/choose-backend';
 import { install, pluginEntry, uninstall } from '../../src/installer';
 import { createNetns, inNetns, netnsPath } from '../support/netns';
+import { standaloneAddEnv, standaloneNetconf } from '../support/shim';
 import { REPO_ROOT } from '../support/paths';
 import { requireKernelTools, requireNft } from '../support/require';
 import { testTempDir } from '../support/tmp';
@@ -112,23 +113,14 @@ test.serial('standalone ADDs with backend auto: the first keeps the answer in st
   };
   await install(options);
   t.teardown(() => uninstall(options).then(() => undefined));
-  const netconf = { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'mesh-cni', backend: 'auto', log_file: join(root, 'mesh-cni.log'), state_dir: stateDir, runtimeConfig: { 'io.kubernetes.cri.pod-annotations': INJECTED } };
+  const netconf = standaloneNetconf(root, 'auto', INJECTED, stateDir);
   const add = (netns: string, id: string) =>
     spawnSync(join(options.cniBinDir, 'mesh-cni'), [], {
       cwd: '/',
       input: JSON.stringify(netconf),
       encoding: 'utf8',
       timeout: 60_000,
-      env: {
-        PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-        CNI_COMMAND: 'ADD',
-        CNI_CONTAINERID: id,
-        CNI_NETNS: netnsPath(netns),
-        CNI_IFNAME: 'eth0',
-        CNI_PATH: options.cniBinDir,
-        CNI_ARGS: POD_ARGS,
-        MESH_CNI_AGENT_SOCKET: join(root, 'no-agent.sock'),
-      },
+      env: standaloneAddEnv({ containerId: id, netns: netnsPath(netns), cniPath: options.cniBinDir, root, podArgs: POD_ARGS }),
     });
   const first = add(createNetns(t, 'kept1'), 'kept-1');
   t.is(first.status, 0, `${first.stdout}\n${first.stderr}`);

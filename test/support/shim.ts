@@ -50,3 +50,26 @@ export function execShim(env: Record<string, string | undefined>, stdin: unknown
     child.stdin.end(typeof stdin === 'string' || Buffer.isBuffer(stdin) ? stdin : JSON.stringify(stdin));
   });
 }
+
+/** A pod's netconf for a standalone ADD (its annotations in runtimeConfig, as containerd passes them), logging under `root`. */
+export function standaloneNetconf(root: string, backend: string, annotations: Record<string, string>, stateDir = `${root}/state`): Record<string, unknown> {
+  return { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'mesh-cni', backend, log_file: `${root}/mesh-cni.log`, state_dir: stateDir, runtimeConfig: { 'io.kubernetes.cri.pod-annotations': annotations } };
+}
+
+/**
+ * The environment a container runtime gives the plugin for an ADD (a node's PATH, the CNI_* variables), with
+ * an agent socket nobody serves, so the shim runs the engine standalone.
+ */
+export function standaloneAddEnv(o: { containerId: string; netns: string; cniPath: string; root: string; podArgs: string }, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    CNI_COMMAND: 'ADD',
+    CNI_CONTAINERID: o.containerId,
+    CNI_NETNS: o.netns,
+    CNI_IFNAME: 'eth0',
+    CNI_PATH: o.cniPath,
+    CNI_ARGS: o.podArgs,
+    MESH_CNI_AGENT_SOCKET: `${o.root}/no-agent.sock`,
+    ...extra,
+  };
+}
