@@ -37,8 +37,8 @@ function push(series: Series, name: string, ms: number): void {
   (series[name] ??= []).push(ms);
 }
 
-/** How the agent's iptables ADDs reached the kernel, from its request log's `via` (all of the run, warm-up included). */
-function countVia(logFile: string): Record<string, number> {
+/** How the agent's iptables ADDs reached the kernel, from the request log's `via` (all of the run, warm-up included). */
+function countVia(logFile: string, agentIds: Set<string>): Record<string, number> {
   const counts: Record<string, number> = {};
   let text = '';
   try {
@@ -48,8 +48,8 @@ function countVia(logFile: string): Record<string, number> {
   }
   for (const line of text.split('\n')) {
     if (!line.includes('"command":"ADD"')) continue;
-    const l = JSON.parse(line) as { backend?: string; via?: string };
-    if (l.backend === 'iptables') counts[l.via ?? 'unknown'] = (counts[l.via ?? 'unknown'] ?? 0) + 1;
+    const l = JSON.parse(line) as { backend?: string; via?: string; containerId?: string };
+    if (l.backend?.startsWith('iptables') && l.containerId && agentIds.has(l.containerId)) counts[l.via ?? 'unknown'] = (counts[l.via ?? 'unknown'] ?? 0) + 1;
   }
   return counts;
 }
@@ -95,8 +95,13 @@ export async function benchAddLatency(): Promise<Summary[]> {
     }
   };
   let id = 0;
-  const add = (backend: string, shim = SHIM, socket = agent.socket, how: 'posix' | 'fork' = 'posix') => (netns: string) =>
-    runShim({ shim, command: 'ADD', netns, containerId: `bench-${++id}`, netconf: meshedNetconf(dir, backend), socket, spawn: how });
+  /** The ADDs the agent answered (the standalone ones log to the same file). */
+  const agentIds = new Set<string>();
+  const add = (backend: string, shim = SHIM, socket = agent.socket, how: 'posix' | 'fork' = 'posix') => (netns: string) => {
+    const containerId = `bench-${++id}`;
+    if (socket === agent.socket) agentIds.add(containerId);
+    return runShim({ shim, command: 'ADD', netns, containerId, netconf: meshedNetconf(dir, backend), socket, spawn: how });
+  };
   const restoreForkedHere = (netns: string) =>
     new Promise<{ code: number | null; ms: number; stdout: string }>((resolve) => {
       const t = process.hrtime.bigint();
@@ -153,7 +158,7 @@ export async function benchAddLatency(): Promise<Summary[]> {
       await once('standalone ADD auto', add('auto', installedShim, absent, 'fork'));
     }
     metricsAfter = await scrapeMetrics(agent);
-    viaCounts = countVia(path.join(dir, 'mesh-cni.log'));
+    viaCounts = countVia(path.join(dir, 'mesh-cni.log'), agentIds);
     rss = { agent: rssKb(agent.pid), small: rssKb(spawner.pid), bench: rssKb(process.pid) };
   } finally {
     spawner.stop();

@@ -104,6 +104,21 @@ function writeNewFile(file: string, text: string): Promise<void> {
   });
 }
 
+/** writeFileSync(file, text, { mode: 0o600 }) as its three calls, without its option handling (a fifth of its cost cold). */
+function writeNewFileSync(file: string, text: string): void {
+  const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+  try {
+    const data = Buffer.from(text, 'utf8');
+    for (let off = 0; off < data.length; ) {
+      const written = fs.writeSync(fd, data, off, data.length - off);
+      if (written <= 0) throw new Error(`nothing written to ${file}`);
+      off += written;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** Resolves after the current turn of the event loop (once an answer being sent has been sent). */
 function afterThisTurn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
@@ -136,13 +151,13 @@ export class AttachmentStore {
       const text = `${JSON.stringify(rec)}\n`;
       try {
         if (!knownDirs.has(this.dir)) throw Object.assign(new Error('not known yet'), { code: 'ENOENT' });
-        fs.writeFileSync(temp, text, { mode: 0o600 });
+        writeNewFileSync(temp, text);
       } catch (err) {
         // Made on first use, and again whenever someone removed it since.
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
         fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
         knownDirs.add(this.dir);
-        fs.writeFileSync(temp, text, { mode: 0o600 });
+        writeNewFileSync(temp, text);
       }
       fs.renameSync(temp, target);
       this.dropLegacy(rec.containerId, rec.ifName);
