@@ -86,7 +86,7 @@ export function withNetns<T>(path: string, fn: () => T): T {
         hint: 'entering a network namespace needs CAP_SYS_ADMIN (run as root)',
       });
     }
-    // The only setns of this thread (identity.ts relies on it to know when the thread is at home).
+    // Every netns switch of this thread is counted (identity.ts relies on it to know when the thread is at home).
     noteNetnsSwitch(true);
     try {
       const result = fn();
