@@ -146,14 +146,21 @@ export function drain(c: Libc, fd: number): Buffer[] {
       throw new Error(`netlink recv failed (errno ${code})`);
     }
     if (n === 0) return out;
-    let off = 0;
-    while (off + NLMSG_HDRLEN <= n) {
-      const len = buf.readUInt32LE(off);
-      if (len < NLMSG_HDRLEN || off + len > n) break;
-      out.push(Buffer.from(buf.subarray(off, off + len)));
-      off += align4(len);
-    }
+    out.push(...messagesIn(buf, n));
   }
+}
+
+/** The whole messages in the first `n` bytes of `buf`, each copied out of it. */
+function messagesIn(buf: Buffer, n: number): Buffer[] {
+  const out: Buffer[] = [];
+  let off = 0;
+  while (off + NLMSG_HDRLEN <= n) {
+    const len = buf.readUInt32LE(off);
+    if (len < NLMSG_HDRLEN || off + len > n) break;
+    out.push(Buffer.from(buf.subarray(off, off + len)));
+    off += align4(len);
+  }
+  return out;
 }
 
 /** The errno an NLMSG_ERROR message carries (0: an acknowledgement). */
@@ -171,13 +178,8 @@ export function exchange(c: Libc, fd: number, req: Buffer, dump: boolean): Buffe
   for (;;) {
     const n = Number(c.recv(fd, buf, buf.length, MSG_DONTWAIT));
     if (n <= 0) throw new Error(`netlink recv failed (errno ${errno()})`);
-    let off = 0;
-    while (off + NLMSG_HDRLEN <= n) {
-      const len = buf.readUInt32LE(off);
-      const type = buf.readUInt16LE(off + 4);
-      if (len < NLMSG_HDRLEN || off + len > n) break;
-      const msg = Buffer.from(buf.subarray(off, off + len));
-      off += align4(len);
+    for (const msg of messagesIn(buf, n)) {
+      const type = msg.readUInt16LE(4);
       if (msg.readUInt32LE(8) !== seq) continue;
       if (type === NLMSG_DONE) return out;
       if (type === NLMSG_ERROR) {

@@ -69,6 +69,7 @@ const COPY = {
   [NFT_MSG.NEWRULE]: { keep: new Set([1, 2, 4, 5, 7]), drop: new Set([3, 6, 8, 9, 10, 11]) },
 } as Record<number, { keep: Set<number>; drop: Set<number> }>;
 
+const NFTA_TABLE_NAME = 1;
 const NFTA_TABLE_FLAGS = 2;
 const NFTA_RULE_EXPRESSIONS = 4;
 const NFTA_RULE_COMPAT = 5;
@@ -116,19 +117,21 @@ function creatingPayload(msg: Buffer): Buffer {
   const rule = COPY[type];
   if (!rule) throw new UncopyableError(`nf_tables message type ${type}`);
   const parts: Buffer[] = [];
+  let compat = false;
   for (const a of attributeList(msg)) {
-    if (rule.keep.has(a.type)) parts.push(a.raw);
-    else if (!rule.drop.has(a.type)) throw new UncopyableError(`attribute ${a.type} of nf_tables message type ${type}`);
-  }
-  if (type === NFT_MSG.NEWRULE) {
-    // A kernel that dumps it has already had it copied above.
-    if (!attributeList(msg).some((a) => a.type === NFTA_RULE_COMPAT)) parts.push(compatOf(msg));
-  }
-  if (type === NFT_MSG.NEWTABLE) {
-    const flags = attributes(msg).get(NFTA_TABLE_FLAGS);
+    if (!rule.keep.has(a.type)) {
+      if (!rule.drop.has(a.type)) throw new UncopyableError(`attribute ${a.type} of nf_tables message type ${type}`);
+      continue;
+    }
+    parts.push(a.raw);
+    if (type === NFT_MSG.NEWRULE && a.type === NFTA_RULE_COMPAT) compat = true;
     // Dormant or owned tables are not what a restore makes; nothing to copy faithfully.
-    if (flags && flags.length >= 4 && flags.readUInt32BE(0) !== 0) throw new UncopyableError(`table flags ${flags.readUInt32BE(0)}`);
+    if (type === NFT_MSG.NEWTABLE && a.type === NFTA_TABLE_FLAGS && a.value.length >= 4 && a.value.readUInt32BE(0) !== 0) {
+      throw new UncopyableError(`table flags ${a.value.readUInt32BE(0)}`);
+    }
   }
+  // A kernel that dumps the compat attribute has had it copied above.
+  if (type === NFT_MSG.NEWRULE && !compat) parts.push(compatOf(msg));
   return Buffer.concat(parts);
 }
 
@@ -164,6 +167,8 @@ function canonical(d: Dumped): string[] {
 
 export interface ReplayTemplate {
   nfproto: number;
+  /** Its tables' names, for messages. */
+  tables: string[];
   /** BATCH_BEGIN, the creating messages (sequence 1..n, each asking for an ack), BATCH_END. */
   batch: Buffer;
   messages: number;
@@ -179,7 +184,8 @@ function buildTemplate(nfproto: number, d: Dumped): ReplayTemplate {
   for (const r of d.rules) create(r, NLM_F_CREATE | NLM_F_APPEND);
   const begin = nfMessage(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFPROTO.unspec, Buffer.alloc(0), 0, NFNL_SUBSYS_NFTABLES);
   const end = nfMessage(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, NFPROTO.unspec, Buffer.alloc(0), 0, NFNL_SUBSYS_NFTABLES);
-  return { nfproto, batch: Buffer.concat([begin, ...msgs, end]), messages: seq };
+  const tables = d.tables.map((t) => attrString(attributes(t).get(NFTA_TABLE_NAME)) ?? '?');
+  return { nfproto, tables, batch: Buffer.concat([begin, ...msgs, end]), messages: seq };
 }
 
 export type ReplayResult = { ok: true } | { ok: false; errno: number };
@@ -257,15 +263,7 @@ export async function captureTemplate(family: Family, restoreProgram: string, sa
 
 /** A name for a template's tables, for messages: `ip nat`, `ip6 mangle, ip6 nat`. */
 export function templateTables(t: ReplayTemplate): string {
-  const names: string[] = [];
-  let off = 0;
-  while (off + NLMSG_HDRLEN <= t.batch.length) {
-    const len = t.batch.readUInt32LE(off);
-    const m = t.batch.subarray(off, off + len);
-    if ((m.readUInt16LE(4) >> 8) === NFNL_SUBSYS_NFTABLES && nftType(m) === NFT_MSG.NEWTABLE) names.push(attrString(attributes(m).get(1)) ?? '?');
-    off += (len + 3) & ~3;
-  }
-  return names.map((n) => `${t.nfproto === NFPROTO.ipv6 ? 'ip6' : 'ip'} ${n}`).join(', ');
+  return t.tables.map((n) => `${t.nfproto === NFPROTO.ipv6 ? 'ip6' : 'ip'} ${n}`).join(', ');
 }
 
 /** `retryAt`: a failure that was not about the rules themselves (a program that could not start, say) is tried again. */
