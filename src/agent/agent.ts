@@ -15,6 +15,7 @@ import type { NodePodCache } from '../kube/pod-cache';
 import type { V1Pod } from '@kubernetes/client-node';
 import { AgentMetrics } from './metrics';
 import { buildInfo } from '../build-info';
+import { deepFreeze, RecentMap } from '../caches';
 import type { InstallOptions, InstallWatcher } from '../installer';
 import { Reconciler, type RepairMode } from '../repair/reconciler';
 import type { BackendName } from '../redirect/engine';
@@ -202,14 +203,6 @@ async function startPodCache(options: AgentOptions, log: Log, onPodEvent: (pod: 
 
 type BuildConfig = NonNullable<CniDeps['buildConfig']>;
 
-function deepFreeze<T>(value: T): T {
-  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const v of Object.values(value)) deepFreeze(v);
-  }
-  return value;
-}
-
 /**
  * The annotation parser, remembered per distinct (annotations, proxy settings): a node's pods come from a few
  * Deployments, so most ADDs ask again for a config already parsed. The config is frozen (requests share it);
@@ -217,17 +210,11 @@ function deepFreeze<T>(value: T): T {
  */
 async function rememberedConfigs(max = 256): Promise<BuildConfig> {
   const { redirectConfigFromAnnotations } = await import('../redirect/config');
-  const configs = new Map<string, ReturnType<BuildConfig>>();
+  const configs = new RecentMap<string, ReturnType<BuildConfig>>(max);
   return (annotations, proxy) => {
     const key = JSON.stringify([annotations, proxy ?? null]);
     let config = configs.get(key);
-    if (config) {
-      configs.delete(key);
-    } else {
-      config = deepFreeze(redirectConfigFromAnnotations(annotations, proxy));
-      if (configs.size >= max) configs.delete(configs.keys().next().value as string);
-    }
-    configs.set(key, config);
+    if (!config) configs.set(key, (config = deepFreeze(redirectConfigFromAnnotations(annotations, proxy))));
     return config;
   };
 }

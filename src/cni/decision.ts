@@ -11,6 +11,7 @@
  */
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
 import { DATAPLANE_MODE_LABEL, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from '../istio-names';
+import { RecentMap } from '../caches';
 
 /** The agent's own pods: its DaemonSet's namespace and pod-name prefix (install/30-daemonset.yaml). */
 export const DEFAULT_AGENT_NAMESPACE = 'mesh-cni-system';
@@ -101,7 +102,7 @@ type ContainerEntries = ReadonlyArray<Readonly<{ name: string; list: ContainerLi
 
 /** How many distinct status annotations are remembered (a node's pods come from a few Deployments). */
 export const MAX_CACHED_STATUSES = 256;
-const statuses = new Map<string, ContainerEntries>();
+const statuses = new RecentMap<string, ContainerEntries>(MAX_CACHED_STATUSES);
 
 /**
  * The injected containers the status annotation lists, from both lists; `null` lists are empty. Remembered
@@ -111,15 +112,11 @@ const statuses = new Map<string, ContainerEntries>();
 export function injectedContainersFromStatus(status: string | undefined): ContainerEntries | undefined {
   if (status === undefined) return undefined;
   let entries = statuses.get(status);
-  if (entries) {
-    statuses.delete(status);
-  } else {
+  if (!entries) {
     const parsed = containersOfStatus(status);
     if (!parsed) return undefined;
-    entries = Object.freeze(parsed.map((c) => Object.freeze(c)));
-    if (statuses.size >= MAX_CACHED_STATUSES) statuses.delete(statuses.keys().next().value as string);
+    statuses.set(status, (entries = Object.freeze(parsed.map((c) => Object.freeze(c)))));
   }
-  statuses.set(status, entries);
   return entries;
 }
 

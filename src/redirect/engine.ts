@@ -13,6 +13,7 @@
  * what the other had committed; serialised, each later apply replaces the earlier one's rules in one
  * transaction.
  */
+import { deepFreeze, RecentMap } from '../caches';
 import { MeshCniError, RollbackFailedError, RuleMismatchError } from '../errors';
 import { isHostNetns, withNetnsLock } from '../netns';
 import type { BackendName } from './backend-names';
@@ -136,16 +137,7 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: Verify
 }
 
 /** Plans by their config's JSON; a cluster runs few distinct configs, so a small bound holds them all. */
-const plans = new Map<string, Plan>();
-const MAX_CACHED_PLANS = 64;
-
-function deepFreeze<T>(value: T): T {
-  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const v of Object.values(value)) deepFreeze(v);
-  }
-  return value;
-}
+const plans = new RecentMap<string, Plan>(64);
 
 /**
  * The plan for a config, built once per distinct config: the agent's ADDs mostly repeat a handful. Keyed by the
@@ -159,14 +151,7 @@ export function planFor(config: RedirectConfig): Plan {
   if (known && plans.get(known.key) === known.plan) return known.plan;
   const key = JSON.stringify(config);
   let plan = plans.get(key);
-  if (plan) {
-    // Most recently used last: the first key is the one to drop.
-    plans.delete(key);
-  } else {
-    plan = deepFreeze(buildPlan(structuredClone(config)));
-    if (plans.size >= MAX_CACHED_PLANS) plans.delete(plans.keys().next().value as string);
-  }
-  plans.set(key, plan);
+  if (!plan) plans.set(key, (plan = deepFreeze(buildPlan(structuredClone(config)))));
   if (Object.isFrozen(config)) planByConfig.set(config, { key, plan });
   return plan;
 }

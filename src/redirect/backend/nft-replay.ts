@@ -54,6 +54,7 @@ import {
   openNetfilterSocket,
 } from '../../netns/nfnetlink';
 import type { Family } from '../constants';
+import { RecentMap } from '../../caches';
 
 /**
  * The attributes a creating message may carry, per object (linux/netfilter/nf_tables.h); the others in a dump
@@ -271,8 +272,7 @@ type Entry = { state: 'ready'; template: ReplayTemplate } | { state: 'making' } 
 const RETRY_MS = 60_000;
 
 /** Templates by program and text. A cluster runs few distinct plans; the bound is the engine's plan cache's. */
-const templates = new Map<string, Entry>();
-const MAX_TEMPLATES = 64;
+const templates = new RecentMap<string, Entry>(64);
 let enabled = false;
 let report: (event: { key: string; made: boolean; detail: string }) => void = () => undefined;
 
@@ -305,12 +305,6 @@ export function replayCounts(): { ready: number; restoreOnly: number } {
 
 const keyOf = (restoreProgram: string, text: string) => `${restoreProgram}\n${text}`;
 
-function remember(key: string, entry: Entry): void {
-  templates.delete(key);
-  if (templates.size >= MAX_TEMPLATES) templates.delete(templates.keys().next().value as string);
-  templates.set(key, entry);
-}
-
 /**
  * The fast path of a fresh sandbox's ADD: replays the ready template for this text, if any. `replayed` when
  * the rules are in; otherwise the caller runs the restore (a netns that already holds one of the tables
@@ -320,13 +314,13 @@ function remember(key: string, entry: Entry): void {
 export function tryReplay(netns: string, restoreProgram: string, text: string): 'replayed' | 'no-template' | 'refused' {
   if (!enabled) return 'no-template';
   const key = keyOf(restoreProgram, text);
-  const entry = templates.get(key);
+  const entry = templates.peek(key);
   if (entry?.state !== 'ready') return 'no-template';
   const r = replayTemplate(netns, entry.template);
   if (r.ok) return 'replayed';
   if (r.errno !== EEXIST) {
     const reason = `the kernel refused a replay into ${netns} (errno ${r.errno}); this plan's rules go in by ${restoreProgram} from now on`;
-    remember(key, { state: 'restore-only', reason });
+    templates.set(key, { state: 'restore-only', reason });
     report({ key, made: false, detail: reason });
   }
   return 'refused';
@@ -341,18 +335,18 @@ const EEXIST = 17;
 export function makeTemplateLater(family: Family, restoreProgram: string, saveProgram: string, text: string): void {
   if (!enabled) return;
   const key = keyOf(restoreProgram, text);
-  const known = templates.get(key);
+  const known = templates.peek(key);
   if (known && !(known.state === 'restore-only' && known.retryAt !== undefined && known.retryAt <= Date.now())) return;
-  remember(key, { state: 'making' });
+  templates.set(key, { state: 'making' });
   const timer = setTimeout(() => {
     captureTemplate(family, restoreProgram, saveProgram, text).then(
       (template) => {
-        remember(key, { state: 'ready', template });
+        templates.set(key, { state: 'ready', template });
         report({ key, made: true, detail: `${templateTables(template)}: ${template.messages} objects in one transaction` });
       },
       (err: unknown) => {
         const reason = err instanceof Error ? err.message : String(err);
-        remember(key, { state: 'restore-only', reason, ...(err instanceof UncopyableError ? {} : { retryAt: Date.now() + RETRY_MS }) });
+        templates.set(key, { state: 'restore-only', reason, ...(err instanceof UncopyableError ? {} : { retryAt: Date.now() + RETRY_MS }) });
         report({ key, made: false, detail: reason });
       },
     );
