@@ -6,7 +6,7 @@
 import { BACKEND_NAMES, type BackendName } from '../redirect/backend-names';
 import { CniCode, CniError } from './errors';
 import type { SupportedVersion } from './version';
-import { DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX, type AgentPodMatch } from './decision';
+import { DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX, type AgentPodMatch } from '../mesh/decision';
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];

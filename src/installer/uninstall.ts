@@ -13,7 +13,7 @@ import { kindOf, listConfFiles, invalidReason } from './primary-config';
 import { loadState, STATE_FILE, type ConfigRecord } from './state';
 import type { InstallOptions, UninstallAction, UninstallReport } from './types';
 
-/** AttachmentStore's directory under a state dir (src/cni/attachments.ts; the installer imports nothing of cni/). */
+/** AttachmentStore's directory under a state dir (src/state/attachments.ts; the installer imports nothing of cni/). */
 const ATTACHMENTS_DIR = 'attachments';
 /** Where the standalone plugin keeps `backend: auto`'s answer for a minute (src/redirect/choose-backend.ts). */
 const KEPT_DETECTION_FILE = 'auto-backend.json';
@@ -95,7 +95,7 @@ export async function planUninstall(o: InstallOptions): Promise<Step[]> {
       steps.push({ action: 'delete-file', path, detail: 'installed by mesh-cni', apply: async () => void (await removeIfExists(path)) });
     }
   }
-  // What ADD recorded per pod (src/cni/attachments.ts): only the plugin and reconciler read it, and both go.
+  // What ADD recorded per pod (src/state/attachments.ts): only the plugin and reconciler read it, and both go.
   const attachmentDirs = new Set([join(o.stateDir, ATTACHMENTS_DIR)]);
   if (typeof o.pluginConfig.state_dir === 'string') attachmentDirs.add(join(o.pluginConfig.state_dir, ATTACHMENTS_DIR));
   for (const dir of attachmentDirs) {

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import type * as https from 'node:https';
 import type { ClientRequest } from 'node:http';
 import { createInterface } from 'node:readline';
-import type { KubeEndpoint } from '../cni/kubeconfig';
+import type { KubeEndpoint } from './kubeconfig';
 
 const SA_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 

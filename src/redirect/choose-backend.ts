@@ -6,9 +6,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { BackendName } from './backend-names';
-import { IptablesBackend } from './backend/iptables';
-import { NftablesBackend } from './backend/nftables';
-import type { Backend } from './backend/types';
+import { IptablesBackend } from './iptables/backend';
+import { NftablesBackend } from './nftables/backend';
+import type { Backend } from './backend';
 import { detectBackend, type BackendChoice, type ConcreteBackend } from './detect';
 
 /** A backend by its explicit name; `auto` must be resolved first (`chooseBackend`), it depends on the host. */

@@ -20,9 +20,9 @@ import type { BackendName } from './backend-names';
 import { chooseBackend } from './choose-backend';
 import { widestConfig, type RedirectConfig } from './config';
 import { FAMILIES, type Family } from './constants';
-import { clearLinks, detectFamilies, setLinks } from './links';
+import { clearLinks, detectFamilies, setLinks } from './routes';
 import { buildPlan, type Plan } from './plan';
-import type { ApplyLaps, Backend, ObservedRule } from './backend/types';
+import type { ApplyLaps, Backend, ObservedRule } from './backend';
 import { diffRules, markBroken, observeAll } from './rule-state';
 
 export { BACKEND_NAMES, type BackendName } from './backend-names';

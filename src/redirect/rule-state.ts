@@ -3,7 +3,7 @@
  * differ, and which namespaces a failed rollback left in an unknown state.
  */
 import * as fs from 'node:fs';
-import type { Backend, ObservedRule } from './backend/types';
+import type { Backend, ObservedRule } from './backend';
 import type { Family } from './constants';
 
 /** Compares what a chain should hold with what it holds; one line per difference, empty when equal. */

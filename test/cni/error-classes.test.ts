@@ -12,8 +12,8 @@ import * as path from 'node:path';
 import * as errors from '../../src/errors';
 import { InstallerError } from '../../src/installer/errors';
 import { CniCode, CniError, toCniError } from '../../src/cni/errors';
-import { RetryableLookupError } from '../../src/cni/pod-api';
-import { callCniSocket, FrameError, RESPONSE_MAGIC, serveCni } from '../../src/cni/socket-protocol';
+import { RetryableLookupError } from '../../src/kube/pod-api';
+import { callCniSocket, FrameError, RESPONSE_MAGIC, serveCni } from '../../src/agent/shim-socket';
 import { ENGINE } from '../support/node-deps';
 import { testTempDir } from '../support/tmp';
 

@@ -5,7 +5,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { CommandFailedError, InvalidConfigError, MeshCniError, NetnsNotFoundError, NotANetnsError, RuleMismatchError } from '../../src/errors';
 import { CniCode, CniError, toCniError } from '../../src/cni/errors';
-import { RetryableLookupError } from '../../src/cni/pod-api';
+import { RetryableLookupError } from '../../src/kube/pod-api';
 import type { CniDeps } from '../../src/cni/dispatch';
 import { INJECTED, netconf, recordingEngine, run, unitDeps, withAnnotations } from './helpers';
 

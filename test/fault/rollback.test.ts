@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { runCni } from '../../src/cni/dispatch';
 import { applyRedirect, checkRedirect, removeRedirect, showRedirect } from '../../src/redirect/engine';
-import { NftablesBackend, nftProgram } from '../../src/redirect/backend/nftables';
+import { NftablesBackend, nftProgram } from '../../src/redirect/nftables/backend';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { toCniError } from '../../src/cni/errors';
 import { createPodPeer, netnsPath } from '../support/netns';

@@ -3,7 +3,7 @@
  * whether the rules in each netns match the plan, the backend, and the last thing mesh-cni did to the pod.
  */
 import type { Argv } from 'yargs';
-import { AttachmentStore } from '../../cni/attachments';
+import { AttachmentStore } from '../../state/attachments';
 import { MeshCniError } from '../../errors';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import { NO_RULES_REASON, type Finding } from '../../repair/reconciler';

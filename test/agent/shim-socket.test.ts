@@ -9,7 +9,7 @@ import {
   MAX_ENV_ENTRIES,
   serveCni,
   callCniSocket,
-} from '../../src/cni/socket-protocol';
+} from '../../src/agent/shim-socket';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { testTempDir } from '../support/tmp';

@@ -14,7 +14,7 @@ function ipAddress(): typeof IpAddress {
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   return (ipAddressModule ??= require('ip-address') as typeof IpAddress);
 }
-import type { Family } from './constants';
+import type { Family } from '../constants';
 
 export interface ListedRule {
   table: string;

@@ -11,7 +11,7 @@
  * and the notes name every fact that was assumed. Never a silent pass-through: when no source can tell,
  * ADD fails (fail closed).
  */
-import { CniCode, CniError } from './errors';
+import { CniCode, CniError } from '../cni/errors';
 import {
   certainSkipFromAnnotations,
   decideMeshing,
@@ -20,10 +20,10 @@ import {
   type DecisionOptions,
   type MeshDecision,
   type PodInfo,
-} from './decision';
+} from '../mesh/decision';
 import { readKubeconfig } from './kubeconfig';
 import { getNamespaceJson, getPodJson, namespaceLabelsFromNamespace, podInfoFromPod, RetryableLookupError } from './pod-api';
-import type { KubernetesArgs } from './request';
+import type { KubernetesArgs } from '../cni/request';
 
 /** The agent's node-scoped pod cache; undefined means "not in the cache", not "does not exist". */
 export interface PodCache {

@@ -7,10 +7,10 @@ import { run, type RunResult } from '../../netns';
 import { BUILTIN_CHAINS, FAMILIES, OUR_CHAINS, type Family, type Table } from '../constants';
 import { widestConfig } from '../config';
 import { effectiveChains, planFamily, type Plan, type Rule } from '../plan';
-import { renderRestore, toIptablesLines } from '../render/iptables';
-import { isOurs, isUntaggedState, parseSave, shapeKey, signature, targetOf, type SavedRule, type SavedState } from '../iptables-save';
-import type { ApplyLaps, ApplyOutcome, Backend, ObservedRule } from './types';
-import { makeTemplateLater, replayCounts, replayEnabled, tryReplay } from './nft-replay';
+import { renderRestore, toIptablesLines } from './render';
+import { isOurs, isUntaggedState, parseSave, shapeKey, signature, targetOf, type SavedRule, type SavedState } from './save';
+import type { ApplyLaps, ApplyOutcome, Backend, ObservedRule } from '../backend';
+import { makeTemplateLater, replayCounts, replayEnabled, tryReplay } from './replay';
 
 export type IptablesFlavour = 'default' | 'nft' | 'legacy';
 

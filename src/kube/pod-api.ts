@@ -1,15 +1,15 @@
 /**
  * One GET of a pod from the API server with node's http/https, and the conversion of the pod object to
- * PodInfo. Retries live in pod-source.ts; this module only classifies each failure as retryable or not.
+ * PodInfo. Retries live in pod-lookup.ts; this module only classifies each failure as retryable or not.
  */
 import type https from 'node:https';
-import { CniCode, CniError } from './errors';
-import type { ContainerList, PodInfo, ProxyFacts } from './decision';
-import { PROXY_CONTAINER } from '../istio-names';
+import { CniCode, CniError } from '../cni/errors';
+import type { ContainerList, PodInfo, ProxyFacts } from '../mesh/decision';
+import { PROXY_CONTAINER } from '../mesh/istio-names';
 import type { KubeEndpoint } from './kubeconfig';
 
 /**
- * A failure worth retrying (not found yet, network, 5xx, 429); anything else is final. pod-source.ts retries
+ * A failure worth retrying (not found yet, network, 5xx, 429); anything else is final. pod-lookup.ts retries
  * it within the lookup budget; one that escaped would answer 11 (try again later), which it is.
  */
 export class RetryableLookupError extends CniError {

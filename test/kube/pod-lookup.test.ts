@@ -8,9 +8,9 @@ import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { parseKubeconfig } from '../../src/cni/kubeconfig';
-import { podInfoFromPod } from '../../src/cni/pod-api';
-import { INJECTED, logDir, netconf, run, unitDeps } from './helpers';
+import { parseKubeconfig } from '../../src/kube/kubeconfig';
+import { podInfoFromPod } from '../../src/kube/pod-api';
+import { INJECTED, logDir, netconf, run, unitDeps } from '../cni/helpers';
 
 const KUBECTL_STYLE = `apiVersion: v1
 clusters:

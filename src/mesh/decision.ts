@@ -10,7 +10,7 @@
  * lists the assumptions so the request log and `explain` can name them.
  */
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
-import { DATAPLANE_MODE_LABEL, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from '../istio-names';
+import { DATAPLANE_MODE_LABEL, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from './istio-names';
 import { RecentMap } from '../caches';
 
 /** The agent's own pods: its DaemonSet's namespace and pod-name prefix (install/30-daemonset.yaml). */

@@ -16,8 +16,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { run, setCollectMode } from '../netns';
 import type { Family } from '../redirect/constants';
-import { runCni, type Engine } from './dispatch';
-import { flushRequestLogs } from './log';
+import { runCni, type Engine } from '../cni/dispatch';
+import { flushRequestLogs } from '../cni/log';
 
 const SIDECAR_STATUS = JSON.stringify({ initContainers: ['istio-validation'], containers: ['istio-proxy'], volumes: [], revision: 'default' });
 

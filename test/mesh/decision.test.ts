@@ -3,10 +3,10 @@
  * the reason strings are part of the contract. Pods come through podInfoFromPod, as every caller feeds them.
  */
 import test, { type ExecutionContext } from 'ava';
-import { cachedStatusCount, certainSkipFromAnnotations, decideMeshing, injectedContainersFromStatus, MAX_CACHED_STATUSES, parseGoBool, SKIP_REASONS, type DecisionStep, type PodInfo } from '../../src/cni/decision';
-import { podInfoFromPod } from '../../src/cni/pod-api';
+import { cachedStatusCount, certainSkipFromAnnotations, decideMeshing, injectedContainersFromStatus, MAX_CACHED_STATUSES, parseGoBool, SKIP_REASONS, type DecisionStep, type PodInfo } from '../../src/mesh/decision';
+import { podInfoFromPod } from '../../src/kube/pod-api';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
-import { INJECTED } from './helpers';
+import { INJECTED } from '../cni/helpers';
 
 interface Container {
   name: string;

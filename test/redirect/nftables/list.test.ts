@@ -1,6 +1,6 @@
 /** The canonical signature undoes what nft does to a rule between `nft -f` and `nft list` (no kernel needed). */
 import test from 'ava';
-import { familiesOf, nftSignature, parseNftList } from '../../src/redirect/nft-list';
+import { familiesOf, nftSignature, parseNftList } from '../../../src/redirect/nftables/list';
 
 const SAME: Array<[string, string, string]> = [
   ['implied l4proto dropped', 'meta l4proto tcp tcp dport 80 counter return', 'tcp dport 80 counter packets 4 bytes 240 return'],

@@ -5,10 +5,10 @@
  * It loads no Kubernetes client: pod lookups use the minimal kubeconfig reader and node's https.
  */
 import { fstatSync, readSync, writeSync } from 'node:fs';
-import { runCni } from './dispatch';
-import { CniCode, CniError } from './errors';
-import { flushRequestLogs } from './log';
-import { MAX_STDIN_BYTES } from './request';
+import { runCni } from '../cni/dispatch';
+import { CniCode, CniError } from '../cni/errors';
+import { flushRequestLogs } from '../cni/log';
+import { MAX_STDIN_BYTES } from '../cni/request';
 import { setCollectMode } from '../netns';
 
 /**

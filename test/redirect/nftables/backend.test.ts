@@ -3,14 +3,14 @@
  * stay flat however long the lists, a failing transaction changes nothing, and only our tables are touched.
  */
 import test, { type ExecutionContext } from 'ava';
-import { applyPlan, applyRedirect, checkRedirect, removeRedirect, type BackendName } from '../../src/redirect/engine';
-import { redirectConfigFromAnnotations } from '../../src/redirect/config';
-import { buildPlan, type Plan, type Rule } from '../../src/redirect/plan';
-import { NftablesBackend, nftProgram } from '../../src/redirect/backend/nftables';
-import { CommandFailedError } from '../../src/errors';
-import { createNetns, netnsPath, inNetns, tryInNetns } from '../support/netns';
-import { requireKernelTools, requireNft } from '../support/require';
-import { PLAN_CASES } from './cases';
+import { applyPlan, applyRedirect, checkRedirect, removeRedirect, type BackendName } from '../../../src/redirect/engine';
+import { redirectConfigFromAnnotations } from '../../../src/redirect/config';
+import { buildPlan, type Plan, type Rule } from '../../../src/redirect/plan';
+import { NftablesBackend, nftProgram } from '../../../src/redirect/nftables/backend';
+import { CommandFailedError } from '../../../src/errors';
+import { createNetns, netnsPath, inNetns, tryInNetns } from '../../support/netns';
+import { requireKernelTools, requireNft } from '../../support/require';
+import { PLAN_CASES } from '../cases';
 
 const FAMILIES = ['ipv4', 'ipv6'] as const;
 

@@ -1,5 +1,5 @@
-import type { Family } from '../constants';
-import type { Plan, Rule } from '../plan';
+import type { Family } from './constants';
+import type { Plan, Rule } from './plan';
 
 /** One rule of ours as the kernel holds it (or should hold it), comparable across renderers by signature. */
 export interface ObservedRule {

@@ -8,21 +8,21 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import test, { type ExecutionContext } from 'ava';
-import { applyPlan, applyRedirect, checkRedirect, removeRedirect } from '../../src/redirect/engine';
-import { redirectConfigFromAnnotations } from '../../src/redirect/config';
-import { buildPlan, type Plan, type Rule } from '../../src/redirect/plan';
-import { NftablesBackend, nftProgram } from '../../src/redirect/backend/nftables';
-import { libnftablesUnavailable, nftSession, runNft, socketsClosed } from '../../src/redirect/backend/libnftables';
-import { renderNftScript } from '../../src/redirect/render/nftables';
-import { CommandFailedError } from '../../src/errors';
-import { toCniError, CniCode } from '../../src/cni/errors';
-import { createNetns, createPodPeer, inNetns, netnsPath, sh } from '../support/netns';
-import { mesh } from '../support/cli';
-import { loadLibc } from '../../src/netns/native';
-import { connect, expectDefaultRedirect, listen } from '../support/traffic';
-import { requireKernelTools, requireNft } from '../support/require';
-import { diffRules } from '../../src/redirect/rule-state';
-import { PLAN_CASES } from './cases';
+import { applyPlan, applyRedirect, checkRedirect, removeRedirect } from '../../../src/redirect/engine';
+import { redirectConfigFromAnnotations } from '../../../src/redirect/config';
+import { buildPlan, type Plan, type Rule } from '../../../src/redirect/plan';
+import { NftablesBackend, nftProgram } from '../../../src/redirect/nftables/backend';
+import { libnftablesUnavailable, nftSession, runNft, socketsClosed } from '../../../src/redirect/nftables/libnftables';
+import { renderNftScript } from '../../../src/redirect/nftables/render';
+import { CommandFailedError } from '../../../src/errors';
+import { toCniError, CniCode } from '../../../src/cni/errors';
+import { createNetns, createPodPeer, inNetns, netnsPath, sh } from '../../support/netns';
+import { mesh } from '../../support/cli';
+import { loadLibc } from '../../../src/netns/native';
+import { connect, expectDefaultRedirect, listen } from '../../support/traffic';
+import { requireKernelTools, requireNft } from '../../support/require';
+import { diffRules } from '../../../src/redirect/rule-state';
+import { PLAN_CASES } from '../cases';
 
 const FAMILIES = ['ipv4', 'ipv6'] as const;
 

@@ -1,5 +1,5 @@
 /**
- * iptables-nft by replay (src/redirect/backend/nft-replay.ts) against the kernel and the node's own iptables:
+ * iptables-nft by replay (src/redirect/iptables/replay.ts) against the kernel and the node's own iptables:
  * for every golden case a replayed netns holds what `iptables-restore` made (the same `iptables-save`, the same
  * `nft list ruleset`), or the case is restore-only with a reason; replayed rules redirect real TCP; a netns that
  * already holds one of the tables refuses the replay untouched and the backend falls back to the restore; a
@@ -9,20 +9,20 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { applyRedirect, checkRedirect, removeRedirect } from '../../src/redirect/engine';
-import { withNetns } from '../../src/netns';
-import { redirectConfigFromAnnotations } from '../../src/redirect/config';
-import { buildPlan } from '../../src/redirect/plan';
-import { IptablesBackend } from '../../src/redirect/backend/iptables';
-import { renderRestore } from '../../src/redirect/render/iptables';
-import { captureTemplate, enableReplay, forgetTemplates, replayCounts, replayTemplate, tryReplay, UncopyableError, type ReplayTemplate } from '../../src/redirect/backend/nft-replay';
-import { createNetns, createPodPeer, inNetns, netnsPath, sh, tryInNetns } from '../support/netns';
-import { connect, expectDefaultRedirect, listen } from '../support/traffic';
-import { requireKernelTools, requireNft } from '../support/require';
-import { PLAN_CASES } from './cases';
-import { startAgent } from '../../src/agent/agent';
-import { callCniSocket } from '../../src/cni/socket-protocol';
-import { INJECTED, POD_ARGS, withAnnotations } from '../cni/helpers';
+import { applyRedirect, checkRedirect, removeRedirect } from '../../../src/redirect/engine';
+import { withNetns } from '../../../src/netns';
+import { redirectConfigFromAnnotations } from '../../../src/redirect/config';
+import { buildPlan } from '../../../src/redirect/plan';
+import { IptablesBackend } from '../../../src/redirect/iptables/backend';
+import { renderRestore } from '../../../src/redirect/iptables/render';
+import { captureTemplate, enableReplay, forgetTemplates, replayCounts, replayTemplate, tryReplay, UncopyableError, type ReplayTemplate } from '../../../src/redirect/iptables/replay';
+import { createNetns, createPodPeer, inNetns, netnsPath, sh, tryInNetns } from '../../support/netns';
+import { connect, expectDefaultRedirect, listen } from '../../support/traffic';
+import { requireKernelTools, requireNft } from '../../support/require';
+import { PLAN_CASES } from '../cases';
+import { startAgent } from '../../../src/agent/agent';
+import { callCniSocket } from '../../../src/agent/shim-socket';
+import { INJECTED, POD_ARGS, withAnnotations } from '../../cni/helpers';
 
 const FAMILIES = ['ipv4', 'ipv6'] as const;
 const RESTORE = { ipv4: 'iptables-nft-restore', ipv6: 'ip6tables-nft-restore' } as const;

@@ -2,7 +2,7 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { AttachmentStore, type AttachmentRecord } from '../../src/cni/attachments';
+import { AttachmentStore, type AttachmentRecord } from '../../src/state/attachments';
 import { testTempDir } from '../support/tmp';
 import type { ExecutionContext } from 'ava';
 

@@ -16,11 +16,11 @@ import { CommandFailedError, NftRefusedError } from '../../errors';
 import { run, type RunResult } from '../../netns';
 import { NFT_TABLES, NFT_TABLE_NAMES, nftChainName, type Family, type Table } from '../constants';
 import { effectiveChains, type Plan, type Rule } from '../plan';
-import { nftDeleteTables, renderNftScript, ruleBodies } from '../render/nftables';
-import { familiesOf, nftSignature, parseNftList, type ListedRule } from '../nft-list';
-import { parseNftJson } from '../nft-json';
+import { nftDeleteTables, renderNftScript, ruleBodies } from './render';
+import { familiesOf, nftSignature, parseNftList, type ListedRule } from './list';
+import { parseNftJson } from './json';
 import { LIBNFTABLES, libnftablesUnavailable, nftablesModeFromEnv, NFTABLES_MODE_ENV, nftSession, runNft, type NftablesMode } from './libnftables';
-import type { ApplyLaps, ApplyOutcome, Backend, ObservedRule } from './types';
+import type { ApplyLaps, ApplyOutcome, Backend, ObservedRule } from '../backend';
 
 /**
  * The system's nft, by absolute path when it is in a system directory: npm puts node_modules/.bin first in

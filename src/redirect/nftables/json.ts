@@ -6,7 +6,7 @@
  * so a foreign statement in one of our chains shows up as a difference instead of disappearing.
  * Pure functions; the kernel tests prove, for every golden case, that this gives what the text parser gives.
  */
-import type { ListedRule } from './nft-list';
+import type { ListedRule } from './list';
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 type JsonObject = { [key: string]: Json };

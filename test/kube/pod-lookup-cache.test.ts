@@ -1,14 +1,14 @@
 /**
- * The ADD path's pod lookup against the agent's watch cache (src/cni/pod-source.ts): while the watch is
+ * The ADD path's pod lookup against the agent's watch cache (src/kube/pod-lookup.ts): while the watch is
  * healthy, a pod missing from the cache (the ADD raced the watch event) is waited for, never fetched, so a
  * node's pod creations cost the API server no per-pod GET; a watch that is down falls back to the GET at
  * once. Pure logic with a stand-in cache and a recording fetch (the real watch is in test/conformance and
  * bench/api-load.ts).
  */
 import test from 'ava';
-import { podInfoFromPod } from '../../src/cni/pod-api';
-import { CACHE_WAIT_MS, decidePod, type PodCache } from '../../src/cni/pod-source';
-import { INJECTED } from './helpers';
+import { podInfoFromPod } from '../../src/kube/pod-api';
+import { CACHE_WAIT_MS, decidePod, type PodCache } from '../../src/kube/pod-lookup';
+import { INJECTED } from '../cni/helpers';
 
 const pod = {
   metadata: { name: 'orders', namespace: 'shop', uid: 'uid-1', annotations: INJECTED },

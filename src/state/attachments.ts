@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { DEFAULT_STATE_DIR } from '../paths';
-import type { CniAttachment } from './types';
+import type { CniAttachment } from '../cni/types';
 
 
 export interface AttachmentRecord {

@@ -11,9 +11,9 @@
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { dirname } from 'node:path';
-import { CniCode, CniError, toCniError } from './errors';
-import { MAX_ENV_BYTES, MAX_ENV_ENTRIES, MAX_STDIN_BYTES } from './request';
-import type { CniInvocation, CniResponse } from './types';
+import { CniCode, CniError, toCniError } from '../cni/errors';
+import { MAX_ENV_BYTES, MAX_ENV_ENTRIES, MAX_STDIN_BYTES } from '../cni/request';
+import type { CniInvocation, CniResponse } from '../cni/types';
 
 export const REQUEST_MAGIC = 'MCQ1';
 export const RESPONSE_MAGIC = 'MCR1';

@@ -4,8 +4,8 @@
  * hex, spells out defaults) compare equal. Pure functions; the kernel tests prove the canonical form
  * against real read-back for every plan we can produce.
  */
-import { BUILTIN_CHAINS, OUR_CHAINS, type Table } from './constants';
-import { OWNER_TAG_PREFIX } from './render/iptables';
+import { BUILTIN_CHAINS, OUR_CHAINS, type Table } from '../constants';
+import { OWNER_TAG_PREFIX } from './render';
 
 export interface SavedRule {
   table: Table;
