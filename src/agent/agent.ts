@@ -7,6 +7,7 @@ import http from 'node:http';
 import type net from 'node:net';
 import { AttachmentStore, flushAttachmentWrites } from '../state/attachments';
 import { runCni, type CniDeps } from '../cni/dispatch';
+import { pluginDeps, type EngineApi } from '../standalone/wiring';
 import type { RequestLogLine } from '../cni/log';
 import type { AddPhase, PhaseSeconds } from '../cni/phases';
 import { serveCni, type CniServer } from './shim-socket';
@@ -15,7 +16,6 @@ import type { NodePodCache } from '../kube/pod-cache';
 import type { V1Pod } from '@kubernetes/client-node';
 import { AgentMetrics } from './metrics';
 import { buildInfo } from '../installer/build-info';
-import { deepFreeze, RecentMap } from '../caches';
 import type { InstallOptions, InstallWatcher } from '../installer';
 import { Reconciler, type RepairMode } from '../repair/reconciler';
 import type { BackendName } from '../redirect/engine';
@@ -201,26 +201,8 @@ async function startPodCache(options: AgentOptions, log: Log, onPodEvent: (pod: 
   });
 }
 
-type BuildConfig = NonNullable<CniDeps['buildConfig']>;
-
-/**
- * The annotation parser, remembered per distinct (annotations, proxy settings): a node's pods come from a few
- * Deployments, so most ADDs ask again for a config already parsed. The config is frozen (requests share it);
- * annotations that do not parse are not remembered, so their error is raised every time.
- */
-async function rememberedConfigs(max = 256): Promise<BuildConfig> {
-  const { redirectConfigFromAnnotations } = await import('../redirect/config');
-  const configs = new RecentMap<string, ReturnType<BuildConfig>>(max);
-  return (annotations, proxy) => {
-    const key = JSON.stringify([annotations, proxy ?? null]);
-    let config = configs.get(key);
-    if (!config) configs.set(key, (config = deepFreeze(redirectConfigFromAnnotations(annotations, proxy))));
-    return config;
-  };
-}
-
 /** The engine, loaded now so the first ADD does not pay for it, with `auto`'s detection warmed up. */
-async function warmEngine(options: AgentOptions, log: Log): Promise<CniDeps['engine']> {
+async function warmEngine(options: AgentOptions, log: Log): Promise<EngineApi> {
   const engine = await import('../redirect/engine');
   // A long-running process makes iptables-nft replay templates (src/redirect/iptables/replay.ts).
   const replay = await import('../redirect/iptables/replay');
@@ -395,16 +377,15 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   const attachments = new AttachmentStore(options.stateDir);
   // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
   // Attachment records are written after the answer, as the log line is (src/state/attachments.ts).
-  const deps: CniDeps = {
+  const deps = pluginDeps({
     engine: await warmEngine(options, log),
-    buildConfig: await rememberedConfigs(),
     podCache,
     recordInBackground: true,
     // Counted once the answer is on its way (a dozen label lookups in prom-client are not the shim's to wait for),
     // and after the ADD's attachment record has started writing, which adds its time to the record phase: both
     // are set for the turn after the answer, the record first.
     onRequest: (line, phases) => setImmediate(() => recordRequest(metrics, line, phases)),
-  };
+  });
   const parts: Parts = { options, log, metrics, attachments, socketPath, podCache, repair: { stop: () => undefined }, stopDecision: async () => ({ uninstall: false, reason: '' }), stopUntaint: () => undefined };
   parts.cniServer = await serveShim(socketPath, deps, options, metrics, log);
   if (options.install) parts.watcher = await keepInstalled(options.install, metrics, log);

@@ -3,7 +3,7 @@ import type { V1Pod } from '@kubernetes/client-node';
 import { decideMeshing } from '../mesh/decision';
 import { podInfoFromPod } from '../kube/pod-api';
 import { MeshCniError } from '../errors';
-import type { RedirectConfig } from '../redirect/config';
+import { redirectConfigFromAnnotations, type RedirectConfig } from '../redirect/config';
 
 /** The config the plugin would program for this pod; a pod the plugin would leave alone is an error here. */
 export function podConfig(pod: V1Pod, excludeNamespaces: readonly string[]): RedirectConfig {
@@ -15,5 +15,5 @@ export function podConfig(pod: V1Pod, excludeNamespaces: readonly string[]): Red
       hint: `mesh-cni explain ${id} shows why; to program it anyway pass --netns with -a annotations`,
     });
   }
-  return decision.config;
+  return redirectConfigFromAnnotations(decision.annotations, decision.proxy);
 }

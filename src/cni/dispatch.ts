@@ -1,36 +1,77 @@
 /**
  * The dispatcher: one CNI invocation (env + stdin) in, one response (exit code, stdout, stderr) out. Every
- * command starts with the shared parseRequest; every failure leaves through toCniError. Nothing here touches
- * process.* — main.ts and the agent's socket server both call runCni, which is what makes it testable
- * in-process.
+ * command starts with the shared parseRequest; every failure leaves through toCniError. It speaks the CNI
+ * spec only: which pods are meshed, the redirect engine, the attachment records and the netns check come
+ * through `CniDeps` (src/standalone/wiring.ts gives the real ones, to the standalone plugin and to the agent),
+ * and each handler returns what it found as a value, from which the request log line is made. Nothing here
+ * touches process.*, which is what makes it testable in-process.
  */
-import { NetnsNotFoundError } from '../errors';
-import type * as EngineModule from '../redirect/engine';
-import type { ProxySettings, RedirectConfig } from '../redirect/config';
-import { CniCode, CniError, toCniError } from '../errors';
-import { AttachmentStore } from '../state/attachments';
+import { CniCode, CniError, NetnsNotFoundError, toCniError } from '../errors';
+import type { BackendName } from '../defaults';
 import { writeRequestLog, type RequestLogLine } from './log';
 import { DEFAULT_LOG_FILE, type LogLevel, type MeshNetConf } from './netconf';
-import { classifyNetnsPath, type NetnsPathKind } from '../netns';
-import { decidePod, isPromise, type PodSourceDeps } from '../kube/pod-lookup';
-import { MAX_STDIN_BYTES, parseRequest, responseVersionOf, type NetworkRequest } from './request';
+import { MAX_STDIN_BYTES, parseRequest, responseVersionOf, type KubernetesArgs, type NetworkRequest } from './request';
 import { PhaseClock, type PhaseSeconds } from './phases';
-import { checkProgramsForBackend } from './status';
 import type { CniInvocation, CniResponse, CniVersionJson } from './types';
 import { convertResult, CURRENT_VERSION, emptyResult, SUPPORTED_VERSIONS } from './version';
 
-export type Engine = Pick<typeof EngineModule, 'applyRedirect' | 'removeRedirect' | 'checkRedirect'>;
+/** A request for a Kubernetes pod: CNI_ARGS named it. */
+export type PodRequest = NetworkRequest & { kubernetes: KubernetesArgs };
 
-export interface CniDeps extends PodSourceDeps {
-  /** the redirect engine; loaded lazily so VERSION and pass-through ADDs never load it */
-  engine?: Engine;
-  /** the engine's annotation parser (tests stand in for it) */
-  buildConfig?: (annotations: Record<string, string>, proxy?: ProxySettings) => RedirectConfig;
-  classifyNetns?: (path: string) => NetnsPathKind;
+/** A meshed pod, as the decision hands it to the engine; what it holds is the decision's and the engine's business. */
+export interface Meshed {
+  meshed: true;
+}
+
+/** Which pods are meshed, and where the facts came from. */
+export interface Decided<P extends Meshed> {
+  decision: P | { meshed: false; reason: string };
+  /** where the pod's facts came from (`cache`, `api`, `runtime`, ...) */
+  source: string;
+  notes: readonly string[];
+}
+
+/** The redirect engine as a CNI command uses it. */
+export interface RedirectEngine<P extends Meshed> {
+  /** Programs a meshed pod's netns (one transaction per family, nothing of ours left on failure). */
+  apply(o: { netns: string; pod: P; backend: BackendName; keepDetectionIn?: string; signal?: AbortSignal; laps?: PhaseClock }): Promise<{ backend: string; rules: number; via?: string }>;
+  /** Removes every rule of ours; a netns that is gone throws NetnsNotFoundError. */
+  remove(o: { netns: string; backend: BackendName; keepDetectionIn?: string; signal?: AbortSignal }): Promise<{ removed: number }>;
+  /** Whether the netns holds exactly the pod's rules. */
+  check(o: { netns: string; pod: P; backend: BackendName; keepDetectionIn?: string }): Promise<{ ok: boolean; problems: string[]; observedRules?: number }>;
+}
+
+/** What ADD recorded per attachment, for the reconciler; DEL and GC prune it (src/state/attachments.ts). */
+export interface AttachmentRecords {
+  record(rec: AttachmentFacts & { programmedAt: string }): string | undefined;
+  recordLater(rec: AttachmentFacts, programmedAtMs: number, onFailure: (note: string) => void, onStarted?: (seconds: number) => void): void;
+  settled(containerId?: string, ifName?: string): Promise<void>;
+  forget(containerId: string, ifName: string): void;
+  gc(valid: ReadonlyArray<{ containerID: string; ifname: string }>): number;
+}
+
+export interface AttachmentFacts {
+  containerId: string;
+  ifName: string;
+  netns: string;
+  pod: { namespace: string; name: string; uid?: string };
+  backend: string;
+  rules: number;
+}
+
+/** What CNI_NETNS names: a pod's netns, nothing, something else, or the plugin's own netns. */
+export type NetnsKind = 'netns' | 'missing' | 'not-netns' | 'own-netns';
+
+export interface CniDeps<P extends Meshed = Meshed> {
+  /** the mesh decision over the pod lookup; answers without a promise when nothing has to be waited for */
+  decide(req: PodRequest): Decided<P> | Promise<Decided<P>>;
+  /** the redirect engine, loaded when a command first needs it (VERSION and pass-through ADDs never load it) */
+  engine(): RedirectEngine<P> | Promise<RedirectEngine<P>>;
+  /** the attachment records of a state dir */
+  attachments(stateDir: string): AttachmentRecords;
+  classifyNetns(path: string): NetnsKind;
   /** STATUS: resolves when ADDs can be served, throws a CniError (50/51) when not */
-  status?: (netconf: MeshNetConf) => Promise<void>;
-  /** what ADD saw per attachment (netns path, pod), for the reconciler; DEL and GC prune it. Default: the netconf's state_dir */
-  attachments?: AttachmentStore;
+  status(netconf: MeshNetConf): Promise<void>;
   /** where lines go before the netconf (and its log_file) is known; null: stderr only */
   defaultLogFile?: string | null;
   /**
@@ -45,27 +86,26 @@ export interface CniDeps extends PodSourceDeps {
   keepAutoDetection?: boolean;
   /** told about every request once it is answered (the agent's metrics), with an ADD's time by phase */
   onRequest?: (line: Readonly<RequestLogLine>, phases?: Readonly<PhaseSeconds>) => void;
+  now?: () => number;
 }
 
-interface Outcome {
-  stdout: string;
-}
+/** What a command found, as a value: the answer's stdout and what the request log line says of it. */
+type Outcome = Pick<RequestLogLine, 'decision' | 'reason' | 'source' | 'backend' | 'via' | 'rules'> & { stdout: string; notes?: readonly string[] };
+
+type Handler = (req: NetworkRequest, deps: CniDeps, signal?: AbortSignal, clock?: PhaseClock) => Promise<Outcome>;
 
 const EXIT_FAILURE = 1;
 
-async function loadEngine(deps: CniDeps): Promise<Engine> {
-  return deps.engine ?? (await import('../redirect/engine'));
+/** A promise or any thenable (a test's stand-in may hand one). */
+function isPromise<T>(value: T | Promise<T>): value is Promise<T> {
+  return typeof (value as { then?: unknown } | undefined)?.then === 'function';
 }
 
 function requireNetns(req: NetworkRequest, deps: CniDeps): void {
-  const kind = (deps.classifyNetns ?? classifyNetnsPath)(req.netns);
+  const kind = deps.classifyNetns(req.netns);
   if (kind === 'missing') throw new CniError(CniCode.UnknownContainer, `CNI_NETNS ${req.netns} does not exist`, 'the pod sandbox may already be gone');
   if (kind === 'not-netns') throw new CniError(CniCode.InvalidEnvironment, `CNI_NETNS ${req.netns} is not a network namespace`);
   if (kind === 'own-netns') throw new CniError(CniCode.InvalidEnvironment, `CNI_NETNS ${req.netns} is the plugin's own network namespace`);
-}
-
-function attachmentsFor(req: NetworkRequest, deps: CniDeps): AttachmentStore {
-  return deps.attachments ?? new AttachmentStore(req.netconf.stateDir);
 }
 
 function keptDetectionDir(req: NetworkRequest, deps: CniDeps): string | undefined {
@@ -76,39 +116,37 @@ function podName(req: NetworkRequest): string | undefined {
   return req.kubernetes ? `${req.kubernetes.podNamespace}/${req.kubernetes.podName}` : undefined;
 }
 
-async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal, clock?: PhaseClock): Promise<Outcome> {
+function isPodRequest(req: NetworkRequest): req is PodRequest {
+  return req.kubernetes !== undefined;
+}
+
+async function cmdAdd(req: NetworkRequest, deps: CniDeps, signal?: AbortSignal, clock?: PhaseClock): Promise<Outcome> {
   requireNetns(req, deps);
   // Converted before any rule is written, so an undecodable prevResult fails with nothing applied.
   const stdout = JSON.stringify(req.prevResult ? convertResult(req.prevResult, req.cniVersion) : emptyResult(req.cniVersion));
   clock?.lap('parse');
-  if (!req.kubernetes) {
-    Object.assign(line, { decision: 'skipped', reason: 'not-a-kubernetes-pod' });
-    return { stdout };
-  }
-  const notes = line.notes ?? (line.notes = []);
-  const found = decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, agentPod: req.netconf.agentPod, buildConfig: deps.buildConfig }, deps, notes);
+  if (!isPodRequest(req)) return { stdout, decision: 'skipped', reason: 'not-a-kubernetes-pod' };
+  const found = deps.decide(req);
   // Awaited only when the decision had to wait for something (an await is a turn of promise jobs).
-  const { decision, source } = isPromise(found) ? await found : found;
-  line.source = source;
+  const { decision, source, notes } = isPromise(found) ? await found : found;
   clock?.lap('decide');
-  if (!decision.meshed) {
-    Object.assign(line, { decision: 'skipped', reason: decision.reason });
-    return { stdout };
-  }
+  if (!decision.meshed) return { stdout, decision: 'skipped', reason: decision.reason, source, notes };
   // The agent's engine is loaded already: no await (a turn of promise jobs) on an ADD's path for it.
-  const engine = deps.engine ?? (await loadEngine(deps));
-  // A fresh sandbox's one transaction proves its result; the read-back would double the ADD's processes.
-  const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), verify: 'when-replacing', signal, laps: clock });
-  line.decision = 'meshed';
-  line.backend = report.backend;
-  line.rules = report.rules;
-  if (report.via) line.via = report.via;
-  const k8s = req.kubernetes;
+  const loaded = deps.engine();
+  const engine = isPromise(loaded) ? await loaded : loaded;
+  const report = await engine.apply({ netns: req.netns, pod: decision, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), signal, laps: clock });
   // The rules are in place: from here nothing may fail the ADD (the record is a shortcut, never a condition).
-  let note: string | undefined;
+  const recorded = recordAttachment(req, report, deps, clock);
+  clock?.lap('record');
+  return { stdout, decision: 'meshed', source, backend: report.backend, rules: report.rules, ...(report.via ? { via: report.via } : {}), notes: recorded ? [...notes, recorded] : notes };
+}
+
+/** Records what ADD programmed; a note when the record could not be written (the reconciler finds the netns another way). */
+function recordAttachment(req: PodRequest, report: { backend: string; rules: number }, deps: CniDeps, clock?: PhaseClock): string | undefined {
+  const k8s = req.kubernetes;
   try {
     const programmedAt = Date.now();
-    const record = {
+    const record: AttachmentFacts = {
       containerId: req.containerId,
       ifName: req.ifName,
       netns: req.netns,
@@ -116,96 +154,68 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
       backend: report.backend,
       rules: report.rules,
     };
-    if (deps.recordInBackground) {
-      // Started after the answer; the time it takes then is still this ADD's record phase (the agent's
-      // metrics are observed after it, src/agent/agent.ts).
-      attachmentsFor(req, deps).recordLater(record, programmedAt, (failed) => logLateNote(req, line, failed), clock && ((seconds) => clock.add('record', seconds)));
-    } else {
-      note = attachmentsFor(req, deps).record({ ...record, programmedAt: new Date(programmedAt).toISOString() });
-    }
+    const store = deps.attachments(req.netconf.stateDir);
+    if (!deps.recordInBackground) return store.record({ ...record, programmedAt: new Date(programmedAt).toISOString() });
+    // Started after the answer; the time it takes then is still this ADD's record phase (the agent's metrics
+    // are observed after it, src/agent/agent.ts).
+    store.recordLater(record, programmedAt, (failed) => logLateNote(req, failed), clock && ((seconds) => clock.add('record', seconds)));
+    return undefined;
   } catch (err) {
-    note = `attachment state not recorded (${(err as Error).message}); the reconciler will find the netns another way`;
+    return `attachment state not recorded (${(err as Error).message}); the reconciler will find the netns another way`;
   }
-  if (note) notes.push(note);
-  clock?.lap('record');
-  return { stdout };
 }
 
 /** A note learned after the ADD was answered and logged (its record could not be written): a line of its own. */
-function logLateNote(req: NetworkRequest, added: RequestLogLine, note: string): void {
-  const line: RequestLogLine = { time: new Date().toISOString(), level: 'warn', command: 'ADD', containerId: added.containerId, pod: added.pod, netns: added.netns, decision: 'state-not-recorded', durationMs: 0, notes: [note] };
+function logLateNote(req: PodRequest, note: string): void {
+  const line: RequestLogLine = { time: new Date().toISOString(), level: 'warn', command: 'ADD', containerId: req.containerId, pod: podName(req), netns: req.netns, decision: 'state-not-recorded', durationMs: 0, notes: [note] };
   // To the log file only: the runtime already has its answer, and with it the stderr copy of the ADD's line.
   writeRequestLog(line, { logFile: req.netconf.logFile, logLevel: req.netconf.logLevel });
 }
 
-async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal): Promise<Outcome> {
+async function cmdDel(req: NetworkRequest, deps: CniDeps, signal?: AbortSignal): Promise<Outcome> {
   // DEL is best effort and repeatable: a gone or never-programmed netns is success. A record still being
   // written is waited for, so it cannot land after the removal.
-  const store = attachmentsFor(req, deps);
+  const store = deps.attachments(req.netconf.stateDir);
   await store.settled(req.containerId, req.ifName);
   store.forget(req.containerId, req.ifName);
-  if (req.netns === '') {
-    Object.assign(line, { decision: 'nothing-to-remove', reason: 'no-netns' });
-    return { stdout: '' };
-  }
-  const kind = (deps.classifyNetns ?? classifyNetnsPath)(req.netns);
-  if (kind !== 'netns') {
-    Object.assign(line, { decision: 'nothing-to-remove', reason: `netns-${kind}` });
-    return { stdout: '' };
-  }
-  const engine = await loadEngine(deps);
+  if (req.netns === '') return { stdout: '', decision: 'nothing-to-remove', reason: 'no-netns' };
+  const kind = deps.classifyNetns(req.netns);
+  if (kind !== 'netns') return { stdout: '', decision: 'nothing-to-remove', reason: `netns-${kind}` };
+  const engine = await deps.engine();
   try {
-    const { removed } = await engine.removeRedirect({ netns: req.netns, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), signal });
-    Object.assign(line, { decision: 'removed', rules: removed });
+    const { removed } = await engine.remove({ netns: req.netns, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), signal });
+    return { stdout: '', decision: 'removed', rules: removed };
   } catch (err) {
     if (!(err instanceof NetnsNotFoundError)) throw err;
-    Object.assign(line, { decision: 'nothing-to-remove', reason: 'netns-missing' });
+    return { stdout: '', decision: 'nothing-to-remove', reason: 'netns-missing' };
   }
-  return { stdout: '' };
 }
 
-async function cmdCheck(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
+async function cmdCheck(req: NetworkRequest, deps: CniDeps): Promise<Outcome> {
   requireNetns(req, deps);
-  if (!req.kubernetes) {
-    Object.assign(line, { decision: 'skipped', reason: 'not-a-kubernetes-pod' });
-    return { stdout: '' };
-  }
-  const notes = line.notes ?? (line.notes = []);
-  const { decision, source } = await decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, agentPod: req.netconf.agentPod, buildConfig: deps.buildConfig }, deps, notes);
-  line.source = source;
-  if (!decision.meshed) {
-    Object.assign(line, { decision: 'skipped', reason: decision.reason });
-    return { stdout: '' };
-  }
-  const engine = await loadEngine(deps);
-  const result = await engine.checkRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps) });
+  if (!isPodRequest(req)) return { stdout: '', decision: 'skipped', reason: 'not-a-kubernetes-pod' };
+  const { decision, source, notes } = await deps.decide(req);
+  if (!decision.meshed) return { stdout: '', decision: 'skipped', reason: decision.reason, source, notes };
+  const engine = await deps.engine();
+  const result = await engine.check({ netns: req.netns, pod: decision, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps) });
   if (!result.ok) {
     const what = result.observedRules === 0 ? `no redirect rules in ${req.netns} (the pod's ${result.problems.length} planned rules are all missing)` : `redirect rules in ${req.netns} are missing or differ from the pod's annotations`;
     throw new CniError(CniCode.CheckFailed, what, result.problems.join('\n'));
   }
-  line.decision = 'checked';
-  return { stdout: '' };
+  return { stdout: '', decision: 'checked', source, notes };
 }
 
-async function cmdGc(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
+async function cmdGc(req: NetworkRequest, deps: CniDeps): Promise<Outcome> {
   const valid = req.validAttachments ?? [];
-  const store = attachmentsFor(req, deps);
+  const store = deps.attachments(req.netconf.stateDir);
   await store.settled();
   const dropped = store.gc(valid);
-  Object.assign(line, { decision: 'collected', notes: [`${valid.length} valid attachments, ${dropped} stale records dropped`] });
-  return { stdout: '' };
+  return { stdout: '', decision: 'collected', notes: [`${valid.length} valid attachments, ${dropped} stale records dropped`] };
 }
 
-async function cmdStatus(req: NetworkRequest, deps: CniDeps, line: RequestLogLine): Promise<Outcome> {
-  await (deps.status ?? defaultStatus)(req.netconf);
-  line.decision = 'ready';
-  return { stdout: '' };
-}
-
-/** Standalone readiness: the engine loads and the backend's programs are installed. */
-async function defaultStatus(netconf: MeshNetConf): Promise<void> {
-  const missing = checkProgramsForBackend(netconf.backend);
-  if (missing) throw new CniError(CniCode.PluginNotAvailable, `mesh-cni cannot program pods: ${missing}`, 'install iptables or nftables on the node');
+async function cmdStatus(req: NetworkRequest, deps: CniDeps): Promise<Outcome> {
+  await deps.status(req.netconf);
+  return { stdout: '', decision: 'ready' };
 }
 
 function versionAnswer(cniVersion: string): string {
@@ -213,7 +223,7 @@ function versionAnswer(cniVersion: string): string {
   return JSON.stringify(answer);
 }
 
-const HANDLERS: Record<NetworkRequest['command'], (req: NetworkRequest, deps: CniDeps, line: RequestLogLine, signal?: AbortSignal, clock?: PhaseClock) => Promise<Outcome>> = {
+const HANDLERS: Record<NetworkRequest['command'], Handler> = {
   ADD: cmdAdd,
   DEL: cmdDel,
   CHECK: cmdCheck,
@@ -221,12 +231,19 @@ const HANDLERS: Record<NetworkRequest['command'], (req: NetworkRequest, deps: Cn
   STATUS: cmdStatus,
 };
 
+/** The log line's fields from what a command found; a line with notes decided from assumed facts is a warning. */
+function describe(line: RequestLogLine, outcome: Outcome): void {
+  const { stdout: _stdout, notes, ...fields } = outcome;
+  Object.assign(line, fields);
+  if (notes && notes.length > 0) line.notes = [...(line.notes ?? []), ...notes];
+}
+
 /**
  * Runs one CNI invocation. Never throws: every failure becomes the spec's error JSON and a non-zero exit.
  * `signal` aborts when the caller abandoned the request (the agent's socket server): ADD and DEL then do
  * not start on the netns (code 11), and one already started is finished.
  */
-export async function runCni(invocation: CniInvocation, deps: CniDeps = {}, signal?: AbortSignal): Promise<CniResponse> {
+export async function runCni<P extends Meshed>(invocation: CniInvocation, deps: CniDeps<P>, signal?: AbortSignal): Promise<CniResponse> {
   const now = deps.now ?? Date.now;
   const started = now();
   const env = invocation.env;
@@ -240,14 +257,14 @@ export async function runCni(invocation: CniInvocation, deps: CniDeps = {}, sign
   try {
     const req = parseRequest(invocation);
     if (req.command === 'VERSION') {
-      line.level = 'info';
       response = { exitCode: 0, stdout: versionAnswer(req.cniVersion), stderr: '' };
       line.decision = 'version';
     } else {
       netconf = req.netconf;
-      if (netconf.deprecations) (line.notes ??= []).push(...netconf.deprecations);
+      if (netconf.deprecations) line.notes = [...netconf.deprecations];
       line.pod = podName(req);
-      const outcome = await HANDLERS[req.command](req, deps, line, signal, clock);
+      const outcome = await HANDLERS[req.command](req, deps as unknown as CniDeps, signal, clock);
+      describe(line, outcome);
       response = { exitCode: 0, stdout: outcome.stdout, stderr: '' };
     }
   } catch (err) {
@@ -258,7 +275,6 @@ export async function runCni(invocation: CniInvocation, deps: CniDeps = {}, sign
     response = { exitCode: EXIT_FAILURE, stdout: JSON.stringify(cniError.toJson(version)), stderr: '' };
   }
   line.durationMs = now() - started;
-  if (line.notes?.length === 0) delete line.notes;
   if (line.level === 'info' && line.notes && line.source === 'runtime+defaults') line.level = 'warn';
   const quiet = line.command === 'VERSION' || line.command === 'STATUS';
   const level: LogLevel = netconf?.logLevel ?? 'info';

@@ -17,13 +17,13 @@ import {
   decideMeshing,
   isOwnAgentPod,
   needsNamespaceLabels,
+  type AgentPodMatch,
   type DecisionOptions,
   type MeshDecision,
   type PodInfo,
 } from '../mesh/decision';
 import { readKubeconfig } from './kubeconfig';
 import { getNamespaceJson, getPodJson, namespaceLabelsFromNamespace, podInfoFromPod } from './pod-api';
-import type { KubernetesArgs } from '../cni/request';
 
 /** The agent's node-scoped pod cache; undefined means "not in the cache", not "does not exist". */
 export interface PodCache {
@@ -67,6 +67,31 @@ export type PodSourceName = 'cni-args' | 'runtime' | 'cache' | 'api' | 'runtime+
 export interface PodDecision {
   decision: MeshDecision;
   source: PodSourceName;
+  /** what the request log should know: a late lookup, an unreadable namespace, the facts assumed */
+  notes: string[];
+}
+
+/** The pod a CNI request is for, as the runtime named it in CNI_ARGS. */
+export interface KubernetesArgs {
+  podName: string;
+  podNamespace: string;
+  podUid?: string;
+}
+
+/**
+ * What a pod's decision needs of a CNI request: the pod, and the netconf's Kubernetes settings (its kubeconfig,
+ * the namespaces excluded, our own agent's pods) and the annotations the runtime passed.
+ */
+export interface PodRequest {
+  kubernetes: KubernetesArgs;
+  netconf: PodNetconf;
+}
+
+interface PodNetconf {
+  kubeconfig?: string;
+  runtimeAnnotations?: Record<string, string>;
+  excludeNamespaces: readonly string[];
+  agentPod: AgentPodMatch;
 }
 
 const defaultFetchPod: FetchPod = (kubeconfig, namespace, name, timeoutMs) =>
@@ -141,17 +166,17 @@ async function pollCache(k8s: KubernetesArgs, cache: PodCache, deps: PodSourceDe
 }
 
 /** The decision for a pod the watch cache holds, with its namespace's labels from the cache where needed. */
-function decideCached(pod: PodInfo, cache: PodCache, namespace: string, options: DecisionOptions): PodDecision | Promise<PodDecision> {
+function decideCached(pod: PodInfo, cache: PodCache, namespace: string, options: DecisionOptions, notes: string[]): PodDecision | Promise<PodDecision> {
   if (needsNamespaceLabels(pod) && cache.namespaceLabels) {
     return cache
       .namespaceLabels(namespace)
       .catch(() => undefined)
       .then((labels) => {
         pod.namespaceLabels = labels;
-        return { decision: decideMeshing(pod, options), source: 'cache' };
+        return { decision: decideMeshing(pod, options), source: 'cache', notes };
       });
   }
-  return { decision: decideMeshing(pod, options), source: 'cache' };
+  return { decision: decideMeshing(pod, options), source: 'cache', notes };
 }
 
 function withAssumptions(decision: MeshDecision, notes: string[]): MeshDecision {
@@ -164,16 +189,16 @@ export function isPromise<T>(value: T | Promise<T>): value is Promise<T> {
   return typeof (value as { then?: unknown } | undefined)?.then === 'function';
 }
 
-type PodNetconf = { kubeconfig?: string; runtimeAnnotations?: Record<string, string> };
-
 /**
- * Throws (or rejects with) CniError (11, 104, 105, 7) when the pod cannot be known, InvalidConfigError for
- * bad annotations. Answers without a promise where nothing has to be waited for (the CNI_ARGS skips, the
+ * Throws (or rejects with) CniError (11, 104, 105, 7) when the pod cannot be known. Answers without a promise where nothing has to be waited for (the CNI_ARGS skips, the
  * runtime's annotations, a pod the cache holds), so an ADD's decision takes no turn of promise jobs.
  */
-export function decidePod(k8s: KubernetesArgs, netconf: PodNetconf, options: DecisionOptions, deps: PodSourceDeps, notes: string[]): PodDecision | Promise<PodDecision> {
-  if (isOwnAgentPod(k8s.podNamespace, k8s.podName, options.agentPod)) return { decision: { meshed: false, reason: 'own-agent-pod' }, source: 'cni-args' };
-  if (options.excludeNamespaces.includes(k8s.podNamespace)) return { decision: { meshed: false, reason: 'namespace-excluded' }, source: 'cni-args' };
+export function decidePod(req: PodRequest, deps: PodSourceDeps): PodDecision | Promise<PodDecision> {
+  const { kubernetes: k8s, netconf } = req;
+  const options: DecisionOptions = { excludeNamespaces: netconf.excludeNamespaces, agentPod: netconf.agentPod };
+  const notes: string[] = [];
+  if (isOwnAgentPod(k8s.podNamespace, k8s.podName, options.agentPod)) return { decision: { meshed: false, reason: 'own-agent-pod' }, source: 'cni-args', notes };
+  if (options.excludeNamespaces.includes(k8s.podNamespace)) return { decision: { meshed: false, reason: 'namespace-excluded' }, source: 'cni-args', notes };
   const cached = deps.podCache?.lookup(k8s.podNamespace, k8s.podName, k8s.podUid);
   if (isPromise(cached)) return cached.then((pod) => decideLookedUp(pod, k8s, netconf, options, deps, notes));
   return decideLookedUp(cached, k8s, netconf, options, deps, notes);
@@ -181,22 +206,22 @@ export function decidePod(k8s: KubernetesArgs, netconf: PodNetconf, options: Dec
 
 /** decidePod once the watch cache has answered. */
 function decideLookedUp(cached: PodInfo | undefined, k8s: KubernetesArgs, netconf: PodNetconf, options: DecisionOptions, deps: PodSourceDeps, notes: string[]): PodDecision | Promise<PodDecision> {
-  if (cached && deps.podCache) return decideCached({ ...cached }, deps.podCache, k8s.podNamespace, options);
+  if (cached && deps.podCache) return decideCached({ ...cached }, deps.podCache, k8s.podNamespace, options, notes);
   const fromRuntime = netconf.runtimeAnnotations;
   if (fromRuntime) {
     const early = certainSkipFromAnnotations(fromRuntime);
-    if (early) return { decision: { meshed: false, reason: early }, source: 'runtime' };
+    if (early) return { decision: { meshed: false, reason: early }, source: 'runtime', notes };
   }
   const cache = deps.podCache;
   if (!netconf.kubeconfig && cache) {
     // The agent runs with Kubernetes but the netconf names no kubeconfig: its watch cache is the only source
     // of the facts the annotations lack, so wait for the pod to reach it rather than assume them.
-    return waitForCache(k8s, cache, deps).then((pod) => decideCached(pod, cache, k8s.podNamespace, options));
+    return waitForCache(k8s, cache, deps).then((pod) => decideCached(pod, cache, k8s.podNamespace, options, notes));
   }
   if (netconf.kubeconfig) return decideFromApi(k8s, netconf.kubeconfig, options, deps, notes);
   if (fromRuntime) {
     const pod: PodInfo = { name: k8s.podName, namespace: k8s.podNamespace, annotations: fromRuntime };
-    return { decision: withAssumptions(decideMeshing(pod, options), notes), source: 'runtime+defaults' };
+    return { decision: withAssumptions(decideMeshing(pod, options), notes), source: 'runtime+defaults', notes };
   }
   throw new CniError(
     CniCode.InvalidNetworkConfig,
@@ -209,7 +234,7 @@ function decideLookedUp(cached: PodInfo | undefined, k8s: KubernetesArgs, netcon
 async function decideFromApi(k8s: KubernetesArgs, kubeconfig: string, options: DecisionOptions, deps: PodSourceDeps, notes: string[]): Promise<PodDecision> {
   if (deps.podCache?.watching?.()) {
     const pod = await pollCache(k8s, deps.podCache, deps, Math.min(CACHE_WAIT_MS, deps.podLookupTimeoutMs ?? CACHE_WAIT_MS));
-    if (pod) return decideCached(pod, deps.podCache, k8s.podNamespace, options);
+    if (pod) return decideCached(pod, deps.podCache, k8s.podNamespace, options, notes);
     notes.push(`pod not in the watch cache after ${CACHE_WAIT_MS / 1000} s; read from the API`);
   }
   const pod: PodInfo = await getPodWithRetry(k8s, kubeconfig, deps, notes);
@@ -221,5 +246,5 @@ async function decideFromApi(k8s: KubernetesArgs, kubeconfig: string, options: D
       notes.push(`namespace ${k8s.podNamespace} not readable (${(err as Error).message}): its ambient label was not checked`);
     }
   }
-  return { decision: decideMeshing(pod, options), source: 'api' };
+  return { decision: decideMeshing(pod, options), source: 'api', notes };
 }

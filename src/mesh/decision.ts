@@ -9,8 +9,7 @@
  * labels) is assumed at Istio's defaults; every such step says so (outcome `assumed`), and the decision
  * lists the assumptions so the request log and `explain` can name them.
  */
-import type { ProxySettings, RedirectConfig } from '../redirect/config';
-import { DATAPLANE_MODE_LABEL, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from './istio-names';
+import { ANNOTATIONS, DATAPLANE_MODE_LABEL, effectiveProxyId, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from './istio-names';
 import { RecentMap } from '../caches';
 import { DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX } from '../defaults';
 
@@ -58,9 +57,35 @@ export const SKIP_REASONS = [
 ] as const;
 export type SkipReason = (typeof SKIP_REASONS)[number];
 
+/**
+ * What the istio-proxy container tells the redirect beyond annotations (its securityContext and env), as read:
+ * a uid or gid is the container's own (absent or 0 is Istio's 1337, see effectiveProxyId); a flag is absent
+ * when the env does not name it.
+ */
+export interface ProxySettings {
+  proxyUid?: number;
+  proxyGid?: number;
+  /** Istio's ISTIO_META_DNS_CAPTURE in the proxy's environment. */
+  dnsCapture?: boolean;
+  /** INVALID_DROP in the proxy's environment: drop conntrack-INVALID packets instead of letting them reset. */
+  invalidDrop?: boolean;
+  /** ISTIO_DUAL_STACK in the proxy's environment (see RedirectConfig.dualStack). */
+  dualStack?: boolean;
+}
+
+/** A meshed pod: the facts its redirect is made from (src/redirect/config.ts turns them into rules). */
+export interface MeshedPod {
+  meshed: true;
+  annotations: Readonly<Record<string, string>>;
+  proxy: Readonly<ProxySettings>;
+  assumed?: string[];
+}
+
 export type MeshDecision =
-  | { meshed: true; config: RedirectConfig; assumed?: string[] }
-  | { meshed: false; reason: SkipReason; assumed?: string[] };
+  | MeshedPod
+  | { meshed: false; reason: SkipReason; assumed?: string[] }
+  /** NONE still has its annotations checked: a pod whose other annotations are invalid is refused (101), not skipped */
+  | { meshed: false; reason: 'interception-mode-none'; annotations: Record<string, string>; assumed?: string[] };
 
 export interface AgentPodMatch {
   namespace: string;
@@ -71,8 +96,6 @@ export interface DecisionOptions {
   excludeNamespaces: readonly string[];
   /** our own DaemonSet's pods; default mesh-cni-system/mesh-cni-* */
   agentPod?: AgentPodMatch;
-  /** the engine's annotation parser; injected only so tests can stand in for it */
-  buildConfig?: (annotations: Record<string, string>, proxy?: ProxySettings) => RedirectConfig;
 }
 
 /** One rule of the decision, in the order the plugin applies them: what it looked at and what it concluded. */
@@ -284,9 +307,9 @@ function proxySettings(pod: PodInfo): { settings: ProxySettings; assumed: string
 }
 
 /**
- * The decision with its trail: every rule looked at, in order, up to the one that decided. Throws
- * InvalidConfigError (from the engine's parser) when the pod's annotations are invalid; `trail` then holds
- * what was decided before the annotations were parsed.
+ * The decision with its trail: every rule looked at, in order, up to the one that decided. Annotations are not
+ * validated here: a meshed pod's are parsed into rules by the redirect (src/redirect/config.ts), which names
+ * a bad one (code 101) before anything is programmed.
  */
 export function decideMeshing(pod: PodInfo, options: DecisionOptions, trail: DecisionStep[] = []): MeshDecision {
   const v = view(pod, options);
@@ -298,32 +321,29 @@ export function decideMeshing(pod: PodInfo, options: DecisionOptions, trail: Dec
     if (result.assumption) assumed.push(result.assumption);
     if (result.outcome === 'skip') return { meshed: false, reason: result.rule as SkipReason, ...(assumed.length ? { assumed } : {}) };
   }
-  // The annotation parser (and ip-address, ~10 ms to load) only once a pod is found to be meshed.
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const build = options.buildConfig ?? (require('../redirect/config') as typeof import('../redirect/config')).redirectConfigFromAnnotations;
   const proxy = proxySettings(pod);
-  const config = build(pod.annotations, proxy.settings);
   if (proxy.assumed.length > 0) {
     trail.push({ rule: 'proxy-settings', outcome: 'assumed', detail: `no pod spec: assumed ${proxy.assumed.join(', ')}` });
     assumed.push(...proxy.assumed);
   } else if (pod.proxy) {
-    trail.push({ rule: 'proxy-settings', outcome: 'pass', detail: proxyDetail(pod.proxy, config) });
+    trail.push({ rule: 'proxy-settings', outcome: 'pass', detail: proxyDetail(pod.proxy) });
   }
   const withAssumed = assumed.length ? { assumed } : {};
-  if (config.mode === 'NONE') {
-    trail.push({ rule: 'interception-mode-none', outcome: 'skip', detail: 'sidecar.istio.io/interceptionMode=NONE: the proxy captures nothing (mesh-cni answers ADD with no rules)' });
-    return { meshed: false, reason: 'interception-mode-none', ...withAssumed };
+  const mode = pod.annotations[ANNOTATIONS.interceptionMode];
+  if (mode === 'NONE') {
+    trail.push({ rule: 'interception-mode-none', outcome: 'skip', detail: `${ANNOTATIONS.interceptionMode}=NONE: the proxy captures nothing (mesh-cni answers ADD with no rules)` });
+    return { meshed: false, reason: 'interception-mode-none', annotations: pod.annotations, ...withAssumed };
   }
-  trail.push({ rule: 'annotations', outcome: 'pass', detail: `interception mode ${config.mode}, proxy uid ${config.proxyUid} gid ${config.proxyGid}` });
+  trail.push({ rule: 'annotations', outcome: 'pass', detail: `interception mode ${mode ?? 'REDIRECT (the default)'}` });
   trail.push({ rule: 'meshed', outcome: 'meshed', detail: 'the plugin programs the redirect rules' });
-  return { meshed: true, config, ...withAssumed };
+  return { meshed: true, annotations: pod.annotations, proxy: proxy.settings, ...withAssumed };
 }
 
-function proxyDetail(proxy: ProxyFacts, config: RedirectConfig): string {
+function proxyDetail(proxy: ProxyFacts): string {
   const at = `${PROXY_CONTAINER} in ${where(proxy.lists)}`;
-  const id = (v: number | undefined, used: number) => (v === undefined ? `absent → ${used}` : v === 0 ? `0 → ${used}` : String(used));
+  const id = (v: number | undefined) => (v === undefined ? `absent → ${effectiveProxyId(v)}` : v === 0 ? `0 → ${effectiveProxyId(v)}` : String(v));
   const env = [PROXY_ENV.dnsCapture, PROXY_ENV.invalidDrop, PROXY_ENV.dualStack].map((n) => `${n}=${proxy.env[n] ?? '(unset)'}`).join(' ');
-  return `securityContext of ${at}: runAsUser ${id(proxy.runAsUser, config.proxyUid)}, runAsGroup ${id(proxy.runAsGroup, config.proxyGid)}; env: ${env}`;
+  return `securityContext of ${at}: runAsUser ${id(proxy.runAsUser)}, runAsGroup ${id(proxy.runAsGroup)}; env: ${env}`;
 }
 
 /**

@@ -30,6 +30,13 @@ export const UNINITIALIZED_LABEL = 'cni.istio.io/uninitialized';
 export const NOT_READY_TAINT_KEY = 'cni.istio.io/not-ready';
 
 export const PROXY_CONTAINER = 'istio-proxy';
+/** The proxy's uid and gid when its container names none, or names 0 (uid 0 is never the proxy): Istio's 1337. */
+export const PROXY_DEFAULT_ID = 1337;
+
+/** The proxy's uid or gid as Istio takes it from the container's securityContext (ExtractPodInfo). */
+export function effectiveProxyId(id: number | undefined): number {
+  return id === undefined || id === 0 ? PROXY_DEFAULT_ID : id;
+}
 export const INIT_CONTAINER = 'istio-init';
 /** Istio's init container that checks the redirection and exits 126 when it is not in place. */
 export const VALIDATION_CONTAINER = 'istio-validation';

@@ -19,22 +19,13 @@ function ipAddress(): typeof IpAddress {
   return (ipAddressModule ??= require('ip-address') as typeof IpAddress);
 }
 import { InvalidConfigError } from '../errors';
-import { ANNOTATIONS } from '../mesh/istio-names';
+import { ANNOTATIONS, effectiveProxyId } from '../mesh/istio-names';
+import type { ProxySettings } from '../mesh/decision';
 import { DEFAULTS } from './constants';
 
 export type InterceptionMode = 'REDIRECT' | 'TPROXY' | 'NONE';
 
-/** What the proxy container tells us beyond annotations (its securityContext and environment). */
-export interface ProxySettings {
-  proxyUid?: number;
-  proxyGid?: number;
-  /** Istio's ISTIO_META_DNS_CAPTURE in the proxy's environment. */
-  dnsCapture?: boolean;
-  /** INVALID_DROP in the proxy's environment: drop conntrack-INVALID packets instead of letting them reset. */
-  invalidDrop?: boolean;
-  /** ISTIO_DUAL_STACK in the proxy's environment (see RedirectConfig.dualStack). */
-  dualStack?: boolean;
-}
+export type { ProxySettings } from '../mesh/decision';
 
 /** A list of CIDRs split by family, in the order given; `all` is the `*` wildcard. */
 export interface CidrList {
@@ -163,11 +154,10 @@ function parseMode(value: string): InterceptionMode {
   throw new InvalidConfigError(ANNOTATIONS.interceptionMode, value, 'must be REDIRECT, TPROXY or NONE');
 }
 
-function parseId(key: string, value: number | undefined, fallback: number): number {
-  // Istio treats a missing or zero runAsUser/runAsGroup as "use the default 1337": uid 0 is never the proxy.
-  if (value === undefined || value === 0) return fallback;
-  if (!Number.isInteger(value) || value < 0 || value > 0xfffffffe) throw new InvalidConfigError(key, String(value), 'must be a uid/gid between 1 and 4294967294');
-  return value;
+function parseId(key: string, value: number | undefined): number {
+  const id = effectiveProxyId(value);
+  if (!Number.isInteger(id) || id < 0 || id > 0xfffffffe) throw new InvalidConfigError(key, String(value), 'must be a uid/gid between 1 and 4294967294');
+  return id;
 }
 
 /** `istio.io/reroute-virtual-interfaces` when present (even empty), else the deprecated kubevirtInterfaces. */
@@ -197,8 +187,8 @@ export function redirectConfigFromAnnotations(annotations: Record<string, string
     proxyPort: DEFAULTS.proxyPort,
     inboundCapturePort: DEFAULTS.inboundCapturePort,
     inboundTunnelPort: DEFAULTS.inboundTunnelPort,
-    proxyUid: parseId('proxy uid (runAsUser)', proxy.proxyUid, DEFAULTS.proxyUid),
-    proxyGid: parseId('proxy gid (runAsGroup)', proxy.proxyGid, DEFAULTS.proxyGid),
+    proxyUid: parseId('proxy uid (runAsUser)', proxy.proxyUid),
+    proxyGid: parseId('proxy gid (runAsGroup)', proxy.proxyGid),
     includeInboundPorts: parsePortList(ANNOTATIONS.includeInboundPorts, get(ANNOTATIONS.includeInboundPorts, '*'), { wildcard: true }),
     excludeInboundPorts: dedup([...excludeInbound, ...DEFAULTS.alwaysExcludedInboundPorts]),
     includeOutboundPorts: parsePortList(ANNOTATIONS.includeOutboundPorts, get(ANNOTATIONS.includeOutboundPorts, '')),

@@ -5,8 +5,6 @@ export const DEFAULTS = {
   proxyPort: 15001,
   inboundCapturePort: 15006,
   inboundTunnelPort: 15008,
-  proxyUid: 1337,
-  proxyGid: 1337,
   alwaysExcludedInboundPorts: [15020, 15021, 15090],
   excludeOutboundPorts: '15020',
   dnsListenerPort: 15053,

@@ -13,11 +13,11 @@
  * what the other had committed; serialised, each later apply replaces the earlier one's rules in one
  * transaction.
  */
-import { deepFreeze, RecentMap } from '../caches';
 import { MeshCniError, RollbackFailedError, RuleMismatchError } from '../errors';
 import { isHostNetns, withNetnsLock } from '../netns';
 import { chooseBackend } from './choose-backend';
 import { widestConfig, type RedirectConfig } from './config';
+import { planFor } from './prepare';
 import { FAMILIES, type Family } from './constants';
 import { clearLinks, detectFamilies, setLinks } from './routes';
 import { buildPlan, type Plan } from './plan';
@@ -26,6 +26,7 @@ import { diffRules, markBroken, observeAll } from './rule-state';
 import type { EngineOptions } from './options';
 
 export { BACKEND_NAMES, type BackendName } from '../defaults';
+export { planFor, preparedFor, type PreparedRedirect } from './prepare';
 export { chooseBackend, rememberAutoDetection } from './choose-backend';
 export { checkRedirect, compareRedirect, type RedirectComparison } from './compare';
 export type { EngineOptions } from './options';
@@ -116,31 +117,9 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: Verify
   }, { signal: o.signal });
 }
 
-/** Plans by their config's JSON; a cluster runs few distinct configs, so a small bound holds them all. */
-const plans = new RecentMap<string, Plan>(64);
-
-/**
- * The plan for a config, built once per distinct config: the agent's ADDs mostly repeat a handful. Keyed by the
- * config's whole JSON (every field is plain data), so any change in any field is a different plan; frozen, so
- * nothing can alter a plan another request shares (and a backend may key its rendered text on the rules).
- */
-export function planFor(config: RedirectConfig): Plan {
-  // The agent hands the same deep-frozen config object for the same annotations (its config cache,
-  // agent.ts rememberedConfigs): no JSON then.
-  const known = Object.isFrozen(config) ? planByConfig.get(config) : undefined;
-  if (known && plans.get(known.key) === known.plan) return known.plan;
-  const key = JSON.stringify(config);
-  let plan = plans.get(key);
-  if (!plan) plans.set(key, (plan = deepFreeze(buildPlan(structuredClone(config)))));
-  if (Object.isFrozen(config)) planByConfig.set(config, { key, plan });
-  return plan;
-}
-
-/** The last plan of each frozen config object, while that plan is still the cache's for its key. */
-const planByConfig = new WeakMap<RedirectConfig, { key: string; plan: Plan }>();
-
-export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; verify?: VerifyMode }): Promise<ApplyReport> {
-  const plan = planFor(o.config);
+/** Applies a config: its plan is `plan` when the caller has it (preparedFor), else the plan cache's. */
+export async function applyRedirect(o: EngineOptions & { config: RedirectConfig; plan?: Plan; verify?: VerifyMode }): Promise<ApplyReport> {
+  const plan = o.plan ?? planFor(o.config);
   o.laps?.lap('plan');
   return applyPlan({ ...o, plan });
 }

@@ -11,6 +11,7 @@ import type { V1Pod } from '@kubernetes/client-node';
 import { decideMeshing, needsNamespaceLabels } from '../mesh/decision';
 import { podInfoFromPod } from '../kube/pod-api';
 import type { RedirectConfig } from '../redirect/config';
+import { preparedFor } from '../redirect/prepare';
 import type { BackendName } from '../redirect/engine';
 import { NetnsNotFoundError } from '../errors';
 import { TokenBucket } from './token-bucket';
@@ -102,13 +103,15 @@ export class Reconciler {
     if (needsNamespaceLabels(info) && this.deps.namespaceLabels) info.namespaceLabels = await this.deps.namespaceLabels(info.namespace).catch(() => undefined);
     const decision = decideMeshing(info, { excludeNamespaces: this.options.excludeNamespaces });
     if (!decision.meshed) return { ...base, verdict: 'not-meshed', reason: decision.reason };
+    // Invalid annotations throw here, as the pod's ADD fails on them.
+    const { config } = preparedFor(decision);
     // Until the pod has an IP the CNI chain has not finished ADD: nothing to judge yet.
     if (!pod.status?.podIP) return { ...base, verdict: 'unknown', reason: 'no pod IP yet (sandbox networking not done)' };
     const netns = await this.deps.locateNetns(pod);
     if (istioValidationFailed(pod)) return { ...base, netns, verdict: 'broken', reason: `${VALIDATION_CONTAINER} exited ${ISTIO_VALIDATION_FAILED}` };
     if (!netns) return { ...base, verdict: 'unknown', reason: 'network namespace not found' };
     try {
-      const { ok, problems, observedRules } = await this.deps.check(netns, decision.config);
+      const { ok, problems, observedRules } = await this.deps.check(netns, config);
       if (ok) return { ...base, netns, verdict: 'healthy', reason: 'rules match the plan' };
       if (observedRules === 0) return { ...base, netns, verdict: 'broken', reason: NO_RULES_REASON, problems };
       return { ...base, netns, verdict: 'broken', reason: 'rules differ from the plan', problems };
@@ -145,7 +148,7 @@ export class Reconciler {
         if (!finding.netns) throw new Error('network namespace not found');
         const decision = decideMeshing(podInfoFromPod(pod), { excludeNamespaces: this.options.excludeNamespaces });
         if (!decision.meshed) return;
-        await this.deps.apply(finding.netns, decision.config);
+        await this.deps.apply(finding.netns, preparedFor(decision).config);
         finding.action = 'repaired';
         await this.deps.event(pod, 'RedirectRepaired', `mesh-cni reprogrammed the traffic redirection in place: ${what}`, 'Normal');
       } else if (mode === 'label') {

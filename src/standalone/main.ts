@@ -6,6 +6,7 @@
  */
 import { fstatSync, readSync, writeSync } from 'node:fs';
 import { runCni } from '../cni/dispatch';
+import { pluginDeps } from './wiring';
 import { CniCode, CniError } from '../errors';
 import { flushRequestLogs } from '../cni/log';
 import { MAX_STDIN_BYTES } from '../cni/request';
@@ -76,7 +77,7 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   // Until the netconf (and its log_file) is parsed, lines go to MESH_CNI_LOG_FILE or the default log file.
-  const response = await runCni({ env: process.env, stdin }, { podLookupTimeoutMs: lookupTimeoutFromEnv(), defaultLogFile: process.env.MESH_CNI_LOG_FILE || undefined, keepAutoDetection: true });
+  const response = await runCni({ env: process.env, stdin }, pluginDeps({ podLookupTimeoutMs: lookupTimeoutFromEnv(), defaultLogFile: process.env.MESH_CNI_LOG_FILE || undefined, keepAutoDetection: true }));
   if (response.stderr) writeAll(2, response.stderr);
   writeAll(1, response.stdout);
   // The log line is written in the background; a log file that hangs may cost a second, never the pod.

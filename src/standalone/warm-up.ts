@@ -16,7 +16,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { run, setCollectMode } from '../netns';
 import type { Family } from '../redirect/constants';
-import { runCni, type Engine } from '../cni/dispatch';
+import { runCni } from '../cni/dispatch';
+import { pluginDeps, type EngineApi } from './wiring';
 import { flushRequestLogs } from '../cni/log';
 
 const SIDECAR_STATUS = JSON.stringify({ initContainers: ['istio-validation'], containers: ['istio-proxy'], volumes: [], revision: 'default' });
@@ -43,16 +44,16 @@ export async function warmUpForCodeCache(dir: string): Promise<void> {
     CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=warm-up;K8S_POD_NAME=warm-up;K8S_POD_INFRA_CONTAINER_ID=warm-up;K8S_POD_UID=warm-up',
   };
   const classifyNetns = () => 'netns' as const;
-  await runCni({ env: { CNI_COMMAND: 'VERSION' }, stdin: Buffer.from('{"cniVersion":"1.0.0"}') }, { defaultLogFile: null });
+  await runCni({ env: { CNI_COMMAND: 'VERSION' }, stdin: Buffer.from('{"cniVersion":"1.0.0"}') }, pluginDeps({ defaultLogFile: null }));
 
   const engine = await import('../redirect/engine');
   // The real engine up to the netns: plan, backend, lock, render; the restore's netns entry then refuses the plain file.
   const families: Family[] = ['ipv4'];
-  const untilTheNetns: Engine = { ...engine, applyRedirect: (o) => engine.applyRedirect({ ...o, families }) };
-  await runCni({ env, stdin }, { classifyNetns, engine: untilTheNetns });
+  const untilTheNetns: EngineApi = { ...engine, applyRedirect: (o) => engine.applyRedirect({ ...o, families }) };
+  await runCni({ env, stdin }, pluginDeps({ classifyNetns, engine: untilTheNetns }));
   // What follows a programmed netns: the attachment record and the ADD's log line.
-  const programmed: Engine = { ...engine, applyRedirect: async () => ({ backend: 'iptables', backendReason: 'warm-up', families, rules: 0, durationMs: 0 }) };
-  await runCni({ env, stdin }, { classifyNetns, engine: programmed });
+  const programmed: EngineApi = { ...engine, applyRedirect: async () => ({ backend: 'iptables', backendReason: 'warm-up', families, rules: 0, durationMs: 0 }) };
+  await runCni({ env, stdin }, pluginDeps({ classifyNetns, engine: programmed }));
   // A program started and collected as the standalone plugin starts the restore (posix_spawn, waited for in
   // poll(2); in this process's own netns).
   setCollectMode('blocking');

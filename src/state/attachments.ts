@@ -16,7 +16,6 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { DEFAULT_STATE_DIR, STATE_FILES } from '../defaults';
-import type { CniAttachment } from '../cni/types';
 
 
 export interface AttachmentRecord {
@@ -286,7 +285,7 @@ export class AttachmentStore {
   }
 
   /** Drops every attachment not in `valid` (CNI GC); returns how many were dropped. */
-  gc(valid: readonly CniAttachment[]): number {
+  gc(valid: ReadonlyArray<{ containerID: string; ifname: string }>): number {
     const keep = new Set(valid.map((a) => JSON.stringify([a.containerID, a.ifname])));
     let dropped = 0;
     for (const { file, rec } of this.entries()) {

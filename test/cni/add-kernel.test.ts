@@ -8,9 +8,10 @@ import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { fileTempDir } from '../support/tmp';
 import { runCni } from '../../src/cni/dispatch';
-import { findProgram } from '../../src/cni/status';
+import { findProgram } from '../../src/redirect/programs';
 import { INJECTED, POD_ARGS } from './helpers';
 import { nftProgram } from '../../src/redirect/nftables/backend';
+import { pluginDeps } from '../../src/standalone/wiring';
 
 const logFile = join(fileTempDir('kernel'), 'cni.log');
 
@@ -53,7 +54,7 @@ async function cni(command: string, netns: string, netconf: Record<string, unkno
   const r = await runCni({
     env: { CNI_COMMAND: command, CNI_CONTAINERID: 'c0ffee', CNI_NETNS: `/var/run/netns/${netns}`, CNI_IFNAME: 'eth0', CNI_ARGS: POD_ARGS },
     stdin: Buffer.from(JSON.stringify(netconf)),
-  });
+  }, pluginDeps());
   return { ...r, json: r.stdout ? JSON.parse(r.stdout) : undefined };
 }
 

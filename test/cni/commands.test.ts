@@ -88,6 +88,14 @@ test('ADD with interception mode NONE applies nothing', async (t) => {
   t.deepEqual(deps.engine.calls, []);
 });
 
+test('ADD with interception mode NONE still refuses an invalid annotation beside it (101), applying nothing', async (t) => {
+  const deps = unitDeps();
+  const r = await run('ADD', withAnnotations({ ...INJECTED, 'sidecar.istio.io/interceptionMode': 'NONE', 'traffic.sidecar.istio.io/includeInboundPorts': 'eighty' }), deps);
+  t.is(r.exitCode, 1);
+  t.is(JSON.parse(r.stdout).code, 101);
+  t.deepEqual(deps.engine.calls, []);
+});
+
 test('ADD asks the agent cache before the API, and the cache has the spec', async (t) => {
   const cached: PodInfo = { name: 'cart-7d9', namespace: 'shop', labels: {}, annotations: INJECTED, containers: [{ name: 'istio-proxy', list: 'containers' }], proxy: { lists: ['containers'], env: {}, runAsUser: 1500 } };
   let fetched = 0;
@@ -97,12 +105,11 @@ test('ADD asks the agent cache before the API, and the cache has the spec', asyn
       fetched++;
       return {};
     },
-    buildConfig: (_a, proxy) => ({ mode: 'REDIRECT', proxy }) as never,
   });
   const r = await run('ADD', netconf({ kubernetes: { kubeconfig: '/etc/kubeconfig' } }), deps);
   t.is(r.exitCode, 0, r.stdout);
   t.is(fetched, 0);
-  t.deepEqual((deps.engine.calls[0]!.config as unknown as { proxy: unknown }).proxy, { proxyUid: 1500 });
+  t.like(deps.engine.calls[0]!.config, { proxyUid: 1500, proxyGid: 1337, dnsCapture: false, invalidDrop: false, dualStack: false }, "the cached proxy's uid, and nothing else of its settings");
   t.like(JSON.parse(r.stderr), { source: 'cache' });
 });
 

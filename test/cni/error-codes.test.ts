@@ -3,16 +3,14 @@
  * Codes 1-7 from malformed input are covered in detail in malformed.test.ts; here each appears once.
  */
 import test, { type ExecutionContext } from 'ava';
-import { CommandFailedError, InvalidConfigError, MeshCniError, NetnsNotFoundError, NotANetnsError, RuleMismatchError } from '../../src/errors';
-import { CniCode, CniError, toCniError } from '../../src/errors';
-import { RetryableLookupError } from '../../src/errors';
-import type { CniDeps } from '../../src/cni/dispatch';
+import { CniCode, CniError, CommandFailedError, InvalidConfigError, MeshCniError, NetnsNotFoundError, NotANetnsError, RetryableLookupError, RuleMismatchError, toCniError } from '../../src/errors';
+import type { PluginOptions } from '../../src/standalone/wiring';
 import { INJECTED, netconf, recordingEngine, run, unitDeps, withAnnotations } from './helpers';
 
 interface Row {
   command?: string;
   conf: Record<string, unknown> | string;
-  deps?: () => CniDeps;
+  deps?: () => PluginOptions;
   env?: Record<string, string | undefined>;
 }
 

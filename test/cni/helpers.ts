@@ -1,8 +1,8 @@
 /** Shared builders for the CNI tests: requests as a runtime sends them, and recording stand-ins. */
 import { join } from 'node:path';
 import { fileTempDir } from '../support/tmp';
-import { redirectConfigFromAnnotations, type RedirectConfig } from '../../src/redirect/config';
-import type { CniDeps, Engine } from '../../src/cni/dispatch';
+import type { RedirectConfig } from '../../src/redirect/config';
+import { pluginDeps, type EngineApi, type PluginOptions } from '../../src/standalone/wiring';
 import { runCni } from '../../src/cni/dispatch';
 import type { CniResponse } from '../../src/cni/types';
 
@@ -41,7 +41,7 @@ export interface EngineCall {
   backend?: string;
 }
 
-export function recordingEngine(behaviour: Partial<Engine> = {}): Engine & { calls: EngineCall[] } {
+export function recordingEngine(behaviour: Partial<EngineApi> = {}): EngineApi & { calls: EngineCall[] } {
   const calls: EngineCall[] = [];
   return {
     calls,
@@ -60,28 +60,25 @@ export function recordingEngine(behaviour: Partial<Engine> = {}): Engine & { cal
   };
 }
 
-/** The real annotation parser: pure, so unit tests use it as it is. */
-export const fakeBuildConfig = redirectConfigFromAnnotations;
-
-export function unitDeps(extra: Partial<CniDeps> = {}): CniDeps & { engine: ReturnType<typeof recordingEngine> } {
+/** The plugin's wiring with a recording engine, a netns check that passes and a STATUS that is ready. */
+export function unitDeps(extra: Partial<PluginOptions> = {}): PluginOptions & { engine: ReturnType<typeof recordingEngine> } {
   return {
     engine: recordingEngine(),
-    buildConfig: fakeBuildConfig,
     classifyNetns: () => 'netns',
     defaultLogFile: logFile,
     status: async () => undefined,
     ...extra,
-  } as CniDeps & { engine: ReturnType<typeof recordingEngine> };
+  } as PluginOptions & { engine: ReturnType<typeof recordingEngine> };
 }
 
 export async function run(
   command: string,
   conf: Record<string, unknown> | string | Buffer,
-  deps: CniDeps = unitDeps(),
+  deps: PluginOptions = unitDeps(),
   envOverrides: Record<string, string | undefined> = {},
 ): Promise<CniResponse & { json: any }> {
   const stdin = Buffer.isBuffer(conf) ? conf : Buffer.from(typeof conf === 'string' ? conf : JSON.stringify(conf));
-  const response = await runCni({ env: env(command, envOverrides), stdin }, deps);
+  const response = await runCni({ env: env(command, envOverrides), stdin }, pluginDeps(deps));
   let json: any;
   try {
     json = response.stdout ? JSON.parse(response.stdout) : undefined;

@@ -12,6 +12,7 @@ import { serveCni } from '../../src/agent/shim-socket';
 import type { CniInvocation } from '../../src/cni/types';
 import { env, INJECTED, logFile, netconf, unitDeps, withAnnotations } from './helpers';
 import { execShim } from '../support/shim';
+import { pluginDeps } from '../../src/standalone/wiring';
 
 const root = join(__dirname, '..', '..', '..');
 const dir = fileTempDir('shim');
@@ -31,7 +32,7 @@ test.serial('through the agent socket: ADD answers the handler’s stdout and ex
   const deps = unitDeps();
   const server = await serveCni(socketPath, async (invocation) => {
     received.push(invocation);
-    return runCni(invocation, deps);
+    return runCni(invocation, pluginDeps(deps));
   });
   t.teardown(server.close);
   t.is(statSync(socketPath).mode & 0o777, 0o600);
@@ -46,7 +47,7 @@ test.serial('through the agent socket: ADD answers the handler’s stdout and ex
 
 test.serial('through the agent socket: an error keeps its code and a non-zero exit', async (t) => {
   const socketPath = join(dir, 'agent-err.sock');
-  const server = await serveCni(socketPath, (invocation) => runCni(invocation, unitDeps()));
+  const server = await serveCni(socketPath, (invocation) => runCni(invocation, pluginDeps(unitDeps())));
   t.teardown(server.close);
   const r = await runShim({ ...env('ADD'), MESH_CNI_AGENT_SOCKET: socketPath } as Record<string, string>, JSON.stringify(netconf({ backend: 'ebpf' })));
   t.is(r.code, 1);
@@ -55,7 +56,7 @@ test.serial('through the agent socket: an error keeps its code and a non-zero ex
 
 test.serial('through the agent socket: oversized stdin is refused with code 5', async (t) => {
   const socketPath = join(dir, 'agent-big.sock');
-  const server = await serveCni(socketPath, (invocation) => runCni(invocation, unitDeps()));
+  const server = await serveCni(socketPath, (invocation) => runCni(invocation, pluginDeps(unitDeps())));
   t.teardown(server.close);
   const r = await runShim({ ...env('ADD'), MESH_CNI_AGENT_SOCKET: socketPath } as Record<string, string>, Buffer.alloc(3 * 1024 * 1024, 0x20));
   t.is(r.json?.code, 5, r.stdout);

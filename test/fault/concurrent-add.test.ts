@@ -16,6 +16,7 @@ import { requireKernelTools, requireNft } from '../support/require';
 import { testTempDir } from '../support/tmp';
 import { REPO_ROOT } from '../support/paths';
 import { INJECTED } from '../cni/helpers';
+import { pluginDeps } from '../../src/standalone/wiring';
 
 const TRIALS = 20;
 const IN_PROCESS = 5;
@@ -60,7 +61,7 @@ for (const backend of ['iptables-nft', 'iptables-legacy', 'nftables'] as Backend
       const ns = createNetns(t, 'race');
       const p = netnsPath(ns);
       const runs = [
-        ...Array.from({ length: IN_PROCESS }, (_, i) => runCni({ env: addEnv(p, i), stdin: Buffer.from(conf) }, { defaultLogFile: logFile }).then((r) => ({ code: r.exitCode, stdout: r.stdout }))),
+        ...Array.from({ length: IN_PROCESS }, (_, i) => runCni({ env: addEnv(p, i), stdin: Buffer.from(conf) }, pluginDeps({ defaultLogFile: logFile })).then((r) => ({ code: r.exitCode, stdout: r.stdout }))),
         ...Array.from({ length: PROCESSES }, (_, i) => standalone(addEnv(p, IN_PROCESS + i), conf, logFile)),
       ];
       const results = await Promise.all(runs);

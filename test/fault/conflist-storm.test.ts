@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import { findPrimaryConfig, PLUGIN_TYPE } from '../../src/installer';
 import { runCni } from '../../src/cni/dispatch';
 import { CALICO_CONFLIST, watchedCalicoNode } from '../installer/fixtures';
+import { pluginDeps } from '../../src/standalone/wiring';
 
 const REWRITES = 100;
 
@@ -45,7 +46,7 @@ test.serial(`fault conflist-storm: ${REWRITES} rewrites of the primary conflist 
         const r = await runCni({
           env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: `storm${adds}`, CNI_NETNS: '/proc/self/ns/net', CNI_IFNAME: 'eth0', CNI_ARGS: 'K8S_POD_NAMESPACE=shop;K8S_POD_NAME=plain' },
           stdin: Buffer.from(JSON.stringify({ ...netconf, runtimeConfig: { 'io.kubernetes.cri.pod-annotations': {} } })),
-        });
+        }, pluginDeps());
         // The plugin's own netns is refused (code 4) only after the netconf was parsed and found valid.
         if (r.exitCode !== 0 && JSON.parse(r.stdout).code !== 4) broken.push(`ADD failed: ${r.stdout}`);
       }

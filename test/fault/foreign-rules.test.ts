@@ -15,6 +15,7 @@ import { createNetns, inNetns, netnsPath } from '../support/netns';
 import { requireKernelTools } from '../support/require';
 import { testTempDir } from '../support/tmp';
 import { INJECTED } from '../cni/helpers';
+import { pluginDeps } from '../../src/standalone/wiring';
 
 /** Someone else's rules, one or more in every built-in chain our plans write to, shaped like ours. */
 const FOREIGN: Array<[table: string, chain: string, spec: string]> = [
@@ -64,7 +65,7 @@ for (const flavour of ['nft', 'legacy'] as const) {
       t.is(foreign.length, FOREIGN.length);
       const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'mesh-cni', backend, log_file: path.join(dir, 'cni.log'), state_dir: dir, runtimeConfig: { 'io.kubernetes.cri.pod-annotations': annotations } });
       const call = async (command: string) => {
-        const r = await runCni({ env: { CNI_COMMAND: command, CNI_CONTAINERID: 'foreign1', CNI_NETNS: p, CNI_IFNAME: 'eth0', CNI_ARGS: 'K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart' }, stdin: Buffer.from(conf) }, { defaultLogFile: null });
+        const r = await runCni({ env: { CNI_COMMAND: command, CNI_CONTAINERID: 'foreign1', CNI_NETNS: p, CNI_IFNAME: 'eth0', CNI_ARGS: 'K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart' }, stdin: Buffer.from(conf) }, pluginDeps({ defaultLogFile: null }));
         t.is(r.exitCode, 0, `${command}: ${r.stdout}`);
       };
       const config = redirectConfigFromAnnotations(annotations);

@@ -12,11 +12,12 @@ import { createNetns, netnsPath } from '../support/netns';
 import { requireKernelTools } from '../support/require';
 import { testTempDir } from '../support/tmp';
 import { INJECTED } from '../cni/helpers';
+import { pluginDeps } from '../../src/standalone/wiring';
 
 async function cni(command: string, netns: string, ifName: string, dir: string) {
   const conf = { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'mesh-cni', backend: 'iptables-nft', log_file: path.join(dir, 'cni.log'), state_dir: dir, runtimeConfig: { 'io.kubernetes.cri.pod-annotations': INJECTED } };
   const env = { CNI_COMMAND: command, CNI_CONTAINERID: 'ifn1', CNI_NETNS: netns, CNI_IFNAME: ifName, CNI_ARGS: 'K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart' };
-  const r = await runCni({ env, stdin: Buffer.from(JSON.stringify(conf)) }, { defaultLogFile: null });
+  const r = await runCni({ env, stdin: Buffer.from(JSON.stringify(conf)) }, pluginDeps({ defaultLogFile: null }));
   return { code: r.exitCode, json: r.stdout ? JSON.parse(r.stdout) : undefined, stdout: r.stdout };
 }
 

@@ -15,6 +15,7 @@ import { createPodPeer, netnsPath } from '../support/netns';
 import { requireKernelTools, requireNft } from '../support/require';
 import { testTempDir } from '../support/tmp';
 import { INJECTED } from '../cni/helpers';
+import { pluginDeps } from '../../src/standalone/wiring';
 
 function realProgram(name: string): string {
   const found = ['/usr/sbin', '/sbin', '/usr/bin', '/bin'].map((d) => path.join(d, name)).find((p) => fs.existsSync(p));
@@ -53,7 +54,7 @@ test.serial('fault rollback-save: a dual-stack ADD whose rollback cannot save an
   const conf = { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'mesh-cni', backend: 'iptables-nft', log_file: path.join(dir, 'cni.log'), state_dir: dir, runtimeConfig: { 'io.kubernetes.cri.pod-annotations': INJECTED } };
   const r = await runCni(
     { env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'rb1', CNI_NETNS: pp.podPath, CNI_IFNAME: 'eth0', CNI_ARGS: 'K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart' }, stdin: Buffer.from(JSON.stringify(conf)) },
-    { defaultLogFile: null },
+    pluginDeps({ defaultLogFile: null }),
   );
   const json = JSON.parse(r.stdout);
   t.is(r.exitCode, 1);

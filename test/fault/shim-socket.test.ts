@@ -60,7 +60,7 @@ for (const [what, grow] of oversized) {
     requireKernelTools(t);
     const dir = testTempDir(t, 'shim-env');
     const socket = path.join(dir, 'agent.sock');
-    const server = await serveCni(socket, (inv) => runCni(inv, { defaultLogFile: null }));
+    const server = await serveCni(socket, (inv) => runCni(inv, pluginDeps({ defaultLogFile: null })));
     t.teardown(() => server.close());
     const ns = createNetns(t, 'env');
     for (const via of ['agent', 'standalone']) {
@@ -94,6 +94,7 @@ while True:
     print("answered", flush=True)
     c.close()
 `;
+import { pluginDeps } from '../../src/standalone/wiring';
 
 test.serial('fault shim-peer: a socket served by a non-root process is never believed; the shim programs the pod standalone', async (t) => {
   requireKernelTools(t);

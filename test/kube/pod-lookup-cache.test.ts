@@ -35,12 +35,12 @@ function setup(watching: boolean, arrivesAfterMs: number) {
   return { deps, fetched, elapsed: () => clock };
 }
 
-const netconf = { kubeconfig: '/etc/kube/config' };
+const netconf = { kubeconfig: '/etc/kube/config', excludeNamespaces: [], agentPod: { namespace: 'mesh-cni-system', podNamePrefix: 'mesh-cni-' } };
+const req = { kubernetes: k8s, netconf };
 
 test('a healthy watch: the pod that reaches the cache 400 ms after the ADD is decided from the cache, with no GET', async (t) => {
   const s = setup(true, 400);
-  const notes: string[] = [];
-  const d = await decidePod(k8s, netconf, { excludeNamespaces: [] }, s.deps, notes);
+  const d = await decidePod(req, s.deps);
   t.is(d.source, 'cache');
   t.true(d.decision.meshed);
   t.deepEqual(s.fetched, []);
@@ -49,16 +49,15 @@ test('a healthy watch: the pod that reaches the cache 400 ms after the ADD is de
 
 test(`a healthy watch that never gets the pod: one GET after ${CACHE_WAIT_MS} ms, and the note says why`, async (t) => {
   const s = setup(true, Infinity);
-  const notes: string[] = [];
-  const d = await decidePod(k8s, netconf, { excludeNamespaces: [] }, s.deps, notes);
+  const d = await decidePod(req, s.deps);
   t.is(d.source, 'api');
   t.deepEqual(s.fetched, ['shop/orders']);
-  t.regex(notes.join('\n'), /not in the watch cache after 3 s/);
+  t.regex(d.notes.join('\n'), /not in the watch cache after 3 s/);
 });
 
 test('a watch that is down: the GET at once, no waiting', async (t) => {
   const s = setup(false, 400);
-  const d = await decidePod(k8s, netconf, { excludeNamespaces: [] }, s.deps, []);
+  const d = await decidePod(req, s.deps);
   t.is(d.source, 'api');
   t.deepEqual(s.fetched, ['shop/orders']);
   t.is(s.elapsed(), 0);

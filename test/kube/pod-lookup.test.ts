@@ -1,4 +1,3 @@
-import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 /**
  * The kubeconfig reader and the pod GET against a real HTTP server in-process (a stand-in for the API
  * server; the real kube-apiserver suite belongs to the CRI/apiserver tests). Bounded retry, then code 11.
@@ -122,19 +121,12 @@ test.serial('ADD reads the pod with the netconf kubeconfig, after it becomes vis
     }
   });
   t.teardown(api.close);
-  let proxySeen: unknown;
-  const deps = unitDeps({
-    podLookupTimeoutMs: 5000,
-    buildConfig: (annotations, proxy) => {
-      proxySeen = proxy;
-      return redirectConfigFromAnnotations(annotations, proxy);
-    },
-  });
+  const deps = unitDeps({ podLookupTimeoutMs: 5000 });
   const r = await run('ADD', netconf({ kubernetes: { kubeconfig: kubeconfigFor(api.url, 'kc-ok') } }), deps);
   t.is(r.exitCode, 0, r.stdout);
   t.is(api.hits.length, 3);
   t.is(api.hits[0], 'GET /api/v1/namespaces/shop/pods/cart-7d9 Bearer test-token');
-  t.deepEqual(proxySeen, { proxyUid: 1500 });
+  t.like(deps.engine.calls[0]!.config, { proxyUid: 1500, proxyGid: 1337, dnsCapture: false, invalidDrop: false, dualStack: false }, "the API pod's proxy uid, and nothing else of its settings");
   t.like(JSON.parse(r.stderr), { source: 'api', decision: 'meshed' });
   t.notRegex(r.stderr, /test-token/);
 });

@@ -3,7 +3,7 @@
  * the reason strings are part of the contract. Pods come through podInfoFromPod, as every caller feeds them.
  */
 import test, { type ExecutionContext } from 'ava';
-import { cachedStatusCount, certainSkipFromAnnotations, decideMeshing, injectedContainersFromStatus, MAX_CACHED_STATUSES, parseGoBool, SKIP_REASONS, type DecisionStep, type PodInfo } from '../../src/mesh/decision';
+import { cachedStatusCount, certainSkipFromAnnotations, decideMeshing, injectedContainersFromStatus, MAX_CACHED_STATUSES, parseGoBool, SKIP_REASONS, type DecisionStep, type MeshedPod, type PodInfo } from '../../src/mesh/decision';
 import { podInfoFromPod } from '../../src/kube/pod-api';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { INJECTED } from '../cni/helpers';
@@ -33,7 +33,9 @@ function pod(spec: Spec = {}): PodInfo {
   });
 }
 
-const options = { excludeNamespaces: ['kube-system', 'istio-system'], buildConfig: redirectConfigFromAnnotations };
+const options = { excludeNamespaces: ['kube-system', 'istio-system'] };
+/** The config the redirect makes of a meshed pod's facts. */
+const configOf = (d: MeshedPod) => redirectConfigFromAnnotations(d.annotations, d.proxy);
 
 const decide = test.macro({
   exec(t: ExecutionContext, info: PodInfo, expected: string) {
@@ -110,7 +112,7 @@ test('uid/gid from the proxy container: absent or 0 means 1337; the pod-level se
   const cfg = (c: Container) => {
     const d = decideMeshing(pod({ containers: [{ name: 'cart' }, c] }), options);
     if (!d.meshed) throw new Error('expected meshed');
-    return [d.config.proxyUid, d.config.proxyGid];
+    return [configOf(d).proxyUid, configOf(d).proxyGid];
   };
   t.deepEqual(cfg(proxyWith({ securityContext: { runAsUser: 1000620000, runAsGroup: 1000620001 } })), [1000620000, 1000620001]);
   t.deepEqual(cfg(proxyWith({ securityContext: { runAsUser: 0, runAsGroup: 0 } })), [1337, 1337]);
@@ -121,20 +123,20 @@ test('uid/gid from the proxy container: absent or 0 means 1337; the pod-level se
     spec: { securityContext: { runAsUser: 2000 }, containers: [{ name: 'istio-proxy' }] },
   });
   const d = decideMeshing(podLevel, options);
-  t.true(d.meshed && d.config.proxyUid === 1337);
+  t.true(d.meshed && configOf(d).proxyUid === 1337);
 });
 
 test('native sidecar with custom uid/gid: the init container\'s securityContext is the one read', (t) => {
   const d = decideMeshing(pod({ initContainers: [proxyWith({ restartPolicy: 'Always', securityContext: { runAsUser: 1000650000, runAsGroup: 1000650000 } })], containers: [{ name: 'cart' }] }), options);
   t.true(d.meshed);
-  if (d.meshed) t.deepEqual([d.config.proxyUid, d.config.proxyGid], [1000650000, 1000650000]);
+  if (d.meshed) t.deepEqual([configOf(d).proxyUid, configOf(d).proxyGid], [1000650000, 1000650000]);
 });
 
 test('proxy env shapes the config: DNS capture, INVALID_DROP, ISTIO_DUAL_STACK (Go ParseBool; unparsable is false)', (t) => {
   const cfg = (pairs: Record<string, string>) => {
     const d = decideMeshing(pod({ containers: [{ name: 'cart' }, proxyWith({ env: env(pairs) })] }), options);
     if (!d.meshed) throw new Error('expected meshed');
-    return { dns: d.config.dnsCapture, drop: d.config.invalidDrop, dual: d.config.dualStack };
+    return { dns: configOf(d).dnsCapture, drop: configOf(d).invalidDrop, dual: configOf(d).dualStack };
   };
   t.deepEqual(cfg({}), { dns: false, drop: false, dual: false });
   t.deepEqual(cfg({ ISTIO_META_DNS_CAPTURE: 'true', INVALID_DROP: 'T', ISTIO_DUAL_STACK: '1' }), { dns: true, drop: true, dual: true });
@@ -149,7 +151,7 @@ test('an istio-proxy in both lists: the regular container is read last, as Istio
   t.deepEqual(info.proxy?.lists, ['initContainers', 'containers']);
   t.deepEqual(info.proxy?.env, { DISABLE_ENVOY: 'false', ISTIO_META_DNS_CAPTURE: 'true' });
   const d = decideMeshing(info, options);
-  t.true(d.meshed && d.config.proxyUid === 1600 && d.config.proxyGid === 1601 && d.config.dnsCapture);
+  t.true(d.meshed && configOf(d).proxyUid === 1600 && configOf(d).proxyGid === 1601 && configOf(d).dnsCapture);
 });
 
 test('the trail names the container list each fact came from', (t) => {

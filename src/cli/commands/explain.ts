@@ -13,7 +13,7 @@ import { MeshCniError } from '../../errors';
 import type { Family } from '../../redirect/constants';
 import type { ObservedRule } from '../../redirect/backend';
 import { buildPlan } from '../../redirect/plan';
-import type { RedirectConfig } from '../../redirect/config';
+import { redirectConfigFromAnnotations, type RedirectConfig } from '../../redirect/config';
 import { chooseBackend, compareRedirect, type BackendName } from '../../redirect/engine';
 import { backendOption, excludeNamespacesOption, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
 import { EXIT, outputOption, paint, printJson, runCommand, table, type OutputFormat, type Tone } from '../output';
@@ -104,10 +104,11 @@ function decide(pod: V1Pod, excludeNamespaces: readonly string[], nsLabels: Reco
   }
 }
 
+/** The decision, and a meshed pod's config (throws InvalidConfigError, as the pod's ADD would fail, for bad annotations). */
 function decideInfo(info: PodInfo, excludeNamespaces: readonly string[], trail: DecisionStep[]): Decided {
   const decision = decideMeshing(info, { excludeNamespaces }, trail);
   const assumed = decision.assumed ?? [];
-  return decision.meshed ? { trail, config: decision.config, reason: 'meshed', assumed } : { trail, reason: decision.reason, assumed };
+  return decision.meshed ? { trail, config: redirectConfigFromAnnotations(decision.annotations, decision.proxy), reason: 'meshed', assumed } : { trail, reason: decision.reason, assumed };
 }
 
 /**

@@ -1,7 +1,7 @@
 /** What STATUS can check without the agent: are the programs the chosen backend runs installed? */
 import { accessSync, constants } from 'node:fs';
 import { join } from 'node:path';
-import type { BackendName } from '../redirect/engine';
+import type { BackendName } from '../defaults';
 
 const SYSTEM_DIRS = ['/usr/sbin', '/sbin', '/usr/bin', '/bin', '/usr/local/sbin', '/usr/local/bin'];
 
