@@ -68,9 +68,25 @@ export interface NodeArgs {
   socket: string;
 }
 
+export const DEFAULT_EXCLUDE_NAMESPACES: readonly string[] = ['kube-system'];
+
 export const excludeNamespacesOption = {
-  'exclude-namespaces': { type: 'string', array: true, default: ['kube-system'], describe: "namespaces never redirected (the netconf's kubernetes.exclude_namespaces)" },
+  'exclude-namespaces': {
+    type: 'string',
+    array: true,
+    // No yargs default: it would also replace an explicit empty list (the DaemonSet passes
+    // --exclude-namespaces= for none); excludedNamespaces() applies it.
+    defaultDescription: DEFAULT_EXCLUDE_NAMESPACES.join(','),
+    // The DaemonSet passes the ConfigMap's one comma-separated value (--exclude-namespaces=a,b).
+    coerce: (values: string[]) => values.flatMap((v) => String(v).split(',')).map((v) => v.trim()).filter((v) => v !== ''),
+    describe: "namespaces never redirected (the netconf's kubernetes.exclude_namespaces); repeat it or separate with commas",
+  },
 } satisfies Record<string, Options>;
+
+/** The namespaces given, or the default when the flag is absent. */
+export function excludedNamespaces(args: { 'exclude-namespaces'?: string[] }): string[] {
+  return args['exclude-namespaces'] ?? [...DEFAULT_EXCLUDE_NAMESPACES];
+}
 
 /** Where a pod's netns is looked for when ADD recorded none: the runtime over CRI, then /proc, as the agent does. */
 export const netnsLookupOptions = {
@@ -134,7 +150,7 @@ export interface RepairArgs extends NetnsLookupArgs {
   'repair-mode': RepairMode;
   'repair-rate': number;
   'repair-burst': number;
-  'exclude-namespaces': string[];
+  'exclude-namespaces'?: string[];
   backend: BackendName;
 }
 
@@ -143,7 +159,7 @@ export function repairSettings(args: RepairArgs) {
     mode: args['repair-mode'],
     ratePerSecond: args['repair-rate'],
     burst: args['repair-burst'],
-    excludeNamespaces: args['exclude-namespaces'],
+    excludeNamespaces: excludedNamespaces(args),
     procRoot: args['proc-root'],
     criSocket: args['cri-socket'],
     backend: args.backend,
@@ -169,7 +185,7 @@ export interface InstallArgs {
   'state-dir': string;
   'log-level': string;
   'plugin-log-file'?: string;
-  'exclude-namespaces': string[];
+  'exclude-namespaces'?: string[];
   backend: BackendName;
   socket?: string;
   /** write a kubeconfig from the service account (in a cluster) */
@@ -188,7 +204,7 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
       logLevel: args['log-level'],
       logFile: args['plugin-log-file'],
       kubeconfig: inCluster ? path.join(args['host-cni-conf-dir'], KUBECONFIG_NAME) : undefined,
-      excludeNamespaces: args['exclude-namespaces'],
+      excludeNamespaces: excludedNamespaces(args),
       stateDir: args['state-dir'] === DEFAULT_STATE_DIR ? undefined : args['state-dir'],
     }),
     kubeconfig: inCluster ? serviceAccountKubeconfig(env, args['cni-conf-dir']) : undefined,

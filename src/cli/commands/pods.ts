@@ -7,7 +7,7 @@ import { AttachmentStore } from '../../cni/attachments';
 import { MeshCniError } from '../../errors';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import { NO_RULES_REASON, type Finding } from '../../repair/reconciler';
-import { backendOption, excludeNamespacesOption, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
+import { backendOption, excludeNamespacesOption, excludedNamespaces, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
 import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
 import { connectKube } from '../kube-client';
 import { ago, lastActionFor, meshCniEventsOrWhy, type LastAction } from '../last-action';
@@ -31,7 +31,7 @@ export function builder(y: Argv) {
     .example('$0 pods -n shop -o json', 'one namespace, as JSON');
 }
 
-type Args = NodeArgs & { namespace?: string; 'exclude-namespaces': string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
+type Args = NodeArgs & { namespace?: string; 'exclude-namespaces'?: string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
 
 export type RulesState = 'ok' | 'differ' | 'none' | 'unknown' | 'n/a';
 
@@ -82,7 +82,7 @@ export async function handler(args: Args): Promise<void> {
         procRoot: args['proc-root'],
         criSocket: args['cri-socket'],
         backend: args.backend,
-        excludeNamespaces: args['exclude-namespaces'],
+        excludeNamespaces: excludedNamespaces(args),
       }),
       meshCniEventsOrWhy(kube, args.namespace),
       chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] }),
