@@ -55,7 +55,7 @@ export function once(name: string): (value: string) => string {
 
 /** Where the CLI finds this node's API, name, recorded attachments and agent; shared by every node command. */
 export const nodeOptions = {
-  kubeconfig: { type: 'string', coerce: once('kubeconfig'), describe: 'a kubeconfig file; the in-cluster service account when absent' },
+  kubeconfig: { type: 'string', coerce: once('kubeconfig'), describe: "a kubeconfig file; when absent, $KUBECONFIG's (as kubectl reads it), else the in-cluster service account" },
   'node-name': { type: 'string', coerce: once('node-name'), default: process.env.NODE_NAME, describe: "this node's name (default $NODE_NAME, from the downward API)" },
   'state-dir': { type: 'string', coerce: once('state-dir'), default: DEFAULT_STATE_DIR, describe: 'where install records what it changed and the plugin records attachments' },
   socket: { type: 'string', coerce: once('socket'), default: DEFAULT_AGENT_SOCKET, describe: "the agent's UNIX socket (the shim's, mode 0600, root only)" },
