@@ -53,7 +53,7 @@ data:
   # Pods in these namespaces are never redirected (comma separated).
   exclude-namespaces: {{ join "," .Values.excludeNamespaces | quote }}
   # What to do with a pod whose rules are missing: repair (in place, in its netns: no extra RBAC),
-  # label or delete (each needs its RBAC: optional/repair-label-rbac.yaml, optional/repair-delete-rbac.yaml), off.
+  # label or delete (each needs its RBAC: the chart renders it from repair.*; install/optional/repair-*-rbac.yaml), off.
   repair-mode: {{ include "mesh-cni.repairMode" . }}
   # The container runtime's CRI socket, at the same path in the agent's pod as on the host: how the
   # reconciler finds pods whose ADD it never saw ("": do not ask).
@@ -66,7 +66,7 @@ data:
   # cannot read a ConfigMap).
   health-port: {{ .Values.healthPort | quote }}
   # "true": once ready, the agent removes the taint cni.istio.io/not-ready:NoSchedule from its node, so nodes
-  # can be registered with it and get no pods before mesh-cni runs. Needs optional/node-readiness-rbac.yaml.
+  # can be registered with it and get no pods before mesh-cni runs. Needs its RBAC (removeNotReadyTaint renders it; install/optional/node-readiness-rbac.yaml).
   remove-not-ready-taint: {{ .Values.removeNotReadyTaint | quote }}
 {{- end }}
 
