@@ -11,7 +11,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { V1Pod } from '@kubernetes/client-node';
-import { AttachmentStore } from '../src/cni/attachments';
+import { AttachmentStore } from '../src/state/attachments';
 import { redirectConfigFromAnnotations } from '../src/redirect/config';
 import { applyRedirect, type BackendName } from '../src/redirect/engine';
 import { Reconciler } from '../src/repair/reconciler';

@@ -4,11 +4,11 @@
  * It forwards the request -- the CNI_* environment and stdin, both bounded -- to the mesh-cni agent over a
  * UNIX socket and relays the answer (stdout, stderr, exit code). When the agent's socket is absent or
  * refuses, or the agent goes away before answering, it runs the same TypeScript handler standalone:
- * `node <engine>` with the same environment and stdin. It never parses the netconf or any pod data; the frame format is in src/cni/socket-protocol.ts.
+ * `node <engine>` with the same environment and stdin. It never parses the netconf or any pod data; the frame format is in src/agent/shim-socket.ts.
  *
  * Socket: $MESH_CNI_AGENT_SOCKET, else /var/run/mesh-cni/agent.sock.
  * Engine: MESH_CNI_ENGINE_PATH fixed at build time, else <dir of this binary>/mesh-cni.d/mesh-cni.js (the
- *         self-contained engine the installer puts there), else <dir of this binary>/../dist/src/cni/main.js
+ *         self-contained engine the installer puts there), else <dir of this binary>/../dist/src/standalone/main.js
  *         (the build tree). A bare <dir>/mesh-cni.js is not looked for: older installs put one there, and the
  *         installer deletes it.
  * Node:   the runtime shipped beside the engine, <engine dir>/runtime/ (node and the libraries it links, from
@@ -330,7 +330,7 @@ static int find_engine(char *out, size_t size) {
   char *slash = strrchr(exe, '/');
   if (!slash) return -1;
   *slash = '\0';
-  static const char *const relative[] = {"/mesh-cni.d/mesh-cni.js", "/../dist/src/cni/main.js"};
+  static const char *const relative[] = {"/mesh-cni.d/mesh-cni.js", "/../dist/src/standalone/main.js"};
   for (size_t i = 0; i < sizeof relative / sizeof relative[0]; i++) {
     int w = snprintf(out, size, "%s%s", exe, relative[i]);
     if (w > 0 && (size_t)w < size && readable(out)) return 0;

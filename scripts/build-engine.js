@@ -4,7 +4,7 @@
  * Builds the standalone engine, build/engine/: what the installer copies to <cni-bin-dir>/mesh-cni.d/ and the
  * shim runs when the agent is not there. Run by `npm run build` after tsc.
  *
- * The engine is one file, engine.js, bundled by esbuild from dist/src/cni/main.js with every module and npm
+ * The engine is one file, engine.js, bundled by esbuild from dist/src/standalone/main.js with every module and npm
  * package it reaches, and started by mesh-cni.js with a V8 code cache of it (LOADER below). Node resolving, reading and wrapping some 75 separate modules cost about a quarter of a
  * standalone ADD's CPU; one file is read and compiled once. The bundle keeps each CommonJS module in its own
  * lazily run wrapper, so a require() inside a function (the engine, koffi, the kubeconfig reader) still runs
@@ -36,7 +36,7 @@ const os = require('node:os');
 
 const root = path.join(__dirname, '..');
 const dist = path.join(root, 'dist');
-const entry = path.join(dist, 'src', 'cni', 'main.js');
+const entry = path.join(dist, 'src', 'standalone', 'main.js');
 const outDir = path.join(root, 'build', 'engine');
 const ENTRY_NAME = 'mesh-cni.js';
 const BUNDLE_NAME = 'engine.js';
@@ -195,7 +195,7 @@ script.runInThisContext()(exports, Module.createRequire(file), module, file, __d
 `;
 
 /**
- * Trains the code cache (src/cni/warm-up.ts has why): a child process of the node that is shipped as
+ * Trains the code cache (src/standalone/warm-up.ts has why): a child process of the node that is shipped as
  * runtime/node compiles the bundle as the loader does, loads it as a library (so no request starts), runs its
  * warm-up in a temp dir, and only then writes the cache, which then holds every function that run compiled.
  * NODE_OPTIONS is dropped: V8 rejects a cache made under other flags than the engine's.

@@ -5,23 +5,23 @@
  */
 import http from 'node:http';
 import type net from 'node:net';
-import { AttachmentStore, flushAttachmentWrites } from '../cni/attachments';
+import { AttachmentStore, flushAttachmentWrites } from '../state/attachments';
 import { runCni, type CniDeps } from '../cni/dispatch';
 import type { RequestLogLine } from '../cni/log';
 import type { AddPhase, PhaseSeconds } from '../cni/phases';
-import { serveCni, type CniServer } from '../cni/socket-protocol';
+import { serveCni, type CniServer } from './shim-socket';
 import { peerCredentials } from '../netns/native';
 import type { NodePodCache } from '../kube/pod-cache';
 import type { V1Pod } from '@kubernetes/client-node';
 import { AgentMetrics } from './metrics';
-import { buildInfo } from '../build-info';
+import { buildInfo } from '../installer/build-info';
 import { deepFreeze, RecentMap } from '../caches';
 import type { InstallOptions, InstallWatcher } from '../installer';
 import { Reconciler, type RepairMode } from '../repair/reconciler';
 import type { BackendName } from '../redirect/engine';
 import type { StopDecider, StopDecision } from './stop-decision';
 
-import { DEFAULT_AGENT_SOCKET, DEFAULT_HEALTH_PORT } from '../paths';
+import { DEFAULT_AGENT_SOCKET, DEFAULT_HEALTH_PORT } from '../defaults';
 export { DEFAULT_HEALTH_PORT };
 
 export interface AgentOptions {
@@ -222,8 +222,8 @@ async function rememberedConfigs(max = 256): Promise<BuildConfig> {
 /** The engine, loaded now so the first ADD does not pay for it, with `auto`'s detection warmed up. */
 async function warmEngine(options: AgentOptions, log: Log): Promise<CniDeps['engine']> {
   const engine = await import('../redirect/engine');
-  // A long-running process makes iptables-nft replay templates (src/redirect/backend/nft-replay.ts).
-  const replay = await import('../redirect/backend/nft-replay');
+  // A long-running process makes iptables-nft replay templates (src/redirect/iptables/replay.ts).
+  const replay = await import('../redirect/iptables/replay');
   replay.enableReplay((e) => log({ level: e.made ? 'info' : 'warn', msg: e.made ? 'iptables rules of a plan now go in by nf_tables replay' : 'iptables rules of a plan stay on iptables-restore', detail: e.detail }));
   // `auto` looks at the host's rules with five programs; once a minute is enough for a node's packet filter.
   engine.rememberAutoDetection(options.autoDetectionTtlMs ?? 60_000);
@@ -394,7 +394,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   const podCache = await startPodCache(options, log, (pod) => onPodEvent?.(pod));
   const attachments = new AttachmentStore(options.stateDir);
   // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
-  // Attachment records are written after the answer, as the log line is (src/cni/attachments.ts).
+  // Attachment records are written after the answer, as the log line is (src/state/attachments.ts).
   const deps: CniDeps = {
     engine: await warmEngine(options, log),
     buildConfig: await rememberedConfigs(),

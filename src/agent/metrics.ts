@@ -21,7 +21,7 @@ export class AgentMetrics {
     0.00002, 0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0065, 0.008, 0.01, 0.015, 0.02,
     0.03, 0.05, 0.1, 0.5, 2,
   ]);
-  /** One series per skip reason of src/cni/decision.ts (SKIP_REASONS), plus `meshed`: the decision's own strings. */
+  /** One series per skip reason of src/mesh/decision.ts (SKIP_REASONS), plus `meshed`: the decision's own strings. */
   readonly addDecisions = this.counter('mesh_cni_add_decisions_total', 'CNI ADDs answered by the agent by pod decision: reason is `meshed` or the stable skip reason (no-istio-proxy, proxyless, not-a-sidecar, ...)', ['decision', 'reason'] as const);
   readonly rulesProgrammed = this.counter('mesh_cni_rules_programmed_total', 'Redirect rules written into pod network namespaces', ['backend'] as const);
   readonly repairActions = this.counter('mesh_cni_repair_actions_total', 'Actions the reconciler took on broken pods, by action and result', ['action', 'result'] as const);

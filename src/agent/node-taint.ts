@@ -10,7 +10,7 @@
  */
 import type { CoreV1Api, KubeConfig, V1Taint } from '@kubernetes/client-node';
 
-import { NOT_READY_TAINT_KEY } from '../istio-names';
+import { NOT_READY_TAINT_KEY } from '../mesh/istio-names';
 
 export type UntaintResult = 'removed' | 'absent';
 

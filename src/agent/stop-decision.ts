@@ -13,7 +13,7 @@
  * RBAC was removed since, which is what `kubectl delete -f install/` does before the DaemonSet's pods stop.
  */
 import type { V1DaemonSet, V1Namespace, V1Node, V1NodeSelectorRequirement, V1NodeSelectorTerm, V1Pod, V1PodSpec, V1Taint, V1Toleration } from '@kubernetes/client-node';
-import { readKubeconfig } from '../cni/kubeconfig';
+import { readKubeconfig } from '../kube/kubeconfig';
 import { endpointFromKubeconfig, getJson, inClusterEndpoint, type ApiEndpoint } from '../kube/lean-watch';
 
 export interface StopDecision {

@@ -9,7 +9,7 @@
  * prompt.
  */
 import * as http from 'node:http';
-import { DEFAULT_HEALTH_PORT } from '../paths';
+import { DEFAULT_HEALTH_PORT } from '../defaults';
 
 export interface PodName {
   namespace: string;

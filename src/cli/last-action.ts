@@ -3,7 +3,7 @@
  * the ADD that programmed it, whichever is newer; and "3m ago" for a person.
  */
 import type { V1Pod } from '@kubernetes/client-node';
-import type { AttachmentRecord } from '../cni/attachments';
+import type { AttachmentRecord } from '../state/attachments';
 import { apiCall } from '../kube/node-pods';
 import type { Kube } from './kube-client';
 

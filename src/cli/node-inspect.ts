@@ -3,7 +3,7 @@
  * and the counts `status` shows.
  */
 import type { V1Pod } from '@kubernetes/client-node';
-import { AttachmentStore } from '../cni/attachments';
+import { AttachmentStore } from '../state/attachments';
 import { listNodePods } from '../kube/node-pods';
 import type { BackendName } from '../redirect/engine';
 import { Reconciler, type Finding } from '../repair/reconciler';

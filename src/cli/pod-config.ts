@@ -1,7 +1,7 @@
 /** The redirect config the plugin would program for a pod read from the API (`apply --pod`, `plan --pod`). */
 import type { V1Pod } from '@kubernetes/client-node';
-import { decideMeshing } from '../cni/decision';
-import { podInfoFromPod } from '../cni/pod-api';
+import { decideMeshing } from '../mesh/decision';
+import { podInfoFromPod } from '../kube/pod-api';
 import { MeshCniError } from '../errors';
 import type { RedirectConfig } from '../redirect/config';
 

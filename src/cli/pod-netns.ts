@@ -3,7 +3,7 @@
  * reconciler), keeping what ADD recorded so "gone" can name the path; and the target of `--netns`/`--pod`.
  */
 import type { V1Pod } from '@kubernetes/client-node';
-import { AttachmentStore, type AttachmentRecord } from '../cni/attachments';
+import { AttachmentStore, type AttachmentRecord } from '../state/attachments';
 import { NetnsNotFoundError, PodNetnsUnknownError } from '../errors';
 import { recordsForPod, type NetnsSource } from '../repair/locate';
 import { nodeNetnsChain } from '../repair/netns-chain';

@@ -7,12 +7,12 @@
 import { NetnsNotFoundError } from '../errors';
 import type * as EngineModule from '../redirect/engine';
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
-import { CniCode, CniError, toCniError } from './errors';
-import { AttachmentStore } from './attachments';
+import { CniCode, CniError, toCniError } from '../errors';
+import { AttachmentStore } from '../state/attachments';
 import { writeRequestLog, type RequestLogLine } from './log';
 import { DEFAULT_LOG_FILE, type LogLevel, type MeshNetConf } from './netconf';
 import { classifyNetnsPath, type NetnsPathKind } from '../netns';
-import { decidePod, isPromise, type PodSourceDeps } from './pod-source';
+import { decidePod, isPromise, type PodSourceDeps } from '../kube/pod-lookup';
 import { MAX_STDIN_BYTES, parseRequest, responseVersionOf, type NetworkRequest } from './request';
 import { PhaseClock, type PhaseSeconds } from './phases';
 import { checkProgramsForBackend } from './status';

@@ -3,7 +3,7 @@
  * so only that subresource needs RBAC), delete with preconditions, and Events on the pod.
  */
 import type { CoreV1Api, KubeConfig, V1Pod } from '@kubernetes/client-node';
-import { UNINITIALIZED_LABEL } from '../istio-names';
+import { UNINITIALIZED_LABEL } from '../mesh/istio-names';
 
 export interface PodActions {
   label(pod: V1Pod): Promise<void>;

@@ -8,18 +8,18 @@
  * or the SIGTERM decision), and never on the standalone ADD path.
  */
 import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
-import { readKubeconfig } from '../cni/kubeconfig';
+import { readKubeconfig } from './kubeconfig';
 import { endpointFromKubeconfig, getJson, inClusterEndpoint, LeanListWatch, type ApiEndpoint } from './lean-watch';
-import { podInfoFromPod } from '../cni/pod-api';
-import type { PodInfo } from '../cni/decision';
-import type { PodCache } from '../cni/pod-source';
+import { podInfoFromPod } from './pod-api';
+import type { PodInfo } from '../mesh/decision';
+import type { PodCache } from './pod-lookup';
 
 export type PodEvent = 'add' | 'update' | 'delete';
 
 type Container = NonNullable<NonNullable<V1Pod['spec']>['containers']>[number];
 type ContainerStatus = NonNullable<NonNullable<V1Pod['status']>['initContainerStatuses']>[number];
 
-/** A container as the decision reads it (src/cni/pod-api.ts podInfoFromPod): name, args, literal env, uid/gid. */
+/** A container as the decision reads it (src/kube/pod-api.ts podInfoFromPod): name, args, literal env, uid/gid. */
 function trimContainer(c: Container): Container {
   const out: Container = { name: c.name };
   if (c.args) out.args = c.args;

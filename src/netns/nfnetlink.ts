@@ -3,7 +3,7 @@
  * and one synchronous request/answer exchange through libc. A netlink socket belongs to the netns it was
  * opened in, so callers open it inside `withNetns`; every call here is synchronous, which `withNetns` needs.
  * Used by the reconciler's cheap check (src/repair/nf-facts.ts) and the iptables-nft replay
- * (src/redirect/backend/nft-replay.ts).
+ * (src/redirect/iptables/replay.ts).
  */
 import { AF_NETLINK, errno, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, type Libc } from './native';
 

@@ -6,10 +6,10 @@ import { withNetnsLock } from '../netns';
 import { chooseBackend } from './choose-backend';
 import type { RedirectConfig } from './config';
 import { FAMILIES, type Family } from './constants';
-import type { EngineOptions } from './engine';
-import { detectFamilies } from './links';
+import type { EngineOptions } from './options';
+import { detectFamilies } from './routes';
 import { buildPlan } from './plan';
-import type { ObservedRule } from './backend/types';
+import type { ObservedRule } from './backend';
 import { diffRules, knownBroken, observeAll } from './rule-state';
 
 export interface RedirectComparison {

@@ -19,7 +19,7 @@ function ipAddress(): typeof IpAddress {
   return (ipAddressModule ??= require('ip-address') as typeof IpAddress);
 }
 import { InvalidConfigError } from '../errors';
-import { ANNOTATIONS } from '../istio-names';
+import { ANNOTATIONS } from '../mesh/istio-names';
 import { DEFAULTS } from './constants';
 
 export type InterceptionMode = 'REDIRECT' | 'TPROXY' | 'NONE';

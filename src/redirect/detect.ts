@@ -6,8 +6,8 @@
  */
 import { run } from '../netns';
 import { NFT_TABLE_NAMES } from './constants';
-import { nftProgram } from './backend/nftables';
-import { libnftablesAvailable, nftablesModeFromEnv, runNft } from './backend/libnftables';
+import { nftProgram } from './nftables/backend';
+import { libnftablesAvailable, nftablesModeFromEnv, runNft } from './nftables/libnftables';
 
 export type ConcreteBackend = 'nftables' | 'iptables-nft' | 'iptables-legacy';
 

@@ -18,10 +18,10 @@ import * as path from 'node:path';
 import type { RedirectConfig } from '../redirect/config';
 import { FAMILIES, NFT_TABLE_NAMES, type Family } from '../redirect/constants';
 import { chooseBackend, type BackendName } from '../redirect/engine';
-import { detectFamilies } from '../redirect/links';
+import { detectFamilies } from '../redirect/routes';
 import { buildPlan } from '../redirect/plan';
 import { diffRules, knownBroken, observeAll } from '../redirect/rule-state';
-import type { Backend, ObservedRule } from '../redirect/backend/types';
+import type { Backend, ObservedRule } from '../redirect/backend';
 import { withNetnsLock } from '../netns';
 import { NFPROTO, nfFacts, type NfFacts } from './nf-facts';
 

@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import type { V1Pod } from '@kubernetes/client-node';
-import type { AttachmentRecord, AttachmentStore } from '../cni/attachments';
+import type { AttachmentRecord, AttachmentStore } from '../state/attachments';
 
 export type NetnsLocator = (pod: V1Pod) => Promise<string | undefined>;
 

@@ -3,7 +3,7 @@
  * for pods whose ADD we never saw (each call has a deadline, src/repair/cri.ts); a /proc scan by pod cgroup.
  * The reconciler (agent and `mesh-cni repair`) and the CLI's `--pod`/`explain` locate a pod the same way.
  */
-import type { AttachmentStore } from '../cni/attachments';
+import type { AttachmentStore } from '../state/attachments';
 import { fromCri } from './cri';
 import { firstOf, fromAttachments, fromProcCgroups, type NetnsChain, type NetnsLocator, type NetnsSource } from './locate';
 

@@ -5,16 +5,16 @@
  * Two detectors: Istio's (an `istio-validation` init container that exited 126) and ours (read the rules
  * really present in the pod's netns and compare them with the plan, which also catches partial rule sets
  * and rules gone stale after an annotation change). The decision of which pods are meshed is the plugin's
- * own (src/cni/decision), so the two never disagree.
+ * own (src/mesh/decision), so the two never disagree.
  */
 import type { V1Pod } from '@kubernetes/client-node';
-import { decideMeshing, needsNamespaceLabels } from '../cni/decision';
-import { podInfoFromPod } from '../cni/pod-api';
+import { decideMeshing, needsNamespaceLabels } from '../mesh/decision';
+import { podInfoFromPod } from '../kube/pod-api';
 import type { RedirectConfig } from '../redirect/config';
 import type { BackendName } from '../redirect/engine';
 import { NetnsNotFoundError } from '../errors';
 import { TokenBucket } from './token-bucket';
-import { UNINITIALIZED_LABEL, VALIDATION_CONTAINER } from '../istio-names';
+import { UNINITIALIZED_LABEL, VALIDATION_CONTAINER } from '../mesh/istio-names';
 
 export type RepairMode = 'repair' | 'label' | 'delete' | 'off';
 export const REPAIR_MODES: readonly RepairMode[] = ['repair', 'label', 'delete', 'off'];

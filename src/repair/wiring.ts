@@ -1,6 +1,6 @@
 /** Real dependencies for the reconciler, shared by the agent (continuous) and `mesh-cni repair` (one pass). */
 import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
-import type { AttachmentStore } from '../cni/attachments';
+import type { AttachmentStore } from '../state/attachments';
 import { podActions } from '../kube/actions';
 import type { BackendName } from '../redirect/engine';
 import { nodeNetnsChain, type NetnsChainOptions } from './netns-chain';

@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { startAgent, type Agent } from '../../src/agent/agent';
-import { callCniSocket } from '../../src/cni/socket-protocol';
+import { callCniSocket } from '../../src/agent/shim-socket';
 import { createNetns, createPodPeer, netnsPath, tryInNetns } from '../support/netns';
 import { connect, listen } from '../support/traffic';
 import { requireKernelTools } from '../support/require';

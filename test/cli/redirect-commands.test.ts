@@ -8,7 +8,7 @@ import { connect, listen } from '../support/traffic';
 import { requireKernelTools } from '../support/require';
 import { ISTIO_REFERENCE } from '../support/paths';
 import { INVALID_ANNOTATIONS } from '../redirect/invalid-cases';
-import { stripOwnerTags } from '../../src/redirect/render/iptables';
+import { stripOwnerTags } from '../../src/redirect/iptables/render';
 
 test('plan prints Istio-identical iptables-restore text and touches nothing', (t) => {
   const r = mesh(['plan', '--backend', 'iptables']);

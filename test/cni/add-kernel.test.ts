@@ -10,7 +10,7 @@ import { fileTempDir } from '../support/tmp';
 import { runCni } from '../../src/cni/dispatch';
 import { findProgram } from '../../src/cni/status';
 import { INJECTED, POD_ARGS } from './helpers';
-import { nftProgram } from '../../src/redirect/backend/nftables';
+import { nftProgram } from '../../src/redirect/nftables/backend';
 
 const logFile = join(fileTempDir('kernel'), 'cni.log');
 

@@ -2,11 +2,11 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { testTempDir } from '../support/tmp';
-import { AttachmentStore } from '../../src/cni/attachments';
+import { AttachmentStore } from '../../src/state/attachments';
 import test from 'ava';
 import { NetnsNotFoundError } from '../../src/errors';
-import { CniCode, CniError } from '../../src/cni/errors';
-import type { PodInfo } from '../../src/cni/decision';
+import { CniCode, CniError } from '../../src/errors';
+import type { PodInfo } from '../../src/mesh/decision';
 import { INJECTED, netconf, recordingEngine, run, unitDeps, withAnnotations } from './helpers';
 
 const prev = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/var/run/netns/cni-test' }], ips: [{ address: '10.244.0.5/24', interface: 0 }] };

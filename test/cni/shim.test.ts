@@ -1,6 +1,6 @@
 /**
  * The native shim run as a runtime runs it (env + stdin, exec), against the socket server in this process,
- * and with no agent (standalone fallback executing dist/src/cni/main.js).
+ * and with no agent (standalone fallback executing dist/src/standalone/main.js).
  */
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
@@ -8,7 +8,7 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileTempDir } from '../support/tmp';
 import { runCni } from '../../src/cni/dispatch';
-import { serveCni } from '../../src/cni/socket-protocol';
+import { serveCni } from '../../src/agent/shim-socket';
 import type { CniInvocation } from '../../src/cni/types';
 import { env, INJECTED, logFile, netconf, unitDeps, withAnnotations } from './helpers';
 import { execShim } from '../support/shim';
@@ -18,7 +18,7 @@ const dir = fileTempDir('shim');
 
 test.before(() => {
   execFileSync(process.execPath, [join(root, 'scripts', 'build-native.js')], { stdio: 'pipe' });
-  if (!existsSync(join(root, 'dist', 'src', 'cni', 'main.js'))) throw new Error('dist/src/cni/main.js missing: run tsc first');
+  if (!existsSync(join(root, 'dist', 'src', 'standalone', 'main.js'))) throw new Error('dist/src/standalone/main.js missing: run tsc first');
 });
 
 /** The runtime's environment: PATH and the CNI_* variables; MESH_CNI_LOG_FILE keeps the standalone engine's

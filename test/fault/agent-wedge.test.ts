@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { serveCni, encodeRequest } from '../../src/cni/socket-protocol';
+import { serveCni, encodeRequest } from '../../src/agent/shim-socket';
 import { showRedirect } from '../../src/redirect/engine';
 import { startAgentProcess, httpGet } from '../support/agent';
 import { execShim } from '../support/shim';

@@ -20,7 +20,7 @@ import { INJECTED } from '../cni/helpers';
 const TRIALS = 20;
 const IN_PROCESS = 5;
 const PROCESSES = 5;
-const ENGINE_MAIN = path.join(REPO_ROOT, 'dist', 'src', 'cni', 'main.js');
+const ENGINE_MAIN = path.join(REPO_ROOT, 'dist', 'src', 'standalone', 'main.js');
 
 function addEnv(netns: string, i: number): Record<string, string> {
   return {

@@ -10,7 +10,7 @@ import { runCni } from '../../src/cni/dispatch';
 import { applyRedirect, checkRedirect, removeRedirect, showRedirect } from '../../src/redirect/engine';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { buildPlan } from '../../src/redirect/plan';
-import { renderRestore, stripOwnerTags } from '../../src/redirect/render/iptables';
+import { renderRestore, stripOwnerTags } from '../../src/redirect/iptables/render';
 import { createNetns, inNetns, netnsPath } from '../support/netns';
 import { requireKernelTools } from '../support/require';
 import { testTempDir } from '../support/tmp';

@@ -6,7 +6,7 @@
 import test from 'ava';
 import * as path from 'node:path';
 import { runCni } from '../../src/cni/dispatch';
-import { AttachmentStore } from '../../src/cni/attachments';
+import { AttachmentStore } from '../../src/state/attachments';
 import { showRedirect } from '../../src/redirect/engine';
 import { createNetns, netnsPath } from '../support/netns';
 import { requireKernelTools } from '../support/require';

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { showRedirect } from '../../src/redirect/engine';
-import { NftablesBackend, nftProgram } from '../../src/redirect/backend/nftables';
+import { NftablesBackend, nftProgram } from '../../src/redirect/nftables/backend';
 import { buildPlan } from '../../src/redirect/plan';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { startAgentProcess } from '../support/agent';

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { runCni } from '../../src/cni/dispatch';
-import { serveCni } from '../../src/cni/socket-protocol';
+import { serveCni } from '../../src/agent/shim-socket';
 import { showRedirect } from '../../src/redirect/engine';
 import { execShim } from '../support/shim';
 import { testTempDir } from '../support/tmp';

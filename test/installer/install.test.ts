@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { pluginEntry } from '../../src/installer';
 import { checkInstalled, findPrimaryConfig, install, uninstall, PLUGIN_TYPE, STATE_FILE_FOR_TESTS } from './helpers';
-import { parseKubeconfig } from '../../src/cni/kubeconfig';
+import { parseKubeconfig } from '../../src/kube/kubeconfig';
 import { BRIDGE_CONF, CALICO_CONFLIST, FLANNEL_CONFLIST, INVALID_FIRST, makeNode, REAL_WORLD, type Node } from './fixtures';
 
 function node(t: ExecutionContext, files: Record<string, string> = {}, extra = {}): Node {

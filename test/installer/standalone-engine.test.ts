@@ -18,7 +18,7 @@ import { REPO_ROOT } from '../support/paths';
 import { requireKernelTools, requireNft } from '../support/require';
 import { testTempDir } from '../support/tmp';
 import { INJECTED, POD_ARGS } from '../cni/helpers';
-import { nftProgram } from '../../src/redirect/backend/nftables';
+import { nftProgram } from '../../src/redirect/nftables/backend';
 
 const ENGINE = join(REPO_ROOT, 'build', 'engine');
 const HEAVY = ['@kubernetes/client-node', 'prom-client', 'yargs'];

@@ -1,6 +1,6 @@
 /**
  * What keeps the standalone ADD near a bare `node -e 0`. Its V8 code cache (scripts/build-engine.js) is made by
- * the node shipped as runtime/node after a warm-up run of the ADD path (src/cni/warm-up.ts), so that it holds
+ * the node shipped as runtime/node after a warm-up run of the ADD path (src/standalone/warm-up.ts), so that it holds
  * the functions a standalone ADD calls and not only the bundle's top level; that runtime accepts it; the
  * bundle, loaded as a library the way the build trains it, starts no request. And an ADD through the installed
  * shim programs a real netns without loading node's stream stack (net, stream, tty, assert): the ffi packages'
@@ -88,7 +88,7 @@ test('stack traces of the installed engine name mesh-cni.d/engine.js, not the bu
 
 test('the warm-up runs the ADD path inside its own directory: its plain-file "netns" is refused by every netns entry, the record and log stay there', async (t) => {
   const dir = testTempDir(t, 'warm-up');
-  const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(join(REPO_ROOT, 'dist/src/cni/warm-up.js'))}).warmUpForCodeCache(process.argv[1])`, dir], {
+  const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(join(REPO_ROOT, 'dist/src/standalone/warm-up.js'))}).warmUpForCodeCache(process.argv[1])`, dir], {
     cwd: dir,
     encoding: 'utf8',
     timeout: 60_000,

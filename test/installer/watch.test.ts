@@ -7,7 +7,7 @@ import test, { type ExecutionContext } from 'ava';
 import { existsSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, mkdirSync, unlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseKubeconfig } from '../../src/cni/kubeconfig';
+import { parseKubeconfig } from '../../src/kube/kubeconfig';
 import { checkInstalled, uninstall, watchAndRepair, type InstallEvent, type InstallWatcher, PLUGIN_TYPE } from './helpers';
 import { BRIDGE_CONF, CALICO_CONFLIST, FLANNEL_CONFLIST, INVALID_FIRST, makeNode, type Node } from './fixtures';
 

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import type * as K8s from '@kubernetes/client-node';
 import { StopDecider } from '../../src/agent/stop-decision';
 import { removeNotReadyTaint } from '../../src/agent/node-taint';
-import { NOT_READY_TAINT_KEY } from '../../src/istio-names';
+import { NOT_READY_TAINT_KEY } from '../../src/mesh/istio-names';
 import { connectKube } from '../../src/cli/kube-client';
 import { meshCniEventsOrWhy } from '../../src/cli/last-action';
 import { loadKubeConfig } from '../../src/kube/pod-cache';

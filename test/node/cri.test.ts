@@ -11,7 +11,7 @@ import { podCniArgs, POD_GATEWAY } from '../support/cni-conf';
 import type { Sandbox } from '../support/cri-client';
 import { startNode, type CriNode } from '../support/cri';
 import { connect, listen } from '../support/traffic';
-import { nftProgram } from '../../src/redirect/backend/nftables';
+import { nftProgram } from '../../src/redirect/nftables/backend';
 
 const STATUS = JSON.stringify({ initContainers: ['istio-validation'], containers: ['istio-proxy'], volumes: ['istio-envoy'], imagePullSecrets: null, revision: 'default' });
 const ISTIO_ANNOTATIONS = {

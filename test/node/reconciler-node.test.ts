@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { V1Pod } from '@kubernetes/client-node';
-import { AttachmentStore } from '../../src/cni/attachments';
+import { AttachmentStore } from '../../src/state/attachments';
 import { httpGet, metricValue, startAgentProcess, type AgentProcess } from '../support/agent';
 import { POD_GATEWAY } from '../support/cni-conf';
 import type { Sandbox } from '../support/cri-client';

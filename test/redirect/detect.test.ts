@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { decideBackend, detectBackend, type ConcreteBackend, type HostRuleCounts } from '../../src/redirect/detect';
 import { applyRedirect } from '../../src/redirect/engine';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
-import { nftProgram } from '../../src/redirect/backend/nftables';
+import { nftProgram } from '../../src/redirect/nftables/backend';
 import { createNetns, inNetns, netnsPath } from '../support/netns';
 import { requireKernelTools, requireNft } from '../support/require';
 import { CLI } from '../support/paths';

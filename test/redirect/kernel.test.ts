@@ -10,7 +10,7 @@ import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { createPodPeer, tryInNetns, EXTERNAL_V4, EXTERNAL_V6, type PodPeer } from '../support/netns';
 import { connect, listen, type Landing } from '../support/traffic';
 import { requireKernelTools, requireNft } from '../support/require';
-import { nftProgram } from '../../src/redirect/backend/nftables';
+import { nftProgram } from '../../src/redirect/nftables/backend';
 import type { Family } from '../../src/redirect/constants';
 import type { ProxySettings } from '../../src/redirect/config';
 

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { V1Pod } from '@kubernetes/client-node';
-import { AttachmentStore } from '../../src/cni/attachments';
+import { AttachmentStore } from '../../src/state/attachments';
 import { mesh, type CliResult } from './cli';
 import { freePort, startKube, type Kube } from './kube';
 import { sh, uniqueName } from './netns';

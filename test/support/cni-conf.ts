@@ -41,7 +41,7 @@ export function conflist(options: ConflistOptions): Record<string, unknown> {
 }
 
 /** A CNI bin dir holding the distribution's plugins and our shim (a symlink: the shim finds its engine
- * from its real path, build/../dist/src/cni/main.js). */
+ * from its real path, build/../dist/src/standalone/main.js). */
 export function makeCniBinDir(dir: string, withShim = true): string {
   fs.mkdirSync(dir, { recursive: true });
   for (const plugin of fs.readdirSync(CNI_PLUGIN_DIR)) fs.symlinkSync(path.join(CNI_PLUGIN_DIR, plugin), path.join(dir, plugin));

@@ -13,7 +13,7 @@ export const CNITOOL = path.join(NODE_CACHE, 'bin/cnitool');
 export const KUBE_APISERVER = path.join(NODE_CACHE, 'bin/kube-apiserver');
 export const CNI_PLUGIN_DIR = '/usr/lib/cni';
 export const SHIM = path.join(REPO_ROOT, 'build/mesh-cni');
-export const ENGINE = path.join(REPO_ROOT, 'dist/src/cni/main.js');
+export const ENGINE = path.join(REPO_ROOT, 'dist/src/standalone/main.js');
 export const SETUP_HINT = 'run scripts/setup-node-deps.sh as root (CI does this before npm test)';
 
 function onPath(program: string): boolean {

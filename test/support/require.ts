@@ -4,7 +4,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import type { ExecutionContext } from 'ava';
-import { nftProgram } from '../../src/redirect/backend/nftables';
+import { nftProgram } from '../../src/redirect/nftables/backend';
 
 const checked = new Map<string, string | undefined>();
 

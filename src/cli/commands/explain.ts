@@ -6,12 +6,12 @@
 import * as fs from 'node:fs';
 import type { Argv } from 'yargs';
 import type { V1Pod } from '@kubernetes/client-node';
-import { AttachmentStore } from '../../cni/attachments';
-import { decideMeshing, needsNamespaceLabels, type DecisionStep, type PodInfo } from '../../cni/decision';
-import { podInfoFromPod } from '../../cni/pod-api';
+import { AttachmentStore } from '../../state/attachments';
+import { decideMeshing, needsNamespaceLabels, type DecisionStep, type PodInfo } from '../../mesh/decision';
+import { podInfoFromPod } from '../../kube/pod-api';
 import { MeshCniError } from '../../errors';
 import type { Family } from '../../redirect/constants';
-import type { ObservedRule } from '../../redirect/backend/types';
+import type { ObservedRule } from '../../redirect/backend';
 import { buildPlan } from '../../redirect/plan';
 import type { RedirectConfig } from '../../redirect/config';
 import { chooseBackend, compareRedirect, type BackendName } from '../../redirect/engine';

@@ -1,8 +1,8 @@
 /** `mesh-cni plan`: the rules a pod would get, printed and touched nowhere. */
 import type { Argv } from 'yargs';
 import { buildPlan, type Plan } from '../../redirect/plan';
-import { OWNER_TAG_PREFIX, renderRestore, toIptablesLines, lineText } from '../../redirect/render/iptables';
-import { renderNftScript, toNftRules } from '../../redirect/render/nftables';
+import { OWNER_TAG_PREFIX, renderRestore, toIptablesLines, lineText } from '../../redirect/iptables/render';
+import { renderNftScript, toNftRules } from '../../redirect/nftables/render';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import type { Family } from '../../redirect/constants';
 import { configFromArgs, configOptions, backendOption, excludeNamespacesOption, excludedNamespaces, nodeOptions, type ConfigArgs } from '../options';

@@ -4,7 +4,7 @@
  * `--service NS/SVC`: only those behind that service (its selector), as istioctl narrows to a service.
  */
 import type { Argv } from 'yargs';
-import { AttachmentStore } from '../../cni/attachments';
+import { AttachmentStore } from '../../state/attachments';
 import { MeshCniError } from '../../errors';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import { NO_RULES_REASON, type Finding } from '../../repair/reconciler';

@@ -1,7 +1,7 @@
 /** `mesh-cni repair`: one reconciler pass from the command line: what it found on this node, and what it did. */
 import type { Argv } from 'yargs';
 import { MeshCniError } from '../../errors';
-import { AttachmentStore } from '../../cni/attachments';
+import { AttachmentStore } from '../../state/attachments';
 import { Reconciler, type Finding } from '../../repair/reconciler';
 import { excludeNamespacesOption, nodeOptions, repairOptions, repairSettings, type NodeArgs, type RepairArgs } from '../options';
 import { outputOption, printJson, runCommand, table, EXIT, type Cell, type OutputFormat, type Tone } from '../output';
