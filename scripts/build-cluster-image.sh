@@ -15,7 +15,8 @@
 # Everything is cached outside the checkout, in $MESH_CNI_CACHE (default /var/cache/mesh-cni):
 #   containers/          buildah's own storage (never the host's /var/lib/containers) and its CNI dir
 #   images/base.stamp    what the base images were made from; a rerun with the same inputs skips them
-#   images/mesh-cni-<key>.tar    the image of a commit, keyed by its tree less test/, bench/, docs/, .ci and
+#   images/mesh-cni-<key>.tar    the image of a commit, keyed by its tree less test/, bench/, docs/, charts/,
+#                                install/ (the manifests that run it), .ci and
 #                                *.md (which no image build reads); a rerun for the same key takes a second
 #
 # usage: scripts/build-cluster-image.sh [COMMIT]   (default HEAD; prints the archive's path on stdout)
@@ -63,7 +64,7 @@ git -C "$REPO" rev-parse --verify --quiet "$COMMIT^{commit}" >/dev/null || die "
 # The cache key: the commit's tree without what no image build reads (tests, benchmarks, docs, CI), so a
 # test-only commit reuses the image. The build itself always runs from the whole clean clone; if the
 # Dockerfile ever copies one of these paths, drop it from this list.
-tree=$(git -C "$REPO" ls-tree "$COMMIT" | awk -F'\t' '$2 !~ /^(test|bench|docs|\.ci)$/ && $2 !~ /\.md$/' | git -C "$REPO" hash-object --stdin)
+tree=$(git -C "$REPO" ls-tree "$COMMIT" | awk -F'\t' '$2 !~ /^(test|bench|docs|charts|install|\.ci)$/ && $2 !~ /\.md$/' | git -C "$REPO" hash-object --stdin)
 git -C "$REPO" diff --quiet "$COMMIT" -- Dockerfile .dockerignore package.json package-lock.json tsconfig.build.json scripts native src ||
   log "note: uncommitted changes are not in the image: it is built from commit $COMMIT"
 archive=$IMAGES/mesh-cni-$tree.tar

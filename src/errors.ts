@@ -278,7 +278,7 @@ export class PodNotOnNodeError extends MeshCniError {
 export class ApiUnavailableError extends MeshCniError {
   override readonly code = 'API_UNAVAILABLE';
   constructor(message: string, cause?: unknown) {
-    super(message, { cause, hint: 'pass --kubeconfig (or run in the agent pod, which has a service account)' });
+    super(message, { cause, hint: 'pass --kubeconfig or set $KUBECONFIG (or run in the agent pod, which has a service account)' });
   }
 }
 

@@ -102,9 +102,10 @@ export function templateSelectsNode(spec: V1PodSpec, node: V1Node): Selection {
   return { selects: true };
 }
 
+/** The HTTP status of a failed read: ApiStatusError's `status` (its `code` is the stable string API_STATUS). */
 function statusOf(err: unknown): number | undefined {
-  const code = (err as { code?: unknown; statusCode?: unknown }).code ?? (err as { statusCode?: unknown }).statusCode;
-  return typeof code === 'number' ? code : undefined;
+  const e = err as { status?: unknown; code?: unknown; statusCode?: unknown };
+  return [e.status, e.code, e.statusCode].find((v): v is number => typeof v === 'number');
 }
 
 async function bounded<T>(ms: number, call: () => Promise<T>): Promise<T> {

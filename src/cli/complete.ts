@@ -1,9 +1,12 @@
 /**
  * What `<TAB>` completes beyond commands, flags and option choices (yargs completes those, `--backend` and
- * `--repair-mode` included, from their `choices`): this node's pods for `explain <pod>` and `--pod`, and their
- * namespaces for `-n`/`--namespace`. The names come from the agent's pod cache when it answers on its health
- * port (loopback, `/pods`), else from the API server. Each source is bounded by a short timeout, and a failure
- * completes nothing and prints nothing: a completion must never write an error into the person's prompt.
+ * `--repair-mode` included, from their `choices`): this node's pods for `explain <pod>` and `--pod`, their
+ * namespaces for `-n`/`--namespace`, and the cluster's services for `--service` (as istioctl completes
+ * namespaces, pods and services). Pod names come from the agent's pod cache when it answers on its health
+ * port (loopback, `/pods`), else from the API server; services from the API server (connected as kubectl
+ * does: --kubeconfig, $KUBECONFIG, the service account). Each source is bounded by a short timeout, and a
+ * failure completes nothing and prints nothing: a completion must never write an error into the person's
+ * prompt.
  */
 import * as http from 'node:http';
 import { DEFAULT_HEALTH_PORT } from '../defaults';
@@ -17,10 +20,10 @@ export interface PodName {
 export const AGENT_TIMEOUT_MS = 500;
 export const API_TIMEOUT_MS = 2_000;
 
-export type Wanted = 'pod' | 'namespace' | undefined;
+export type Wanted = 'pod' | 'namespace' | 'service' | undefined;
 
 /** Options whose next word is their value (never a pod). */
-const VALUE_OPTIONS = /^(--(kubeconfig|node-name|state-dir|socket|proc-root|cri-socket|backend|host-netns|output|exclude-namespaces|netns|pod|namespace|annotation)|-[ona])$/;
+const VALUE_OPTIONS = /^(--(kubeconfig|node-name|state-dir|socket|proc-root|cri-socket|backend|host-netns|output|exclude-namespaces|netns|pod|namespace|service|annotation)|-[ona])$/;
 
 /** The words of a completion request: what the shell passed after `--get-yargs-completions`. */
 export function completionWords(argv: readonly string[]): string[] | undefined {
@@ -34,6 +37,7 @@ export function wantedWord(words: readonly string[]): Wanted {
   const previous = words[words.length - 2] ?? '';
   if (current.startsWith('-')) return undefined;
   if (previous === '--pod') return 'pod';
+  if (previous === '--service') return 'service';
   if (previous === '-n' || previous === '--namespace') return 'namespace';
   // `explain <pod>`: no word other than options and their values between the command and this one.
   const at = words.indexOf('explain');
@@ -105,18 +109,31 @@ export async function nodePodNames(s: CompletionSources): Promise<PodName[]> {
   return (await podsFromAgent(s.healthPort)) ?? (await podsFromApi(s.kubeconfig, s.nodeName)) ?? [];
 }
 
+/** The API's services, every namespace's, within API_TIMEOUT_MS. */
+export async function servicesFromApi(kubeconfig: string | undefined): Promise<PodName[] | undefined> {
+  try {
+    const { connectKube, listServices } = await import('./kube-client');
+    return await listServices(await connectKube(kubeconfig), API_TIMEOUT_MS);
+  } catch {
+    return undefined;
+  }
+}
+
+/** NAMESPACE/NAME for pods and services, the namespace alone for namespaces. */
 export function wordsFor(wanted: Exclude<Wanted, undefined>, pods: readonly PodName[], current: string): string[] {
-  const words = wanted === 'pod' ? pods.map((p) => `${p.namespace}/${p.name}`) : pods.map((p) => p.namespace);
+  const words = wanted === 'namespace' ? pods.map((p) => p.namespace) : pods.map((p) => `${p.namespace}/${p.name}`);
   return [...new Set(words)].filter((w) => w.startsWith(current)).sort();
 }
 
 /**
- * For a completion request whose last word is a pod or a namespace, this node's pod names; undefined for any
- * other request (no source is asked). Never rejects.
+ * For a completion request whose last word is a pod or a namespace, this node's pod names; for a service, the
+ * cluster's services; undefined for any other request (no source is asked). Never rejects.
  */
 export async function fetchCompletionNames(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<PodName[] | undefined> {
   const words = completionWords(argv);
-  if (!words || !wantedWord(words)) return undefined;
+  const wanted = words && wantedWord(words);
+  if (!words || !wanted) return undefined;
+  if (wanted === 'service') return (await servicesFromApi(optionValue(words, 'kubeconfig'))) ?? [];
   const healthPort = Number(env.HEALTH_PORT) || DEFAULT_HEALTH_PORT;
   return nodePodNames({ kubeconfig: optionValue(words, 'kubeconfig'), nodeName: optionValue(words, 'node-name') ?? env.NODE_NAME, healthPort }).catch(() => []);
 }
@@ -124,8 +141,8 @@ export async function fetchCompletionNames(argv: readonly string[], env: NodeJS.
 type Defaults = (onCompleted?: (err: Error | null, completions: string[] | undefined) => void) => void;
 
 /**
- * yargs' fallback-style completion function (four parameters, answered at once): the fetched pod or namespace
- * words where they are wanted, yargs' own completions everywhere else.
+ * yargs' fallback-style completion function (four parameters, answered at once): the fetched pod, namespace
+ * or service words where they are wanted, yargs' own completions everywhere else.
  */
 export function clusterCompletion(argv: readonly string[], names: PodName[] | undefined) {
   return (current: string, _argv: unknown, defaults: Defaults, done: (completions: string[]) => void): void => {

@@ -17,6 +17,8 @@ export interface InspectSettings {
   criSocket: string;
   backend: BackendName;
   excludeNamespaces: readonly string[];
+  /** only the pods this selects (e.g. those behind a service) */
+  select?: (pod: V1Pod) => boolean;
 }
 
 /**
@@ -24,7 +26,8 @@ export interface InspectSettings {
  * netns locator and rule check the agent uses, so the CLI and the agent judge a pod the same way.
  */
 export async function inspectNodePods(kube: Kube, s: InspectSettings): Promise<Array<{ pod: V1Pod; finding: Finding }>> {
-  const pods = await listNodePods(kube.core, s.nodeName, { namespace: s.namespace });
+  const listed = await listNodePods(kube.core, s.nodeName, { namespace: s.namespace });
+  const pods = s.select ? listed.filter(s.select) : listed;
   const { repairDeps } = await import('../repair/wiring');
   const deps = await repairDeps({ kubeConfig: kube.kubeConfig, nodeName: s.nodeName, pods: () => pods, attachments: new AttachmentStore(s.stateDir), procRoot: s.procRoot, criSocket: s.criSocket, backend: s.backend });
   const namespaces = new Map<string, Promise<Record<string, string> | undefined>>();

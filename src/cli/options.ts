@@ -54,7 +54,7 @@ export function once(name: string): (value: string) => string {
 
 /** Where the CLI finds this node's API, name, recorded attachments and agent; shared by every node command. */
 export const nodeOptions = {
-  kubeconfig: { type: 'string', coerce: once('kubeconfig'), describe: 'a kubeconfig file; the in-cluster service account when absent' },
+  kubeconfig: { type: 'string', coerce: once('kubeconfig'), describe: "a kubeconfig file; when absent, $KUBECONFIG's (as kubectl reads it), else the in-cluster service account" },
   'node-name': { type: 'string', coerce: once('node-name'), default: process.env.NODE_NAME, describe: "this node's name (default $NODE_NAME, from the downward API)" },
   'state-dir': { type: 'string', coerce: once('state-dir'), default: DEFAULT_STATE_DIR, describe: 'where install records what it changed and the plugin records attachments' },
   socket: { type: 'string', coerce: once('socket'), default: DEFAULT_AGENT_SOCKET, describe: "the agent's UNIX socket (the shim's, mode 0600, root only)" },
@@ -67,9 +67,25 @@ export interface NodeArgs {
   socket: string;
 }
 
+export const DEFAULT_EXCLUDE_NAMESPACES: readonly string[] = ['kube-system'];
+
 export const excludeNamespacesOption = {
-  'exclude-namespaces': { type: 'string', array: true, default: ['kube-system'], describe: "namespaces never redirected (the netconf's kubernetes.exclude_namespaces)" },
+  'exclude-namespaces': {
+    type: 'string',
+    array: true,
+    // No yargs default: it would also replace an explicit empty list (the DaemonSet passes
+    // --exclude-namespaces= for none); excludedNamespaces() applies it.
+    defaultDescription: DEFAULT_EXCLUDE_NAMESPACES.join(','),
+    // The DaemonSet passes the ConfigMap's one comma-separated value (--exclude-namespaces=a,b).
+    coerce: (values: string[]) => values.flatMap((v) => String(v).split(',')).map((v) => v.trim()).filter((v) => v !== ''),
+    describe: "namespaces never redirected (the netconf's kubernetes.exclude_namespaces); repeat it or separate with commas",
+  },
 } satisfies Record<string, Options>;
+
+/** The namespaces given, or the default when the flag is absent. */
+export function excludedNamespaces(args: { 'exclude-namespaces'?: string[] }): string[] {
+  return args['exclude-namespaces'] ?? [...DEFAULT_EXCLUDE_NAMESPACES];
+}
 
 /** Where a pod's netns is looked for when ADD recorded none: the runtime over CRI, then /proc, as the agent does. */
 export const netnsLookupOptions = {
@@ -133,7 +149,7 @@ export interface RepairArgs extends NetnsLookupArgs {
   'repair-mode': RepairMode;
   'repair-rate': number;
   'repair-burst': number;
-  'exclude-namespaces': string[];
+  'exclude-namespaces'?: string[];
   backend: BackendName;
 }
 
@@ -142,7 +158,7 @@ export function repairSettings(args: RepairArgs) {
     mode: args['repair-mode'],
     ratePerSecond: args['repair-rate'],
     burst: args['repair-burst'],
-    excludeNamespaces: args['exclude-namespaces'],
+    excludeNamespaces: excludedNamespaces(args),
     procRoot: args['proc-root'],
     criSocket: args['cri-socket'],
     backend: args.backend,
@@ -168,7 +184,7 @@ export interface InstallArgs {
   'state-dir': string;
   'log-level': string;
   'plugin-log-file'?: string;
-  'exclude-namespaces': string[];
+  'exclude-namespaces'?: string[];
   backend: BackendName;
   socket?: string;
   /** write a kubeconfig from the service account (in a cluster) */
@@ -193,7 +209,7 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
       logLevel: args['log-level'],
       logFile: args['plugin-log-file'],
       kubeconfig: inCluster ? path.join(args['host-cni-conf-dir'], KUBECONFIG_NAME) : undefined,
-      excludeNamespaces: args['exclude-namespaces'],
+      excludeNamespaces: excludedNamespaces(args),
       stateDir: args['state-dir'] === DEFAULT_STATE_DIR ? undefined : args['state-dir'],
     }),
     kubeconfig: inCluster ? serviceAccountKubeconfig(env, args['cni-conf-dir']) : undefined,

@@ -12,6 +12,8 @@ const cases: Array<[string, string[], ReturnType<typeof wantedWord>]> = [
   ['--pod <TAB>', ['mesh-cni', 'apply', '--pod', 'sh'], 'pod'],
   ['-n <TAB>', ['mesh-cni', 'pods', '-n', ''], 'namespace'],
   ['--namespace <TAB>', ['mesh-cni', 'pods', '--namespace', 'sh'], 'namespace'],
+  ['--service <TAB>', ['mesh-cni', 'pods', '--service', 'sh'], 'service'],
+  ['pods --service VALUE then -n <TAB>', ['mesh-cni', 'pods', '--service', 'shop/cart', '-n', ''], 'namespace'],
   ['--backend <TAB> is yargs\' (choices)', ['mesh-cni', 'plan', '--backend', ''], undefined],
   ['a command name', ['mesh-cni', 'ex'], undefined],
 ];
@@ -27,4 +29,5 @@ test('wordsFor: pods as NAMESPACE/POD, namespaces once, filtered by the prefix, 
   const pods = [{ namespace: 'shop', name: 'cart' }, { namespace: 'kube-system', name: 'dns' }, { namespace: 'shop', name: 'api' }];
   t.deepEqual(wordsFor('pod', pods, 'sh'), ['shop/api', 'shop/cart']);
   t.deepEqual(wordsFor('namespace', pods, ''), ['kube-system', 'shop']);
+  t.deepEqual(wordsFor('service', pods, 'shop/'), ['shop/api', 'shop/cart'], 'services as NAMESPACE/NAME');
 });

@@ -37,8 +37,8 @@ test.before(async () => {
   // Two meshed pods with sandboxes, one plain pod, one in an excluded namespace.
   cart = node.sandbox(await node.createPod({ namespace: 'shop', name: 'cart' }), 'cart');
   orders = node.sandbox(await node.createPod({ namespace: 'shop', name: 'orders', annotations: { 'traffic.sidecar.istio.io/excludeOutboundPorts': '5432' } }), 'orders');
-  await node.createPod({ namespace: 'shop', name: 'legacy-batch', meshed: false });
-  await node.createPod({ namespace: 'kube-system', name: 'coredns' });
+  await node.createPod({ namespace: 'shop', name: 'legacy-batch', meshed: false, labels: { app: 'cart' } });
+  await node.createPod({ namespace: 'kube-system', name: 'coredns', labels: { app: 'cart' } });
   await node.startAgent();
 });
 
@@ -270,9 +270,76 @@ test.serial('no API server: status still reports the node and says the pods were
   const pods = mesh(['pods', ...n.flags(dead), '-o', 'json'], { NODE_NAME: NODE });
   t.is(pods.code, 1);
   t.like(json(pods).error, { code: 'API_UNAVAILABLE' });
-  const none = mesh(['pods', '--state-dir', n.stateDir], { NODE_NAME: NODE, KUBERNETES_SERVICE_HOST: '' });
+  const none = mesh(['pods', '--state-dir', n.stateDir], { NODE_NAME: NODE, KUBERNETES_SERVICE_HOST: '', KUBECONFIG: '' });
   t.is(none.code, 1);
-  t.regex(none.stderr, /no API server to ask: no --kubeconfig given and not running in a cluster\nhint: pass --kubeconfig/);
+  t.regex(none.stderr, /no API server to ask: no --kubeconfig given, \$KUBECONFIG unset, and not running in a cluster\nhint: pass --kubeconfig or set \$KUBECONFIG/);
+  const absent = mesh(['pods', '--state-dir', n.stateDir], { NODE_NAME: NODE, KUBERNETES_SERVICE_HOST: '', KUBECONFIG: path.join(n.dir, 'absent') });
+  t.regex(absent.stderr, /none of \$KUBECONFIG's files exists/);
+});
+
+const podNames = (r: CliResult) => (json(r).pods as Array<{ namespace: string; name: string }>).map((p) => `${p.namespace}/${p.name}`);
+
+test.serial('$KUBECONFIG as kubectl reads it: used when --kubeconfig is absent, missing files skipped, the first file to name a user wins', (t) => {
+  const n = node!;
+  const noKubeconfigFlag = ['--state-dir', n.stateDir, '--socket', n.socket];
+  const env = (KUBECONFIG: string) => ({ NODE_NAME: NODE, KUBERNETES_SERVICE_HOST: '', KUBECONFIG });
+  const withFlag = mesh(['pods', '-o', 'json', ...n.flags()], { NODE_NAME: NODE });
+  t.true(podNames(withFlag).includes('shop/cart'), withFlag.stdout + withFlag.stderr);
+  const viaEnv = mesh(['pods', '-o', 'json', ...noKubeconfigFlag], env(`${path.join(n.dir, 'absent')}:${n.kube.kubeconfig}`));
+  t.is(viaEnv.code, withFlag.code, viaEnv.stderr);
+  t.deepEqual(podNames(viaEnv), podNames(withFlag));
+  // Merged as kubectl merges: the second file has the cluster and context but a wrong token; the first names
+  // the same user with the right one, and wins.
+  const wrongUser = n.kube.writeKubeconfig(path.join(n.dir, 'kubeconfig-wrong-user'), { token: 'not-the-token' });
+  const rightUser = path.join(n.dir, 'kubeconfig-user-only');
+  fs.writeFileSync(rightUser, `apiVersion: v1\nkind: Config\ncurrent-context: test\nusers:\n- name: test\n  user:\n    token: ${n.kube.token}\n`, { mode: 0o600 });
+  const merged = mesh(['pods', '-o', 'json', ...noKubeconfigFlag], env(`${rightUser}:${wrongUser}`));
+  t.deepEqual(podNames(merged), podNames(withFlag), merged.stderr);
+  const reversed = mesh(['pods', '-o', 'json', ...noKubeconfigFlag], env(`${wrongUser}:${rightUser}`));
+  t.is(reversed.code, 1);
+  t.like(json(reversed).error, { code: 'API_UNAVAILABLE' });
+  t.regex(json(reversed).error.message, /401/);
+});
+
+test.serial("pods --service NS/SVC: this node's pods behind the service, meshed or why not; <TAB> completes services", async (t) => {
+  const n = node!;
+  const core = n.kube.core();
+  const service = (namespace: string, name: string, selector?: Record<string, string>) =>
+    core.createNamespacedService({ namespace, body: { metadata: { name }, spec: { selector, ports: [{ port: 80 }] } } });
+  await service('shop', 'cart', { app: 'cart' });
+  await service('shop', 'checkout', { app: 'checkout' });
+  await service('shop', 'external');
+  await service('kube-system', 'cart-dns', { app: 'cart' });
+  await core.patchNamespacedPod(
+    { namespace: 'shop', name: 'cart', body: [{ op: 'add', path: '/metadata/labels', value: { app: 'cart', version: 'v1' } }] },
+    // JSON patch: the client's default content type for patch is merge patch.
+    (await import('@kubernetes/client-node')).setHeaderOptions('Content-Type', 'application/json-patch+json'),
+  );
+  // Behind the service too, but on another node: not listed.
+  await n.createPod({ namespace: 'shop', name: 'cart-elsewhere', node: 'node-b', labels: { app: 'cart' } });
+
+  const text = ok(t, n.run(['pods', '--service', 'shop/cart']));
+  t.regex(text.stdout, /^shop\/cart\s+yes\s+/m);
+  t.regex(text.stdout, /^shop\/legacy-batch\s+no\s+no-istio-proxy\s+/m);
+  const rows = json(ok(t, n.run(['pods', '--service', 'shop/cart', '-o', 'json'])));
+  t.is(rows.service, 'shop/cart');
+  t.deepEqual(podNames({ ...text, stdout: JSON.stringify(rows) }), ['shop/cart', 'shop/legacy-batch'], 'not orders (no label), not kube-system/coredns (another namespace), not cart-elsewhere (another node)');
+  t.regex(ok(t, n.run(['pods', '--service', 'shop/checkout'])).stdout, /^no pods on node-a behind service shop\/checkout$/m);
+  const missing = n.run(['pods', '--service', 'shop/nope']);
+  t.is(missing.code, 1);
+  t.regex(missing.stderr, /service shop\/nope not found/);
+  t.regex(n.run(['pods', '--service', 'shop/external']).stderr, /service shop\/external has no selector/);
+  t.is(n.run(['pods', '--service', 'shop/cart', '-n', 'shop']).code, 2, '--service and -n together are a usage error');
+  t.is(n.run(['pods', '--service', 'cart']).code, 2, 'a service is NAMESPACE/SERVICE');
+
+  // <TAB> after --service: services from the API named by $KUBECONFIG (no --kubeconfig typed), by prefix.
+  const complete = (...words: string[]) =>
+    mesh(['--get-yargs-completions', 'mesh-cni', ...words], { NODE_NAME: NODE, KUBECONFIG: n.kube.kubeconfig, KUBERNETES_SERVICE_HOST: '', HEALTH_PORT: String(n.healthPort + 1) });
+  const shop = complete('pods', '--service', 'shop/c');
+  t.deepEqual(shop.stdout.trim().split('\n'), ['shop/cart', 'shop/checkout'], shop.stderr);
+  const all = complete('pods', '--service', '').stdout.trim().split('\n');
+  for (const name of ['default/kubernetes', 'kube-system/cart-dns', 'shop/cart', 'shop/external']) t.true(all.includes(name), all.join(' '));
+  t.deepEqual(complete('pods', '--service', 'kube-system/').stdout.trim().split('\n'), ['kube-system/cart-dns']);
 });
 
 // Last: stops the agent.

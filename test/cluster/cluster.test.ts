@@ -1,19 +1,23 @@
 /**
  * The real-world proof: a one-node Kubernetes cluster (test/support/cluster.ts: etcd, kube-apiserver with
  * Node,RBAC and an audit log, controller-manager, scheduler, containerd, kubelet, kube-proxy), our image built
- * from the Dockerfile from a clean clone (scripts/build-cluster-image.sh), and `install/` applied unchanged.
- * Real pods, real traffic: outbound from a meshed pod lands on its port 15001, inbound on 15006.
+ * from the Dockerfile from a clean clone (scripts/build-cluster-image.sh), installed as operators do: with helm
+ * from charts/mesh-cni, and once with `kubectl apply -f install/`. Real pods, real traffic: outbound from a
+ * meshed pod lands on its port 15001, inbound on 15006.
  *
- * The scenarios run in order on one cluster (starting it takes about a minute): install, traffic, the CLI in
- * the agent pod, a primary-CNI rewrite, a rollout, an agent pod delete and a SIGKILL, each with meshed pods
- * created throughout (the witness counts any that ran without rules: the target is 0), the audit log, and
- * uninstall restoring the node's files byte for byte.
+ * The scenarios run in order on one cluster (starting it takes about a minute): helm install (the agent under
+ * seccomp RuntimeDefault), traffic, the CLI in the agent pod, a primary-CNI rewrite, a helm upgrade (new image,
+ * label repair), an agent pod delete and a SIGKILL, each with meshed pods created throughout (the witness counts
+ * any that ran without rules: the target is 0), the not-ready taint through helm upgrade, the audit log, helm
+ * uninstall restoring the node's files byte for byte; then the plain-YAML path on its own; then the same node
+ * restarted with k3s's CNI dirs and CRI socket, the chart installed with nothing but global.platform=k3s.
  */
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { AGENT_SA, agentImageArchive, AGENT_IMAGE, NODE_IP, NODE_NAME, PRIMARY_CONFLIST, startCluster, type Cluster } from '../support/cluster';
+import { AGENT_SA, agentImageArchive, AGENT_IMAGE, K3S_LAYOUT, NODE_IP, NODE_NAME, PRIMARY_CONFLIST, startCluster, type Cluster } from '../support/cluster';
+import { helmInstall, helmUninstall, helmUpgrade, requireHelm } from '../support/helm';
 import {
   churnPods,
   containerPid,
@@ -36,13 +40,18 @@ import { readJsonLines } from '../support/json-lines';
 const NS = 'shop';
 const AGENT_NS = 'mesh-cni-system';
 const AGENT_SELECTOR = 'app.kubernetes.io/name=mesh-cni';
-/** The node's files mesh-cni may touch; uninstall must leave them as they were. */
-const NODE_DIRS = ['/etc/cni/net.d', '/opt/cni/bin', '/var/run/mesh-cni'];
+const NAMESPACE_FILE = path.join(REPO_ROOT, 'install/00-namespace.yaml');
+
+/** The node's files mesh-cni may touch (its layout's CNI dirs and our state dir); uninstall must leave them as they were. */
+function nodeDirs(cl: Cluster): string[] {
+  return [cl.layout.cniConfDir, cl.layout.cniBinDir, '/var/run/mesh-cni'];
+}
 
 let cluster: Cluster | undefined;
 let witness: Witness | undefined;
 let before: Map<string, string> | undefined;
 const figures: string[] = [];
+let suiteStart = 0;
 
 function c(): Cluster {
   if (!cluster) throw new Error('the cluster did not start (see the first failure)');
@@ -71,12 +80,24 @@ function snapshot(cl: Cluster): Map<string, string> {
       }
     }
   };
-  for (const d of NODE_DIRS) walk(d);
+  for (const d of nodeDirs(cl)) walk(d);
   return files;
 }
 
+/** What differs between two snapshots, one line per path. */
+function changes(before: Map<string, string>, after: Map<string, string>): string[] {
+  const found: string[] = [];
+  for (const [p, v] of before) if (after.get(p) !== v) found.push(`${p}: ${after.has(p) ? 'changed' : 'removed'}`);
+  for (const p of after.keys()) if (!before.has(p)) found.push(`${p}: left behind`);
+  return found;
+}
+
+function conflistPath(cl: Cluster): string {
+  return cl.inside(path.posix.join(cl.layout.cniConfDir, PRIMARY_CONFLIST));
+}
+
 function conflist(cl: Cluster): any {
-  return JSON.parse(fs.readFileSync(cl.inside(`/etc/cni/net.d/${PRIMARY_CONFLIST}`), 'utf8'));
+  return JSON.parse(fs.readFileSync(conflistPath(cl), 'utf8'));
 }
 
 function chained(cl: Cluster): boolean {
@@ -119,6 +140,8 @@ async function agentReady(cl: Cluster, what: string, timeoutMs: number, previous
 test.before(async (t) => {
   // Cold: the base images and the image build take minutes (cached afterwards by commit tree).
   t.timeout(40 * 60_000, 'building the agent image and starting the cluster');
+  requireHelm();
+  suiteStart = Date.now();
   let ms = Date.now();
   const archive = await agentImageArchive();
   figures.push(`agent image (scripts/build-cluster-image.sh, cached by commit tree): ${((Date.now() - ms) / 1000).toFixed(0)} s`);
@@ -131,17 +154,34 @@ test.before(async (t) => {
 });
 
 test.after.always(async () => {
+  if (suiteStart) figures.push(`whole suite (image, cluster, every scenario): ${((Date.now() - suiteStart) / 1000).toFixed(0)} s`);
   if (figures.length > 0) console.log(`\ncluster suite figures:\n  ${figures.join('\n  ')}\n`);
   if (cluster) await cluster.stop();
 });
 
-test.serial('kubectl apply -f install/ unchanged: the agent runs, chains our entry into the primary conflist and installs the shim', async (t) => {
+/** The agent container's seccomp mode as its process has it (0 none, 2 filter) and how many filters. */
+function seccompOf(cl: Cluster, agent: any): { mode: string; filters: string } {
+  const status = fs.readFileSync(`/proc/${containerPid(cl, agent, 'agent')}/status`, 'utf8');
+  return { mode: /^Seccomp:\s*(\d+)/m.exec(status)?.[1] ?? '?', filters: /^Seccomp_filters:\s*(\d+)/m.exec(status)?.[1] ?? '?' };
+}
+
+test.serial('helm install with the chart\'s defaults: the agent runs under seccomp RuntimeDefault, chains our entry into the primary conflist and installs the shim', async (t) => {
   t.timeout(5 * 60_000);
   const cl = c();
   const primary = conflist(cl);
-  cl.kubectlOk(['apply', '-f', path.join(REPO_ROOT, 'install')]);
+  // As README says: the namespace with its Pod Security labels, then the chart.
+  cl.kubectlOk(['apply', '-f', NAMESPACE_FILE]);
+  const ms = Date.now();
+  const notes = await helmInstall(cl);
+  t.regex(notes, /kubectl -n mesh-cni-system rollout status ds\/mesh-cni/, 'NOTES tell what to check next');
   const agent = await agentReady(cl, 'the agent pod Ready with our entry chained', 180_000);
+  figures.push(`helm install: agent Ready and chained ${((Date.now() - ms) / 1000).toFixed(1)} s after helm install began`);
   t.is(agent.spec.containers[0].image, 'mesh-cni:0.1.0');
+  t.deepEqual(agent.spec.containers[0].securityContext.seccompProfile, { type: 'RuntimeDefault' });
+  // The kernel's view: the agent's process runs under a seccomp filter (mode 2), the runtime's default profile.
+  const seccomp = seccompOf(cl, agent);
+  t.is(seccomp.mode, '2', `the agent runs under a seccomp filter: ${JSON.stringify(seccomp)}`);
+  figures.push(`agent seccomp: mode ${seccomp.mode} (filter), ${seccomp.filters} filter(s) (containerd 1.6's RuntimeDefault)`);
   const list = conflist(cl);
   t.deepEqual(list.plugins.slice(0, -1), primary.plugins, 'the primary plugins are kept, in order');
   t.is(list.plugins.at(-1).type, 'mesh-cni');
@@ -226,7 +266,7 @@ test.serial('the CLI in the agent pod: kubectl exec ds/mesh-cni -- mesh-cni stat
 test.serial('a primary CNI rewriting its config is re-chained, and new meshed pods get their rules', async (t) => {
   t.timeout(5 * 60_000);
   const cl = c();
-  const file = cl.inside(`/etc/cni/net.d/${PRIMARY_CONFLIST}`);
+  const file = conflistPath(cl);
   const original = conflist(cl);
   const rewritten = { ...original, plugins: original.plugins.filter((p: any) => p.type !== 'mesh-cni') };
   // As a primary CNI's daemon does: a whole new file, renamed over the old one.
@@ -309,14 +349,19 @@ async function throughDisruption(t: any, batch: string, disrupt: (cl: Cluster) =
   return standalone;
 }
 
-test.serial('a rolling update to a new image tag while pods are created: no meshed pod runs without rules', async (t) => {
+test.serial('helm upgrade to a new image tag and label repair while pods are created: the DaemonSet rolls, no meshed pod runs without rules', async (t) => {
   t.timeout(10 * 60_000);
-  c().tagImage(AGENT_IMAGE, 'docker.io/library/mesh-cni:0.1.0-next');
-  await throughDisruption(t, 'rollout', (cl) => {
-    cl.kubectlOk(['-n', AGENT_NS, 'set', 'image', 'ds/mesh-cni', 'agent=mesh-cni:0.1.0-next']);
+  const cl = c();
+  cl.tagImage(AGENT_IMAGE, 'docker.io/library/mesh-cni:0.1.0-next');
+  await throughDisruption(t, 'upgrade', async () => {
+    await helmUpgrade(cl, ['image.tag=0.1.0-next', 'repair.repairPods=false', 'repair.labelPods=true']);
   });
-  const agent = agentPods(c()).find((p) => !p.metadata.deletionTimestamp);
+  const agent = agentPods(cl).find((p) => !p.metadata.deletionTimestamp);
   t.is(agent?.spec.containers[0].image, 'mesh-cni:0.1.0-next');
+  t.is(cl.json(['-n', AGENT_NS, 'get', 'configmap', 'mesh-cni-config']).data['repair-mode'], 'label');
+  const role = cl.json(['get', 'clusterrole', 'mesh-cni-repair-label']);
+  t.deepEqual(role.rules, [{ apiGroups: [''], resources: ['pods/status'], verbs: ['patch'] }], 'label repair got its RBAC from the values');
+  t.deepEqual(seccompOf(cl, agent).mode, '2');
 });
 
 test.serial('the agent pod deleted while pods are created: no meshed pod runs without rules', async (t) => {
@@ -339,22 +384,20 @@ test.serial('the agent SIGKILLed while pods are created (no node on the host): n
   t.true(standalone >= 1, 'at least one pod was programmed by the standalone engine while no agent ran');
 });
 
-test.serial('optional node readiness: a node provisioned with the cni.istio.io/not-ready taint takes pods only once the agent is ready', async (t) => {
+test.serial('node readiness through helm upgrade --set removeNotReadyTaint=true: a node provisioned with the cni.istio.io/not-ready taint takes pods only once the agent is ready', async (t) => {
   t.timeout(8 * 60_000);
   const cl = c();
   const taint = 'cni.istio.io/not-ready';
   const taints = () => ((cl.json(['get', 'node', NODE_NAME]).spec?.taints ?? []) as any[]).map((x) => `${x.key}:${x.effect}`);
-  cl.kubectlOk(['apply', '-f', path.join(REPO_ROOT, 'install/optional/node-readiness-rbac.yaml')]);
   cl.kubectlOk(['taint', 'node', NODE_NAME, `${taint}=:NoSchedule`]);
   await createPod(cl, { name: 'while-tainted', namespace: NS, meshed: true });
   await new Promise((r) => setTimeout(r, 5000));
   const pending = cl.json(['-n', NS, 'get', 'pod', 'while-tainted']);
   t.falsy(pending.spec.nodeName, 'the scheduler keeps the pod off the tainted node');
   const previous = agentPods(cl)[0]?.metadata.uid as string | undefined;
-  // As README says: the ConfigMap setting, then a restart of the DaemonSet.
-  cl.kubectlOk(['-n', AGENT_NS, 'patch', 'configmap', 'mesh-cni-config', '--type=merge', '-p', JSON.stringify({ data: { 'remove-not-ready-taint': 'true' } })]);
-  cl.kubectlOk(['-n', AGENT_NS, 'rollout', 'restart', 'ds/mesh-cni']);
+  // The value renders the setting and the RBAC it needs, and rolls the DaemonSet (the ConfigMap's checksum).
   const ms = Date.now();
+  await helmUpgrade(cl, ['removeNotReadyTaint=true']);
   await agentReady(cl, 'the agent restarted with remove-not-ready-taint Ready', 240_000, previous);
   await cl.waitFor(`the ${taint} taint removed by the agent`, 60_000, () => !taints().includes(`${taint}:NoSchedule`), () => agentContext(cl));
   figures.push(`node readiness: taint removed ${((Date.now() - ms) / 1000).toFixed(1)} s after the rollout began`);
@@ -382,31 +425,84 @@ test.serial("the agent's API calls, as the audit log records them: none forbidde
   );
 });
 
-test.serial('kubectl delete -f install/ restores the node: conflist, binaries and state dir byte for byte', async (t) => {
+/** Waits for the agent's pods and DaemonSet to be gone (each agent restores its node on the way out). */
+async function agentGone(cl: Cluster): Promise<void> {
+  await cl.waitFor('the agent pods gone', 180_000, () => agentPods(cl).length === 0, () => agentContext(cl));
+  await cl.waitFor('DaemonSet mesh-cni gone', 60_000, () => cl.kubectl(['-n', AGENT_NS, 'get', 'daemonset', 'mesh-cni']).status !== 0);
+}
+
+/** A meshed pod created now: its outbound lands on its own 15001 (redirected) or on the node (plain). */
+async function podLandsOn(t: any, cl: Cluster, name: string, meshed: boolean): Promise<string> {
+  await createPod(cl, { name, namespace: NS, meshed: true });
+  const [pod] = await waitPodsRunning(cl, NS, [name], 180_000);
+  const ns = podNetns(cl, pod);
+  if (meshed) await listen(t, ns, `${name}-proxy`, ['15001']);
+  await listen(t, cl.netnsPath, 'node', [String(NODE_PORT)]);
+  const out = connect(ns, NODE_IP, NODE_PORT);
+  return `${out.listener}:${out.port}`;
+}
+
+test.serial('helm uninstall restores the node: conflist, binaries and state dir byte for byte', async (t) => {
   t.timeout(5 * 60_000);
   const cl = c();
   // Meshed pods are still running: their attachment records must go with the agent.
   const during = [...snapshot(cl).keys()];
   t.true(during.some((p) => p.startsWith('/var/run/mesh-cni/attachments/')), `attachment records exist before uninstall: ${during.join(', ')}`);
   t.true(during.includes('/opt/cni/bin/mesh-cni'));
-  cl.kubectl(['delete', '-f', path.join(REPO_ROOT, 'install'), '--wait=false']);
-  cl.kubectl(['delete', '-f', path.join(REPO_ROOT, 'install/optional/node-readiness-rbac.yaml'), '--ignore-not-found']);
-  await cl.waitFor(
-    'the agent pod gone',
-    180_000,
-    () => agentPods(cl).length === 0,
-    () => agentContext(cl),
-  );
-  await cl.waitFor('namespace mesh-cni-system gone', 180_000, () => cl.kubectl(['get', 'namespace', AGENT_NS]).status !== 0);
-  const after = snapshot(cl);
-  const differences: string[] = [];
-  for (const [p, v] of before!) if (after.get(p) !== v) differences.push(`${p}: ${after.has(p) ? 'changed' : 'removed'}`);
-  for (const p of after.keys()) if (!before!.has(p)) differences.push(`${p}: left behind`);
-  t.deepEqual(differences, [], "the node's CNI dirs and /var/run/mesh-cni are as before install");
+  const ms = Date.now();
+  await helmUninstall(cl);
+  await agentGone(cl);
+  figures.push(`helm uninstall: agent gone, node restored ${((Date.now() - ms) / 1000).toFixed(1)} s after it began`);
+  t.deepEqual(changes(before!, snapshot(cl)), [], "the node's CNI dirs and /var/run/mesh-cni are as before install");
+  t.deepEqual(cl.json(['get', 'clusterroles', '-l', AGENT_SELECTOR]).items.map((r: any) => r.metadata.name), [], 'the release\'s ClusterRoles are gone');
   // And a meshed pod created now is plain again (no agent, no entry).
-  await createPod(cl, { name: 'after-uninstall', namespace: NS, meshed: true });
-  const [pod] = await waitPodsRunning(cl, NS, ['after-uninstall'], 180_000);
-  await listen(t, cl.netnsPath, 'node', [String(NODE_PORT)]);
-  const out = connect(podNetns(cl, pod), NODE_IP, NODE_PORT);
-  t.is(out.listener, 'node', JSON.stringify(out));
+  t.is(await podLandsOn(t, cl, 'after-uninstall', false), `node:${NODE_PORT}`);
+});
+
+test.serial('the plain-YAML path: kubectl apply -f install/ redirects a meshed pod, kubectl delete -f install/ restores the node byte for byte', async (t) => {
+  t.timeout(8 * 60_000);
+  const cl = c();
+  const ms = Date.now();
+  cl.kubectlOk(['apply', '-f', path.join(REPO_ROOT, 'install')]);
+  const agent = await agentReady(cl, 'the agent from install/ Ready with our entry chained', 180_000);
+  t.is(seccompOf(cl, agent).mode, '2', 'install/ runs the agent under RuntimeDefault too');
+  t.is(await podLandsOn(t, cl, 'plain-yaml', true), 'plain-yaml-proxy:15001');
+  t.deepEqual(witness!.unredirected(['plain-yaml']), [], 'the pod never ran without its rules');
+  cl.kubectl(['delete', '-f', path.join(REPO_ROOT, 'install'), '--wait=false']);
+  await agentGone(cl);
+  await cl.waitFor('namespace mesh-cni-system gone', 180_000, () => cl.kubectl(['get', 'namespace', AGENT_NS]).status !== 0);
+  figures.push(`plain YAML: apply, a meshed pod redirected, delete and the node restored in ${((Date.now() - ms) / 1000).toFixed(0)} s; ran without rules: ${witness!.unredirected(['plain-yaml']).length}`);
+  t.deepEqual(changes(before!, snapshot(cl)), [], "the node's CNI dirs and /var/run/mesh-cni are as before install");
+});
+
+test.serial("k3s's layout (its CNI dirs and CRI socket): helm install --set global.platform=k3s and nothing else about paths redirects a meshed pod; helm uninstall restores", async (t) => {
+  t.timeout(12 * 60_000);
+  const cl = c();
+  let ms = Date.now();
+  await kubectlAsync(cl, ['-n', NS, 'delete', 'pods', '--all', '--wait=true', '--timeout=120s']);
+  await kubectlAsync(cl, ['-n', 'kube-system', 'delete', 'pods', '--all', '--wait=true', '--timeout=120s']);
+  await cl.switchLayout(K3S_LAYOUT);
+  figures.push(`k3s layout: containerd and kubelet restarted with k3s's dirs and socket, node Ready in ${((Date.now() - ms) / 1000).toFixed(0)} s`);
+  t.false(fs.existsSync(cl.inside('/etc/cni/net.d/mesh-cni-kubeconfig')));
+  const k3sBefore = snapshot(cl);
+  t.true(k3sBefore.has(`${K3S_LAYOUT.cniConfDir}/${PRIMARY_CONFLIST}`), [...k3sBefore.keys()].join(', '));
+
+  ms = Date.now();
+  cl.kubectlOk(['apply', '-f', NAMESPACE_FILE]);
+  await helmInstall(cl, ['global.platform=k3s']);
+  await agentReady(cl, 'the agent Ready with our entry chained into k3s\'s conflist', 180_000);
+  const entry = conflist(cl).plugins.at(-1);
+  t.is(entry.kubernetes?.kubeconfig, `${K3S_LAYOUT.cniConfDir}/mesh-cni-kubeconfig`, 'our entry names the kubeconfig by its host path in k3s\'s conf dir');
+  t.true(fs.existsSync(cl.inside(`${K3S_LAYOUT.cniBinDir}/mesh-cni`)), 'the shim is in k3s\'s bin dir');
+  t.false(fs.existsSync(cl.inside('/opt/cni/bin/mesh-cni')), 'and not in /opt/cni/bin');
+  const landed = await podLandsOn(t, cl, 'k3s-meshed', true);
+  t.is(landed, 'k3s-meshed-proxy:15001');
+  t.deepEqual(witness!.unredirected(['k3s-meshed']), []);
+  const add = pluginLog(cl).find((l) => l.command === 'ADD' && l.pod === `${NS}/k3s-meshed`);
+  t.is(add?.decision, 'meshed', JSON.stringify(add));
+
+  await helmUninstall(cl);
+  await agentGone(cl);
+  figures.push(`k3s layout: helm install, a meshed pod redirected (${landed}), helm uninstall and the node restored in ${((Date.now() - ms) / 1000).toFixed(0)} s; ran without rules: ${witness!.unredirected(['k3s-meshed']).length}`);
+  t.deepEqual(changes(k3sBefore, snapshot(cl)), [], "k3s's CNI dirs and /var/run/mesh-cni are as before install");
 });

@@ -39,7 +39,7 @@ test.before(async () => {
   const agentToken = randomBytes(16).toString('hex');
   kube = await startKube({ authorizationMode: 'RBAC', users: [[agentToken, SA_USER, ['system:serviceaccounts', 'system:serviceaccounts:mesh-cni-system']]] });
   // The agent gets exactly what install/ grants it, including the optional repair RBAC (label and delete modes).
-  for (const file of ['00-namespace.yaml', '10-rbac.yaml', 'optional/repair-rbac.yaml']) {
+  for (const file of ['00-namespace.yaml', '10-rbac.yaml', 'optional/repair-label-rbac.yaml', 'optional/repair-delete-rbac.yaml']) {
     const r = spawnSync('kubectl', ['--kubeconfig', kube.kubeconfig, 'apply', '-f', path.join(REPO_ROOT, 'install', file)], { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`kubectl apply ${file}: ${r.stderr}`);
   }

@@ -72,14 +72,14 @@ export class CliNode {
   }
 
   /** A pod in the API, bound to `node`, with an IP in its status (as kubelet reports once the sandbox is up). */
-  async createPod(o: { namespace: string; name: string; meshed?: boolean; node?: string; ip?: string; annotations?: Record<string, string> }): Promise<V1Pod> {
+  async createPod(o: { namespace: string; name: string; meshed?: boolean; node?: string; ip?: string; annotations?: Record<string, string>; labels?: Record<string, string> }): Promise<V1Pod> {
     await this.kube.ensureNamespace(o.namespace);
     const meshed = o.meshed !== false;
     const core = this.kube.core();
     const created = await core.createNamespacedPod({
       namespace: o.namespace,
       body: {
-        metadata: { name: o.name, annotations: { ...(meshed ? { 'sidecar.istio.io/status': STATUS_ANNOTATION } : {}), ...o.annotations } },
+        metadata: { name: o.name, labels: o.labels, annotations: { ...(meshed ? { 'sidecar.istio.io/status': STATUS_ANNOTATION } : {}), ...o.annotations } },
         spec: {
           nodeName: o.node ?? NODE,
           containers: [

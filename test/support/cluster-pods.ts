@@ -119,7 +119,7 @@ export function describePods(cluster: Cluster, namespace: string): string {
 
 /** PIDs of containerd's tasks (containers and sandboxes) by container id, as `ctr task ls` prints them. */
 export function taskPids(cluster: Cluster): Map<string, number> {
-  const r = cluster.runInNode(['ctr', '-n', 'k8s.io', 'tasks', 'ls']);
+  const r = cluster.ctr(['tasks', 'ls']);
   const pids = new Map<string, number>();
   for (const line of r.stdout.split('\n').slice(1)) {
     const [id, pid] = line.trim().split(/\s+/);

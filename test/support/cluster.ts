@@ -45,6 +45,28 @@ export const AGENT_IMAGE = 'docker.io/library/mesh-cni:0.1.0';
 export const AGENT_SA = 'system:serviceaccount:mesh-cni-system:mesh-cni';
 /** The primary CNI's config as a node would have it before mesh-cni is installed. */
 export const PRIMARY_CONFLIST = '10-bridge.conflist';
+
+/** Where a node keeps its CNI config and plugins and where its runtime listens: what a distribution decides. */
+export interface NodeLayout {
+  name: string;
+  cniConfDir: string;
+  cniBinDir: string;
+  criSocket: string;
+}
+
+/** Upstream Kubernetes with containerd. */
+export const STANDARD_LAYOUT: NodeLayout = { name: 'standard', cniConfDir: '/etc/cni/net.d', cniBinDir: '/opt/cni/bin', criSocket: '/run/containerd/containerd.sock' };
+
+/**
+ * k3s's: its embedded containerd is configured with these CNI dirs and listens on this socket (k3s's own
+ * defaults, written here from k3s, not from any chart's profile, so a profile that gets them wrong fails).
+ */
+export const K3S_LAYOUT: NodeLayout = {
+  name: 'k3s',
+  cniConfDir: '/var/lib/rancher/k3s/agent/etc/cni/net.d',
+  cniBinDir: '/var/lib/rancher/k3s/data/cni',
+  criSocket: '/run/k3s/containerd/containerd.sock',
+};
 const COMPONENTS = ['kube-apiserver', 'kube-controller-manager', 'kube-scheduler', 'kubelet', 'kube-proxy'];
 
 export interface Run {
@@ -260,14 +282,14 @@ export type { AuditEvent };
 
 // ---------------------------------------------------------------------------------------------------------
 
-function containerdConfig(): string {
+function containerdConfig(layout: NodeLayout): string {
   return `version = 2
 root = "/var/lib/containerd"
 state = "/run/containerd"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 
 [grpc]
-  address = "/run/containerd/containerd.sock"
+  address = "${layout.criSocket}"
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "${PAUSE_IMAGE}"
@@ -278,8 +300,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
+    bin_dir = "${layout.cniBinDir}"
+    conf_dir = "${layout.cniConfDir}"
     max_conf_num = 1
 `;
 }
@@ -314,6 +336,10 @@ export interface KubectlOptions {
 export class Cluster {
   private readonly services = new Map<string, Service>();
   private stopped = false;
+  /** The node's current layout (switchLayout changes it). */
+  layout: NodeLayout = STANDARD_LAYOUT;
+  /** kubelet's kubeconfig, for a restart. */
+  nodeKubeconfig = '';
 
   constructor(
     readonly dir: string,
@@ -367,6 +393,11 @@ export class Cluster {
     return result(spawnSync(program!, args, { input: options.input, encoding: 'utf8', timeout: options.timeoutMs ?? 60_000, env: { PATH: process.env.PATH, HOME: this.dir } }));
   }
 
+  /** containerd's ctr in the k8s.io namespace, on the layout's socket. */
+  ctr(args: string[], options: KubectlOptions = {}): Run {
+    return this.runInNode(['ctr', '--address', this.layout.criSocket, '-n', 'k8s.io', ...args], options);
+  }
+
   /** kubectl as the cluster admin, from inside the node's netns (the API listens only there). */
   kubectl(args: string[], options: KubectlOptions = {}): Run {
     const r = spawnSync('nsenter', [`--net=${this.netnsPath}`, '--', 'kubectl', `--kubeconfig=${this.adminKubeconfig}`, ...args], {
@@ -412,12 +443,12 @@ export class Cluster {
 
   /** Imports an image archive (OCI or docker-archive) into containerd's k8s.io namespace. */
   importImage(archive: string): void {
-    const r = this.runInNode(['ctr', '-n', 'k8s.io', 'images', 'import', archive], { timeoutMs: 300_000 });
+    const r = this.ctr(['images', 'import', archive], { timeoutMs: 300_000 });
     if (r.status !== 0) throw new Error(`ctr images import ${archive} failed: ${r.stderr}`);
   }
 
   tagImage(source: string, target: string): void {
-    const r = this.runInNode(['ctr', '-n', 'k8s.io', 'images', 'tag', '--force', source, target]);
+    const r = this.ctr(['images', 'tag', '--force', source, target]);
     if (r.status !== 0) throw new Error(`ctr images tag ${source} ${target} failed: ${r.stderr}`);
   }
 
@@ -428,6 +459,23 @@ export class Cluster {
 
   logTail(name: string, lines = 30): string {
     return this.services.get(name)?.tail(lines) ?? '';
+  }
+
+  /**
+   * Restarts the node's containerd and kubelet with another layout (CNI dirs and CRI socket), keeping the
+   * cluster, its API objects and containerd's images (the same root dir). The node must hold no pods but
+   * static ones; resolves once it is Ready again.
+   */
+  async switchLayout(layout: NodeLayout): Promise<void> {
+    for (const name of ['kubelet', 'containerd']) {
+      await this.services.get(name)?.stop();
+      this.services.delete(name);
+    }
+    this.layout = layout;
+    prepareNode(this);
+    await startContainerd(this);
+    startKubelet(this);
+    await waitNodeReady(this, 240_000);
   }
 
   /** Stops everything in reverse order, kills stragglers by netns, removes cgroups, netns and files. */
@@ -453,9 +501,73 @@ export class Cluster {
   }
 }
 
+/** The node before mesh-cni, in its layout: the distribution's CNI plugins, a primary conflist, containerd's config. */
+function prepareNode(c: Cluster): void {
+  const { cniBinDir, cniConfDir } = c.layout;
+  fs.mkdirSync(c.inside(cniBinDir), { recursive: true });
+  for (const plugin of fs.readdirSync('/usr/lib/cni')) {
+    fs.copyFileSync(path.join('/usr/lib/cni', plugin), c.inside(path.join(cniBinDir, plugin)));
+    fs.chmodSync(c.inside(path.join(cniBinDir, plugin)), 0o755);
+  }
+  fs.mkdirSync(c.inside(cniConfDir), { recursive: true });
+  fs.writeFileSync(c.inside(path.join(cniConfDir, PRIMARY_CONFLIST)), primaryConflist());
+  fs.mkdirSync(c.inside('/etc/containerd'), { recursive: true });
+  fs.writeFileSync(c.inside('/etc/containerd/config.toml'), containerdConfig(c.layout));
+}
+
+async function startContainerd(c: Cluster): Promise<void> {
+  c.startInNode('containerd', ['containerd', '--config', '/etc/containerd/config.toml'], 15);
+  await c.waitFor('containerd answering', 60_000, () => c.ctr(['version'], { timeoutMs: 10_000 }).status === 0, () => c.logTail('containerd'));
+}
+
+function startKubelet(c: Cluster): void {
+  c.startInNode('kubelet', [
+    path.join(BIN, 'kubelet'),
+    `--kubeconfig=${c.nodeKubeconfig}`,
+    `--hostname-override=${NODE_NAME}`,
+    `--node-ip=${NODE_IP}`,
+    '--container-runtime=remote',
+    `--container-runtime-endpoint=unix://${c.layout.criSocket}`,
+    '--runtime-request-timeout=5m',
+    '--cgroup-driver=cgroupfs',
+    `--cgroup-root=${c.cgroupRoot}`,
+    '--fail-swap-on=false',
+    `--pod-infra-container-image=${PAUSE_IMAGE}`,
+    '--root-dir=/var/lib/kubelet',
+    `--cert-dir=${path.join(c.dir, 'kubelet-pki')}`,
+    '--volume-plugin-dir=/var/lib/kubelet/volume-plugins',
+    '--anonymous-auth=true',
+    '--authorization-mode=AlwaysAllow',
+    '--read-only-port=0',
+    '--oom-score-adj=0',
+    '--image-gc-high-threshold=100',
+    '--image-gc-low-threshold=99',
+    '--eviction-hard=memory.available<50Mi,nodefs.available<1%,imagefs.available<1%,nodefs.inodesFree<1%',
+    '--serialize-image-pulls=false',
+    '--node-status-update-frequency=4s',
+    '--sync-frequency=10s',
+    '--logtostderr=true',
+    '--v=1',
+  ]);
+}
+
+async function waitNodeReady(c: Cluster, timeoutMs: number): Promise<void> {
+  await c.waitFor(
+    `node ${NODE_NAME} Ready`,
+    timeoutMs,
+    () => {
+      const node = c.json(['get', 'node', NODE_NAME]);
+      return node.status?.conditions?.some((x: any) => x.type === 'Ready' && x.status === 'True');
+    },
+    () => `kubelet:\n${c.logTail('kubelet')}`,
+  );
+}
+
 export interface ClusterOptions {
   /** The agent image archive (agentImageArchive()); imported before the test applies install/. */
   agentImage: string;
+  /** The node's layout (default STANDARD_LAYOUT). */
+  layout?: NodeLayout;
 }
 
 /**
@@ -495,16 +607,9 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     const keeperPid = await waitUntil(k, 'the mount namespace', 20_000, () => fs.existsSync(path.join(dir, 'keeper.pid'))).then(() => Number(fs.readFileSync(path.join(dir, 'keeper.pid'), 'utf8')));
     cluster = new Cluster(dir, netns, cgroupRoot, keeperPid, keeper);
     const c = cluster;
-    const inside = (p: string) => c.inside(p);
 
-    // The node before mesh-cni: the distribution's CNI plugins in /opt/cni/bin and a primary conflist.
-    fs.mkdirSync(inside('/opt/cni/bin'), { recursive: true });
-    for (const plugin of fs.readdirSync('/usr/lib/cni')) fs.copyFileSync(path.join('/usr/lib/cni', plugin), inside(`/opt/cni/bin/${plugin}`));
-    for (const plugin of fs.readdirSync(inside('/opt/cni/bin'))) fs.chmodSync(inside(`/opt/cni/bin/${plugin}`), 0o755);
-    fs.mkdirSync(inside('/etc/cni/net.d'), { recursive: true });
-    fs.writeFileSync(inside(`/etc/cni/net.d/${PRIMARY_CONFLIST}`), primaryConflist());
-    fs.mkdirSync(inside('/etc/containerd'), { recursive: true });
-    fs.writeFileSync(inside('/etc/containerd/config.toml'), containerdConfig());
+    c.layout = options.layout ?? STANDARD_LAYOUT;
+    prepareNode(c);
 
     const pki = path.join(dir, 'pki');
     fs.mkdirSync(pki);
@@ -580,42 +685,15 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       '--v=0',
     ]);
     c.startInNode('kube-scheduler', [path.join(BIN, 'kube-scheduler'), `--kubeconfig=${configs.scheduler}`, '--leader-elect=false', '--port=0', '--secure-port=0', '--logtostderr=true', '--v=0']);
-    c.startInNode('containerd', ['containerd', '--config', '/etc/containerd/config.toml'], 15);
-    await c.waitFor('containerd answering', 60_000, () => c.runInNode(['ctr', 'version'], { timeoutMs: 10_000 }).status === 0, () => c.logTail('containerd'));
+    await startContainerd(c);
     const images = path.join(dir, 'images');
     c.importImage(buildSandboxImage(fs.mkdtempSync(path.join(dir, 'pause-')), PAUSE_IMAGE));
     c.importImage(buildSandboxImage(fs.mkdtempSync(path.join(dir, 'app-')), APP_IMAGE));
     fs.mkdirSync(images, { recursive: true });
     c.importImage(options.agentImage);
 
-    c.startInNode('kubelet', [
-      path.join(BIN, 'kubelet'),
-      `--kubeconfig=${configs.node}`,
-      `--hostname-override=${NODE_NAME}`,
-      `--node-ip=${NODE_IP}`,
-      '--container-runtime=remote',
-      '--container-runtime-endpoint=unix:///run/containerd/containerd.sock',
-      '--runtime-request-timeout=5m',
-      '--cgroup-driver=cgroupfs',
-      `--cgroup-root=${cgroupRoot}`,
-      '--fail-swap-on=false',
-      `--pod-infra-container-image=${PAUSE_IMAGE}`,
-      '--root-dir=/var/lib/kubelet',
-      `--cert-dir=${path.join(dir, 'kubelet-pki')}`,
-      '--volume-plugin-dir=/var/lib/kubelet/volume-plugins',
-      '--anonymous-auth=true',
-      '--authorization-mode=AlwaysAllow',
-      '--read-only-port=0',
-      '--oom-score-adj=0',
-      '--image-gc-high-threshold=100',
-      '--image-gc-low-threshold=99',
-      '--eviction-hard=memory.available<50Mi,nodefs.available<1%,imagefs.available<1%,nodefs.inodesFree<1%',
-      '--serialize-image-pulls=false',
-      '--node-status-update-frequency=4s',
-      '--sync-frequency=10s',
-      '--logtostderr=true',
-      '--v=1',
-    ]);
+    c.nodeKubeconfig = configs.node;
+    startKubelet(c);
     c.startInNode('kube-proxy', [
       path.join(BIN, 'kube-proxy'),
       `--kubeconfig=${configs.proxy}`,
@@ -632,15 +710,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       '--logtostderr=true',
       '--v=0',
     ]);
-    await c.waitFor(
-      `node ${NODE_NAME} Ready`,
-      240_000,
-      () => {
-        const node = c.json(['get', 'node', NODE_NAME]);
-        return node.status?.conditions?.some((x: any) => x.type === 'Ready' && x.status === 'True');
-      },
-      () => `kubelet:\n${c.logTail('kubelet')}`,
-    );
+    await waitNodeReady(c, 240_000);
     await c.waitFor(
       `kube-proxy's rules for the kubernetes Service (${KUBERNETES_SERVICE_IP})`,
       120_000,

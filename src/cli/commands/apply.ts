@@ -6,7 +6,7 @@ import {
   checkPodOrNetns,
   configFromArgs,
   configOptions,
-  excludeNamespacesOption,
+  excludeNamespacesOption, excludedNamespaces,
   podOrNetnsOptions,
   type ConfigArgs,
   type PodOrNetnsArgs,
@@ -28,12 +28,12 @@ export function builder(y: Argv) {
     .example('$0 apply --pod shop/cart-7d9 --kubeconfig /etc/kubernetes/admin.conf', "a pod's rules from its annotations, into its netns");
 }
 
-type Args = ConfigArgs & PodOrNetnsArgs & { backend: BackendName; 'host-netns'?: string; 'exclude-namespaces': string[]; output: OutputFormat };
+type Args = ConfigArgs & PodOrNetnsArgs & { backend: BackendName; 'host-netns'?: string; 'exclude-namespaces'?: string[]; output: OutputFormat };
 
 export async function handler(args: Args): Promise<void> {
   await runCommand(args.output, async () => {
     const target = await resolveTarget(args);
-    const config = target.pod ? podConfig(target.pod, args['exclude-namespaces']) : configFromArgs(args);
+    const config = target.pod ? podConfig(target.pod, excludedNamespaces(args)) : configFromArgs(args);
     const report = await applyRedirect({ netns: target.netns, config, backend: args.backend, hostNetns: args['host-netns'] });
     if (args.output === 'json') printJson({ ...(args.pod ? { pod: args.pod } : {}), netns: target.netns, ...report });
     else process.stdout.write(`programmed ${report.rules} rules (${report.families.join(', ')}) in ${target.netns}${args.pod ? ` (pod ${args.pod})` : ''} with ${report.backend}${report.via ? ` via ${report.via}` : ''} in ${report.durationMs.toFixed(1)} ms\n`);

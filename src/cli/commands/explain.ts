@@ -15,7 +15,7 @@ import type { ObservedRule } from '../../redirect/backend';
 import { buildPlan } from '../../redirect/plan';
 import { redirectConfigFromAnnotations, type RedirectConfig } from '../../redirect/config';
 import { chooseBackend, compareRedirect, type BackendName } from '../../redirect/engine';
-import { backendOption, excludeNamespacesOption, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
+import { backendOption, excludeNamespacesOption, excludedNamespaces, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
 import { EXIT, outputOption, paint, printJson, runCommand, table, type OutputFormat, type Tone } from '../output';
 import { connectKube, getPod, namespaceLabels, requireOnNode } from '../kube-client';
 import { ago, lastActionFor, meshCniEventsOrWhy, type EventsOrWhy, type LastAction } from '../last-action';
@@ -42,7 +42,7 @@ export function builder(y: Argv) {
     .example('$0 explain shop/cart-7d9 --no-kubernetes', 'on a node without Kubernetes: what was decided from the annotations, and what was assumed');
 }
 
-type Args = NodeArgs & { kubernetes?: boolean; pod: string; 'exclude-namespaces': string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
+type Args = NodeArgs & { kubernetes?: boolean; pod: string; 'exclude-namespaces'?: string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
 
 export type ExplainStep = Omit<DecisionStep, 'outcome'> & { outcome: DecisionStep['outcome'] | 'error' };
 
@@ -131,7 +131,7 @@ async function explainFromRuntime(args: Args): Promise<Explanation> {
   const trail: DecisionStep[] = [];
   let decided: Decided;
   try {
-    decided = decideInfo({ name: ref.name, namespace: ref.namespace, annotations: found.sandbox.annotations ?? {} }, args['exclude-namespaces'], trail);
+    decided = decideInfo({ name: ref.name, namespace: ref.namespace, annotations: found.sandbox.annotations ?? {} }, excludedNamespaces(args), trail);
   } catch (err) {
     decided = { trail: [...trail, { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` }], reason: 'invalid-config', assumed: [] };
   }
@@ -161,7 +161,7 @@ export async function explain(args: Args): Promise<Explanation> {
   requireOnNode(pod, nodeName);
   const id = `${ref.namespace}/${ref.name}`;
   const nsLabels = needsNamespaceLabels(podInfoFromPod(pod)) ? await namespaceLabels(kube, ref.namespace) : undefined;
-  const decided = decide(pod, args['exclude-namespaces'], nsLabels);
+  const decided = decide(pod, excludedNamespaces(args), nsLabels);
   const [where, events] = await Promise.all([
     locatePodNetns(pod, args['state-dir'], args['proc-root'], args['cri-socket']),
     meshCniEventsOrWhy(kube, ref.namespace),

@@ -5,7 +5,7 @@ import { OWNER_TAG_PREFIX, renderRestore, toIptablesLines, lineText } from '../.
 import { renderNftScript, toNftRules } from '../../redirect/nftables/render';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import type { Family } from '../../redirect/constants';
-import { configFromArgs, configOptions, backendOption, excludeNamespacesOption, nodeOptions, type ConfigArgs } from '../options';
+import { configFromArgs, configOptions, backendOption, excludeNamespacesOption, excludedNamespaces, nodeOptions, type ConfigArgs } from '../options';
 import { connectKube, getPod } from '../kube-client';
 import { podConfig } from '../pod-config';
 import { checkPodRef, parsePodRef } from '../pod-ref';
@@ -34,7 +34,7 @@ export function builder(y: Argv) {
     .example('$0 plan --pod shop/cart-7d9 --kubeconfig ~/.kube/config', "the rules a pod in the API gets");
 }
 
-type Args = ConfigArgs & { output: OutputFormat; ipv6: boolean; backend: BackendName; 'host-netns'?: string; pod?: string; kubeconfig?: string; 'exclude-namespaces': string[] };
+type Args = ConfigArgs & { output: OutputFormat; ipv6: boolean; backend: BackendName; 'host-netns'?: string; pod?: string; kubeconfig?: string; 'exclude-namespaces'?: string[] };
 
 function nftJson(plan: Plan, families: Family[]) {
   return {
@@ -66,7 +66,7 @@ function iptablesText(plan: Plan, families: Family[], ipv6: boolean): string {
 
 export async function handler(args: Args): Promise<void> {
   await runCommand(args.output, async () => {
-    const config = args.pod ? podConfig(await getPod(await connectKube(args.kubeconfig), parsePodRef(args.pod)), args['exclude-namespaces']) : configFromArgs(args);
+    const config = args.pod ? podConfig(await getPod(await connectKube(args.kubeconfig), parsePodRef(args.pod)), excludedNamespaces(args)) : configFromArgs(args);
     const plan = buildPlan(config);
     const families: Family[] = args.ipv6 ? ['ipv4', 'ipv6'] : ['ipv4'];
     const { backend, reason } = await chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] });

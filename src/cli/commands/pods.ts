@@ -1,15 +1,17 @@
 /**
  * `mesh-cni pods`: this node's pods as the reconciler sees them (it inspects, never acts): meshed or why not,
  * whether the rules in each netns match the plan, the backend, and the last thing mesh-cni did to the pod.
+ * `--service NS/SVC`: only those behind that service (its selector), as istioctl narrows to a service.
  */
 import type { Argv } from 'yargs';
 import { AttachmentStore } from '../../state/attachments';
 import { MeshCniError } from '../../errors';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import { NO_RULES_REASON, type Finding } from '../../repair/reconciler';
-import { backendOption, excludeNamespacesOption, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
+import { backendOption, excludeNamespacesOption, excludedNamespaces, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
 import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
-import { connectKube } from '../kube-client';
+import { connectKube, getService, selectedBy } from '../kube-client';
+import { checkPodRef, parsePodRef } from '../pod-ref';
 import { ago, lastActionFor, meshCniEventsOrWhy, type LastAction } from '../last-action';
 import { inspectNodePods } from '../node-inspect';
 import { recordsFor } from '../pod-netns';
@@ -21,17 +23,24 @@ export function builder(y: Argv) {
   return y
     .options({
       namespace: { alias: 'n', type: 'string', describe: 'only this namespace' },
+      service: { type: 'string', describe: "NAMESPACE/SERVICE: only this node's pods behind that service (its selector); <TAB> completes it" },
       ...nodeOptions,
       ...excludeNamespacesOption,
       ...netnsLookupOptions,
       ...backendOption,
       ...outputOption,
     })
+    .conflicts('service', 'namespace')
+    .check((args) => {
+      const ok = checkPodRef(args.service, '--service');
+      return ok === true ? true : ok.replace('NAMESPACE/POD', 'NAMESPACE/SERVICE');
+    })
     .example('$0 pods', 'every pod on this node')
-    .example('$0 pods -n shop -o json', 'one namespace, as JSON');
+    .example('$0 pods -n shop -o json', 'one namespace, as JSON')
+    .example('$0 pods --service shop/cart', 'the pods behind service shop/cart that run here');
 }
 
-type Args = NodeArgs & { namespace?: string; 'exclude-namespaces': string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
+type Args = NodeArgs & { namespace?: string; service?: string; 'exclude-namespaces'?: string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
 
 export type RulesState = 'ok' | 'differ' | 'none' | 'unknown' | 'n/a';
 
@@ -74,17 +83,24 @@ export async function handler(args: Args): Promise<void> {
     const nodeName = args['node-name'];
     if (!nodeName) throw new MeshCniError('pods needs to know which node it is on', { hint: 'pass --node-name or set NODE_NAME' });
     const kube = await connectKube(args.kubeconfig);
+    const serviceRef = args.service ? parsePodRef(args.service) : undefined;
+    const service = serviceRef ? await getService(kube, serviceRef) : undefined;
+    if (service && Object.keys(service.spec?.selector ?? {}).length === 0) {
+      throw new MeshCniError(`service ${args.service} has no selector: no pods are behind it by label`, { hint: 'its endpoints are managed by hand: kubectl get endpoints' });
+    }
+    const namespace = serviceRef?.namespace ?? args.namespace;
     const [inspected, { events, warning }, chosen] = await Promise.all([
       inspectNodePods(kube, {
         nodeName,
-        namespace: args.namespace,
+        namespace,
+        select: service ? (pod) => selectedBy(service, pod) : undefined,
         stateDir: args['state-dir'],
         procRoot: args['proc-root'],
         criSocket: args['cri-socket'],
         backend: args.backend,
-        excludeNamespaces: args['exclude-namespaces'],
+        excludeNamespaces: excludedNamespaces(args),
       }),
-      meshCniEventsOrWhy(kube, args.namespace),
+      meshCniEventsOrWhy(kube, namespace),
       chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] }),
     ]);
     const store = new AttachmentStore(args['state-dir']);
@@ -108,9 +124,10 @@ export async function handler(args: Args): Promise<void> {
     });
     const broken = rows.filter((r) => r.verdict === 'broken').length;
     if (warning) process.stderr.write(`mesh-cni: warning: ${warning}\n`);
-    if (args.output === 'json') printJson({ node: nodeName, namespace: args.namespace ?? null, backend: { name: chosen.backend.name, reason: chosen.reason }, pods: rows, warnings: warning ? [warning] : [] });
+    if (args.output === 'json') printJson({ node: nodeName, namespace: namespace ?? null, service: args.service ?? null, backend: { name: chosen.backend.name, reason: chosen.reason }, pods: rows, warnings: warning ? [warning] : [] });
     else {
-      process.stdout.write(rows.length === 0 ? `no pods on ${nodeName}${args.namespace ? ` in namespace ${args.namespace}` : ''}\n` : textTable(rows));
+      const where = args.service ? ` behind service ${args.service}` : args.namespace ? ` in namespace ${args.namespace}` : '';
+      process.stdout.write(rows.length === 0 ? `no pods on ${nodeName}${where}\n` : textTable(rows));
       if (broken > 0) process.stdout.write(`\n${broken} broken: mesh-cni explain NAMESPACE/POD says why; mesh-cni repair fixes them\n`);
     }
     return broken > 0 ? EXIT.problem : EXIT.ok;

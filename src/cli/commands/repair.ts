@@ -36,11 +36,11 @@ export async function handler(args: Args): Promise<void> {
   await runCommand(args.output, async () => {
     const nodeName = args['node-name'];
     if (!nodeName) throw new MeshCniError('repair needs to know which node it is on', { hint: 'pass --node-name or set NODE_NAME' });
-    const { loadKubeConfig } = await import('../../kube/pod-cache');
+    const { connectKube } = await import('../kube-client');
     const { repairDeps } = await import('../../repair/wiring');
     const { listNodePods } = await import('../../kube/node-pods');
     const k8s = await import('@kubernetes/client-node');
-    const kubeConfig = await loadKubeConfig(args.kubeconfig);
+    const { kubeConfig } = await connectKube(args.kubeconfig);
     const pods = await listNodePods(kubeConfig.makeApiClient(k8s.CoreV1Api), nodeName);
     const settings = repairSettings(args);
     const deps = await repairDeps({

@@ -13,7 +13,7 @@ import { chooseBackend, type BackendName } from '../../redirect/engine';
 import { REPAIR_MODES, type RepairMode } from '../../repair/reconciler';
 import {
   backendOption,
-  excludeNamespacesOption,
+  excludeNamespacesOption, excludedNamespaces,
   installOptions,
   nodeOptions,
   netnsLookupOptions,
@@ -58,7 +58,7 @@ type Args = NodeArgs & {
   'health-port'?: number;
   'health-host': string;
   'repair-mode'?: RepairMode;
-  'exclude-namespaces': string[];
+  'exclude-namespaces'?: string[];
   'proc-root': string; 'cri-socket': string;
   backend: BackendName;
   'host-netns'?: string;
@@ -141,7 +141,7 @@ async function podCounts(args: Args): Promise<StatusReport['pods']> {
       procRoot: args['proc-root'],
         criSocket: args['cri-socket'],
       backend: args.backend,
-      excludeNamespaces: args['exclude-namespaces'],
+      excludeNamespaces: excludedNamespaces(args),
     });
     return { available: true, node, ...countFindings(inspected.map((i) => i.finding)) };
   } catch (err) {

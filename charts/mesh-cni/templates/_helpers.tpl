@@ -1,0 +1,89 @@
+{{/* Labels on every object: the DaemonSet selects its pods by the first. */}}
+{{- define "mesh-cni.labels" -}}
+app.kubernetes.io/name: mesh-cni
+{{- end }}
+
+{{- define "mesh-cni.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* The host's CNI bin dir; empty: detected as Istio's chart does (GKE's server version carries "-gke"). */}}
+{{- define "mesh-cni.cniBinDir" -}}
+{{- if .Values.cniBinDir }}{{ .Values.cniBinDir }}
+{{- else if contains "-gke" .Capabilities.KubeVersion.GitVersion }}/home/kubernetes/bin
+{{- else }}/opt/cni/bin
+{{- end }}
+{{- end }}
+
+{{/* Istio's repair booleans as the agent's one mode, in Istio's order (cni/pkg/repair: repair, delete, label). */}}
+{{- define "mesh-cni.repairMode" -}}
+{{- $r := .Values.repair }}
+{{- if not $r.enabled }}off
+{{- else if $r.repairPods }}repair
+{{- else if $r.deletePods }}delete
+{{- else if $r.labelPods }}label
+{{- else }}off
+{{- end }}
+{{- end }}
+
+{{- define "mesh-cni.logLevel" -}}
+{{ coalesce .Values.logging.level .Values.global.logging.level }}
+{{- end }}
+
+{{/*
+The agent's ConfigMap. Each key of `data` is one `mesh-cni agent` flag: the DaemonSet passes every key as
+--KEY=$(KEY_IN_CAPITALS), read from here, so a new setting is one line below (and its value and schema).
+*/}}
+{{- define "mesh-cni.configmap" -}}
+# The agent's settings. Each key becomes one `mesh-cni agent` flag (see the DaemonSet's args); change a
+# value here and restart the DaemonSet (kubectl -n {{ .Release.Namespace }} rollout restart ds/mesh-cni).
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: mesh-cni-config
+  namespace: {{ .Release.Namespace }}
+  labels:
+    {{- include "mesh-cni.labels" . | nindent 4 }}
+data:
+  # The host's CNI dirs as mounted in the agent's pod (the DaemonSet mounts cniBinDir and cniConfDir there).
+  cni-bin-dir: /host/opt/cni/bin
+  cni-conf-dir: /host/etc/cni/net.d
+  # The same config dir as the runtime on the host sees it: paths inside our conflist entry are host paths.
+  host-cni-conf-dir: {{ .Values.cniConfDir | quote }}
+  # Pods in these namespaces are never redirected (comma separated).
+  exclude-namespaces: {{ join "," .Values.excludeNamespaces | quote }}
+  # What to do with a pod whose rules are missing: repair (in place, in its netns: no extra RBAC),
+  # label or delete (each needs its RBAC: the chart renders it from repair.*; install/optional/repair-*-rbac.yaml), off.
+  repair-mode: {{ include "mesh-cni.repairMode" . }}
+  # The container runtime's CRI socket, at the same path in the agent's pod as on the host: how the
+  # reconciler finds pods whose ADD it never saw ("": do not ask).
+  cri-socket: {{ .Values.criSocket | quote }}
+  # auto, iptables, iptables-nft, iptables-legacy or nftables.
+  backend: {{ .Values.backend }}
+  # debug, info, warn or error.
+  log-level: {{ include "mesh-cni.logLevel" . }}
+  # /healthz, /readyz and /metrics. Must equal the DaemonSet's containerPort named "health" (probes
+  # cannot read a ConfigMap).
+  health-port: {{ .Values.healthPort | quote }}
+  # "true": once ready, the agent removes the taint cni.istio.io/not-ready:NoSchedule from its node, so nodes
+  # can be registered with it and get no pods before mesh-cni runs. Needs its RBAC (removeNotReadyTaint renders it; install/optional/node-readiness-rbac.yaml).
+  remove-not-ready-taint: {{ .Values.removeNotReadyTaint | quote }}
+{{- end }}
+
+{{/* A ClusterRole and its binding to the agent's ServiceAccount. */}}
+{{- define "mesh-cni.clusterRoleBinding" -}}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "mesh-cni.labels" .root | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {{ .name }}
+subjects:
+  - kind: ServiceAccount
+    name: mesh-cni
+    namespace: {{ .root.Release.Namespace }}
+{{- end }}

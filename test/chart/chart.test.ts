@@ -1,0 +1,201 @@
+/**
+ * The Helm chart (charts/mesh-cni) rendered by a real helm: lint, the platform profiles, values winning over
+ * profiles, misspelled values refused, the RBAC each repair mode needs, the flags it passes the agent, and
+ * install/ being its rendering. The API server's verdict on the same renderings is test/node/manifests.test.ts.
+ */
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { CHART, findObject, helmTemplate, HELM, renderChart, requireHelm } from '../support/helm';
+import { mesh } from '../support/cli';
+import { REPO_ROOT } from '../support/paths';
+
+const STANDARD = { conf: '/etc/cni/net.d', bin: '/opt/cni/bin', netns: '/var/run/netns' };
+
+/**
+ * What each profile sets, as Istio's manifests/charts/istio-cni/files/profile-platform-*.yaml (Istio 86c9f01f)
+ * set it, plus our CRI socket (Istio has none). GKE: Istio empties cniBinDir and detects /home/kubernetes/bin
+ * from the server version; ours sets it outright.
+ */
+const PLATFORMS: Record<string, { conf: string; bin: string; netns: string; cri: string }> = {
+  k3s: { conf: '/var/lib/rancher/k3s/agent/etc/cni/net.d', bin: '/var/lib/rancher/k3s/data/cni', netns: STANDARD.netns, cri: '/run/k3s/containerd/containerd.sock' },
+  k3d: { conf: '/var/lib/rancher/k3s/agent/etc/cni/net.d', bin: '/bin', netns: STANDARD.netns, cri: '/run/k3s/containerd/containerd.sock' },
+  microk8s: { conf: '/var/snap/microk8s/current/args/cni-network', bin: '/var/snap/microk8s/current/opt/cni/bin', netns: STANDARD.netns, cri: '/var/snap/microk8s/common/run/containerd.sock' },
+  minikube: { conf: STANDARD.conf, bin: STANDARD.bin, netns: '/var/run/docker/netns', cri: '/run/containerd/containerd.sock' },
+  openshift: { conf: '/etc/cni/multus/net.d', bin: '/var/lib/cni/bin', netns: STANDARD.netns, cri: '/var/run/crio/crio.sock' },
+  gke: { conf: STANDARD.conf, bin: '/home/kubernetes/bin', netns: STANDARD.netns, cri: '/run/containerd/containerd.sock' },
+};
+
+test.before(() => requireHelm());
+
+function daemonSet(objects: any[]): any {
+  const ds = findObject(objects, 'DaemonSet', 'mesh-cni');
+  if (!ds) throw new Error('no DaemonSet mesh-cni rendered');
+  return ds;
+}
+
+function settings(objects: any[]): Record<string, string> {
+  return findObject(objects, 'ConfigMap', 'mesh-cni-config').data;
+}
+
+/** The DaemonSet's host paths and mounts that a node layout decides. */
+function layoutOf(objects: any[]) {
+  const spec = daemonSet(objects).spec.template.spec;
+  const hostPath = (name: string) => spec.volumes.find((v: any) => v.name === name)?.hostPath?.path;
+  const mount = (name: string) => spec.containers[0].volumeMounts.find((m: any) => m.name === name)?.mountPath;
+  return {
+    conf: hostPath('cni-conf-dir'),
+    bin: hostPath('cni-bin-dir'),
+    netns: hostPath('netns'),
+    netnsMount: mount('netns'),
+    cri: hostPath('cri-socket'),
+    criMount: mount('cri-socket'),
+    hostConfSetting: settings(objects)['host-cni-conf-dir'],
+    criSetting: settings(objects)['cri-socket'],
+  };
+}
+
+function expectLayout(t: any, objects: any[], want: { conf: string; bin: string; netns: string; cri: string }) {
+  t.deepEqual(layoutOf(objects), {
+    conf: want.conf,
+    bin: want.bin,
+    netns: want.netns,
+    netnsMount: want.netns,
+    cri: want.cri,
+    criMount: want.cri,
+    hostConfSetting: want.conf,
+    criSetting: want.cri,
+  });
+}
+
+test('helm lint --strict passes, with the defaults and with each platform profile', (t) => {
+  for (const set of [[], ...Object.keys(PLATFORMS).map((p) => [`global.platform=${p}`])]) {
+    const r = spawnSync(HELM, ['lint', '--strict', CHART, ...set.flatMap((s) => ['--set', s])], { encoding: 'utf8' });
+    t.is(r.status, 0, `helm lint --strict ${set.join(' ')}:\n${r.stdout}${r.stderr}`);
+  }
+});
+
+test('golden: install/ is the chart rendered with its default values (scripts/render-install.js)', (t) => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { renderInstall, differences } = require(path.join(REPO_ROOT, 'scripts/render-install.js'));
+  t.deepEqual(differences(renderInstall(HELM)), [], 'run node scripts/render-install.js and commit install/');
+});
+
+test('the defaults render the standard layout', (t) => {
+  expectLayout(t, renderChart(), { ...STANDARD, cri: '/run/containerd/containerd.sock' });
+});
+
+for (const [platform, want] of Object.entries(PLATFORMS)) {
+  test(`global.platform=${platform} puts its paths in the DaemonSet and the agent's settings`, (t) => {
+    const objects = renderChart([`global.platform=${platform}`]);
+    expectLayout(t, objects, want);
+    const container = daemonSet(objects).spec.template.spec.containers[0];
+    const role = findObject(objects, 'ClusterRole', 'mesh-cni');
+    const scc = role.rules.some((r: any) => r.apiGroups.includes('security.openshift.io'));
+    t.is(scc, platform === 'openshift', 'the privileged SCC is used on OpenShift only');
+    t.deepEqual(container.securityContext.seLinuxOptions, platform === 'openshift' ? { type: 'spc_t' } : undefined);
+    t.is(Boolean(findObject(objects, 'ResourceQuota', 'mesh-cni-resource-quota')), platform === 'gke', 'the system-node-critical quota on GKE only');
+  });
+}
+
+test('an explicit value wins over the profile, at the top or under cni. (Istio\'s spelling), false and empty included', (t) => {
+  const k3s = PLATFORMS.k3s!;
+  expectLayout(t, renderChart(['global.platform=k3s', 'cniBinDir=/opt/custom/bin']), { ...k3s, bin: '/opt/custom/bin' });
+  expectLayout(t, renderChart(['global.platform=k3s', 'cni.cniConfDir=/etc/custom/net.d']), { ...k3s, conf: '/etc/custom/net.d' });
+  const noSocket = layoutOf(renderChart(['global.platform=k3s', 'criSocket=']));
+  t.is(noSocket.criSetting, '', 'an empty value beats the profile too');
+  t.is(noSocket.cri, undefined, 'and no CRI socket is mounted');
+  t.falsy(findObject(renderChart(['global.platform=gke', 'resourceQuotas.enabled=false']), 'ResourceQuota', 'mesh-cni-resource-quota'));
+  const selinux = daemonSet(renderChart(['global.platform=openshift', 'seLinuxOptions.type=container_t'])).spec.template.spec.containers[0].securityContext;
+  t.deepEqual(selinux.seLinuxOptions, { type: 'container_t' });
+});
+
+test('an empty cniBinDir is detected as Istio\'s chart does: /home/kubernetes/bin on a GKE server version', (t) => {
+  t.is(layoutOf(renderChart(['cniBinDir='], ['--kube-version', 'v1.30.5-gke.1014001'])).bin, '/home/kubernetes/bin');
+  t.is(layoutOf(renderChart(['cniBinDir='], ['--kube-version', 'v1.30.5'])).bin, '/opt/cni/bin');
+});
+
+const MISSPELLED: Array<[string, RegExp]> = [
+  ['cniConfdir=/x', /additional properties 'cniConfdir' not allowed/],
+  ['cni.cniBinDirr=/x', /at '\/cni': additional properties 'cniBinDirr' not allowed/],
+  ['repair.labelPod=true', /at '\/repair': additional properties 'labelPod' not allowed/],
+  ['global.platfrom=k3s', /at '\/global': additional properties 'platfrom' not allowed/],
+  ['global.platform=k3z', /at '\/global\/platform': value must be one of/],
+  ['backend=ipchains', /at '\/backend': value must be one of/],
+  ['repair.initContainerName=my-init', /at '\/repair\/initContainerName': value must be 'istio-validation'/],
+  ['seccompProfile.typ=RuntimeDefault', /at '\/seccompProfile': additional properties 'typ' not allowed/],
+];
+
+for (const [value, message] of MISSPELLED) {
+  test(`--set ${value} fails helm template, naming the value`, (t) => {
+    const r = helmTemplate([value]);
+    t.not(r.code, 0, r.stdout);
+    t.regex(r.stderr, message);
+  });
+}
+
+/** Istio's repair booleans → the agent's mode and the one extra RBAC it needs, in Istio's order. */
+const REPAIR: Array<[string[], string, string | undefined, string | undefined]> = [
+  [[], 'repair', undefined, undefined],
+  [['repair.enabled=false'], 'off', undefined, undefined],
+  [['repair.repairPods=false'], 'off', undefined, undefined],
+  [['repair.repairPods=false', 'repair.labelPods=true'], 'label', 'mesh-cni-repair-label', 'pods/status patch'],
+  [['repair.repairPods=false', 'repair.deletePods=true'], 'delete', 'mesh-cni-repair-delete', 'pods delete'],
+  [['repair.repairPods=false', 'repair.deletePods=true', 'repair.labelPods=true'], 'delete', 'mesh-cni-repair-delete', 'pods delete'],
+  [['repair.labelPods=true'], 'repair', undefined, undefined],
+];
+
+for (const [set, mode, role, grant] of REPAIR) {
+  test(`repair values ${set.join(' ') || '(defaults)'} → --repair-mode=${mode}${role ? ` and ${role}` : ', no extra RBAC'}`, (t) => {
+    const objects = renderChart(set);
+    t.is(settings(objects)['repair-mode'], mode);
+    const roles = objects.filter((o) => o.kind === 'ClusterRole' && o.metadata.name.startsWith('mesh-cni-repair'));
+    t.deepEqual(roles.map((r) => r.metadata.name), role ? [role] : []);
+    if (role) {
+      t.deepEqual(roles[0].rules.map((r: any) => `${r.resources.join(',')} ${r.verbs.join(',')}`), [grant]);
+      const binding = findObject(objects, 'ClusterRoleBinding', role);
+      t.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: 'mesh-cni', namespace: 'mesh-cni-system' }]);
+    }
+  });
+}
+
+test('removeNotReadyTaint renders the node-readiness RBAC and the setting', (t) => {
+  t.falsy(findObject(renderChart(), 'ClusterRole', 'mesh-cni-node-readiness'));
+  const objects = renderChart(['removeNotReadyTaint=true']);
+  t.is(settings(objects)['remove-not-ready-taint'], 'true');
+  t.deepEqual(findObject(objects, 'ClusterRole', 'mesh-cni-node-readiness').rules, [{ apiGroups: [''], resources: ['nodes'], verbs: ['patch'] }]);
+});
+
+test('every key of the ConfigMap is passed to the agent as a flag it has, read from the ConfigMap', (t) => {
+  const objects = renderChart();
+  const container = daemonSet(objects).spec.template.spec.containers[0];
+  const help = mesh(['agent', '--help']).stdout;
+  const keys = Object.keys(settings(objects));
+  t.true(keys.length >= 10, keys.join(' '));
+  for (const key of keys) {
+    const env = key.replace(/-/g, '_').toUpperCase();
+    t.true(container.args.includes(`--${key}=$(${env})`), `--${key} in the args`);
+    t.deepEqual(container.env.find((e: any) => e.name === env)?.valueFrom, { configMapKeyRef: { name: 'mesh-cni-config', key } });
+    t.regex(help, new RegExp(`--${key}\\b`), `mesh-cni agent has --${key}`);
+  }
+});
+
+test('a changed setting changes the pod template (helm upgrade rolls the agents); the same values do not', (t) => {
+  const checksum = (set: string[]) => daemonSet(renderChart(set)).spec.template.metadata.annotations['checksum/config'];
+  t.is(checksum([]), checksum([]));
+  t.not(checksum([]), checksum(['repair.repairPods=false', 'repair.labelPods=true']));
+  t.not(checksum([]), checksum(['logging.level=debug']));
+});
+
+test('values reach the pod: image, log level (logging.level over global.logging.level), env, seccomp, labels', (t) => {
+  const objects = renderChart(['image.repository=registry.example/mesh-cni', 'image.tag=1.2.3', 'global.logging.level=warn', 'env.MESH_CNI_IPTABLES=restore', 'podLabels.team=net', 'seccompProfile.type=Unconfined']);
+  const ds = daemonSet(objects);
+  const container = ds.spec.template.spec.containers[0];
+  t.is(container.image, 'registry.example/mesh-cni:1.2.3');
+  t.is(settings(objects)['log-level'], 'warn');
+  t.is(settings(renderChart(['global.logging.level=warn', 'logging.level=debug']))['log-level'], 'debug');
+  t.deepEqual(container.env.find((e: any) => e.name === 'MESH_CNI_IPTABLES'), { name: 'MESH_CNI_IPTABLES', value: 'restore' });
+  t.is(ds.spec.template.metadata.labels.team, 'net');
+  t.deepEqual(container.securityContext.seccompProfile, { type: 'Unconfined' });
+  t.deepEqual(daemonSet(renderChart()).spec.template.spec.containers[0].securityContext.seccompProfile, { type: 'RuntimeDefault' });
+});
