@@ -4,7 +4,7 @@
  * process.* — main.ts and the agent's socket server both call runCni, which is what makes it testable
  * in-process.
  */
-import { NetnsNotFoundError } from '../errors';
+import { NetnsNotFoundError, OwnNetnsError } from '../errors';
 import type * as EngineModule from '../redirect/engine';
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
 import { CniCode, CniError, toCniError } from './errors';
@@ -158,8 +158,9 @@ async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
     const { removed } = await engine.removeRedirect({ netns: req.netns, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), signal });
     Object.assign(line, { decision: 'removed', rules: removed });
   } catch (err) {
-    if (!(err instanceof NetnsNotFoundError)) throw err;
-    Object.assign(line, { decision: 'nothing-to-remove', reason: 'netns-missing' });
+    if (!(err instanceof NetnsNotFoundError || err instanceof OwnNetnsError)) throw err;
+    // Own: the path named our own netns by the time the engine opened it, as classifying it above would say.
+    Object.assign(line, { decision: 'nothing-to-remove', reason: err instanceof OwnNetnsError ? 'netns-own-netns' : 'netns-missing' });
   }
   return { stdout: '' };
 }

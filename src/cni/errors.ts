@@ -11,6 +11,7 @@ import {
   NetnsBusyError,
   NetnsNotFoundError,
   NotANetnsError,
+  OwnNetnsError,
   RequestAbandonedError,
   RuleMismatchError,
 } from '../errors';
@@ -88,6 +89,7 @@ export function toCniError(err: unknown): CniError {
     if (err instanceof NotANetnsError) {
       return new CniError(CniCode.InvalidEnvironment, `CNI_NETNS: ${err.message}`, details, { cause: err });
     }
+    if (err instanceof OwnNetnsError) return new CniError(CniCode.InvalidEnvironment, `CNI_NETNS: ${err.message}`, details, { cause: err });
     if (err instanceof NetnsBusyError) return new CniError(CniCode.TryAgainLater, err.message, details, { cause: err });
     if (err instanceof RequestAbandonedError) return new CniError(CniCode.TryAgainLater, err.message, details, { cause: err });
     if (err instanceof RuleMismatchError) return new CniError(CniCode.RuleMismatch, err.message, details, { cause: err });

@@ -14,8 +14,8 @@
  * transaction.
  */
 import { deepFreeze, RecentMap } from '../caches';
-import { MeshCniError, RollbackFailedError, RuleMismatchError } from '../errors';
-import { isHostNetns, withNetnsLock } from '../netns';
+import { RollbackFailedError, RuleMismatchError } from '../errors';
+import { withNetnsLock } from '../netns';
 import type { BackendName } from './backend-names';
 import { chooseBackend } from './choose-backend';
 import { widestConfig, type RedirectConfig } from './config';
@@ -55,7 +55,10 @@ export interface EngineOptions {
   backend?: BackendName;
   /** Which families to program; by default IPv4, and IPv6 when the netns has a global IPv6 address. */
   families?: Family[];
-  /** Programming the namespace this process runs in is refused unless asked for (it is the node's). */
+  /**
+   * Programming the namespace this process runs in is refused unless asked for (it is the node's). The netns
+   * is opened once and that descriptor is checked, locked and entered (`withNetnsLock`).
+   */
   allowHostNetns?: boolean;
   /** Where `auto` looks for the node's existing rules: the netns the agent runs in, unless a test says otherwise. */
   hostNetns?: string;
@@ -72,19 +75,11 @@ export interface EngineOptions {
   laps?: { lap(phase: 'plan' | 'render' | 'apply'): void };
 }
 
-function guardHost(o: EngineOptions): void {
-  if (!o.allowHostNetns && isHostNetns(o.netns)) {
-    throw new MeshCniError(`${o.netns} is this node's own network namespace; refusing to redirect its traffic`, {
-      hint: 'pass the pod sandbox netns (for example /var/run/netns/cni-...)',
-    });
-  }
-}
-
 /**
  * Takes out everything of ours after a failed apply. If that fails as well, the original error is not
  * enough: the netns holds rules nobody asked for, so the error becomes a RollbackFailedError naming them.
  */
-async function rollBack(netns: string, backend: Backend, cause: unknown): Promise<never> {
+async function rollBack(netns: string, named: string, backend: Backend, cause: unknown): Promise<never> {
   try {
     await removeAll(netns, backend);
   } catch (rollbackErr) {
@@ -95,7 +90,7 @@ async function rollBack(netns: string, backend: Backend, cause: unknown): Promis
     } catch (err) {
       readError = err;
     }
-    const err = new RollbackFailedError(netns, cause, rollbackErr, left, readError);
+    const err = new RollbackFailedError(named, cause, rollbackErr, left, readError);
     markBroken(netns, err.message);
     throw err;
   }
@@ -105,21 +100,21 @@ async function rollBack(netns: string, backend: Backend, cause: unknown): Promis
 /** Applies a plan (the lower-level entry; `applyRedirect` builds the plan from a config). */
 export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: VerifyMode }): Promise<ApplyReport> {
   const started = process.hrtime.bigint();
-  guardHost(o);
   const { backend, reason } = await chooseBackend(o);
-  return withNetnsLock(o.netns, async () => {
-    const families = o.families ?? (await detectFamilies(o.netns));
+  // `netns` is the descriptor withNetnsLock opened and checked; `o.netns` is only named in messages.
+  return withNetnsLock(o.netns, async (netns) => {
+    const families = o.families ?? (await detectFamilies(netns));
     let rules = 0;
     try {
       // Choosing the backend, the lock and the families are part of applying.
       o.laps?.lap('apply');
-      const outcome = await backend.apply(o.netns, o.plan, families, o.laps as ApplyLaps | undefined);
+      const outcome = await backend.apply(netns, o.plan, families, o.laps as ApplyLaps | undefined);
       const readBack = o.verify !== 'when-replacing' || !outcome.provenByTransaction;
       for (const family of families) {
         const fp = o.plan[family];
-        await setLinks(o.netns, fp.links);
+        await setLinks(netns, fp.links);
         if (readBack) {
-          const problems = diffRules(backend.expected(family, fp.rules), await backend.observe(o.netns, family));
+          const problems = diffRules(backend.expected(family, fp.rules), await backend.observe(netns, family));
           if (problems.length > 0) {
             throw new RuleMismatchError(`the ${family} rules read back from ${o.netns} differ from the plan`, problems.join('\n'));
           }
@@ -127,13 +122,13 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: Verify
         rules += backend.expected(family, fp.rules).length;
       }
     } catch (err) {
-      return rollBack(o.netns, backend, err);
+      return rollBack(netns, o.netns, backend, err);
     }
-    markBroken(o.netns, undefined);
+    markBroken(netns, undefined);
     o.laps?.lap('apply');
     const via = backend.describeVia?.();
     return { backend: backend.name, backendReason: reason, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6, ...(via ? { via } : {}) };
-  }, { signal: o.signal });
+  }, { signal: o.signal, allowOwn: o.allowHostNetns });
 }
 
 /** Plans by their config's JSON; a cluster runs few distinct configs, so a small bound holds them all. */
@@ -174,13 +169,12 @@ async function removeAll(netns: string, backend: Backend): Promise<number> {
 
 /** Removes every rule of ours from the netns (both families); throws NetnsNotFoundError when it is gone. */
 export async function removeRedirect(o: EngineOptions): Promise<{ removed: number }> {
-  guardHost(o);
   const { backend } = await chooseBackend(o);
-  return withNetnsLock(o.netns, async () => {
-    const removed = await removeAll(o.netns, backend);
-    markBroken(o.netns, undefined);
+  return withNetnsLock(o.netns, async (netns) => {
+    const removed = await removeAll(netns, backend);
+    markBroken(netns, undefined);
     return { removed };
-  }, { signal: o.signal });
+  }, { signal: o.signal, allowOwn: o.allowHostNetns });
 }
 
 /** Our rules as the kernel holds them now. */
