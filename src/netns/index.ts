@@ -68,7 +68,7 @@ export function isHostNetns(path: string): boolean {
  * (/proc/self/fd/N): `withNetns` enters the held descriptor itself, so every step of one request lands in
  * the namespace that was checked and locked.
  */
-const held = new Map<string, number>();
+const held = new Map<string, { fd: number; path: string }>();
 
 /** Back to the thread's own netns: staying in a pod's would make every later action land in the wrong place. */
 function returnHome(homeFd: number): void {
@@ -84,8 +84,10 @@ function returnHome(homeFd: number): void {
  */
 export function withNetns<T>(path: string, fn: () => T): T {
   const c = loadLibc();
-  const heldFd = held.get(path);
-  const targetFd = heldFd ?? openNetns(path);
+  const known = held.get(path);
+  // Errors name the path the request gave, not /proc/self/fd/N.
+  const named = known?.path ?? path;
+  const targetFd = known?.fd ?? openNetns(path);
   let homeFd: number | undefined;
   // From home, the way back is the one descriptor kept for it; from inside another withNetns, the
   // namespace the thread is in now.
@@ -94,8 +96,8 @@ export function withNetns<T>(path: string, fn: () => T): T {
     homeFd = fromHome ? homeDescriptor() : fs.openSync('/proc/thread-self/ns/net', 'r');
     if (c.setns(targetFd, CLONE_NEWNET) !== 0) {
       const code = errno();
-      if (code === EINVAL) throw new NotANetnsError(path);
-      throw new MeshCniError(`setns(${path}) failed with errno ${code}`, {
+      if (code === EINVAL) throw new NotANetnsError(named);
+      throw new MeshCniError(`setns(${named}) failed with errno ${code}`, {
         hint: 'entering a network namespace needs CAP_SYS_ADMIN (run as root)',
       });
     }
@@ -112,7 +114,7 @@ export function withNetns<T>(path: string, fn: () => T): T {
       noteNetnsSwitch(false);
     }
   } finally {
-    if (heldFd === undefined) fs.closeSync(targetFd);
+    if (!known) fs.closeSync(targetFd);
     if (homeFd !== undefined && !fromHome) fs.closeSync(homeFd);
   }
 }
@@ -310,7 +312,7 @@ export async function withNetnsLock<T>(path: string, fn: (netns: string) => Prom
   const mine = before.then(async () => {
     await lockNetnsFd(fd, path, deadline, started, options.signal);
     const name = `/proc/self/fd/${fd}`;
-    held.set(name, fd);
+    held.set(name, { fd, path });
     try {
       return await fn(name);
     } finally {

@@ -86,7 +86,7 @@ test('stack traces of the installed engine name mesh-cni.d/engine.js, not the bu
   t.notRegex(r.stdout, /engine\.tmp-/);
 });
 
-test('the warm-up runs the ADD path inside its own directory: its plain-file "netns" is refused by every netns entry, the record and log stay there', async (t) => {
+test('the warm-up runs the ADD path inside its own directory: its "netns", a UTS namespace file, is locked and then refused by every netns entry, the record and log stay there', async (t) => {
   const dir = testTempDir(t, 'warm-up');
   const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(join(REPO_ROOT, 'dist/src/standalone/warm-up.js'))}).warmUpForCodeCache(process.argv[1])`, dir], {
     cwd: dir,
@@ -100,12 +100,12 @@ test('the warm-up runs the ADD path inside its own directory: its plain-file "ne
     .map((l) => JSON.parse(l) as { command: string; error?: { code: number; msg: string }; decision?: string });
   const adds = lines.filter((l) => l.command === 'ADD');
   t.is(adds.length, 2);
-  // The restore and then the rollback's save both refused to enter it (no setns on a plain file).
+  // The restore and then the rollback's save both refused to enter it (setns(CLONE_NEWNET) of a UTS namespace).
   t.is(adds[0]!.error?.code, 100);
-  t.regex(adds[0]!.error?.msg ?? '', /not-a-netns is not a network namespace; removing the rules again failed too \(.*not-a-netns is not a network namespace\)/);
+  t.regex(adds[0]!.error?.msg ?? '', /\/proc\/self\/ns\/uts is not a network namespace; removing the rules again failed too \(.*\/proc\/self\/ns\/uts is not a network namespace\)/);
   t.is(adds[1]!.decision, 'meshed');
   t.deepEqual(readdirSync(join(dir, 'state', 'attachments')), ['warm-up_eth0.json']);
-  t.deepEqual(readdirSync(dir).sort(), ['mesh-cni.log', 'not-a-netns', 'state']);
+  t.deepEqual(readdirSync(dir).sort(), ['mesh-cni.log', 'state']);
 });
 
 test.serial('a standalone ADD through the installed shim programs a real netns without node:net, stream, tty or assert', async (t) => {
