@@ -12,7 +12,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { install, pluginEntry, uninstall } from '../../src/installer';
 import { createNetns, inNetns, netnsPath } from '../support/netns';
-import { standaloneAddEnv, standaloneNetconf } from '../support/shim';
+import { probeInstalledEngine, standaloneAddEnv, standaloneNetconf } from '../support/shim';
 import { REPO_ROOT } from '../support/paths';
 import { requireKernelTools } from '../support/require';
 import { testTempDir } from '../support/tmp';
@@ -126,6 +126,7 @@ test.serial('a standalone ADD through the installed shim programs a real netns w
   const loaded = join(root, 'builtins.json');
   const probe = join(root, 'probe.js');
   writeFileSync(probe, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(loaded)}, JSON.stringify(process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice(13)))));\n`);
+  probeInstalledEngine(options.cniBinDir, probe);
   const netconf = standaloneNetconf(root, 'iptables', INJECTED);
   const add = spawnSync(join(options.cniBinDir, 'mesh-cni'), [], {
     cwd: '/',
@@ -133,7 +134,7 @@ test.serial('a standalone ADD through the installed shim programs a real netns w
     encoding: 'utf8',
     timeout: 60_000,
     // stdout and stderr are pipes, as a runtime gives them (node:net is what a piped process.stderr would load).
-    env: standaloneAddEnv({ containerId: 'lean-1', netns: netnsPath(netns), cniPath: options.cniBinDir, root, podArgs: POD_ARGS }, { NODE_OPTIONS: `--require ${probe}` }),
+    env: standaloneAddEnv({ containerId: 'lean-1', netns: netnsPath(netns), cniPath: options.cniBinDir, root, podArgs: POD_ARGS }),
   });
   t.is(add.status, 0, `${add.stdout}\n${add.stderr}`);
   t.regex(inNetns(netns, 'iptables-save', []), /15001/, 'the pod netns holds the redirect');
