@@ -8,13 +8,13 @@
  */
 import * as fs from 'node:fs';
 import type * as ChildProcess from 'node:child_process';
-import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, OwnNetnsError, RequestAbandonedError } from '../errors';
+import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, OwnNetnsError, RequestAbandonedError, SpawnError } from '../errors';
 export { NetnsBusyError };
 import { errno, loadLibc } from './native';
-import { atHome, isNsfsFd, isOwnNetnsFd, noteNetnsSwitch } from './identity';
-import { collectSpawn, SpawnError, startSpawn } from './spawn';
+import { atHome, isNsfsFd, isOwnNetnsFd, netnsKey, noteNetnsSwitch } from './identity';
+import { collectSpawn, startSpawn } from './spawn';
 export { setCollectMode, type CollectMode } from './spawn';
-export { classifyNetnsPath, type NetnsPathKind } from './identity';
+export { classifyNetnsPath, netnsIdentity, type NetnsPathKind } from './identity';
 
 const CLONE_NEWNET = 0x40000000;
 const EINVAL = 22;
@@ -300,8 +300,7 @@ export async function withNetnsLock<T>(path: string, fn: (netns: string) => Prom
   let key: string;
   try {
     if (!options.allowOwn && isOwnNetnsFd(fd)) throw new OwnNetnsError(path);
-    const st = fs.fstatSync(fd);
-    key = `${st.dev}:${st.ino}`;
+    key = netnsKey(fs.fstatSync(fd));
   } catch (err) {
     fs.closeSync(fd);
     throw err;
