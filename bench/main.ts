@@ -9,6 +9,7 @@ import { benchApiLoad } from './api-load';
 import { benchBurst } from './burst';
 import { benchCri } from './cri';
 import { benchMemory } from './memory';
+import { benchReinsertion } from './reinsertion';
 import { benchRepairScan } from './repair-scan';
 import { benchRuleCount } from './rule-count';
 import { bounded, removeAllNetns, summaryLine, sweepDeadNetns, type Summary } from './lib';
@@ -21,6 +22,7 @@ const BENCHMARKS: Record<string, { run: () => Promise<Summary[]>; limitMs: numbe
   memory: { run: benchMemory, limitMs: 10 * 60_000, summaries: ['agent-rss-idle', 'agent-rss-500-pods'] },
   'api-load': { run: benchApiLoad, limitMs: 10 * 60_000, summaries: ['api-per-pod-gets'] },
   rules: { run: benchRuleCount, limitMs: 5 * 60_000, summaries: ['nft-rules-growth'] },
+  reinsertion: { run: benchReinsertion, limitMs: 5 * 60_000, summaries: ['reinsertion-p50', 'reinsertion-p99'] },
 };
 
 async function main(): Promise<void> {

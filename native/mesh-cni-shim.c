@@ -4,7 +4,8 @@
  * It forwards the request -- the CNI_* environment and stdin, both bounded -- to the mesh-cni agent over a
  * UNIX socket and relays the answer (stdout, stderr, exit code). When the agent's socket is absent or
  * refuses, or the agent goes away before answering, it runs the same TypeScript handler standalone:
- * `node <engine>` with the same environment and stdin. It never parses the netconf or any pod data; the frame format is in src/agent/shim-socket.ts.
+ * `node <engine>` with the same stdin, in an environment of only CNI_*, MESH_CNI_* and a sanitized PATH
+ * (engine_environment). It never parses the netconf or any pod data; the frame format is in src/agent/shim-socket.ts.
  *
  * Socket: $MESH_CNI_AGENT_SOCKET, else /var/run/mesh-cni/agent.sock.
  * Engine: MESH_CNI_ENGINE_PATH fixed at build time, else <dir of this binary>/mesh-cni.d/mesh-cni.js (the
@@ -338,6 +339,60 @@ static int find_engine(char *out, size_t size) {
   return -1;
 }
 
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+/*
+ * The runtime's PATH with only absolute directories: an empty or relative entry ("", ".", "bin") searches the
+ * directory the runtime happened to start us in, so a program there could stand in for iptables-restore.
+ * Kept, not fixed: where iptables, nft and ip live is the node's to say, and the runtime's PATH is its answer.
+ */
+static char *sanitized_path(const char *path) {
+  size_t len = path ? strlen(path) : 0;
+  char *out = malloc(sizeof "PATH=" + len + sizeof DEFAULT_PATH);
+  if (!out) return NULL;
+  char *p = stpcpy(out, "PATH=");
+  const char *start = path;
+  while (start && *start) {
+    const char *end = strchr(start, ':');
+    size_t n = end ? (size_t)(end - start) : strlen(start);
+    if (n > 0 && start[0] == '/') {
+      if (p != out + 5) *p++ = ':';
+      memcpy(p, start, n);
+      p += n;
+    }
+    start = end ? end + 1 : NULL;
+  }
+  if (p == out + 5) p = stpcpy(p, DEFAULT_PATH);
+  *p = '\0';
+  return out;
+}
+
+/*
+ * The engine's environment, built from nothing: the request's CNI_* variables, our own MESH_CNI_* settings
+ * and PATH (sanitized, above). Everything else the runtime carries is meant for other programs and must not
+ * reach the engine: NODE_OPTIONS (`--require` would run a file inside it; one naming a missing file kills it
+ * before it can answer), LD_PRELOAD and LD_LIBRARY_PATH (the loader would map them into the shipped runtime),
+ * NODE_PATH, NODE_EXTRA_CA_CERTS, OPENSSL_CONF and the rest. NULL when out of memory.
+ */
+static char **engine_environment(void) {
+  size_t count = 0;
+  for (char **e = environ; *e; e++) count++;
+  char **env = calloc(count + 2, sizeof *env);
+  char *path = sanitized_path(getenv("PATH"));
+  if (!env || !path) {
+    free(env);
+    free(path);
+    return NULL;
+  }
+  size_t n = 0;
+  env[n++] = path;
+  for (char **e = environ; *e; e++) {
+    if (strncmp(*e, "CNI_", 4) == 0 || strncmp(*e, "MESH_CNI_", 9) == 0) env[n++] = *e;
+  }
+  env[n] = NULL;
+  return env;
+}
+
 /* Hands stdin to the child through an in-memory file, then replaces this process with node. */
 static int run_standalone(const unsigned char *in, size_t in_len) {
   char engine[PATH_MAX];
@@ -355,6 +410,10 @@ static int run_standalone(const unsigned char *in, size_t in_len) {
   snprintf(dir, sizeof dir, "%s", engine);
   char *slash = strrchr(dir, '/');
   if (slash) *slash = '\0';
+  char **env = engine_environment();
+  if (!env) return fail(CNI_IO_FAILURE, "mesh-cni shim: out of memory", "");
+  /* From here on, environ is the engine's: execv passes it, and execvp searches its PATH. */
+  environ = env;
   snprintf(loader, sizeof loader, "%s/runtime/ld.so", dir);
   if (access(loader, X_OK) == 0) {
     snprintf(libs, sizeof libs, "%s/runtime/lib", dir);

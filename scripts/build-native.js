@@ -14,7 +14,7 @@
  *   MESH_CNI_NODE_PATH     absolute path of node (default: the node running this script)
  */
 const { execFileSync } = require('node:child_process');
-const { mkdirSync } = require('node:fs');
+const { mkdirSync, renameSync, rmSync } = require('node:fs');
 const { join } = require('node:path');
 
 const root = join(__dirname, '..');
@@ -31,6 +31,7 @@ function pathDefine(name, value) {
 
 function main() {
   mkdirSync(join(root, 'build'), { recursive: true });
+  const temp = `${output}.tmp-${process.pid}`;
   const args = [
     '-std=c11',
     '-Wall',
@@ -41,10 +42,17 @@ function main() {
     ...pathDefine('MESH_CNI_ENGINE_PATH', process.env.MESH_CNI_ENGINE_PATH ?? ''),
     ...pathDefine('MESH_CNI_NODE_PATH', process.env.MESH_CNI_NODE_PATH ?? process.execPath),
     '-o',
-    output,
+    temp,
     source,
   ];
-  execFileSync(process.env.CC || 'cc', args, { stdio: 'inherit' });
+  // Linked beside it and renamed over it: whoever copies or runs build/mesh-cni meanwhile (a test installing
+  // it) gets the old binary or the new one, never a half-written file.
+  try {
+    execFileSync(process.env.CC || 'cc', args, { stdio: 'inherit' });
+    renameSync(temp, output);
+  } finally {
+    rmSync(temp, { force: true });
+  }
   process.stdout.write(`built ${output}\n`);
 }
 

@@ -166,6 +166,20 @@ export class NotANetnsError extends MeshCniError {
   }
 }
 
+/**
+ * The namespace file, as opened, is the plugin's own network namespace (the node's, for the agent):
+ * programming it would redirect the node's traffic.
+ */
+export class OwnNetnsError extends MeshCniError {
+  override readonly code = 'OWN_NETNS';
+  override readonly cniCode = CniCode.InvalidEnvironment;
+  constructor(readonly path: string) {
+    super(`${path} is the plugin's own network namespace, not a pod's`, {
+      hint: 'pass the pod sandbox netns (for example /var/run/netns/cni-...)',
+    });
+  }
+}
+
 /** A program we run (iptables-restore, nft, ip) is missing or failed. */
 export class CommandFailedError extends MeshCniError {
   override readonly code = 'COMMAND_FAILED';

@@ -189,7 +189,7 @@ async function recordBuildInfo(metrics: AgentMetrics, options: AgentOptions): Pr
 }
 
 /** The watch cache of this node's pods; `onPodEvent` hears every pod that was added or changed. */
-async function startPodCache(options: AgentOptions, log: Log, onPodEvent: (pod: V1Pod) => void): Promise<NodePodCache | undefined> {
+async function startPodCache(options: AgentOptions, log: Log, metrics: AgentMetrics, onPodEvent: (pod: V1Pod) => void): Promise<NodePodCache | undefined> {
   if (!options.kubernetes) return undefined;
   const { NodePodCache } = await import('../kube/pod-cache');
   return NodePodCache.start({
@@ -198,7 +198,17 @@ async function startPodCache(options: AgentOptions, log: Log, onPodEvent: (pod: 
       if (event !== 'delete') onPodEvent(pod);
     },
     onError: (err) => log({ level: 'warn', msg: 'pod watch failed; restarting with backoff', error: String(err) }),
+    onBadPod: (err, pod) => {
+      metrics.badPods.inc();
+      log({ level: 'warn', msg: 'left a pod the API server sent out of the cache: it cannot be read', pod: podNameOf(pod), error: String(err) });
+    },
   });
+}
+
+/** namespace/name of what claims to be a pod, for the log; nothing else of it is repeated. */
+function podNameOf(pod: unknown): string {
+  const m = (pod as { metadata?: { namespace?: unknown; name?: unknown } } | null)?.metadata;
+  return `${typeof m?.namespace === 'string' ? m.namespace : '?'}/${typeof m?.name === 'string' ? m.name : '?'}`;
 }
 
 /** The engine, loaded now so the first ADD does not pay for it, with `auto`'s detection warmed up. */
@@ -373,7 +383,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   await recordBuildInfo(metrics, options);
   const socketPath = options.socketPath ?? DEFAULT_AGENT_SOCKET;
   let onPodEvent: ((pod: V1Pod) => void) | undefined;
-  const podCache = await startPodCache(options, log, (pod) => onPodEvent?.(pod));
+  const podCache = await startPodCache(options, log, metrics, (pod) => onPodEvent?.(pod));
   const attachments = new AttachmentStore(options.stateDir);
   // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
   // Attachment records are written after the answer, as the log line is (src/state/attachments.ts).

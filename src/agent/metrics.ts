@@ -25,6 +25,7 @@ export class AgentMetrics {
   readonly addDecisions = this.counter('mesh_cni_add_decisions_total', 'CNI ADDs answered by the agent by pod decision: reason is `meshed` or the stable skip reason (no-istio-proxy, proxyless, not-a-sidecar, ...)', ['decision', 'reason'] as const);
   readonly rulesProgrammed = this.counter('mesh_cni_rules_programmed_total', 'Redirect rules written into pod network namespaces', ['backend'] as const);
   readonly repairActions = this.counter('mesh_cni_repair_actions_total', 'Actions the reconciler took on broken pods, by action and result', ['action', 'result'] as const);
+  readonly badPods = this.counter('mesh_cni_pod_cache_bad_objects_total', 'Pods from the API server (list or watch) the agent could not read and left out of its cache');
   readonly reinsertions = this.counter('mesh_cni_install_reinsertions_total', 'Times the agent put its entry back into the primary CNI config after another component removed it');
   readonly podsCached = new Gauge({
     name: 'mesh_cni_pods_cached',

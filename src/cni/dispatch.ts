@@ -6,7 +6,7 @@
  * and each handler returns what it found as a value, from which the request log line is made. Nothing here
  * touches process.*, which is what makes it testable in-process.
  */
-import { CniCode, CniError, NetnsNotFoundError, toCniError } from '../errors';
+import { CniCode, CniError, NetnsNotFoundError, OwnNetnsError, toCniError } from '../errors';
 import type { BackendName } from '../defaults';
 import { writeRequestLog, type RequestLogLine } from './log';
 import { DEFAULT_LOG_FILE, type LogLevel, type MeshNetConf } from './netconf';
@@ -186,8 +186,9 @@ async function cmdDel(req: NetworkRequest, deps: CniDeps, signal?: AbortSignal):
     const { removed } = await engine.remove({ netns: req.netns, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), signal });
     return { stdout: '', decision: 'removed', rules: removed };
   } catch (err) {
-    if (!(err instanceof NetnsNotFoundError)) throw err;
-    return { stdout: '', decision: 'nothing-to-remove', reason: 'netns-missing' };
+    if (!(err instanceof NetnsNotFoundError || err instanceof OwnNetnsError)) throw err;
+    // Own: the path named our own netns by the time the engine opened it, as classifying it above would say.
+    return { stdout: '', decision: 'nothing-to-remove', reason: err instanceof OwnNetnsError ? 'netns-own-netns' : 'netns-missing' };
   }
 }
 

@@ -174,14 +174,15 @@ function parseRuntimeAnnotations(runtimeConfig: unknown): Record<string, string>
 }
 
 function deprecationsOf(raw: Record<string, unknown>): Pick<MeshNetConf, 'deprecations'> {
-  const notes = Object.keys(DEPRECATED_KEYS).filter((key) => key in raw).map((key) => DEPRECATED_KEYS[key]!);
+  const notes = Object.keys(DEPRECATED_KEYS).filter((key) => Object.hasOwn(raw, key)).map((key) => DEPRECATED_KEYS[key]!);
   return notes.length > 0 ? { deprecations: notes } : {};
 }
 
 /** Validates the decoded stdin object (already known to carry a supported cniVersion and a valid name). */
 export function parseMeshNetConf(raw: Record<string, unknown>, cniVersion: SupportedVersion): MeshNetConf {
   for (const key of Object.keys(raw)) {
-    if (!STANDARD_KEYS.has(key) && !OUR_KEYS.has(key) && !(key in DEPRECATED_KEYS)) throw unsupported(key, raw[key], OUR_KEYS);
+    // Own keys only: `in` would also find a plain object's prototype (__proto__, constructor, toString).
+    if (!STANDARD_KEYS.has(key) && !OUR_KEYS.has(key) && !Object.hasOwn(DEPRECATED_KEYS, key)) throw unsupported(key, raw[key], OUR_KEYS);
   }
   if (raw.type !== undefined && typeof raw.type !== 'string') throw invalid('type', raw.type, 'must be a string');
   if (raw.capabilities !== undefined) {

@@ -178,6 +178,16 @@ async function replacePrimary(o: InstallOptions, path: string, read: Buffer, mer
   throw new InstallerError(`${path} kept changing while our entry was being added; retrying on the next change`);
 }
 
+/**
+ * Records what a config held before the write that changes it: a state dir that cannot be written (full,
+ * read-only) then fails the pass with the file as it was, instead of leaving our entry in it with no record
+ * of the original (which uninstall could then only approximate).
+ */
+async function recordBeforeWriting(o: InstallOptions, state: InstallState, record: ConfigRecord): Promise<void> {
+  upsert(state, record);
+  await saveState(o.stateDir, state);
+}
+
 async function chainIntoPrimary(o: InstallOptions, state: InstallState): Promise<ConfigOutcome> {
   const { primary, skipped } = await scanConfDir(o.cniConfDir);
   if (!primary) {
@@ -193,6 +203,8 @@ async function chainIntoPrimary(o: InstallOptions, state: InstallState): Promise
     const mode = await modeOf(path, CONFIG_MODE);
     const record = recordFor(state, path, primary.bytes, mode);
     const merge = (bytes: Buffer) => Buffer.from(insertIntoConflistText(bytes.toString('utf8'), o.pluginConfig));
+    const planned = merge(primary.bytes);
+    if (!planned.equals(primary.bytes)) await recordBeforeWriting(o, state, { ...record, writtenSha256: sha256(planned), entryPresent: true });
     const { bytes: desired, written } = await replacePrimary(o, path, primary.bytes, merge, mode);
     action = written ? (hadEntryBefore ? 'reinserted' : 'inserted') : 'unchanged';
     upsert(state, { ...record, writtenSha256: sha256(desired), entryPresent: true });
@@ -201,11 +213,7 @@ async function chainIntoPrimary(o: InstallOptions, state: InstallState): Promise
     path = await conversionTarget(state, primary.path);
     const mode = await modeOf(primary.path, CONFIG_MODE);
     const desired = Buffer.from(convertConfText(primary.bytes.toString('utf8'), o.pluginConfig));
-    // The conflist first, then the .conf goes: a moment without our entry rather than one without any network.
-    await writeFileAtomic(path, desired, mode);
-    await removeIfExists(primary.path);
-    action = hadEntryBefore ? 'reinserted' : 'inserted';
-    upsert(state, {
+    await recordBeforeWriting(o, state, {
       path,
       original: primary.bytes.toString('base64'),
       originalMode: mode,
@@ -214,6 +222,10 @@ async function chainIntoPrimary(o: InstallOptions, state: InstallState): Promise
       writtenSha256: sha256(desired),
       entryPresent: true,
     });
+    // The conflist first, then the .conf goes: a moment without our entry rather than one without any network.
+    await writeFileAtomic(path, desired, mode);
+    await removeIfExists(primary.path);
+    action = hadEntryBefore ? 'reinserted' : 'inserted';
   }
 
   const released: string[] = [];

@@ -105,6 +105,11 @@ export interface LeanListWatchOptions<T> {
   onList?: () => void;
   /** A failure the owner should restart after; the watch is stopped. */
   onError: (err: unknown) => void;
+  /**
+   * An object from the list or the watch that could not be taken in (`transform` or `onEvent` threw on it):
+   * it is left out of the cache, and the rest of the list and the watch go on.
+   */
+  onBadObject?: (err: unknown, obj: unknown) => void;
 }
 
 const key = (o: KubeObject) => `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
@@ -151,17 +156,50 @@ export class LeanListWatch<T extends KubeObject> {
 
   private async relist(): Promise<void> {
     this.o.onList?.();
-    const list = await getJson<{ metadata?: { resourceVersion?: string }; items?: T[] }>(this.o.endpoint, this.query({}));
-    const items = (list.items ?? []).map((i) => (this.o.transform ? this.o.transform(i) : i));
+    const list = await getJson<{ metadata?: { resourceVersion?: string }; items?: unknown }>(this.o.endpoint, this.query({}));
+    // A list that is not one is a failed list (retried with backoff), never an empty one that would empty the cache.
+    if (list.items != null && !Array.isArray(list.items)) throw new Error(`the list of ${this.o.path} is malformed: items is not an array`);
+    const items: T[] = [];
+    for (const item of (list.items ?? []) as T[]) {
+      const taken = this.takeIn(item);
+      if (taken) items.push(taken);
+    }
     const fresh = new Set(items.map(key));
     for (const [k, old] of this.objects) {
-      if (!fresh.has(k)) {
-        this.objects.delete(k);
-        this.o.onEvent?.('delete', old);
-      }
+      if (!fresh.has(k)) this.drop(k, old);
     }
-    for (const item of items) this.store(item);
+    for (const item of items) this.guarded(item, () => this.store(item));
     this.resourceVersion = list.metadata?.resourceVersion ?? '';
+  }
+
+  /** The object as stored (transformed), or undefined when it cannot be: reported, and left out. */
+  private takeIn(obj: T): T | undefined {
+    try {
+      if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw new TypeError(`not an object: ${obj === null ? 'null' : typeof obj}`);
+      return this.o.transform ? this.o.transform(obj) : obj;
+    } catch (err) {
+      this.bad(err, obj);
+      // A newer version of a cached object that cannot be read: the cached one is out of date, so it goes too.
+      if (typeof obj === 'object' && obj !== null && typeof obj.metadata?.name === 'string') this.drop(key(obj));
+      return undefined;
+    }
+  }
+
+  /** Runs `work` on one object; one that makes it throw is reported, not let through to stop everything else. */
+  private guarded(obj: unknown, work: () => void): void {
+    try {
+      work();
+    } catch (err) {
+      this.bad(err, obj);
+    }
+  }
+
+  private bad(err: unknown, obj: unknown): void {
+    try {
+      this.o.onBadObject?.(err, obj);
+    } catch {
+      // Reporting one bad object must not stop the watch either.
+    }
   }
 
   private store(obj: T): void {
@@ -169,6 +207,11 @@ export class LeanListWatch<T extends KubeObject> {
     const had = this.objects.has(k);
     this.objects.set(k, obj);
     this.o.onEvent?.(had ? 'update' : 'add', obj);
+  }
+
+  private drop(k: string, old = this.objects.get(k)): void {
+    if (!old || !this.objects.delete(k)) return;
+    this.guarded(old, () => this.o.onEvent?.('delete', old));
   }
 
   private watch(generation: number): void {
@@ -213,21 +256,23 @@ export class LeanListWatch<T extends KubeObject> {
         } catch {
           return;
         }
-        const obj = event.object;
-        if (!obj) return;
+        const obj = event?.object;
+        if (!obj || typeof obj !== 'object') return;
         if (event.type === 'ERROR') {
           if (obj.code === 410) this.resourceVersion = '';
           return;
         }
-        const stored = event.type === 'BOOKMARK' || !this.o.transform ? obj : this.o.transform(obj);
-        if (event.type === 'ADDED' || event.type === 'MODIFIED') this.store(stored);
-        else if (event.type === 'DELETED') {
-          const k = key(stored);
-          const old = this.objects.get(k);
-          this.objects.delete(k);
-          this.o.onEvent?.('delete', old ?? stored);
+        // One object the agent cannot read is left out; it must never stop the watch (or the agent).
+        if (event.type === 'ADDED' || event.type === 'MODIFIED') {
+          const stored = this.takeIn(obj);
+          if (stored) this.guarded(stored, () => this.store(stored));
+        } else if (event.type === 'DELETED') {
+          const k = key(obj);
+          if (this.objects.has(k)) this.drop(k);
+          else this.guarded(obj, () => this.o.onEvent?.('delete', obj));
         }
-        if (obj.metadata?.resourceVersion) this.resourceVersion = obj.metadata.resourceVersion;
+        const version = obj.metadata?.resourceVersion;
+        if (typeof version === 'string' && version) this.resourceVersion = version;
       });
       res.on('end', () => finish(undefined));
       res.on('close', () => finish(res.complete ? undefined : new Error('the watch connection was closed')));

@@ -77,6 +77,8 @@ export interface NodePodCacheOptions {
   kubeconfigPath?: string;
   onEvent?: (event: PodEvent, pod: V1Pod) => void;
   onError?: (err: unknown) => void;
+  /** A pod from the API that could not be read (left out of the cache; the watch goes on). */
+  onBadPod?: (err: unknown, pod: unknown) => void;
   /** Backoff bounds for restarting the watch after an error. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
@@ -100,7 +102,7 @@ export class NodePodCache implements PodCache {
   private connected = false;
   private loadedKubeConfig?: KubeConfig;
   /** Lists and watch connections made, for tests and the status command. */
-  readonly stats = { lists: 0, restarts: 0, errors: 0 };
+  readonly stats = { lists: 0, restarts: 0, errors: 0, badPods: 0 };
 
   private constructor(
     private readonly endpoint: ApiEndpoint,
@@ -146,6 +148,10 @@ export class NodePodCache implements PodCache {
         this.backoffMs = this.options.minBackoffMs ?? 500;
       },
       onError: (err) => this.restartAfterError(err),
+      onBadObject: (err, pod) => {
+        this.stats.badPods++;
+        this.options.onBadPod?.(err, pod);
+      },
     });
     this.watch = watch;
     try {

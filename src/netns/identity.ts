@@ -1,7 +1,7 @@
 /**
  * What a network-namespace path names: whether it is a namespace file at all, and whether it is the
  * namespace this thread runs in. The CNI path check (before anything else runs) and the engine's
- * host-netns refusal both ask here, so they cannot disagree.
+ * refusal of its own netns (on the descriptor it then enters) both ask here, so they cannot disagree.
  *
  * statfs of an nsfs file reports NSFS_MAGIC, both for bind mounts under /var/run/netns and for
  * /proc/PID/ns/net.
@@ -52,13 +52,19 @@ export function atHome(): boolean {
 }
 
 /**
- * Whether the file open at `fd` (opened from `path`) is a namespace file: one on the device of our own
- * namespace file is on nsfs (one device, one filesystem), so a pod's netns costs an fstat; anything else is
- * asked with statfs.
+ * Whether the file open at `fd` is a namespace file, asked of the descriptor (never of a path, which may name
+ * something else by now): one on the device of our own namespace file is on nsfs (one device, one
+ * filesystem), so a pod's netns costs an fstat; anything else is asked with statfs through /proc's link to
+ * the open file itself.
  */
-export function isNsfsFd(fd: number, path: string): boolean {
+export function isNsfsFd(fd: number): boolean {
   const own = ownNetnsStat();
-  return (own !== undefined && fs.fstatSync(fd).dev === own.dev) || isNsfs(path);
+  return (own !== undefined && fs.fstatSync(fd).dev === own.dev) || isNsfs(`/proc/self/fd/${fd}`);
+}
+
+/** True when the namespace file open at `fd` is the calling thread's own network namespace (throws what stat throws). */
+export function isOwnNetnsFd(fd: number): boolean {
+  return sameNamespace(fs.fstatSync(fd), ownNetns());
 }
 
 /** The device and inode of the namespace this thread runs in (throws what stat throws). */
@@ -69,11 +75,6 @@ function ownNetns(): { dev: number; ino: number } {
     home = { dev: st.dev, ino: st.ino };
   }
   return home;
-}
-
-/** True when the namespace file at `path` is the calling thread's own network namespace (throws what stat throws). */
-export function isOwnNetns(path: string): boolean {
-  return sameNamespace(fs.statSync(path), ownNetns());
 }
 
 /**

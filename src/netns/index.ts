@@ -8,10 +8,10 @@
  */
 import * as fs from 'node:fs';
 import type * as ChildProcess from 'node:child_process';
-import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError, SpawnError } from '../errors';
+import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, OwnNetnsError, RequestAbandonedError, SpawnError } from '../errors';
 export { NetnsBusyError };
 import { errno, loadLibc } from './native';
-import { atHome, isNsfsFd, isOwnNetns, netnsKey, noteNetnsSwitch } from './identity';
+import { atHome, isNsfsFd, isOwnNetnsFd, netnsKey, noteNetnsSwitch } from './identity';
 import { collectSpawn, startSpawn } from './spawn';
 export { setCollectMode, type CollectMode } from './spawn';
 export { classifyNetnsPath, netnsIdentity, type NetnsPathKind } from './identity';
@@ -32,7 +32,11 @@ function netnsAccessError(path: string, err: unknown): MeshCniError {
   return new NotANetnsError(path, err);
 }
 
-/** Opens a namespace file, with typed errors for "does not exist" and "is not a namespace file". */
+/**
+ * Opens a namespace file, with typed errors for "does not exist" and "is not a namespace file". Everything
+ * after the open asks the descriptor, never the path again: a path (a symlink in it) can name another
+ * namespace by the time it is looked at a second time.
+ */
 function openNetns(path: string): number {
   let fd: number;
   try {
@@ -41,7 +45,7 @@ function openNetns(path: string): number {
     throw netnsAccessError(path, err);
   }
   try {
-    if (!isNsfsFd(fd, path)) throw new NotANetnsError(path);
+    if (!isNsfsFd(fd)) throw new NotANetnsError(path);
   } catch (err) {
     fs.closeSync(fd);
     throw err instanceof MeshCniError ? err : new NotANetnsError(path, err);
@@ -51,12 +55,20 @@ function openNetns(path: string): number {
 
 /** True when `path` names the namespace this thread itself runs in (the host's, for the agent). */
 export function isHostNetns(path: string): boolean {
+  const fd = openNetns(path);
   try {
-    return isOwnNetns(path);
-  } catch (err) {
-    throw netnsAccessError(path, err);
+    return isOwnNetnsFd(fd);
+  } finally {
+    fs.closeSync(fd);
   }
 }
+
+/**
+ * Namespaces held open by `withNetnsLock` while its function runs, by the name it hands that function
+ * (/proc/self/fd/N): `withNetns` enters the held descriptor itself, so every step of one request lands in
+ * the namespace that was checked and locked.
+ */
+const held = new Map<string, { fd: number; path: string }>();
 
 /** Back to the thread's own netns: staying in a pod's would make every later action land in the wrong place. */
 function returnHome(homeFd: number): void {
@@ -72,7 +84,10 @@ function returnHome(homeFd: number): void {
  */
 export function withNetns<T>(path: string, fn: () => T): T {
   const c = loadLibc();
-  const targetFd = openNetns(path);
+  const known = held.get(path);
+  // Errors name the path the request gave, not /proc/self/fd/N.
+  const named = known?.path ?? path;
+  const targetFd = known?.fd ?? openNetns(path);
   let homeFd: number | undefined;
   // From home, the way back is the one descriptor kept for it; from inside another withNetns, the
   // namespace the thread is in now.
@@ -81,8 +96,8 @@ export function withNetns<T>(path: string, fn: () => T): T {
     homeFd = fromHome ? homeDescriptor() : fs.openSync('/proc/thread-self/ns/net', 'r');
     if (c.setns(targetFd, CLONE_NEWNET) !== 0) {
       const code = errno();
-      if (code === EINVAL) throw new NotANetnsError(path);
-      throw new MeshCniError(`setns(${path}) failed with errno ${code}`, {
+      if (code === EINVAL) throw new NotANetnsError(named);
+      throw new MeshCniError(`setns(${named}) failed with errno ${code}`, {
         hint: 'entering a network namespace needs CAP_SYS_ADMIN (run as root)',
       });
     }
@@ -99,7 +114,7 @@ export function withNetns<T>(path: string, fn: () => T): T {
       noteNetnsSwitch(false);
     }
   } finally {
-    fs.closeSync(targetFd);
+    if (!known) fs.closeSync(targetFd);
     if (homeFd !== undefined && !fromHome) fs.closeSync(homeFd);
   }
 }
@@ -232,41 +247,35 @@ const EINTR = 4;
 /** Work on one netns queued in this process, by the namespace's identity (dev:inode), not its path. */
 const queues = new Map<string, Promise<unknown>>();
 
-/** Takes an exclusive flock on the namespace file, polling (a blocking flock would stop the event loop). */
-async function lockNetnsFile(path: string, deadline: number, started: number, signal: AbortSignal | undefined): Promise<number> {
-  let fd: number;
-  try {
-    fd = fs.openSync(path, 'r');
-  } catch (err) {
-    throw netnsAccessError(path, err);
-  }
+/** Takes an exclusive flock on the open namespace file, polling (a blocking flock would stop the event loop). */
+async function lockNetnsFd(fd: number, path: string, deadline: number, started: number, signal: AbortSignal | undefined): Promise<void> {
   const c = loadLibc();
   let wait = 2;
   for (;;) {
-    if (signal?.aborted) {
-      fs.closeSync(fd);
-      throw new RequestAbandonedError(path, signal.reason);
-    }
+    if (signal?.aborted) throw new RequestAbandonedError(path, signal.reason);
     if (c.flock(fd, LOCK_EX | LOCK_NB) === 0) {
       // Abandoned while we waited: give the netns back untouched.
-      if (signal?.aborted) {
-        fs.closeSync(fd);
-        throw new RequestAbandonedError(path, signal.reason);
-      }
-      return fd;
+      if (signal?.aborted) throw new RequestAbandonedError(path, signal.reason);
+      return;
     }
     // On an open nsfs fd, flock(LOCK_NB) fails only for "held" (EWOULDBLOCK), EINTR or a transient ENOLCK;
     // none is worth failing an ADD for, so every failure waits and retries until the deadline, which names
     // the last errno if it was not "held".
     const code = errno();
     if (Date.now() >= deadline) {
-      fs.closeSync(fd);
       if (code !== EWOULDBLOCK && code !== EINTR) throw new MeshCniError(`flock(${path}) kept failing with errno ${code} for ${Date.now() - started} ms`);
       throw new NetnsBusyError(path, Date.now() - started);
     }
     await new Promise((r) => setTimeout(r, wait));
     wait = Math.min(wait * 2, 50);
   }
+}
+
+export interface NetnsLockOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** Let `path` be this process's own netns (refused otherwise: for the agent it is the node's). */
+  allowOwn?: boolean;
 }
 
 /**
@@ -277,29 +286,43 @@ async function lockNetnsFile(path: string, deadline: number, started: number, si
  * netns by different paths still exclude each other. The kernel drops the lock when the fd closes or the
  * process dies, so nothing stale is ever left, and no state directory is needed.
  *
+ * `path` is opened once, here. That one descriptor is checked (a namespace file, and not our own unless
+ * `allowOwn`), keys the queue, takes the flock, and is what `fn` works in: `fn` gets a name for it
+ * (/proc/self/fd/N) to hand to `withNetns`, `run` and the rest, which enter that descriptor and never resolve
+ * `path` again. A path that is resolved twice can name two namespaces (a symlink flipped in between), and the
+ * second could be the node's.
+ *
  * `signal`: a request abandoned before it holds the lock never runs `fn` (RequestAbandonedError); once
  * `fn` has started it runs to its end (see docs/cancellation.md for why finishing, not undoing).
  */
-export async function withNetnsLock<T>(path: string, fn: () => Promise<T>, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<T> {
-  let st: fs.Stats;
+export async function withNetnsLock<T>(path: string, fn: (netns: string) => Promise<T>, options: NetnsLockOptions = {}): Promise<T> {
+  const fd = openNetns(path);
+  let key: string;
   try {
-    st = fs.statSync(path);
+    if (!options.allowOwn && isOwnNetnsFd(fd)) throw new OwnNetnsError(path);
+    key = netnsKey(fs.fstatSync(fd));
   } catch (err) {
-    throw netnsAccessError(path, err);
+    fs.closeSync(fd);
+    throw err;
   }
-  const key = netnsKey(st);
   const started = Date.now();
   const deadline = started + (options.timeoutMs ?? 60_000);
   const before = queues.get(key) ?? Promise.resolve();
   const mine = before.then(async () => {
-    const fd = await lockNetnsFile(path, deadline, started, options.signal);
+    await lockNetnsFd(fd, path, deadline, started, options.signal);
+    const name = `/proc/self/fd/${fd}`;
+    held.set(name, { fd, path });
     try {
-      return await fn();
+      return await fn(name);
     } finally {
-      fs.closeSync(fd);
+      held.delete(name);
     }
   });
-  const tail = mine.catch(() => undefined);
+  // Closed once this request is done, whichever way: the flock goes with it.
+  const tail = mine.then(
+    () => fs.closeSync(fd),
+    () => fs.closeSync(fd),
+  );
   queues.set(key, tail);
   void tail.then(() => {
     if (queues.get(key) === tail) queues.delete(key);

@@ -31,15 +31,15 @@ export async function compareRedirect(o: EngineOptions & { config: RedirectConfi
   const { backend } = await chooseBackend(o);
   const plan = o.config ? buildPlan(o.config) : undefined;
   // Under the lock: an apply in progress (one transaction per family) is never seen half-way.
-  return withNetnsLock(o.netns, async () => {
-    const families = o.families ?? (await detectFamilies(o.netns));
+  return withNetnsLock(o.netns, async (netns) => {
+    const families = o.families ?? (await detectFamilies(netns));
     const expected: ObservedRule[] = [];
     const problems: string[] = [];
-    const broken = knownBroken(o.netns);
+    const broken = knownBroken(netns);
     if (broken) problems.push(`a failed rollback left this netns in an unknown state: ${broken}`);
     let observed: ObservedRule[];
     try {
-      observed = await observeAll(backend, o.netns, FAMILIES);
+      observed = await observeAll(backend, netns, FAMILIES);
     } catch (err) {
       if (!broken) throw err;
       return { backend: backend.name, families, expected, observed: [], problems: [...problems, `the rules could not be read: ${(err as Error).message}`] };
@@ -50,7 +50,7 @@ export async function compareRedirect(o: EngineOptions & { config: RedirectConfi
       problems.push(...diffRules(want, observed.filter((r) => r.family === family)));
     }
     return { backend: backend.name, families, expected, observed, problems };
-  });
+  }, { allowOwn: o.allowHostNetns });
 }
 
 /**

@@ -13,8 +13,8 @@
  * what the other had committed; serialised, each later apply replaces the earlier one's rules in one
  * transaction.
  */
-import { MeshCniError, RollbackFailedError, RuleMismatchError } from '../errors';
-import { isHostNetns, withNetnsLock } from '../netns';
+import { RollbackFailedError, RuleMismatchError } from '../errors';
+import { withNetnsLock } from '../netns';
 import { chooseBackend } from './choose-backend';
 import { widestConfig, type RedirectConfig } from './config';
 import { planFor } from './prepare';
@@ -53,19 +53,11 @@ export interface ApplyReport {
 }
 
 
-function guardHost(o: EngineOptions): void {
-  if (!o.allowHostNetns && isHostNetns(o.netns)) {
-    throw new MeshCniError(`${o.netns} is this node's own network namespace; refusing to redirect its traffic`, {
-      hint: 'pass the pod sandbox netns (for example /var/run/netns/cni-...)',
-    });
-  }
-}
-
 /**
  * Takes out everything of ours after a failed apply. If that fails as well, the original error is not
  * enough: the netns holds rules nobody asked for, so the error becomes a RollbackFailedError naming them.
  */
-async function rollBack(netns: string, backend: Backend, cause: unknown): Promise<never> {
+async function rollBack(netns: string, named: string, backend: Backend, cause: unknown): Promise<never> {
   try {
     await removeAll(netns, backend);
   } catch (rollbackErr) {
@@ -76,7 +68,7 @@ async function rollBack(netns: string, backend: Backend, cause: unknown): Promis
     } catch (err) {
       readError = err;
     }
-    const err = new RollbackFailedError(netns, cause, rollbackErr, left, readError);
+    const err = new RollbackFailedError(named, cause, rollbackErr, left, readError);
     markBroken(netns, err.message);
     throw err;
   }
@@ -86,21 +78,21 @@ async function rollBack(netns: string, backend: Backend, cause: unknown): Promis
 /** Applies a plan (the lower-level entry; `applyRedirect` builds the plan from a config). */
 export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: VerifyMode }): Promise<ApplyReport> {
   const started = process.hrtime.bigint();
-  guardHost(o);
   const { backend, reason } = await chooseBackend(o);
-  return withNetnsLock(o.netns, async () => {
-    const families = o.families ?? (await detectFamilies(o.netns));
+  // `netns` is the descriptor withNetnsLock opened and checked; `o.netns` is only named in messages.
+  return withNetnsLock(o.netns, async (netns) => {
+    const families = o.families ?? (await detectFamilies(netns));
     let rules = 0;
     try {
       // Choosing the backend, the lock and the families are part of applying.
       o.laps?.lap('apply');
-      const outcome = await backend.apply(o.netns, o.plan, families, o.laps as ApplyLaps | undefined);
+      const outcome = await backend.apply(netns, o.plan, families, o.laps as ApplyLaps | undefined);
       const readBack = o.verify !== 'when-replacing' || !outcome.provenByTransaction;
       for (const family of families) {
         const fp = o.plan[family];
-        await setLinks(o.netns, fp.links);
+        await setLinks(netns, fp.links);
         if (readBack) {
-          const problems = diffRules(backend.expected(family, fp.rules), await backend.observe(o.netns, family));
+          const problems = diffRules(backend.expected(family, fp.rules), await backend.observe(netns, family));
           if (problems.length > 0) {
             throw new RuleMismatchError(`the ${family} rules read back from ${o.netns} differ from the plan`, problems.join('\n'));
           }
@@ -108,13 +100,13 @@ export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: Verify
         rules += backend.expected(family, fp.rules).length;
       }
     } catch (err) {
-      return rollBack(o.netns, backend, err);
+      return rollBack(netns, o.netns, backend, err);
     }
-    markBroken(o.netns, undefined);
+    markBroken(netns, undefined);
     o.laps?.lap('apply');
     const via = backend.describeVia?.();
     return { backend: backend.name, backendReason: reason, families, rules, durationMs: Number(process.hrtime.bigint() - started) / 1e6, ...(via ? { via } : {}) };
-  }, { signal: o.signal });
+  }, { signal: o.signal, allowOwn: o.allowHostNetns });
 }
 
 /** Applies a config: its plan is `plan` when the caller has it (preparedFor), else the plan cache's. */
@@ -133,13 +125,12 @@ async function removeAll(netns: string, backend: Backend): Promise<number> {
 
 /** Removes every rule of ours from the netns (both families); throws NetnsNotFoundError when it is gone. */
 export async function removeRedirect(o: EngineOptions): Promise<{ removed: number }> {
-  guardHost(o);
   const { backend } = await chooseBackend(o);
-  return withNetnsLock(o.netns, async () => {
-    const removed = await removeAll(o.netns, backend);
-    markBroken(o.netns, undefined);
+  return withNetnsLock(o.netns, async (netns) => {
+    const removed = await removeAll(netns, backend);
+    markBroken(netns, undefined);
     return { removed };
-  }, { signal: o.signal });
+  }, { signal: o.signal, allowOwn: o.allowHostNetns });
 }
 
 /** Our rules as the kernel holds them now. */

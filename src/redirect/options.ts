@@ -11,7 +11,10 @@ export interface EngineOptions {
   backend?: BackendName;
   /** Which families to program; by default IPv4, and IPv6 when the netns has a global IPv6 address. */
   families?: Family[];
-  /** Programming the namespace this process runs in is refused unless asked for (it is the node's). */
+  /**
+   * Programming the namespace this process runs in is refused unless asked for (it is the node's). The netns
+   * is opened once and that descriptor is checked, locked and entered (`withNetnsLock`).
+   */
   allowHostNetns?: boolean;
   /** Where `auto` looks for the node's existing rules: the netns the agent runs in, unless a test says otherwise. */
   hostNetns?: string;

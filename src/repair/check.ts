@@ -113,11 +113,12 @@ export function repairChecker(o: { backend?: BackendName; hostNetns?: string } =
     return { key, expected };
   };
 
-  const check = async (netns: string, config: RedirectConfig): Promise<CheckResult> => {
+  const check = async (netnsPath: string, config: RedirectConfig): Promise<CheckResult> => {
     stats.checks++;
     const { backend } = await chooseBackend(o);
     const layer = layerOf(backend);
-    return withNetnsLock(netns, async () => {
+    // A read only: the reconciler's own netns is not refused here (the repair, an apply, refuses it).
+    return withNetnsLock(netnsPath, async (netns) => {
       const families = await detectFamilies(netns);
       const { key, expected } = expectedFor(backend, config, families);
       const broken = knownBroken(netns);
@@ -149,7 +150,7 @@ export function repairChecker(o: { backend?: BackendName; hostNetns?: string } =
         else healthy.delete(facts.cookie);
       }
       return result;
-    });
+    }, { allowOwn: true });
   };
   return { check, stats };
 }

@@ -6,10 +6,11 @@
  * A cache made after this run holds them too.
  *
  * It runs the standalone ADD's code, as far as it goes without a network namespace, on a sample meshed pod:
- * the dispatcher, the decision from runtime annotations, the plan and its rendering, the netns lock (an flock
- * of a plain file in `dir`), the ffi binding, the attachment record and the log line, and one program started
- * and collected the way the restore is. Nothing it does reaches a netns, the host's rules or a path outside
- * `dir`: the one "netns" is a plain file, which every netns entry refuses before any setns.
+ * the dispatcher, the decision from runtime annotations, the plan and its rendering, the netns lock, the ffi
+ * binding, the attachment record and the log line, and one program started and collected the way the restore
+ * is. Nothing it does reaches a netns, the host's rules or a path outside `dir`: the one "netns" is this
+ * process's UTS namespace file, a namespace file (so the lock opens, checks and flocks it as a pod's) of
+ * another kind, which every setns(CLONE_NEWNET) refuses (EINVAL) before anything is entered.
  * Which inputs it runs does not matter for correctness, only for speed: the cache holds bytecode, never state.
  */
 import * as fs from 'node:fs';
@@ -23,8 +24,9 @@ import { flushRequestLogs } from '../cni/log';
 const SIDECAR_STATUS = JSON.stringify({ initContainers: ['istio-validation'], containers: ['istio-proxy'], volumes: [], revision: 'default' });
 
 export async function warmUpForCodeCache(dir: string): Promise<void> {
-  const notANetns = path.join(dir, 'not-a-netns');
-  fs.writeFileSync(notANetns, '');
+  // Everything it writes (log, state) goes under `dir`, which must be there: nothing is made elsewhere.
+  if (!fs.statSync(dir).isDirectory()) throw new Error(`${dir} is not a directory`);
+  const notANetns = '/proc/self/ns/uts';
   const netconf = {
     cniVersion: '1.0.0',
     name: 'k8s-pod-network',
@@ -47,7 +49,7 @@ export async function warmUpForCodeCache(dir: string): Promise<void> {
   await runCni({ env: { CNI_COMMAND: 'VERSION' }, stdin: Buffer.from('{"cniVersion":"1.0.0"}') }, pluginDeps({ defaultLogFile: null }));
 
   const engine = await import('../redirect/engine');
-  // The real engine up to the netns: plan, backend, lock, render; the restore's netns entry then refuses the plain file.
+  // The real engine up to the netns: plan, backend, lock, render; the restore's netns entry then refuses the UTS namespace.
   const families: Family[] = ['ipv4'];
   const untilTheNetns: EngineApi = { ...engine, applyRedirect: (o) => engine.applyRedirect({ ...o, families }) };
   await runCni({ env, stdin }, pluginDeps({ classifyNetns, engine: untilTheNetns }));

@@ -24,6 +24,7 @@ const rows: Row[] = [
   ['InvalidConfigError', () => new errors.InvalidConfigError('traffic.sidecar.istio.io/excludeOutboundPorts', 'x', 'not a port'), CniCode.InvalidPodAnnotation, 'INVALID_CONFIG'],
   ['NetnsNotFoundError', () => new errors.NetnsNotFoundError('/var/run/netns/gone'), CniCode.UnknownContainer, 'NETNS_NOT_FOUND'],
   ['NotANetnsError', () => new errors.NotANetnsError('/tmp'), CniCode.InvalidEnvironment, 'NOT_A_NETNS'],
+  ['OwnNetnsError', () => new errors.OwnNetnsError('/var/run/netns/node'), CniCode.InvalidEnvironment, 'OWN_NETNS'],
   ['NetnsBusyError', () => new errors.NetnsBusyError('/var/run/netns/p', 5000), CniCode.TryAgainLater, 'NETNS_BUSY'],
   ['RequestAbandonedError', () => new errors.RequestAbandonedError('/var/run/netns/p', new Error('shim gone')), CniCode.TryAgainLater, 'REQUEST_ABANDONED'],
   ['RuleMismatchError', () => new errors.RuleMismatchError('rules differ', '-A OUTPUT ...'), CniCode.RuleMismatch, 'RULE_MISMATCH'],

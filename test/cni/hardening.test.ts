@@ -103,3 +103,15 @@ test('a kubeconfig token with CR/LF through ADD is 105, not 999', async (t) => {
   t.is(r.json?.code, 105, r.stdout);
   t.deepEqual(deps.engine.calls, []);
 });
+
+for (const key of ['__proto__', 'constructor', 'toString', 'hasOwnProperty']) {
+  test(`a top-level "${key}" netconf key is refused with 2 naming it, like any unknown key, and nothing applied`, async (t) => {
+    const deps = unitDeps();
+    // As text: an object literal with __proto__ would set the prototype instead of a key.
+    const conf = JSON.stringify(withAnnotations(INJECTED)).replace(/}$/, `,${JSON.stringify(key)}:{"x":1}}`);
+    const r = await run('ADD', conf, deps);
+    t.is(r.json?.code, 2, r.stdout);
+    t.regex(r.json?.msg ?? '', new RegExp(`unsupported netconf field "${key}"`));
+    t.deepEqual(deps.engine.calls, []);
+  });
+}

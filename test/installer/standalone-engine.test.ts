@@ -1,7 +1,7 @@
 /**
  * The installed plugin works on its own: `install` puts the shim and build/engine into a temp CNI bin dir,
  * and the shim executed from there -- no agent, cwd elsewhere, a runtime's minimal environment -- programs a
- * real test netns through <bin>/mesh-cni.d. A probe preloaded into node records every module the engine
+ * real test netns through <bin>/mesh-cni.d. A probe required first by the engine records every module it
  * loaded: all from the installed directory, none of the heavy packages, nothing from the checkout, and that
  * the runtime shipped in mesh-cni.d/runtime ran it. The last test masks every node binary of the host in a
  * private mount namespace: the fallback must work on a node that has no Node.js.
@@ -12,7 +12,7 @@ import { existsSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { install, pluginEntry, uninstall } from '../../src/installer';
 import { createNetns, createPodPeer, EXTERNAL_V4, inNetns, netnsPath } from '../support/netns';
-import { standaloneAddEnv, standaloneNetconf } from '../support/shim';
+import { probeInstalledEngine, standaloneAddEnv, standaloneNetconf } from '../support/shim';
 import { connect, listen } from '../support/traffic';
 import { REPO_ROOT } from '../support/paths';
 import { requireKernelTools, requireNft } from '../support/require';
@@ -54,6 +54,7 @@ for (const backend of ['iptables', 'nftables'] as const) {
     const loaded = join(root, 'loaded.json');
     const probe = join(root, 'probe.js');
     writeFileSync(probe, exitProbe(loaded));
+    probeInstalledEngine(binDir, probe);
     const netconf = {
       cniVersion: '1.0.0',
       name: 'k8s-pod-network',
@@ -83,7 +84,7 @@ for (const backend of ['iptables', 'nftables'] as const) {
         },
       });
 
-    const add = invoke('ADD', { NODE_OPTIONS: `--require ${probe}` });
+    const add = invoke('ADD');
     t.is(add.status, 0, `${add.stdout}\n${add.stderr}`);
     t.is(JSON.parse(add.stdout).cniVersion, '1.0.0');
     const rules = backend === 'nftables' ? inNetns(netns, nftProgram(), ['list', 'ruleset']) : inNetns(netns, 'iptables-save', []);
@@ -126,12 +127,13 @@ test.serial('installed shim, no agent: VERSION answers on the shipped runtime wi
   const loaded = join(root, 'loaded.json');
   const probe = join(root, 'probe.js');
   writeFileSync(probe, exitProbe(loaded));
+  probeInstalledEngine(options.cniBinDir, probe);
   const version = spawnSync(join(options.cniBinDir, 'mesh-cni'), [], {
     cwd: '/',
     input: JSON.stringify({ cniVersion: '1.0.0' }),
     encoding: 'utf8',
     timeout: 60_000,
-    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', CNI_COMMAND: 'VERSION', MESH_CNI_AGENT_SOCKET: join(root, 'no-agent.sock'), NODE_OPTIONS: `--require ${probe}` },
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', CNI_COMMAND: 'VERSION', MESH_CNI_AGENT_SOCKET: join(root, 'no-agent.sock') },
   });
   t.is(version.status, 0, `${version.stdout}\n${version.stderr}`);
   t.true((JSON.parse(version.stdout) as { supportedVersions: string[] }).supportedVersions.includes('1.1.0'));

@@ -12,7 +12,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { install, pluginEntry, uninstall } from '../../src/installer';
 import { createNetns, inNetns, netnsPath } from '../support/netns';
-import { standaloneAddEnv, standaloneNetconf } from '../support/shim';
+import { probeInstalledEngine, standaloneAddEnv, standaloneNetconf } from '../support/shim';
 import { REPO_ROOT } from '../support/paths';
 import { requireKernelTools } from '../support/require';
 import { testTempDir } from '../support/tmp';
@@ -86,7 +86,7 @@ test('stack traces of the installed engine name mesh-cni.d/engine.js, not the bu
   t.notRegex(r.stdout, /engine\.tmp-/);
 });
 
-test('the warm-up runs the ADD path inside its own directory: its plain-file "netns" is refused by every netns entry, the record and log stay there', async (t) => {
+test('the warm-up runs the ADD path inside its own directory: its "netns", a UTS namespace file, is locked and then refused by every netns entry, the record and log stay there', async (t) => {
   const dir = testTempDir(t, 'warm-up');
   const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(join(REPO_ROOT, 'dist/src/standalone/warm-up.js'))}).warmUpForCodeCache(process.argv[1])`, dir], {
     cwd: dir,
@@ -100,12 +100,12 @@ test('the warm-up runs the ADD path inside its own directory: its plain-file "ne
     .map((l) => JSON.parse(l) as { command: string; error?: { code: number; msg: string }; decision?: string });
   const adds = lines.filter((l) => l.command === 'ADD');
   t.is(adds.length, 2);
-  // The restore and then the rollback's save both refused to enter it (no setns on a plain file).
+  // The restore and then the rollback's save both refused to enter it (setns(CLONE_NEWNET) of a UTS namespace).
   t.is(adds[0]!.error?.code, 100);
-  t.regex(adds[0]!.error?.msg ?? '', /not-a-netns is not a network namespace; removing the rules again failed too \(.*not-a-netns is not a network namespace\)/);
+  t.regex(adds[0]!.error?.msg ?? '', /\/proc\/self\/ns\/uts is not a network namespace; removing the rules again failed too \(.*\/proc\/self\/ns\/uts is not a network namespace\)/);
   t.is(adds[1]!.decision, 'meshed');
   t.deepEqual(readdirSync(join(dir, 'state', 'attachments')), ['warm-up_eth0.json']);
-  t.deepEqual(readdirSync(dir).sort(), ['mesh-cni.log', 'not-a-netns', 'state']);
+  t.deepEqual(readdirSync(dir).sort(), ['mesh-cni.log', 'state']);
 });
 
 test.serial('a standalone ADD through the installed shim programs a real netns without node:net, stream, tty or assert', async (t) => {
@@ -126,6 +126,7 @@ test.serial('a standalone ADD through the installed shim programs a real netns w
   const loaded = join(root, 'builtins.json');
   const probe = join(root, 'probe.js');
   writeFileSync(probe, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(loaded)}, JSON.stringify(process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice(13)))));\n`);
+  probeInstalledEngine(options.cniBinDir, probe);
   const netconf = standaloneNetconf(root, 'iptables', INJECTED);
   const add = spawnSync(join(options.cniBinDir, 'mesh-cni'), [], {
     cwd: '/',
@@ -133,7 +134,7 @@ test.serial('a standalone ADD through the installed shim programs a real netns w
     encoding: 'utf8',
     timeout: 60_000,
     // stdout and stderr are pipes, as a runtime gives them (node:net is what a piped process.stderr would load).
-    env: standaloneAddEnv({ containerId: 'lean-1', netns: netnsPath(netns), cniPath: options.cniBinDir, root, podArgs: POD_ARGS }, { NODE_OPTIONS: `--require ${probe}` }),
+    env: standaloneAddEnv({ containerId: 'lean-1', netns: netnsPath(netns), cniPath: options.cniBinDir, root, podArgs: POD_ARGS }),
   });
   t.is(add.status, 0, `${add.stdout}\n${add.stderr}`);
   t.regex(inNetns(netns, 'iptables-save', []), /15001/, 'the pod netns holds the redirect');

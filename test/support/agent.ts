@@ -21,10 +21,13 @@ export interface AgentProcess {
   lines(): Array<Record<string, any>>;
 }
 
-/** `env`: added to the agent's (PATH only otherwise), e.g. the downward API's POD_NAMESPACE and POD_NAME. */
-export async function startAgentProcess(args: string[], logFile: string, env: Record<string, string> = {}): Promise<AgentProcess> {
+/**
+ * `env`: added to the agent's (PATH only otherwise), e.g. the downward API's POD_NAMESPACE and POD_NAME.
+ * `netnsPath`: the network namespace the agent runs in (a test's "node"), instead of this process's.
+ */
+export async function startAgentProcess(args: string[], logFile: string, env: Record<string, string> = {}, options: { netnsPath?: string } = {}): Promise<AgentProcess> {
   const from = fs.existsSync(logFile) ? fs.statSync(logFile).size : 0;
-  const service = startService('mesh-cni agent', [process.execPath, CLI, 'agent', ...args], { logFile, graceSeconds: 5, env: { PATH: process.env.PATH, ...env } });
+  const service = startService('mesh-cni agent', [process.execPath, CLI, 'agent', ...args], { logFile, graceSeconds: 5, env: { PATH: process.env.PATH, ...env }, netnsPath: options.netnsPath });
   const text = () => fs.readFileSync(logFile).subarray(from).toString();
   let healthPort = 0;
   await waitUntil(service, 'its ready line', 30_000, () => {

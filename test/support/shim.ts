@@ -1,5 +1,7 @@
 /** The native shim executed as a container runtime executes a CNI plugin: CNI_* environment, netconf on stdin. */
 import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { SHIM } from './node-deps';
 
 export interface ShimRun {
@@ -72,4 +74,18 @@ export function standaloneAddEnv(o: { containerId: string; netns: string; cniPat
     MESH_CNI_AGENT_SOCKET: `${o.root}/no-agent.sock`,
     ...extra,
   };
+}
+
+/**
+ * Makes the engine installed under `binDir` require `probe` first (its entry, mesh-cni.js, rewritten by
+ * rename: the installed file may share its inode with the build's). The shim starts the engine in a clean
+ * environment, so a probe cannot ride in on NODE_OPTIONS; it goes into the engine's own first file instead.
+ */
+export function probeInstalledEngine(binDir: string, probe: string): void {
+  const entry = path.join(binDir, 'mesh-cni.d', 'mesh-cni.js');
+  const text = fs.readFileSync(entry, 'utf8');
+  const strict = "'use strict';\n";
+  if (!text.includes(strict)) throw new Error(`${entry} does not start as the engine's entry does`);
+  fs.writeFileSync(`${entry}.probe`, text.replace(strict, `${strict}require(${JSON.stringify(probe)});\n`), { mode: 0o644 });
+  fs.renameSync(`${entry}.probe`, entry);
 }
