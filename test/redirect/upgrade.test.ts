@@ -20,6 +20,7 @@ import { connect, listen } from '../support/traffic';
 import { requireKernelTools, requireNft } from '../support/require';
 import { REPO_ROOT } from '../support/paths';
 import { PLAN_CASES } from './cases';
+import { stripOwnerTags } from '../../src/redirect/iptables/render';
 
 const BACKENDS: BackendName[] = ['iptables-nft', 'iptables-legacy', 'nftables'];
 /** Cases whose previous layout differs most: DNS chains, the widest (TPROXY, DNS, INVALID_DROP), interface returns, UDP exclusions, VM inserts. */
@@ -175,4 +176,18 @@ for (const backend of BACKENDS) {
       t.deepEqual(missingForeign(pair, backend, foreign), [], 'the other component\'s rules are all there');
     });
   }
+}
+
+for (const backend of ['iptables-nft', 'iptables-legacy'] as const) {
+  test.serial(`upgrade ${backend}: the same layout written untagged, by a release before the owner tag, is removed whole, its raw DNS reply zone included`, async (t) => {
+    const pair = await setup(t, backend);
+    const previous = previousRules(backend, 'invalid-drop-tproxy-dns') as { ipv4: string; ipv6: string };
+    for (const family of FAMILIES) inNetns(pair.pod, tool(backend, family, 'restore'), ['--noflush'], stripOwnerTags(previous[family]));
+    t.regex(inNetns(pair.pod, tool(backend, 'ipv4', 'save'), ['-t', 'raw']), /^-A PREROUTING -p udp -m udp --sport 53 -j CT --zone 1$/m, 'the untagged reply zone is there');
+    await removeRedirect({ netns: pair.podPath, backend });
+    for (const family of FAMILIES) {
+      const saved = inNetns(pair.pod, tool(backend, family, 'save'), []);
+      t.notRegex(saved, /ISTIO_|^-A (PREROUTING|OUTPUT) /m, `${family}: nothing of the untagged layout left:\n${saved}`);
+    }
+  });
 }
