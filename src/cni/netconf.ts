@@ -4,7 +4,7 @@
  * Field names are snake_case, as in the issue and the README.
  */
 import { BACKEND_NAMES, DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX, DEFAULT_STATE_DIR, type BackendName } from '../defaults';
-import { CniCode, CniError } from './errors';
+import { CniCode, CniError } from '../errors';
 import type { SupportedVersion } from './version';
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;

@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { exists, fsyncDirOf, modeOf, readIfExists, removeIfExists, sha256, stageBeside, writeFileAtomic, writeIfChanged, type WriteAction } from './atomic-file';
 import { ENGINE_DIR_NAME, engineInPlace, installEngineDir, treeDigest } from './engine-dir';
 import { convertConfText, hasOurEntry, insertIntoConflistText, isChainedLast, isOurs, PLUGIN_TYPE, removeFromConflistText } from './conflist';
-import { InstallerError } from './errors';
+import { InstallerError } from '../errors';
 import { buildKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
 import { findPrimaryConfig, invalidReason, scanConfDir } from './primary-config';
 import { loadState, saveState, type ConfigRecord, type InstallState } from './state';

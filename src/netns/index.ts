@@ -8,11 +8,11 @@
  */
 import * as fs from 'node:fs';
 import type * as ChildProcess from 'node:child_process';
-import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError } from '../errors';
+import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError, SpawnError } from '../errors';
 export { NetnsBusyError };
 import { errno, loadLibc } from './native';
 import { atHome, isNsfsFd, isOwnNetns, netnsKey, noteNetnsSwitch } from './identity';
-import { collectSpawn, SpawnError, startSpawn } from './spawn';
+import { collectSpawn, startSpawn } from './spawn';
 export { setCollectMode, type CollectMode } from './spawn';
 export { classifyNetnsPath, netnsIdentity, type NetnsPathKind } from './identity';
 
