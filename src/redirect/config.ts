@@ -1,9 +1,8 @@
 /**
  * From a pod's annotations (and the proxy's settings) to a validated RedirectConfig.
  *
- * Names, defaults and meaning follow Istio's CNI plugin (1.24, and NewRedirect at HEAD for
- * reroute-virtual-interfaces, INVALID_DROP and ISTIO_DUAL_STACK), so a pod annotated for Istio gets the same
- * redirection. Where Istio accepts a value that then breaks at apply time (a `*` in a port exclusion list,
+ * Names, defaults and meaning follow Istio's CNI plugin at HEAD (cni/pkg/plugin/sidecar_redirect.go
+ * NewRedirect), so a pod annotated for Istio gets the same redirection. Where Istio accepts a value that then breaks at apply time (a `*` in a port exclusion list,
  * a malformed interface name), we reject it up front with a message naming the annotation, the value and
  * why. Nothing is silently dropped.
  */

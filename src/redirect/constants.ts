@@ -1,6 +1,6 @@
 /** Names and numbers shared by config, plan and both renderers: one place, so none is spelled twice. */
 
-/** Istio 1.24's defaults (cni/pkg/plugin and tools/istio-iptables). */
+/** Istio's defaults at HEAD (cni/pkg/plugin/sidecar_redirect.go and tools/istio-iptables). */
 export const DEFAULTS = {
   proxyPort: 15001,
   inboundCapturePort: 15006,
@@ -19,6 +19,8 @@ export const CHAINS = {
   redirect: 'ISTIO_REDIRECT',
   inRedirect: 'ISTIO_IN_REDIRECT',
   output: 'ISTIO_OUTPUT',
+  /** DNS capture: the 15053 redirects (nat) and the conntrack zones of queries (raw) */
+  outputDns: 'ISTIO_OUTPUT_DNS',
   divert: 'ISTIO_DIVERT',
   tproxy: 'ISTIO_TPROXY',
   /** INVALID_DROP: conntrack-INVALID packets jump here and are dropped */

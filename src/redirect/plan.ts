@@ -3,9 +3,10 @@
  * data. Both renderers (iptables-restore text, nft script) and the read-back check start from this one
  * value, so no rule is ever written twice.
  *
- * Rules are emitted in the order Istio 1.24's istio-iptables emits them, one small function per concern.
- * A match may carry a list (ports, CIDRs, interfaces): the iptables renderer writes one rule per element,
- * as Istio does; the nftables renderer writes one rule with a set, so its rule count does not grow.
+ * Rules are emitted in the order Istio's istio-iptables emits them at HEAD (the layout of Istio 1.25 and
+ * later: tools/istio-iptables/pkg/capture/run.go), one small function per concern. A match may carry a list
+ * (ports, CIDRs, interfaces, the protocol pair): the iptables renderer writes one rule per element, as
+ * Istio's loops do; the nftables renderer writes one rule with a set, so its rule count does not grow.
  */
 import {
   CHAINS,
@@ -20,8 +21,12 @@ import {
 } from './constants';
 import type { RedirectConfig } from './config';
 
+export type Protocol = 'tcp' | 'udp';
+
 export type Match =
-  | { kind: 'protocol'; protocol: 'tcp' | 'udp' }
+  | { kind: 'protocol'; protocol: Protocol }
+  /** Each of these protocols (Istio writes one rule per protocol, inside its loop over the ports). */
+  | { kind: 'protocols'; protocols: Protocol[] }
   | { kind: 'dport' | 'sport'; ports: number[]; negate?: boolean }
   | { kind: 'daddr' | 'saddr'; cidrs: string[]; negate?: boolean }
   | { kind: 'iifname' | 'oifname'; names: string[] }
@@ -50,6 +55,12 @@ export interface Rule {
   target: Target;
   /** Insert at this 1-based position instead of appending (Istio's `-I CHAIN N`). */
   insertAt?: number;
+  /**
+   * Istio writes this rule inside the same loop over a list as the rule before it (per include CIDR: the
+   * VM interfaces' PREROUTING inserts, then the ISTIO_OUTPUT append), so its iptables text alternates the two
+   * per element. Only the text's order depends on it: each chain ends up the same either way.
+   */
+  sameLoopAsPrevious?: true;
   /** Why the rule exists, in a few words: shown by `plan`/`show`, never part of the rule itself. */
   purpose: string;
 }
@@ -82,8 +93,8 @@ class RuleList {
   readonly rules: Rule[] = [];
   constructor(readonly family: Family) {}
 
-  add(table: Table, chain: Rule['chain'], matches: Match[], target: Target, purpose: string): void {
-    this.rules.push({ table, chain, matches, target, purpose });
+  add(table: Table, chain: Rule['chain'], matches: Match[], target: Target, purpose: string, options: Pick<Rule, 'sameLoopAsPrevious'> = {}): void {
+    this.rules.push({ table, chain, matches, target, purpose, ...options });
   }
 
   insert(table: Table, chain: Rule['chain'], position: number, matches: Match[], target: Target, purpose: string): void {
@@ -196,15 +207,18 @@ function proxyOwnTraffic(r: RuleList, cfg: RedirectConfig): void {
   }
 }
 
+/**
+ * nat OUTPUT sends every protocol into ISTIO_OUTPUT: what is not TCP only meets RETURNs there, the UDP DNS
+ * redirect when DNS is captured, and ISTIO_REDIRECT, whose REDIRECT is TCP only.
+ */
 function outbound(r: RuleList, cfg: RedirectConfig): void {
-  r.add('nat', 'OUTPUT', [tcp], jump(CHAINS.output), 'jump-outbound');
+  r.add('nat', 'OUTPUT', [], jump(CHAINS.output), 'jump-outbound');
   if (cfg.excludeOutboundPorts.length > 0) {
-    r.add('nat', CHAINS.output, [tcp, { kind: 'dport', ports: cfg.excludeOutboundPorts }], toReturn, 'exclude-outbound-ports');
+    // Both protocols: with DNS capture, UDP to an excluded port must leave before the DNS redirect.
+    r.add('nat', CHAINS.output, [{ kind: 'protocols', protocols: ['tcp', 'udp'] }, { kind: 'dport', ports: cfg.excludeOutboundPorts }], toReturn, 'exclude-outbound-ports');
   }
   proxyOwnTraffic(r, cfg);
-  if (cfg.dnsCapture) {
-    r.add('nat', CHAINS.output, [tcp, { kind: 'dport', ports: [DNS_PORT] }], { kind: 'redirect', port: DEFAULTS.dnsListenerPort }, 'dns-tcp-to-agent');
-  }
+  dnsCapture(r, cfg);
   r.add('nat', CHAINS.output, [{ kind: 'daddr', cidrs: [LOOPBACK[r.family]] }], toReturn, 'localhost-not-captured');
   const excluded = cidrsOf(cfg.excludeOutboundIPRanges, r.family);
   if (excluded.length > 0) r.add('nat', CHAINS.output, [{ kind: 'daddr', cidrs: excluded }], toReturn, 'exclude-outbound-ranges');
@@ -220,28 +234,31 @@ function outbound(r: RuleList, cfg: RedirectConfig): void {
     const cidrs = cidrsOf(include, r.family);
     if (cidrs.length === 0) return;
     if (kubevirt.length > 0) r.insert('nat', 'PREROUTING', 1, [...kubevirt, { kind: 'daddr', cidrs }], jump(CHAINS.redirect), 'kubevirt-outbound');
-    r.add('nat', CHAINS.output, [{ kind: 'daddr', cidrs }], jump(CHAINS.redirect), 'capture-outbound-ranges');
+    r.add('nat', CHAINS.output, [{ kind: 'daddr', cidrs }], jump(CHAINS.redirect), 'capture-outbound-ranges', kubevirt.length > 0 ? { sameLoopAsPrevious: true } : {});
   }
 }
 
-/** DNS capture (ISTIO_META_DNS_CAPTURE): UDP 53 to the agent, and conntrack zones that keep flows apart. */
-function dnsUdp(r: RuleList, cfg: RedirectConfig): void {
+/**
+ * DNS capture (ISTIO_META_DNS_CAPTURE): TCP and UDP port 53 to the agent on 15053, from ISTIO_OUTPUT_DNS,
+ * which nat ISTIO_OUTPUT jumps to after the proxy's own traffic has left and before the 127.0.0.1 return, so
+ * an app's query to a resolver on localhost is captured too; and conntrack zones (raw) that keep the app's
+ * flow to the agent apart from the agent's flow to the real resolver.
+ */
+function dnsCapture(r: RuleList, cfg: RedirectConfig): void {
   if (!cfg.dnsCapture) return;
   const dport53: Match = { kind: 'dport', ports: [DNS_PORT] };
-  r.add('nat', 'OUTPUT', [udp], jump(CHAINS.output), 'jump-outbound-udp');
-  r.add('raw', 'OUTPUT', [udp], jump(CHAINS.output), 'jump-outbound-udp');
+  r.add('raw', 'OUTPUT', [], jump(CHAINS.outputDns), 'jump-dns');
+  r.add('nat', CHAINS.output, [], jump(CHAINS.outputDns), 'jump-dns');
+  r.add('nat', CHAINS.outputDns, [tcp, dport53], { kind: 'redirect', port: DEFAULTS.dnsListenerPort }, 'dns-tcp-to-agent');
+  r.add('nat', CHAINS.outputDns, [udp, dport53], { kind: 'redirect', port: DEFAULTS.dnsListenerPort, iptablesFlag: '--to-port' }, 'dns-udp-to-agent');
   for (const owner of ['uid', 'gid'] as const) {
     const id = owner === 'uid' ? cfg.proxyUid : cfg.proxyGid;
-    r.add('nat', CHAINS.output, [udp, dport53, { kind: owner, id }], toReturn, 'proxy-dns-not-captured');
+    r.add('raw', CHAINS.outputDns, [udp, dport53, { kind: owner, id }], { kind: 'ctZone', zone: 1 }, 'dns-proxy-to-upstream-zone');
+    r.add('raw', CHAINS.outputDns, [udp, { kind: 'sport', ports: [DEFAULTS.dnsListenerPort] }, { kind: owner, id }], { kind: 'ctZone', zone: 2 }, 'dns-proxy-to-app-zone');
   }
-  r.add('nat', CHAINS.output, [udp, dport53], { kind: 'redirect', port: DEFAULTS.dnsListenerPort, iptablesFlag: '--to-port' }, 'dns-udp-to-agent');
-  for (const owner of ['uid', 'gid'] as const) {
-    const id = owner === 'uid' ? cfg.proxyUid : cfg.proxyGid;
-    r.add('raw', CHAINS.output, [udp, dport53, { kind: owner, id }], { kind: 'ctZone', zone: 1 }, 'dns-proxy-to-upstream-zone');
-    r.add('raw', CHAINS.output, [udp, { kind: 'sport', ports: [DEFAULTS.dnsListenerPort] }, { kind: owner, id }], { kind: 'ctZone', zone: 2 }, 'dns-proxy-to-app-zone');
-  }
-  r.add('raw', CHAINS.output, [udp, dport53], { kind: 'ctZone', zone: 2 }, 'dns-app-to-proxy-zone');
-  r.add('raw', 'PREROUTING', [udp, { kind: 'sport', ports: [DNS_PORT] }], { kind: 'ctZone', zone: 1 }, 'dns-upstream-reply-zone');
+  r.add('raw', 'PREROUTING', [], jump(CHAINS.inbound), 'jump-dns-replies');
+  r.add('raw', CHAINS.outputDns, [udp, dport53], { kind: 'ctZone', zone: 2 }, 'dns-app-to-proxy-zone');
+  r.add('raw', CHAINS.inbound, [udp, { kind: 'sport', ports: [DNS_PORT] }], { kind: 'ctZone', zone: 1 }, 'dns-upstream-reply-zone');
 }
 
 /** TPROXY: marks that keep the proxy's own connections and replies out of the inbound divert. */
@@ -281,7 +298,6 @@ export function planFamily(cfg: RedirectConfig, family: Family): FamilyPlan {
   redirectChains(r, cfg);
   inbound(r, cfg);
   outbound(r, cfg);
-  dnsUdp(r, cfg);
   tproxyMarks(r, cfg);
   return { family, rules: r.rules, links: links(cfg, family) };
 }

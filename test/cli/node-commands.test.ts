@@ -53,7 +53,7 @@ function breakOutputJump(t: ExecutionContext, netns: string, backend: string): v
     ok(t, node!.run(['remove', '--pod', 'shop/orders']));
     return;
   }
-  const r = spawnSync('ip', ['netns', 'exec', name, `${backend === 'iptables-legacy' ? 'iptables-legacy' : 'iptables-nft'}`, '-t', 'nat', '-D', 'OUTPUT', '-p', 'tcp', '-m', 'comment', '--comment', 'mesh-cni/to-istio-output', '-j', 'ISTIO_OUTPUT'], { encoding: 'utf8' });
+  const r = spawnSync('ip', ['netns', 'exec', name, `${backend === 'iptables-legacy' ? 'iptables-legacy' : 'iptables-nft'}`, '-t', 'nat', '-D', 'OUTPUT', '-m', 'comment', '--comment', 'mesh-cni/to-istio-output', '-j', 'ISTIO_OUTPUT'], { encoding: 'utf8' });
   t.is(r.status, 0, r.stderr);
 }
 

@@ -6,7 +6,7 @@ import { mesh } from '../support/cli';
 import { createPodPeer, tryInNetns } from '../support/netns';
 import { connect, listen } from '../support/traffic';
 import { requireKernelTools } from '../support/require';
-import { ISTIO_REFERENCE } from '../support/paths';
+import { REPO_ROOT } from '../support/paths';
 import { INVALID_ANNOTATIONS } from '../redirect/invalid-cases';
 import { stripOwnerTags } from '../../src/redirect/iptables/render';
 
@@ -18,7 +18,14 @@ test('plan prints Istio-identical iptables-restore text and touches nothing', (t
   t.regex(first, /^# backend: iptables /);
   // Our owner tag on built-in-chain rules is said once, and is the only difference.
   t.regex(tag, /^# owner tag: .*--comment mesh-cni\/<purpose>/);
-  t.is(stripOwnerTags(rest.join('\n')), fs.readFileSync(path.join(ISTIO_REFERENCE, 'basic.txt.golden'), 'utf8').trimEnd() + '\n');
+  t.is(stripOwnerTags(rest.join('\n')), fs.readFileSync(path.join(REPO_ROOT, 'test/golden/istio/cni-plugin/basic.txt.golden'), 'utf8').trimEnd() + '\n');
+});
+
+test('plan --dns-capture prints Istio HEAD\'s DNS layout: ISTIO_OUTPUT_DNS in nat and raw, jumped to before the 127.0.0.1 return', (t) => {
+  const r = mesh(['plan', '--backend', 'iptables', '--dns-capture']);
+  t.is(r.code, 0, r.stderr);
+  const [, , ...rest] = r.stdout.split('\n');
+  t.is(stripOwnerTags(rest.join('\n')), fs.readFileSync(path.join(REPO_ROOT, 'test/golden/istio/cni-plugin/dns.txt.golden'), 'utf8').trimEnd() + '\n');
 });
 
 test('plan --ipv6 -o json gives both families with rule purposes', (t) => {

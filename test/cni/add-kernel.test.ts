@@ -118,7 +118,7 @@ test('CHECK says "no redirect rules" for a netns holding none of ours, and "diff
   t.regex(none.json?.msg ?? '', /^no redirect rules in \S+ \(the pod's \d+ planned rules are all missing\)$/);
   t.is((await cni('ADD', ns, conf(INJECTED))).exitCode, 0);
   // one of our rules gone (the owner-tagged jump into ISTIO_OUTPUT), the rest still there
-  execFileSync('ip', ['netns', 'exec', ns, 'iptables', '-t', 'nat', '-D', 'OUTPUT', '-p', 'tcp', '-m', 'comment', '--comment', 'mesh-cni/to-istio-output', '-j', 'ISTIO_OUTPUT']);
+  execFileSync('ip', ['netns', 'exec', ns, 'iptables', '-t', 'nat', '-D', 'OUTPUT', '-m', 'comment', '--comment', 'mesh-cni/to-istio-output', '-j', 'ISTIO_OUTPUT']);
   const some = await cni('CHECK', ns, conf(INJECTED));
   t.is(some.json?.code, 103, some.stdout);
   t.regex(some.json?.msg ?? '', /are missing or differ from the pod's annotations/);

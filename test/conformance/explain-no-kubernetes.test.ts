@@ -45,6 +45,10 @@ test.serial('explain --no-kubernetes: a native sidecar decided from the status a
   const assumed = e.assumed.join('\n');
   for (const fact of [/proxy uid\/gid 1337/, /DISABLE_ENVOY/, /proxy type sidecar/, /ISTIO_META_DNS_CAPTURE/]) t.regex(assumed, fact);
   t.true(e.expected.some((rule: { rule: string }) => /--uid-owner 1337/.test(rule.rule)));
+  // Today's layout: every protocol goes from nat OUTPUT into the output chain, not TCP alone.
+  const outputJumps = e.expected.filter((rule: { table: string; chain: string; rule: string }) => rule.table === 'nat' && /^output$/i.test(rule.chain) && /(-j ISTIO_OUTPUT|jump istio-output)$/.test(rule.rule));
+  t.is(outputJumps.length, 1, JSON.stringify(outputJumps));
+  t.notRegex(outputJumps[0].rule, /tcp/);
 
   const text = explain('openshift-app/api-5f7d2');
   t.is(text.code, 0, text.stderr);

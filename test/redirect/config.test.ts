@@ -6,7 +6,7 @@ import { INVALID_ANNOTATIONS } from './invalid-cases';
 
 const T = 'traffic.sidecar.istio.io/';
 
-test('defaults are Istio 1.24 defaults', (t) => {
+test('defaults are those of Istio HEAD\'s CNI plugin (sidecar_redirect.go)', (t) => {
   const c = redirectConfigFromAnnotations({});
   t.is(c.mode, 'REDIRECT');
   t.is(c.proxyPort, 15001);

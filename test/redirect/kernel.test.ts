@@ -76,13 +76,13 @@ function saveHasOurs(n: Net): boolean {
   return /ISTIO_/.test(tryInNetns(n.pair.pod, tool, []).stdout);
 }
 
-/** The rules that send outbound TCP into our output chain: exactly one, however often we applied. */
+/** The rules that send outbound traffic into our output chain: exactly one, however often we applied. */
 function outputJumps(n: Net): string[] {
   if (n.backend === 'nftables') {
-    return tryInNetns(n.pair.pod, nftProgram(), ['list', 'chain', 'inet', 'mesh-cni-nat', 'output']).stdout.split('\n').filter((l) => /l4proto tcp .*jump istio-output/.test(l));
+    return tryInNetns(n.pair.pod, nftProgram(), ['list', 'chain', 'inet', 'mesh-cni-nat', 'output']).stdout.split('\n').filter((l) => /jump istio-output$/.test(l.trim()));
   }
   const tool = `${n.family === 'ipv4' ? 'iptables' : 'ip6tables'}-${n.backend === 'iptables-legacy' ? 'legacy' : 'nft'}-save`;
-  return tryInNetns(n.pair.pod, tool, ['-t', 'nat']).stdout.split('\n').filter((l) => l.startsWith('-A OUTPUT') && l.includes('-p tcp') && l.includes('ISTIO_OUTPUT'));
+  return tryInNetns(n.pair.pod, tool, ['-t', 'nat']).stdout.split('\n').filter((l) => l.startsWith('-A OUTPUT') && l.endsWith('-j ISTIO_OUTPUT'));
 }
 
 for (const backend of BACKENDS) {
@@ -196,18 +196,36 @@ for (const backend of BACKENDS) {
       t.truthy(got.error, `expected no answer, got ${JSON.stringify(got)}`);
     });
 
-    test.serial(`kernel ${tag}: DNS capture sends the app's port-53 queries to 15053 and lets the proxy's own through`, async (t) => {
+    test.serial(`kernel ${tag}: DNS capture: the app's queries reach 15053 wherever they go, 127.0.0.1/::1 included; the proxy's own reach the real resolver`, async (t) => {
       const n = await setup(t, family, backend);
-      // The DNS proxy runs as the proxy uid: its replies must land in the same conntrack zone as the query.
+      // The DNS agent runs as the proxy uid: its replies must land in the same conntrack zone as the query.
       await listen(t, n.pair.pod, 'dns-agent', ['15053', '15053/udp'], { uid: 1337, gid: 1337 });
+      // A resolver inside the pod (a local cache, node-local DNS bound in the pod), and the cluster's resolver
+      // behind the peer at an outside address, as a Service address would be.
+      await listen(t, n.pair.pod, 'local-dns', ['53', '53/udp']);
       await listen(t, n.pair.peer, 'dns-server', ['53', '53/udp']);
       await apply(n, {}, { dnsCapture: true });
-      landsOn(t, connect(n.pair.pod, n.peerIp, 53, { proto: 'udp' }), 'dns-agent', 15053, 'UDP query from the app');
-      landsOn(t, connect(n.pair.pod, n.outside[1], 53, { proto: 'udp' }), 'dns-agent', 15053, 'UDP query to another address');
-      landsOn(t, connect(n.pair.pod, n.peerIp, 53), 'dns-agent', 15053, 'TCP query from the app');
-      landsOn(t, connect(n.pair.pod, n.peerIp, 53, { proto: 'udp', uid: 1337, gid: 1337 }), 'dns-server', 53, 'UDP query from the proxy uid');
-      landsOn(t, connect(n.pair.pod, n.peerIp, 53, { uid: 1337, gid: 1337 }), 'dns-server', 53, 'TCP query from the proxy uid');
+      const resolver = n.outside[1];
+      for (const proto of ['udp', 'tcp'] as const) {
+        landsOn(t, connect(n.pair.pod, n.loopback, 53, { proto }), 'dns-agent', 15053, `${proto} query from the app to ${n.loopback}:53`);
+        landsOn(t, connect(n.pair.pod, resolver, 53, { proto }), 'dns-agent', 15053, `${proto} query from the app to the cluster resolver`);
+        landsOn(t, connect(n.pair.pod, n.peerIp, 53, { proto }), 'dns-agent', 15053, `${proto} query from the app to another address`);
+        landsOn(t, connect(n.pair.pod, resolver, 53, { proto, uid: 1337, gid: 1337 }), 'dns-server', 53, `${proto} query from the proxy (uid and gid 1337)`);
+        landsOn(t, connect(n.pair.pod, resolver, 53, { proto, uid: 4242, gid: 1337 }), 'dns-server', 53, `${proto} query from the proxy's gid 1337 alone`);
+        landsOn(t, connect(n.pair.pod, n.loopback, 53, { proto, uid: 1337, gid: 1337 }), 'local-dns', 53, `${proto} query from the proxy to the pod's own resolver`);
+      }
       landsOn(t, connect(n.pair.pod, n.peerIp, 80, { proto: 'udp' }), 'peer', 80, 'other UDP is not captured');
+    });
+
+    test.serial(`kernel ${tag}: DNS capture: UDP to an excluded outbound port leaves unredirected, as TCP does`, async (t) => {
+      const n = await setup(t, family, backend);
+      await listen(t, n.pair.pod, 'dns-agent', ['15053', '15053/udp'], { uid: 1337, gid: 1337 });
+      await listen(t, n.pair.peer, 'dns-server', ['53', '53/udp']);
+      await apply(n, { [`${T}excludeOutboundPorts`]: '53' }, { dnsCapture: true });
+      for (const proto of ['udp', 'tcp'] as const) {
+        landsOn(t, connect(n.pair.pod, n.outside[1], 53, { proto }), 'dns-server', 53, `${proto} to the excluded port 53`);
+      }
+      landsOn(t, connect(n.pair.pod, n.peerIp, 80, { proto: 'udp' }), 'peer', 80, 'UDP to a port not excluded, not DNS');
     });
   }
 }

@@ -3,5 +3,3 @@ import * as path from 'node:path';
 /** The checkout's root (tests run compiled from dist/test/...). */
 export const REPO_ROOT = path.resolve(__dirname, '../../..');
 export const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
-/** Istio's own rule listings, kept beside the checkout in shared/reference. */
-export const ISTIO_REFERENCE = path.resolve(REPO_ROOT, '../shared/reference/istio-1.24');

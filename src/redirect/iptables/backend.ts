@@ -28,8 +28,16 @@ function binary(family: Family, flavour: IptablesFlavour, tool: 'restore' | 'sav
  */
 function ownedShapesFor(family: Family): Set<string> {
   const lines = toIptablesLines(planFamily(widestConfig(), family).rules);
-  return new Set(lines.filter((l) => (BUILTIN_CHAINS as readonly string[]).includes(l.chain)).map((l) => shapeKey(l.table, l.chain, l.spec)));
+  const today = lines.filter((l) => (BUILTIN_CHAINS as readonly string[]).includes(l.chain)).map((l) => shapeKey(l.table, l.chain, l.spec));
+  return new Set([...today, ...RETIRED_SHAPES.map(([table, chain, spec]) => shapeKey(table, chain, spec))]);
 }
+
+/**
+ * Built-in-chain rules of Istio 1.24's layout, which releases before the owner tag wrote, that today's plans
+ * no longer write: the DNS reply zone now lives in raw ISTIO_INBOUND. (That layout's other built-in-chain
+ * rules are jumps into ISTIO_* chains, recognised by their target.)
+ */
+const RETIRED_SHAPES: Array<[Table, string, string]> = [['raw', 'PREROUTING', '-p udp --sport 53 -j CT --zone 1']];
 
 const ownedShapes: Record<Family, Set<string> | undefined> = { ipv4: undefined, ipv6: undefined };
 function shapes(family: Family): Set<string> {

@@ -1,9 +1,9 @@
 /**
- * Plan → `iptables-restore` input, line for line what Istio 1.24 writes for the same pod (plus our owner tag
- * on built-in-chain rules): tables in alphabetical order, `-N` for each of our chains in order of first
+ * Plan → `iptables-restore` input, line for line what Istio writes at HEAD for the same pod (plus our owner
+ * tag on built-in-chain rules): tables in alphabetical order, `-N` for each of our chains in order of first
  * use, then the rules in plan order.
- * A list match (ports, CIDRs, interfaces) becomes one line per element, as Istio writes it; a negated port
- * list becomes one `multiport` match.
+ * A list match (ports, CIDRs, interfaces, the protocol pair) becomes one line per element, in the order
+ * Istio's loops write them; a negated port list becomes one `multiport` match.
  */
 import { chainsByTable, type Match, type Rule, type Target } from '../plan';
 import { BUILTIN_CHAINS, type Table } from '../constants';
@@ -43,6 +43,8 @@ function renderMatch(m: Match): string {
   switch (m.kind) {
     case 'protocol':
       return `-p ${m.protocol}`;
+    case 'protocols':
+      throw new Error('internal: a protocol list is fanned out before it is rendered');
     case 'dport':
     case 'sport': {
       const not = m.negate ? '! ' : '';
@@ -92,30 +94,61 @@ function renderTarget(t: Target): string {
   }
 }
 
-/** Splits a rule with list matches into single-element rules (first list outermost), as Istio's loops do. */
-function fanOut(matches: Match[]): Match[][] {
-  let out: Match[][] = [[]];
-  for (const m of matches) {
-    let variants: Match[];
-    if ((m.kind === 'dport' || m.kind === 'sport') && !m.negate) variants = m.ports.map((p) => ({ ...m, ports: [p] }));
-    else if (m.kind === 'daddr' || m.kind === 'saddr') variants = m.cidrs.map((c) => ({ ...m, cidrs: [c] }));
-    else if (m.kind === 'iifname' || m.kind === 'oifname') variants = m.names.map((n) => ({ ...m, names: [n] }));
-    else variants = [m];
-    out = out.flatMap((prefix) => variants.map((v) => [...prefix, v]));
-  }
+/**
+ * Which list Istio's loops run outermost: ports and CIDRs (`for port: tcp, udp`; `for cidr: for interface`),
+ * then interfaces, then the protocol pair. A rule names at most one list of each rank.
+ */
+const FAN_OUT_RANK: Partial<Record<Match['kind'], number>> = { dport: 0, sport: 0, daddr: 1, saddr: 1, iifname: 2, oifname: 2, protocols: 3 };
+
+function variantsOf(m: Match): Match[] {
+  if ((m.kind === 'dport' || m.kind === 'sport') && !m.negate) return m.ports.map((p) => ({ ...m, ports: [p] }));
+  if (m.kind === 'daddr' || m.kind === 'saddr') return m.cidrs.map((c) => ({ ...m, cidrs: [c] }));
+  if (m.kind === 'iifname' || m.kind === 'oifname') return m.names.map((n) => ({ ...m, names: [n] }));
+  if (m.kind === 'protocols') return m.protocols.map((protocol) => ({ kind: 'protocol', protocol }));
+  return [m];
+}
+
+const rank = (m: Match) => FAN_OUT_RANK[m.kind] ?? Number.MAX_SAFE_INTEGER;
+
+/** Splits a rule with list matches into single-element rules, the outermost list first, each keeping its match order. */
+function fanOut(matches: readonly Match[]): Match[][] {
+  const variants = matches.map(variantsOf);
+  const order = matches.map((_, i) => i).sort((a, b) => rank(matches[a]!) - rank(matches[b]!));
+  let out: Match[][] = [[...matches]];
+  for (const i of order) out = out.flatMap((combo) => variants[i]!.map((v) => combo.map((m, k) => (k === i ? v : m))));
   return out;
 }
 
+/** How many elements a rule's outermost list has (1 when it has none): the loop `sameLoopAsPrevious` shares. */
+function outerLength(rule: Rule): number {
+  const outer = [...rule.matches].sort((a, b) => rank(a) - rank(b))[0];
+  return outer ? variantsOf(outer).length : 1;
+}
+
+function linesOf(rule: Rule): IptablesLine[] {
+  return fanOut(rule.matches).map((matches) => ({
+    table: rule.table,
+    chain: rule.chain,
+    insertAt: rule.insertAt,
+    spec: [...matches.map(renderMatch), ...(isBuiltinChain(rule.chain) ? [`-m comment --comment ${ownerTag(rule)}`] : []), renderTarget(rule.target)].join(' '),
+    rule,
+  }));
+}
+
 export function toIptablesLines(rules: readonly Rule[]): IptablesLine[] {
-  return rules.flatMap((rule) =>
-    fanOut(rule.matches).map((matches) => ({
-      table: rule.table,
-      chain: rule.chain,
-      insertAt: rule.insertAt,
-      spec: [...matches.map(renderMatch), ...(isBuiltinChain(rule.chain) ? [`-m comment --comment ${ownerTag(rule)}`] : []), renderTarget(rule.target)].join(' '),
-      rule,
-    })),
-  );
+  const out: IptablesLine[] = [];
+  for (let i = 0; i < rules.length; ) {
+    let end = i + 1;
+    while (end < rules.length && rules[end]!.sameLoopAsPrevious) end++;
+    const group = rules.slice(i, end).map(linesOf);
+    // Rules of one loop: the lines of each element of the shared list, rule after rule, element after element.
+    const elements = outerLength(rules[i]!);
+    for (let e = 0; e < elements; e++) {
+      for (const lines of group) out.push(...lines.slice((e * lines.length) / elements, ((e + 1) * lines.length) / elements));
+    }
+    i = end;
+  }
+  return out;
 }
 
 export function lineText(line: IptablesLine): string {

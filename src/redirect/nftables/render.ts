@@ -82,6 +82,8 @@ function renderMatch(m: Match, rule: Rule, family: Family): string | undefined {
     case 'protocol':
       // `tcp dport` already implies the protocol (nft adds the dependency itself and lists it without).
       return hasPorts(rule) ? undefined : `meta l4proto ${m.protocol}`;
+    case 'protocols':
+      throw new Error(`internal: a protocol list is split into one rule per protocol before it is rendered (${rule.purpose})`);
     case 'dport':
     case 'sport': {
       const protocol = protocolOf(rule);
@@ -137,10 +139,23 @@ function renderTarget(t: Target, family: Family): string[] {
   }
 }
 
+/**
+ * A rule per protocol of a protocol list (`tcp dport { 5555, 6666 }`, then `udp dport ...`), as Istio's native
+ * nftables rules split them: each keeps its port set, and the two meet a packet at the same place.
+ */
+function perProtocol(rule: Rule): Rule[] {
+  const i = rule.matches.findIndex((m) => m.kind === 'protocols');
+  const list = rule.matches[i];
+  if (list?.kind !== 'protocols') return [rule];
+  return list.protocols.map((protocol) => ({ ...rule, matches: rule.matches.map((m, k): Match => (k === i ? { kind: 'protocol', protocol } : m)) }));
+}
+
 /** The nft rule bodies (no family qualifier) one plan rule becomes for one family. Every rule counts. */
 export function ruleBodies(rule: Rule, family: Family): string[] {
-  const matches = rule.matches.map((m) => renderMatch(m, rule, family)).filter((x): x is string => x !== undefined);
-  return renderTarget(rule.target, family).map((statement) => [...matches, 'counter', statement].join(' '));
+  return perProtocol(rule).flatMap((r) => {
+    const matches = r.matches.map((m) => renderMatch(m, r, family)).filter((x): x is string => x !== undefined);
+    return renderTarget(r.target, family).map((statement) => [...matches, 'counter', statement].join(' '));
+  });
 }
 
 /** Rules with an address match are already limited to one family (nft adds `meta nfproto` itself). */
