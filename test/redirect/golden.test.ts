@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { buildPlan } from '../../src/redirect/plan';
+import { preparedFor } from '../../src/redirect/prepare';
 import { renderRestore, stripOwnerTags } from '../../src/redirect/iptables/render';
 import { renderNftScript } from '../../src/redirect/nftables/render';
 import { assertGolden } from '../support/golden';
@@ -37,7 +38,7 @@ const ISTIO_GOLDENS = path.join(REPO_ROOT, 'test/golden/istio');
 function oursFor(pod: IstioTestPod, family: Family): string {
   const decision = decideMeshing(podInfo(pod), { excludeNamespaces: ['kube-system'] });
   if (!decision.meshed) throw new Error(`the pod is not meshed: ${decision.reason}`);
-  return stripOwnerTags(renderRestore(buildPlan(decision.config)[family].rules));
+  return stripOwnerTags(renderRestore(preparedFor(decision).plan[family].rules));
 }
 
 const expressible = ISTIO_HEAD_CASES.filter((c) => !c.skip);
