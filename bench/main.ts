@@ -11,6 +11,7 @@ import { benchCri } from './cri';
 import { benchMemory } from './memory';
 import { benchRepairScan } from './repair-scan';
 import { benchRuleCount } from './rule-count';
+import { benchZds } from './zds';
 import { bounded, removeAllNetns, summaryLine, sweepDeadNetns, type Summary } from './lib';
 
 const BENCHMARKS: Record<string, { run: () => Promise<Summary[]>; limitMs: number; summaries: string[] }> = {
@@ -21,6 +22,7 @@ const BENCHMARKS: Record<string, { run: () => Promise<Summary[]>; limitMs: numbe
   memory: { run: benchMemory, limitMs: 10 * 60_000, summaries: ['agent-rss-idle', 'agent-rss-500-pods'] },
   'api-load': { run: benchApiLoad, limitMs: 10 * 60_000, summaries: ['api-per-pod-gets'] },
   rules: { run: benchRuleCount, limitMs: 5 * 60_000, summaries: ['nft-rules-growth'] },
+  zds: { run: benchZds, limitMs: 2 * 60_000, summaries: ['zds-round-trip-uv-poll', 'zds-round-trip-timer'] },
 };
 
 async function main(): Promise<void> {

@@ -171,3 +171,13 @@ export class PodNetnsUnknownError extends MeshCniError {
     });
   }
 }
+
+/** A UNIX socket of ours (ztunnel's SEQPACKET socket) was closed by its peer, or here. */
+export class SocketClosedError extends MeshCniError {
+  override readonly code = 'SOCKET_CLOSED';
+}
+
+/** Nothing arrived on a socket of ours within the time allowed. */
+export class SocketTimeoutError extends MeshCniError {
+  override readonly code = 'SOCKET_TIMEOUT';
+}
