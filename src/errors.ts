@@ -181,3 +181,8 @@ export class SocketClosedError extends MeshCniError {
 export class SocketTimeoutError extends MeshCniError {
   override readonly code = 'SOCKET_TIMEOUT';
 }
+
+/** A ZDS record (ztunnel's socket) that is not the message it should be. */
+export class ZdsProtocolError extends MeshCniError {
+  override readonly code = 'ZDS_PROTOCOL';
+}

@@ -2,8 +2,10 @@
 
 Usage: client.py HOST PORT [tcp|udp] [TIMEOUT_SECONDS]
 Prints the listener's report, or {"error": "..."} when nothing answered (refused, timed out, unreachable).
+CLIENT_MARK (e.g. 0x539) sets the socket's packet mark (SO_MARK); CLIENT_SOURCE binds a source address first.
 """
 import json
+import os
 import socket
 import sys
 
@@ -13,9 +15,17 @@ def main():
     proto = sys.argv[3] if len(sys.argv) > 3 else "tcp"
     timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 2.0
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    mark = int(os.environ.get("CLIENT_MARK", "0"), 0)
+    source = os.environ.get("CLIENT_SOURCE")
     try:
         if proto == "tcp":
-            s = socket.create_connection((host, port), timeout=timeout)
+            s = socket.socket(family, socket.SOCK_STREAM)
+            if mark:
+                s.setsockopt(socket.SOL_SOCKET, 36, mark)
+            if source:
+                s.bind((source, 0))
+            s.settimeout(timeout)
+            s.connect((host, port))
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(4096)
