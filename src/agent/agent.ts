@@ -14,14 +14,14 @@ import { peerCredentials } from '../netns/native';
 import type { NodePodCache } from '../kube/pod-cache';
 import type { V1Pod } from '@kubernetes/client-node';
 import { AgentMetrics } from './metrics';
-import { buildInfo } from '../build-info';
+import { buildInfo } from '../installer/build-info';
 import { deepFreeze, RecentMap } from '../caches';
 import type { InstallOptions, InstallWatcher } from '../installer';
 import { Reconciler, type RepairMode } from '../repair/reconciler';
 import type { BackendName } from '../redirect/engine';
 import type { StopDecider, StopDecision } from './stop-decision';
 
-import { DEFAULT_AGENT_SOCKET, DEFAULT_HEALTH_PORT } from '../paths';
+import { DEFAULT_AGENT_SOCKET, DEFAULT_HEALTH_PORT } from '../defaults';
 export { DEFAULT_HEALTH_PORT };
 
 export interface AgentOptions {

@@ -11,7 +11,7 @@
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { dirname } from 'node:path';
-import { CniCode, CniError, toCniError } from '../cni/errors';
+import { CniCode, CniError, toCniError, FrameError } from '../errors';
 import { MAX_ENV_BYTES, MAX_ENV_ENTRIES, MAX_STDIN_BYTES } from '../cni/request';
 import type { CniInvocation, CniResponse } from '../cni/types';
 
@@ -22,14 +22,6 @@ export { MAX_ENV_BYTES, MAX_ENV_ENTRIES };
 export const MAX_REQUEST_BODY = MAX_STDIN_BYTES + 1 + MAX_ENV_BYTES + 4 * (MAX_ENV_ENTRIES + 2);
 export const MAX_RESPONSE_BODY = 4 * 1024 * 1024;
 const HEADER = 8;
-
-/** A frame that is not one: the agent refuses the connection; a client reading a bad answer gets code 6. */
-export class FrameError extends CniError {
-  override readonly name = 'FrameError';
-  constructor(message: string) {
-    super(CniCode.DecodingFailure, message);
-  }
-}
 
 /** Answers that carry a CNI error: exit 1, the error JSON on stdout. */
 function errorResponse(err: CniError): CniResponse {

@@ -6,7 +6,7 @@
  * completes nothing and prints nothing: a completion must never write an error into the person's prompt.
  */
 import * as http from 'node:http';
-import { DEFAULT_HEALTH_PORT } from '../paths';
+import { DEFAULT_HEALTH_PORT } from '../defaults';
 
 export interface PodName {
   namespace: string;

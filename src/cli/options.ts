@@ -1,6 +1,6 @@
 /** Options several commands share: how a pod's config is given, which backend, which netns. */
 import * as path from 'node:path';
-import { BUNDLED_ENGINE, BUNDLED_SHIM } from '../build-info';
+import { BUNDLED_ENGINE, BUNDLED_SHIM } from '../installer/build-info';
 import type { Options } from 'yargs';
 import {
   DEFAULT_CNI_BIN_DIR,
@@ -13,10 +13,9 @@ import {
   type InstallOptions,
 } from '../installer';
 import { parseAnnotationArgs, redirectConfigFromAnnotations, type RedirectConfig } from '../redirect/config';
-import { BACKEND_NAMES, type BackendName } from '../redirect/backend-names';
+import { BACKEND_NAMES, DEFAULT_AGENT_SOCKET, type BackendName } from '../defaults';
 import { REPAIR_MODES, type RepairMode } from '../repair/reconciler';
 import { DEFAULT_CRI_SOCKET } from '../repair/cri';
-import { DEFAULT_AGENT_SOCKET } from '../paths';
 import { checkPodRef } from './pod-ref';
 
 export const configOptions = {
@@ -176,6 +175,12 @@ export interface InstallArgs {
   kubernetes?: boolean;
 }
 
+/** The exchange the installer swaps the primary's conflist with; koffi loads only when an install writes. */
+function renameExchange(a: string, b: string): boolean {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  return (require('../netns/native') as typeof import('../netns/native')).renameExchange(a, b);
+}
+
 export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = process.env): InstallOptions {
   const inCluster = args.kubernetes !== false && Boolean(env.KUBERNETES_SERVICE_HOST);
   return {
@@ -194,5 +199,6 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
     kubeconfig: inCluster ? serviceAccountKubeconfig(env, args['cni-conf-dir']) : undefined,
     standaloneConf: args['standalone-conf'],
     stateDir: args['state-dir'],
+    renameExchange,
   };
 }

@@ -7,7 +7,7 @@
 import { NetnsNotFoundError } from '../errors';
 import type * as EngineModule from '../redirect/engine';
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
-import { CniCode, CniError, toCniError } from './errors';
+import { CniCode, CniError, toCniError } from '../errors';
 import { AttachmentStore } from '../state/attachments';
 import { writeRequestLog, type RequestLogLine } from './log';
 import { DEFAULT_LOG_FILE, type LogLevel, type MeshNetConf } from './netconf';

@@ -3,16 +3,14 @@
  * is refused with code 2 (the spec wants key and value in the message), a known key with a bad value with 7.
  * Field names are snake_case, as in the issue and the README.
  */
-import { BACKEND_NAMES, type BackendName } from '../redirect/backend-names';
-import { CniCode, CniError } from './errors';
+import { BACKEND_NAMES, DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX, DEFAULT_STATE_DIR, type BackendName } from '../defaults';
+import { CniCode, CniError } from '../errors';
 import type { SupportedVersion } from './version';
-import { DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX, type AgentPodMatch } from '../mesh/decision';
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export const DEFAULT_LOG_FILE = '/var/log/mesh-cni/cni.log';
-import { DEFAULT_STATE_DIR } from '../paths';
 export const DEFAULT_EXCLUDED_NAMESPACES: readonly string[] = ['kube-system'];
 export const POD_ANNOTATIONS_CAPABILITY = 'io.kubernetes.cri.pod-annotations';
 
@@ -42,6 +40,12 @@ const DEPRECATED_KEYS: Record<string, string> = {
   agent_socket: 'netconf key agent_socket is ignored (the shim finds the agent at $MESH_CNI_AGENT_SOCKET, default /var/run/mesh-cni/agent.sock); reinstalling mesh-cni writes the conflist without it',
 };
 const OUR_KUBERNETES_KEYS = new Set(['kubeconfig', 'exclude_namespaces', 'agent_namespace', 'agent_pod_prefix']);
+
+/** Our own agent's pods: their namespace and the DaemonSet's pod-name prefix. */
+export interface AgentPodMatch {
+  namespace: string;
+  podNamePrefix: string;
+}
 
 export interface MeshNetConf {
   name: string;

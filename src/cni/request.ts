@@ -3,7 +3,7 @@
  * netconf's name and cniVersion (7, 1), then our fields (2, 7) and prevResult (6). The order mirrors
  * containernetworking/cni's skel so a runtime sees the same code for the same mistake.
  */
-import { CniCode, CniError } from './errors';
+import { CniCode, CniError } from '../errors';
 import { jsonDepth, parseMeshNetConf, type MeshNetConf } from './netconf';
 import type { CniAttachment, CniCommand, CniInvocation } from './types';
 import {

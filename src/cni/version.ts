@@ -3,7 +3,7 @@
  * 0.3.0/0.3.1/0.4.0 (ips carry `version`, interfaces have no mtu/socketPath/pciID) and 1.0.0/1.1.0.
  * The conversion follows containernetworking/cni pkg/types/100 (convertFrom04x / convertTo04x).
  */
-import { CniCode, CniError } from './errors';
+import { CniCode, CniError } from '../errors';
 import type {
   CniDns,
   CniInterface040,

@@ -90,6 +90,15 @@ export async function writeIfChanged(path: string, data: Buffer | string, mode: 
   return 'written';
 }
 
+/** A file's permission bits, or `fallback` when it cannot be stat'ed (it does not exist yet). */
+export async function modeOf(path: string, fallback: number): Promise<number> {
+  try {
+    return (await stat(path)).mode & 0o7777;
+  } catch {
+    return fallback;
+  }
+}
+
 export function removeIfExists(path: string): Promise<boolean> {
   return unlessMissing(async () => {
     await rm(path);

@@ -9,7 +9,7 @@ import { PLUGIN_TYPE } from './conflist';
 export const DEFAULT_CNI_BIN_DIR = '/host/opt/cni/bin';
 export const DEFAULT_CNI_CONF_DIR = '/host/etc/cni/net.d';
 export const HOST_CNI_CONF_DIR = '/etc/cni/net.d';
-export { DEFAULT_STATE_DIR } from '../paths';
+export { DEFAULT_STATE_DIR } from '../defaults';
 /** no .conf/.conflist/.json ending, so the runtime never reads it as a network config */
 export const KUBECONFIG_NAME = 'mesh-cni-kubeconfig';
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';

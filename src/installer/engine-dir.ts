@@ -9,7 +9,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { copyFile, chmod, lstat, mkdir, open, readdir, readlink, rename, rm, symlink } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { InstallerError } from './errors';
+import { InstallerError } from '../errors';
 import type { WriteAction } from './atomic-file';
 
 export const ENGINE_DIR_NAME = 'mesh-cni.d';

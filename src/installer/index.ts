@@ -13,6 +13,6 @@ export type { PrimaryConfig, ConfigKind } from './primary-config';
 export { PLUGIN_TYPE } from './conflist';
 export { buildKubeconfig, renderKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
 export type { KubeconfigSource } from './kubeconfig';
-export { InstallerError } from './errors';
+export { InstallerError } from '../errors';
 export type * from './types';
 export * from './defaults';

@@ -3,12 +3,12 @@
  * names a plugin that is not on disk). Every write is skipped when the content is already right, so a pass
  * over an installed node touches nothing and a directory watcher sees no echo of its own work.
  */
-import { mkdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, realpath, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { exists, fsyncDirOf, readIfExists, removeIfExists, sha256, stageBeside, writeFileAtomic, writeIfChanged, type WriteAction } from './atomic-file';
+import { exists, fsyncDirOf, modeOf, readIfExists, removeIfExists, sha256, stageBeside, writeFileAtomic, writeIfChanged, type WriteAction } from './atomic-file';
 import { ENGINE_DIR_NAME, engineInPlace, installEngineDir, treeDigest } from './engine-dir';
 import { convertConfText, hasOurEntry, insertIntoConflistText, isChainedLast, isOurs, PLUGIN_TYPE, removeFromConflistText } from './conflist';
-import { InstallerError } from './errors';
+import { InstallerError } from '../errors';
 import { buildKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
 import { findPrimaryConfig, invalidReason, scanConfDir } from './primary-config';
 import { loadState, saveState, type ConfigRecord, type InstallState } from './state';
@@ -53,13 +53,6 @@ async function installBinaries(o: InstallOptions): Promise<InstallReport['binari
   return [{ path: paths.shim, action: await writeIfChanged(paths.shim, shim, 0o755) }, engine];
 }
 
-async function modeOf(path: string, fallback: number): Promise<number> {
-  try {
-    return (await stat(path)).mode & 0o7777;
-  } catch {
-    return fallback;
-  }
-}
 
 /** Writes go to a symlink's target, so a config the primary CNI links into place stays linked. */
 async function writeTarget(path: string): Promise<string> {
@@ -128,11 +121,10 @@ async function release(state: InstallState, record: ConfigRecord): Promise<boole
   return true;
 }
 
-/** renameat2(RENAME_EXCHANGE) where the kernel and filesystem have it; undefined where they do not. */
-function exchange(a: string, b: string): boolean {
+/** renameat2(RENAME_EXCHANGE) where the caller handed it and the kernel and filesystem have it. */
+function exchange(o: InstallOptions, a: string, b: string): boolean {
   try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    return (require('../netns/native') as typeof import('../netns/native')).renameExchange(a, b);
+    return o.renameExchange?.(a, b) ?? false;
   } catch {
     return false;
   }
@@ -148,7 +140,7 @@ function exchange(a: string, b: string): boolean {
  * one round. Where exchange is not supported the compare-before-rename still closes all but a microseconds
  * window. Returns the bytes the file holds at the end.
  */
-async function replacePrimary(path: string, read: Buffer, merge: (text: Buffer) => Buffer, mode: number): Promise<{ bytes: Buffer; written: boolean }> {
+async function replacePrimary(o: InstallOptions, path: string, read: Buffer, merge: (text: Buffer) => Buffer, mode: number): Promise<{ bytes: Buffer; written: boolean }> {
   let base = read;
   let atPath = read;
   let written = false;
@@ -165,7 +157,7 @@ async function replacePrimary(path: string, read: Buffer, merge: (text: Buffer) 
         atPath = now;
         continue;
       }
-      if (!exchange(temp, path)) {
+      if (!exchange(o, temp, path)) {
         await rename(temp, path);
         await fsyncDirOf(path);
         return { bytes: desired, written: true };
@@ -201,7 +193,7 @@ async function chainIntoPrimary(o: InstallOptions, state: InstallState): Promise
     const mode = await modeOf(path, CONFIG_MODE);
     const record = recordFor(state, path, primary.bytes, mode);
     const merge = (bytes: Buffer) => Buffer.from(insertIntoConflistText(bytes.toString('utf8'), o.pluginConfig));
-    const { bytes: desired, written } = await replacePrimary(path, primary.bytes, merge, mode);
+    const { bytes: desired, written } = await replacePrimary(o, path, primary.bytes, merge, mode);
     action = written ? (hadEntryBefore ? 'reinserted' : 'inserted') : 'unchanged';
     upsert(state, { ...record, writtenSha256: sha256(desired), entryPresent: true });
   } else {

@@ -4,7 +4,7 @@
  * inlined, so the file is mode 0600 and rewritten whenever the projected token rotates.
  */
 import { readFile } from 'node:fs/promises';
-import { InstallerError } from './errors';
+import { InstallerError } from '../errors';
 
 export interface KubeconfigSource {
   tokenPath: string;

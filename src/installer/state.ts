@@ -5,8 +5,9 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readIfExists, writeFileAtomic } from './atomic-file';
+import { STATE_FILES } from '../defaults';
 
-export const STATE_FILE = 'install-state.json';
+export const STATE_FILE = STATE_FILES.installState;
 
 export interface ConfigRecord {
   /** the conflist we wrote (for a conversion, the new .conflist) */

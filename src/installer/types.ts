@@ -21,6 +21,12 @@ export interface InstallOptions {
   standalonePlugins?: Array<Record<string, unknown>>;
   /** where the record of what we changed lives (e.g. /var/run/mesh-cni): uninstall reads it */
   stateDir: string;
+  /**
+   * renameat2(RENAME_EXCHANGE) (src/netns/native.ts, the one native seam): false where the kernel or the
+   * filesystem lacks it. Without it the primary's conflist is replaced by compare-then-rename alone, which
+   * leaves a window of microseconds in which a rewrite by the primary CNI could be lost.
+   */
+  renameExchange?: (a: string, b: string) => boolean;
 }
 
 export type ConfigOutcome =

@@ -4,37 +4,29 @@
  * entry. Then the files we own go. With dryRun the same plan is returned and nothing is written.
  */
 import { join } from 'node:path';
-import { lstat, readdir, rm, stat } from 'node:fs/promises';
-import { exists, readIfExists, removeIfExists, sha256, writeFileAtomic } from './atomic-file';
+import { lstat, readdir, rm } from 'node:fs/promises';
+import { exists, modeOf, readIfExists, removeIfExists, sha256, writeFileAtomic } from './atomic-file';
 import { hasOurEntry, removeFromConflistText } from './conflist';
 import { installedPaths } from './install';
 import { engineVersions, removeEngineDir } from './engine-dir';
 import { kindOf, listConfFiles, invalidReason } from './primary-config';
 import { loadState, STATE_FILE, type ConfigRecord } from './state';
 import type { InstallOptions, UninstallAction, UninstallReport } from './types';
+import { STATE_FILES } from '../defaults';
 
-/** AttachmentStore's directory under a state dir (src/state/attachments.ts; the installer imports nothing of cni/). */
-const ATTACHMENTS_DIR = 'attachments';
-/** Where the standalone plugin keeps `backend: auto`'s answer for a minute (src/redirect/choose-backend.ts). */
-const KEPT_DETECTION_FILE = 'auto-backend.json';
+const ATTACHMENTS_DIR = STATE_FILES.attachments;
+const KEPT_DETECTION_FILE = STATE_FILES.keptDetection;
 
 interface Step extends UninstallAction {
   apply?: () => Promise<void>;
 }
 
-async function modeOr(path: string, fallback: number): Promise<number> {
-  try {
-    return (await stat(path)).mode & 0o7777;
-  } catch {
-    return fallback;
-  }
-}
 
 /** Our entry taken out of a conflist someone else has also changed; everything else of theirs stays. */
 async function removeEntryStep(path: string, current: Buffer, why: string): Promise<Step | undefined> {
   const verdict = invalidReason(current, 'conflist');
   if ('reason' in verdict || !hasOurEntry(verdict.parsed)) return undefined;
-  const mode = await modeOr(path, 0o644);
+  const mode = await modeOf(path, 0o644);
   const stripped = removeFromConflistText(current.toString('utf8'));
   return {
     action: 'remove-entry',

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { CniCode, CniError } from '../cni/errors';
+import { CniCode, CniError } from '../errors';
 
 export interface KubeEndpoint {
   server: URL;

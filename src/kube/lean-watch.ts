@@ -11,6 +11,7 @@ import type * as https from 'node:https';
 import type { ClientRequest } from 'node:http';
 import { createInterface } from 'node:readline';
 import type { KubeEndpoint } from './kubeconfig';
+import { ApiStatusError } from '../errors';
 
 const SA_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
@@ -39,15 +40,6 @@ export function inClusterEndpoint(): ApiEndpoint {
     insecureSkipTlsVerify: false,
     token: () => fs.readFileSync(`${SA_DIR}/token`, 'utf8').trim(),
   };
-}
-
-export class ApiStatusError extends Error {
-  constructor(
-    readonly code: number,
-    what: string,
-  ) {
-    super(`${what}: the API server answered ${code}`);
-  }
 }
 
 interface KubeObject {

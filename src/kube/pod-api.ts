@@ -3,21 +3,10 @@
  * PodInfo. Retries live in pod-lookup.ts; this module only classifies each failure as retryable or not.
  */
 import type https from 'node:https';
-import { CniCode, CniError } from '../cni/errors';
+import { CniCode, CniError, RetryableLookupError } from '../errors';
 import type { ContainerList, PodInfo, ProxyFacts } from '../mesh/decision';
 import { PROXY_CONTAINER } from '../mesh/istio-names';
 import type { KubeEndpoint } from './kubeconfig';
-
-/**
- * A failure worth retrying (not found yet, network, 5xx, 429); anything else is final. pod-lookup.ts retries
- * it within the lookup budget; one that escaped would answer 11 (try again later), which it is.
- */
-export class RetryableLookupError extends CniError {
-  override readonly name = 'RetryableLookupError';
-  constructor(message: string) {
-    super(CniCode.TryAgainLater, message);
-  }
-}
 
 const MAX_POD_BYTES = 4 * 1024 * 1024;
 

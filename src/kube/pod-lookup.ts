@@ -11,7 +11,7 @@
  * and the notes name every fact that was assumed. Never a silent pass-through: when no source can tell,
  * ADD fails (fail closed).
  */
-import { CniCode, CniError } from '../cni/errors';
+import { CniCode, CniError, RetryableLookupError } from '../errors';
 import {
   certainSkipFromAnnotations,
   decideMeshing,
@@ -22,7 +22,7 @@ import {
   type PodInfo,
 } from '../mesh/decision';
 import { readKubeconfig } from './kubeconfig';
-import { getNamespaceJson, getPodJson, namespaceLabelsFromNamespace, podInfoFromPod, RetryableLookupError } from './pod-api';
+import { getNamespaceJson, getPodJson, namespaceLabelsFromNamespace, podInfoFromPod } from './pod-api';
 import type { KubernetesArgs } from '../cni/request';
 
 /** The agent's node-scoped pod cache; undefined means "not in the cache", not "does not exist". */

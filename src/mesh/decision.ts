@@ -12,10 +12,8 @@
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
 import { DATAPLANE_MODE_LABEL, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from './istio-names';
 import { RecentMap } from '../caches';
+import { DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX } from '../defaults';
 
-/** The agent's own pods: its DaemonSet's namespace and pod-name prefix (install/30-daemonset.yaml). */
-export const DEFAULT_AGENT_NAMESPACE = 'mesh-cni-system';
-export const DEFAULT_AGENT_POD_PREFIX = 'mesh-cni-';
 
 export type ContainerList = 'initContainers' | 'containers';
 

@@ -102,3 +102,20 @@ function ownNetnsStat(): { dev: number; ino: number } | undefined {
     return undefined;
   }
 }
+
+/**
+ * A namespace file's identity as a key (its nsfs device and inode: every path to one namespace, and every
+ * descriptor of it, has the same), for maps and locks kept per namespace.
+ */
+export function netnsKey(st: { dev: number; ino: number }): string {
+  return `${st.dev}:${st.ino}`;
+}
+
+/** The identity of the namespace file at `path`, or undefined when it cannot be stat'ed (gone, no access). */
+export function netnsIdentity(path: string): string | undefined {
+  try {
+    return netnsKey(fs.statSync(path));
+  } catch {
+    return undefined;
+  }
+}

@@ -8,13 +8,13 @@
  */
 import * as fs from 'node:fs';
 import type * as ChildProcess from 'node:child_process';
-import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError } from '../errors';
+import { CommandFailedError, MeshCniError, NetnsBusyError, NetnsNotFoundError, NotANetnsError, RequestAbandonedError, SpawnError } from '../errors';
 export { NetnsBusyError };
 import { errno, loadLibc } from './native';
-import { atHome, isNsfsFd, isOwnNetns, noteNetnsSwitch } from './identity';
-import { collectSpawn, SpawnError, startSpawn } from './spawn';
+import { atHome, isNsfsFd, isOwnNetns, netnsKey, noteNetnsSwitch } from './identity';
+import { collectSpawn, startSpawn } from './spawn';
 export { setCollectMode, type CollectMode } from './spawn';
-export { classifyNetnsPath, type NetnsPathKind } from './identity';
+export { classifyNetnsPath, netnsIdentity, type NetnsPathKind } from './identity';
 
 const CLONE_NEWNET = 0x40000000;
 const EINVAL = 22;
@@ -287,7 +287,7 @@ export async function withNetnsLock<T>(path: string, fn: () => Promise<T>, optio
   } catch (err) {
     throw netnsAccessError(path, err);
   }
-  const key = `${st.dev}:${st.ino}`;
+  const key = netnsKey(st);
   const started = Date.now();
   const deadline = started + (options.timeoutMs ?? 60_000);
   const before = queues.get(key) ?? Promise.resolve();

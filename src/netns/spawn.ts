@@ -24,6 +24,7 @@ import * as fs from 'node:fs';
 import type * as Net from 'node:net';
 import { koffi } from './ffi';
 import { MFD_CLOEXEC } from './native';
+import { SpawnError } from '../errors';
 
 interface SpawnLib {
   memfd_create(name: string, flags: number): number;
@@ -55,7 +56,6 @@ const POSIX_SPAWN_SETSIGDEF = 0x04;
 const POSIX_SPAWN_SETSIGMASK = 0x08;
 const WNOHANG = 1;
 const EINTR = 4;
-const ENOENT = 2;
 /** Larger than glibc's posix_spawnattr_t (336 bytes), posix_spawn_file_actions_t (80) and sigset_t (128). */
 const OPAQUE_BYTES = 1024;
 
@@ -105,18 +105,6 @@ export interface SpawnedProgram {
   program: string;
   stdoutFd: number;
   stderrFd: number;
-}
-
-export class SpawnError extends Error {
-  constructor(
-    readonly program: string,
-    readonly errno: number,
-  ) {
-    super(errno === ENOENT ? `${program} not found in PATH` : `posix_spawn(${program}) failed with errno ${errno}`);
-  }
-  get notFound(): boolean {
-    return this.errno === ENOENT;
-  }
 }
 
 /**

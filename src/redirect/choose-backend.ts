@@ -5,11 +5,12 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { BackendName } from './backend-names';
+import { STATE_FILES, type BackendName } from '../defaults';
 import { IptablesBackend } from './iptables/backend';
 import { NftablesBackend } from './nftables/backend';
 import type { Backend } from './backend';
 import { detectBackend, type BackendChoice, type ConcreteBackend } from './detect';
+import { netnsIdentity } from '../netns/identity';
 
 /** A backend by its explicit name; `auto` must be resolved first (`chooseBackend`), it depends on the host. */
 export function backendFor(name: Exclude<BackendName, 'auto'>): Backend {
@@ -82,7 +83,7 @@ export function rememberAutoDetection(ttlMs: number): void {
 }
 
 /** The file in a state dir where `auto`'s answer is kept, and for how long it is believed. */
-export const KEPT_DETECTION_FILE = 'auto-backend.json';
+export const KEPT_DETECTION_FILE = STATE_FILES.keptDetection;
 export const KEPT_DETECTION_TTL_MS = 60_000;
 
 const CONCRETE: readonly ConcreteBackend[] = ['nftables', 'iptables-nft', 'iptables-legacy'];
@@ -96,14 +97,6 @@ interface KeptDetection {
   detectedAt: number;
 }
 
-function netnsIdentity(netnsPath: string): string | undefined {
-  try {
-    const st = fs.statSync(netnsPath);
-    return `${st.dev}:${st.ino}`;
-  } catch {
-    return undefined;
-  }
-}
 
 /** The kept answer if it is this host netns's, from the last KEPT_DETECTION_TTL_MS (a clock gone back: not). */
 function readKept(file: string, identity: string, now: number): BackendChoice | undefined {

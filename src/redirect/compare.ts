@@ -6,7 +6,7 @@ import { withNetnsLock } from '../netns';
 import { chooseBackend } from './choose-backend';
 import type { RedirectConfig } from './config';
 import { FAMILIES, type Family } from './constants';
-import type { EngineOptions } from './engine';
+import type { EngineOptions } from './options';
 import { detectFamilies } from './routes';
 import { buildPlan } from './plan';
 import type { ObservedRule } from './backend';

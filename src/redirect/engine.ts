@@ -16,7 +16,6 @@
 import { deepFreeze, RecentMap } from '../caches';
 import { MeshCniError, RollbackFailedError, RuleMismatchError } from '../errors';
 import { isHostNetns, withNetnsLock } from '../netns';
-import type { BackendName } from './backend-names';
 import { chooseBackend } from './choose-backend';
 import { widestConfig, type RedirectConfig } from './config';
 import { FAMILIES, type Family } from './constants';
@@ -24,10 +23,12 @@ import { clearLinks, detectFamilies, setLinks } from './routes';
 import { buildPlan, type Plan } from './plan';
 import type { ApplyLaps, Backend, ObservedRule } from './backend';
 import { diffRules, markBroken, observeAll } from './rule-state';
+import type { EngineOptions } from './options';
 
-export { BACKEND_NAMES, type BackendName } from './backend-names';
+export { BACKEND_NAMES, type BackendName } from '../defaults';
 export { chooseBackend, rememberAutoDetection } from './choose-backend';
 export { checkRedirect, compareRedirect, type RedirectComparison } from './compare';
+export type { EngineOptions } from './options';
 
 /**
  * How an apply proves its result. `always` reads the rules back and compares them with the plan (the CLI, the
@@ -50,27 +51,6 @@ export interface ApplyReport {
   via?: string;
 }
 
-export interface EngineOptions {
-  netns: string;
-  backend?: BackendName;
-  /** Which families to program; by default IPv4, and IPv6 when the netns has a global IPv6 address. */
-  families?: Family[];
-  /** Programming the namespace this process runs in is refused unless asked for (it is the node's). */
-  allowHostNetns?: boolean;
-  /** Where `auto` looks for the node's existing rules: the netns the agent runs in, unless a test says otherwise. */
-  hostNetns?: string;
-  /** A state dir where `auto`'s answer is kept for a minute, for processes that serve one request (choose-backend.ts). */
-  keepDetectionIn?: string;
-  /** A backend object to use instead of `backend` (fault tests hand one whose programs are stand-ins). */
-  backendInstance?: Backend;
-  /**
-   * Aborted when the request is abandoned (its caller went away). Checked once the netns lock is held,
-   * before anything in the netns is read or changed; an apply already under way is finished, not cut.
-   */
-  signal?: AbortSignal;
-  /** Told where the time goes: plan, render (where the backend renders apart from applying), apply. */
-  laps?: { lap(phase: 'plan' | 'render' | 'apply'): void };
-}
 
 function guardHost(o: EngineOptions): void {
   if (!o.allowHostNetns && isHostNetns(o.netns)) {

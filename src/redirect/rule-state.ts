@@ -2,9 +2,9 @@
  * What the engine knows about a netns's rules beyond the kernel's listing: how expected and observed rules
  * differ, and which namespaces a failed rollback left in an unknown state.
  */
-import * as fs from 'node:fs';
 import type { Backend, ObservedRule } from './backend';
 import type { Family } from './constants';
+import { netnsIdentity } from '../netns/identity';
 
 /** Compares what a chain should hold with what it holds; one line per difference, empty when equal. */
 export function diffRules(expected: readonly ObservedRule[], observed: readonly ObservedRule[]): string[] {
@@ -34,18 +34,10 @@ export function diffRules(expected: readonly ObservedRule[], observed: readonly 
  */
 const brokenNetns = new Map<string, string>();
 
-function netnsKey(netns: string): string | undefined {
-  try {
-    const st = fs.statSync(netns);
-    return `${st.dev}:${st.ino}`;
-  } catch {
-    return undefined;
-  }
-}
 
 /** Remembers why the netns is broken, or (`why` undefined) forgets that it was. */
 export function markBroken(netns: string, why: string | undefined): void {
-  const key = netnsKey(netns);
+  const key = netnsIdentity(netns);
   if (key === undefined) return;
   if (why === undefined) brokenNetns.delete(key);
   else brokenNetns.set(key, why);
@@ -53,7 +45,7 @@ export function markBroken(netns: string, why: string | undefined): void {
 
 /** Why the netns is known broken (a failed rollback there), if it is. */
 export function knownBroken(netns: string): string | undefined {
-  const key = netnsKey(netns);
+  const key = netnsIdentity(netns);
   return key === undefined ? undefined : brokenNetns.get(key);
 }
 

@@ -6,7 +6,7 @@
  */
 import { fstatSync, readSync, writeSync } from 'node:fs';
 import { runCni } from '../cni/dispatch';
-import { CniCode, CniError } from '../cni/errors';
+import { CniCode, CniError } from '../errors';
 import { flushRequestLogs } from '../cni/log';
 import { MAX_STDIN_BYTES } from '../cni/request';
 import { setCollectMode } from '../netns';

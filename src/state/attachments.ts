@@ -15,7 +15,7 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { DEFAULT_STATE_DIR } from '../paths';
+import { DEFAULT_STATE_DIR, STATE_FILES } from '../defaults';
 import type { CniAttachment } from '../cni/types';
 
 
@@ -135,7 +135,7 @@ export class AttachmentStore {
   readonly dir: string;
 
   constructor(stateDir: string = DEFAULT_STATE_DIR) {
-    this.dir = path.join(stateDir, 'attachments');
+    this.dir = path.join(stateDir, STATE_FILES.attachments);
   }
 
   private name(containerId: string, ifName: string): string {

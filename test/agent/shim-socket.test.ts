@@ -5,7 +5,6 @@ import {
   decodeResponseBody,
   encodeRequest,
   encodeResponse,
-  FrameError,
   MAX_ENV_ENTRIES,
   serveCni,
   callCniSocket,
@@ -13,6 +12,7 @@ import {
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { testTempDir } from '../support/tmp';
+import { FrameError } from '../../src/errors';
 
 test('request round trip keeps CNI_* and stdin, drops everything else', (t) => {
   const frame = encodeRequest({ env: { CNI_COMMAND: 'ADD', CNI_ARGS: 'a=b;c=d', HOME: '/root', MESH_CNI_AGENT_SOCKET: '/x' }, stdin: Buffer.from('{"x":1}') });

@@ -5,7 +5,7 @@ import { testTempDir } from '../support/tmp';
 import { AttachmentStore } from '../../src/state/attachments';
 import test from 'ava';
 import { NetnsNotFoundError } from '../../src/errors';
-import { CniCode, CniError } from '../../src/cni/errors';
+import { CniCode, CniError } from '../../src/errors';
 import type { PodInfo } from '../../src/mesh/decision';
 import { INJECTED, netconf, recordingEngine, run, unitDeps, withAnnotations } from './helpers';
 

@@ -10,19 +10,17 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as errors from '../../src/errors';
-import { InstallerError } from '../../src/installer/errors';
-import { CniCode, CniError, toCniError } from '../../src/cni/errors';
-import { RetryableLookupError } from '../../src/kube/pod-api';
-import { callCniSocket, FrameError, RESPONSE_MAGIC, serveCni } from '../../src/agent/shim-socket';
+import { CniCode, CniError, FrameError, InstallerError, RetryableLookupError, toCniError } from '../../src/errors';
+import { callCniSocket, RESPONSE_MAGIC, serveCni } from '../../src/agent/shim-socket';
 import { ENGINE } from '../support/node-deps';
 import { testTempDir } from '../support/tmp';
 
 type Row = [name: string, make: () => Error, cniCode: number, code?: string];
 
 const rows: Row[] = [
-  ['CniError', () => new CniError(CniCode.InvalidNetworkConfig, 'bad value'), 7],
-  ['FrameError', () => new FrameError('bad frame magic'), CniCode.DecodingFailure],
-  ['RetryableLookupError', () => new RetryableLookupError('GET pod shop/cart: API server answered 404'), CniCode.TryAgainLater],
+  ['CniError', () => new CniError(CniCode.InvalidNetworkConfig, 'bad value'), 7, 'CNI_ERROR'],
+  ['FrameError', () => new FrameError('bad frame magic'), CniCode.DecodingFailure, 'BAD_FRAME'],
+  ['RetryableLookupError', () => new RetryableLookupError('GET pod shop/cart: API server answered 404'), CniCode.TryAgainLater, 'LOOKUP_RETRYABLE'],
   ['InvalidConfigError', () => new errors.InvalidConfigError('traffic.sidecar.istio.io/excludeOutboundPorts', 'x', 'not a port'), CniCode.InvalidPodAnnotation, 'INVALID_CONFIG'],
   ['NetnsNotFoundError', () => new errors.NetnsNotFoundError('/var/run/netns/gone'), CniCode.UnknownContainer, 'NETNS_NOT_FOUND'],
   ['NotANetnsError', () => new errors.NotANetnsError('/tmp'), CniCode.InvalidEnvironment, 'NOT_A_NETNS'],
@@ -38,6 +36,13 @@ const rows: Row[] = [
   ['PodNetnsUnknownError', () => new errors.PodNetnsUnknownError('shop/cart', '/var/run/mesh-cni'), CniCode.RedirectFailed, 'NETNS_UNKNOWN'],
   ['InstallerError', () => new InstallerError('cannot write the conflist'), CniCode.RedirectFailed, 'INSTALL_FAILED'],
   ['MeshCniError', () => new errors.MeshCniError('something of ours'), CniCode.RedirectFailed, 'MESH_CNI_ERROR'],
+  ['SpawnError', () => new errors.SpawnError('iptables-restore', 2), CniCode.RedirectFailed, 'SPAWN_FAILED'],
+  ['ApiStatusError', () => new errors.ApiStatusError(403, 'GET pod shop/cart'), CniCode.PodLookupRefused, 'API_STATUS'],
+  ['ApiStatusError (500)', () => new errors.ApiStatusError(500, 'GET pod shop/cart'), CniCode.TryAgainLater, 'API_STATUS'],
+  ['UncopyableError', () => new errors.UncopyableError('nf_tables message type 9'), CniCode.Internal, 'REPLAY_UNCOPYABLE'],
+  ['SocketClosedError', () => new errors.SocketClosedError('receive: the peer closed the connection'), CniCode.TryAgainLater, 'SOCKET_CLOSED'],
+  ['SocketTimeoutError', () => new errors.SocketTimeoutError('receive: nothing within 5000 ms'), CniCode.TryAgainLater, 'SOCKET_TIMEOUT'],
+  ['ZdsProtocolError', () => new errors.ZdsProtocolError('a WorkloadResponse record carries no ack'), CniCode.TryAgainLater, 'ZDS_PROTOCOL'],
   ['TypeError (a bug)', () => new TypeError("Cannot read properties of undefined (reading 'x')"), CniCode.Internal],
 ];
 
@@ -61,6 +66,22 @@ test('every error class of src/errors.ts has a row', (t) => {
   const classes = Object.entries(errors).filter(([, v]) => typeof v === 'function' && (v === errors.MeshCniError || v.prototype instanceof errors.MeshCniError));
   const covered = new Set(rows.map(([n]) => n));
   t.deepEqual(classes.map(([n]) => n).filter((n) => !covered.has(n)), []);
+});
+
+test('no error class is defined outside src/errors.ts (a source scan)', (t) => {
+  const src = path.join(__dirname, '../../../src');
+  const found: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (p.endsWith('.ts') && p !== path.join(src, 'errors.ts')) {
+        for (const m of fs.readFileSync(p, 'utf8').matchAll(/class (\w+) extends \w*Error\b/g)) found.push(`${path.relative(src, p)}: ${m[1]}`);
+      }
+    }
+  };
+  walk(src);
+  t.deepEqual(found, []);
 });
 
 test("the agent's answers: its bound on a request is 11, a handler that throws is 999, a bad answer frame is 6", async (t) => {

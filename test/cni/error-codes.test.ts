@@ -4,8 +4,8 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { CommandFailedError, InvalidConfigError, MeshCniError, NetnsNotFoundError, NotANetnsError, RuleMismatchError } from '../../src/errors';
-import { CniCode, CniError, toCniError } from '../../src/cni/errors';
-import { RetryableLookupError } from '../../src/kube/pod-api';
+import { CniCode, CniError, toCniError } from '../../src/errors';
+import { RetryableLookupError } from '../../src/errors';
 import type { CniDeps } from '../../src/cni/dispatch';
 import { INJECTED, netconf, recordingEngine, run, unitDeps, withAnnotations } from './helpers';
 

@@ -10,7 +10,7 @@ import * as requestLog from '../../src/cni/log';
 import { parseKubeconfig } from '../../src/kube/kubeconfig';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { InvalidConfigError } from '../../src/errors';
-import { toCniError } from '../../src/cni/errors';
+import { toCniError } from '../../src/errors';
 import { INJECTED, netconf, run, unitDeps, withAnnotations } from './helpers';
 import { testTempDir } from '../support/tmp';
 

@@ -10,7 +10,7 @@ import { runCni } from '../../src/cni/dispatch';
 import { applyRedirect, checkRedirect, removeRedirect, showRedirect } from '../../src/redirect/engine';
 import { NftablesBackend, nftProgram } from '../../src/redirect/nftables/backend';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
-import { toCniError } from '../../src/cni/errors';
+import { toCniError } from '../../src/errors';
 import { createPodPeer, netnsPath } from '../support/netns';
 import { requireKernelTools, requireNft } from '../support/require';
 import { testTempDir } from '../support/tmp';

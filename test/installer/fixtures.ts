@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import type { InstallOptions, InstallWatcher } from '../../src/installer';
 import { pluginEntry, watchAndRepair } from '../../src/installer';
+import { renameExchange } from '../../src/netns/native';
 
 export const CALICO_CONFLIST = `{
   "name": "k8s-pod-network",
@@ -118,6 +119,7 @@ export function makeNode(files: Record<string, string> = {}, extra: Partial<Inst
     pluginConfig: pluginEntry({ kubeconfig: '/etc/cni/net.d/mesh-cni-kubeconfig', logLevel: 'info', backend: 'auto' }),
     kubeconfig: { tokenPath: join(sa, 'token'), caPath: join(sa, 'ca.crt'), host: '10.96.0.1', port: '443', outPath: kubeconfigPath },
     stateDir: join(root, 'var/run/mesh-cni'),
+    renameExchange,
     ...extra,
   };
   return {

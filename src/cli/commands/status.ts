@@ -6,7 +6,7 @@
 import type { Argv } from 'yargs';
 import { access, constants } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BUNDLED_ENGINE, BUNDLED_SHIM, artifactSha256, buildInfo, packageVersion } from '../../build-info';
+import { BUNDLED_ENGINE, BUNDLED_SHIM, artifactSha256, buildInfo, packageVersion } from '../../installer/build-info';
 import { callCniSocket } from '../../agent/shim-socket';
 import { checkInstalled, installedPaths, pluginEntry, scanConfDir } from '../../installer';
 import { chooseBackend, type BackendName } from '../../redirect/engine';

@@ -55,6 +55,7 @@ import {
 } from '../../netns/nfnetlink';
 import type { Family } from '../constants';
 import { RecentMap } from '../../caches';
+import { UncopyableError } from '../../errors';
 
 /**
  * The attributes a creating message may carry, per object (linux/netfilter/nf_tables.h); the others in a dump
@@ -109,8 +110,6 @@ function compatOf(rule: Buffer): Buffer {
   }
   return attribute(NFTA_RULE_COMPAT, Buffer.concat([attribute(1 /* NFTA_RULE_COMPAT_PROTO */, u32be(proto)), attribute(2 /* NFTA_RULE_COMPAT_FLAGS */, u32be(flags))]), true);
 }
-
-export class UncopyableError extends Error {}
 
 /** A dumped object as a creating message's payload: the kept attributes, in the kernel's order. */
 function creatingPayload(msg: Buffer): Buffer {

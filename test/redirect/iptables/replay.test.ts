@@ -15,7 +15,7 @@ import { redirectConfigFromAnnotations } from '../../../src/redirect/config';
 import { buildPlan } from '../../../src/redirect/plan';
 import { IptablesBackend } from '../../../src/redirect/iptables/backend';
 import { renderRestore } from '../../../src/redirect/iptables/render';
-import { captureTemplate, enableReplay, forgetTemplates, replayCounts, replayTemplate, tryReplay, UncopyableError, type ReplayTemplate } from '../../../src/redirect/iptables/replay';
+import { captureTemplate, enableReplay, forgetTemplates, replayCounts, replayTemplate, tryReplay, type ReplayTemplate } from '../../../src/redirect/iptables/replay';
 import { createNetns, createPodPeer, inNetns, netnsPath, sh, tryInNetns } from '../../support/netns';
 import { connect, expectDefaultRedirect, listen } from '../../support/traffic';
 import { requireKernelTools, requireNft } from '../../support/require';
@@ -23,6 +23,7 @@ import { PLAN_CASES } from '../cases';
 import { startAgent } from '../../../src/agent/agent';
 import { callCniSocket } from '../../../src/agent/shim-socket';
 import { INJECTED, POD_ARGS, withAnnotations } from '../../cni/helpers';
+import { UncopyableError } from '../../../src/errors';
 
 const FAMILIES = ['ipv4', 'ipv6'] as const;
 const RESTORE = { ipv4: 'iptables-nft-restore', ipv6: 'ip6tables-nft-restore' } as const;

@@ -15,7 +15,7 @@ import { NftablesBackend, nftProgram } from '../../../src/redirect/nftables/back
 import { libnftablesUnavailable, nftSession, runNft, socketsClosed } from '../../../src/redirect/nftables/libnftables';
 import { renderNftScript } from '../../../src/redirect/nftables/render';
 import { CommandFailedError } from '../../../src/errors';
-import { toCniError, CniCode } from '../../../src/cni/errors';
+import { toCniError, CniCode } from '../../../src/errors';
 import { createNetns, createPodPeer, inNetns, netnsPath, sh } from '../../support/netns';
 import { mesh } from '../../support/cli';
 import { loadLibc } from '../../../src/netns/native';

@@ -7,10 +7,10 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import * as path from 'node:path';
-import { treeDigest } from './installer/engine-dir';
+import { treeDigest } from './engine-dir';
 
-/** The package root, found from where the compiled file runs (dist/src/). */
-export const PACKAGE_ROOT = path.resolve(__dirname, '../..');
+/** The package root, found from where the compiled file runs (dist/src/installer/). */
+export const PACKAGE_ROOT = path.resolve(__dirname, '../../..');
 export const BUNDLED_SHIM = path.join(PACKAGE_ROOT, 'build', 'mesh-cni');
 /** The self-contained standalone engine directory (scripts/build-engine.js), installed as <cni-bin-dir>/mesh-cni.d. */
 export const BUNDLED_ENGINE = path.join(PACKAGE_ROOT, 'build', 'engine');
