@@ -10,7 +10,7 @@
  * lists the assumptions so the request log and `explain` can name them.
  */
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
-import { DATAPLANE_MODE_LABEL, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from './istio-names';
+import { parseGoBool, DATAPLANE_MODE_LABEL, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from './istio-names';
 import { RecentMap } from '../caches';
 import { DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX } from '../defaults';
 
@@ -89,12 +89,7 @@ export interface DecisionStep {
   assumption?: string;
 }
 
-/** Go's strconv.ParseBool, which Istio uses for every boolean it reads from a pod. */
-export function parseGoBool(value: string): boolean | undefined {
-  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(value)) return true;
-  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(value)) return false;
-  return undefined;
-}
+export { parseGoBool };
 
 type ContainerEntries = ReadonlyArray<Readonly<{ name: string; list: ContainerList }>>;
 

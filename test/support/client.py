@@ -35,6 +35,10 @@ def main():
             s.close()
         else:
             s = socket.socket(family, socket.SOCK_DGRAM)
+            if mark:
+                s.setsockopt(socket.SOL_SOCKET, 36, mark)
+            if source:
+                s.bind((source, 0))
             s.settimeout(timeout)
             s.sendto(b"query", (host, port))
             data, _ = s.recvfrom(4096)
