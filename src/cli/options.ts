@@ -17,6 +17,8 @@ import { BACKEND_NAMES, DEFAULT_AGENT_SOCKET, type BackendName } from '../defaul
 import { REPAIR_MODES, type RepairMode } from '../repair/reconciler';
 import { DEFAULT_CRI_SOCKET } from '../repair/cri';
 import { checkPodRef } from './pod-ref';
+import { DEFAULT_AMBIENT_NODE, DEFAULT_HOST_PROBE_SNAT_IPV4, DEFAULT_HOST_PROBE_SNAT_IPV6, type AmbientNodeSettings } from '../redirect/ambient/config';
+import * as net from 'node:net';
 
 export const configOptions = {
   annotation: {
@@ -31,6 +33,38 @@ export const configOptions = {
   'dns-capture': { type: 'boolean', default: false, describe: "capture DNS to the agent on 15053 (Istio's ISTIO_META_DNS_CAPTURE)" },
   'invalid-drop': { type: 'boolean', default: false, describe: "drop conntrack-INVALID packets (Istio's INVALID_DROP)" },
 } satisfies Record<string, Options>;
+
+/**
+ * The node-wide ambient settings, Istio's names beside ours: `plan --dataplane ambient` takes the probe
+ * addresses, the agent all four (the chart's ambient.dnsCapture and ambient.ipv6 set the first two).
+ */
+export const hostProbeOptions = {
+  'host-probe-snat-ip': { type: 'string', coerce: once('host-probe-snat-ip'), default: DEFAULT_HOST_PROBE_SNAT_IPV4, describe: "where the node SNATs kubelet's probes to ambient pods (Istio's HOST_PROBE_SNAT_IP)" },
+  'host-probe-snat-ipv6': { type: 'string', coerce: once('host-probe-snat-ipv6'), default: DEFAULT_HOST_PROBE_SNAT_IPV6, describe: "the same for IPv6 (Istio's HOST_PROBE_SNAT_IPV6)" },
+} satisfies Record<string, Options>;
+
+export interface HostProbeArgs {
+  'host-probe-snat-ip': string;
+  'host-probe-snat-ipv6': string;
+}
+
+/** Checks the probe addresses are addresses of their family (they go into rules as they are). */
+export function checkHostProbe(args: { 'host-probe-snat-ip'?: unknown; 'host-probe-snat-ipv6'?: unknown }): true | string {
+  const v4 = String(args['host-probe-snat-ip'] ?? DEFAULT_HOST_PROBE_SNAT_IPV4);
+  const v6 = String(args['host-probe-snat-ipv6'] ?? DEFAULT_HOST_PROBE_SNAT_IPV6);
+  if (net.isIPv4(v4) !== true) return `--host-probe-snat-ip ${JSON.stringify(v4)} is not an IPv4 address`;
+  if (net.isIPv6(v6) !== true) return `--host-probe-snat-ipv6 ${JSON.stringify(v6)} is not an IPv6 address`;
+  return true;
+}
+
+export function ambientNodeFromArgs(args: HostProbeArgs & { 'dns-capture'?: boolean; ipv6?: boolean }): AmbientNodeSettings {
+  return {
+    dnsCapture: args['dns-capture'] ?? DEFAULT_AMBIENT_NODE.dnsCapture,
+    ipv6: args.ipv6 ?? DEFAULT_AMBIENT_NODE.ipv6,
+    hostProbeSnatIpv4: args['host-probe-snat-ip'],
+    hostProbeSnatIpv6: args['host-probe-snat-ipv6'],
+  };
+}
 
 export const backendOption = {
   backend: { choices: BACKEND_NAMES, default: 'auto' as BackendName, describe: 'how rules are programmed (auto: what this node already uses)' },
