@@ -363,3 +363,16 @@ export class ZdsProtocolError extends MeshCniError {
   override readonly code = 'ZDS_PROTOCOL';
   override readonly cniCode = CniCode.TryAgainLater;
 }
+
+/**
+ * An ambient pod could not be handed to ztunnel: none is connected to the ZDS socket, it did not ack in time,
+ * or it acked with an error. The ADD fails with 11 (its rules taken out again) and the runtime retries, as
+ * Istio's plugin fails the ADD when its node agent cannot reach ztunnel.
+ */
+export class ZtunnelUnavailableError extends MeshCniError {
+  override readonly code = 'ZTUNNEL_UNAVAILABLE';
+  override readonly cniCode = CniCode.TryAgainLater;
+  constructor(message: string, cause?: unknown) {
+    super(message, { cause, hint: 'ztunnel (Istio ambient, a DaemonSet) must run on this node and connect to the agent\'s ZDS socket; the runtime retries the pod' });
+  }
+}

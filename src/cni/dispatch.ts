@@ -7,6 +7,10 @@
 import { NetnsNotFoundError } from '../errors';
 import type * as EngineModule from '../redirect/engine';
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
+import { DEFAULT_AMBIENT_NODE, type AmbientConfig, type AmbientNodeSettings } from '../redirect/ambient/config';
+import type { BackendName } from '../defaults';
+import type { DecisionOptions } from '../mesh/decision';
+import type { KubernetesArgs } from './request';
 import { CniCode, CniError, toCniError } from '../errors';
 import { AttachmentStore } from '../state/attachments';
 import { writeRequestLog, type RequestLogLine } from './log';
@@ -45,6 +49,38 @@ export interface CniDeps extends PodSourceDeps {
   keepAutoDetection?: boolean;
   /** told about every request once it is answered (the agent's metrics), with an ADD's time by phase */
   onRequest?: (line: Readonly<RequestLogLine>, phases?: Readonly<PhaseSeconds>) => void;
+  /** the agent's ambient side (src/agent/ambient.ts); absent in the standalone engine, which then refuses ambient pods */
+  ambient?: AmbientHandler;
+}
+
+/** An ambient pod's ADD: the rules, then ztunnel's ack. Only the agent holds ztunnel's socket. */
+export interface AmbientHandler {
+  /** the node-wide settings the in-pod rules are made with */
+  node: AmbientNodeSettings;
+  /**
+   * Programs the pod's rules and hands its netns to ztunnel, resolving once ztunnel acked; on any failure
+   * takes the rules out again and rejects (fail closed: the sandbox never runs half enrolled).
+   */
+  add(a: { pod: KubernetesArgs; netns: string; config: AmbientConfig; backend: BackendName; ips: string[]; signal?: AbortSignal; laps?: PhaseClock }): Promise<{ backend: string; rules: number; via?: string }>;
+  /** After DEL took the rules out: ztunnel is told the workload is gone (DelWorkload), if it had it. */
+  deleted(pod: KubernetesArgs): Promise<void>;
+}
+
+/** What the pod decision is told: the netconf's namespaces and agent, and ambient as installed. */
+function decisionOptions(req: NetworkRequest, deps: CniDeps): DecisionOptions {
+  const ambient = req.netconf.ambient;
+  return {
+    excludeNamespaces: req.netconf.excludeNamespaces,
+    agentPod: req.netconf.agentPod,
+    buildConfig: deps.buildConfig,
+    ...(ambient?.enabled ? { ambient: { ...ambient, node: deps.ambient?.node ?? DEFAULT_AMBIENT_NODE } } : {}),
+  };
+}
+
+/** The pod's addresses from the previous plugin's result (`10.0.0.5/24` → `10.0.0.5`): ADD knows them before the API does. */
+function addressesOf(req: NetworkRequest): string[] {
+  const ips = (req.prevResult?.result as { ips?: Array<{ address?: unknown }> } | undefined)?.ips ?? [];
+  return ips.map((ip) => (typeof ip.address === 'string' ? ip.address.split('/')[0]! : '')).filter(Boolean);
 }
 
 interface Outcome {
@@ -86,7 +122,7 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
     return { stdout };
   }
   const notes = line.notes ?? (line.notes = []);
-  const found = decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, agentPod: req.netconf.agentPod, buildConfig: deps.buildConfig }, deps, notes);
+  const found = decidePod(req.kubernetes, req.netconf, decisionOptions(req, deps), deps, notes);
   // Awaited only when the decision had to wait for something (an await is a turn of promise jobs).
   const { decision, source } = isPromise(found) ? await found : found;
   line.source = source;
@@ -95,10 +131,23 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
     Object.assign(line, { decision: 'skipped', reason: decision.reason });
     return { stdout };
   }
-  // The agent's engine is loaded already: no await (a turn of promise jobs) on an ADD's path for it.
-  const engine = deps.engine ?? (await loadEngine(deps));
-  // A fresh sandbox's one transaction proves its result; the read-back would double the ADD's processes.
-  const report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), verify: 'when-replacing', signal, laps: clock });
+  let report: { backend: string; rules: number; via?: string };
+  if (decision.dataplane === 'ambient') {
+    if (!deps.ambient) {
+      throw new CniError(
+        CniCode.TryAgainLater,
+        `pod ${req.kubernetes.podNamespace}/${req.kubernetes.podName} is ambient: only the mesh-cni agent can hand it to ztunnel, and the agent is not answering`,
+        'the runtime retries the sandbox; it starts once the agent is back',
+      );
+    }
+    report = await deps.ambient.add({ pod: req.kubernetes, netns: req.netns, config: decision.ambient, backend: req.netconf.backend, ips: addressesOf(req), signal, laps: clock });
+    line.dataplane = 'ambient';
+  } else {
+    // The agent's engine is loaded already: no await (a turn of promise jobs) on an ADD's path for it.
+    const engine = deps.engine ?? (await loadEngine(deps));
+    // A fresh sandbox's one transaction proves its result; the read-back would double the ADD's processes.
+    report = await engine.applyRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), verify: 'when-replacing', signal, laps: clock });
+  }
   line.decision = 'meshed';
   line.backend = report.backend;
   line.rules = report.rules;
@@ -115,6 +164,7 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
       pod: { namespace: k8s.podNamespace, name: k8s.podName, uid: k8s.podUid },
       backend: report.backend,
       rules: report.rules,
+      ...(decision.dataplane === 'ambient' ? { dataplane: 'ambient' as const } : {}),
     };
     if (deps.recordInBackground) {
       // Started after the answer; the time it takes then is still this ADD's record phase (the agent's
@@ -161,6 +211,8 @@ async function cmdDel(req: NetworkRequest, deps: CniDeps, line: RequestLogLine, 
     if (!(err instanceof NetnsNotFoundError)) throw err;
     Object.assign(line, { decision: 'nothing-to-remove', reason: 'netns-missing' });
   }
+  // The rules are out: ztunnel lets the workload go (Istio's RemovePodFromMesh: rules first, then DelWorkload).
+  if (req.kubernetes && deps.ambient) await deps.ambient.deleted(req.kubernetes);
   return { stdout: '' };
 }
 
@@ -171,14 +223,18 @@ async function cmdCheck(req: NetworkRequest, deps: CniDeps, line: RequestLogLine
     return { stdout: '' };
   }
   const notes = line.notes ?? (line.notes = []);
-  const { decision, source } = await decidePod(req.kubernetes, req.netconf, { excludeNamespaces: req.netconf.excludeNamespaces, agentPod: req.netconf.agentPod, buildConfig: deps.buildConfig }, deps, notes);
+  const { decision, source } = await decidePod(req.kubernetes, req.netconf, decisionOptions(req, deps), deps, notes);
   line.source = source;
   if (!decision.meshed) {
     Object.assign(line, { decision: 'skipped', reason: decision.reason });
     return { stdout: '' };
   }
   const engine = await loadEngine(deps);
-  const result = await engine.checkRedirect({ netns: req.netns, config: decision.config, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps) });
+  const target = { netns: req.netns, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps) };
+  const result =
+    decision.dataplane === 'ambient'
+      ? await (await import('../redirect/ambient/apply')).checkAmbient({ ...target, config: decision.ambient })
+      : await engine.checkRedirect({ ...target, config: decision.config });
   if (!result.ok) {
     const what = result.observedRules === 0 ? `no redirect rules in ${req.netns} (the pod's ${result.problems.length} planned rules are all missing)` : `redirect rules in ${req.netns} are missing or differ from the pod's annotations`;
     throw new CniError(CniCode.CheckFailed, what, result.problems.join('\n'));

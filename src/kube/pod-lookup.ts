@@ -142,16 +142,27 @@ async function pollCache(k8s: KubernetesArgs, cache: PodCache, deps: PodSourceDe
 
 /** The decision for a pod the watch cache holds, with its namespace's labels from the cache where needed. */
 function decideCached(pod: PodInfo, cache: PodCache, namespace: string, options: DecisionOptions): PodDecision | Promise<PodDecision> {
-  if (needsNamespaceLabels(pod) && cache.namespaceLabels) {
+  if (needsNamespaceLabels(pod, options) && cache.namespaceLabels) {
     return cache
       .namespaceLabels(namespace)
       .catch(() => undefined)
       .then((labels) => {
+        if (labels === undefined) requireNamespaceLabels(pod, options, 'the agent cannot read it');
         pod.namespaceLabels = labels;
         return { decision: decideMeshing(pod, options), source: 'cache' };
       });
   }
   return { decision: decideMeshing(pod, options), source: 'cache' };
+}
+
+/**
+ * With ambient on, a pod whose namespace cannot be read cannot be decided: its namespace's labels may enable
+ * ambient for it. It fails with code 11 (the runtime retries) rather than start unredirected, as Istio's plugin
+ * does with ENABLE_AMBIENT_DETECTION_RETRY (its default logs the error and carries on as if not ambient).
+ */
+function requireNamespaceLabels(pod: PodInfo, options: DecisionOptions, why: string): void {
+  if (!options.ambient?.enabled) return;
+  throw new CniError(CniCode.TryAgainLater, `namespace ${pod.namespace} of pod ${pod.namespace}/${pod.name} could not be read (${why}): its labels decide whether the pod is ambient`, 'the ClusterRole must grant get, list and watch on namespaces (ambient); the runtime retries');
 }
 
 function withAssumptions(decision: MeshDecision, notes: string[]): MeshDecision {
@@ -184,7 +195,7 @@ function decideLookedUp(cached: PodInfo | undefined, k8s: KubernetesArgs, netcon
   if (cached && deps.podCache) return decideCached({ ...cached }, deps.podCache, k8s.podNamespace, options);
   const fromRuntime = netconf.runtimeAnnotations;
   if (fromRuntime) {
-    const early = certainSkipFromAnnotations(fromRuntime);
+    const early = certainSkipFromAnnotations(fromRuntime, options);
     if (early) return { decision: { meshed: false, reason: early }, source: 'runtime' };
   }
   const cache = deps.podCache;
@@ -213,11 +224,12 @@ async function decideFromApi(k8s: KubernetesArgs, kubeconfig: string, options: D
     notes.push(`pod not in the watch cache after ${CACHE_WAIT_MS / 1000} s; read from the API`);
   }
   const pod: PodInfo = await getPodWithRetry(k8s, kubeconfig, deps, notes);
-  if (needsNamespaceLabels(pod)) {
+  if (needsNamespaceLabels(pod, options)) {
     const fetchNamespace = deps.fetchNamespace ?? defaultFetchNamespace;
     try {
       pod.namespaceLabels = namespaceLabelsFromNamespace(await fetchNamespace(kubeconfig, k8s.podNamespace, NAMESPACE_TIMEOUT_MS));
     } catch (err) {
+      requireNamespaceLabels(pod, options, (err as Error).message);
       notes.push(`namespace ${k8s.podNamespace} not readable (${(err as Error).message}): its ambient label was not checked`);
     }
   }

@@ -10,7 +10,9 @@
  * lists the assumptions so the request log and `explain` can name them.
  */
 import type { ProxySettings, RedirectConfig } from '../redirect/config';
-import { parseGoBool, DATAPLANE_MODE_LABEL, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from './istio-names';
+import type { AmbientConfig, AmbientNodeSettings } from '../redirect/ambient/config';
+import { describeSelector, matchingSelector, type EnablementSelector } from './enablement';
+import { parseGoBool, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, ZTUNNEL_APP_LABEL, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from './istio-names';
 import { RecentMap } from '../caches';
 import { DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX } from '../defaults';
 
@@ -41,12 +43,15 @@ export interface PodInfo {
   containers?: Array<{ name: string; list: ContainerList }>;
   /** the istio-proxy container, when the spec is known and has one */
   proxy?: ProxyFacts;
+  /** spec.hostNetwork, when the spec is known: such a pod shares the node's netns and is never captured */
+  hostNetwork?: boolean;
 }
 
 export const SKIP_REASONS = [
   'own-agent-pod',
   'not-a-kubernetes-pod',
   'namespace-excluded',
+  'ztunnel',
   'ambient',
   'has-istio-init',
   'proxyless',
@@ -59,8 +64,21 @@ export const SKIP_REASONS = [
 export type SkipReason = (typeof SKIP_REASONS)[number];
 
 export type MeshDecision =
-  | { meshed: true; config: RedirectConfig; assumed?: string[] }
+  | { meshed: true; dataplane?: 'sidecar'; config: RedirectConfig; assumed?: string[] }
+  /** ambient: the pod's traffic goes to the node's ztunnel, handed the pod over ZDS */
+  | { meshed: true; dataplane: 'ambient'; ambient: AmbientConfig; assumed?: string[] }
   | { meshed: false; reason: SkipReason; assumed?: string[] };
+
+/** mesh-cni's ambient mode, off unless the agent is told (the chart's ambient.enabled). */
+export interface AmbientOptions {
+  enabled: boolean;
+  /** Istio's enablement selectors (enablement.ts; the chart's ambient.enablementSelectors) */
+  selectors: readonly EnablementSelector[];
+  /** Istio's system namespace: its app=ztunnel pods are never captured (default istio-system) */
+  systemNamespace: string;
+  /** the node-wide settings the in-pod rules are made with */
+  node: AmbientNodeSettings;
+}
 
 export interface AgentPodMatch {
   namespace: string;
@@ -73,6 +91,8 @@ export interface DecisionOptions {
   agentPod?: AgentPodMatch;
   /** the engine's annotation parser; injected only so tests can stand in for it */
   buildConfig?: (annotations: Record<string, string>, proxy?: ProxySettings) => RedirectConfig;
+  /** ambient mode; when absent or not enabled, an ambient-labelled pod is skipped (reason `ambient`) */
+  ambient?: AmbientOptions;
 }
 
 /** One rule of the decision, in the order the plugin applies them: what it looked at and what it concluded. */
@@ -139,11 +159,42 @@ export function isOwnAgentPod(namespace: string, name: string, match: AgentPodMa
 }
 
 /**
- * Only a pod without sidecar status and without its own ambient label can be ambient through its namespace;
- * it is skipped either way, so callers read the namespace only to give the right reason, best effort.
+ * Whether the decision needs the namespace's labels. Ambient off: only a pod without sidecar status and without
+ * its own ambient label can be ambient through its namespace; it is skipped either way, so callers read the
+ * namespace only to give the right reason, best effort. Ambient on: every pod without sidecar status (and not
+ * on the host network), since the enablement selectors may name the namespace; the lookup then must read it.
  */
-export function needsNamespaceLabels(pod: PodInfo): boolean {
-  return pod.labels !== undefined && pod.namespaceLabels === undefined && pod.annotations[SIDECAR_STATUS_ANNOTATION] === undefined && pod.labels[DATAPLANE_MODE_LABEL] !== 'ambient';
+export function needsNamespaceLabels(pod: PodInfo, options?: Pick<DecisionOptions, 'ambient'>): boolean {
+  if (pod.labels === undefined || pod.namespaceLabels !== undefined || pod.annotations[SIDECAR_STATUS_ANNOTATION] !== undefined) return false;
+  if (options?.ambient?.enabled) return pod.hostNetwork !== true;
+  return pod.labels[DATAPLANE_MODE_LABEL] !== DATAPLANE_MODE_AMBIENT;
+}
+
+function isZtunnelPod(pod: PodInfo, ambient: AmbientOptions): boolean {
+  return pod.namespace === ambient.systemNamespace && pod.labels?.app === ZTUNNEL_APP_LABEL;
+}
+
+/** The ambient rule: Istio's CompiledEnablementSelectors.Matches when ambient is on, a skip reason when it is off. */
+function ambientStep({ pod, options }: View): DecisionStep {
+  if (pod.annotations[SIDECAR_STATUS_ANNOTATION] !== undefined) return { rule: 'ambient', outcome: 'pass', detail: `${SIDECAR_STATUS_ANNOTATION} is set: a sidecar pod is never ambient` };
+  if (pod.hostNetwork) return { rule: 'ambient', outcome: 'pass', detail: 'the pod uses the host network: never ambient (its netns is the node\'s)' };
+  const podMode = pod.labels?.[DATAPLANE_MODE_LABEL];
+  const ambient = options.ambient;
+  if (!ambient?.enabled) {
+    const off = "ztunnel's mode; mesh-cni's ambient mode is off (ambient.enabled)";
+    if (podMode === DATAPLANE_MODE_AMBIENT) return { rule: 'ambient', outcome: 'skip', detail: `pod label ${DATAPLANE_MODE_LABEL}=ambient: ${off}` };
+    if (pod.labels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'labels unknown (annotations only): assumed not ambient' };
+    const nsMode = pod.namespaceLabels?.[DATAPLANE_MODE_LABEL];
+    if (nsMode === DATAPLANE_MODE_AMBIENT && podMode !== 'none') return { rule: 'ambient', outcome: 'skip', detail: `namespace label ${DATAPLANE_MODE_LABEL}=ambient: ${off}` };
+    if (pod.namespaceLabels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'namespace labels unknown: assumed not ambient (the pod has no sidecar status, so it is skipped below anyway)' };
+    return { rule: 'ambient', outcome: 'pass', detail: `no ${DATAPLANE_MODE_LABEL}=ambient on the pod or its namespace` };
+  }
+  if (isZtunnelPod(pod, ambient)) return { rule: 'ztunnel', outcome: 'skip', detail: `app=${ZTUNNEL_APP_LABEL} in ${ambient.systemNamespace}: ztunnel itself is never captured` };
+  if (pod.labels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'labels unknown (annotations only): assumed not ambient' };
+  if (pod.namespaceLabels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'namespace labels unknown: assumed not ambient' };
+  const i = matchingSelector(ambient.selectors, pod.labels, pod.namespaceLabels);
+  if (i >= 0) return { rule: 'ambient', outcome: 'meshed', detail: `enablement selector ${i + 1} matches: ${describeSelector(ambient.selectors[i]!)} (pod ${DATAPLANE_MODE_LABEL}=${podMode ?? '(unset)'}, namespace ${DATAPLANE_MODE_LABEL}=${pod.namespaceLabels[DATAPLANE_MODE_LABEL] ?? '(unset)'})` };
+  return { rule: 'ambient', outcome: 'pass', detail: `no enablement selector matches (${ambient.selectors.map(describeSelector).join('; ') || 'none configured'})` };
 }
 
 /** What a step sees: the pod, and where its container list came from. */
@@ -187,18 +238,7 @@ const STEPS: Step[] = [
       ? { rule: 'namespace-excluded', outcome: 'skip', detail: `namespace ${pod.namespace} is in exclude_namespaces ${list}` }
       : { rule: 'namespace-excluded', outcome: 'pass', detail: `namespace ${pod.namespace} is not in exclude_namespaces ${list}` };
   },
-  ({ pod }) => {
-    // Istio's default enablement selectors: the pod label, or the namespace label unless the pod opts out
-    // with `none`; a pod the sidecar injector handled is never ambient.
-    if (pod.annotations[SIDECAR_STATUS_ANNOTATION] !== undefined) return { rule: 'ambient', outcome: 'pass', detail: `${SIDECAR_STATUS_ANNOTATION} is set: a sidecar pod is never ambient` };
-    const podMode = pod.labels?.[DATAPLANE_MODE_LABEL];
-    if (podMode === 'ambient') return { rule: 'ambient', outcome: 'skip', detail: `pod label ${DATAPLANE_MODE_LABEL}=ambient: ztunnel's mode, not ours` };
-    if (pod.labels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'labels unknown (annotations only): assumed not ambient' };
-    const nsMode = pod.namespaceLabels?.[DATAPLANE_MODE_LABEL];
-    if (nsMode === 'ambient' && podMode !== 'none') return { rule: 'ambient', outcome: 'skip', detail: `namespace label ${DATAPLANE_MODE_LABEL}=ambient: ztunnel's mode, not ours` };
-    if (pod.namespaceLabels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'namespace labels unknown: assumed not ambient (the pod has no sidecar status, so it is skipped below anyway)' };
-    return { rule: 'ambient', outcome: 'pass', detail: `no ${DATAPLANE_MODE_LABEL}=ambient on the pod or its namespace` };
-  },
+  ambientStep,
   (v) => {
     if (v.containersFrom === 'unknown') return { rule: 'has-istio-init', outcome: 'assumed', detail: 'container lists unknown (no pod spec, no readable status annotation): assumed no istio-init' };
     const lists = listsOf(v, INIT_CONTAINER);
@@ -292,6 +332,7 @@ export function decideMeshing(pod: PodInfo, options: DecisionOptions, trail: Dec
     if (result.outcome === 'assumed') assumed.push(result.detail);
     if (result.assumption) assumed.push(result.assumption);
     if (result.outcome === 'skip') return { meshed: false, reason: result.rule as SkipReason, ...(assumed.length ? { assumed } : {}) };
+    if (result.outcome === 'meshed' && result.rule === 'ambient') return decideAmbient(pod, options, trail, assumed);
   }
   // The annotation parser (and ip-address, ~10 ms to load) only once a pod is found to be meshed.
   // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -314,6 +355,20 @@ export function decideMeshing(pod: PodInfo, options: DecisionOptions, trail: Dec
   return { meshed: true, config, ...withAssumed };
 }
 
+/** An ambient pod: its in-pod config from its annotations and the node's settings (InvalidConfigError when bad). */
+function decideAmbient(pod: PodInfo, options: DecisionOptions, trail: DecisionStep[], assumed: string[]): MeshDecision {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { ambientConfigFromAnnotations } = require('../redirect/ambient/config') as typeof import('../redirect/ambient/config');
+  const ambient = ambientConfigFromAnnotations(pod.annotations, options.ambient!.node);
+  trail.push({
+    rule: 'annotations',
+    outcome: 'pass',
+    detail: `ambient: DNS capture ${ambient.dnsCapture ? 'on' : 'off'}, inbound ${ambient.ingressMode ? 'not captured' : 'to ztunnel'}${ambient.virtualInterfaces.length ? `, virtual interfaces ${ambient.virtualInterfaces.join(',')}` : ''}${ambient.sources.length ? ` (${ambient.sources.join('; ')})` : ' (the node\'s settings)'}`,
+  });
+  trail.push({ rule: 'meshed', outcome: 'meshed', detail: "ambient: the plugin programs Istio's in-pod rules and hands the pod to ztunnel" });
+  return { meshed: true, dataplane: 'ambient', ambient, ...(assumed.length ? { assumed } : {}) };
+}
+
 function proxyDetail(proxy: ProxyFacts, config: RedirectConfig): string {
   const at = `${PROXY_CONTAINER} in ${where(proxy.lists)}`;
   const id = (v: number | undefined, used: number) => (v === undefined ? `absent → ${used}` : v === 0 ? `0 → ${used}` : String(used));
@@ -327,9 +382,10 @@ function proxyDetail(proxy: ProxyFacts, config: RedirectConfig): string {
  * there is no status annotation (the last rule skips it whatever the earlier ones say; the spec could
  * only give a more specific reason). Undefined when the spec is needed.
  */
-export function certainSkipFromAnnotations(annotations: Record<string, string>): SkipReason | undefined {
+export function certainSkipFromAnnotations(annotations: Record<string, string>, options?: Pick<DecisionOptions, 'ambient'>): SkipReason | undefined {
   const status = annotations[SIDECAR_STATUS_ANNOTATION];
-  if (status === undefined) return 'not-injected';
+  // With ambient on, a pod without sidecar status may be ambient: only its labels and its namespace's can tell.
+  if (status === undefined) return options?.ambient?.enabled ? undefined : 'not-injected';
   if (injectedContainersFromStatus(status)?.some((c) => c.name === INIT_CONTAINER)) return 'has-istio-init';
   return undefined;
 }

@@ -109,7 +109,7 @@ test('Istio\'s order: istio-init before DISABLE_ENVOY before no-istio-proxy befo
 test('uid/gid from the proxy container: absent or 0 means 1337; the pod-level securityContext is not read', (t) => {
   const cfg = (c: Container) => {
     const d = decideMeshing(pod({ containers: [{ name: 'cart' }, c] }), options);
-    if (!d.meshed) throw new Error('expected meshed');
+    if (!d.meshed || d.dataplane === 'ambient') throw new Error('expected meshed');
     return [d.config.proxyUid, d.config.proxyGid];
   };
   t.deepEqual(cfg(proxyWith({ securityContext: { runAsUser: 1000620000, runAsGroup: 1000620001 } })), [1000620000, 1000620001]);
@@ -121,19 +121,19 @@ test('uid/gid from the proxy container: absent or 0 means 1337; the pod-level se
     spec: { securityContext: { runAsUser: 2000 }, containers: [{ name: 'istio-proxy' }] },
   });
   const d = decideMeshing(podLevel, options);
-  t.true(d.meshed && d.config.proxyUid === 1337);
+  t.true(d.meshed && d.dataplane !== 'ambient' && d.config.proxyUid === 1337);
 });
 
 test('native sidecar with custom uid/gid: the init container\'s securityContext is the one read', (t) => {
   const d = decideMeshing(pod({ initContainers: [proxyWith({ restartPolicy: 'Always', securityContext: { runAsUser: 1000650000, runAsGroup: 1000650000 } })], containers: [{ name: 'cart' }] }), options);
   t.true(d.meshed);
-  if (d.meshed) t.deepEqual([d.config.proxyUid, d.config.proxyGid], [1000650000, 1000650000]);
+  if (d.meshed && d.dataplane !== 'ambient') t.deepEqual([d.config.proxyUid, d.config.proxyGid], [1000650000, 1000650000]);
 });
 
 test('proxy env shapes the config: DNS capture, INVALID_DROP, ISTIO_DUAL_STACK (Go ParseBool; unparsable is false)', (t) => {
   const cfg = (pairs: Record<string, string>) => {
     const d = decideMeshing(pod({ containers: [{ name: 'cart' }, proxyWith({ env: env(pairs) })] }), options);
-    if (!d.meshed) throw new Error('expected meshed');
+    if (!d.meshed || d.dataplane === 'ambient') throw new Error('expected meshed');
     return { dns: d.config.dnsCapture, drop: d.config.invalidDrop, dual: d.config.dualStack };
   };
   t.deepEqual(cfg({}), { dns: false, drop: false, dual: false });
@@ -149,7 +149,7 @@ test('an istio-proxy in both lists: the regular container is read last, as Istio
   t.deepEqual(info.proxy?.lists, ['initContainers', 'containers']);
   t.deepEqual(info.proxy?.env, { DISABLE_ENVOY: 'false', ISTIO_META_DNS_CAPTURE: 'true' });
   const d = decideMeshing(info, options);
-  t.true(d.meshed && d.config.proxyUid === 1600 && d.config.proxyGid === 1601 && d.config.dnsCapture);
+  t.true(d.meshed && d.dataplane !== 'ambient' && d.config.proxyUid === 1600 && d.config.proxyGid === 1601 && d.config.dnsCapture);
 });
 
 test('the trail names the container list each fact came from', (t) => {
@@ -237,6 +237,7 @@ test('skip reasons are stable strings, in Istio\'s order', (t) => {
     'own-agent-pod',
     'not-a-kubernetes-pod',
     'namespace-excluded',
+    'ztunnel',
     'ambient',
     'has-istio-init',
     'proxyless',

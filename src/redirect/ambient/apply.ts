@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import { deepFreeze, RecentMap } from '../../caches';
 import { withNetns } from '../../netns';
 import type { Family } from '../constants';
-import { applyPlan, type ApplyReport, type VerifyMode } from '../engine';
+import { applyPlan, checkRedirect, compareRedirect, type ApplyReport, type RedirectComparison, type VerifyMode } from '../engine';
 import type { EngineOptions } from '../options';
 import type { Plan } from '../plan';
 import type { AmbientConfig } from './config';
@@ -60,4 +60,15 @@ export async function applyAmbient(o: EngineOptions & { config: AmbientConfig; v
   const plan = ambientPlanFor(o.config, ipv6);
   o.laps?.lap('plan');
   return applyPlan({ ...o, plan, families: o.families ?? ambientFamilies(o.config, ipv6) });
+}
+
+/** The netns against an ambient pod's plan (CHECK, `explain`): the families it would program, read back. */
+export async function compareAmbient(o: EngineOptions & { config: AmbientConfig }): Promise<RedirectComparison> {
+  const ipv6 = netnsIpv6(o.netns);
+  return compareRedirect({ ...o, config: undefined, plan: ambientPlanFor(o.config, ipv6), families: o.families ?? ambientFamilies(o.config, ipv6) });
+}
+
+export async function checkAmbient(o: EngineOptions & { config: AmbientConfig }): Promise<{ ok: boolean; problems: string[]; observedRules?: number }> {
+  const ipv6 = netnsIpv6(o.netns);
+  return checkRedirect({ ...o, config: undefined, plan: ambientPlanFor(o.config, ipv6), families: o.families ?? ambientFamilies(o.config, ipv6) });
 }
