@@ -114,7 +114,7 @@ export function ambientFromArgs(args: AmbientArgs): AmbientOptions | undefined {
 
 export const backendOption = {
   backend: { choices: BACKEND_NAMES, default: 'auto' as BackendName, describe: 'how rules are programmed (auto: what this node already uses)' },
-  'host-netns': { type: 'string', describe: "where --backend auto looks for the node's rules (default: this process's netns)" },
+  'host-netns': { type: 'string', describe: "the node's own netns: where --backend auto looks for the node's rules, and where ambient's kubelet-probe rules go (default: this process's netns)" },
 } satisfies Record<string, Options>;
 
 export const netnsOption = {
@@ -253,6 +253,8 @@ export interface InstallArgs {
   socket?: string;
   /** write a kubeconfig from the service account (in a cluster) */
   kubernetes?: boolean;
+  /** ambient on: our entry says so (and carries the selectors) */
+  ambient?: AmbientOptions;
 }
 
 /** The exchange the installer swaps the primary's conflist with; koffi loads only when an install writes. */
@@ -275,6 +277,7 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
       kubeconfig: inCluster ? path.join(args['host-cni-conf-dir'], KUBECONFIG_NAME) : undefined,
       excludeNamespaces: args['exclude-namespaces'],
       stateDir: args['state-dir'] === DEFAULT_STATE_DIR ? undefined : args['state-dir'],
+      ...(args.ambient ? { ambient: { enablementSelectors: args.ambient.selectors as unknown[], systemNamespace: args.ambient.systemNamespace } } : {}),
     }),
     kubeconfig: inCluster ? serviceAccountKubeconfig(env, args['cni-conf-dir']) : undefined,
     standaloneConf: args['standalone-conf'],
