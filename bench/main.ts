@@ -15,7 +15,7 @@ import { benchZds } from './zds';
 import { bounded, removeAllNetns, summaryLine, sweepDeadNetns, type Summary } from './lib';
 
 const BENCHMARKS: Record<string, { run: () => Promise<Summary[]>; limitMs: number; summaries: string[] }> = {
-  add: { run: benchAddLatency, limitMs: 10 * 60_000, summaries: ['add-vs-floor-iptables', 'add-vs-floor-nftables', 'add-auto-vs-floor-iptables', 'agent-work-per-add', 'standalone-version-vs-node', 'standalone-add-vs-node'] },
+  add: { run: benchAddLatency, limitMs: 10 * 60_000, summaries: ['add-vs-floor-iptables', 'add-vs-floor-nftables', 'add-auto-vs-floor-iptables', 'agent-work-per-add', 'standalone-version-vs-node', 'standalone-add-vs-node', 'add-ambient-vs-sidecar'] },
   burst: { run: benchBurst, limitMs: 5 * 60_000, summaries: ['burst-p99'] },
   cri: { run: benchCri, limitMs: 10 * 60_000, summaries: ['cri-run-pod-sandbox-iptables', 'cri-run-pod-sandbox-nftables'] },
   repair: { run: benchRepairScan, limitMs: 10 * 60_000, summaries: ['repair-scan-iptables', 'repair-scan-cold-iptables', 'repair-scan-nftables', 'repair-scan-cold-nftables'] },

@@ -10,6 +10,16 @@ import socket
 import sys
 
 
+def prepared(s, mark, source, timeout):
+    """The socket with its packet mark (SO_MARK) and source address, when asked for."""
+    if mark:
+        s.setsockopt(socket.SOL_SOCKET, 36, mark)
+    if source:
+        s.bind((source, 0))
+    s.settimeout(timeout)
+    return s
+
+
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
     proto = sys.argv[3] if len(sys.argv) > 3 else "tcp"
@@ -19,12 +29,7 @@ def main():
     source = os.environ.get("CLIENT_SOURCE")
     try:
         if proto == "tcp":
-            s = socket.socket(family, socket.SOCK_STREAM)
-            if mark:
-                s.setsockopt(socket.SOL_SOCKET, 36, mark)
-            if source:
-                s.bind((source, 0))
-            s.settimeout(timeout)
+            s = prepared(socket.socket(family, socket.SOCK_STREAM), mark, source, timeout)
             s.connect((host, port))
             data = b""
             while not data.endswith(b"\n"):
@@ -34,12 +39,7 @@ def main():
                 data += chunk
             s.close()
         else:
-            s = socket.socket(family, socket.SOCK_DGRAM)
-            if mark:
-                s.setsockopt(socket.SOL_SOCKET, 36, mark)
-            if source:
-                s.bind((source, 0))
-            s.settimeout(timeout)
+            s = prepared(socket.socket(family, socket.SOCK_DGRAM), mark, source, timeout)
             s.sendto(b"query", (host, port))
             data, _ = s.recvfrom(4096)
         if not data:
