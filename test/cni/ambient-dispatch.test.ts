@@ -11,8 +11,8 @@ import { netconf, run, unitDeps } from './helpers';
 
 const AMBIENT_NETCONF = netconf({ ambient: { enabled: true }, kubernetes: { kubeconfig: '/nonexistent/kubeconfig' } });
 
-function cache(labels: Record<string, string>, nsLabels: Record<string, string>): PodCache {
-  const pod = podInfoFromPod({ metadata: { name: 'cart-7d9', namespace: 'shop', uid: 'uid-1', labels, annotations: {} }, spec: { containers: [{ name: 'cart' }] } });
+function cache(labels: Record<string, string>, nsLabels: Record<string, string>, annotations: Record<string, string> = {}): PodCache {
+  const pod = podInfoFromPod({ metadata: { name: 'cart-7d9', namespace: 'shop', uid: 'uid-1', labels, annotations }, spec: { containers: [{ name: 'cart' }] } });
   return { lookup: () => pod, namespaceLabels: async () => nsLabels, watching: () => true };
 }
 
@@ -47,6 +47,17 @@ test('an ambient pod goes to the agent\'s handler with its config, netns and the
   t.false(a.config.dnsCapture, "the agent's node settings reach the config");
   t.is(deps.engine.calls.length, 0, 'the sidecar engine is not asked');
   t.regex(r.stderr, /"dataplane":"ambient"/);
+});
+
+test('a bad ambient annotation fails the ADD with 101 before ztunnel or any rule is asked for', async (t) => {
+  const amb = handler();
+  const deps = unitDeps({ podCache: cache({ 'istio.io/dataplane-mode': 'ambient' }, {}, { 'ambient.istio.io/bypass-inbound-capture': 'yes' }), ambient: amb });
+  const r = await run('ADD', { ...AMBIENT_NETCONF, prevResult }, deps);
+  t.is(r.exitCode, 1);
+  t.is(r.json.code, 101);
+  t.regex(r.json.msg, /bypass-inbound-capture/);
+  t.is(amb.added.length, 0);
+  t.is(deps.engine.calls.length, 0);
 });
 
 test('the standalone engine (no ambient handler) answers 11 for an ambient pod and programs nothing', async (t) => {

@@ -69,8 +69,10 @@ test('the trail says which selector matched, and the ambient config carries the 
   t.is(trail[trail.length - 1]!.rule, 'meshed');
 });
 
-test('a bad ambient annotation is refused by the decision, as a bad sidecar annotation is', (t) => {
-  t.throws(() => decideMeshing(pod({ labels: AMB, annotations: { 'ambient.istio.io/bypass-inbound-capture': 'yes' } }), on), { instanceOf: InvalidConfigError });
+test('a bad ambient annotation is refused when the pod\'s config is made, as a bad sidecar annotation is', (t) => {
+  const d = decideMeshing(pod({ labels: AMB, annotations: { 'ambient.istio.io/bypass-inbound-capture': 'yes' } }), on);
+  if (!d.meshed || d.dataplane !== 'ambient') return t.fail('expected an ambient pod');
+  t.throws(() => ambientConfigFromAnnotations(d.annotations, DEFAULT_AMBIENT_NODE), { instanceOf: InvalidConfigError });
 });
 
 test('namespace labels unknown with ambient on: assumed not ambient, and said so', (t) => {
