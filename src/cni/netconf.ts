@@ -6,6 +6,7 @@
 import { BACKEND_NAMES, DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX, DEFAULT_STATE_DIR, type BackendName } from '../defaults';
 import { CniCode, CniError } from '../errors';
 import type { SupportedVersion } from './version';
+import { isObject } from '../json';
 
 /**
  * Ambient, as the agent that installed our entry runs it (Istio's plugin config carries the same:
@@ -86,9 +87,6 @@ export interface MeshNetConf {
   ambient?: NetconfAmbient;
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 /** How deep a value is (a scalar 0, `{}` 1), counted level by level without recursion: a 10^5-level value must not overflow the stack. Stops past `limit`. */
 export function jsonDepth(value: unknown, limit: number): number {

@@ -15,6 +15,7 @@ import {
   SUPPORTED_VERSIONS,
   type SupportedVersion,
 } from './version';
+import { isObject } from '../json';
 
 export const MAX_STDIN_BYTES = 1024 * 1024;
 /** Far more than any plugin's result needs (ips, routes, dns: four or five levels). */
@@ -93,9 +94,6 @@ function envError(message: string, details?: string): CniError {
   return new CniError(CniCode.InvalidEnvironment, message, details);
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 function validateInterfaceName(name: string): void {
   // The kernel's limit is 15 bytes (IFNAMSIZ less the NUL), not 15 UTF-16 units.

@@ -15,6 +15,7 @@ import type {
   CniResult100,
   CniRoute,
 } from './types';
+import { isObject } from '../json';
 
 export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
 export type SupportedVersion = (typeof SUPPORTED_VERSIONS)[number];
@@ -48,9 +49,6 @@ function familyOf(version: SupportedVersion): ResultFamily {
   return version.startsWith('0.') ? '0.x' : '1.x';
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 function decodeFailure(why: string): CniError {
   return new CniError(CniCode.DecodingFailure, `cannot decode prevResult: ${why}`);

@@ -5,13 +5,12 @@
  * which is one reason uninstall restores the recorded bytes rather than re-serialising when it can).
  */
 
+import { isObject } from '../json';
+
 export const PLUGIN_TYPE = 'mesh-cni';
 
 export type Json = Record<string, unknown>;
 
-function isObject(v: unknown): v is Json {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 export function isOurs(plugin: unknown): boolean {
   return isObject(plugin) && plugin.type === PLUGIN_TYPE;

@@ -6,6 +6,7 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isObject } from '../json';
 
 export const CONF_EXTENSIONS = ['.conf', '.conflist', '.json'] as const;
 
@@ -21,9 +22,6 @@ export interface PrimaryConfig {
   skipped: Array<{ path: string; reason: string }>;
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 export function kindOf(fileName: string): ConfigKind | undefined {
   if (fileName.endsWith('.conflist')) return 'conflist';

@@ -5,23 +5,17 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { CniCode, CniError } from '../errors';
+import { isObject } from '../json';
+import type { ApiTarget } from './https';
 
-export interface KubeEndpoint {
-  server: URL;
-  ca?: Buffer;
-  insecureSkipTlsVerify: boolean;
+export interface KubeEndpoint extends ApiTarget {
   token?: string;
-  clientCert?: Buffer;
-  clientKey?: Buffer;
 }
 
 function invalid(path: string, why: string): CniError {
   return new CniError(CniCode.KubeconfigInvalid, `kubeconfig ${path}: ${why}`, 'check kubernetes.kubeconfig in the netconf; the agent writes this file at install');
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 function named(list: unknown, name: string, field: string): Record<string, unknown> | undefined {
   if (!Array.isArray(list)) return undefined;

@@ -7,7 +7,7 @@
  * status) relists; any other failure is reported to `onError`, and the owner restarts with backoff.
  */
 import * as fs from 'node:fs';
-import type * as https from 'node:https';
+import { apiGet, type ApiTarget } from './https';
 import type { ClientRequest } from 'node:http';
 import { createInterface } from 'node:readline';
 import type { KubeEndpoint } from './kubeconfig';
@@ -16,13 +16,8 @@ import { ApiStatusError } from '../errors';
 const SA_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
 /** Where the API server is and how to authenticate; the token is re-read on every request (it rotates). */
-export interface ApiEndpoint {
-  server: URL;
-  ca?: Buffer;
-  insecureSkipTlsVerify: boolean;
+export interface ApiEndpoint extends ApiTarget {
   token(): string | undefined;
-  clientCert?: Buffer;
-  clientKey?: Buffer;
 }
 
 export function endpointFromKubeconfig(e: KubeEndpoint): ApiEndpoint {
@@ -47,27 +42,7 @@ interface KubeObject {
 }
 
 function request(endpoint: ApiEndpoint, pathAndQuery: string, timeoutMs: number | undefined): ClientRequest {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const transport: typeof https = endpoint.server.protocol === 'https:' ? require('node:https') : require('node:http');
-  const headers: Record<string, string> = { Accept: 'application/json', 'User-Agent': 'mesh-cni-agent' };
-  const token = endpoint.token();
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const req = transport.request({
-    protocol: endpoint.server.protocol,
-    hostname: endpoint.server.hostname.replace(/^\[|\]$/g, ''),
-    port: endpoint.server.port || undefined,
-    path: `${endpoint.server.pathname.replace(/\/+$/, '')}${pathAndQuery}`,
-    method: 'GET',
-    headers,
-    ca: endpoint.ca,
-    cert: endpoint.clientCert,
-    key: endpoint.clientKey,
-    rejectUnauthorized: !endpoint.insecureSkipTlsVerify,
-    agent: false,
-    timeout: timeoutMs,
-  });
-  req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-  return req;
+  return apiGet(endpoint, pathAndQuery, { token: endpoint.token(), timeoutMs, userAgent: 'mesh-cni-agent' });
 }
 
 /** One GET answered with JSON. */

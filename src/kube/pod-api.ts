@@ -2,10 +2,10 @@
  * One GET of a pod from the API server with node's http/https, and the conversion of the pod object to
  * PodInfo. Retries live in pod-lookup.ts; this module only classifies each failure as retryable or not.
  */
-import type https from 'node:https';
 import { CniCode, CniError, RetryableLookupError } from '../errors';
 import type { ContainerList, PodInfo, ProxyFacts } from '../mesh/decision';
 import { PROXY_CONTAINER } from '../mesh/istio-names';
+import { apiGet } from './https';
 import type { KubeEndpoint } from './kubeconfig';
 
 const MAX_POD_BYTES = 4 * 1024 * 1024;
@@ -20,30 +20,9 @@ export function getNamespaceJson(endpoint: KubeEndpoint, namespace: string, time
 }
 
 function getApiJson(endpoint: KubeEndpoint, apiPath: string, where: string, timeoutMs: number): Promise<unknown> {
-  const base = endpoint.server.pathname.replace(/\/+$/, '');
-  const path = `${base}${apiPath}`;
-  const headers: Record<string, string> = { Accept: 'application/json', 'User-Agent': 'mesh-cni' };
-  if (endpoint.token) headers.Authorization = `Bearer ${endpoint.token}`;
-  const options: https.RequestOptions = {
-    protocol: endpoint.server.protocol,
-    hostname: endpoint.server.hostname.replace(/^\[|\]$/g, ''),
-    port: endpoint.server.port || undefined,
-    path,
-    method: 'GET',
-    headers,
-    timeout: timeoutMs,
-    ca: endpoint.ca,
-    cert: endpoint.clientCert,
-    key: endpoint.clientKey,
-    rejectUnauthorized: !endpoint.insecureSkipTlsVerify,
-    agent: false,
-  };
-  // Loaded here, not at the top: node's http and tls cost the standalone plugin ~8 ms of start on every
-  // VERSION, DEL and annotated ADD, which never reach the API server.
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const transport: typeof https = endpoint.server.protocol === 'https:' ? require('node:https') : require('node:http');
   return new Promise((resolve, reject) => {
-    const req = transport.request(options, (res) => {
+    const req = apiGet(endpoint, apiPath, { token: endpoint.token, timeoutMs, userAgent: 'mesh-cni' });
+    req.on('response', (res) => {
       const chunks: Buffer[] = [];
       let size = 0;
       res.on('data', (chunk: Buffer) => {
@@ -67,7 +46,6 @@ function getApiJson(endpoint: KubeEndpoint, apiPath: string, where: string, time
       });
       res.on('error', (err) => reject(new RetryableLookupError(err.message)));
     });
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
     req.on('error', (err) => reject(err instanceof CniError ? err : new RetryableLookupError(`${where}: ${err.message}`)));
     req.end();
   });

@@ -12,3 +12,9 @@ export function koffi(): Koffi {
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   return (loaded ??= require('koffi') as Koffi);
 }
+
+/** Linux's errno values and flags that more than one of our native calls needs (x86_64 and arm64 agree). */
+export const EINTR = 4;
+export const EAGAIN = 11;
+/** O_CLOEXEC and SOCK_CLOEXEC: the same bit */
+export const O_CLOEXEC = 0o2000000;

@@ -13,6 +13,7 @@ export { NetnsBusyError };
 import { errno, loadLibc } from './native';
 import { atHome, isNsfsFd, isOwnNetnsFd, netnsKey, noteNetnsSwitch } from './identity';
 import { collectSpawn, startSpawn } from './spawn';
+import { EINTR } from './ffi';
 export { setCollectMode, type CollectMode } from './spawn';
 export { classifyNetnsPath, netnsIdentity, type NetnsPathKind } from './identity';
 
@@ -242,7 +243,6 @@ function runForked(netns: string | undefined, program: string, args: readonly st
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 const EWOULDBLOCK = 11;
-const EINTR = 4;
 
 /** Work on one netns queued in this process, by the namespace's identity (dev:inode), not its path. */
 const queues = new Map<string, Promise<unknown>>();

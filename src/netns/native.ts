@@ -4,7 +4,7 @@
  * makes a dozen per ADD on its one main thread (setns twice, flock, a netlink exchange), so that matters in a
  * burst. Buffers are passed as pointers to their bytes.
  */
-import { koffi } from './ffi';
+import { koffi, O_CLOEXEC } from './ffi';
 
 export interface Libc {
   setns(fd: number, nstype: number): number;
@@ -24,7 +24,8 @@ export interface Libc {
 /** Linux's numbers for the calls above, shared by everything that uses them. */
 export const AF_NETLINK = 16;
 export const SOCK_RAW = 3;
-export const SOCK_CLOEXEC = 0o2000000;
+/** SOCK_CLOEXEC is O_CLOEXEC's bit */
+export const SOCK_CLOEXEC = O_CLOEXEC;
 export const NETLINK_NETFILTER = 12;
 export const SOL_SOCKET = 1;
 export const MFD_CLOEXEC = 1;

@@ -6,6 +6,7 @@
  * (src/redirect/iptables/replay.ts).
  */
 import { AF_NETLINK, errno, NETLINK_NETFILTER, SOCK_CLOEXEC, SOCK_RAW, type Libc } from './native';
+import { EAGAIN } from './ffi';
 
 export const NLMSG_HDRLEN = 16;
 export const NFGENMSG_LEN = 4;
@@ -38,7 +39,6 @@ export const NFT_MSG = {
 export const NFPROTO = { unspec: 0, inet: 1, ipv4: 2, ipv6: 10 } as const;
 
 export const MSG_DONTWAIT = 0x40;
-const EAGAIN = 11;
 
 export const align4 = (n: number): number => (n + 3) & ~3;
 

@@ -10,8 +10,8 @@
  */
 import * as fs from 'node:fs';
 import { MeshCniError, SocketClosedError, SocketTimeoutError } from '../errors';
-import { koffi } from './ffi';
 import { watchFd, type FdWatch, type WatchVia } from './readiness';
+import { EAGAIN, EINTR, koffi, O_CLOEXEC as SOCK_CLOEXEC } from './ffi';
 
 interface SocketLibc {
   socket(domain: number, type: number, protocol: number): number;
@@ -27,7 +27,6 @@ interface SocketLibc {
 const AF_UNIX = 1;
 const SOCK_SEQPACKET = 5;
 const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
 const MSG_DONTWAIT = 0x40;
@@ -35,8 +34,6 @@ const MSG_NOSIGNAL = 0x4000;
 const MSG_TRUNC = 0x20;
 const MSG_CTRUNC = 0x8;
 const MSG_CMSG_CLOEXEC = 0x40000000;
-const EINTR = 4;
-const EAGAIN = 11;
 
 export { SocketClosedError, SocketTimeoutError };
 

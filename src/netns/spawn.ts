@@ -22,9 +22,9 @@
  */
 import * as fs from 'node:fs';
 import type * as Net from 'node:net';
-import { koffi } from './ffi';
 import { MFD_CLOEXEC } from './native';
 import { SpawnError } from '../errors';
+import { EINTR, koffi, O_CLOEXEC } from './ffi';
 
 interface SpawnLib {
   memfd_create(name: string, flags: number): number;
@@ -51,11 +51,9 @@ interface Bound {
   errno: () => number;
 }
 
-const O_CLOEXEC = 0o2000000;
 const POSIX_SPAWN_SETSIGDEF = 0x04;
 const POSIX_SPAWN_SETSIGMASK = 0x08;
 const WNOHANG = 1;
-const EINTR = 4;
 /** Larger than glibc's posix_spawnattr_t (336 bytes), posix_spawn_file_actions_t (80) and sigset_t (128). */
 const OPAQUE_BYTES = 1024;
 

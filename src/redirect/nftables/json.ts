@@ -7,6 +7,7 @@
  * Pure functions; the kernel tests prove, for every golden case, that this gives what the text parser gives.
  */
 import type { ListedRule } from './list';
+import { isObject } from '../../json';
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 type JsonObject = { [key: string]: Json };
@@ -18,7 +19,8 @@ interface JsonRule {
   expr?: Json[];
 }
 
-const isObject = (v: Json | undefined): v is JsonObject => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** src/json.ts's test, narrowing to nft's JSON object type. */
+const isNftObject = (v: Json | undefined): v is JsonObject => isObject(v);
 
 const unknown = (v: Json | undefined) => `?${JSON.stringify(v)}`;
 
@@ -29,9 +31,9 @@ const QUOTED = new Set(['iifname', 'oifname']);
 
 /** A value expression (`meta mark`, `ct mark`, a payload field): the left side of a match or a mangle. */
 function selector(v: Json | undefined): { text: string; key: string } {
-  if (isObject(v)) {
+  if (isNftObject(v)) {
     const [kind, body] = Object.entries(v)[0] ?? [];
-    if (isObject(body)) {
+    if (isNftObject(body)) {
       if (kind === 'meta' && typeof body.key === 'string') return { text: BARE_META.has(body.key) ? body.key : `meta ${body.key}`, key: body.key };
       if (kind === 'ct' && typeof body.key === 'string' && body.dir === undefined) return { text: `ct ${body.key}`, key: body.key };
       if (kind === 'payload' && typeof body.protocol === 'string' && typeof body.field === 'string') return { text: `${body.protocol} ${body.field}`, key: body.field };
@@ -48,8 +50,8 @@ function selector(v: Json | undefined): { text: string; key: string } {
 function element(v: Json, key: string): string {
   if (typeof v === 'number') return String(v);
   if (typeof v === 'string') return QUOTED.has(key) ? `"${v}"` : v;
-  if (isObject(v)) {
-    if (isObject(v.prefix) && typeof v.prefix.addr === 'string' && typeof v.prefix.len === 'number') return `${v.prefix.addr}/${v.prefix.len}`;
+  if (isNftObject(v)) {
+    if (isNftObject(v.prefix) && typeof v.prefix.addr === 'string' && typeof v.prefix.len === 'number') return `${v.prefix.addr}/${v.prefix.len}`;
     if (Array.isArray(v.range) && v.range.length === 2) return `${element(v.range[0]!, key)}-${element(v.range[1]!, key)}`;
     // An expression as a value: `meta mark set ct mark`.
     const s = selector(v);
@@ -61,23 +63,23 @@ function element(v: Json, key: string): string {
 function value(v: Json | undefined, key: string): string {
   if (v === undefined) return unknown(v);
   if (Array.isArray(v)) return v.map((x) => element(x, key)).join(','); // flags: ct state established,related
-  if (isObject(v) && Array.isArray(v.set)) return v.set.length === 1 ? element(v.set[0]!, key) : `{ ${v.set.map((x) => element(x, key)).join(', ')} }`;
+  if (isNftObject(v) && Array.isArray(v.set)) return v.set.length === 1 ? element(v.set[0]!, key) : `{ ${v.set.map((x) => element(x, key)).join(', ')} }`;
   return element(v, key);
 }
 
 /** One statement or match as `nft list` prints it; the counter's packets are reported beside. */
 function statement(e: Json, counter: { packets?: number }): string {
-  if (!isObject(e)) return unknown(e);
+  if (!isNftObject(e)) return unknown(e);
   const [kind, body] = Object.entries(e)[0] ?? ['', null];
   switch (kind) {
     case 'match': {
-      if (!isObject(body)) break;
+      if (!isNftObject(body)) break;
       const left = selector(body.left);
       const op = body.op === '==' || body.op === 'in' ? '' : body.op === '!=' ? '!= ' : `${String(body.op)} `;
       return `${left.text} ${op}${value(body.right, left.key)}`;
     }
     case 'counter':
-      if (isObject(body) && typeof body.packets === 'number') counter.packets = body.packets;
+      if (isNftObject(body) && typeof body.packets === 'number') counter.packets = body.packets;
       return 'counter';
     case 'accept':
     case 'drop':
@@ -86,20 +88,20 @@ function statement(e: Json, counter: { packets?: number }): string {
       return kind;
     case 'jump':
     case 'goto':
-      if (isObject(body) && typeof body.target === 'string') return `${kind} ${body.target}`;
+      if (isNftObject(body) && typeof body.target === 'string') return `${kind} ${body.target}`;
       break;
     case 'redirect':
       if (body === null) return 'redirect';
-      if (isObject(body) && Object.keys(body).every((k) => k === 'port')) return `redirect to :${value(body.port, 'port')}`;
+      if (isNftObject(body) && Object.keys(body).every((k) => k === 'port')) return `redirect to :${value(body.port, 'port')}`;
       break;
     case 'snat':
-      if (isObject(body) && typeof body.family === 'string' && typeof body.addr === 'string' && Object.keys(body).length === 2) return `snat ${body.family} to ${body.addr}`;
+      if (isNftObject(body) && typeof body.family === 'string' && typeof body.addr === 'string' && Object.keys(body).length === 2) return `snat ${body.family} to ${body.addr}`;
       break;
     case 'tproxy':
-      if (isObject(body) && typeof body.family === 'string' && body.port !== undefined && body.addr === undefined) return `tproxy ${body.family} to :${value(body.port, 'port')}`;
+      if (isNftObject(body) && typeof body.family === 'string' && body.port !== undefined && body.addr === undefined) return `tproxy ${body.family} to :${value(body.port, 'port')}`;
       break;
     case 'mangle':
-      if (isObject(body)) {
+      if (isNftObject(body)) {
         const key = selector(body.key);
         return `${key.text} set ${value(body.value, key.key)}`;
       }
@@ -113,7 +115,7 @@ export function parseNftJson(output: string): ListedRule[] {
   const items = (JSON.parse(output) as { nftables?: Json[] }).nftables ?? [];
   const rules: ListedRule[] = [];
   for (const item of items) {
-    if (!isObject(item) || !isObject(item.rule)) continue;
+    if (!isNftObject(item) || !isNftObject(item.rule)) continue;
     const rule = item.rule as unknown as JsonRule;
     const counter: { packets?: number } = {};
     const text = (rule.expr ?? []).map((e) => statement(e, counter)).join(' ');
