@@ -154,7 +154,7 @@ test.serial('walk-through: apply --pod, then status → pods → explain → rep
   t.regex(explained.stdout, /^verdict: broken: the rules in .* differ from the plan \(1 difference\)$/m);
   t.regex(explained.stdout, /^fix: mesh-cni apply --pod shop\/orders/m);
   const explainJson = json(ok(t, n.run(['explain', 'shop/orders', '-o', 'json']), 1));
-  t.deepEqual(Object.keys(explainJson), ['pod', 'uid', 'node', 'trail', 'assumed', 'meshed', 'reason', 'backend', 'netns', 'lastAction', 'warnings', 'families', 'expected', 'observed', 'diff', 'verdict', 'problem']);
+  t.deepEqual(Object.keys(explainJson), ['pod', 'uid', 'node', 'trail', 'assumed', 'meshed', 'mode', 'reason', 'backend', 'netns', 'lastAction', 'warnings', 'families', 'expected', 'observed', 'diff', 'verdict', 'problem']);
   t.deepEqual(explainJson.warnings, [], 'Events are readable: nothing is missing from the answer');
   t.like(explainJson, { pod: 'shop/orders', meshed: true, reason: 'meshed', verdict: 'broken', netns: { path: orders.netns, source: 'attachment', exists: true } });
   t.is(explainJson.diff.length, 1);
