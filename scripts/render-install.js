@@ -7,7 +7,7 @@
  * a chart does not create its release's namespace (`helm install --create-namespace` does).
  *
  *   node scripts/render-install.js           rewrite install/ from the chart
- *   node scripts/render-install.js --check   exit 1 naming each file that differs (test/installer/chart.test.ts)
+ *   node scripts/render-install.js --check   exit 1 naming each file that differs (test/chart/chart.test.ts)
  *
  * helm is the one scripts/setup-node-deps.sh unpacks into $MESH_CNI_CACHE/bin (`--helm-only` does just that),
  * or $HELM.
@@ -33,6 +33,7 @@ const FILES = [
   { file: 'optional/repair-label-rbac.yaml', templates: ['repair-rbac.yaml'], set: ['repair.repairPods=false', 'repair.labelPods=true'] },
   { file: 'optional/repair-delete-rbac.yaml', templates: ['repair-rbac.yaml'], set: ['repair.repairPods=false', 'repair.deletePods=true'] },
   { file: 'optional/node-readiness-rbac.yaml', templates: ['node-readiness-rbac.yaml'], set: ['removeNotReadyTaint=true'] },
+  { file: 'optional/ambient-rbac.yaml', templates: ['ambient-rbac.yaml'], set: ['ambient.enabled=true'] },
 ];
 
 function header(set) {

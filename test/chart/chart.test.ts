@@ -1,12 +1,15 @@
 /**
  * The Helm chart (charts/mesh-cni) rendered by a real helm: lint, the platform profiles, values winning over
- * profiles, misspelled values refused, the RBAC each repair mode needs, the flags it passes the agent, and
- * install/ being its rendering. The API server's verdict on the same renderings is test/node/manifests.test.ts.
+ * profiles, misspelled values refused, the RBAC each repair mode needs, ambient, the flags it passes the agent
+ * (parsed by the agent's own parser), and install/ being its rendering. The API server's verdict on the same renderings is test/node/manifests.test.ts.
  */
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { CHART, findObject, helmTemplate, HELM, renderChart, requireHelm } from '../support/helm';
+import { DEFAULT_ENABLEMENT_SELECTORS } from '../../src/mesh/enablement';
 import { mesh } from '../support/cli';
 import { REPO_ROOT } from '../support/paths';
 
@@ -124,6 +127,11 @@ const MISSPELLED: Array<[string, RegExp]> = [
   ['backend=ipchains', /at '\/backend': value must be one of/],
   ['repair.initContainerName=my-init', /at '\/repair\/initContainerName': value must be 'istio-validation'/],
   ['seccompProfile.typ=RuntimeDefault', /at '\/seccompProfile': additional properties 'typ' not allowed/],
+  ['ambient.enable=true', /at '\/ambient': additional properties 'enable' not allowed/],
+  ['cni.ambient.dnsCapture=maybe', /at '\/cni\/ambient\/dnsCapture': got string, want boolean/],
+  ['ambient.enablementSelectors[0].podSelektor.matchLabels.a=b', /at '\/ambient\/enablementSelectors\/0': additional properties 'podSelektor' not allowed/],
+  ['ambient.enablementSelectors[0].podSelector.matchExpressions[0].key=a,ambient.enablementSelectors[0].podSelector.matchExpressions[0].operator=In', /matchExpressions\/0': missing property 'values'/],
+  ['ambient.reconcileIptablesOnStartup=true', /at '\/ambient': additional properties 'reconcileIptablesOnStartup' not allowed/],
 ];
 
 for (const [value, message] of MISSPELLED) {
@@ -166,6 +174,13 @@ test('removeNotReadyTaint renders the node-readiness RBAC and the setting', (t) 
   t.deepEqual(findObject(objects, 'ClusterRole', 'mesh-cni-node-readiness').rules, [{ apiGroups: [''], resources: ['nodes'], verbs: ['patch'] }]);
 });
 
+/**
+ * The variable a ConfigMap key reaches the agent by: KEY_IN_CAPITALS, or Istio's name where the CLI reads
+ * Istio's (src/cli/options.ts), as the chart's mesh-cni.envName says.
+ */
+const ISTIO_ENV: Record<string, string> = { ambient: 'AMBIENT_ENABLED', 'ambient-enablement-selectors': 'AMBIENT_ENABLEMENT_SELECTOR' };
+const envName = (key: string) => ISTIO_ENV[key] ?? key.replace(/-/g, '_').toUpperCase();
+
 test('every key of the ConfigMap is passed to the agent as a flag it has, read from the ConfigMap', (t) => {
   const objects = renderChart();
   const container = daemonSet(objects).spec.template.spec.containers[0];
@@ -173,7 +188,7 @@ test('every key of the ConfigMap is passed to the agent as a flag it has, read f
   const keys = Object.keys(settings(objects));
   t.true(keys.length >= 10, keys.join(' '));
   for (const key of keys) {
-    const env = key.replace(/-/g, '_').toUpperCase();
+    const env = envName(key);
     t.true(container.args.includes(`--${key}=$(${env})`), `--${key} in the args`);
     t.deepEqual(container.env.find((e: any) => e.name === env)?.valueFrom, { configMapKeyRef: { name: 'mesh-cni-config', key } });
     t.regex(help, new RegExp(`--${key}\\b`), `mesh-cni agent has --${key}`);
@@ -198,4 +213,104 @@ test('values reach the pod: image, log level (logging.level over global.logging.
   t.is(ds.spec.template.metadata.labels.team, 'net');
   t.deepEqual(container.securityContext.seccompProfile, { type: 'Unconfined' });
   t.deepEqual(daemonSet(renderChart()).spec.template.spec.containers[0].securityContext.seccompProfile, { type: 'RuntimeDefault' });
+});
+
+/**
+ * The agent container's argv and environment as kubelet makes them: each variable from its ConfigMap key or
+ * field, then $(NAME) in the args replaced by its value (an unknown name stays as written, as kubelet leaves it).
+ */
+function containerRun(objects: any[]): { args: string[]; env: Record<string, string> } {
+  const data = settings(objects);
+  const container = daemonSet(objects).spec.template.spec.containers[0];
+  const env: Record<string, string> = {};
+  for (const e of container.env) {
+    if (e.value !== undefined) env[e.name] = e.value;
+    else if (e.valueFrom?.configMapKeyRef) env[e.name] = data[e.valueFrom.configMapKeyRef.key]!;
+    else if (e.valueFrom?.fieldRef) env[e.name] = `field:${e.valueFrom.fieldRef.fieldPath}`;
+  }
+  const args = (container.args as string[]).map((a) => a.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (whole, name: string) => env[name] ?? whole));
+  return { args, env };
+}
+
+const AGENT_JS = path.join(REPO_ROOT, 'dist/src/cli/commands/agent.js');
+const OPTIONS_JS = path.join(REPO_ROOT, 'dist/src/cli/options.js');
+
+/**
+ * The agent's own parser on these args, in a process with only this environment (the CLI reads its defaults
+ * from the environment when it loads, as in the agent's pod): its yargs options, strict (an arg it does not
+ * know fails), then ambientFromArgs, the function the agent starts ambient with.
+ */
+function agentParses(args: string[], env: Record<string, string>): { ambient: unknown; settings: any } {
+  const code = `
+    const yargs = require('yargs');
+    const { builder } = require(${JSON.stringify(AGENT_JS)});
+    const { ambientFromArgs } = require(${JSON.stringify(OPTIONS_JS)});
+    const argv = builder(yargs()).strict().exitProcess(false).fail((msg, err) => { throw err || new Error(msg); }).parseSync(JSON.parse(process.argv[1]));
+    process.stdout.write(JSON.stringify({ ambient: argv.ambient, settings: ambientFromArgs(argv) || null }));`;
+  const r = spawnSync(process.execPath, ['-e', code, JSON.stringify(args)], { cwd: REPO_ROOT, encoding: 'utf8', env: { PATH: process.env.PATH, ...env }, timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`the agent's parser refused ${JSON.stringify(args)}: ${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
+const ambientRoles = (objects: any[]) => objects.filter((o) => o.metadata?.name === 'mesh-cni-ambient').map((o) => o.kind);
+const ztunnelMount = (objects: any[]) => {
+  const spec = daemonSet(objects).spec.template.spec;
+  return { mount: spec.containers[0].volumeMounts.find((m: any) => m.name === 'ztunnel-run'), volume: spec.volumes.find((v: any) => v.name === 'ztunnel-run') };
+};
+
+test('ambient off (the default): no ambient RBAC, and the agent parses --ambient=false from its rendered args', (t) => {
+  const objects = renderChart();
+  t.deepEqual(ambientRoles(objects), []);
+  const run = containerRun(objects);
+  t.true(run.args.includes('--ambient=false'), run.args.join(' '));
+  const parsed = agentParses(run.args, {});
+  t.is(parsed.ambient, false, 'a boolean false, not the string');
+  t.is(parsed.settings, null, 'ambientFromArgs: ambient off');
+});
+
+test('ambient.enabled=true renders the RBAC, the flags and ztunnel\'s socket dir; the agent parses them to Istio\'s defaults', (t) => {
+  const objects = renderChart(['ambient.enabled=true']);
+  t.deepEqual(ambientRoles(objects), ['ClusterRole', 'ClusterRoleBinding']);
+  t.deepEqual(findObject(objects, 'ClusterRole', 'mesh-cni-ambient').rules, [
+    { apiGroups: [''], resources: ['namespaces'], verbs: ['get', 'list', 'watch'] },
+    { apiGroups: [''], resources: ['pods/status'], verbs: ['patch'] },
+  ]);
+  t.deepEqual(findObject(objects, 'ClusterRoleBinding', 'mesh-cni-ambient').subjects, [{ kind: 'ServiceAccount', name: 'mesh-cni', namespace: 'mesh-cni-system' }]);
+  t.deepEqual(ztunnelMount(objects), {
+    mount: { name: 'ztunnel-run', mountPath: '/var/run/ztunnel' },
+    volume: { name: 'ztunnel-run', hostPath: { path: '/var/run/ztunnel', type: 'DirectoryOrCreate' } },
+  });
+  const run = containerRun(objects);
+  for (const flag of ['--ambient=true', '--ambient-dns-capture=true', '--ambient-ipv6=true']) t.true(run.args.includes(flag), `${flag} in ${run.args.join(' ')}`);
+  const parsed = agentParses(run.args, {});
+  t.is(parsed.ambient, true);
+  t.deepEqual(parsed.settings.selectors, DEFAULT_ENABLEMENT_SELECTORS, "the rendered selectors are Istio's default (src/mesh/enablement.ts)");
+  t.like(parsed.settings.node, { dnsCapture: true, ipv6: true });
+});
+
+test('ambient off keeps ztunnel\'s socket dir mounted: install/ turns ambient on with its ConfigMap alone', (t) => {
+  t.deepEqual(ztunnelMount(renderChart()), ztunnelMount(renderChart(['ambient.enabled=true'])));
+});
+
+test('the ambient variables the DaemonSet sets are the ones the CLI in the agent pod reads (explain decides as the agent does)', (t) => {
+  const { env } = containerRun(renderChart(['ambient.enabled=true', 'ambient.dnsCapture=false']));
+  const parsed = agentParses([], env);
+  t.is(parsed.ambient, true, `from the environment alone: ${Object.keys(env).join(' ')}`);
+  t.deepEqual(parsed.settings.selectors, DEFAULT_ENABLEMENT_SELECTORS);
+  t.like(parsed.settings.node, { dnsCapture: false, ipv6: true });
+});
+
+test('ambient values of a values file reach the agent: custom selectors, dnsCapture and ipv6 off', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mesh-cni-chart-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const selectors = [
+    { namespaceSelector: { matchExpressions: [{ key: 'team', operator: 'In', values: ['shop', 'pay'] }] } },
+    { podSelector: { matchLabels: { 'mesh.example/ztunnel': 'yes' }, matchExpressions: [{ key: 'legacy', operator: 'DoesNotExist' }] } },
+  ];
+  const file = path.join(dir, 'values.yaml');
+  fs.writeFileSync(file, JSON.stringify({ ambient: { enabled: true, enablementSelectors: selectors, dnsCapture: false, ipv6: false } }));
+  const objects = renderChart([], ['-f', file]);
+  const parsed = agentParses(containerRun(objects).args, {});
+  t.deepEqual(parsed.settings.selectors, selectors);
+  t.like(parsed.settings.node, { dnsCapture: false, ipv6: false });
 });

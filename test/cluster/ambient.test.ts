@@ -1,6 +1,7 @@
 /**
- * Ambient in the real one-node cluster (test/support/cluster.ts): the image built from the Dockerfile, install/
- * applied with the ConfigMap's `ambient: "true"` and install/optional/ambient-rbac.yaml, and the ztunnel
+ * Ambient in the real one-node cluster (test/support/cluster.ts): the image built from the Dockerfile, installed
+ * as an operator turns ambient on (`helm install --set ambient.enabled=true`: the chart's setting, flags and
+ * RBAC, so the agent parses the rendered selectors and the API server grants what ambient uses), and the ztunnel
  * stand-in (test/support/ztunnel.ts, written from zds.proto) connected to the agent's socket on the node's
  * /var/run/ztunnel/ztunnel.sock, where Istio's ztunnel DaemonSet would mount it.
  *
@@ -16,6 +17,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { agentImageArchive, APP_IMAGE, NODE_IP, startCluster, type Cluster } from '../support/cluster';
 import { describePods, ensureNamespace, kubectlAsync, NODE_PORT, podNetns, waitPodsRunning, Witness, WITNESS_PORT } from '../support/cluster-pods';
+import { helmInstall, requireHelm } from '../support/helm';
 import { REPO_ROOT } from '../support/paths';
 import { connect } from '../support/traffic';
 import { ZtunnelStandIn } from '../support/ztunnel';
@@ -34,6 +36,7 @@ function c(): Cluster {
 
 test.before(async (t) => {
   t.timeout(40 * 60_000, 'building the agent image and starting the cluster');
+  requireHelm();
   cluster = await startCluster({ agentImage: await agentImageArchive() });
   witness = await Witness.start(cluster);
 });
@@ -42,19 +45,10 @@ test.after.always(async () => {
   if (cluster) await cluster.stop();
 });
 
-/** install/ as it is, with the ConfigMap's ambient turned on, and the optional ambient RBAC. */
-function installWithAmbient(cl: Cluster): void {
-  const files = fs
-    .readdirSync(path.join(REPO_ROOT, 'install'))
-    .filter((f) => f.endsWith('.yaml'))
-    .sort();
-  const docs = files.map((f) => {
-    const text = fs.readFileSync(path.join(REPO_ROOT, 'install', f), 'utf8');
-    return f === '20-configmap.yaml' ? text.replace(/^ {2}ambient: "false"$/m, '  ambient: "true"') : text;
-  });
-  if (!docs.some((d) => /^ {2}ambient: "true"$/m.test(d))) throw new Error('the ConfigMap has no `ambient: "false"` line to turn on');
-  cl.kubectlOk(['apply', '-f', '-'], { input: docs.join('\n---\n') });
-  cl.kubectlOk(['apply', '-f', path.join(REPO_ROOT, 'install', 'optional', 'ambient-rbac.yaml')]);
+/** As README says: the namespace with its Pod Security labels, then the chart with ambient on. */
+async function installWithAmbient(cl: Cluster): Promise<void> {
+  cl.kubectlOk(['apply', '-f', path.join(REPO_ROOT, 'install', '00-namespace.yaml')]);
+  await helmInstall(cl, ['ambient.enabled=true']);
 }
 
 function agentReady(cl: Cluster, previous?: string): Promise<any> {
@@ -89,7 +83,7 @@ const socketPath = (cl: Cluster) => cl.inside('/var/run/ztunnel/ztunnel.sock');
 test.serial('ambient on: a pod started in an ambient namespace is enrolled before its containers run; a running pod when its namespace is labelled', async (t) => {
   t.timeout(10 * 60_000);
   const cl = c();
-  installWithAmbient(cl);
+  await installWithAmbient(cl);
   await agentReady(cl);
   await cl.waitFor('the agent serving ztunnel', 60_000, () => fs.existsSync(socketPath(cl)));
   const z = await ZtunnelStandIn.connect(t, socketPath(cl), { listen: true });

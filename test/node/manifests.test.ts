@@ -52,6 +52,7 @@ test.serial('kubectl apply --dry-run=server accepts every manifest in install/ a
     'clusterrole.rbac.authorization.k8s.io/mesh-cni-repair-label',
     'clusterrole.rbac.authorization.k8s.io/mesh-cni-repair-delete',
     'clusterrole.rbac.authorization.k8s.io/mesh-cni-node-readiness',
+    'clusterrole.rbac.authorization.k8s.io/mesh-cni-ambient',
   ]);
 });
 
@@ -67,6 +68,7 @@ const RENDERINGS: Array<[string, string[], string[]]> = [
     ['daemonset.apps/mesh-cni', 'clusterrole.rbac.authorization.k8s.io/mesh-cni-repair-label', 'clusterrole.rbac.authorization.k8s.io/mesh-cni-node-readiness', 'serviceaccount/mesh-cni'],
   ],
   ['delete repair', ['repair.repairPods=false', 'repair.deletePods=true'], ['clusterrole.rbac.authorization.k8s.io/mesh-cni-repair-delete']],
+  ['ambient', ['ambient.enabled=true'], ['clusterrole.rbac.authorization.k8s.io/mesh-cni-ambient', 'clusterrolebinding.rbac.authorization.k8s.io/mesh-cni-ambient', 'configmap/mesh-cni-config', 'daemonset.apps/mesh-cni']],
 ];
 
 for (const [what, set, objects] of RENDERINGS) {

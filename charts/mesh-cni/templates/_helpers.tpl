@@ -32,7 +32,7 @@ app.kubernetes.io/name: mesh-cni
 
 {{/*
 The agent's ConfigMap. Each key of `data` is one `mesh-cni agent` flag: the DaemonSet passes every key as
---KEY=$(KEY_IN_CAPITALS), read from here, so a new setting is one line below (and its value and schema).
+--KEY=$(ENV), ENV read from here (mesh-cni.envName), so a new setting is one line below (and its value and schema).
 */}}
 {{- define "mesh-cni.configmap" -}}
 # The agent's settings. Each key becomes one `mesh-cni agent` flag (see the DaemonSet's args); change a
@@ -68,6 +68,26 @@ data:
   # "true": once ready, the agent removes the taint cni.istio.io/not-ready:NoSchedule from its node, so nodes
   # can be registered with it and get no pods before mesh-cni runs. Needs its RBAC (removeNotReadyTaint renders it; install/optional/node-readiness-rbac.yaml).
   remove-not-ready-taint: {{ .Values.removeNotReadyTaint | quote }}
+  # "true": ambient pods (Istio's ambient data plane) get Istio's in-pod rules and are handed to ztunnel on
+  # /var/run/ztunnel/ztunnel.sock. Needs its RBAC (ambient.enabled renders it; install/optional/ambient-rbac.yaml).
+  ambient: {{ .Values.ambient.enabled | quote }}
+  # Which pods are ambient: Istio's enablement selectors, a YAML list of {podSelector, namespaceSelector}.
+  ambient-enablement-selectors: |
+    {{- toYaml .Values.ambient.enablementSelectors | nindent 4 }}
+  # "true": ambient pods' DNS to ztunnel on 15053 (a pod may say otherwise with ambient.istio.io/dns-capture).
+  ambient-dns-capture: {{ .Values.ambient.dnsCapture | quote }}
+  # "true": ambient pods' IPv6 rules too, where their netns has IPv6.
+  ambient-ipv6: {{ .Values.ambient.ipv6 | quote }}
+{{- end }}
+
+{{/*
+The environment variable that carries a ConfigMap key to the agent: KEY_IN_CAPITALS, except where Istio's
+istio-cni names the same setting otherwise; the CLI reads those names (src/cli/options.ts), so `mesh-cni
+explain` run in the agent's pod decides with the agent's settings.
+*/}}
+{{- define "mesh-cni.envName" -}}
+{{- $istio := dict "ambient" "AMBIENT_ENABLED" "ambient-enablement-selectors" "AMBIENT_ENABLEMENT_SELECTOR" }}
+{{- get $istio . | default (. | replace "-" "_" | upper) }}
 {{- end }}
 
 {{/* A ClusterRole and its binding to the agent's ServiceAccount. */}}
