@@ -30,7 +30,9 @@ export interface InstallOptions {
 }
 
 export type ConfigOutcome =
-  | { action: 'waiting'; reason: string; skipped: Array<{ path: string; reason: string }> }
+  | { action: 'waiting'; reason: string; skipped: Array<{ path: string; reason: string }>; removed: string[] }
+  /** the primary keeps removing our entry (fight.ts): the config was left as it is; `path` is the active config */
+  | { action: 'held'; path?: string; removed: string[] }
   | {
       /** inserted: first write; reinserted: our entry had been taken out or changed by someone else; unchanged: already right */
       action: 'inserted' | 'reinserted' | 'unchanged';
@@ -39,6 +41,8 @@ export type ConfigOutcome =
       convertedFrom?: string;
       /** formerly active configs our entry was taken out of because another file became the active one */
       released: string[];
+      /** configs that held our entry after our last write and no longer do: removed by someone else */
+      removed: string[];
     };
 
 export interface InstallReport {
