@@ -351,7 +351,10 @@ function notReadyReasons(p: Parts): string[] {
   if (p.podCache && !p.podCache.synced()) reasons.push('the pod cache has not synced with the API server yet');
   const held = p.watcher?.held();
   if (held) reasons.push(describeHold(held));
-  else if (p.watcher && !p.watcher.ready()) reasons.push('the active CNI config does not hold our entry yet, or our binaries are missing');
+  else if (p.watcher && !p.watcher.ready()) {
+    const config = p.watcher.lastReport()?.config;
+    reasons.push(config?.action === 'waiting' ? config.reason : 'the active CNI config does not hold our entry yet, or our binaries are missing');
+  }
   for (const check of p.options.readiness ?? []) {
     const why = check();
     if (why) reasons.push(why);

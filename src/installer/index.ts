@@ -10,7 +10,7 @@ export type { InstallEvent, InstallWatcher, WatchOptions, WatchTrigger, FightRep
 export { DEFAULT_FIGHT_POLICY, FightGuard, adviceFor } from './fight';
 export type { FightPolicy, HoldState } from './fight';
 export { uninstall } from './uninstall';
-export { findPrimaryConfig, scanConfDir, CONF_EXTENSIONS } from './primary-config';
+export { findPrimaryConfig, scanConfDir, chosenConfig, CONF_EXTENSIONS } from './primary-config';
 export type { PrimaryConfig, ConfigKind } from './primary-config';
 export { PLUGIN_TYPE } from './conflist';
 export { buildKubeconfig, renderKubeconfig, KUBECONFIG_MODE } from './kubeconfig';

@@ -10,7 +10,7 @@ import { ENGINE_DIR_NAME, engineInPlace, installEngineDir, treeDigest } from './
 import { convertConfText, hasOurEntry, insertIntoConflistText, isChainedLast, isOurs, PLUGIN_TYPE, removeFromConflistText } from './conflist';
 import { InstallerError } from '../errors';
 import { buildKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
-import { findPrimaryConfig, invalidReason, scanConfDir } from './primary-config';
+import { chosenConfig, invalidReason } from './primary-config';
 import { loadState, saveState, type ConfigRecord, type InstallState } from './state';
 import type { ConfigOutcome, InstallOptions, InstallReport, InstallStatus } from './types';
 
@@ -207,16 +207,16 @@ async function removedEntries(state: InstallState): Promise<ConfigRecord[]> {
 /** While held (fight.ts): the config is left as the primary wrote it; records of removed entries say so. */
 async function holdConfig(o: InstallOptions, state: InstallState, removed: ConfigRecord[]): Promise<ConfigOutcome> {
   for (const record of removed) upsert(state, { ...record, entryPresent: false });
-  const { primary } = await scanConfDir(o.cniConfDir);
+  const { primary } = await chosenConfig(o.cniConfDir, o.cniConfFileName);
   return { action: 'held', path: primary?.path, removed: removed.map((r) => r.path) };
 }
 
 async function chainIntoPrimary(o: InstallOptions, state: InstallState, hold: PassOptions['hold']): Promise<ConfigOutcome> {
   const removed = await removedEntries(state);
   if (hold?.(removed.map((r) => r.path))) return holdConfig(o, state, removed);
-  const { primary, skipped } = await scanConfDir(o.cniConfDir);
+  const { primary, skipped, reason } = await chosenConfig(o.cniConfDir, o.cniConfFileName);
   if (!primary) {
-    return { action: 'waiting', reason: `no valid network config in ${o.cniConfDir} yet`, skipped, removed: removed.map((r) => r.path) };
+    return { action: 'waiting', reason: reason ?? `no valid network config in ${o.cniConfDir} yet`, skipped, removed: removed.map((r) => r.path) };
   }
   const hadEntryBefore = state.configs.some((r) => r.entryPresent);
   let path: string;
@@ -280,7 +280,7 @@ export async function checkInstalled(o: InstallOptions): Promise<InstallStatus> 
   binaries.push({ path: paths.shim, inPlace: have !== undefined && want !== undefined && have.equals(want) });
   const digest = await treeDigest(o.enginePath).catch(() => undefined);
   binaries.push({ path: paths.engine, inPlace: digest !== undefined && (await engineInPlace(o.cniBinDir, digest)) });
-  const primary = await findPrimaryConfig(o.cniConfDir);
+  const { primary } = await chosenConfig(o.cniConfDir, o.cniConfFileName);
   const entryInActiveConfig = primary !== undefined && primary.kind === 'conflist' && isChainedLast(primary.parsed);
   const kubeconfig = o.kubeconfig ? { path: o.kubeconfig.outPath, present: await exists(o.kubeconfig.outPath) } : undefined;
   return {

@@ -19,6 +19,11 @@ export interface InstallOptions {
   standaloneConf?: boolean;
   /** with standaloneConf: plugins placed before ours in that conflist (e.g. bridge + host-local for a demo) */
   standalonePlugins?: Array<Record<string, unknown>>;
+  /**
+   * Istio's cniConfFileName: chain into this file of cniConfDir (a name, not a path) instead of the first valid
+   * config; while it is absent or invalid the pass waits and says so. Empty or unset: the runtime's choice.
+   */
+  cniConfFileName?: string;
   /** where the record of what we changed lives (e.g. /var/run/mesh-cni): uninstall reads it */
   stateDir: string;
   /**

@@ -10,7 +10,7 @@ import { install } from './install';
 import { removeIfExists, writeFileAtomic } from './atomic-file';
 import { adviceFor, FightGuard, primaryTypeOf, type FightPolicy, type FightReport, type HoldState } from './fight';
 export { describeHold, type FightReport } from './fight';
-import { findPrimaryConfig } from './primary-config';
+import { chosenConfig } from './primary-config';
 import type { InstallOptions, InstallReport } from './types';
 import { STATE_FILES } from '../defaults';
 
@@ -148,7 +148,7 @@ class InstallLoop {
 
   /** A hold begun in this pass: say so (event, hold file) and try again when it ends. */
   private async startHold(started: HoldState): Promise<void> {
-    const primary = await findPrimaryConfig(this.o.cniConfDir).catch(() => undefined);
+    const primary = (await chosenConfig(this.o.cniConfDir, this.o.cniConfFileName).catch(() => undefined))?.primary;
     const primaryType = primaryTypeOf(primary?.parsed);
     const fight: FightReport = {
       config: primary?.path ?? this.o.cniConfDir,

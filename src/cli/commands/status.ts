@@ -35,6 +35,7 @@ export function builder(y: Argv) {
       ...nodeOptions,
       'cni-bin-dir': installOptions['cni-bin-dir'],
       'cni-conf-dir': installOptions['cni-conf-dir'],
+      'cni-conf-file-name': installOptions['cni-conf-file-name'],
       'health-port': {
         type: 'number',
         // In the agent's pod the DaemonSet sets HEALTH_PORT (from the ConfigMap): `kubectl exec ... mesh-cni status` then reads the agent too.
@@ -56,6 +57,7 @@ export function builder(y: Argv) {
 type Args = NodeArgs & {
   'cni-bin-dir': string;
   'cni-conf-dir': string;
+  'cni-conf-file-name'?: string;
   'health-port'?: number;
   'health-host': string;
   'repair-mode'?: RepairMode;
@@ -166,6 +168,7 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
   const install = {
     cniBinDir: args['cni-bin-dir'],
     cniConfDir: args['cni-conf-dir'],
+    cniConfFileName: args['cni-conf-file-name'] || undefined,
     shimPath: BUNDLED_SHIM,
     enginePath: BUNDLED_ENGINE,
     pluginConfig: pluginEntry(),
