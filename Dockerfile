@@ -22,7 +22,7 @@ RUN npm run build:product \
 # --- runtime: Node and the programs the engine runs in pod network namespaces -------------------------------
 FROM node:20-bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables nftables iproute2 \
+ && apt-get install -y --no-install-recommends iptables nftables iproute2 ipset \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build /app/package.json ./package.json

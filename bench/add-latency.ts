@@ -10,7 +10,10 @@
  *   - the parts of an iptables ADD: the shim's exec and socket round trip (a VERSION through the agent: the
  *     agent answers it without work), the agent's own work by phase (its /metrics histogram, every phase but
  *     apply), its apply (the restore started from the agent), and the same restore started from a small process
- *     and from this large one, with posix_spawn and with libuv's fork (what the engine used before).
+ *     and from this large one, with posix_spawn and with libuv's fork (what the engine used before);
+ *   - an ambient pod's ADD beside a sidecar pod's, both in-process (the engine as the agent runs it; ambient's
+ *     decision needs the API, which this loop has none of): the sidecar's rules, against ambient's rules plus
+ *     the handover to ztunnel (AddWorkload with the netns descriptor, acked by the stand-in ztunnel).
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -26,6 +29,11 @@ import { install, pluginEntry } from '../src/installer';
 import { histogramBuckets, histogramQuantile, INJECTED, meshedNetconf, runShim, scrapeMetrics, startAgentProcess, startSmallSpawner } from './agent';
 import { ENGINE_DIR, exec, freshNetns, median, MINIMAL_PATH, removeNetns, rssKb, SHIM, table, tempDir, writeResult, type Summary } from './lib';
 import { ADD_PHASES } from '../src/cni/phases';
+import { applyRedirect } from '../src/redirect/engine';
+import { ambientConfigFromAnnotations } from '../src/redirect/ambient/config';
+import { applyAmbient } from '../src/redirect/ambient/apply';
+import { ZdsServer } from '../src/agent/zds-server';
+import { ZtunnelStandIn } from '../test/support/ztunnel';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 
@@ -76,6 +84,30 @@ export async function benchAddLatency(): Promise<Summary[]> {
   const installedShim = path.join(binDir, 'mesh-cni');
   const absent = path.join(dir, 'no-agent.sock');
 
+  // ztunnel's side for the ambient ADD: the ZDS server as the agent runs it, the stand-in acking every add.
+  const teardowns: Array<() => void | Promise<void>> = [];
+  const zds = ZdsServer.start({ path: path.join(dir, 'ztunnel', 'ztunnel.sock'), snapshot: () => [] });
+  const ztunnel = await ZtunnelStandIn.connect({ teardown: (fn: () => void | Promise<void>) => teardowns.push(fn) } as never, zds.path);
+  await ztunnel.until(() => ztunnel.snapshot !== undefined, 'the snapshot');
+  const ambientConfig = ambientConfigFromAnnotations({});
+  const sidecarConfig = redirectConfigFromAnnotations(INJECTED);
+  const timed = async (work: () => Promise<unknown>) => {
+    const t = process.hrtime.bigint();
+    await work();
+    return { code: 0, ms: Number(process.hrtime.bigint() - t) / 1e6 };
+  };
+  const ambientAdd = (netns: string) =>
+    timed(async () => {
+      await applyAmbient({ netns, config: ambientConfig, backend: 'iptables', verify: 'when-replacing', families: ['ipv4'] });
+      const fd = fs.openSync(netns, 'r');
+      try {
+        await zds.addWorkload({ uid: `bench-ambient-${++id}`, info: { name: 'bench', namespace: 'bench', serviceAccount: 'default' }, netnsFd: fd });
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
+  const sidecarAdd = (netns: string) => timed(() => applyRedirect({ netns, config: sidecarConfig, backend: 'iptables', verify: 'when-replacing', families: ['ipv4'] }));
+
   const spawner = startSmallSpawner();
   const forkingSpawner = startSmallSpawner('fork');
   const series: Series = {};
@@ -119,6 +151,8 @@ export async function benchAddLatency(): Promise<Summary[]> {
     for (const backend of ['iptables', 'nftables', 'auto']) await once(`warmup-${backend}`, add(backend));
     await once('warmup-small', (netns) => spawner.run(netns, 'iptables-restore', ['--noflush'], restoreText));
     await once('warmup-small-fork', (netns) => forkingSpawner.run(netns, 'iptables-restore', ['--noflush'], restoreText));
+    await once('warmup-ambient', ambientAdd);
+    await once('warmup-sidecar', sidecarAdd);
     metricsBefore = await scrapeMetrics(agent);
     for (let i = 0; i < RUNS; i++) {
       await once('floor iptables-restore', async (netns) => {
@@ -149,6 +183,8 @@ export async function benchAddLatency(): Promise<Summary[]> {
         });
       }
       await once('ADD auto (agent)', add('auto'));
+      await once('sidecar ADD in-process (rules)', sidecarAdd);
+      await once('ambient ADD in-process (rules + ztunnel ack)', ambientAdd);
       await once('node -e 0', async () => exec(process.execPath, ['-e', '0'], { cwd: '/', env: { PATH: MINIMAL_PATH } }));
       await once('standalone VERSION', async () =>
         exec(installedShim, [], { cwd: '/', input: '{"cniVersion":"1.0.0"}', env: { PATH: MINIMAL_PATH, CNI_COMMAND: 'VERSION', MESH_CNI_AGENT_SOCKET: absent } }),
@@ -161,6 +197,8 @@ export async function benchAddLatency(): Promise<Summary[]> {
     viaCounts = countVia(path.join(dir, 'mesh-cni.log'), agentIds);
     rss = { agent: rssKb(agent.pid), small: rssKb(spawner.pid), bench: rssKb(process.pid) };
   } finally {
+    for (const fn of teardowns) await fn();
+    zds.close();
     spawner.stop();
     forkingSpawner.stop();
     await agent.stop();
@@ -182,6 +220,7 @@ export async function benchAddLatency(): Promise<Summary[]> {
     'add-auto-vs-floor-iptables': m('ADD auto (agent)') / m('floor iptables-restore'),
     'standalone-version-vs-node': m('standalone VERSION') / m('node -e 0'),
     'standalone-add-vs-node': m('standalone ADD iptables') / m('node -e 0'),
+    'add-ambient-vs-sidecar': m('ambient ADD in-process (rules + ztunnel ack)') / m('sidecar ADD in-process (rules)'),
   };
   console.log(table(['ratio', 'value'], Object.entries(ratios)));
 
@@ -218,5 +257,13 @@ export async function benchAddLatency(): Promise<Summary[]> {
     { name: 'agent-work-per-add', value: agentWork * 1000, unit: 'us', target: 500, atMost: true, note: 'median phases of an iptables ADD but apply, summed' },
     { name: 'standalone-version-vs-node', value: ratios['standalone-version-vs-node'], unit: 'x', target: 1.6, atMost: true },
     { name: 'standalone-add-vs-node', value: ratios['standalone-add-vs-node'], unit: 'x', target: 2.0, atMost: true },
+    {
+      name: 'add-ambient-vs-sidecar',
+      value: ratios['add-ambient-vs-sidecar'],
+      unit: 'x',
+      target: 1.5,
+      atMost: true,
+      note: `in-process iptables medians: ambient ${m('ambient ADD in-process (rules + ztunnel ack)').toFixed(1)} ms (its rules and the ztunnel ack), sidecar ${m('sidecar ADD in-process (rules)').toFixed(1)} ms`,
+    },
   ];
 }

@@ -12,10 +12,11 @@ import { benchMemory } from './memory';
 import { benchReinsertion } from './reinsertion';
 import { benchRepairScan } from './repair-scan';
 import { benchRuleCount } from './rule-count';
+import { benchZds } from './zds';
 import { bounded, removeAllNetns, summaryLine, sweepDeadNetns, type Summary } from './lib';
 
 const BENCHMARKS: Record<string, { run: () => Promise<Summary[]>; limitMs: number; summaries: string[] }> = {
-  add: { run: benchAddLatency, limitMs: 10 * 60_000, summaries: ['add-vs-floor-iptables', 'add-vs-floor-nftables', 'add-auto-vs-floor-iptables', 'agent-work-per-add', 'standalone-version-vs-node', 'standalone-add-vs-node'] },
+  add: { run: benchAddLatency, limitMs: 10 * 60_000, summaries: ['add-vs-floor-iptables', 'add-vs-floor-nftables', 'add-auto-vs-floor-iptables', 'agent-work-per-add', 'standalone-version-vs-node', 'standalone-add-vs-node', 'add-ambient-vs-sidecar'] },
   burst: { run: benchBurst, limitMs: 5 * 60_000, summaries: ['burst-p99'] },
   cri: { run: benchCri, limitMs: 10 * 60_000, summaries: ['cri-run-pod-sandbox-iptables', 'cri-run-pod-sandbox-nftables'] },
   repair: { run: benchRepairScan, limitMs: 10 * 60_000, summaries: ['repair-scan-iptables', 'repair-scan-cold-iptables', 'repair-scan-nftables', 'repair-scan-cold-nftables'] },
@@ -23,6 +24,7 @@ const BENCHMARKS: Record<string, { run: () => Promise<Summary[]>; limitMs: numbe
   'api-load': { run: benchApiLoad, limitMs: 10 * 60_000, summaries: ['api-per-pod-gets'] },
   rules: { run: benchRuleCount, limitMs: 5 * 60_000, summaries: ['nft-rules-growth'] },
   reinsertion: { run: benchReinsertion, limitMs: 5 * 60_000, summaries: ['reinsertion-p50', 'reinsertion-p99'] },
+  zds: { run: benchZds, limitMs: 2 * 60_000, summaries: ['zds-round-trip-uv-poll', 'zds-round-trip-timer'] },
 };
 
 async function main(): Promise<void> {

@@ -31,7 +31,7 @@ STAMP_CONTENT="mesh-cni node deps v2"
 KUBE_COMPONENTS=(kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy)
 PACKAGES=(
   containerd runc busybox-static golang-go etcd-server make rsync dpkg-dev
-  socat conntrack iptables nftables iproute2 util-linux python3 openssl
+  socat conntrack iptables nftables iproute2 ipset util-linux python3 openssl
   containernetworking-plugins build-essential ca-certificates xz-utils kubernetes-client
   buildah debootstrap fuse-overlayfs
 )

@@ -359,3 +359,34 @@ export class UncopyableError extends MeshCniError {
   override readonly code = 'REPLAY_UNCOPYABLE';
   override readonly cniCode = CniCode.Internal;
 }
+
+/** A UNIX socket of ours (ztunnel's SEQPACKET socket) was closed by its peer, or here. */
+export class SocketClosedError extends MeshCniError {
+  override readonly code = 'SOCKET_CLOSED';
+  override readonly cniCode = CniCode.TryAgainLater;
+}
+
+/** Nothing arrived on a socket of ours within the time allowed. */
+export class SocketTimeoutError extends MeshCniError {
+  override readonly code = 'SOCKET_TIMEOUT';
+  override readonly cniCode = CniCode.TryAgainLater;
+}
+
+/** A ZDS record (ztunnel's socket) that is not the message it should be. */
+export class ZdsProtocolError extends MeshCniError {
+  override readonly code = 'ZDS_PROTOCOL';
+  override readonly cniCode = CniCode.TryAgainLater;
+}
+
+/**
+ * An ambient pod could not be handed to ztunnel: none is connected to the ZDS socket, it did not ack in time,
+ * or it acked with an error. The ADD fails with 11 (its rules taken out again) and the runtime retries, as
+ * Istio's plugin fails the ADD when its node agent cannot reach ztunnel.
+ */
+export class ZtunnelUnavailableError extends MeshCniError {
+  override readonly code = 'ZTUNNEL_UNAVAILABLE';
+  override readonly cniCode = CniCode.TryAgainLater;
+  constructor(message: string, cause?: unknown) {
+    super(message, { cause, hint: 'ztunnel (Istio ambient, a DaemonSet) must run on this node and connect to the agent\'s ZDS socket; the runtime retries the pod' });
+  }
+}

@@ -7,7 +7,7 @@ import http from 'node:http';
 import type net from 'node:net';
 import { AttachmentStore, flushAttachmentWrites } from '../state/attachments';
 import { runCni, type CniDeps } from '../cni/dispatch';
-import { pluginDeps, type EngineApi } from '../standalone/wiring';
+import { pluginDeps, type EngineApi, type PluginOptions } from '../standalone/wiring';
 import type { RequestLogLine } from '../cni/log';
 import type { AddPhase, PhaseSeconds } from '../cni/phases';
 import { serveCni, type CniServer } from './shim-socket';
@@ -21,6 +21,8 @@ import { describeHold, type FightPolicy, type FightReport } from '../installer/f
 import { Reconciler, type RepairMode } from '../repair/reconciler';
 import type { BackendName } from '../redirect/engine';
 import type { StopDecider, StopDecision } from './stop-decision';
+import type { AmbientAgentOptions, AmbientController } from './ambient';
+import type { NamespaceCache } from '../kube/namespace-cache';
 
 import { DEFAULT_AGENT_SOCKET, DEFAULT_HEALTH_PORT } from '../defaults';
 export { DEFAULT_HEALTH_PORT };
@@ -71,10 +73,16 @@ export interface AgentOptions {
     criSocket?: string;
   };
   log?: (line: Record<string, unknown>) => void;
+  /**
+   * Ambient: Istio's in-pod rules for ambient pods and ztunnel's ZDS socket (src/agent/ambient.ts); needs
+   * Kubernetes. The backend is the one the agent programs pods with.
+   */
+  ambient?: Omit<AmbientAgentOptions, 'backend' | 'excludeNamespaces' | 'procRoot'> & { backend?: BackendName; criSocket?: string; procRoot?: string };
 }
 
 export interface Agent {
   metrics: AgentMetrics;
+  ambient?: AmbientController;
   reconciler?: Reconciler;
   attachments: AttachmentStore;
   podCache?: NodePodCache;
@@ -194,15 +202,13 @@ async function recordBuildInfo(metrics: AgentMetrics, options: AgentOptions): Pr
   );
 }
 
-/** The watch cache of this node's pods; `onPodEvent` hears every pod that was added or changed. */
-async function startPodCache(options: AgentOptions, log: Log, metrics: AgentMetrics, onPodEvent: (pod: V1Pod) => void): Promise<NodePodCache | undefined> {
+/** The watch cache of this node's pods; `onPodEvent` hears every pod that was added, changed or deleted. */
+async function startPodCache(options: AgentOptions, log: Log, metrics: AgentMetrics, onPodEvent: (pod: V1Pod, deleted: boolean) => void): Promise<NodePodCache | undefined> {
   if (!options.kubernetes) return undefined;
   const { NodePodCache } = await import('../kube/pod-cache');
   return NodePodCache.start({
     ...options.kubernetes,
-    onEvent: (event, pod) => {
-      if (event !== 'delete') onPodEvent(pod);
-    },
+    onEvent: (event, pod) => onPodEvent(pod, event === 'delete'),
     onError: (err) => log({ level: 'warn', msg: 'pod watch failed; restarting with backoff', error: String(err) }),
     onBadPod: (err, pod) => {
       metrics.badPods.inc();
@@ -343,12 +349,17 @@ interface Parts {
   stopDecision: () => Promise<StopDecision>;
   stopUntaint: () => void;
   health?: http.Server;
+  ambient?: AmbientController;
+  namespaces?: NamespaceCache;
+  /** why ambient is not served yet (undefined once it is, or when it is off) */
+  ambientPending?: string;
 }
 
 function notReadyReasons(p: Parts): string[] {
   const reasons: string[] = [];
   if (!p.cniServer) reasons.push('the CNI socket is not being served');
   if (p.podCache && !p.podCache.synced()) reasons.push('the pod cache has not synced with the API server yet');
+  if (p.ambientPending) reasons.push(p.ambientPending);
   const held = p.watcher?.held();
   if (held) reasons.push(describeHold(held));
   else if (p.watcher && !p.watcher.ready()) {
@@ -380,6 +391,9 @@ async function stopParts(p: Parts): Promise<void> {
   const decision = install ? await p.stopDecision().catch((err: unknown) => ({ uninstall: false, reason: `deciding failed (${String(err)}): the plugin stays` })) : undefined;
   p.repair.stop();
   await p.watcher?.close();
+  // Ambient pods keep their rules; the node's probe rules go only with an uninstall.
+  await p.ambient?.stop(decision?.uninstall === true).catch((err: unknown) => p.log({ level: 'warn', msg: 'ambient: stopping failed', error: String(err) }));
+  p.namespaces?.stop();
   if (install && decision) await carryOut(decision, install, p.log);
   const health = p.health;
   await Promise.all([p.cniServer?.close(), p.podCache?.stop(), health ? new Promise((r) => health.close(r)) : undefined]);
@@ -391,6 +405,9 @@ async function stopParts(p: Parts): Promise<void> {
 function agentOf(p: Parts): Agent {
   return {
     metrics: p.metrics,
+    get ambient() {
+      return p.ambient;
+    },
     reconciler: p.repair.reconciler,
     attachments: p.attachments,
     podCache: p.podCache,
@@ -408,17 +425,45 @@ async function untaint(options: AgentOptions, podCache: NodePodCache | undefined
   return untaintWhenReady({ kubeConfig: podCache.kubeConfig, nodeName: options.kubernetes.nodeName, ready, log });
 }
 
+async function startAmbient(options: AgentOptions, parts: Parts, podCache: NodePodCache, attachments: AttachmentStore, metrics: AgentMetrics, log: Log): Promise<AmbientController> {
+  const a = options.ambient!;
+  while (!podCache.synced() || !parts.namespaces!.synced()) await new Promise((r) => setTimeout(r, 100));
+  const [{ AmbientController }, { nodeNetnsChain }, { annotateRedirection }] = await Promise.all([import('./ambient'), import('../repair/netns-chain'), import('../kube/actions')]);
+  return AmbientController.start(
+    {
+      ...a,
+      backend: a.backend ?? options.repair?.backend ?? 'auto',
+      excludeNamespaces: options.repair?.excludeNamespaces ?? ['kube-system'],
+      procRoot: a.procRoot ?? options.repair?.procRoot,
+    },
+    {
+      pods: () => podCache.pods(),
+      pod: (namespace, name) => podCache.get(namespace, name),
+      namespaceLabels: (name) => parts.namespaces!.labels(name),
+      locator: nodeNetnsChain({ attachments, procRoot: a.procRoot ?? options.repair?.procRoot, criSocket: a.criSocket ?? options.repair?.criSocket }),
+      attachments,
+      metrics,
+      log,
+      annotate: await annotateRedirection(() => podCache.kubeConfig),
+    },
+  );
+}
+
 export async function startAgent(options: AgentOptions): Promise<Agent> {
   const log = options.log ?? defaultLog;
   const metrics = new AgentMetrics();
   await recordBuildInfo(metrics, options);
   const socketPath = options.socketPath ?? DEFAULT_AGENT_SOCKET;
   let onPodEvent: ((pod: V1Pod) => void) | undefined;
-  const podCache = await startPodCache(options, log, metrics, (pod) => onPodEvent?.(pod));
+  let onAmbientPod: ((pod: V1Pod, deleted: boolean) => void) | undefined;
+  const podCache = await startPodCache(options, log, metrics, (pod, deleted) => {
+    if (!deleted) onPodEvent?.(pod);
+    onAmbientPod?.(pod, deleted);
+  });
   const attachments = new AttachmentStore(options.stateDir);
   // Requests record attachments where their netconf's state_dir says; the installer writes ours to match.
   // Attachment records are written after the answer, as the log line is (src/state/attachments.ts).
-  const deps = pluginDeps({
+  const plugin: PluginOptions = {
     engine: await warmEngine(options, log),
     podCache,
     recordInBackground: true,
@@ -426,11 +471,36 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     // and after the ADD's attachment record has started writing, which adds its time to the record phase: both
     // are set for the turn after the answer, the record first.
     onRequest: (line, phases) => setImmediate(() => recordRequest(metrics, line, phases)),
-  });
+  };
+  const deps = pluginDeps(plugin);
   const parts: Parts = { options, log, metrics, attachments, socketPath, podCache, repair: { stop: () => undefined }, stopDecision: async () => ({ uninstall: false, reason: '' }), stopUntaint: () => undefined };
   parts.cniServer = await serveShim(socketPath, deps, options, metrics, log);
   if (options.install) parts.watcher = await keepInstalled(options, options.install, podCache, metrics, log);
   parts.stopDecision = await stopDecider(options, podCache, log);
+  if (options.ambient && options.kubernetes && podCache) {
+    parts.ambientPending = 'ambient: the namespace watch has not synced and ztunnel\'s socket is not served yet';
+    const { NamespaceCache } = await import('../kube/namespace-cache');
+    parts.namespaces = await NamespaceCache.start({
+      kubeconfigPath: options.kubernetes.kubeconfigPath,
+      onChange: (name) => parts.ambient?.reconcileNamespace(name),
+      onError: (err) => log({ level: 'warn', msg: 'namespace watch failed; restarting with backoff', error: String(err) }),
+    });
+    podCache.useNamespaces(parts.namespaces);
+    // Started once both watches are synced (the snapshot must hold every ambient pod); until then an ambient
+    // pod's ADD is answered 11 and the runtime retries.
+    void startAmbient(options, parts, podCache, attachments, metrics, log).then(
+      (controller) => {
+        parts.ambient = controller;
+        plugin.ambient = controller;
+        parts.ambientPending = undefined;
+        onAmbientPod = (pod, deleted) => void controller.reconcile(pod, deleted);
+      },
+      (err: unknown) => {
+        parts.ambientPending = `ambient could not start: ${(err as Error).message}`;
+        log({ level: 'error', msg: 'ambient could not start', error: String(err) });
+      },
+    );
+  }
   parts.repair = await startRepair(options, podCache, attachments, metrics, log, (handler) => (onPodEvent = handler));
   const agent = agentOf(parts);
   parts.stopUntaint = await untaint(options, podCache, () => agent.notReadyReasons().length === 0, log);

@@ -39,6 +39,19 @@ export class AgentMetrics {
     help: "Pods on this node in the agent's watch cache",
     registers: [this.registry],
   });
+  /** ZDS, ztunnel's socket (src/agent/zds-server.ts). */
+  readonly ztunnelConnected = new Gauge({
+    name: 'mesh_cni_ztunnel_connected',
+    help: "ztunnel connections to the agent's ZDS socket (normally 1; 2 while a ztunnel is replaced)",
+    registers: [this.registry],
+  });
+  readonly zdsSent = this.counter('mesh_cni_zds_workloads_sent_total', 'ZDS requests sent to ztunnel and acked, by kind (add, del, keep, snapshot-sent) and whether they were part of a snapshot', ['kind', 'snapshot'] as const);
+  readonly zdsAcksFailed = this.counter('mesh_cni_zds_acks_failed_total', 'ZDS requests ztunnel did not ack: no answer in time, an ack carrying an error, or the connection lost', ['reason'] as const);
+  readonly ambientPods = new Gauge({
+    name: 'mesh_cni_ambient_pods',
+    help: 'Ambient pods on this node whose rules are in place and whose netns the agent holds for ztunnel',
+    registers: [this.registry],
+  });
   readonly peerRejections = this.counter('mesh_cni_socket_rejections_total', 'Connections to the agent socket refused (non-root peer, malformed or oversized frame)', ['reason'] as const);
 
   /** Constant 1; the labels say what the agent runs (for `mesh-cni status` and dashboards). */

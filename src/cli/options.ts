@@ -17,6 +17,10 @@ import { BACKEND_NAMES, DEFAULT_AGENT_SOCKET, type BackendName } from '../defaul
 import { REPAIR_MODES, type RepairMode } from '../repair/reconciler';
 import { DEFAULT_CRI_SOCKET } from '../repair/cri';
 import { checkPodRef } from './pod-ref';
+import { DEFAULT_AMBIENT_NODE, DEFAULT_HOST_PROBE_SNAT_IPV4, DEFAULT_HOST_PROBE_SNAT_IPV6, type AmbientNodeSettings } from '../redirect/ambient/config';
+import * as net from 'node:net';
+import { DEFAULT_ENABLEMENT_SELECTORS, parseEnablementSelectors } from '../mesh/enablement';
+import type { AmbientSettings } from '../mesh/decision';
 
 export const configOptions = {
   annotation: {
@@ -32,9 +36,85 @@ export const configOptions = {
   'invalid-drop': { type: 'boolean', default: false, describe: "drop conntrack-INVALID packets (Istio's INVALID_DROP)" },
 } satisfies Record<string, Options>;
 
+/**
+ * The node-wide ambient settings, Istio's names beside ours: `plan --dataplane ambient` takes the probe
+ * addresses, the agent all four (the chart's ambient.dnsCapture and ambient.ipv6 set the first two).
+ */
+export const hostProbeOptions = {
+  'host-probe-snat-ip': { type: 'string', coerce: once('host-probe-snat-ip'), default: process.env.HOST_PROBE_SNAT_IP || DEFAULT_HOST_PROBE_SNAT_IPV4, describe: "where the node SNATs kubelet's probes to ambient pods (Istio's HOST_PROBE_SNAT_IP)" },
+  'host-probe-snat-ipv6': { type: 'string', coerce: once('host-probe-snat-ipv6'), default: process.env.HOST_PROBE_SNAT_IPV6 || DEFAULT_HOST_PROBE_SNAT_IPV6, describe: "the same for IPv6 (Istio's HOST_PROBE_SNAT_IPV6)" },
+} satisfies Record<string, Options>;
+
+export interface HostProbeArgs {
+  'host-probe-snat-ip': string;
+  'host-probe-snat-ipv6': string;
+}
+
+/** Checks the probe addresses are addresses of their family (they go into rules as they are). */
+export function checkHostProbe(args: { 'host-probe-snat-ip'?: unknown; 'host-probe-snat-ipv6'?: unknown }): true | string {
+  const v4 = String(args['host-probe-snat-ip'] ?? DEFAULT_HOST_PROBE_SNAT_IPV4);
+  const v6 = String(args['host-probe-snat-ipv6'] ?? DEFAULT_HOST_PROBE_SNAT_IPV6);
+  if (net.isIPv4(v4) !== true) return `--host-probe-snat-ip ${JSON.stringify(v4)} is not an IPv4 address`;
+  if (net.isIPv6(v6) !== true) return `--host-probe-snat-ipv6 ${JSON.stringify(v6)} is not an IPv6 address`;
+  return true;
+}
+
+export function ambientNodeFromArgs(args: HostProbeArgs & { 'dns-capture'?: boolean; ipv6?: boolean }): AmbientNodeSettings {
+  return {
+    dnsCapture: args['dns-capture'] ?? DEFAULT_AMBIENT_NODE.dnsCapture,
+    ipv6: args.ipv6 ?? DEFAULT_AMBIENT_NODE.ipv6,
+    hostProbeSnatIpv4: args['host-probe-snat-ip'],
+    hostProbeSnatIpv6: args['host-probe-snat-ipv6'],
+  };
+}
+
+const envBool = (name: string, fallback: boolean) => {
+  const v = process.env[name];
+  return v === undefined || v === '' ? fallback : v === 'true';
+};
+
+/**
+ * Ambient mode as the agent runs it, for the agent and for the commands that decide as it does (`explain`,
+ * `pods`). Each defaults to the environment variable the DaemonSet sets from the ConfigMap (Istio's names),
+ * so `kubectl exec ds/mesh-cni -- mesh-cni explain` decides with the agent's settings.
+ */
+export const ambientOptions = {
+  ambient: { type: 'boolean', default: envBool('AMBIENT_ENABLED', false), describe: "serve ambient pods: Istio's in-pod rules and ztunnel's ZDS socket (AMBIENT_ENABLED; the chart's ambient.enabled)" },
+  'ambient-enablement-selectors': {
+    type: 'string',
+    coerce: once('ambient-enablement-selectors'),
+    default: process.env.AMBIENT_ENABLEMENT_SELECTOR || undefined,
+    describe: "which pods are ambient: a YAML list of {podSelector, namespaceSelector} (AMBIENT_ENABLEMENT_SELECTOR; default Istio's: pod label istio.io/dataplane-mode=ambient, or the namespace's unless the pod says none)",
+  },
+  'ambient-dns-capture': { type: 'boolean', default: envBool('AMBIENT_DNS_CAPTURE', true), describe: 'ambient pods send DNS to ztunnel on 15053 (AMBIENT_DNS_CAPTURE; a pod may say otherwise with ambient.istio.io/dns-capture)' },
+  'ambient-ipv6': { type: 'boolean', default: envBool('AMBIENT_IPV6', true), describe: "program ambient pods' IPv6 rules too, where their netns has IPv6 (AMBIENT_IPV6)" },
+  'istio-system-namespace': { type: 'string', coerce: once('istio-system-namespace'), default: process.env.SYSTEM_NAMESPACE || 'istio-system', describe: "Istio's namespace: its app=ztunnel pods are never captured (SYSTEM_NAMESPACE)" },
+  ...hostProbeOptions,
+} satisfies Record<string, Options>;
+
+export interface AmbientArgs extends HostProbeArgs {
+  ambient: boolean;
+  'ambient-enablement-selectors'?: string;
+  'ambient-dns-capture': boolean;
+  'ambient-ipv6': boolean;
+  'istio-system-namespace': string;
+}
+
+/** The decision's ambient options from the flags; undefined when ambient is off. */
+export function ambientFromArgs(args: AmbientArgs): AmbientSettings | undefined {
+  if (!args.ambient) return undefined;
+  const selectors = args['ambient-enablement-selectors'] ? parseEnablementSelectors(args['ambient-enablement-selectors']) : DEFAULT_ENABLEMENT_SELECTORS;
+  return {
+    enabled: true,
+    selectors,
+    systemNamespace: args['istio-system-namespace'],
+    node: ambientNodeFromArgs({ ...args, 'dns-capture': args['ambient-dns-capture'], ipv6: args['ambient-ipv6'] }),
+  };
+}
+
 export const backendOption = {
   backend: { choices: BACKEND_NAMES, default: 'auto' as BackendName, describe: 'how rules are programmed (auto: what this node already uses)' },
-  'host-netns': { type: 'string', describe: "where --backend auto looks for the node's rules (default: this process's netns)" },
+  'host-netns': { type: 'string', describe: "the node's own netns: where --backend auto looks for the node's rules, and where ambient's kubelet-probe rules go (default: this process's netns)" },
 } satisfies Record<string, Options>;
 
 export const netnsOption = {
@@ -195,6 +275,8 @@ export interface InstallArgs {
   socket?: string;
   /** write a kubeconfig from the service account (in a cluster) */
   kubernetes?: boolean;
+  /** ambient on: our entry says so (and carries the selectors) */
+  ambient?: AmbientSettings;
 }
 
 /** The exchange the installer swaps the primary's conflist with; koffi loads only when an install writes. */
@@ -218,6 +300,7 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
       kubeconfig: inCluster ? path.join(args['host-cni-conf-dir'], KUBECONFIG_NAME) : undefined,
       excludeNamespaces: excludedNamespaces(args),
       stateDir: args['state-dir'] === DEFAULT_STATE_DIR ? undefined : args['state-dir'],
+      ...(args.ambient ? { ambient: { enablementSelectors: args.ambient.selectors as unknown[], systemNamespace: args.ambient.systemNamespace } } : {}),
     }),
     kubeconfig: inCluster ? serviceAccountKubeconfig(env, args['cni-conf-dir']) : undefined,
     standaloneConf: args['standalone-conf'],

@@ -15,5 +15,8 @@ export function podConfig(pod: V1Pod, excludeNamespaces: readonly string[]): Red
       hint: `mesh-cni explain ${id} shows why; to program it anyway pass --netns with -a annotations`,
     });
   }
+  if (decision.dataplane === 'ambient') {
+    throw new MeshCniError(`pod ${id} is ambient: its traffic goes to the node's ztunnel, not a sidecar`, { hint: `mesh-cni plan --dataplane ambient --pod ${id} shows its rules` });
+  }
   return redirectConfigFromAnnotations(decision.annotations, decision.proxy);
 }

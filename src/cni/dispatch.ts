@@ -34,11 +34,19 @@ export interface Decided<P extends Meshed> {
 /** The redirect engine as a CNI command uses it. */
 export interface RedirectEngine<P extends Meshed> {
   /** Programs a meshed pod's netns (one transaction per family, nothing of ours left on failure). */
-  apply(o: { netns: string; pod: P; backend: BackendName; keepDetectionIn?: string; signal?: AbortSignal; laps?: PhaseClock }): Promise<{ backend: string; rules: number; via?: string }>;
-  /** Removes every rule of ours; a netns that is gone throws NetnsNotFoundError. */
-  remove(o: { netns: string; backend: BackendName; keepDetectionIn?: string; signal?: AbortSignal }): Promise<{ removed: number }>;
+  apply(o: { netns: string; pod: P; k8s: KubernetesArgs; ips: string[]; backend: BackendName; keepDetectionIn?: string; signal?: AbortSignal; laps?: PhaseClock }): Promise<AppliedReport>;
+  /** Removes every rule of ours (and lets go of the pod where something else held it); a netns that is gone throws NetnsNotFoundError. */
+  remove(o: { netns: string; k8s?: KubernetesArgs; backend: BackendName; keepDetectionIn?: string; signal?: AbortSignal }): Promise<{ removed: number }>;
   /** Whether the netns holds exactly the pod's rules. */
   check(o: { netns: string; pod: P; backend: BackendName; keepDetectionIn?: string }): Promise<{ ok: boolean; problems: string[]; observedRules?: number }>;
+}
+
+export interface AppliedReport {
+  backend: string;
+  rules: number;
+  via?: string;
+  /** set for a pod whose traffic goes to the node's ztunnel */
+  dataplane?: 'ambient';
 }
 
 /** What ADD recorded per attachment, for the reconciler; DEL and GC prune it (src/state/attachments.ts). */
@@ -57,6 +65,7 @@ export interface AttachmentFacts {
   pod: { namespace: string; name: string; uid?: string };
   backend: string;
   rules: number;
+  dataplane?: 'ambient';
 }
 
 /** What CNI_NETNS names: a pod's netns, nothing, something else, or the plugin's own netns. */
@@ -90,7 +99,7 @@ export interface CniDeps<P extends Meshed = Meshed> {
 }
 
 /** What a command found, as a value: the answer's stdout and what the request log line says of it. */
-type Outcome = Pick<RequestLogLine, 'decision' | 'reason' | 'source' | 'backend' | 'via' | 'rules'> & { stdout: string; notes?: readonly string[] };
+type Outcome = Pick<RequestLogLine, 'decision' | 'reason' | 'source' | 'backend' | 'via' | 'rules' | 'dataplane'> & { stdout: string; notes?: readonly string[] };
 
 type Handler = (req: NetworkRequest, deps: CniDeps, signal?: AbortSignal, clock?: PhaseClock) => Promise<Outcome>;
 
@@ -116,6 +125,12 @@ function podName(req: NetworkRequest): string | undefined {
   return req.kubernetes ? `${req.kubernetes.podNamespace}/${req.kubernetes.podName}` : undefined;
 }
 
+/** The pod's addresses from the previous plugin's result (`10.0.0.5/24` → `10.0.0.5`): ADD knows them before the API does. */
+function addressesOf(req: NetworkRequest): string[] {
+  const ips = (req.prevResult?.result as { ips?: Array<{ address?: unknown }> } | undefined)?.ips ?? [];
+  return ips.map((ip) => (typeof ip.address === 'string' ? ip.address.split('/')[0]! : '')).filter(Boolean);
+}
+
 function isPodRequest(req: NetworkRequest): req is PodRequest {
   return req.kubernetes !== undefined;
 }
@@ -134,15 +149,15 @@ async function cmdAdd(req: NetworkRequest, deps: CniDeps, signal?: AbortSignal, 
   // The agent's engine is loaded already: no await (a turn of promise jobs) on an ADD's path for it.
   const loaded = deps.engine();
   const engine = isPromise(loaded) ? await loaded : loaded;
-  const report = await engine.apply({ netns: req.netns, pod: decision, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), signal, laps: clock });
+  const report = await engine.apply({ netns: req.netns, pod: decision, k8s: req.kubernetes, ips: addressesOf(req), backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), signal, laps: clock });
   // The rules are in place: from here nothing may fail the ADD (the record is a shortcut, never a condition).
   const recorded = recordAttachment(req, report, deps, clock);
   clock?.lap('record');
-  return { stdout, decision: 'meshed', source, backend: report.backend, rules: report.rules, ...(report.via ? { via: report.via } : {}), notes: recorded ? [...notes, recorded] : notes };
+  return { stdout, decision: 'meshed', source, backend: report.backend, rules: report.rules, ...(report.via ? { via: report.via } : {}), ...(report.dataplane ? { dataplane: report.dataplane } : {}), notes: recorded ? [...notes, recorded] : notes };
 }
 
 /** Records what ADD programmed; a note when the record could not be written (the reconciler finds the netns another way). */
-function recordAttachment(req: PodRequest, report: { backend: string; rules: number }, deps: CniDeps, clock?: PhaseClock): string | undefined {
+function recordAttachment(req: PodRequest, report: AppliedReport, deps: CniDeps, clock?: PhaseClock): string | undefined {
   const k8s = req.kubernetes;
   try {
     const programmedAt = Date.now();
@@ -153,6 +168,7 @@ function recordAttachment(req: PodRequest, report: { backend: string; rules: num
       pod: { namespace: k8s.podNamespace, name: k8s.podName, uid: k8s.podUid },
       backend: report.backend,
       rules: report.rules,
+      ...(report.dataplane ? { dataplane: report.dataplane } : {}),
     };
     const store = deps.attachments(req.netconf.stateDir);
     if (!deps.recordInBackground) return store.record({ ...record, programmedAt: new Date(programmedAt).toISOString() });
@@ -183,7 +199,7 @@ async function cmdDel(req: NetworkRequest, deps: CniDeps, signal?: AbortSignal):
   if (kind !== 'netns') return { stdout: '', decision: 'nothing-to-remove', reason: `netns-${kind}` };
   const engine = await deps.engine();
   try {
-    const { removed } = await engine.remove({ netns: req.netns, backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), signal });
+    const { removed } = await engine.remove({ netns: req.netns, ...(req.kubernetes ? { k8s: req.kubernetes } : {}), backend: req.netconf.backend, keepDetectionIn: keptDetectionDir(req, deps), signal });
     return { stdout: '', decision: 'removed', rules: removed };
   } catch (err) {
     if (!(err instanceof NetnsNotFoundError || err instanceof OwnNetnsError)) throw err;

@@ -30,6 +30,8 @@ export interface RequestLogLine {
   netns?: string;
   /** 'meshed', 'skipped', 'removed', 'checked', ... */
   decision?: string;
+  /** `ambient` when the pod was meshed for ztunnel (absent: a sidecar pod) */
+  dataplane?: 'ambient';
   reason?: string;
   source?: string;
   backend?: string;

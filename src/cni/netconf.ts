@@ -7,6 +7,23 @@ import { BACKEND_NAMES, DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX, DEFAU
 import { CniCode, CniError } from '../errors';
 import type { SupportedVersion } from './version';
 
+/**
+ * Ambient, as the agent that installed our entry runs it (Istio's plugin config carries the same:
+ * ambient_enabled, enablement_selectors). The standalone engine needs it to know a pod is ambient, and then
+ * refuses it: only the agent can hand a pod to ztunnel.
+ */
+export interface NetconfAmbient {
+  enabled: boolean;
+  /**
+   * Istio's enablement selectors as written (absent: Istio's default); Kubernetes label selectors, which the
+   * pod lookup compiles and checks (src/kube/pod-lookup.ts), refusing bad ones with code 7 before any rule
+   */
+  selectors?: readonly unknown[];
+  systemNamespace: string;
+}
+
+export const DEFAULT_ISTIO_SYSTEM_NAMESPACE = 'istio-system';
+
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
@@ -31,7 +48,8 @@ const STANDARD_KEYS = new Set([
   'prevResult',
   'cni.dev/valid-attachments',
 ]);
-const OUR_KEYS = new Set(['log_level', 'log_file', 'kubernetes', 'backend', 'state_dir']);
+const OUR_KEYS = new Set(['log_level', 'log_file', 'kubernetes', 'backend', 'state_dir', 'ambient']);
+const OUR_AMBIENT_KEYS = new Set(['enabled', 'enablement_selectors', 'system_namespace']);
 /**
  * Keys older mesh-cni installers wrote that nothing reads any more: accepted (a conflist already on a node
  * must not start failing ADDs) and ignored, with a note in the request log.
@@ -64,6 +82,8 @@ export interface MeshNetConf {
   stateDir: string;
   /** the pod's annotations, when the runtime passed them (capability io.kubernetes.cri.pod-annotations) */
   runtimeAnnotations?: Record<string, string>;
+  /** ambient mode (absent: off) */
+  ambient?: NetconfAmbient;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -157,6 +177,19 @@ function parseKubernetes(value: unknown): KubernetesFields {
   return { kubeconfig, excludeNamespaces, agentPod: { namespace: agentNamespace, podNamePrefix: prefix } };
 }
 
+function parseAmbient(value: unknown): NetconfAmbient {
+  if (!isObject(value)) throw invalid('ambient', value, 'must be an object');
+  for (const key of Object.keys(value)) {
+    if (!OUR_AMBIENT_KEYS.has(key)) throw unsupported(`ambient.${key}`, value[key], [...OUR_AMBIENT_KEYS].map((k) => `ambient.${k}`));
+  }
+  if (value.enabled !== undefined && typeof value.enabled !== 'boolean') throw invalid('ambient.enabled', value.enabled, 'must be true or false');
+  const ns = value.system_namespace ?? DEFAULT_ISTIO_SYSTEM_NAMESPACE;
+  if (typeof ns !== 'string' || !NAMESPACE_NAME.test(ns)) throw invalid('ambient.system_namespace', ns, 'must be a namespace name');
+  const selectors = value.enablement_selectors;
+  if (selectors !== undefined && !Array.isArray(selectors)) throw invalid('ambient.enablement_selectors', selectors, 'must be a list of label selectors');
+  return { enabled: value.enabled === true, ...(selectors === undefined ? {} : { selectors }), systemNamespace: ns };
+}
+
 function parseRuntimeAnnotations(runtimeConfig: unknown): Record<string, string> | undefined {
   if (runtimeConfig === undefined) return undefined;
   if (!isObject(runtimeConfig)) throw invalid('runtimeConfig', runtimeConfig, 'must be an object');
@@ -206,6 +239,7 @@ export function parseMeshNetConf(raw: Record<string, unknown>, cniVersion: Suppo
     agentPod: kubernetes.agentPod,
     backend: backend as BackendName,
     stateDir: raw.state_dir === undefined ? DEFAULT_STATE_DIR : absolutePath('state_dir', raw.state_dir),
+    ...(raw.ambient === undefined ? {} : { ambient: parseAmbient(raw.ambient) }),
     runtimeAnnotations: parseRuntimeAnnotations(raw.runtimeConfig),
     ...deprecationsOf(raw),
   };

@@ -24,6 +24,8 @@ export interface PluginEntrySettings {
   excludeNamespaces?: string[];
   /** where ADD records attachments; the agent's reconciler reads the same place */
   stateDir?: string;
+  /** ambient as the agent serves it: the standalone engine reads it to know (and refuse) an ambient pod */
+  ambient?: { enablementSelectors?: unknown[]; systemNamespace?: string };
 }
 
 /** Our conflist entry (fields as src/cni/netconf.ts validates them). */
@@ -37,6 +39,13 @@ export function pluginEntry(s: PluginEntrySettings = {}): Record<string, unknown
   if (s.logFile) entry.log_file = s.logFile;
   if (s.backend) entry.backend = s.backend;
   if (s.stateDir) entry.state_dir = s.stateDir;
+  if (s.ambient) {
+    entry.ambient = {
+      enabled: true,
+      ...(s.ambient.enablementSelectors ? { enablement_selectors: s.ambient.enablementSelectors } : {}),
+      ...(s.ambient.systemNamespace ? { system_namespace: s.ambient.systemNamespace } : {}),
+    };
+  }
   if (s.kubeconfig || s.excludeNamespaces) {
     entry.kubernetes = {
       ...(s.kubeconfig ? { kubeconfig: s.kubeconfig } : {}),

@@ -3,7 +3,7 @@
  * so only that subresource needs RBAC), delete with preconditions, and Events on the pod.
  */
 import type { CoreV1Api, CoreV1Event, KubeConfig, V1Pod } from '@kubernetes/client-node';
-import { UNINITIALIZED_LABEL } from '../mesh/istio-names';
+import { AMBIENT_ANNOTATIONS, UNINITIALIZED_LABEL } from '../mesh/istio-names';
 
 export interface PodActions {
   label(pod: V1Pod): Promise<void>;
@@ -79,5 +79,28 @@ function eventBody(involvedObject: CoreV1Event['involvedObject'], namespace: str
     firstTimestamp: now,
     lastTimestamp: now,
     count: 1,
+  };
+}
+
+/**
+ * Istio's `ambient.istio.io/redirection` on a pod (through pods/status, as Istio's node agent writes it):
+ * `enabled` once the pod's rules are in place and ztunnel has it (istiod then sends it HBONE), `pending`
+ * while the rules are in place and no ztunnel has it yet, removed when the pod leaves ambient.
+ */
+export async function annotateRedirection(kubeConfig: KubeConfig | (() => KubeConfig)): Promise<(pod: V1Pod, value: 'enabled' | 'pending' | undefined) => Promise<void>> {
+  const k8s = await import('@kubernetes/client-node');
+  let client: CoreV1Api | undefined;
+  const core = () => (client ??= (typeof kubeConfig === 'function' ? kubeConfig() : kubeConfig).makeApiClient(k8s.CoreV1Api));
+  const escaped = AMBIENT_ANNOTATIONS.redirection.replace(/~/g, '~0').replace(/\//g, '~1');
+  return async (pod, value) => {
+    const current = pod.metadata?.annotations?.[AMBIENT_ANNOTATIONS.redirection];
+    if (current === value) return;
+    const body =
+      value === undefined
+        ? [{ op: 'remove', path: `/metadata/annotations/${escaped}` }]
+        : pod.metadata?.annotations
+          ? [{ op: 'add', path: `/metadata/annotations/${escaped}`, value }]
+          : [{ op: 'add', path: '/metadata/annotations', value: { [AMBIENT_ANNOTATIONS.redirection]: value } }];
+    await core().patchNamespacedPodStatus({ name: pod.metadata?.name ?? '', namespace: pod.metadata?.namespace ?? '', body });
   };
 }

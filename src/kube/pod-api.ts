@@ -94,7 +94,7 @@ function stringMap(v: unknown): Record<string, string> {
 export function podInfoFromPod(pod: unknown): PodInfo & { uid?: string } {
   const p = (pod ?? {}) as {
     metadata?: { name?: string; namespace?: string; uid?: string; labels?: unknown; annotations?: unknown };
-    spec?: { containers?: K8sContainer[] | null; initContainers?: K8sContainer[] | null };
+    spec?: { containers?: K8sContainer[] | null; initContainers?: K8sContainer[] | null; hostNetwork?: boolean };
   };
   const lists: Array<[ContainerList, K8sContainer[]]> = [
     ['initContainers', p.spec?.initContainers ?? []],
@@ -107,6 +107,7 @@ export function podInfoFromPod(pod: unknown): PodInfo & { uid?: string } {
     labels: stringMap(p.metadata?.labels),
     annotations: stringMap(p.metadata?.annotations),
     containers: lists.flatMap(([list, containers]) => containers.map((c) => ({ name: c.name ?? '', list }))),
+    ...(p.spec?.hostNetwork === true ? { hostNetwork: true } : {}),
   };
   let proxy: ProxyFacts | undefined;
   for (const [list, containers] of lists) {

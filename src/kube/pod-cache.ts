@@ -57,12 +57,16 @@ export function trimPod(pod: V1Pod): V1Pod {
     out.spec = {
       nodeName: pod.spec.nodeName,
       hostNetwork: pod.spec.hostNetwork,
+      // ambient: ztunnel is told the pod's service account (ZDS WorkloadInfo)
+      ...(pod.spec.serviceAccountName ? { serviceAccountName: pod.spec.serviceAccountName } : {}),
       containers: (pod.spec.containers ?? []).map(trimContainer),
       ...(pod.spec.initContainers ? { initContainers: pod.spec.initContainers.map(trimContainer) } : {}),
     };
   }
   if (pod.status) {
     out.status = {
+      // ambient: a pod that ended (Succeeded, Failed) leaves ztunnel, as in Istio's informer
+      ...(pod.status.phase ? { phase: pod.status.phase } : {}),
       podIP: pod.status.podIP,
       podIPs: pod.status.podIPs?.map((p) => ({ ip: p.ip })),
       ...(pod.status.initContainerStatuses ? { initContainerStatuses: pod.status.initContainerStatuses.map(trimStatus) } : {}),
@@ -203,6 +207,12 @@ export class NodePodCache implements PodCache {
   }
 
   private readonly namespaces = new Map<string, { at: number; labels: Record<string, string> | undefined }>();
+  private watchedNamespaces?: { synced(): boolean; labels(name: string): Record<string, string> | undefined };
+
+  /** Namespace labels from a watch (ambient: enablement follows a namespace's label at once) instead of a GET kept a minute. */
+  useNamespaces(source: { synced(): boolean; labels(name: string): Record<string, string> | undefined }): void {
+    this.watchedNamespaces = source;
+  }
 
   /**
    * A namespace's labels (ambient can be enabled on the namespace), read on demand and kept a minute: only
@@ -210,6 +220,11 @@ export class NodePodCache implements PodCache {
    * ClusterRole may not grant namespaces) or is away.
    */
   async namespaceLabels(namespace: string): Promise<Record<string, string> | undefined> {
+    const watched = this.watchedNamespaces;
+    if (watched?.synced()) {
+      const labels = watched.labels(namespace);
+      if (labels) return labels;
+    }
     const now = Date.now();
     const known = this.namespaces.get(namespace);
     if (known && now - known.at < 60_000) return known.labels;

@@ -18,10 +18,13 @@ import {
   isOwnAgentPod,
   needsNamespaceLabels,
   type AgentPodMatch,
+  type AmbientOptions,
   type DecisionOptions,
   type MeshDecision,
   type PodInfo,
 } from '../mesh/decision';
+import { RecentMap } from '../caches';
+import { checkEnablementSelectors, DEFAULT_ENABLEMENT_SELECTORS, type EnablementSelector } from '../mesh/enablement';
 import { readKubeconfig } from './kubeconfig';
 import { getNamespaceJson, getPodJson, namespaceLabelsFromNamespace, podInfoFromPod } from './pod-api';
 
@@ -92,6 +95,14 @@ interface PodNetconf {
   runtimeAnnotations?: Record<string, string>;
   excludeNamespaces: readonly string[];
   agentPod: AgentPodMatch;
+  /** the netconf's ambient field (src/cni/netconf.ts NetconfAmbient) */
+  ambient?: PodNetconfAmbient;
+}
+
+interface PodNetconfAmbient {
+  enabled: boolean;
+  selectors?: readonly unknown[];
+  systemNamespace: string;
 }
 
 const defaultFetchPod: FetchPod = (kubeconfig, namespace, name, timeoutMs) =>
@@ -167,16 +178,27 @@ async function pollCache(k8s: KubernetesArgs, cache: PodCache, deps: PodSourceDe
 
 /** The decision for a pod the watch cache holds, with its namespace's labels from the cache where needed. */
 function decideCached(pod: PodInfo, cache: PodCache, namespace: string, options: DecisionOptions, notes: string[]): PodDecision | Promise<PodDecision> {
-  if (needsNamespaceLabels(pod) && cache.namespaceLabels) {
+  if (needsNamespaceLabels(pod, options) && cache.namespaceLabels) {
     return cache
       .namespaceLabels(namespace)
       .catch(() => undefined)
       .then((labels) => {
+        if (labels === undefined) requireNamespaceLabels(pod, options, 'the agent cannot read it');
         pod.namespaceLabels = labels;
         return { decision: decideMeshing(pod, options), source: 'cache', notes };
       });
   }
   return { decision: decideMeshing(pod, options), source: 'cache', notes };
+}
+
+/**
+ * With ambient on, a pod whose namespace cannot be read cannot be decided: its namespace's labels may enable
+ * ambient for it. It fails with code 11 (the runtime retries) rather than start unredirected, as Istio's plugin
+ * does with ENABLE_AMBIENT_DETECTION_RETRY (its default logs the error and carries on as if not ambient).
+ */
+function requireNamespaceLabels(pod: PodInfo, options: DecisionOptions, why: string): void {
+  if (!options.ambient?.enabled) return;
+  throw new CniError(CniCode.TryAgainLater, `namespace ${pod.namespace} of pod ${pod.namespace}/${pod.name} could not be read (${why}): its labels decide whether the pod is ambient`, 'the ClusterRole must grant get, list and watch on namespaces (ambient); the runtime retries');
 }
 
 function withAssumptions(decision: MeshDecision, notes: string[]): MeshDecision {
@@ -195,7 +217,8 @@ export function isPromise<T>(value: T | Promise<T>): value is Promise<T> {
  */
 export function decidePod(req: PodRequest, deps: PodSourceDeps): PodDecision | Promise<PodDecision> {
   const { kubernetes: k8s, netconf } = req;
-  const options: DecisionOptions = { excludeNamespaces: netconf.excludeNamespaces, agentPod: netconf.agentPod };
+  const ambient = netconf.ambient?.enabled ? ambientOptions(netconf.ambient) : undefined;
+  const options: DecisionOptions = { excludeNamespaces: netconf.excludeNamespaces, agentPod: netconf.agentPod, ...(ambient ? { ambient } : {}) };
   const notes: string[] = [];
   if (isOwnAgentPod(k8s.podNamespace, k8s.podName, options.agentPod)) return { decision: { meshed: false, reason: 'own-agent-pod' }, source: 'cni-args', notes };
   if (options.excludeNamespaces.includes(k8s.podNamespace)) return { decision: { meshed: false, reason: 'namespace-excluded' }, source: 'cni-args', notes };
@@ -204,12 +227,30 @@ export function decidePod(req: PodRequest, deps: PodSourceDeps): PodDecision | P
   return decideLookedUp(cached, k8s, netconf, options, deps, notes);
 }
 
+const compiledSelectors = new RecentMap<string, readonly EnablementSelector[]>(16);
+
+/** The netconf's ambient field as the decision takes it: its enablement selectors checked (7 when bad) and kept compiled. */
+function ambientOptions(a: PodNetconfAmbient): AmbientOptions {
+  if (a.selectors === undefined) return { enabled: true, selectors: DEFAULT_ENABLEMENT_SELECTORS, systemNamespace: a.systemNamespace };
+  const key = JSON.stringify(a.selectors);
+  let selectors = compiledSelectors.get(key);
+  if (!selectors) {
+    try {
+      selectors = checkEnablementSelectors(a.selectors);
+    } catch (err) {
+      throw new CniError(CniCode.InvalidNetworkConfig, `invalid netconf field "ambient.enablement_selectors": ${(err as Error).message}`, 'write them as Kubernetes label selectors, as Istio\'s ambient.enablementSelectors');
+    }
+    compiledSelectors.set(key, selectors);
+  }
+  return { enabled: true, selectors, systemNamespace: a.systemNamespace };
+}
+
 /** decidePod once the watch cache has answered. */
 function decideLookedUp(cached: PodInfo | undefined, k8s: KubernetesArgs, netconf: PodNetconf, options: DecisionOptions, deps: PodSourceDeps, notes: string[]): PodDecision | Promise<PodDecision> {
   if (cached && deps.podCache) return decideCached({ ...cached }, deps.podCache, k8s.podNamespace, options, notes);
   const fromRuntime = netconf.runtimeAnnotations;
   if (fromRuntime) {
-    const early = certainSkipFromAnnotations(fromRuntime);
+    const early = certainSkipFromAnnotations(fromRuntime, options);
     if (early) return { decision: { meshed: false, reason: early }, source: 'runtime', notes };
   }
   const cache = deps.podCache;
@@ -238,11 +279,12 @@ async function decideFromApi(k8s: KubernetesArgs, kubeconfig: string, options: D
     notes.push(`pod not in the watch cache after ${CACHE_WAIT_MS / 1000} s; read from the API`);
   }
   const pod: PodInfo = await getPodWithRetry(k8s, kubeconfig, deps, notes);
-  if (needsNamespaceLabels(pod)) {
+  if (needsNamespaceLabels(pod, options)) {
     const fetchNamespace = deps.fetchNamespace ?? defaultFetchNamespace;
     try {
       pod.namespaceLabels = namespaceLabelsFromNamespace(await fetchNamespace(kubeconfig, k8s.podNamespace, NAMESPACE_TIMEOUT_MS));
     } catch (err) {
+      requireNamespaceLabels(pod, options, (err as Error).message);
       notes.push(`namespace ${k8s.podNamespace} not readable (${(err as Error).message}): its ambient label was not checked`);
     }
   }

@@ -9,7 +9,8 @@
  * labels) is assumed at Istio's defaults; every such step says so (outcome `assumed`), and the decision
  * lists the assumptions so the request log and `explain` can name them.
  */
-import { ANNOTATIONS, DATAPLANE_MODE_LABEL, effectiveProxyId, INIT_CONTAINER, INJECT_KEY, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION } from './istio-names';
+import { describeSelector, matchingSelector, type EnablementSelector } from './enablement';
+import { AMBIENT_ANNOTATIONS, ANNOTATIONS, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, effectiveProxyId, INIT_CONTAINER, INJECT_KEY, parseGoBool, PROXY_CONTAINER, PROXY_ENV, SIDECAR_STATUS_ANNOTATION, ZTUNNEL_APP_LABEL } from './istio-names';
 import { RecentMap } from '../caches';
 import { DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_POD_PREFIX } from '../defaults';
 
@@ -40,12 +41,15 @@ export interface PodInfo {
   containers?: Array<{ name: string; list: ContainerList }>;
   /** the istio-proxy container, when the spec is known and has one */
   proxy?: ProxyFacts;
+  /** spec.hostNetwork, when the spec is known: such a pod shares the node's netns and is never captured */
+  hostNetwork?: boolean;
 }
 
 export const SKIP_REASONS = [
   'own-agent-pod',
   'not-a-kubernetes-pod',
   'namespace-excluded',
+  'ztunnel',
   'ambient',
   'has-istio-init',
   'proxyless',
@@ -76,16 +80,53 @@ export interface ProxySettings {
 /** A meshed pod: the facts its redirect is made from (src/redirect/config.ts turns them into rules). */
 export interface MeshedPod {
   meshed: true;
+  dataplane?: 'sidecar';
   annotations: Readonly<Record<string, string>>;
   proxy: Readonly<ProxySettings>;
   assumed?: string[];
 }
 
+/** An ambient pod: the annotations its in-pod rules are made from. */
+export interface AmbientPod {
+  meshed: true;
+  dataplane: 'ambient';
+  annotations: Readonly<Record<string, string>>;
+  assumed?: string[];
+}
+
 export type MeshDecision =
   | MeshedPod
+  /** ambient: the pod's traffic goes to the node's ztunnel, handed the pod over ZDS (src/redirect/ambient/config.ts makes its rules) */
+  | AmbientPod
   | { meshed: false; reason: SkipReason; assumed?: string[] }
   /** NONE still has its annotations checked: a pod whose other annotations are invalid is refused (101), not skipped */
   | { meshed: false; reason: 'interception-mode-none'; annotations: Record<string, string>; assumed?: string[] };
+
+/** Istio's node-wide ambient settings the in-pod rules are made with (src/redirect/ambient/config.ts). */
+export interface AmbientNodeSettings {
+  /** AMBIENT_DNS_CAPTURE (`ambient.dnsCapture`, default true) */
+  dnsCapture: boolean;
+  /** AMBIENT_IPV6 (`ambient.ipv6`, default true): program IPv6 too, where the pod's netns has IPv6 */
+  ipv6: boolean;
+  /** HOST_PROBE_SNAT_IP: the address the node SNATs kubelet's probes to */
+  hostProbeSnatIpv4: string;
+  /** HOST_PROBE_SNAT_IPV6 */
+  hostProbeSnatIpv6: string;
+}
+
+/** The agent's ambient mode: the decision's options and the node's settings. */
+export interface AmbientSettings extends AmbientOptions {
+  node: AmbientNodeSettings;
+}
+
+/** mesh-cni's ambient mode, off unless the agent is told (the chart's ambient.enabled). */
+export interface AmbientOptions {
+  enabled: boolean;
+  /** Istio's enablement selectors (enablement.ts; the chart's ambient.enablementSelectors) */
+  selectors: readonly EnablementSelector[];
+  /** Istio's system namespace: its app=ztunnel pods are never captured (default istio-system) */
+  systemNamespace: string;
+}
 
 export interface AgentPodMatch {
   namespace: string;
@@ -96,6 +137,8 @@ export interface DecisionOptions {
   excludeNamespaces: readonly string[];
   /** our own DaemonSet's pods; default mesh-cni-system/mesh-cni-* */
   agentPod?: AgentPodMatch;
+  /** ambient mode; when absent or not enabled, an ambient-labelled pod is skipped (reason `ambient`) */
+  ambient?: AmbientOptions;
 }
 
 /** One rule of the decision, in the order the plugin applies them: what it looked at and what it concluded. */
@@ -112,12 +155,7 @@ export interface DecisionStep {
   assumption?: string;
 }
 
-/** Go's strconv.ParseBool, which Istio uses for every boolean it reads from a pod. */
-export function parseGoBool(value: string): boolean | undefined {
-  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(value)) return true;
-  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(value)) return false;
-  return undefined;
-}
+export { parseGoBool };
 
 type ContainerEntries = ReadonlyArray<Readonly<{ name: string; list: ContainerList }>>;
 
@@ -167,11 +205,42 @@ export function isOwnAgentPod(namespace: string, name: string, match: AgentPodMa
 }
 
 /**
- * Only a pod without sidecar status and without its own ambient label can be ambient through its namespace;
- * it is skipped either way, so callers read the namespace only to give the right reason, best effort.
+ * Whether the decision needs the namespace's labels. Ambient off: only a pod without sidecar status and without
+ * its own ambient label can be ambient through its namespace; it is skipped either way, so callers read the
+ * namespace only to give the right reason, best effort. Ambient on: every pod without sidecar status (and not
+ * on the host network), since the enablement selectors may name the namespace; the lookup then must read it.
  */
-export function needsNamespaceLabels(pod: PodInfo): boolean {
-  return pod.labels !== undefined && pod.namespaceLabels === undefined && pod.annotations[SIDECAR_STATUS_ANNOTATION] === undefined && pod.labels[DATAPLANE_MODE_LABEL] !== 'ambient';
+export function needsNamespaceLabels(pod: PodInfo, options?: Pick<DecisionOptions, 'ambient'>): boolean {
+  if (pod.labels === undefined || pod.namespaceLabels !== undefined || pod.annotations[SIDECAR_STATUS_ANNOTATION] !== undefined) return false;
+  if (options?.ambient?.enabled) return pod.hostNetwork !== true;
+  return pod.labels[DATAPLANE_MODE_LABEL] !== DATAPLANE_MODE_AMBIENT;
+}
+
+function isZtunnelPod(pod: PodInfo, ambient: AmbientOptions): boolean {
+  return pod.namespace === ambient.systemNamespace && pod.labels?.app === ZTUNNEL_APP_LABEL;
+}
+
+/** The ambient rule: Istio's CompiledEnablementSelectors.Matches when ambient is on, a skip reason when it is off. */
+function ambientStep({ pod, options }: View): DecisionStep {
+  if (pod.annotations[SIDECAR_STATUS_ANNOTATION] !== undefined) return { rule: 'ambient', outcome: 'pass', detail: `${SIDECAR_STATUS_ANNOTATION} is set: a sidecar pod is never ambient` };
+  if (pod.hostNetwork) return { rule: 'ambient', outcome: 'pass', detail: 'the pod uses the host network: never ambient (its netns is the node\'s)' };
+  const podMode = pod.labels?.[DATAPLANE_MODE_LABEL];
+  const ambient = options.ambient;
+  if (!ambient?.enabled) {
+    const off = "ztunnel's mode; mesh-cni's ambient mode is off (ambient.enabled)";
+    if (podMode === DATAPLANE_MODE_AMBIENT) return { rule: 'ambient', outcome: 'skip', detail: `pod label ${DATAPLANE_MODE_LABEL}=ambient: ${off}` };
+    if (pod.labels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'labels unknown (annotations only): assumed not ambient' };
+    const nsMode = pod.namespaceLabels?.[DATAPLANE_MODE_LABEL];
+    if (nsMode === DATAPLANE_MODE_AMBIENT && podMode !== 'none') return { rule: 'ambient', outcome: 'skip', detail: `namespace label ${DATAPLANE_MODE_LABEL}=ambient: ${off}` };
+    if (pod.namespaceLabels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'namespace labels unknown: assumed not ambient (the pod has no sidecar status, so it is skipped below anyway)' };
+    return { rule: 'ambient', outcome: 'pass', detail: `no ${DATAPLANE_MODE_LABEL}=ambient on the pod or its namespace` };
+  }
+  if (isZtunnelPod(pod, ambient)) return { rule: 'ztunnel', outcome: 'skip', detail: `app=${ZTUNNEL_APP_LABEL} in ${ambient.systemNamespace}: ztunnel itself is never captured` };
+  if (pod.labels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'labels unknown (annotations only): assumed not ambient' };
+  if (pod.namespaceLabels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'namespace labels unknown: assumed not ambient' };
+  const i = matchingSelector(ambient.selectors, pod.labels, pod.namespaceLabels);
+  if (i >= 0) return { rule: 'ambient', outcome: 'meshed', detail: `enablement selector ${i + 1} matches: ${describeSelector(ambient.selectors[i]!)} (pod ${DATAPLANE_MODE_LABEL}=${podMode ?? '(unset)'}, namespace ${DATAPLANE_MODE_LABEL}=${pod.namespaceLabels[DATAPLANE_MODE_LABEL] ?? '(unset)'})` };
+  return { rule: 'ambient', outcome: 'pass', detail: `no enablement selector matches (${ambient.selectors.map(describeSelector).join('; ') || 'none configured'})` };
 }
 
 /** What a step sees: the pod, and where its container list came from. */
@@ -215,18 +284,7 @@ const STEPS: Step[] = [
       ? { rule: 'namespace-excluded', outcome: 'skip', detail: `namespace ${pod.namespace} is in exclude_namespaces ${list}` }
       : { rule: 'namespace-excluded', outcome: 'pass', detail: `namespace ${pod.namespace} is not in exclude_namespaces ${list}` };
   },
-  ({ pod }) => {
-    // Istio's default enablement selectors: the pod label, or the namespace label unless the pod opts out
-    // with `none`; a pod the sidecar injector handled is never ambient.
-    if (pod.annotations[SIDECAR_STATUS_ANNOTATION] !== undefined) return { rule: 'ambient', outcome: 'pass', detail: `${SIDECAR_STATUS_ANNOTATION} is set: a sidecar pod is never ambient` };
-    const podMode = pod.labels?.[DATAPLANE_MODE_LABEL];
-    if (podMode === 'ambient') return { rule: 'ambient', outcome: 'skip', detail: `pod label ${DATAPLANE_MODE_LABEL}=ambient: ztunnel's mode, not ours` };
-    if (pod.labels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'labels unknown (annotations only): assumed not ambient' };
-    const nsMode = pod.namespaceLabels?.[DATAPLANE_MODE_LABEL];
-    if (nsMode === 'ambient' && podMode !== 'none') return { rule: 'ambient', outcome: 'skip', detail: `namespace label ${DATAPLANE_MODE_LABEL}=ambient: ztunnel's mode, not ours` };
-    if (pod.namespaceLabels === undefined) return { rule: 'ambient', outcome: 'assumed', detail: 'namespace labels unknown: assumed not ambient (the pod has no sidecar status, so it is skipped below anyway)' };
-    return { rule: 'ambient', outcome: 'pass', detail: `no ${DATAPLANE_MODE_LABEL}=ambient on the pod or its namespace` };
-  },
+  ambientStep,
   (v) => {
     if (v.containersFrom === 'unknown') return { rule: 'has-istio-init', outcome: 'assumed', detail: 'container lists unknown (no pod spec, no readable status annotation): assumed no istio-init' };
     const lists = listsOf(v, INIT_CONTAINER);
@@ -320,6 +378,7 @@ export function decideMeshing(pod: PodInfo, options: DecisionOptions, trail: Dec
     if (result.outcome === 'assumed') assumed.push(result.detail);
     if (result.assumption) assumed.push(result.assumption);
     if (result.outcome === 'skip') return { meshed: false, reason: result.rule as SkipReason, ...(assumed.length ? { assumed } : {}) };
+    if (result.outcome === 'meshed' && result.rule === 'ambient') return decideAmbient(pod, trail, assumed);
   }
   const proxy = proxySettings(pod);
   if (proxy.assumed.length > 0) {
@@ -339,6 +398,17 @@ export function decideMeshing(pod: PodInfo, options: DecisionOptions, trail: Dec
   return { meshed: true, annotations: pod.annotations, proxy: proxy.settings, ...withAssumed };
 }
 
+/** The annotations an ambient pod's in-pod rules read (getPodLevelTrafficOverrides). */
+const AMBIENT_POD_ANNOTATIONS = [AMBIENT_ANNOTATIONS.dnsCapture, AMBIENT_ANNOTATIONS.bypassInboundCapture, ANNOTATIONS.rerouteVirtualInterfaces];
+
+/** An ambient pod: its annotations are made into Istio's in-pod config with the node's settings by the redirect. */
+function decideAmbient(pod: PodInfo, trail: DecisionStep[], assumed: string[]): AmbientPod {
+  const set = AMBIENT_POD_ANNOTATIONS.filter((k) => pod.annotations[k] !== undefined).map((k) => `${k}=${pod.annotations[k]}`);
+  trail.push({ rule: 'annotations', outcome: 'pass', detail: `ambient: ${set.length ? set.join('; ') : "no ambient annotations (the node's settings)"}` });
+  trail.push({ rule: 'meshed', outcome: 'meshed', detail: "ambient: the plugin programs Istio's in-pod rules and hands the pod to ztunnel" });
+  return { meshed: true, dataplane: 'ambient', annotations: pod.annotations, ...(assumed.length ? { assumed } : {}) };
+}
+
 function proxyDetail(proxy: ProxyFacts): string {
   const at = `${PROXY_CONTAINER} in ${where(proxy.lists)}`;
   const id = (v: number | undefined) => (v === undefined ? `absent → ${effectiveProxyId(v)}` : v === 0 ? `0 → ${effectiveProxyId(v)}` : String(v));
@@ -352,9 +422,10 @@ function proxyDetail(proxy: ProxyFacts): string {
  * there is no status annotation (the last rule skips it whatever the earlier ones say; the spec could
  * only give a more specific reason). Undefined when the spec is needed.
  */
-export function certainSkipFromAnnotations(annotations: Record<string, string>): SkipReason | undefined {
+export function certainSkipFromAnnotations(annotations: Record<string, string>, options?: Pick<DecisionOptions, 'ambient'>): SkipReason | undefined {
   const status = annotations[SIDECAR_STATUS_ANNOTATION];
-  if (status === undefined) return 'not-injected';
+  // With ambient on, a pod without sidecar status may be ambient: only its labels and its namespace's can tell.
+  if (status === undefined) return options?.ambient?.enabled ? undefined : 'not-injected';
   if (injectedContainersFromStatus(status)?.some((c) => c.name === INIT_CONTAINER)) return 'has-istio-init';
   return undefined;
 }

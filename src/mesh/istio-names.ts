@@ -1,7 +1,7 @@
 /**
  * Istio's API names that mesh-cni reads or writes: annotations, labels, the taint, container names and the
  * proxy's env. They are Istio's contract, not ours, so they live in one module that every room may import
- * (it imports nothing), and none is spelled twice.
+ * (it imports nothing; Go's ParseBool, how Istio reads every boolean of a pod, is here too), and none is spelled twice.
  */
 
 /** The annotations that shape the redirect (Istio's cni/pkg/plugin NewRedirect and tools/istio-iptables). */
@@ -23,6 +23,23 @@ export const ANNOTATIONS = {
 export const SIDECAR_STATUS_ANNOTATION = 'sidecar.istio.io/status';
 export const INJECT_KEY = 'sidecar.istio.io/inject';
 export const DATAPLANE_MODE_LABEL = 'istio.io/dataplane-mode';
+/** The values of DATAPLANE_MODE_LABEL Istio acts on (pkg/config/constants: DataplaneModeAmbient, DataplaneModeNone). */
+export const DATAPLANE_MODE_AMBIENT = 'ambient';
+export const DATAPLANE_MODE_NONE = 'none';
+
+/**
+ * Ambient's per-pod annotations (istio.io/api annotation: AmbientDnsCapture, AmbientBypassInboundCapture; read by
+ * cni/pkg/nodeagent/net.go getPodLevelTrafficOverrides together with ANNOTATIONS.rerouteVirtualInterfaces), and
+ * the one the node agent writes on a pod once it is captured (AmbientRedirection: `enabled`, or `pending` while
+ * no ztunnel has it), which istiod reads to send the pod HBONE.
+ */
+export const AMBIENT_ANNOTATIONS = {
+  dnsCapture: 'ambient.istio.io/dns-capture',
+  bypassInboundCapture: 'ambient.istio.io/bypass-inbound-capture',
+  redirection: 'ambient.istio.io/redirection',
+} as const;
+/** ztunnel's own pods: app=ztunnel in Istio's system namespace (cni/pkg/util IsZtunnelPod) are never captured. */
+export const ZTUNNEL_APP_LABEL = 'ztunnel';
 
 /** Istio's label for pods whose redirection is not in place, so existing tooling works. */
 export const UNINITIALIZED_LABEL = 'cni.istio.io/uninitialized';
@@ -48,3 +65,10 @@ export const PROXY_ENV = {
   invalidDrop: 'INVALID_DROP',
   dualStack: 'ISTIO_DUAL_STACK',
 } as const;
+
+/** Go's strconv.ParseBool, which Istio uses for every boolean it reads from a pod. */
+export function parseGoBool(value: string): boolean | undefined {
+  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(value)) return true;
+  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(value)) return false;
+  return undefined;
+}

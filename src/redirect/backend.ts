@@ -1,5 +1,5 @@
 import type { Family } from './constants';
-import type { Plan, Rule } from './plan';
+import type { AnyPlan, Rule } from './plan';
 
 /** One rule of ours as the kernel holds it (or should hold it), comparable across renderers by signature. */
 export interface ObservedRule {
@@ -37,7 +37,7 @@ export interface ApplyLaps {
 export interface Backend {
   readonly name: string;
   /** Programs the plan's rules for `families`, replacing whatever of ours was there. */
-  apply(netns: string, plan: Plan, families: readonly Family[], laps?: ApplyLaps): Promise<ApplyOutcome>;
+  apply(netns: string, plan: AnyPlan, families: readonly Family[], laps?: ApplyLaps): Promise<ApplyOutcome>;
   /** Removes every rule and chain of ours, every family; returns how many rules were removed. */
   remove(netns: string): Promise<number>;
   /** Our rules for one family as the kernel holds them, per chain in order. */

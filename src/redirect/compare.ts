@@ -8,7 +8,7 @@ import type { RedirectConfig } from './config';
 import { FAMILIES, type Family } from './constants';
 import type { EngineOptions } from './options';
 import { detectFamilies } from './routes';
-import { buildPlan } from './plan';
+import { buildPlan, type AnyPlan } from './plan';
 import type { ObservedRule } from './backend';
 import { diffRules, knownBroken, observeAll } from './rule-state';
 
@@ -27,9 +27,10 @@ export interface RedirectComparison {
  * The expected rules (from the config's plan; none with `config: undefined`, a pod that should have none of
  * ours), the rules the netns holds, and how they differ. Both families are read, so stray rules show up too.
  */
-export async function compareRedirect(o: EngineOptions & { config: RedirectConfig | undefined }): Promise<RedirectComparison> {
+export async function compareRedirect(o: EngineOptions & { config: RedirectConfig | undefined; plan?: AnyPlan }): Promise<RedirectComparison> {
   const { backend } = await chooseBackend(o);
-  const plan = o.config ? buildPlan(o.config) : undefined;
+  // A plan given (ambient's, with its families) is compared as it is; otherwise the sidecar config's.
+  const plan = o.plan ?? (o.config ? buildPlan(o.config) : undefined);
   // Under the lock: an apply in progress (one transaction per family) is never seen half-way.
   return withNetnsLock(o.netns, async (netns) => {
     const families = o.families ?? (await detectFamilies(netns));
@@ -57,7 +58,7 @@ export async function compareRedirect(o: EngineOptions & { config: RedirectConfi
  * Whether the netns holds exactly what the config asks for; `problems` says what differs, `observedRules` how
  * many of ours are there at all (0: none, which a reader must hear as "no rules", not as N differences).
  */
-export async function checkRedirect(o: EngineOptions & { config: RedirectConfig }): Promise<{ ok: boolean; problems: string[]; observedRules?: number }> {
+export async function checkRedirect(o: EngineOptions & { config: RedirectConfig | undefined; plan?: AnyPlan }): Promise<{ ok: boolean; problems: string[]; observedRules?: number }> {
   const { problems, observed } = await compareRedirect(o);
   return { ok: problems.length === 0, problems, observedRules: observed.length };
 }

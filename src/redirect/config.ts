@@ -138,7 +138,8 @@ export function parseCidrList(key: string, value: string, options: { wildcard?: 
 // kernel's: 15 bytes of UTF-8, not 15 UTF-16 units.
 const IFNAME = /^[^\s/:,"\\*\x00-\x1f\x7f]+$/;
 
-function parseInterfaces(key: string, value: string): string[] {
+/** A comma-separated list of interface names, each checked (the sidecar's and ambient's interface annotations). */
+export function parseInterfaces(key: string, value: string): string[] {
   const names = items(key, value);
   for (const name of names) {
     if (!IFNAME.test(name) || Buffer.byteLength(name, 'utf8') > 15 || name === '.' || name === '..') {

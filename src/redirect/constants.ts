@@ -25,6 +25,10 @@ export const CHAINS = {
   tproxy: 'ISTIO_TPROXY',
   /** INVALID_DROP: conntrack-INVALID packets jump here and are dropped */
   drop: 'ISTIO_DROP',
+  /** Ambient, in the pod: Istio's in-pod prerouting chain (its output chain is ISTIO_OUTPUT, shared in name) */
+  ambientPrerouting: 'ISTIO_PRERT',
+  /** Ambient, on the node: the kubelet probe SNAT (Istio's is ISTIO_POSTRT; ours is named apart, see redirect/ambient/host.ts) */
+  hostProbe: 'MESH_CNI_PROBE',
 } as const;
 
 export type ChainName = (typeof CHAINS)[keyof typeof CHAINS];
@@ -46,7 +50,10 @@ export const DNS_PORT = 53;
 export const NFT_TABLES: Record<Table, string> = { nat: 'mesh-cni-nat', mangle: 'mesh-cni-mangle', raw: 'mesh-cni-raw' };
 export const NFT_TABLE_NAMES: readonly string[] = Object.values(NFT_TABLES);
 
+/** Where Istio's nft name is not its iptables name lower-cased: ambient's in-pod prerouting chain (cni/pkg/nftables). */
+const NFT_CHAIN_NAMES: Record<string, string> = { ISTIO_PRERT: 'istio-prerouting' };
+
 /** Istio's nft chain names are its iptables names in lower case with dashes (ISTIO_IN_REDIRECT → istio-in-redirect). */
 export function nftChainName(chain: string): string {
-  return chain.toLowerCase().replace(/_/g, '-');
+  return NFT_CHAIN_NAMES[chain] ?? chain.toLowerCase().replace(/_/g, '-');
 }

@@ -20,10 +20,11 @@ import { widestConfig, type RedirectConfig } from './config';
 import { planFor } from './prepare';
 import { FAMILIES, type Family } from './constants';
 import { clearLinks, detectFamilies, setLinks } from './routes';
-import { buildPlan, type Plan } from './plan';
+import { buildPlan, type AnyPlan, type Plan } from './plan';
 import type { ApplyLaps, Backend, ObservedRule } from './backend';
 import { diffRules, markBroken, observeAll } from './rule-state';
 import type { EngineOptions } from './options';
+import { AMBIENT_LINKS } from './ambient/plan';
 
 export { BACKEND_NAMES, type BackendName } from '../defaults';
 export { planFor, preparedFor, type PreparedRedirect } from './prepare';
@@ -76,7 +77,7 @@ async function rollBack(netns: string, named: string, backend: Backend, cause: u
 }
 
 /** Applies a plan (the lower-level entry; `applyRedirect` builds the plan from a config). */
-export async function applyPlan(o: EngineOptions & { plan: Plan; verify?: VerifyMode }): Promise<ApplyReport> {
+export async function applyPlan(o: EngineOptions & { plan: AnyPlan; verify?: VerifyMode }): Promise<ApplyReport> {
   const started = process.hrtime.bigint();
   const { backend, reason } = await chooseBackend(o);
   // `netns` is the descriptor withNetnsLock opened and checked; `o.netns` is only named in messages.
@@ -119,7 +120,8 @@ export async function applyRedirect(o: EngineOptions & { config: RedirectConfig;
 async function removeAll(netns: string, backend: Backend): Promise<number> {
   const removed = await backend.remove(netns);
   const widest = buildPlan(widestConfig());
-  for (const family of FAMILIES) await clearLinks(netns, family, widest);
+  // Ambient's routing too: one `ip` process per family takes away both data planes' links.
+  for (const family of FAMILIES) await clearLinks(netns, family, [widest, AMBIENT_LINKS]);
   return removed;
 }
 

@@ -27,12 +27,22 @@ export type Match =
   | { kind: 'protocol'; protocol: Protocol }
   /** Each of these protocols (Istio writes one rule per protocol, inside its loop over the ports). */
   | { kind: 'protocols'; protocols: Protocol[] }
+  /** iptables' explicit `-m tcp`/`-m udp` (Istio's ambient rules load it); nothing in nft, where the protocol implies it */
+  | { kind: 'l4module'; protocol: Protocol }
   | { kind: 'dport' | 'sport'; ports: number[]; negate?: boolean }
   | { kind: 'daddr' | 'saddr'; cidrs: string[]; negate?: boolean }
-  | { kind: 'iifname' | 'oifname'; names: string[] }
+  | { kind: 'iifname' | 'oifname'; names: string[]; negate?: boolean }
   | { kind: 'uid' | 'gid'; id: number; negate?: boolean }
-  | { kind: 'mark'; mark: number; negate?: boolean }
-  | { kind: 'connmark'; mark: number }
+  /** `mask`: compare only these bits (ambient's 0x539/0xfff), written in hex as Istio writes it */
+  | { kind: 'mark'; mark: number; mask?: number; negate?: boolean }
+  | { kind: 'connmark'; mark: number; mask?: number }
+  /**
+   * The packet comes from a socket on this host (iptables' `-m owner --socket-exists`). nftables has no such
+   * match; Istio's nft host rule matches the kubelet's uid instead (`meta skuid`), so the plan carries it.
+   */
+  | { kind: 'localSocket'; nftUid: number }
+  /** The destination is in a named set of this family's addresses (an ipset for iptables, a set of our table for nft). */
+  | { kind: 'inSet'; set: string }
   | { kind: 'ctstate'; states: string[] };
 
 export type Target =
@@ -45,7 +55,12 @@ export type Target =
   | { kind: 'tproxy'; port: number; mark: number }
   | { kind: 'setMark'; mark: number }
   | { kind: 'saveMark' }
-  | { kind: 'restoreMark' }
+  /** `masks`: Istio's ambient rule spells out iptables' all-ones --nfmask/--ctmask */
+  | { kind: 'restoreMark'; masks?: { nf: number; ct: number } }
+  /** The connection's mark: the `mask` bits set to `mark`, the others kept (`CONNMARK --set-xmark mark/mask`) */
+  | { kind: 'setConnmark'; mark: number; mask: number }
+  /** Source NAT to one address (of the family the rule is planned for) */
+  | { kind: 'snat'; to: string }
   | { kind: 'ctZone'; zone: number };
 
 export interface Rule {
@@ -65,10 +80,11 @@ export interface Rule {
   purpose: string;
 }
 
-/** Netlink state the rules depend on: TPROXY policy routing and the IPv6 passthrough address. */
+/** Netlink state the rules depend on: TPROXY and ambient policy routing, the IPv6 passthrough address. */
 export type LinkSetup =
   | { kind: 'address'; family: Family; dev: string; cidr: string }
-  | { kind: 'rule'; family: Family; fwmark: number; table: number }
+  /** `mask` and `priority`: ambient's `fwmark 0x111/0xfff pref 32764` */
+  | { kind: 'rule'; family: Family; fwmark: number; mask?: number; priority?: number; table: number }
   | { kind: 'route'; family: Family; type: 'local'; dst: 'default'; dev: string; table: number };
 
 export interface FamilyPlan {
@@ -77,11 +93,15 @@ export interface FamilyPlan {
   links: LinkSetup[];
 }
 
-export interface Plan {
-  config: RedirectConfig;
+/** A sidecar plan's config is its RedirectConfig; an ambient plan carries its own (redirect/ambient/). */
+export interface Plan<C = RedirectConfig> {
+  config: C;
   ipv4: FamilyPlan;
   ipv6: FamilyPlan;
 }
+
+/** Any plan, for what only renders and applies it (the backends). */
+export type AnyPlan = Plan<unknown>;
 
 const tcp: Match = { kind: 'protocol', protocol: 'tcp' };
 const udp: Match = { kind: 'protocol', protocol: 'udp' };

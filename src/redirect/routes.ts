@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import { MeshCniError } from '../errors';
 import { run, withNetns } from '../netns';
 import type { Family } from './constants';
-import type { LinkSetup, Plan } from './plan';
+import type { AnyPlan, LinkSetup } from './plan';
 
 const IF_INET6_SCOPE_GLOBAL = '00';
 
@@ -27,23 +27,34 @@ export async function detectFamilies(netns: string): Promise<Family[]> {
   return global ? ['ipv4', 'ipv6'] : ['ipv4'];
 }
 
-function linkArgs(link: LinkSetup, op: 'add' | 'del'): string[] {
-  const fam = link.family === 'ipv4' ? '-4' : '-6';
+/** `fwmark 0x111/0xfff` with a mask (ambient), the bare number without (TPROXY's 1337). */
+function fwmark(link: Extract<LinkSetup, { kind: 'rule' }>): string {
+  return link.mask === undefined ? String(link.fwmark) : `0x${link.fwmark.toString(16)}/0x${link.mask.toString(16)}`;
+}
+
+/** The `ip` arguments after the family flag. */
+function linkCommand(link: LinkSetup, op: 'add' | 'del'): string[] {
   switch (link.kind) {
     case 'address':
-      return [fam, 'addr', op, link.cidr, 'dev', link.dev];
+      return ['addr', op, link.cidr, 'dev', link.dev];
     case 'rule':
-      return [fam, 'rule', op, 'fwmark', String(link.fwmark), 'lookup', String(link.table)];
+      return ['rule', op, 'fwmark', fwmark(link), ...(link.priority === undefined ? [] : ['pref', String(link.priority)]), 'lookup', String(link.table)];
     case 'route':
-      return [fam, 'route', op, link.type, link.dst, 'dev', link.dev, 'table', String(link.table)];
+      return ['route', op, link.type, link.dst, 'dev', link.dev, 'table', String(link.table)];
   }
+}
+
+const familyFlag = (family: Family) => (family === 'ipv4' ? '-4' : '-6');
+
+function linkArgs(link: LinkSetup, op: 'add' | 'del'): string[] {
+  return [familyFlag(link.family), ...linkCommand(link, op)];
 }
 
 /** Whether a link setting is already there (`ip rule add` would happily add a duplicate). */
 async function hasLink(netns: string, link: LinkSetup): Promise<boolean> {
   if (link.kind !== 'rule') return false;
   const fam = link.family === 'ipv4' ? '-4' : '-6';
-  const r = await run(netns, 'ip', [fam, 'rule', 'list', 'fwmark', String(link.fwmark), 'lookup', String(link.table)], { packageHint: 'iproute2' });
+  const r = await run(netns, 'ip', [fam, 'rule', 'list', 'fwmark', fwmark(link), 'lookup', String(link.table)], { packageHint: 'iproute2' });
   return r.code === 0 && r.stdout.trim() !== '';
 }
 
@@ -57,7 +68,12 @@ export async function setLinks(netns: string, links: readonly LinkSetup[]): Prom
   }
 }
 
-/** Links our plans can create, taken away on remove (missing ones are fine). */
-export async function clearLinks(netns: string, family: Family, plan: Plan): Promise<void> {
-  for (const link of plan[family].links) await run(netns, 'ip', linkArgs(link, 'del'), { packageHint: 'iproute2' });
+/**
+ * Links our plans can create, taken away on remove (missing ones are fine): every plan's links of one family
+ * in one `ip -force -batch` process, which goes on past a line that fails (a link that is not there).
+ */
+export async function clearLinks(netns: string, family: Family, plans: ReadonlyArray<AnyPlan>): Promise<void> {
+  const lines = plans.flatMap((plan) => plan[family].links.filter((l) => l.family === family).map((l) => linkCommand(l, 'del').join(' ')));
+  if (lines.length === 0) return;
+  await run(netns, 'ip', [familyFlag(family), '-force', '-batch', '-'], { input: `${[...new Set(lines)].join('\n')}\n`, packageHint: 'iproute2' });
 }

@@ -101,8 +101,10 @@ export class Reconciler {
     if (pod.spec?.hostNetwork) return { ...base, verdict: 'not-meshed', reason: 'host-network' };
     const info = podInfoFromPod(pod);
     if (needsNamespaceLabels(info) && this.deps.namespaceLabels) info.namespaceLabels = await this.deps.namespaceLabels(info.namespace).catch(() => undefined);
+    // Sidecar pods only: ambient pods are the ambient controller's (src/agent/ambient.ts reconciles them at start
+    // and on every pod or namespace change), so without ambient options here they read as skipped, reason `ambient`.
     const decision = decideMeshing(info, { excludeNamespaces: this.options.excludeNamespaces });
-    if (!decision.meshed) return { ...base, verdict: 'not-meshed', reason: decision.reason };
+    if (!decision.meshed || decision.dataplane === 'ambient') return { ...base, verdict: 'not-meshed', reason: decision.meshed ? 'ambient' : decision.reason };
     // Invalid annotations throw here, as the pod's ADD fails on them.
     const { config } = preparedFor(decision);
     // Until the pod has an IP the CNI chain has not finished ADD: nothing to judge yet.
@@ -147,7 +149,7 @@ export class Reconciler {
       if (mode === 'repair') {
         if (!finding.netns) throw new Error('network namespace not found');
         const decision = decideMeshing(podInfoFromPod(pod), { excludeNamespaces: this.options.excludeNamespaces });
-        if (!decision.meshed) return;
+        if (!decision.meshed || decision.dataplane === 'ambient') return;
         await this.deps.apply(finding.netns, preparedFor(decision).config);
         finding.action = 'repaired';
         await this.deps.event(pod, 'RedirectRepaired', `mesh-cni reprogrammed the traffic redirection in place: ${what}`, 'Normal');

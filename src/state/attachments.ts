@@ -26,6 +26,8 @@ export interface AttachmentRecord {
   backend: string;
   rules: number;
   programmedAt: string;
+  /** `ambient` for a pod handed to ztunnel (its rules are Istio's in-pod ones); absent for a sidecar pod */
+  dataplane?: 'ambient';
 }
 
 /** Characters a file name part keeps as they are; everything else (the separator `_` included) is %XX. */

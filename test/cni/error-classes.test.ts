@@ -41,6 +41,10 @@ const rows: Row[] = [
   ['ApiStatusError', () => new errors.ApiStatusError(403, 'GET pod shop/cart'), CniCode.PodLookupRefused, 'API_STATUS'],
   ['ApiStatusError (500)', () => new errors.ApiStatusError(500, 'GET pod shop/cart'), CniCode.TryAgainLater, 'API_STATUS'],
   ['UncopyableError', () => new errors.UncopyableError('nf_tables message type 9'), CniCode.Internal, 'REPLAY_UNCOPYABLE'],
+  ['SocketClosedError', () => new errors.SocketClosedError('receive: the peer closed the connection'), CniCode.TryAgainLater, 'SOCKET_CLOSED'],
+  ['SocketTimeoutError', () => new errors.SocketTimeoutError('receive: nothing within 5000 ms'), CniCode.TryAgainLater, 'SOCKET_TIMEOUT'],
+  ['ZtunnelUnavailableError', () => new errors.ZtunnelUnavailableError('no ztunnel is connected'), CniCode.TryAgainLater, 'ZTUNNEL_UNAVAILABLE'],
+  ['ZdsProtocolError', () => new errors.ZdsProtocolError('a WorkloadResponse record carries no ack'), CniCode.TryAgainLater, 'ZDS_PROTOCOL'],
   ['TypeError (a bug)', () => new TypeError("Cannot read properties of undefined (reading 'x')"), CniCode.Internal],
 ];
 

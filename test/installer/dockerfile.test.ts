@@ -117,7 +117,7 @@ test('the CLI the image puts on PATH is the built, executable CLI (kubectl exec 
 test('golden: multi-stage, node:20-bookworm build and -slim runtime, the engine programs, root, entrypoint', (t) => {
   const froms = instructions.filter((l) => /^FROM\s/i.test(l));
   t.deepEqual(froms, ['FROM node:20-bookworm AS build', 'FROM node:20-bookworm-slim']);
-  for (const pkg of ['iptables', 'nftables', 'iproute2']) t.regex(runtimeStage.join('\n'), new RegExp(`apt-get install[^\\n]*\\b${pkg}\\b`));
+  for (const pkg of ['iptables', 'nftables', 'iproute2', 'ipset']) t.regex(runtimeStage.join('\n'), new RegExp(`apt-get install[^\\n]*\\b${pkg}\\b`));
   t.regex(dockerfile, /npm prune --omit=dev|npm ci --omit=dev/, 'production node_modules only');
   t.true(copies.some((c) => c.from === 'build' && c.sources.includes('/app/node_modules')));
   const entry = instructions.find((l) => l.startsWith('ENTRYPOINT'))!;

@@ -133,8 +133,8 @@ test('DaemonSet: every ConfigMap setting becomes an agent flag, and the image en
   t.is(agent.command, undefined, 'args only: the image ENTRYPOINT is `mesh-cni agent`');
   const envs = new Map(agent.env!.map((e) => [e.name, e]));
   const settings = agent.args!.filter((a) => a.includes('$('));
-  const flags = new Map(settings.map((a) => /^--([a-z-]+)=\$\(([A-Z_]+)\)$/.exec(a)!).map((m) => [m[1]!, m[2]!]));
-  t.deepEqual([...flags.keys()].sort(), ['backend', 'cni-bin-dir', 'cni-conf-dir', 'cri-socket', 'health-port', 'log-level', 'remove-not-ready-taint', 'repair-mode']);
+  const flags = new Map(settings.map((a) => /^--([a-z0-9-]+)=\$\(([A-Z0-9_]+)\)$/.exec(a)!).map((m) => [m[1]!, m[2]!]));
+  t.deepEqual([...flags.keys()].sort(), ['ambient', 'ambient-dns-capture', 'ambient-enablement-selectors', 'ambient-ipv6', 'backend', 'cni-bin-dir', 'cni-conf-dir', 'cri-socket', 'health-port', 'log-level', 'remove-not-ready-taint', 'repair-mode']);
   // Fixed by the pod's own layout, not a setting: the host's /proc is mounted at /host/proc.
   t.deepEqual(agent.args!.filter((a) => !a.includes('$(')), ['--proc-root=/host/proc']);
   t.deepEqual([...flags.keys()].sort(), Object.keys(config.data!).sort());
@@ -144,6 +144,7 @@ test('DaemonSet: every ConfigMap setting becomes an agent flag, and the image en
   }
   t.is(envs.get('NODE_NAME')?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
   t.is(config.data!['remove-not-ready-taint'], 'false', 'node readiness is opt-in (it needs the optional RBAC)');
+  t.is(config.data!.ambient, 'false', 'ambient is opt-in (it needs the optional RBAC and ztunnel)');
   t.is(config.data!['cni-bin-dir'], '/host/opt/cni/bin');
   t.is(config.data!['cni-conf-dir'], '/host/etc/cni/net.d');
 });

@@ -3,7 +3,7 @@
  * the reason strings are part of the contract. Pods come through podInfoFromPod, as every caller feeds them.
  */
 import test, { type ExecutionContext } from 'ava';
-import { cachedStatusCount, certainSkipFromAnnotations, decideMeshing, injectedContainersFromStatus, MAX_CACHED_STATUSES, parseGoBool, SKIP_REASONS, type DecisionStep, type MeshedPod, type PodInfo } from '../../src/mesh/decision';
+import { cachedStatusCount, certainSkipFromAnnotations, decideMeshing, injectedContainersFromStatus, MAX_CACHED_STATUSES, parseGoBool, SKIP_REASONS, type DecisionStep, type MeshDecision, type PodInfo } from '../../src/mesh/decision';
 import { podInfoFromPod } from '../../src/kube/pod-api';
 import { redirectConfigFromAnnotations } from '../../src/redirect/config';
 import { INJECTED } from '../cni/helpers';
@@ -35,7 +35,10 @@ function pod(spec: Spec = {}): PodInfo {
 
 const options = { excludeNamespaces: ['kube-system', 'istio-system'] };
 /** The config the redirect makes of a meshed pod's facts. */
-const configOf = (d: MeshedPod) => redirectConfigFromAnnotations(d.annotations, d.proxy);
+function configOf(d: MeshDecision) {
+  if (!d.meshed || d.dataplane === 'ambient') throw new Error('expected a meshed sidecar pod');
+  return redirectConfigFromAnnotations(d.annotations, d.proxy);
+}
 
 const decide = test.macro({
   exec(t: ExecutionContext, info: PodInfo, expected: string) {
@@ -239,6 +242,7 @@ test('skip reasons are stable strings, in Istio\'s order', (t) => {
     'own-agent-pod',
     'not-a-kubernetes-pod',
     'namespace-excluded',
+    'ztunnel',
     'ambient',
     'has-istio-init',
     'proxyless',

@@ -38,6 +38,7 @@ const ISTIO_GOLDENS = path.join(REPO_ROOT, 'test/golden/istio');
 function oursFor(pod: IstioTestPod, family: Family): string {
   const decision = decideMeshing(podInfo(pod), { excludeNamespaces: ['kube-system'] });
   if (!decision.meshed) throw new Error(`the pod is not meshed: ${decision.reason}`);
+  if (decision.dataplane === 'ambient') throw new Error('the pod is ambient');
   return stripOwnerTags(renderRestore(preparedFor(decision).plan[family].rules));
 }
 

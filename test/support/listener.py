@@ -7,15 +7,18 @@ Every TCP connection and every UDP datagram is answered with one JSON line:
    "local": "<address the socket is bound to locally>"}
 "orig" is read from the kernel (SO_ORIGINAL_DST for REDIRECT; for TPROXY and plain delivery the local address
 is already the original destination). Prints "ready" on stdout once every socket listens.
+With LISTENER_MARK set (e.g. 0x539) every socket carries that packet mark (SO_MARK), as ztunnel's own do.
 Node cannot call getsockopt(SO_ORIGINAL_DST), which is why this helper is Python.
 """
 import json
+import os
 import selectors
 import socket
 import struct
 import sys
 
 SO_ORIGINAL_DST = 80
+SO_MARK = 36
 IP_TRANSPARENT = 19
 IP_RECVORIGDSTADDR = 20
 IPV6_RECVORIGDSTADDR = 74
@@ -52,6 +55,7 @@ def parse_orig_cmsg(ancdata, family):
 
 def main():
     name = sys.argv[1]
+    mark = int(os.environ.get("LISTENER_MARK", "0"), 0)
     sel = selectors.DefaultSelector()
     for spec in sys.argv[2:]:
         port_text, _, proto = spec.partition("/")
@@ -61,6 +65,8 @@ def main():
             kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
             s = socket.socket(family, kind)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if mark:
+                s.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
             # Transparent sockets accept TPROXY-diverted traffic for any destination address. Only root may
             # set it; a listener run as the proxy uid (the DNS agent) does not need it.
             try:

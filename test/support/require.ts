@@ -39,6 +39,11 @@ export function requireKernelTools(t: ExecutionContext): void {
   ]);
 }
 
+/** ipset: the node's kubelet-probe sets for ambient pods on an iptables node. */
+export function requireIpset(t: ExecutionContext): void {
+  requireAll(t, [['ipset', ['--version'], 'ipset']]);
+}
+
 /** The system nft (never node_modules/.bin/nft, which npm puts first in PATH and which is another program). */
 export function requireNft(t: ExecutionContext): void {
   requireAll(t, [[nftProgram(), ['--version'], 'nftables']]);

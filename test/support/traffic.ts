@@ -43,10 +43,11 @@ function asUser(uid?: number, gid?: number): string[] {
  * Starts listeners on `ports` ("15001", "15053/udp") in `netns` (a name or a path), optionally as another
  * uid; stopped when the test ends.
  */
-export async function listen(t: ExecutionContext, netns: string, name: string, ports: string[], options: { uid?: number; gid?: number } = {}): Promise<Listener> {
+export async function listen(t: ExecutionContext, netns: string, name: string, ports: string[], options: { uid?: number; gid?: number; mark?: number } = {}): Promise<Listener> {
   const [program, ...prefix] = inNetnsArgv(netns);
   const child: ChildProcess = spawn(program!, [...prefix, ...asUser(options.uid, options.gid), PYTHON, path.join(SUPPORT_DIR, 'listener.py'), name, ...ports], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    env: options.mark ? { ...process.env, LISTENER_MARK: String(options.mark) } : process.env,
   });
   const stop = () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
@@ -79,13 +80,18 @@ export interface ConnectOptions {
   gid?: number;
   proto?: 'tcp' | 'udp';
   timeoutSeconds?: number;
+  /** The socket's packet mark (SO_MARK), as ztunnel marks its own connections (0x539). */
+  mark?: number;
+  /** A source address to bind first (the kubelet probe's SNAT address). */
+  source?: string;
 }
 
 /** One connection from inside `netns` (a name or a path) to host:port; resolves with where it landed or the error. */
 export function connect(netns: string, host: string, port: number, options: ConnectOptions = {}): Landing {
   const [program, ...prefix] = inNetnsArgv(netns);
   const args = [...prefix, ...asUser(options.uid, options.gid), PYTHON, '-c', CLIENT_SOURCE, host, String(port), options.proto ?? 'tcp', String(options.timeoutSeconds ?? 1.5)];
-  const r = spawnSync(program!, args, { encoding: 'utf8', timeout: 10_000 });
+  const env = { ...process.env, ...(options.mark ? { CLIENT_MARK: String(options.mark) } : {}), ...(options.source ? { CLIENT_SOURCE: options.source } : {}) };
+  const r = spawnSync(program!, args, { encoding: 'utf8', timeout: 10_000, env });
   const line = (r.stdout ?? '').trim().split('\n').pop() ?? '';
   try {
     return JSON.parse(line) as Landing;

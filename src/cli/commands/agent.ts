@@ -4,7 +4,8 @@ import { MeshCniError } from '../../errors';
 import { DEFAULT_HEALTH_PORT, startAgent } from '../../agent/agent';
 import { runCommand } from '../output';
 import { DEFAULT_FIGHT_POLICY, type FightPolicy } from '../../installer/fight';
-import { installOptions, installSettings, nodeOptions, repairOptions, repairSettings, type InstallArgs, type RepairArgs } from '../options';
+import { ambientFromArgs, ambientOptions, checkHostProbe, installOptions, installSettings, nodeOptions, once, repairOptions, repairSettings, type AmbientArgs, type InstallArgs, type RepairArgs } from '../options';
+import { DEFAULT_ZTUNNEL_SOCKET } from '../../agent/zds-server';
 
 export const command = 'agent';
 export const describe = "run the node agent: install the plugin, serve the shim, watch this node's pods, repair, health and metrics";
@@ -45,12 +46,19 @@ export function builder(y: Argv) {
       ...installOptions,
       ...repairOptions,
       'resync-seconds': { type: 'number', default: 30, describe: 'how often the reconciler checks every pod on the node' },
+      ...ambientOptions,
+      'ztunnel-socket': { type: 'string', coerce: once('ztunnel-socket'), default: process.env.ZTUNNEL_SOCKET || DEFAULT_ZTUNNEL_SOCKET, describe: "where ztunnel connects (ZDS, SOCK_SEQPACKET, root only); Istio's ztunnel looks at /var/run/ztunnel/ztunnel.sock" },
     })
+    .check((a) => checkHostProbe(a))
+    .check((a) => (a.ambient && a.kubernetes === false ? '--ambient needs the Kubernetes API (its enablement follows pod and namespace labels)' : true))
     .example('$0 agent', 'in the DaemonSet pod (host dirs under /host)')
+    .example('$0 agent --ambient', "also serve ambient pods: Istio's in-pod rules, and ztunnel on /var/run/ztunnel/ztunnel.sock")
     .example('$0 agent --no-kubernetes --cni-conf-dir /etc/cni/net.d --cni-bin-dir /opt/cni/bin --standalone-conf', 'on a node without Kubernetes or a primary CNI');
 }
 
-interface AgentArgs extends RepairArgs, InstallArgs {
+interface AgentArgs extends RepairArgs, Omit<InstallArgs, 'ambient'>, AmbientArgs {
+  'ztunnel-socket': string;
+  'host-netns'?: string;
   socket: string;
   'health-port': number;
   'health-host': string;
@@ -85,6 +93,7 @@ export async function handler(args: AgentArgs): Promise<void> {
     if (args.kubernetes && !args['node-name']) {
       throw new MeshCniError('the agent needs to know its node to watch its pods', { hint: 'pass --node-name or set NODE_NAME (or run with --no-kubernetes)' });
     }
+    const ambient = ambientFromArgs(args);
     const agent = await startAgent({
       socketPath: args.socket,
       stateDir: args['state-dir'],
@@ -92,7 +101,8 @@ export async function handler(args: AgentArgs): Promise<void> {
       healthHost: args['health-host'],
       kubernetes: args.kubernetes ? { nodeName: args['node-name']!, kubeconfigPath: args.kubeconfig } : false,
       repair: args.kubernetes ? { ...repairSettings(args), resyncMs: args['resync-seconds'] * 1000 } : undefined,
-      install: args.install ? installSettings({ ...args, kubernetes: args.kubernetes && !args.kubeconfig }) : undefined,
+      install: args.install ? installSettings({ ...args, kubernetes: args.kubernetes && !args.kubeconfig, ambient }) : undefined,
+      ambient: ambient ? { decision: ambient, ztunnelSocket: args['ztunnel-socket'], procRoot: args['proc-root'], criSocket: args['cri-socket'], backend: args.backend, hostNetns: args['host-netns'] } : undefined,
       uninstallOnStop: args['uninstall-on-exit'] === 'auto' ? 'auto' : args['uninstall-on-exit'] === 'always',
       removeNotReadyTaint: args['remove-not-ready-taint'],
       fightPolicy: fightPolicy(args),

@@ -15,7 +15,10 @@ import type { ObservedRule } from '../../redirect/backend';
 import { buildPlan } from '../../redirect/plan';
 import { redirectConfigFromAnnotations, type RedirectConfig } from '../../redirect/config';
 import { chooseBackend, compareRedirect, type BackendName } from '../../redirect/engine';
-import { backendOption, excludeNamespacesOption, excludedNamespaces, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
+import { ambientFromArgs, ambientOptions, backendOption, excludeNamespacesOption, excludedNamespaces, nodeOptions, netnsLookupOptions, type AmbientArgs, type NodeArgs } from '../options';
+import type { AmbientSettings } from '../../mesh/decision';
+import { ambientConfigFromAnnotations, type AmbientConfig } from '../../redirect/ambient/config';
+import { ambientFamilies, ambientPlanFor, compareAmbient } from '../../redirect/ambient/apply';
 import { EXIT, outputOption, paint, printJson, runCommand, table, type OutputFormat, type Tone } from '../output';
 import { connectKube, getPod, namespaceLabels, requireOnNode } from '../kube-client';
 import { ago, lastActionFor, meshCniEventsOrWhy, type EventsOrWhy, type LastAction } from '../last-action';
@@ -33,16 +36,18 @@ export function builder(y: Argv) {
       ...excludeNamespacesOption,
       ...netnsLookupOptions,
       ...backendOption,
+      ...ambientOptions,
       ...outputOption,
       kubernetes: { type: 'boolean', default: true, describe: 'read the pod from the API server (--no-kubernetes: decide as the plugin does without one, from the annotations the container runtime holds)' },
     })
     .check((a) => checkPodRef(a.pod, 'the pod'))
     .example('$0 explain shop/cart-7d9', 'the whole story of one pod')
     .example('$0 explain shop/cart-7d9 -o json | jq .diff', 'only what differs')
+    .example('$0 explain shop/cart-7d9 --ambient', 'with ambient on (the agent pod has it from its ConfigMap): sidecar, ambient or neither, and why')
     .example('$0 explain shop/cart-7d9 --no-kubernetes', 'on a node without Kubernetes: what was decided from the annotations, and what was assumed');
 }
 
-type Args = NodeArgs & { kubernetes?: boolean; pod: string; 'exclude-namespaces'?: string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
+type Args = NodeArgs & AmbientArgs & { kubernetes?: boolean; pod: string; 'exclude-namespaces'?: string[]; 'proc-root': string; 'cri-socket': string; backend: BackendName; 'host-netns'?: string; output: OutputFormat };
 
 export type ExplainStep = Omit<DecisionStep, 'outcome'> & { outcome: DecisionStep['outcome'] | 'error' };
 
@@ -62,6 +67,8 @@ export interface Explanation {
   /** the facts assumed at Istio's defaults because only the annotations were known (--no-kubernetes) */
   assumed: string[];
   meshed: boolean;
+  /** how a meshed pod is meshed: `sidecar` (Envoy in the pod) or `ambient` (the node's ztunnel); null when not meshed */
+  mode: 'sidecar' | 'ambient' | null;
   /** the skip reason, `meshed`, or `invalid-config` */
   reason: string;
   backend: { name: string; reason: string };
@@ -83,11 +90,13 @@ const ruleJson = (r: ObservedRule): RuleJson => ({ family: r.family, table: r.ta
 interface Decided {
   trail: ExplainStep[];
   config?: RedirectConfig;
+  /** an ambient pod's in-pod config (then `config` is absent) */
+  ambient?: AmbientConfig;
   reason: string;
   assumed: string[];
 }
 
-function decide(pod: V1Pod, excludeNamespaces: readonly string[], nsLabels: Record<string, string> | undefined): Decided {
+function decide(pod: V1Pod, excludeNamespaces: readonly string[], nsLabels: Record<string, string> | undefined, ambient: AmbientSettings | undefined): Decided {
   const trail: DecisionStep[] = [];
   if (pod.spec?.hostNetwork) {
     trail.push({ rule: 'host-network', outcome: 'skip', detail: 'hostNetwork: true: the runtime never calls CNI for this pod' });
@@ -96,8 +105,8 @@ function decide(pod: V1Pod, excludeNamespaces: readonly string[], nsLabels: Reco
   trail.push({ rule: 'host-network', outcome: 'pass', detail: 'the pod has its own network namespace' });
   try {
     const info = podInfoFromPod(pod);
-    if (needsNamespaceLabels(info)) info.namespaceLabels = nsLabels;
-    return decideInfo(info, excludeNamespaces, trail);
+    if (needsNamespaceLabels(info, { ambient })) info.namespaceLabels = nsLabels;
+    return decideInfo(info, excludeNamespaces, trail, ambient);
   } catch (err) {
     const failed: ExplainStep = { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` };
     return { trail: [...trail, failed], reason: 'invalid-config', assumed: [] };
@@ -105,10 +114,12 @@ function decide(pod: V1Pod, excludeNamespaces: readonly string[], nsLabels: Reco
 }
 
 /** The decision, and a meshed pod's config (throws InvalidConfigError, as the pod's ADD would fail, for bad annotations). */
-function decideInfo(info: PodInfo, excludeNamespaces: readonly string[], trail: DecisionStep[]): Decided {
-  const decision = decideMeshing(info, { excludeNamespaces }, trail);
+function decideInfo(info: PodInfo, excludeNamespaces: readonly string[], trail: DecisionStep[], ambient?: AmbientSettings): Decided {
+  const decision = decideMeshing(info, { excludeNamespaces, ambient }, trail);
   const assumed = decision.assumed ?? [];
-  return decision.meshed ? { trail, config: redirectConfigFromAnnotations(decision.annotations, decision.proxy), reason: 'meshed', assumed } : { trail, reason: decision.reason, assumed };
+  if (!decision.meshed) return { trail, reason: decision.reason, assumed };
+  if (decision.dataplane === 'ambient') return { trail, ambient: ambientConfigFromAnnotations(decision.annotations, ambient!.node), reason: 'meshed', assumed };
+  return { trail, config: redirectConfigFromAnnotations(decision.annotations, decision.proxy), reason: 'meshed', assumed };
 }
 
 /**
@@ -131,7 +142,7 @@ async function explainFromRuntime(args: Args): Promise<Explanation> {
   const trail: DecisionStep[] = [];
   let decided: Decided;
   try {
-    decided = decideInfo({ name: ref.name, namespace: ref.namespace, annotations: found.sandbox.annotations ?? {} }, excludedNamespaces(args), trail);
+    decided = decideInfo({ name: ref.name, namespace: ref.namespace, annotations: found.sandbox.annotations ?? {} }, excludedNamespaces(args), trail, ambientFromArgs(args));
   } catch (err) {
     decided = { trail: [...trail, { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` }], reason: 'invalid-config', assumed: [] };
   }
@@ -160,8 +171,9 @@ export async function explain(args: Args): Promise<Explanation> {
   const pod = await getPod(kube, ref);
   requireOnNode(pod, nodeName);
   const id = `${ref.namespace}/${ref.name}`;
-  const nsLabels = needsNamespaceLabels(podInfoFromPod(pod)) ? await namespaceLabels(kube, ref.namespace) : undefined;
-  const decided = decide(pod, excludedNamespaces(args), nsLabels);
+  const ambient = ambientFromArgs(args);
+  const nsLabels = needsNamespaceLabels(podInfoFromPod(pod), { ambient }) ? await namespaceLabels(kube, ref.namespace) : undefined;
+  const decided = decide(pod, excludedNamespaces(args), nsLabels, ambient);
   const [where, events] = await Promise.all([
     locatePodNetns(pod, args['state-dir'], args['proc-root'], args['cri-socket']),
     meshCniEventsOrWhy(kube, ref.namespace),
@@ -170,7 +182,8 @@ export async function explain(args: Args): Promise<Explanation> {
 }
 
 async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, where: NetnsLocation, eventsOrWhy: EventsOrWhy): Promise<Explanation> {
-  const { trail, config, reason, assumed } = decided;
+  const { trail, config, ambient, reason, assumed } = decided;
+  const meshed = config !== undefined || ambient !== undefined;
   const chosen = await chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] });
   const base = {
     pod: id,
@@ -178,7 +191,8 @@ async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, wher
     node: pod.spec?.nodeName ?? null,
     trail,
     assumed,
-    meshed: config !== undefined,
+    meshed,
+    mode: ambient ? ('ambient' as const) : config ? ('sidecar' as const) : null,
     reason,
     backend: { name: chosen.backend.name, reason: chosen.reason },
     netns: { path: where.netns ?? null, source: where.source ?? null, recorded: where.recorded ?? null, exists: where.netns !== undefined },
@@ -188,28 +202,29 @@ async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, wher
 
   if (!where.netns) {
     // No netns to read: the plan alone, for the families the pod's IPs say it has.
-    const families: Family[] = (pod.status?.podIPs ?? []).some((ip) => ip.ip.includes(':')) ? ['ipv4', 'ipv6'] : ['ipv4'];
-    const plan = config ? buildPlan(config) : undefined;
+    const families: Family[] = ambient ? ambientFamilies(ambient, { present: true, loopbackDisabled: false }) : (pod.status?.podIPs ?? []).some((ip) => ip.ip.includes(':')) ? ['ipv4', 'ipv6'] : ['ipv4'];
+    const plan = ambient ? ambientPlanFor(ambient) : config ? buildPlan(config) : undefined;
     const expected = plan ? families.flatMap((f) => chosen.backend.expected(f, plan[f].rules)).map(ruleJson) : [];
     const problem = where.recorded
       ? `network namespace ${where.recorded} (recorded by ADD) no longer exists: the pod sandbox is gone`
       : pod.status?.podIP || args.kubernetes === false
         ? `no network namespace found for the pod (nothing recorded under ${args['state-dir']}/attachments, unknown to the runtime at ${args['cri-socket'] || '(no CRI socket)'}, no process of it in ${args['proc-root']})`
         : 'the pod has no IP yet: its sandbox has not been networked';
-    return { ...base, families, expected, observed: null, diff: null, verdict: config ? 'unknown' : 'not-meshed', problem: config || where.recorded ? problem : null };
+    return { ...base, families, expected, observed: null, diff: null, verdict: meshed ? 'unknown' : 'not-meshed', problem: meshed || where.recorded ? problem : null };
   }
 
-  const compared = await compareRedirect({ netns: where.netns, config, backend: args.backend, hostNetns: args['host-netns'] });
+  const target = { netns: where.netns, backend: args.backend, hostNetns: args['host-netns'] };
+  const compared = ambient ? await compareAmbient({ ...target, config: ambient }) : await compareRedirect({ ...target, config });
   const diff = compared.problems.map((text) => ({ kind: diffKind(text), text }));
-  const verdict = reason === 'invalid-config' ? 'unknown' : config ? (diff.length === 0 ? 'healthy' : 'broken') : diff.length === 0 ? 'not-meshed' : 'broken';
+  const verdict = reason === 'invalid-config' ? 'unknown' : meshed ? (diff.length === 0 ? 'healthy' : 'broken') : diff.length === 0 ? 'not-meshed' : 'broken';
   const problem =
     reason === 'invalid-config'
       ? 'the pod\'s annotations are invalid: every ADD for it fails'
       : diff.length === 0
         ? null
-        : config && compared.observed.length === 0
+        : meshed && compared.observed.length === 0
           ? `no mesh-cni rules in ${where.netns} (the plan has ${compared.expected.length})`
-          : config
+          : meshed
             ? `the rules in ${where.netns} differ from the plan (${diff.length} difference${diff.length === 1 ? '' : 's'})`
             : `the pod is not meshed but ${where.netns} holds mesh-cni rules`;
   return {
@@ -235,7 +250,7 @@ export function explanationText(e: Explanation, now = Date.now()): string {
   let out = `${paint('bold', `pod ${e.pod}`)}  uid ${e.uid ?? '-'}  node ${e.node ?? '-'}\n`;
   if (e.lastAction) out += `last action: ${e.lastAction.reason} ${ago(e.lastAction.at, now)}: ${e.lastAction.message}\n`;
   for (const w of e.warnings) out += `${paint('warn', `warning: ${w}`)}\n`;
-  out += `\n${paint('bold', 'decision')} (in the plugin's order)\n`;
+  out += `\n${paint('bold', 'decision')} (in the plugin's order)${e.mode ? `: meshed, ${e.mode === 'ambient' ? "ambient (the node's ztunnel)" : 'sidecar (Envoy in the pod)'}` : ''}\n`;
   out += table(e.trail.map((s) => [`  ${s.rule}`, { text: s.outcome, tone: OUTCOME_TONE[s.outcome] }, s.detail]));
   if (e.assumed.length > 0) out += `  ${paint('warn', 'decided from the annotations alone (Kubernetes turned off); assumed:')}\n${e.assumed.map((a) => `    - ${a}\n`).join('')}`;
   out += `\n${paint('bold', 'expected rules')} (${e.backend.name}: ${e.backend.reason}; ${e.families.join(', ')})\n`;
@@ -250,7 +265,8 @@ export function explanationText(e: Explanation, now = Date.now()): string {
   }
   const tone: Tone = e.verdict === 'healthy' ? 'ok' : e.verdict === 'not-meshed' && !e.problem ? 'dim' : 'bad';
   out += `\nverdict: ${paint(tone, e.verdict)}${e.problem ? `: ${e.problem}` : ''}\n`;
-  if (e.verdict === 'broken' && e.meshed) out += `fix: mesh-cni apply --pod ${e.pod} (this pod), or mesh-cni repair (every broken pod on the node)\n`;
+  if (e.verdict === 'broken' && e.meshed && e.mode === 'ambient') out += `fix: delete the pod (its sandbox is enrolled again at ADD), or restart the agent on this node (it reconciles every ambient pod)\n`;
+  else if (e.verdict === 'broken' && e.meshed) out += `fix: mesh-cni apply --pod ${e.pod} (this pod), or mesh-cni repair (every broken pod on the node)\n`;
   if (e.verdict === 'broken' && !e.meshed) out += `fix: mesh-cni remove --pod ${e.pod}\n`;
   return out;
 }

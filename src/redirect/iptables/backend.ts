@@ -6,7 +6,7 @@ import { CommandFailedError } from '../../errors';
 import { run, type RunResult } from '../../netns';
 import { BUILTIN_CHAINS, FAMILIES, OUR_CHAINS, type Family, type Table } from '../constants';
 import { widestConfig } from '../config';
-import { effectiveChains, planFamily, type Plan, type Rule } from '../plan';
+import { effectiveChains, planFamily, type AnyPlan, type Rule } from '../plan';
 import { renderRestore, toIptablesLines } from './render';
 import { isOurs, isUntaggedState, parseSave, shapeKey, signature, targetOf, type SavedRule, type SavedState } from './save';
 import type { ApplyLaps, ApplyOutcome, Backend, ObservedRule } from '../backend';
@@ -118,7 +118,7 @@ export class IptablesBackend implements Backend {
    * One transaction per family. A family with no rules (interceptionMode NONE, or a family the pod no
    * longer has) is cleared only when something of ours may be there: never on a fresh sandbox's ADD.
    */
-  async apply(netns: string, plan: Plan, families: readonly Family[], laps?: ApplyLaps): Promise<ApplyOutcome> {
+  async apply(netns: string, plan: AnyPlan, families: readonly Family[], laps?: ApplyLaps): Promise<ApplyOutcome> {
     this.used = [];
     let replaced = false;
     let allCreated = true;

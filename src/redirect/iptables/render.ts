@@ -39,12 +39,18 @@ export interface IptablesLine {
   rule: Rule;
 }
 
+/** A mark as Istio writes it: decimal alone (the sidecar's 1337), hex with its mask (ambient's 0x539/0xfff). */
+const markValue = (mark: number, mask?: number) => (mask === undefined ? String(mark) : `${hex(mark)}/${hex(mask)}`);
+const hex = (n: number) => `0x${n.toString(16)}`;
+
 function renderMatch(m: Match): string {
   switch (m.kind) {
     case 'protocol':
       return `-p ${m.protocol}`;
     case 'protocols':
       throw new Error('internal: a protocol list is fanned out before it is rendered');
+    case 'l4module':
+      return `-m ${m.protocol}`;
     case 'dport':
     case 'sport': {
       const not = m.negate ? '! ' : '';
@@ -56,14 +62,18 @@ function renderMatch(m: Match): string {
       return `${m.negate ? '! ' : ''}-${m.kind === 'daddr' ? 'd' : 's'} ${m.cidrs[0]}`;
     case 'iifname':
     case 'oifname':
-      return `-${m.kind === 'iifname' ? 'i' : 'o'} ${m.names[0]}`;
+      return `${m.negate ? '! ' : ''}-${m.kind === 'iifname' ? 'i' : 'o'} ${m.names[0]}`;
     case 'uid':
     case 'gid':
       return `-m owner ${m.negate ? '! ' : ''}--${m.kind}-owner ${m.id}`;
     case 'mark':
-      return `-m mark ${m.negate ? '! ' : ''}--mark ${m.mark}`;
+      return `-m mark ${m.negate ? '! ' : ''}--mark ${markValue(m.mark, m.mask)}`;
     case 'connmark':
-      return `-m connmark --mark ${m.mark}`;
+      return `-m connmark --mark ${markValue(m.mark, m.mask)}`;
+    case 'localSocket':
+      return '-m owner --socket-exists';
+    case 'inSet':
+      return `-m set --match-set ${m.set} dst`;
     case 'ctstate':
       return `-m conntrack --ctstate ${m.states.join(',')}`;
   }
@@ -88,7 +98,11 @@ function renderTarget(t: Target): string {
     case 'saveMark':
       return '-j CONNMARK --save-mark';
     case 'restoreMark':
-      return '-j CONNMARK --restore-mark';
+      return t.masks ? `-j CONNMARK --restore-mark --nfmask ${hex(t.masks.nf)} --ctmask ${hex(t.masks.ct)}` : '-j CONNMARK --restore-mark';
+    case 'setConnmark':
+      return `-j CONNMARK --set-xmark ${hex(t.mark)}/${hex(t.mask)}`;
+    case 'snat':
+      return `-j SNAT --to-source ${t.to}`;
     case 'ctZone':
       return `-j CT --zone ${t.zone}`;
   }

@@ -73,6 +73,12 @@ export function signature(spec: string): string {
       current.push(tok.replace(/^"(.*)"$/, '$1'));
       continue;
     }
+    const option = current[current.length - 1];
+    if ((option === '-s' || option === '-d') && !tok.includes('/')) {
+      // A host address as Istio writes it (`-s 169.254.7.127`); iptables-save adds the host prefix.
+      current.push(`${tok}/${tok.includes(':') ? 128 : 32}`);
+      continue;
+    }
     // An option's value: decimal numbers, and drop the all-ones masks iptables-save prints by default.
     current.push(
       tok

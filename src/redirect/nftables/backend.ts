@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import { CommandFailedError, NftRefusedError } from '../../errors';
 import { run, type RunResult } from '../../netns';
 import { NFT_TABLES, NFT_TABLE_NAMES, nftChainName, type Family, type Table } from '../constants';
-import { effectiveChains, type Plan, type Rule } from '../plan';
+import { effectiveChains, type AnyPlan, type Rule } from '../plan';
 import { nftDeleteTables, renderNftScript, ruleBodies } from './render';
 import { familiesOf, nftSignature, parseNftList, type ListedRule } from './list';
 import { parseNftJson } from './json';
@@ -69,10 +69,10 @@ interface Scripts {
  * for the rule count even when nothing is read back) were a fifth of the agent's CPU per ADD. A plan that
  * is not frozen might change, so it is rendered each time.
  */
-const scriptCache = new WeakMap<Plan, Map<string, Scripts>>();
+const scriptCache = new WeakMap<AnyPlan, Map<string, Scripts>>();
 const expectedCache = new WeakMap<readonly Rule[], Map<Family, readonly ObservedRule[]>>();
 
-function scriptsFor(plan: Plan, families: readonly Family[]): Scripts {
+function scriptsFor(plan: AnyPlan, families: readonly Family[]): Scripts {
   const render = (): Scripts => ({ replacing: renderNftScript(plan, families), fresh: renderNftScript(plan, families, { fresh: true }) });
   if (!Object.isFrozen(plan)) return render();
   let byFamilies = scriptCache.get(plan);
@@ -162,7 +162,7 @@ export class NftablesBackend implements Backend {
    * the replacing script deletes ours and defines the plan's. The process path always replaces (a listing
    * would be one more process).
    */
-  async apply(netns: string, plan: Plan, families: readonly Family[], laps?: ApplyLaps): Promise<ApplyOutcome> {
+  async apply(netns: string, plan: AnyPlan, families: readonly Family[], laps?: ApplyLaps): Promise<ApplyOutcome> {
     laps?.lap('apply');
     const scripts = scriptsFor(plan, families);
     laps?.lap('render');

@@ -36,6 +36,11 @@ function selector(v: Json | undefined): { text: string; key: string } {
       if (kind === 'ct' && typeof body.key === 'string' && body.dir === undefined) return { text: `ct ${body.key}`, key: body.key };
       if (kind === 'payload' && typeof body.protocol === 'string' && typeof body.field === 'string') return { text: `${body.protocol} ${body.field}`, key: body.field };
     }
+    // A masked value: `meta mark & 0xfff`, `ct mark & 0xfff`, and in a mangle `ct mark & A | B`.
+    if ((kind === '&' || kind === '|') && Array.isArray(body) && body.length === 2 && typeof body[1] === 'number') {
+      const inner = selector(body[0]);
+      if (!inner.text.startsWith('?')) return { text: `${inner.text} ${kind} ${body[1]}`, key: inner.key };
+    }
   }
   return { text: unknown(v), key: '' };
 }
@@ -86,6 +91,9 @@ function statement(e: Json, counter: { packets?: number }): string {
     case 'redirect':
       if (body === null) return 'redirect';
       if (isObject(body) && Object.keys(body).every((k) => k === 'port')) return `redirect to :${value(body.port, 'port')}`;
+      break;
+    case 'snat':
+      if (isObject(body) && typeof body.family === 'string' && typeof body.addr === 'string' && Object.keys(body).length === 2) return `snat ${body.family} to ${body.addr}`;
       break;
     case 'tproxy':
       if (isObject(body) && typeof body.family === 'string' && body.port !== undefined && body.addr === undefined) return `tproxy ${body.family} to :${value(body.port, 'port')}`;

@@ -102,6 +102,8 @@ const hexOrDec = (v: string) => (/^0x[0-9a-f]+$/i.test(v) ? String(parseInt(v, 1
 /** A value after its keyword (`daddr`, `dport`, `state`, ...), in canonical form. */
 function canonicalValue(keyword: string, token: string): string {
   const values = elements(token);
+  // a named set (`ip daddr @probes-v4`) is compared by its name
+  if (token.startsWith('@')) return token;
   if (keyword === 'saddr' || keyword === 'daddr') return mergedIntervals(values, addressInterval);
   if (keyword === 'sport' || keyword === 'dport') return mergedIntervals(values, numberInterval);
   return [...new Set(values.flatMap((v) => v.split(',')).map(hexOrDec))].sort().join(',');
@@ -121,7 +123,8 @@ const VALUE_KEYWORDS = new Set(['saddr', 'daddr', 'sport', 'dport', 'state', 'ma
 
 /** A rule's canonical signature (family-neutral: the family is compared separately). */
 export function nftSignature(text: string): string {
-  let tokens = tokenize(text.replace(COUNTER, 'counter'));
+  // `==` is implied where nft leaves it out and printed where it is needed (`meta mark & 0xfff == 0x539`).
+  let tokens = tokenize(text.replace(COUNTER, 'counter')).filter((t) => t !== '==');
   tokens = without(tokens, ['meta', 'nfproto', 'ipv4']);
   tokens = without(tokens, ['meta', 'nfproto', 'ipv6']);
   for (const proto of ['tcp', 'udp']) {

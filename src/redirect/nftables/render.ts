@@ -10,7 +10,7 @@
  * that no longer needs a table or chain leaves none behind.
  */
 import { NFT_TABLES, nftChainName, type Family, type Table } from '../constants';
-import { chainsByTable, effectiveChains, type Match, type Plan, type Rule, type Target } from '../plan';
+import { chainsByTable, effectiveChains, type AnyPlan, type Match, type Rule, type Target } from '../plan';
 
 /** One nft rule: the families it applies to and its text; a rule both families share is written once. */
 export interface NftRule {
@@ -42,6 +42,8 @@ const BASE_CHAINS: Record<Table, Record<string, string>> = {
   nat: {
     PREROUTING: 'type nat hook prerouting priority -100 ;',
     OUTPUT: 'type nat hook output priority -100 ;',
+    // the node's kubelet-probe SNAT (ambient), at srcnat as iptables' nat POSTROUTING
+    POSTROUTING: 'type nat hook postrouting priority 100 ;',
   },
   mangle: {
     PREROUTING: 'type filter hook prerouting priority -150 ;',
@@ -54,6 +56,7 @@ const BASE_CHAINS: Record<Table, Record<string, string>> = {
 };
 
 const ADDRESS_FAMILY: Record<Family, string> = { ipv4: 'ip', ipv6: 'ip6' };
+const hex = (n: number) => `0x${n.toString(16)}`;
 
 /** An anonymous set for a list, a bare value for one element. */
 function valueOrSet(values: readonly (string | number)[]): string {
@@ -95,14 +98,21 @@ function renderMatch(m: Match, rule: Rule, family: Family): string | undefined {
       return `${ADDRESS_FAMILY[family]} ${m.kind} ${not}${valueOrSet(m.cidrs)}`;
     case 'iifname':
     case 'oifname':
-      return `${m.kind} ${valueOrSet(m.names.map(ifname))}`;
+      return `${m.kind} ${not}${valueOrSet(m.names.map(ifname))}`;
     case 'uid':
     case 'gid':
       return `meta sk${m.kind} ${not}${m.id}`;
     case 'mark':
-      return `meta mark ${not}${m.mark}`;
+      return m.mask === undefined ? `meta mark ${not}${m.mark}` : `meta mark & ${hex(m.mask)} ${m.negate ? '!=' : '=='} ${hex(m.mark)}`;
     case 'connmark':
-      return `ct mark ${m.mark}`;
+      return m.mask === undefined ? `ct mark ${m.mark}` : `ct mark & ${hex(m.mask)} == ${hex(m.mark)}`;
+    case 'l4module':
+      return undefined;
+    case 'localSocket':
+      // nft has no --socket-exists; Istio's nft host rule names the kubelet's uid (cni/pkg/nftables).
+      return `meta skuid ${m.nftUid}`;
+    case 'inSet':
+      return `${ADDRESS_FAMILY[family]} daddr @${m.set}`;
     case 'ctstate':
       return `ct state ${m.states.map((s) => s.toLowerCase()).join(',')}`;
   }
@@ -134,6 +144,13 @@ function renderTarget(t: Target, family: Family): string[] {
       return ['ct mark set meta mark'];
     case 'restoreMark':
       return ['meta mark set ct mark'];
+    case 'setConnmark':
+      // iptables' --set-xmark mark/mask: the mask's bits cleared, then the mark's set. Written as nft stores it
+      // (it folds the mark into the and-mask: Istio's `& 0xfffff000 | 0x111` lists as `& 0xfffff111 | 0x111`),
+      // so a listing reads back as the text we rendered.
+      return [`ct mark set ct mark & ${hex((~t.mask | t.mark) >>> 0)} | ${hex(t.mark)}`];
+    case 'snat':
+      return [`snat ${ADDRESS_FAMILY[family]} to ${t.to}`];
     case 'ctZone':
       return [`ct zone set ${t.zone}`];
   }
@@ -158,8 +175,8 @@ export function ruleBodies(rule: Rule, family: Family): string[] {
   });
 }
 
-/** Rules with an address match are already limited to one family (nft adds `meta nfproto` itself). */
-const namesFamily = (rule: Rule) => rule.matches.some((m) => m.kind === 'daddr' || m.kind === 'saddr');
+/** Rules with an address or address-set match are already limited to one family (nft adds `meta nfproto` itself). */
+const namesFamily = (rule: Rule) => rule.matches.some((m) => m.kind === 'daddr' || m.kind === 'saddr' || m.kind === 'inSet');
 
 interface Body {
   body: string;
@@ -214,14 +231,14 @@ function qualified(body: string, rule: Rule, families: Family[]): string {
 }
 
 /** Our chains of a table in the order they are declared: base chains first, then ours by first use. */
-function chainOrder(table: Table, plan: Plan, families: readonly Family[]): string[] {
+function chainOrder(table: Table, plan: AnyPlan, families: readonly Family[]): string[] {
   const rules = families.flatMap((f) => plan[f].rules);
   const builtin = Object.keys(BASE_CHAINS[table]).filter((c) => rules.some((r) => r.table === table && r.chain === c));
   return [...builtin, ...(chainsByTable(rules).get(table) ?? [])];
 }
 
 /** Every nft rule of the plan for these families, grouped by table and chain, in final order. */
-export function toNftRules(plan: Plan, families: readonly Family[]): NftRule[] {
+export function toNftRules(plan: AnyPlan, families: readonly Family[]): NftRule[] {
   const perFamily = (f: Family) => (families.includes(f) ? bodiesByChain(plan[f].rules, f) : new Map<string, Body[]>());
   const v4 = perFamily('ipv4');
   const v6 = perFamily('ipv6');
@@ -238,8 +255,35 @@ export function toNftRules(plan: Plan, families: readonly Family[]): NftRule[] {
 }
 
 /** Deletes our tables whether or not they exist (`add` of an existing table is a no-op, `delete` of a missing one an error). */
-export function nftDeleteTables(): string {
-  return TABLE_ORDER.map((t) => `add table inet ${NFT_TABLES[t]}\ndelete table inet ${NFT_TABLES[t]}\n`).join('');
+export function nftDeleteTables(tables: Partial<Record<Table, string>> = NFT_TABLES): string {
+  return TABLE_ORDER.filter((t) => tables[t]).map((t) => `add table inet ${tables[t]}\ndelete table inet ${tables[t]}\n`).join('');
+}
+
+/** A named set of addresses declared in one of the script's tables (the node's probe set). */
+export interface NftSet {
+  table: Table;
+  name: string;
+  family: Family;
+  /** elements with a comment each (the pod's uid) */
+  elements?: Array<{ address: string; comment?: string }>;
+}
+
+export interface NftScriptOptions {
+  fresh?: boolean;
+  /** Table names other than the pods' mesh-cni-* (the node's own table, redirect/ambient/host.ts). */
+  tables?: Partial<Record<Table, string>>;
+  sets?: readonly NftSet[];
+}
+
+/** `add set` and its elements; a comment is quoted, and checked to need no escaping (a pod uid). */
+export function nftSetLines(tableName: string, set: NftSet): string {
+  let out = `add set inet ${tableName} ${set.name} { type ${set.family === 'ipv4' ? 'ipv4_addr' : 'ipv6_addr'} ; }\n`;
+  const elements = (set.elements ?? []).map((e) => {
+    if (e.comment !== undefined && !/^[A-Za-z0-9._-]*$/.test(e.comment)) throw new Error(`internal: set comment ${JSON.stringify(e.comment)}`);
+    return e.comment === undefined ? e.address : `${e.address} comment "${e.comment}"`;
+  });
+  if (elements.length > 0) out += `add element inet ${tableName} ${set.name} { ${elements.join(', ')} }\n`;
+  return out;
 }
 
 /**
@@ -251,14 +295,17 @@ export function nftDeleteTables(): string {
  * were never there, whose clean-up waits for an RCU grace period (libnftables.ts), and nft the listing of
  * sets, objects and flowtables a delete makes it fetch.
  */
-export function renderNftScript(plan: Plan, families: readonly Family[], options: { fresh?: boolean } = {}): string {
+export function renderNftScript(plan: AnyPlan, families: readonly Family[], options: NftScriptOptions = {}): string {
   const rules = toNftRules(plan, families);
-  let out = options.fresh ? '' : nftDeleteTables();
+  const tables = options.tables ?? NFT_TABLES;
+  let out = options.fresh ? '' : nftDeleteTables(tables);
   for (const table of TABLE_ORDER) {
     const tableRules = rules.filter((r) => r.table === table);
     if (tableRules.length === 0) continue;
-    const name = NFT_TABLES[table];
+    const name = tables[table];
+    if (!name) throw new Error(`internal: no nft table named for ${table}`);
     out += `${options.fresh ? 'create' : 'add'} table inet ${name}\n`;
+    for (const set of options.sets ?? []) if (set.table === table) out += nftSetLines(name, set);
     for (const chain of chainOrder(table, plan, families)) {
       const hook = BASE_CHAINS[table][chain];
       out += `add chain inet ${name} ${nftChainName(chain)}${hook ? ` { ${hook} }` : ''}\n`;
