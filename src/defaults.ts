@@ -19,6 +19,8 @@ export const STATE_FILES = {
   keptDetection: 'auto-backend.json',
   /** what the installer changed, so uninstall can restore it (src/installer/state.ts) */
   installState: 'install-state.json',
+  /** a primary CNI that keeps removing our entry: the installer's hold, while it lasts (src/installer/fight.ts) */
+  installHold: 'install-held.json',
 } as const;
 
 /** The backends by name: the netconf and the CLI's options check names without loading the engine. */

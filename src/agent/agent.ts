@@ -17,6 +17,7 @@ import type { V1Pod } from '@kubernetes/client-node';
 import { AgentMetrics } from './metrics';
 import { buildInfo } from '../installer/build-info';
 import type { InstallOptions, InstallWatcher } from '../installer';
+import { describeHold, type FightPolicy, type FightReport } from '../installer/fight';
 import { Reconciler, type RepairMode } from '../repair/reconciler';
 import type { BackendName } from '../redirect/engine';
 import type { StopDecider, StopDecision } from './stop-decision';
@@ -52,6 +53,11 @@ export interface AgentOptions {
   removeNotReadyTaint?: boolean;
   /** The agent's own pod (downward API), to find its DaemonSet. */
   self?: { podNamespace: string; podName: string };
+  /**
+   * A primary CNI that keeps removing our entry (src/installer/fight.ts): the policy's fields override the
+   * defaults (5 removals in 60 s, 60 s quiet); false re-inserts every time, for ever.
+   */
+  fightPolicy?: Partial<FightPolicy> | false;
   /** Extra readiness conditions (the installer's "our entry is in the active config"). */
   readiness?: Array<() => string | undefined>;
   /** The reconciler; needs Kubernetes. Mode `off` (the default here) disables it. */
@@ -240,16 +246,36 @@ function serveShim(socketPath: string, deps: CniDeps, options: AgentOptions, met
   });
 }
 
-/** Keeps our entry in the node's CNI config, counting the times it had to be put back. */
-async function keepInstalled(install: InstallOptions, metrics: AgentMetrics, log: Log): Promise<InstallWatcher> {
-  const { watchAndRepair } = await import('../installer');
-  return watchAndRepair(install, (event) => {
-    if (event.type === 'error') log({ level: 'warn', msg: 'install pass failed; retrying on the next change', trigger: event.trigger, error: String(event.error) });
-    else if (event.report.config.action === 'reinserted') {
-      metrics.reinsertions.inc();
-      log({ level: 'info', msg: 'our entry was missing from the active CNI config; put it back', config: event.report.config.path, trigger: event.trigger });
-    }
-  });
+/** Where a hold is told besides readiness and the metric: an Event on the node, or the log without an API. */
+async function tellHold(options: AgentOptions, podCache: NodePodCache | undefined, event: { type: 'held' | 'resumed'; fight: FightReport }, log: Log): Promise<void> {
+  const message = event.type === 'held' ? describeHold(event.fight) : `the primary CNI left our entry alone for a while; putting it back into ${event.fight.config}`;
+  log({ level: event.type === 'held' ? 'warn' : 'info', msg: event.type === 'held' ? 'holding: the primary CNI keeps removing our entry' : 'resuming: putting our entry back', config: event.fight.config, primary: event.fight.primaryType, advice: event.fight.advice, detail: message });
+  if (!options.kubernetes || !podCache) return;
+  const { recordNodeEvent } = await import('../kube/actions');
+  await recordNodeEvent(podCache.kubeConfig, options.kubernetes.nodeName, event.type === 'held' ? 'PrimaryCNIFight' : 'PrimaryCNIFightOver', message, event.type === 'held' ? 'Warning' : 'Normal').catch((err: unknown) =>
+    log({ level: 'warn', msg: 'could not record the Event on the node', error: String(err) }),
+  );
+}
+
+/** Keeps our entry in the node's CNI config, counting the times it had to be put back, and holds when the primary fights. */
+async function keepInstalled(options: AgentOptions, install: InstallOptions, podCache: NodePodCache | undefined, metrics: AgentMetrics, log: Log): Promise<InstallWatcher> {
+  const { watchAndRepair, DEFAULT_FIGHT_POLICY } = await import('../installer');
+  const fight = options.fightPolicy === false ? undefined : { ...DEFAULT_FIGHT_POLICY, ...options.fightPolicy };
+  return watchAndRepair(
+    install,
+    (event) => {
+      if (event.type === 'error') log({ level: 'warn', msg: 'install pass failed; retrying on the next change', trigger: event.trigger, error: String(event.error) });
+      else if (event.type === 'held' || event.type === 'resumed') {
+        if (event.type === 'held') metrics.installHeld.set({ config: event.fight.config, primary: event.fight.primaryType ?? 'unknown', advice: event.fight.advice }, 1);
+        else metrics.installHeld.reset();
+        void tellHold(options, podCache, event, log);
+      } else if (event.report.config.action === 'reinserted') {
+        metrics.reinsertions.inc();
+        log({ level: 'info', msg: 'our entry was missing from the active CNI config; put it back', config: event.report.config.path, trigger: event.trigger });
+      }
+    },
+    { fight },
+  );
 }
 
 /**
@@ -334,7 +360,12 @@ function notReadyReasons(p: Parts): string[] {
   if (!p.cniServer) reasons.push('the CNI socket is not being served');
   if (p.podCache && !p.podCache.synced()) reasons.push('the pod cache has not synced with the API server yet');
   if (p.ambientPending) reasons.push(p.ambientPending);
-  if (p.watcher && !p.watcher.ready()) reasons.push('the active CNI config does not hold our entry yet, or our binaries are missing');
+  const held = p.watcher?.held();
+  if (held) reasons.push(describeHold(held));
+  else if (p.watcher && !p.watcher.ready()) {
+    const config = p.watcher.lastReport()?.config;
+    reasons.push(config?.action === 'waiting' ? config.reason : 'the active CNI config does not hold our entry yet, or our binaries are missing');
+  }
   for (const check of p.options.readiness ?? []) {
     const why = check();
     if (why) reasons.push(why);
@@ -444,7 +475,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   const deps = pluginDeps(plugin);
   const parts: Parts = { options, log, metrics, attachments, socketPath, podCache, repair: { stop: () => undefined }, stopDecision: async () => ({ uninstall: false, reason: '' }), stopUntaint: () => undefined };
   parts.cniServer = await serveShim(socketPath, deps, options, metrics, log);
-  if (options.install) parts.watcher = await keepInstalled(options.install, metrics, log);
+  if (options.install) parts.watcher = await keepInstalled(options, options.install, podCache, metrics, log);
   parts.stopDecision = await stopDecider(options, podCache, log);
   if (options.ambient && options.kubernetes && podCache) {
     parts.ambientPending = 'ambient: the namespace watch has not synced and ztunnel\'s socket is not served yet';

@@ -27,6 +27,13 @@ export class AgentMetrics {
   readonly repairActions = this.counter('mesh_cni_repair_actions_total', 'Actions the reconciler took on broken pods, by action and result', ['action', 'result'] as const);
   readonly badPods = this.counter('mesh_cni_pod_cache_bad_objects_total', 'Pods from the API server (list or watch) the agent could not read and left out of its cache');
   readonly reinsertions = this.counter('mesh_cni_install_reinsertions_total', 'Times the agent put its entry back into the primary CNI config after another component removed it');
+  /** 1 while held (src/installer/fight.ts); the labels name the file and what to change. Reset when the hold ends. */
+  readonly installHeld = new Gauge({
+    name: 'mesh_cni_install_held',
+    help: 'The primary CNI keeps removing our entry: 1 while the agent has stopped re-inserting it; config is the file, primary its plugin type, advice what to change',
+    labelNames: ['config', 'primary', 'advice'] as const,
+    registers: [this.registry],
+  });
   readonly podsCached = new Gauge({
     name: 'mesh_cni_pods_cached',
     help: "Pods on this node in the agent's watch cache",

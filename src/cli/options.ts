@@ -249,6 +249,11 @@ export const installOptions = {
   'cni-bin-dir': { type: 'string', default: DEFAULT_CNI_BIN_DIR, describe: "the host's CNI binary dir as mounted here" },
   'cni-conf-dir': { type: 'string', default: DEFAULT_CNI_CONF_DIR, describe: "the host's CNI config dir as mounted here" },
   'host-cni-conf-dir': { type: 'string', default: HOST_CNI_CONF_DIR, describe: 'the same config dir as the runtime on the host sees it (for paths inside our entry)' },
+  'cni-conf-file-name': {
+    type: 'string',
+    default: '',
+    describe: "chain into this file of the config dir (Istio's cniConfFileName) instead of the first valid config; not ready while it is absent ('': the runtime's choice)",
+  },
   ...excludeNamespacesOption,
   'standalone-conf': { type: 'boolean', default: false, describe: 'write our own conflist instead of chaining into the primary CNI (nodes without one)' },
   'state-dir': nodeOptions['state-dir'],
@@ -260,6 +265,7 @@ export interface InstallArgs {
   'cni-bin-dir': string;
   'cni-conf-dir': string;
   'host-cni-conf-dir': string;
+  'cni-conf-file-name'?: string;
   'standalone-conf': boolean;
   'state-dir': string;
   'log-level': string;
@@ -284,6 +290,7 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
   return {
     cniBinDir: args['cni-bin-dir'],
     cniConfDir: args['cni-conf-dir'],
+    cniConfFileName: args['cni-conf-file-name'] || undefined,
     shimPath: BUNDLED_SHIM,
     enginePath: BUNDLED_ENGINE,
     pluginConfig: pluginEntry({

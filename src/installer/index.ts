@@ -5,10 +5,12 @@
  * checkInstalled().
  */
 export { install, checkInstalled, installedPaths, SHIM_NAME, ENGINE_DIR_NAME, LEGACY_ENGINE_NAME, STANDALONE_CONF_NAME } from './install';
-export { watchAndRepair } from './watch';
-export type { InstallEvent, InstallWatcher, WatchOptions, WatchTrigger } from './watch';
+export { watchAndRepair, describeHold, holdFilePath } from './watch';
+export type { InstallEvent, InstallWatcher, WatchOptions, WatchTrigger, FightReport } from './watch';
+export { DEFAULT_FIGHT_POLICY, FightGuard, adviceFor } from './fight';
+export type { FightPolicy, HoldState } from './fight';
 export { uninstall } from './uninstall';
-export { findPrimaryConfig, scanConfDir, CONF_EXTENSIONS } from './primary-config';
+export { findPrimaryConfig, scanConfDir, chosenConfig, CONF_EXTENSIONS } from './primary-config';
 export type { PrimaryConfig, ConfigKind } from './primary-config';
 export { PLUGIN_TYPE } from './conflist';
 export { buildKubeconfig, renderKubeconfig, KUBECONFIG_MODE } from './kubeconfig';

@@ -10,7 +10,7 @@ import { ENGINE_DIR_NAME, engineInPlace, installEngineDir, treeDigest } from './
 import { convertConfText, hasOurEntry, insertIntoConflistText, isChainedLast, isOurs, PLUGIN_TYPE, removeFromConflistText } from './conflist';
 import { InstallerError } from '../errors';
 import { buildKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
-import { findPrimaryConfig, invalidReason, scanConfDir } from './primary-config';
+import { chosenConfig, invalidReason } from './primary-config';
 import { loadState, saveState, type ConfigRecord, type InstallState } from './state';
 import type { ConfigOutcome, InstallOptions, InstallReport, InstallStatus } from './types';
 
@@ -188,10 +188,35 @@ async function recordBeforeWriting(o: InstallOptions, state: InstallState, recor
   await saveState(o.stateDir, state);
 }
 
-async function chainIntoPrimary(o: InstallOptions, state: InstallState): Promise<ConfigOutcome> {
-  const { primary, skipped } = await scanConfDir(o.cniConfDir);
+/**
+ * The configs we had put our entry into that no longer hold it (rewritten without it, renamed or deleted):
+ * each is a removal by someone else, counted once, since the pass that finds it either puts the entry back
+ * (a new record) or, while held, marks the record as without the entry.
+ */
+async function removedEntries(state: InstallState): Promise<ConfigRecord[]> {
+  const removed: ConfigRecord[] = [];
+  for (const record of state.configs.filter((r) => r.entryPresent)) {
+    const current = await readIfExists(record.path);
+    if (current !== undefined && sha256(current) === record.writtenSha256) continue;
+    const verdict = current === undefined ? undefined : invalidReason(current, 'conflist');
+    if (verdict === undefined || 'reason' in verdict || !hasOurEntry(verdict.parsed)) removed.push(record);
+  }
+  return removed;
+}
+
+/** While held (fight.ts): the config is left as the primary wrote it; records of removed entries say so. */
+async function holdConfig(o: InstallOptions, state: InstallState, removed: ConfigRecord[]): Promise<ConfigOutcome> {
+  for (const record of removed) upsert(state, { ...record, entryPresent: false });
+  const { primary } = await chosenConfig(o.cniConfDir, o.cniConfFileName);
+  return { action: 'held', path: primary?.path, removed: removed.map((r) => r.path) };
+}
+
+async function chainIntoPrimary(o: InstallOptions, state: InstallState, hold: PassOptions['hold']): Promise<ConfigOutcome> {
+  const removed = await removedEntries(state);
+  if (hold?.(removed.map((r) => r.path))) return holdConfig(o, state, removed);
+  const { primary, skipped, reason } = await chosenConfig(o.cniConfDir, o.cniConfFileName);
   if (!primary) {
-    return { action: 'waiting', reason: `no valid network config in ${o.cniConfDir} yet`, skipped };
+    return { action: 'waiting', reason: reason ?? `no valid network config in ${o.cniConfDir} yet`, skipped, removed: removed.map((r) => r.path) };
   }
   const hadEntryBefore = state.configs.some((r) => r.entryPresent);
   let path: string;
@@ -232,7 +257,7 @@ async function chainIntoPrimary(o: InstallOptions, state: InstallState): Promise
   for (const other of state.configs.filter((r) => r.path !== path && r.entryPresent)) {
     if (await release(state, other)) released.push(other.path);
   }
-  return { action, path, convertedFrom, released };
+  return { action, path, convertedFrom, released, removed: removed.map((r) => r.path) };
 }
 
 async function writeStandalone(o: InstallOptions, state: InstallState): Promise<ConfigOutcome> {
@@ -244,7 +269,7 @@ async function writeStandalone(o: InstallOptions, state: InstallState): Promise<
   };
   const written = await writeIfChanged(path, `${JSON.stringify(list, null, 2)}\n`, CONFIG_MODE);
   if (!state.ownedFiles.includes(path)) state.ownedFiles.push(path);
-  return { action: written === 'written' ? 'inserted' : 'unchanged', path, released: [] };
+  return { action: written === 'written' ? 'inserted' : 'unchanged', path, released: [], removed: [] };
 }
 
 /** What is installed right now, read from disk (what readiness reports). */
@@ -255,7 +280,7 @@ export async function checkInstalled(o: InstallOptions): Promise<InstallStatus> 
   binaries.push({ path: paths.shim, inPlace: have !== undefined && want !== undefined && have.equals(want) });
   const digest = await treeDigest(o.enginePath).catch(() => undefined);
   binaries.push({ path: paths.engine, inPlace: digest !== undefined && (await engineInPlace(o.cniBinDir, digest)) });
-  const primary = await findPrimaryConfig(o.cniConfDir);
+  const { primary } = await chosenConfig(o.cniConfDir, o.cniConfFileName);
   const entryInActiveConfig = primary !== undefined && primary.kind === 'conflist' && isChainedLast(primary.parsed);
   const kubeconfig = o.kubeconfig ? { path: o.kubeconfig.outPath, present: await exists(o.kubeconfig.outPath) } : undefined;
   return {
@@ -267,8 +292,16 @@ export async function checkInstalled(o: InstallOptions): Promise<InstallStatus> 
   };
 }
 
+export interface PassOptions {
+  /**
+   * Hears the configs whose entry was removed since our last write (every pass, often none) and answers
+   * whether to leave the config alone this pass: the watch's fight guard (fight.ts).
+   */
+  hold?: (removed: string[]) => boolean;
+}
+
 /** One pass: make the node hold our binaries, kubeconfig and config entry. Safe to repeat; do not run two at once. */
-export async function install(o: InstallOptions): Promise<InstallReport> {
+export async function install(o: InstallOptions, pass: PassOptions = {}): Promise<InstallReport> {
   validate(o);
   const state = await loadState(o.stateDir);
   const before = JSON.stringify(state);
@@ -290,13 +323,15 @@ export async function install(o: InstallOptions): Promise<InstallReport> {
   }
 
   await mkdir(o.cniConfDir, { recursive: true });
-  const config = o.standaloneConf ? await writeStandalone(o, state) : await chainIntoPrimary(o, state);
+  const config = o.standaloneConf ? await writeStandalone(o, state) : await chainIntoPrimary(o, state, pass.hold);
   if (JSON.stringify(state) !== before) await saveState(o.stateDir, state);
 
   const wrote = (a: WriteAction | undefined) => a === 'written';
   const changed =
     binaries.some((b) => wrote(b.action)) ||
     wrote(kubeconfig?.action) ||
-    (config.action !== 'waiting' && (config.action !== 'unchanged' || config.released.length > 0));
+    config.action === 'inserted' ||
+    config.action === 'reinserted' ||
+    (config.action === 'unchanged' && config.released.length > 0);
   return { binaries, kubeconfig, config, changed, status: await checkInstalled(o) };
 }

@@ -93,3 +93,27 @@ export async function scanConfDir(confDir: string): Promise<{ primary?: PrimaryC
   }
   return { skipped };
 }
+
+/**
+ * The config to chain into: the file `fileName` names (Istio's cniConfFileName) when given, else the runtime's
+ * choice. `reason` says why there is none yet.
+ */
+export async function chosenConfig(confDir: string, fileName: string | undefined): Promise<{ primary?: PrimaryConfig; skipped: PrimaryConfig['skipped']; reason?: string }> {
+  if (!fileName) {
+    const scan = await scanConfDir(confDir);
+    return scan.primary ? scan : { ...scan, reason: `no valid network config in ${confDir} yet` };
+  }
+  if (fileName.includes('/') || fileName === '.' || fileName === '..') return { skipped: [], reason: `cniConfFileName must be a file name in ${confDir}, not a path: ${fileName}` };
+  const path = join(confDir, fileName);
+  const kind = kindOf(fileName);
+  if (!kind) return { skipped: [], reason: `cniConfFileName ${fileName} does not end in .conf, .conflist or .json: the runtime would never read it` };
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(path);
+  } catch (err) {
+    return { skipped: [], reason: `the config named by cniConfFileName, ${path}, does not exist yet (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})` };
+  }
+  const verdict = invalidReason(bytes, kind);
+  if ('reason' in verdict) return { skipped: [{ path, reason: verdict.reason }], reason: `the config named by cniConfFileName, ${path}, is not a valid ${kind}: ${verdict.reason}` };
+  return { primary: { path, kind, bytes, parsed: verdict.parsed, skipped: [] }, skipped: [] };
+}

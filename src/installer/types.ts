@@ -19,6 +19,11 @@ export interface InstallOptions {
   standaloneConf?: boolean;
   /** with standaloneConf: plugins placed before ours in that conflist (e.g. bridge + host-local for a demo) */
   standalonePlugins?: Array<Record<string, unknown>>;
+  /**
+   * Istio's cniConfFileName: chain into this file of cniConfDir (a name, not a path) instead of the first valid
+   * config; while it is absent or invalid the pass waits and says so. Empty or unset: the runtime's choice.
+   */
+  cniConfFileName?: string;
   /** where the record of what we changed lives (e.g. /var/run/mesh-cni): uninstall reads it */
   stateDir: string;
   /**
@@ -30,7 +35,9 @@ export interface InstallOptions {
 }
 
 export type ConfigOutcome =
-  | { action: 'waiting'; reason: string; skipped: Array<{ path: string; reason: string }> }
+  | { action: 'waiting'; reason: string; skipped: Array<{ path: string; reason: string }>; removed: string[] }
+  /** the primary keeps removing our entry (fight.ts): the config was left as it is; `path` is the active config */
+  | { action: 'held'; path?: string; removed: string[] }
   | {
       /** inserted: first write; reinserted: our entry had been taken out or changed by someone else; unchanged: already right */
       action: 'inserted' | 'reinserted' | 'unchanged';
@@ -39,6 +46,8 @@ export type ConfigOutcome =
       convertedFrom?: string;
       /** formerly active configs our entry was taken out of because another file became the active one */
       released: string[];
+      /** configs that held our entry after our last write and no longer do: removed by someone else */
+      removed: string[];
     };
 
 export interface InstallReport {

@@ -106,6 +106,10 @@ export async function planUninstall(o: InstallOptions): Promise<Step[]> {
       steps.push({ action: 'delete-file', path: kept, detail: "the standalone plugin's remembered `auto` backend", apply: async () => void (await removeIfExists(kept)) });
     }
   }
+  const hold = join(o.stateDir, STATE_FILES.installHold);
+  if (await exists(hold)) {
+    steps.push({ action: 'delete-file', path: hold, detail: "the agent's hold on a primary CNI that kept removing our entry", apply: async () => void (await removeIfExists(hold)) });
+  }
   const versions = await engineVersions(o.cniBinDir);
   if (versions.length > 0 || (await lstat(paths.engine).catch(() => undefined))) {
     steps.push({

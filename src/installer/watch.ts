@@ -5,21 +5,37 @@
  * runs as well. Passes never overlap; an event during a pass schedules exactly one more.
  */
 import { statSync, watch, type FSWatcher } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { install } from './install';
+import { removeIfExists, writeFileAtomic } from './atomic-file';
+import { adviceFor, FightGuard, primaryTypeOf, type FightPolicy, type FightReport, type HoldState } from './fight';
+export { describeHold, type FightReport } from './fight';
+import { chosenConfig } from './primary-config';
 import type { InstallOptions, InstallReport } from './types';
+import { STATE_FILES } from '../defaults';
 
-export type WatchTrigger = 'start' | 'fs' | 'periodic';
+export type WatchTrigger = 'start' | 'fs' | 'periodic' | 'retry';
 
 export type InstallEvent =
   | { type: 'pass'; trigger: WatchTrigger; report: InstallReport }
-  | { type: 'error'; trigger: WatchTrigger; error: Error };
+  | { type: 'error'; trigger: WatchTrigger; error: Error }
+  /** the primary keeps removing our entry: no more writes to the config until `fight.until` */
+  | { type: 'held'; fight: FightReport }
+  /** the hold ended: the next pass puts the entry back */
+  | { type: 'resumed'; fight: FightReport };
+
+/** Where a hold is written for `mesh-cni status` (removed when it ends). */
+export function holdFilePath(stateDir: string): string {
+  return join(stateDir, STATE_FILES.installHold);
+}
 
 export interface WatchOptions {
   /** wait this long after an event for the burst to settle (default 25 ms) */
   debounceMs?: number;
   /** safety pass interval (default 2000 ms) */
   periodMs?: number;
+  /** hold after repeated removals of our entry (fight.ts); without it every removal is repaired */
+  fight?: FightPolicy;
 }
 
 export interface InstallWatcher {
@@ -31,6 +47,8 @@ export interface InstallWatcher {
   lastReport(): InstallReport | undefined;
   /** resolves after the next pass that starts from now ends */
   nextPass(): Promise<void>;
+  /** the hold in force: the primary keeps removing our entry (undefined when not held) */
+  held(): FightReport | undefined;
 }
 
 /**
@@ -38,11 +56,12 @@ export interface InstallWatcher {
  * changed something or changed readiness, every error (the next trigger retries), and the first pass.
  */
 export function watchAndRepair(o: InstallOptions, onEvent: (event: InstallEvent) => void = () => {}, options: WatchOptions = {}): InstallWatcher {
-  const loop = new InstallLoop(o, onEvent, options.debounceMs ?? 25);
+  const loop = new InstallLoop(o, onEvent, options.debounceMs ?? 25, options.fight ? new FightGuard(options.fight) : undefined);
   loop.begin(options.periodMs ?? 2000);
   return {
     close: () => loop.close(),
-    ready: () => loop.isReady,
+    ready: () => loop.isReady && loop.hold === undefined,
+    held: () => loop.hold,
     lastReport: () => loop.last,
     nextPass: () => loop.nextPass(),
   };
@@ -57,13 +76,16 @@ class InstallLoop {
   private debounce: NodeJS.Timeout | undefined;
   private timer: NodeJS.Timeout | undefined;
   private waiters: Array<() => void> = [];
+  private retry: NodeJS.Timeout | undefined;
   last: InstallReport | undefined;
   isReady = false;
+  hold: FightReport | undefined;
 
   constructor(
     private readonly o: InstallOptions,
     private readonly onEvent: (event: InstallEvent) => void,
     private readonly debounceMs: number,
+    private readonly guard: FightGuard | undefined,
   ) {
     this.dirs = [o.cniConfDir, o.cniBinDir, ...(o.kubeconfig ? [dirname(o.kubeconfig.tokenPath)] : [])];
   }
@@ -112,11 +134,57 @@ class InstallLoop {
     }
   }
 
+  /** Asked by every pass with the removals it found: whether to leave the config alone (fight.ts). */
+  private holdNow(removed: string[]): boolean {
+    const guard = this.guard;
+    if (!guard) return false;
+    let started: HoldState | undefined;
+    for (const _ of removed) started = guard.removal(Date.now()) ?? started;
+    if (started) this.pendingHold = started;
+    return guard.holding(Date.now()) !== undefined;
+  }
+
+  private pendingHold: HoldState | undefined;
+
+  /** A hold begun in this pass: say so (event, hold file) and try again when it ends. */
+  private async startHold(started: HoldState): Promise<void> {
+    const primary = (await chosenConfig(this.o.cniConfDir, this.o.cniConfFileName).catch(() => undefined))?.primary;
+    const primaryType = primaryTypeOf(primary?.parsed);
+    const fight: FightReport = {
+      config: primary?.path ?? this.o.cniConfDir,
+      primaryType,
+      advice: adviceFor(primaryType, this.o.cniConfDir),
+      removals: started.removals,
+      windowSeconds: Math.round((this.guard?.policy.windowMs ?? 0) / 1000),
+      since: new Date(started.since).toISOString(),
+      until: new Date(started.until).toISOString(),
+      strike: started.strike,
+    };
+    this.hold = fight;
+    await writeFileAtomic(holdFilePath(this.o.stateDir), `${JSON.stringify(fight, null, 2)}\n`, 0o644).catch(() => undefined);
+    if (this.retry) clearTimeout(this.retry);
+    this.retry = setTimeout(() => this.start('retry'), Math.max(0, started.until - Date.now()));
+    this.emit({ type: 'held', fight });
+  }
+
+  /** The hold ran its time: the pass about to run tries again. */
+  private async endHold(): Promise<void> {
+    const fight = this.hold;
+    if (!fight || this.guard?.holding(Date.now())) return;
+    this.hold = undefined;
+    await removeIfExists(holdFilePath(this.o.stateDir)).catch(() => undefined);
+    this.emit({ type: 'resumed', fight });
+  }
+
   private async runPass(trigger: WatchTrigger): Promise<void> {
     const pending = this.waiters;
     this.waiters = [];
     try {
-      const report = await install(this.o);
+      await this.endHold();
+      const report = await install(this.o, { hold: (removed) => this.holdNow(removed) });
+      const started = this.pendingHold;
+      this.pendingHold = undefined;
+      if (started) await this.startHold(started);
       const readinessChanged = report.status.ready !== this.isReady;
       this.last = report;
       this.isReady = report.status.ready;
@@ -159,10 +227,13 @@ class InstallLoop {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
+    if (this.retry) clearTimeout(this.retry);
     if (this.debounce) clearTimeout(this.debounce);
     for (const w of this.watchers.values()) w.watcher.close();
     this.watchers.clear();
     while (this.running) await this.running;
+    // A hold is this process's judgement; the next agent judges afresh, so status must not show a stale one.
+    if (this.hold) await removeIfExists(holdFilePath(this.o.stateDir)).catch(() => undefined);
     for (const resolve of this.waiters) resolve();
     this.waiters = [];
   }

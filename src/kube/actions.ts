@@ -2,7 +2,7 @@
  * The reconciler's writes to the API: label through pods/status (Istio's repair controller does the same,
  * so only that subresource needs RBAC), delete with preconditions, and Events on the pod.
  */
-import type { CoreV1Api, KubeConfig, V1Pod } from '@kubernetes/client-node';
+import type { CoreV1Api, CoreV1Event, KubeConfig, V1Pod } from '@kubernetes/client-node';
 import { AMBIENT_ANNOTATIONS, UNINITIALIZED_LABEL } from '../mesh/istio-names';
 
 export interface PodActions {
@@ -41,24 +41,44 @@ export async function podActions(kubeConfig: KubeConfig | (() => KubeConfig), no
       });
     },
     async event(pod, reason, message, type) {
-      const now = new Date();
+      const { name, namespace } = id(pod);
       await (await core()).createNamespacedEvent({
-        namespace: id(pod).namespace,
-        body: {
-          metadata: { generateName: `${id(pod).name}.`, namespace: id(pod).namespace },
-          involvedObject: { kind: 'Pod', apiVersion: 'v1', name: id(pod).name, namespace: id(pod).namespace, uid: pod.metadata?.uid },
-          reason,
-          message,
-          type,
-          source: { component: 'mesh-cni', host: nodeName },
-          reportingComponent: 'mesh-cni',
-          reportingInstance: nodeName,
-          firstTimestamp: now,
-          lastTimestamp: now,
-          count: 1,
-        },
+        namespace,
+        body: eventBody({ kind: 'Pod', apiVersion: 'v1', name, namespace, uid: pod.metadata?.uid }, namespace, nodeName, reason, message, type),
       });
     },
+  };
+}
+
+/**
+ * An Event about this node (what the node itself is doing wrong, not one pod): in the `default` namespace, as
+ * kubelet records its node events, so `kubectl describe node` and `kubectl get events` show it.
+ */
+export async function recordNodeEvent(kubeConfig: KubeConfig, nodeName: string, reason: string, message: string, type: 'Normal' | 'Warning'): Promise<void> {
+  const k8s = await import('@kubernetes/client-node');
+  await kubeConfig.makeApiClient(k8s.CoreV1Api).createNamespacedEvent({
+    namespace: 'default',
+    // kubelet names its node as the uid of its node events; kubectl describe node matches on the name.
+    body: eventBody({ kind: 'Node', apiVersion: 'v1', name: nodeName, uid: nodeName }, 'default', nodeName, reason, message, type),
+  });
+}
+
+/** One Event of ours, about `involvedObject`, reported from this node. */
+function eventBody(involvedObject: CoreV1Event['involvedObject'], namespace: string, nodeName: string, reason: string, message: string, type: 'Normal' | 'Warning'): CoreV1Event {
+  const now = new Date();
+  return {
+    metadata: { generateName: `${involvedObject.name}.`, namespace },
+    involvedObject,
+    reason,
+    // The API refuses a message over 1 KiB.
+    message: message.slice(0, 1024),
+    type,
+    source: { component: 'mesh-cni', host: nodeName },
+    reportingComponent: 'mesh-cni',
+    reportingInstance: nodeName,
+    firstTimestamp: now,
+    lastTimestamp: now,
+    count: 1,
   };
 }
 

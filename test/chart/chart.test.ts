@@ -167,6 +167,15 @@ for (const [set, mode, role, grant] of REPAIR) {
   });
 }
 
+test("cniConfFileName (Istio's name, also under cni.) becomes the agent's --cni-conf-file-name; a path is refused", (t) => {
+  t.is(settings(renderChart())['cni-conf-file-name'], '');
+  t.is(settings(renderChart(['cniConfFileName=20-multus.conflist']))['cni-conf-file-name'], '20-multus.conflist');
+  t.is(settings(renderChart(['cni.cniConfFileName=10-calico.conflist']))['cni-conf-file-name'], '10-calico.conflist');
+  const r = helmTemplate(['cniConfFileName=/etc/cni/net.d/10-calico.conflist']);
+  t.not(r.code, 0, r.stdout);
+  t.regex(r.stderr, /cniConfFileName/);
+});
+
 test('removeNotReadyTaint renders the node-readiness RBAC and the setting', (t) => {
   t.falsy(findObject(renderChart(), 'ClusterRole', 'mesh-cni-node-readiness'));
   const objects = renderChart(['removeNotReadyTaint=true']);

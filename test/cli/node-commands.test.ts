@@ -94,7 +94,7 @@ test.serial('walk-through: apply --pod, then status → pods → explain → rep
   const inPod = mesh(['status', ...n.flags(), '--cni-conf-dir', n.confDir, '--cni-bin-dir', n.binDir], { NODE_NAME: NODE, HEALTH_PORT: String(n.healthPort) });
   t.regex(inPod.stdout, /^repair mode\s+off \(from the agent's \/metrics\)$/m, inPod.stdout + inPod.stderr);
   const statusJson = json(ok(t, n.run(['status', '-o', 'json']), 1));
-  t.deepEqual(Object.keys(statusJson), ['node', 'cniConfig', 'binaries', 'versions', 'agent', 'backend', 'repairMode', 'pods', 'problems']);
+  t.deepEqual(Object.keys(statusJson), ['node', 'cniConfig', 'fight', 'binaries', 'versions', 'agent', 'backend', 'repairMode', 'pods', 'problems']);
   t.is(statusJson.node, NODE);
   t.true(statusJson.cniConfig.entryInActiveConfig);
   t.deepEqual(statusJson.binaries.map((b: { name: string; matchesAgent: boolean; matchesCli: boolean }) => [b.name, b.matchesAgent, b.matchesCli]), [

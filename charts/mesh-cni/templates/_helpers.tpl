@@ -50,6 +50,8 @@ data:
   cni-conf-dir: /host/etc/cni/net.d
   # The same config dir as the runtime on the host sees it: paths inside our conflist entry are host paths.
   host-cni-conf-dir: {{ .Values.cniConfDir | quote }}
+  # The file in that dir to chain into ("": the first valid config, as the runtime chooses).
+  cni-conf-file-name: {{ .Values.cniConfFileName | quote }}
   # Pods in these namespaces are never redirected (comma separated).
   exclude-namespaces: {{ join "," .Values.excludeNamespaces | quote }}
   # What to do with a pod whose rules are missing: repair (in place, in its netns: no extra RBAC),

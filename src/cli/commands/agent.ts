@@ -3,6 +3,7 @@ import type { Argv } from 'yargs';
 import { MeshCniError } from '../../errors';
 import { DEFAULT_HEALTH_PORT, startAgent } from '../../agent/agent';
 import { runCommand } from '../output';
+import { DEFAULT_FIGHT_POLICY, type FightPolicy } from '../../installer/fight';
 import { ambientFromArgs, ambientOptions, checkHostProbe, installOptions, installSettings, nodeOptions, once, repairOptions, repairSettings, type AmbientArgs, type InstallArgs, type RepairArgs } from '../options';
 import { DEFAULT_ZTUNNEL_SOCKET } from '../../agent/zds-server';
 
@@ -31,6 +32,17 @@ export function builder(y: Argv) {
         default: false,
         describe: 'once installed and ready, remove the cni.istio.io/not-ready taint from this node (needs install/optional/node-readiness-rbac.yaml)',
       },
+      'fight-removals': {
+        type: 'number',
+        default: DEFAULT_FIGHT_POLICY.removals,
+        describe: 'a primary CNI that removes our entry this many times within --fight-window-seconds is left alone: the agent stops re-inserting and turns not ready, saying which file and what to change (0: re-insert every time)',
+      },
+      'fight-window-seconds': { type: 'number', default: DEFAULT_FIGHT_POLICY.windowMs / 1000, describe: 'the window --fight-removals counts in' },
+      'fight-quiet-seconds': {
+        type: 'number',
+        default: DEFAULT_FIGHT_POLICY.quietMs / 1000,
+        describe: 'how long the agent leaves a fighting primary alone before it tries once more (doubled after each failed try, up to ten times this)',
+      },
       ...installOptions,
       ...repairOptions,
       'resync-seconds': { type: 'number', default: 30, describe: 'how often the reconciler checks every pod on the node' },
@@ -57,6 +69,20 @@ interface AgentArgs extends RepairArgs, Omit<InstallArgs, 'ambient'>, AmbientArg
   'uninstall-on-exit': 'auto' | 'always' | 'never';
   'remove-not-ready-taint': boolean;
   'resync-seconds': number;
+  'fight-removals': number;
+  'fight-window-seconds': number;
+  'fight-quiet-seconds': number;
+}
+
+/** The agent's fight policy from its flags (src/installer/fight.ts); 0 removals turns it off. */
+function fightPolicy(args: AgentArgs): Partial<FightPolicy> | false {
+  const seconds = ['fight-window-seconds', 'fight-quiet-seconds'] as const;
+  for (const name of ['fight-removals', ...seconds] as const) {
+    if (!Number.isFinite(args[name]) || args[name] < 0) throw new MeshCniError(`--${name} must be a number of at least 0, got ${args[name]}`);
+  }
+  if (args['fight-removals'] === 0) return false;
+  const quietMs = args['fight-quiet-seconds'] * 1000;
+  return { removals: Math.ceil(args['fight-removals']), windowMs: args['fight-window-seconds'] * 1000, quietMs, maxQuietMs: Math.max(quietMs * 10, quietMs) };
 }
 
 export async function handler(args: AgentArgs): Promise<void> {
@@ -79,6 +105,7 @@ export async function handler(args: AgentArgs): Promise<void> {
       ambient: ambient ? { decision: ambient, ztunnelSocket: args['ztunnel-socket'], procRoot: args['proc-root'], criSocket: args['cri-socket'], backend: args.backend, hostNetns: args['host-netns'] } : undefined,
       uninstallOnStop: args['uninstall-on-exit'] === 'auto' ? 'auto' : args['uninstall-on-exit'] === 'always',
       removeNotReadyTaint: args['remove-not-ready-taint'],
+      fightPolicy: fightPolicy(args),
       self: process.env.POD_NAMESPACE && process.env.POD_NAME ? { podNamespace: process.env.POD_NAMESPACE, podName: process.env.POD_NAME } : undefined,
     });
     process.stdout.write(`mesh-cni agent ready: socket ${agent.socketPath}, health on port ${agent.healthPort}\n`);

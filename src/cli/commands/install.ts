@@ -19,7 +19,7 @@ export async function handler(args: InstallArgs & { output: OutputFormat }): Pro
     if (args.output === 'json') return printJson(report);
     for (const b of report.binaries) process.stdout.write(`${b.action.padEnd(9)} ${b.path}\n`);
     const c = report.config;
-    process.stdout.write(c.action === 'waiting' ? `waiting   ${c.reason}\n` : `${c.action.padEnd(9)} ${c.path}${c.convertedFrom ? ` (converted from ${c.convertedFrom})` : ''}\n`);
+    process.stdout.write(c.action === 'waiting' ? `waiting   ${c.reason}\n` : c.action === 'held' ? `held      ${c.path ?? ''}\n` : `${c.action.padEnd(9)} ${c.path}${c.convertedFrom ? ` (converted from ${c.convertedFrom})` : ''}\n`);
     return report.status.ready ? 0 : 1;
   });
 }

@@ -8,7 +8,8 @@ import { access, constants } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BUNDLED_ENGINE, BUNDLED_SHIM, artifactSha256, buildInfo, packageVersion } from '../../installer/build-info';
 import { callCniSocket } from '../../agent/shim-socket';
-import { checkInstalled, installedPaths, pluginEntry, scanConfDir } from '../../installer';
+import { checkInstalled, describeHold, holdFilePath, installedPaths, pluginEntry, scanConfDir, type FightReport } from '../../installer';
+import { readFile } from 'node:fs/promises';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import { REPAIR_MODES, type RepairMode } from '../../repair/reconciler';
 import {
@@ -34,6 +35,7 @@ export function builder(y: Argv) {
       ...nodeOptions,
       'cni-bin-dir': installOptions['cni-bin-dir'],
       'cni-conf-dir': installOptions['cni-conf-dir'],
+      'cni-conf-file-name': installOptions['cni-conf-file-name'],
       'health-port': {
         type: 'number',
         // In the agent's pod the DaemonSet sets HEALTH_PORT (from the ConfigMap): `kubectl exec ... mesh-cni status` then reads the agent too.
@@ -55,6 +57,7 @@ export function builder(y: Argv) {
 type Args = NodeArgs & {
   'cni-bin-dir': string;
   'cni-conf-dir': string;
+  'cni-conf-file-name'?: string;
   'health-port'?: number;
   'health-host': string;
   'repair-mode'?: RepairMode;
@@ -76,6 +79,8 @@ interface AgentInfo {
 export interface StatusReport {
   node: string | null;
   cniConfig: { dir: string; activeConfig: string | null; entryInActiveConfig: boolean; skipped: Array<{ path: string; reason: string }> };
+  /** the agent's hold on a primary CNI that keeps removing our entry (src/installer/fight.ts), as it wrote it in the state dir */
+  fight: FightReport | null;
   binaries: Array<{ name: 'shim' | 'engine'; path: string; installedSha256: string | null; cliSha256: string | null; agentSha256: string | null; matchesCli: boolean; matchesAgent: boolean | null }>;
   versions: { cli: string; agent: string | null };
   agent: {
@@ -100,6 +105,15 @@ async function probeSocket(socket: string): Promise<Pick<StatusReport['agent'], 
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     return { reachable: false, error: code ? `${code} (${(err as Error).message})` : (err as Error).message, cniVersions: null };
+  }
+}
+
+/** The hold the agent wrote, if one is in force (the file exists only while it lasts). */
+async function readHold(stateDir: string): Promise<FightReport | null> {
+  try {
+    return JSON.parse(await readFile(holdFilePath(stateDir), 'utf8')) as FightReport;
+  } catch {
+    return null;
   }
 }
 
@@ -154,17 +168,19 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
   const install = {
     cniBinDir: args['cni-bin-dir'],
     cniConfDir: args['cni-conf-dir'],
+    cniConfFileName: args['cni-conf-file-name'] || undefined,
     shimPath: BUNDLED_SHIM,
     enginePath: BUNDLED_ENGINE,
     pluginConfig: pluginEntry(),
     stateDir: args['state-dir'],
   };
-  const [installed, scan, socket, backend, pods] = await Promise.all([
+  const [installed, scan, socket, backend, pods, fight] = await Promise.all([
     checkInstalled(install),
     scanConfDir(args['cni-conf-dir']),
     probeSocket(args.socket),
     chooseBackend({ backend: args.backend, hostNetns: args['host-netns'] }),
     podCounts(args),
+    readHold(args['state-dir']),
   ]);
   const probe = args['health-port'] !== undefined ? await probeHealth(args['health-host'], args['health-port']) : undefined;
   const info = probe?.info;
@@ -187,6 +203,7 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
     };
   });
 
+  if (fight) problems.push(describeHold(fight));
   if (!installed.activeConfig) problems.push(`no valid CNI config in ${args['cni-conf-dir']}: the runtime has no network for pods`);
   else if (!installed.entryInActiveConfig) problems.push(`our entry is not the last plugin of the active config ${installed.activeConfig}`);
   for (const b of binaries) {
@@ -212,6 +229,7 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
   return {
     node: args['node-name'] ?? null,
     cniConfig: { dir: args['cni-conf-dir'], activeConfig: installed.activeConfig ?? null, entryInActiveConfig: installed.entryInActiveConfig, skipped: scan.skipped },
+    fight,
     binaries,
     versions: { cli: packageVersion(), agent: info?.version ?? null },
     agent: { socket: args.socket, ...socket, health: probe?.health ?? null },
@@ -230,6 +248,7 @@ function text(r: StatusReport): string {
   rows.push(['node', r.node ?? '(unknown: pass --node-name)']);
   rows.push(['cni config', r.cniConfig.activeConfig ?? { text: `none in ${r.cniConfig.dir}`, tone: 'bad' }]);
   rows.push(['our entry', r.cniConfig.activeConfig ? yes(r.cniConfig.entryInActiveConfig, 'last plugin of the active config', 'missing from the active config') : '-']);
+  if (r.fight) rows.push(['primary fight', { text: `held since ${r.fight.since}, next try ${r.fight.until}: ${r.fight.advice}`, tone: 'bad' }]);
   for (const b of r.binaries) {
     const state: Cell =
       b.installedSha256 === null
