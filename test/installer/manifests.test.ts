@@ -92,16 +92,17 @@ test('RBAC: pods read and events create by default; patch and delete only in the
   t.deepEqual(verbsOn(role, 'namespaces'), ['get']);
   t.false(role.rules!.some((r) => r.verbs.includes('*') || r.resources?.includes('*')));
 
-  const repair = one<V1ClusterRole>(optional, 'ClusterRole', 'mesh-cni-repair');
+  const repairLabel = one<V1ClusterRole>(optional, 'ClusterRole', 'mesh-cni-repair-label');
+  const repairDelete = one<V1ClusterRole>(optional, 'ClusterRole', 'mesh-cni-repair-delete');
   const readiness = one<V1ClusterRole>(optional, 'ClusterRole', 'mesh-cni-node-readiness');
   // --remove-not-ready-taint patches its node's taints; nothing else
   t.deepEqual(readiness.rules!.map((r) => ({ groups: r.apiGroups, resources: r.resources, verbs: r.verbs })), [{ groups: [''], resources: ['nodes'], verbs: ['patch'] }]);
   t.deepEqual(verbsOn(role, 'nodes'), ['get'], 'the base role reads nodes only');
-  // label mode patches through pods/status only; no write access to pod specs
-  t.deepEqual(verbsOn(repair, 'pods').sort(), ['delete']);
-  t.deepEqual(verbsOn(repair, 'pods/status'), ['patch']);
+  // label mode patches through pods/status only (no write access to pod specs); delete mode deletes pods only
+  t.deepEqual(repairLabel.rules!.map((r) => ({ groups: r.apiGroups, resources: r.resources, verbs: r.verbs })), [{ groups: [''], resources: ['pods/status'], verbs: ['patch'] }]);
+  t.deepEqual(repairDelete.rules!.map((r) => ({ groups: r.apiGroups, resources: r.resources, verbs: r.verbs })), [{ groups: [''], resources: ['pods'], verbs: ['delete'] }]);
 
-  for (const [objects, r] of [[base, role], [optional, repair], [optional, readiness]] as const) {
+  for (const [objects, r] of [[base, role], [optional, repairLabel], [optional, repairDelete], [optional, readiness]] as const) {
     const binding = one<V1ClusterRoleBinding>(objects, 'ClusterRoleBinding', r.metadata!.name);
     t.is(binding.roleRef.name, r.metadata!.name!);
     t.is(binding.roleRef.kind, 'ClusterRole');
@@ -134,7 +135,7 @@ test('DaemonSet: every ConfigMap setting becomes an agent flag, and the image en
   const envs = new Map(agent.env!.map((e) => [e.name, e]));
   const settings = agent.args!.filter((a) => a.includes('$('));
   const flags = new Map(settings.map((a) => /^--([a-z0-9-]+)=\$\(([A-Z0-9_]+)\)$/.exec(a)!).map((m) => [m[1]!, m[2]!]));
-  t.deepEqual([...flags.keys()].sort(), ['ambient', 'ambient-dns-capture', 'ambient-enablement-selectors', 'ambient-ipv6', 'backend', 'cni-bin-dir', 'cni-conf-dir', 'cri-socket', 'health-port', 'log-level', 'remove-not-ready-taint', 'repair-mode']);
+  t.deepEqual([...flags.keys()].sort(), ['ambient', 'ambient-dns-capture', 'ambient-enablement-selectors', 'ambient-ipv6', 'backend', 'cni-bin-dir', 'cni-conf-dir', 'cni-conf-file-name', 'cri-socket', 'exclude-namespaces', 'health-port', 'host-cni-conf-dir', 'log-level', 'remove-not-ready-taint', 'repair-mode']);
   // Fixed by the pod's own layout, not a setting: the host's /proc is mounted at /host/proc.
   t.deepEqual(agent.args!.filter((a) => !a.includes('$(')), ['--proc-root=/host/proc']);
   t.deepEqual([...flags.keys()].sort(), Object.keys(config.data!).sort());
