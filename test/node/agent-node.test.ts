@@ -34,19 +34,7 @@ let primaryBefore: Buffer;
 const primaryName = '10-bridge.conflist';
 
 function agentArgs(): string[] {
-  return [
-    '--kubeconfig', kube!.kubeconfig,
-    '--node-name', NODE,
-    '--cni-bin-dir', node!.binDir,
-    '--cni-conf-dir', node!.confDir,
-    '--host-cni-conf-dir', node!.confDir,
-    '--socket', socket,
-    '--state-dir', stateDir,
-    '--plugin-log-file', node!.meshCniLog,
-    '--health-port', '0',
-    '--health-host', '127.0.0.1',
-    '--repair-mode', 'off',
-  ];
+  return node!.agentArgs({ kubeconfig: kube!.kubeconfig, nodeName: NODE, socket, stateDir, repairMode: 'off' });
 }
 
 // The agent's own pod, as the downward API names it; its DaemonSet is install/30-daemonset.yaml (no controller

@@ -62,18 +62,8 @@ test.after.always(async () => {
 async function startTheAgent(): Promise<AgentProcess> {
   agent = await startAgentProcess(
     [
-      '--kubeconfig', agentKubeconfig,
-      '--node-name', NODE,
-      '--cni-bin-dir', node!.binDir,
-      '--cni-conf-dir', node!.confDir,
-      '--host-cni-conf-dir', node!.confDir,
-      '--socket', node!.agentSocket,
-      '--state-dir', stateDir,
-      '--plugin-log-file', node!.meshCniLog,
+      ...node!.agentArgs({ kubeconfig: agentKubeconfig, nodeName: NODE, stateDir, repairMode: 'off' }),
       '--cri-socket', node!.socket,
-      '--health-port', '0',
-      '--health-host', '127.0.0.1',
-      '--repair-mode', 'off',
       '--backend', 'iptables-nft',
       '--uninstall-on-exit', 'never',
       '--ambient',

@@ -57,18 +57,8 @@ test.after.always(async () => {
 async function startTheAgent(mode: string, extra: string[] = []): Promise<AgentProcess> {
   agent = await startAgentProcess(
     [
-      '--kubeconfig', agentKubeconfig,
-      '--node-name', NODE,
-      '--cni-bin-dir', node!.binDir,
-      '--cni-conf-dir', node!.confDir,
-      '--host-cni-conf-dir', node!.confDir,
-      '--socket', node!.agentSocket,
-      '--state-dir', stateDir,
-      '--plugin-log-file', node!.meshCniLog,
+      ...node!.agentArgs({ kubeconfig: agentKubeconfig, nodeName: NODE, stateDir, repairMode: mode }),
       '--cri-socket', node!.socket,
-      '--health-port', '0',
-      '--health-host', '127.0.0.1',
-      '--repair-mode', mode,
       '--resync-seconds', '1',
       // These tests need the plugin out of the chain once the agent stops (pods that start unredirected).
       '--uninstall-on-exit', 'always',

@@ -75,6 +75,23 @@ export class CriNode {
     return path.join(this.dir, 'agent.sock');
   }
 
+  /** The flags every agent started on this node shares: its dirs, socket and log, health on an ephemeral loopback port. */
+  agentArgs(o: { kubeconfig: string; nodeName: string; stateDir: string; repairMode: string; socket?: string }): string[] {
+    return [
+      '--kubeconfig', o.kubeconfig,
+      '--node-name', o.nodeName,
+      '--cni-bin-dir', this.binDir,
+      '--cni-conf-dir', this.confDir,
+      '--host-cni-conf-dir', this.confDir,
+      '--socket', o.socket ?? this.agentSocket,
+      '--state-dir', o.stateDir,
+      '--plugin-log-file', this.meshCniLog,
+      '--health-port', '0',
+      '--health-host', '127.0.0.1',
+      '--repair-mode', o.repairMode,
+    ];
+  }
+
   containerdLog(lines = 40): string {
     return this.containerd.tail(lines);
   }
