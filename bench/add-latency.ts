@@ -26,7 +26,7 @@ import { renderNftScript } from '../src/redirect/nftables/render';
 import { nftProgram } from '../src/redirect/nftables/backend';
 import { libnftablesAvailable, runNft } from '../src/redirect/nftables/libnftables';
 import { install, pluginEntry } from '../src/installer';
-import { histogramBuckets, histogramQuantile, INJECTED, meshedNetconf, runShim, scrapeMetrics, startAgentProcess, startSmallSpawner } from './agent';
+import { histogramBuckets, histogramQuantile, INJECTED, meshedNetconf, runShim, scrapeMetrics, startAgentProcess, startSmallSpawner } from './agent-process';
 import { ENGINE_DIR, exec, freshNetns, median, MINIMAL_PATH, removeNetns, rssKb, SHIM, table, tempDir, writeResult, type Summary } from './lib';
 import { ADD_PHASES } from '../src/cni/phases';
 import { applyRedirect } from '../src/redirect/engine';

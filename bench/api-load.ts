@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { startKube, type AuditEvent, type Kube } from '../test/support/kube';
-import { INJECTED, startAgentProcess, type AgentProcess } from './agent';
+import { INJECTED, startAgentProcess, type AgentProcess } from './agent-process';
 import { exec, freshNetnsBatch, MINIMAL_PATH, removeNetns, SHIM, table, tempDir, writeResult, type Summary } from './lib';
 
 const PODS = Number(process.env.BENCH_API_PODS ?? 100);

@@ -9,7 +9,7 @@
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import { meshedNetconf, runShim, startAgentProcess } from './agent';
+import { meshedNetconf, runShim, startAgentProcess } from './agent-process';
 import { freshNetnsBatch, median, quantile, removeNetns, table, tempDir, writeResult, type Summary } from './lib';
 
 const PODS = 100;

@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import { startNode, type CriNode } from '../test/support/cri';
-import { INJECTED, startAgentProcess } from './agent';
+import { INJECTED, startAgentProcess } from './agent-process';
 import { median, now, table, tempDir, writeResult, type Summary } from './lib';
 
 // 30 each: a sandbox takes 70-110 ms here, and the ratio must resolve the 2-4 ms an ADD adds to it.

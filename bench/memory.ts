@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import { startKube, type Kube } from '../test/support/kube';
-import { INJECTED, startAgentProcess, type AgentProcess } from './agent';
+import { INJECTED, startAgentProcess, type AgentProcess } from './agent-process';
 import { median, rssKb, table, tempDir, writeResult, type Summary } from './lib';
 
 const PODS = 500;

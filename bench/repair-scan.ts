@@ -16,7 +16,7 @@ import { redirectConfigFromAnnotations } from '../src/redirect/config';
 import { applyRedirect, type BackendName } from '../src/redirect/engine';
 import { Reconciler } from '../src/repair/reconciler';
 import { netnsDeps } from '../src/repair/wiring';
-import { INJECTED } from './agent';
+import { INJECTED } from './agent-process';
 import { freshNetnsBatch, median, now, removeNetns, table, tempDir, writeResult, type Summary } from './lib';
 
 const PODS = Number(process.env.BENCH_REPAIR_PODS ?? 500);

@@ -5,7 +5,7 @@
  */
 import { applyRedirect, showRedirect, type BackendName } from '../src/redirect/engine';
 import { redirectConfigFromAnnotations } from '../src/redirect/config';
-import { INJECTED } from './agent';
+import { INJECTED } from './agent-process';
 import { freshNetns, now, removeNetns, table, writeResult, type Summary } from './lib';
 
 const SIZES = [0, 1, 10, 50, 100, 250];
