@@ -6,7 +6,8 @@
  */
 import { statSync, watch, type FSWatcher } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { install } from './install';
+import { install, installedPaths } from './install';
+import { stampOf } from './dir-stamp';
 import { removeIfExists, writeFileAtomic } from './atomic-file';
 import { adviceFor, FightGuard, primaryTypeOf, type FightPolicy, type FightReport, type HoldState } from './fight';
 export { describeHold, type FightReport } from './fight';
@@ -77,6 +78,8 @@ class InstallLoop {
   private timer: NodeJS.Timeout | undefined;
   private waiters: Array<() => void> = [];
   private retry: NodeJS.Timeout | undefined;
+  /** The directories' stamp taken before the last pass that ended without an error (dir-stamp.ts). */
+  private stampBefore: string | undefined;
   last: InstallReport | undefined;
   isReady = false;
   hold: FightReport | undefined;
@@ -180,6 +183,20 @@ class InstallLoop {
     const pending = this.waiters;
     this.waiters = [];
     try {
+      // Taken before the pass: whatever changes during it (our own writes included) differs from this stamp,
+      // so the next periodic pass runs; only a pass over dirs nothing touched since is skipped.
+      let stamp: string | undefined;
+      try {
+        stamp = stampOf(this.dirs, [installedPaths(this.o).engine]);
+      } catch {
+        stamp = undefined; // unreadable: the pass runs and says why
+      }
+      const stampBefore = this.stampBefore;
+      this.stampBefore = undefined;
+      if (trigger === 'periodic' && stamp !== undefined && stamp === stampBefore) {
+        this.stampBefore = stamp;
+        return;
+      }
       await this.endHold();
       const report = await install(this.o, { hold: (removed) => this.holdNow(removed) });
       const started = this.pendingHold;
@@ -188,6 +205,7 @@ class InstallLoop {
       const readinessChanged = report.status.ready !== this.isReady;
       this.last = report;
       this.isReady = report.status.ready;
+      this.stampBefore = stamp;
       if (trigger === 'start' || report.changed || readinessChanged) this.emit({ type: 'pass', trigger, report });
     } catch (err) {
       this.isReady = false;

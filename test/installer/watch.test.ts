@@ -222,3 +222,44 @@ test('close() stops all work: no pass runs after it', async (t) => {
   await new Promise((r) => setTimeout(r, 300));
   t.is(readFileSync(join(n.confDir, '10-calico.conflist'), 'utf8'), CALICO_CONFLIST);
 });
+
+/** The periodic pass on its own: the directory watch's events wait ten minutes, so only the periodic pass can repair. */
+function setupPeriodic(t: ExecutionContext, files: Record<string, string>, periodMs: number): { n: Node; start: () => InstallWatcher } {
+  const n = makeNode(files);
+  let w: InstallWatcher | undefined;
+  t.teardown(async () => {
+    await w?.close();
+    n.cleanup();
+  });
+  return { n, start: () => (w = watchAndRepair(n.options, () => {}, { periodMs, debounceMs: NO_PERIODIC_PASS_MS })) };
+}
+
+test('the periodic pass skips when nothing in the watched dirs moved: no install pass runs over an idle node', async (t) => {
+  const { n, start } = setupPeriodic(t, { '10-calico.conflist': CALICO_CONFLIST }, 50);
+  const w = start();
+  await started(w);
+  // The pass after the first one's own writes runs (their stamp differs); after it, nothing moves.
+  await until(async () => (await hasEntryLast(join(n.confDir, '10-calico.conflist'))) && w.ready());
+  await new Promise((r) => setTimeout(r, 500));
+  const settled = w.lastReport();
+  // Forty periods: each one that ran a pass would leave a new report.
+  await new Promise((r) => setTimeout(r, 2000));
+  t.is(w.lastReport(), settled, 'no pass ran while nothing changed');
+  t.true(w.ready());
+});
+
+test('the periodic pass still repairs what the directory watch missed: a rewrite of the primary, a deleted shim', async (t) => {
+  const { n, start } = setupPeriodic(t, { '10-calico.conflist': CALICO_CONFLIST }, 100);
+  const path = join(n.confDir, '10-calico.conflist');
+  const w = start();
+  await started(w);
+  await until(() => hasEntryLast(path));
+  writeFileSync(path, CALICO_CONFLIST);
+  await until(() => hasEntryLast(path));
+  const shim = join(n.binDir, 'mesh-cni');
+  unlinkSync(shim);
+  await until(() => existsSync(shim));
+  t.true(await hasEntryLast(path));
+  await until(() => w.ready());
+  t.pass();
+});
