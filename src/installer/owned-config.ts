@@ -163,6 +163,6 @@ export async function checkOwned(o: InstallOptions): Promise<Pick<InstallStatus,
   return {
     activeConfig: active?.path,
     entryInActiveConfig: active?.path === path && active.kind === 'conflist' && isChainedLast(active.parsed),
-    ownedConfig: { path, primary: primary?.path },
+    ownedConfig: { path, primary: primary?.path, written: (await readIfExists(path)) !== undefined },
   };
 }

@@ -72,7 +72,7 @@ export interface InstallStatus {
   activeConfig?: string;
   entryInActiveConfig: boolean;
   /** with ownedConfig: our own conflist and the primary's file it copies (absent while there is none) */
-  ownedConfig?: { path: string; primary?: string };
+  ownedConfig?: { path: string; primary?: string; written: boolean };
   binaries: Array<{ path: string; inPlace: boolean }>;
   kubeconfig?: { path: string; present: boolean };
 }

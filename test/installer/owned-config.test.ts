@@ -51,7 +51,7 @@ test("ours holds the primary's plugins in order, then ours, with the primary's n
   t.is(sha(primary), before, "the primary's file is never written");
   t.true(report.status.ready);
   t.is(report.status.activeConfig, n.owned);
-  t.deepEqual(report.status.ownedConfig, { path: n.owned, primary });
+  t.deepEqual(report.status.ownedConfig, { path: n.owned, primary, written: true });
   // A second pass writes nothing.
   const again = await install(n.options);
   t.is(again.config.action, 'unchanged');
@@ -83,7 +83,7 @@ test("the primary's file removed: ours is removed too, the pass waits and says w
   t.regex(report.config.action === 'waiting' ? report.config.reason : '', /no valid network config .*: removed our owned config .*02-mesh-cni\.conflist so the runtime does not keep a stale copy/);
   t.false(existsSync(n.owned), 'no stale copy: the runtime has no network config, as the primary left it');
   t.false(report.status.ready);
-  t.deepEqual(report.status.ownedConfig, { path: n.owned, primary: undefined });
+  t.deepEqual(report.status.ownedConfig, { path: n.owned, primary: undefined, written: false });
   // A pass while still absent changes nothing.
   t.false((await install(n.options)).changed);
   writeFileSync(primary, CALICO_CONFLIST);

@@ -88,7 +88,7 @@ export interface StatusReport {
     entryInActiveConfig: boolean;
     skipped: Array<{ path: string; reason: string }>;
     /** with --owned-cni-config: our own conflist and the primary's file it copies (null: no primary, ours removed) */
-    ownedConfig?: { path: string; primary: string | null };
+    ownedConfig?: { path: string; primary: string | null; written: boolean };
   };
   /** the agent's hold on a primary CNI that keeps removing our entry (src/installer/fight.ts), as it wrote it in the state dir */
   fight: FightReport | null;
@@ -248,7 +248,7 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
       activeConfig: installed.activeConfig ?? null,
       entryInActiveConfig: installed.entryInActiveConfig,
       skipped: scan.skipped,
-      ...(installed.ownedConfig ? { ownedConfig: { path: installed.ownedConfig.path, primary: installed.ownedConfig.primary ?? null } } : {}),
+      ...(installed.ownedConfig ? { ownedConfig: { path: installed.ownedConfig.path, primary: installed.ownedConfig.primary ?? null, written: installed.ownedConfig.written } } : {}),
     },
     fight,
     binaries,
@@ -269,7 +269,14 @@ function text(r: StatusReport): string {
   rows.push(['node', r.node ?? '(unknown: pass --node-name)']);
   rows.push(['cni config', r.cniConfig.activeConfig ?? { text: `none in ${r.cniConfig.dir}`, tone: 'bad' }]);
   const owned = r.cniConfig.ownedConfig;
-  if (owned) rows.push(['owned config', owned.primary ? `${owned.path}: the plugins of ${owned.primary}, then ours` : { text: `${owned.path}: removed, no primary config to copy`, tone: 'bad' }]);
+  if (owned) {
+    const state: Cell = !owned.primary
+      ? { text: `${owned.path}: removed, no primary config to copy`, tone: 'bad' }
+      : owned.written
+        ? `${owned.path}: the plugins of ${owned.primary}, then ours`
+        : { text: `${owned.path}: not written yet (primary ${owned.primary})`, tone: 'bad' };
+    rows.push(['owned config', state]);
+  }
   rows.push(['our entry', r.cniConfig.activeConfig ? yes(r.cniConfig.entryInActiveConfig, 'last plugin of the active config', 'missing from the active config') : '-']);
   if (r.fight) rows.push(['primary fight', { text: `held since ${r.fight.since}, next try ${r.fight.until}: ${r.fight.advice}`, tone: 'bad' }]);
   for (const b of r.binaries) {
