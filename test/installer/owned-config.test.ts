@@ -264,3 +264,25 @@ test("the agent's watch: each rewrite of the primary (in place and by rename) re
   await until(() => w!.ready() && copies(n.owned, CALICO_CONFLIST)());
   t.is(w.held(), undefined);
 });
+
+test('the fight guard hears removals of our owned file (an exclusive primary renames it away), once each, and never the primary rewriting its own', async (t) => {
+  const n = ownedNode(t, { '10-calico.conflist': CALICO_CONFLIST });
+  const primary = join(n.confDir, '10-calico.conflist');
+  const heard: string[][] = [];
+  const hold = (removed: string[]) => (heard.push(removed), false);
+  await install(n.options, { hold });
+  writeFileSync(primary, CALICO_CONFLIST.replace('"mtu": 0', '"mtu": 1400'));
+  await install(n.options, { hold });
+  renameSync(n.owned, `${n.owned}.cilium_bak`);
+  const back = await install(n.options, { hold });
+  t.is(back.config.action, 'reinserted');
+  await install(n.options, { hold });
+  t.deepEqual(heard, [[], [], [n.owned], []]);
+  // Held: ours is left away, the pass says held and readiness is false.
+  renameSync(n.owned, `${n.owned}.cilium_bak`);
+  const held = await install(n.options, { hold: () => true });
+  t.is(held.config.action, 'held');
+  t.false(existsSync(n.owned));
+  t.false(held.status.ready);
+  t.is(readFileSync(primary, 'utf8'), CALICO_CONFLIST.replace('"mtu": 0', '"mtu": 1400'));
+});
