@@ -9,6 +9,7 @@ import { benchApiLoad } from './api-load';
 import { benchBurst } from './burst';
 import { benchCri } from './cri';
 import { benchMemory } from './memory';
+import { benchOwnedConfig } from './owned-config';
 import { benchReinsertion } from './reinsertion';
 import { benchRepairScan } from './repair-scan';
 import { benchRuleCount } from './rule-count';
@@ -24,6 +25,7 @@ const BENCHMARKS: Record<string, { run: () => Promise<Summary[]>; limitMs: numbe
   'api-load': { run: benchApiLoad, limitMs: 10 * 60_000, summaries: ['api-per-pod-gets'] },
   rules: { run: benchRuleCount, limitMs: 5 * 60_000, summaries: ['nft-rules-growth'] },
   reinsertion: { run: benchReinsertion, limitMs: 5 * 60_000, summaries: ['reinsertion-p50', 'reinsertion-p99'] },
+  owned: { run: benchOwnedConfig, limitMs: 5 * 60_000, summaries: ['owned-config-p50', 'owned-config-p99', 'owned-config-max', 'owned-config-primary-written'] },
   zds: { run: benchZds, limitMs: 2 * 60_000, summaries: ['zds-round-trip-uv-poll', 'zds-round-trip-timer'] },
 };
 

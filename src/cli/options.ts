@@ -8,6 +8,7 @@ import {
   DEFAULT_STATE_DIR,
   HOST_CNI_CONF_DIR,
   KUBECONFIG_NAME,
+  OWNED_CONF_NAME,
   pluginEntry,
   serviceAccountKubeconfig,
   type InstallOptions,
@@ -254,6 +255,17 @@ export const installOptions = {
     default: '',
     describe: "chain into this file of the config dir (Istio's cniConfFileName) instead of the first valid config; not ready while it is absent ('': the runtime's choice)",
   },
+  'owned-cni-config': {
+    type: 'boolean',
+    default: envBool('ISTIO_OWNED_CNI_CONFIG', false),
+    describe: "leave the primary's file alone: write our own conflist, sorting first, holding the primary's plugins and then ours (Istio's istioOwnedCNIConfig; ISTIO_OWNED_CNI_CONFIG)",
+  },
+  'owned-cni-config-file-name': {
+    type: 'string',
+    coerce: once('owned-cni-config-file-name'),
+    default: process.env.ISTIO_OWNED_CNI_CONF_FILENAME ?? '',
+    describe: `the owned config's name in the config dir, ending in .conflist and sorting before the primary's (Istio's istioOwnedCNIConfigFileName; ISTIO_OWNED_CNI_CONF_FILENAME; '': ${OWNED_CONF_NAME})`,
+  },
   ...excludeNamespacesOption,
   'standalone-conf': { type: 'boolean', default: false, describe: 'write our own conflist instead of chaining into the primary CNI (nodes without one)' },
   'state-dir': nodeOptions['state-dir'],
@@ -266,6 +278,8 @@ export interface InstallArgs {
   'cni-conf-dir': string;
   'host-cni-conf-dir': string;
   'cni-conf-file-name'?: string;
+  'owned-cni-config'?: boolean;
+  'owned-cni-config-file-name'?: string;
   'standalone-conf': boolean;
   'state-dir': string;
   'log-level': string;
@@ -291,6 +305,8 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
     cniBinDir: args['cni-bin-dir'],
     cniConfDir: args['cni-conf-dir'],
     cniConfFileName: args['cni-conf-file-name'] || undefined,
+    ownedConfig: args['owned-cni-config'] === true,
+    ownedConfigFileName: args['owned-cni-config-file-name'] || undefined,
     shimPath: BUNDLED_SHIM,
     enginePath: BUNDLED_ENGINE,
     pluginConfig: pluginEntry({

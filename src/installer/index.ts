@@ -10,6 +10,7 @@ export type { InstallEvent, InstallWatcher, WatchOptions, WatchTrigger, FightRep
 export { DEFAULT_FIGHT_POLICY, FightGuard, adviceFor } from './fight';
 export type { FightPolicy, HoldState } from './fight';
 export { uninstall } from './uninstall';
+export { OWNED_CONF_NAME, ownedConfigName, ownedConfigPath } from './owned-config';
 export { findPrimaryConfig, scanConfDir, chosenConfig, CONF_EXTENSIONS } from './primary-config';
 export type { PrimaryConfig, ConfigKind } from './primary-config';
 export { PLUGIN_TYPE } from './conflist';

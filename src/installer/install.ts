@@ -11,6 +11,7 @@ import { convertConfText, hasOurEntry, insertIntoConflistText, isChainedLast, is
 import { InstallerError } from '../errors';
 import { buildKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
 import { chosenConfig, invalidReason } from './primary-config';
+import { checkOwned, dropOwnedConfig, notPrimary, writeOwnedConfig } from './owned-config';
 import { loadState, saveState, type ConfigRecord, type InstallState } from './state';
 import type { ConfigOutcome, InstallOptions, InstallReport, InstallStatus } from './types';
 
@@ -207,14 +208,14 @@ async function removedEntries(state: InstallState): Promise<ConfigRecord[]> {
 /** While held (fight.ts): the config is left as the primary wrote it; records of removed entries say so. */
 async function holdConfig(o: InstallOptions, state: InstallState, removed: ConfigRecord[]): Promise<ConfigOutcome> {
   for (const record of removed) upsert(state, { ...record, entryPresent: false });
-  const { primary } = await chosenConfig(o.cniConfDir, o.cniConfFileName);
+  const { primary } = await chosenConfig(o.cniConfDir, o.cniConfFileName, notPrimary(o));
   return { action: 'held', path: primary?.path, removed: removed.map((r) => r.path) };
 }
 
 async function chainIntoPrimary(o: InstallOptions, state: InstallState, hold: PassOptions['hold']): Promise<ConfigOutcome> {
   const removed = await removedEntries(state);
   if (hold?.(removed.map((r) => r.path))) return holdConfig(o, state, removed);
-  const { primary, skipped, reason } = await chosenConfig(o.cniConfDir, o.cniConfFileName);
+  const { primary, skipped, reason } = await chosenConfig(o.cniConfDir, o.cniConfFileName, notPrimary(o));
   if (!primary) {
     return { action: 'waiting', reason: reason ?? `no valid network config in ${o.cniConfDir} yet`, skipped, removed: removed.map((r) => r.path) };
   }
@@ -280,13 +281,15 @@ export async function checkInstalled(o: InstallOptions): Promise<InstallStatus> 
   binaries.push({ path: paths.shim, inPlace: have !== undefined && want !== undefined && have.equals(want) });
   const digest = await treeDigest(o.enginePath).catch(() => undefined);
   binaries.push({ path: paths.engine, inPlace: digest !== undefined && (await engineInPlace(o.cniBinDir, digest)) });
-  const { primary } = await chosenConfig(o.cniConfDir, o.cniConfFileName);
-  const entryInActiveConfig = primary !== undefined && primary.kind === 'conflist' && isChainedLast(primary.parsed);
+  const { primary } = await chosenConfig(o.cniConfDir, o.cniConfFileName, notPrimary(o));
+  const chained: Pick<InstallStatus, 'activeConfig' | 'entryInActiveConfig' | 'ownedConfig'> = { activeConfig: primary?.path, entryInActiveConfig: primary !== undefined && primary.kind === 'conflist' && isChainedLast(primary.parsed) };
+  const { activeConfig, entryInActiveConfig, ownedConfig } = o.ownedConfig ? await checkOwned(o) : chained;
   const kubeconfig = o.kubeconfig ? { path: o.kubeconfig.outPath, present: await exists(o.kubeconfig.outPath) } : undefined;
   return {
     ready: entryInActiveConfig && binaries.every((b) => b.inPlace) && (kubeconfig?.present ?? true),
-    activeConfig: primary?.path,
+    activeConfig,
     entryInActiveConfig,
+    ...(ownedConfig ? { ownedConfig } : {}),
     binaries,
     kubeconfig,
   };
@@ -323,7 +326,16 @@ export async function install(o: InstallOptions, pass: PassOptions = {}): Promis
   }
 
   await mkdir(o.cniConfDir, { recursive: true });
-  const config = o.standaloneConf ? await writeStandalone(o, state) : await chainIntoPrimary(o, state, pass.hold);
+  const config = o.standaloneConf
+    ? await writeStandalone(o, state)
+    : o.ownedConfig
+      ? await writeOwnedConfig(o, state, { hold: pass.hold, release: (record) => release(state, record) })
+      : await chainIntoPrimary(o, state, pass.hold);
+  // Chained after the owned config: ours goes, after the entry is in the primary's file (owned-config.ts).
+  if (!o.standaloneConf && !o.ownedConfig) {
+    const dropped = await dropOwnedConfig(o, state);
+    if ('released' in config) config.released.push(...dropped);
+  }
   if (JSON.stringify(state) !== before) await saveState(o.stateDir, state);
 
   const wrote = (a: WriteAction | undefined) => a === 'written';

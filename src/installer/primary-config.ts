@@ -70,10 +70,14 @@ export async function findPrimaryConfig(confDir: string): Promise<PrimaryConfig 
   return (await scanConfDir(confDir)).primary;
 }
 
-/** The active config, if any, and every file before it that was skipped as invalid. */
-export async function scanConfDir(confDir: string): Promise<{ primary?: PrimaryConfig; skipped: PrimaryConfig['skipped'] }> {
+/**
+ * The active config, if any, and every file before it that was skipped as invalid. `ignore` names files the
+ * runtime reads but the installer must not take for the primary's (our own owned config, owned-config.ts).
+ */
+export async function scanConfDir(confDir: string, ignore: readonly string[] = []): Promise<{ primary?: PrimaryConfig; skipped: PrimaryConfig['skipped'] }> {
   const skipped: PrimaryConfig['skipped'] = [];
   for (const name of await listConfFiles(confDir)) {
+    if (ignore.includes(name)) continue;
     const path = join(confDir, name);
     const kind = kindOf(name) as ConfigKind;
     let bytes: Buffer;
@@ -98,12 +102,13 @@ export async function scanConfDir(confDir: string): Promise<{ primary?: PrimaryC
  * The config to chain into: the file `fileName` names (Istio's cniConfFileName) when given, else the runtime's
  * choice. `reason` says why there is none yet.
  */
-export async function chosenConfig(confDir: string, fileName: string | undefined): Promise<{ primary?: PrimaryConfig; skipped: PrimaryConfig['skipped']; reason?: string }> {
+export async function chosenConfig(confDir: string, fileName: string | undefined, ignore: readonly string[] = []): Promise<{ primary?: PrimaryConfig; skipped: PrimaryConfig['skipped']; reason?: string }> {
   if (!fileName) {
-    const scan = await scanConfDir(confDir);
+    const scan = await scanConfDir(confDir, ignore);
     return scan.primary ? scan : { ...scan, reason: `no valid network config in ${confDir} yet` };
   }
   if (fileName.includes('/') || fileName === '.' || fileName === '..') return { skipped: [], reason: `cniConfFileName must be a file name in ${confDir}, not a path: ${fileName}` };
+  if (ignore.includes(fileName)) return { skipped: [], reason: `cniConfFileName ${fileName} is mesh-cni's own owned config, not the primary CNI's: name the primary's file` };
   const path = join(confDir, fileName);
   const kind = kindOf(fileName);
   if (!kind) return { skipped: [], reason: `cniConfFileName ${fileName} does not end in .conf, .conflist or .json: the runtime would never read it` };

@@ -33,6 +33,8 @@ export interface InstallState {
   configs: ConfigRecord[];
   /** files we created outright (binaries, kubeconfig, a standalone conflist): uninstall deletes them */
   ownedFiles: string[];
+  /** with the owned config (owned-config.ts): what we last wrote there and which primary file it copies */
+  ownedConfig?: { path: string; primary: string; writtenSha256: string };
 }
 
 export function emptyState(): InstallState {

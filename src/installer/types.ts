@@ -24,6 +24,13 @@ export interface InstallOptions {
    * config; while it is absent or invalid the pass waits and says so. Empty or unset: the runtime's choice.
    */
   cniConfFileName?: string;
+  /**
+   * Istio's istioOwnedCNIConfig: leave the primary's file alone and write our own conflist (the primary's plugins
+   * in order, then ours) under `ownedConfigFileName`, which sorts first (owned-config.ts).
+   */
+  ownedConfig?: boolean;
+  /** Istio's istioOwnedCNIConfigFileName, a name in cniConfDir ending in .conflist; empty or unset: 02-mesh-cni.conflist */
+  ownedConfigFileName?: string;
   /** where the record of what we changed lives (e.g. /var/run/mesh-cni): uninstall reads it */
   stateDir: string;
   /**
@@ -64,6 +71,8 @@ export interface InstallStatus {
   ready: boolean;
   activeConfig?: string;
   entryInActiveConfig: boolean;
+  /** with ownedConfig: our own conflist and the primary's file it copies (absent while there is none) */
+  ownedConfig?: { path: string; primary?: string; written: boolean };
   binaries: Array<{ path: string; inPlace: boolean }>;
   kubeconfig?: { path: string; present: boolean };
 }

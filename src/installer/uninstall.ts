@@ -6,10 +6,11 @@
 import { join } from 'node:path';
 import { lstat, readdir, rm } from 'node:fs/promises';
 import { exists, modeOf, readIfExists, removeIfExists, sha256, writeFileAtomic } from './atomic-file';
-import { hasOurEntry, removeFromConflistText } from './conflist';
+import { hasOurEntry, isChainedLast, removeFromConflistText } from './conflist';
 import { installedPaths } from './install';
 import { engineVersions, removeEngineDir } from './engine-dir';
 import { kindOf, listConfFiles, invalidReason } from './primary-config';
+import { ownedConfigPath } from './owned-config';
 import { loadState, STATE_FILE, type ConfigRecord } from './state';
 import type { InstallOptions, UninstallAction, UninstallReport } from './types';
 import { STATE_FILES } from '../defaults';
@@ -74,6 +75,15 @@ export async function planUninstall(o: InstallOptions): Promise<Step[]> {
     const path = join(o.cniConfDir, name);
     if (planned.has(path) || owned.has(path) || kindOf(name) !== 'conflist') continue;
     const current = await readIfExists(path);
+    if (path === ownedConfigPath(o) && current) {
+      // Our owned config (owned-config.ts) found with no record: it goes whole. Stripped of our entry it would be
+      // a stale copy of the primary's config that the runtime keeps reading first.
+      const verdict = invalidReason(current, 'conflist');
+      if (!('reason' in verdict) && isChainedLast(verdict.parsed)) {
+        steps.push({ action: 'delete-file', path, detail: 'our owned config, found with no install record', apply: async () => void (await removeIfExists(path)) });
+      }
+      continue;
+    }
     const step = current && (await removeEntryStep(path, current, 'found with no install record'));
     if (step) steps.push(step);
   }

@@ -12,6 +12,7 @@ import { removeIfExists, writeFileAtomic } from './atomic-file';
 import { adviceFor, FightGuard, primaryTypeOf, type FightPolicy, type FightReport, type HoldState } from './fight';
 export { describeHold, type FightReport } from './fight';
 import { chosenConfig } from './primary-config';
+import { notPrimary, ownedConfigPath } from './owned-config';
 import type { InstallOptions, InstallReport } from './types';
 import { STATE_FILES } from '../defaults';
 
@@ -151,10 +152,11 @@ class InstallLoop {
 
   /** A hold begun in this pass: say so (event, hold file) and try again when it ends. */
   private async startHold(started: HoldState): Promise<void> {
-    const primary = (await chosenConfig(this.o.cniConfDir, this.o.cniConfFileName).catch(() => undefined))?.primary;
+    const primary = (await chosenConfig(this.o.cniConfDir, this.o.cniConfFileName, notPrimary(this.o)).catch(() => undefined))?.primary;
     const primaryType = primaryTypeOf(primary?.parsed);
     const fight: FightReport = {
-      config: primary?.path ?? this.o.cniConfDir,
+      // With the owned config, the file taken away again and again is ours, not the primary's.
+      config: this.o.ownedConfig ? ownedConfigPath(this.o) : (primary?.path ?? this.o.cniConfDir),
       primaryType,
       advice: adviceFor(primaryType, this.o.cniConfDir),
       removals: started.removals,

@@ -176,6 +176,31 @@ test("cniConfFileName (Istio's name, also under cni.) becomes the agent's --cni-
   t.regex(r.stderr, /cniConfFileName/);
 });
 
+test("istioOwnedCNIConfig and istioOwnedCNIConfigFileName (Istio's names; also Filename, and under cni.) become --owned-cni-config and --owned-cni-config-file-name; a path or a non-.conflist name is refused", (t) => {
+  const defaults = settings(renderChart());
+  t.is(defaults['owned-cni-config'], 'false', 'opt-in');
+  t.is(defaults['owned-cni-config-file-name'], '02-mesh-cni.conflist', 'empty value: our default name');
+  t.is(settings(renderChart(['istioOwnedCNIConfig=true']))['owned-cni-config'], 'true');
+  t.is(settings(renderChart(['cni.istioOwnedCNIConfig=true']))['owned-cni-config'], 'true');
+  t.is(settings(renderChart(['istioOwnedCNIConfigFileName=01-mesh.conflist']))['owned-cni-config-file-name'], '01-mesh.conflist');
+  t.is(settings(renderChart(['istioOwnedCNIConfigFilename=01-other.conflist']))['owned-cni-config-file-name'], '01-other.conflist');
+  t.is(settings(renderChart(['istioOwnedCNIConfigFileName=01-a.conflist', 'istioOwnedCNIConfigFilename=01-b.conflist']))['owned-cni-config-file-name'], '01-a.conflist', "Istio's spelling wins");
+  const args: string[] = daemonSet(renderChart(['istioOwnedCNIConfig=true'])).spec.template.spec.containers[0].args;
+  t.true(args.includes('--owned-cni-config=$(ISTIO_OWNED_CNI_CONFIG)'), args.join(' '));
+  t.true(args.includes('--owned-cni-config-file-name=$(ISTIO_OWNED_CNI_CONF_FILENAME)'), args.join(' '));
+  for (const bad of ['istioOwnedCNIConfigFileName=/etc/cni/net.d/02-mesh-cni.conflist', 'istioOwnedCNIConfigFileName=02-mesh-cni.conf', 'istioOwnedCNIConfigFilename=../x.conflist', 'istioOwnedCNIConfig=yes']) {
+    const r = helmTemplate([bad]);
+    t.not(r.code, 0, bad);
+    t.regex(r.stderr, /istioOwnedCNIConfig/, bad);
+  }
+});
+
+test('the agent parses the owned-config flags as the DaemonSet passes them', (t) => {
+  const help = mesh(['agent', '--help']);
+  t.regex(help.stdout, /--owned-cni-config\b/);
+  t.regex(help.stdout, /--owned-cni-config-file-name/);
+});
+
 test('removeNotReadyTaint renders the node-readiness RBAC and the setting', (t) => {
   t.falsy(findObject(renderChart(), 'ClusterRole', 'mesh-cni-node-readiness'));
   const objects = renderChart(['removeNotReadyTaint=true']);
@@ -187,7 +212,12 @@ test('removeNotReadyTaint renders the node-readiness RBAC and the setting', (t) 
  * The variable a ConfigMap key reaches the agent by: KEY_IN_CAPITALS, or Istio's name where the CLI reads
  * Istio's (src/cli/options.ts), as the chart's mesh-cni.envName says.
  */
-const ISTIO_ENV: Record<string, string> = { ambient: 'AMBIENT_ENABLED', 'ambient-enablement-selectors': 'AMBIENT_ENABLEMENT_SELECTOR' };
+const ISTIO_ENV: Record<string, string> = {
+  ambient: 'AMBIENT_ENABLED',
+  'ambient-enablement-selectors': 'AMBIENT_ENABLEMENT_SELECTOR',
+  'owned-cni-config': 'ISTIO_OWNED_CNI_CONFIG',
+  'owned-cni-config-file-name': 'ISTIO_OWNED_CNI_CONF_FILENAME',
+};
 const envName = (key: string) => ISTIO_ENV[key] ?? key.replace(/-/g, '_').toUpperCase();
 
 test('every key of the ConfigMap is passed to the agent as a flag it has, read from the ConfigMap', (t) => {

@@ -52,6 +52,11 @@ data:
   host-cni-conf-dir: {{ .Values.cniConfDir | quote }}
   # The file in that dir to chain into ("": the first valid config, as the runtime chooses).
   cni-conf-file-name: {{ .Values.cniConfFileName | quote }}
+  # "true": never write the primary's file; write our own conflist (the next key), sorting first, holding the
+  # primary's plugins and then ours, copied again whenever the primary's changes (Istio's istioOwnedCNIConfig).
+  owned-cni-config: {{ .Values.istioOwnedCNIConfig | default false | quote }}
+  # The owned config's name in that dir (Istio's istioOwnedCNIConfigFileName): it must sort before the primary's.
+  owned-cni-config-file-name: {{ coalesce .Values.istioOwnedCNIConfigFileName .Values.istioOwnedCNIConfigFilename "02-mesh-cni.conflist" | quote }}
   # Pods in these namespaces are never redirected (comma separated).
   exclude-namespaces: {{ join "," .Values.excludeNamespaces | quote }}
   # What to do with a pod whose rules are missing: repair (in place, in its netns: no extra RBAC),
@@ -88,7 +93,7 @@ istio-cni names the same setting otherwise; the CLI reads those names (src/cli/o
 explain` run in the agent's pod decides with the agent's settings.
 */}}
 {{- define "mesh-cni.envName" -}}
-{{- $istio := dict "ambient" "AMBIENT_ENABLED" "ambient-enablement-selectors" "AMBIENT_ENABLEMENT_SELECTOR" }}
+{{- $istio := dict "ambient" "AMBIENT_ENABLED" "ambient-enablement-selectors" "AMBIENT_ENABLEMENT_SELECTOR" "owned-cni-config" "ISTIO_OWNED_CNI_CONFIG" "owned-cni-config-file-name" "ISTIO_OWNED_CNI_CONF_FILENAME" }}
 {{- get $istio . | default (. | replace "-" "_" | upper) }}
 {{- end }}
 

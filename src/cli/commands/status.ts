@@ -36,6 +36,8 @@ export function builder(y: Argv) {
       'cni-bin-dir': installOptions['cni-bin-dir'],
       'cni-conf-dir': installOptions['cni-conf-dir'],
       'cni-conf-file-name': installOptions['cni-conf-file-name'],
+      'owned-cni-config': installOptions['owned-cni-config'],
+      'owned-cni-config-file-name': installOptions['owned-cni-config-file-name'],
       'health-port': {
         type: 'number',
         // In the agent's pod the DaemonSet sets HEALTH_PORT (from the ConfigMap): `kubectl exec ... mesh-cni status` then reads the agent too.
@@ -58,6 +60,8 @@ type Args = NodeArgs & {
   'cni-bin-dir': string;
   'cni-conf-dir': string;
   'cni-conf-file-name'?: string;
+  'owned-cni-config'?: boolean;
+  'owned-cni-config-file-name'?: string;
   'health-port'?: number;
   'health-host': string;
   'repair-mode'?: RepairMode;
@@ -78,7 +82,14 @@ interface AgentInfo {
 
 export interface StatusReport {
   node: string | null;
-  cniConfig: { dir: string; activeConfig: string | null; entryInActiveConfig: boolean; skipped: Array<{ path: string; reason: string }> };
+  cniConfig: {
+    dir: string;
+    activeConfig: string | null;
+    entryInActiveConfig: boolean;
+    skipped: Array<{ path: string; reason: string }>;
+    /** with --owned-cni-config: our own conflist and the primary's file it copies (null: no primary, ours removed) */
+    ownedConfig?: { path: string; primary: string | null; written: boolean };
+  };
   /** the agent's hold on a primary CNI that keeps removing our entry (src/installer/fight.ts), as it wrote it in the state dir */
   fight: FightReport | null;
   binaries: Array<{ name: 'shim' | 'engine'; path: string; installedSha256: string | null; cliSha256: string | null; agentSha256: string | null; matchesCli: boolean; matchesAgent: boolean | null }>;
@@ -169,6 +180,8 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
     cniBinDir: args['cni-bin-dir'],
     cniConfDir: args['cni-conf-dir'],
     cniConfFileName: args['cni-conf-file-name'] || undefined,
+    ownedConfig: args['owned-cni-config'] === true,
+    ownedConfigFileName: args['owned-cni-config-file-name'] || undefined,
     shimPath: BUNDLED_SHIM,
     enginePath: BUNDLED_ENGINE,
     pluginConfig: pluginEntry(),
@@ -205,7 +218,9 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
 
   if (fight) problems.push(describeHold(fight));
   if (!installed.activeConfig) problems.push(`no valid CNI config in ${args['cni-conf-dir']}: the runtime has no network for pods`);
+  else if (installed.ownedConfig && installed.activeConfig !== installed.ownedConfig.path) problems.push(`the runtime reads ${installed.activeConfig} before our owned config ${installed.ownedConfig.path}`);
   else if (!installed.entryInActiveConfig) problems.push(`our entry is not the last plugin of the active config ${installed.activeConfig}`);
+  if (installed.ownedConfig && !installed.ownedConfig.primary) problems.push(`owned config: no primary CNI config to copy in ${args['cni-conf-dir']}; ours is removed until there is one`);
   for (const b of binaries) {
     if (b.installedSha256 === null) problems.push(`the ${b.name} is not installed at ${b.path}`);
     else if (b.matchesAgent === false) problems.push(`the installed ${b.name} differs from the agent's`);
@@ -228,7 +243,13 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
 
   return {
     node: args['node-name'] ?? null,
-    cniConfig: { dir: args['cni-conf-dir'], activeConfig: installed.activeConfig ?? null, entryInActiveConfig: installed.entryInActiveConfig, skipped: scan.skipped },
+    cniConfig: {
+      dir: args['cni-conf-dir'],
+      activeConfig: installed.activeConfig ?? null,
+      entryInActiveConfig: installed.entryInActiveConfig,
+      skipped: scan.skipped,
+      ...(installed.ownedConfig ? { ownedConfig: { path: installed.ownedConfig.path, primary: installed.ownedConfig.primary ?? null, written: installed.ownedConfig.written } } : {}),
+    },
     fight,
     binaries,
     versions: { cli: packageVersion(), agent: info?.version ?? null },
@@ -247,6 +268,15 @@ function text(r: StatusReport): string {
   const rows: Cell[][] = [];
   rows.push(['node', r.node ?? '(unknown: pass --node-name)']);
   rows.push(['cni config', r.cniConfig.activeConfig ?? { text: `none in ${r.cniConfig.dir}`, tone: 'bad' }]);
+  const owned = r.cniConfig.ownedConfig;
+  if (owned) {
+    const state: Cell = !owned.primary
+      ? { text: `${owned.path}: removed, no primary config to copy`, tone: 'bad' }
+      : owned.written
+        ? `${owned.path}: the plugins of ${owned.primary}, then ours`
+        : { text: `${owned.path}: not written yet (primary ${owned.primary})`, tone: 'bad' };
+    rows.push(['owned config', state]);
+  }
   rows.push(['our entry', r.cniConfig.activeConfig ? yes(r.cniConfig.entryInActiveConfig, 'last plugin of the active config', 'missing from the active config') : '-']);
   if (r.fight) rows.push(['primary fight', { text: `held since ${r.fight.since}, next try ${r.fight.until}: ${r.fight.advice}`, tone: 'bad' }]);
   for (const b of r.binaries) {
