@@ -19,7 +19,7 @@ import { ambientFromArgs, ambientOptions, backendOption, excludeNamespacesOption
 import type { AmbientSettings } from '../../mesh/decision';
 import { ambientConfigFromAnnotations, type AmbientConfig } from '../../redirect/ambient/config';
 import { ambientFamilies, ambientPlanFor, compareAmbient } from '../../redirect/ambient/apply';
-import { EXIT, outputOption, paint, printJson, runCommand, table, type OutputFormat, type Tone } from '../output';
+import { EXIT, outputOption, paint, printJson, printText, runCommand, table, textSafe, type OutputFormat, type Tone } from '../output';
 import { connectKube, getPod, namespaceLabels, requireOnNode } from '../kube-client';
 import { ago, lastActionFor, meshCniEventsOrWhy, type EventsOrWhy, type LastAction } from '../last-action';
 import { locatePodNetns, recordsFor, type NetnsLocation } from '../pod-netns';
@@ -245,7 +245,9 @@ function rulesTable(rules: readonly RuleJson[], nft: boolean): string {
   return table(rules.map((r) => [`  ${r.family}`, r.table, nft ? `${r.chain}: ${r.rule}${r.packets === undefined ? '' : `  # ${r.packets} packets`}` : `-A ${r.chain} ${r.rule}`]));
 }
 
-export function explanationText(e: Explanation, now = Date.now()): string {
+export function explanationText(explanation: Explanation, now = Date.now()): string {
+  // Names, annotations, Events and rules come from the API and the netns: printable before they are laid out.
+  const e = textSafe(explanation);
   const nft = e.backend.name === 'nftables';
   let out = `${paint('bold', `pod ${e.pod}`)}  uid ${e.uid ?? '-'}  node ${e.node ?? '-'}\n`;
   if (e.lastAction) out += `last action: ${e.lastAction.reason} ${ago(e.lastAction.at, now)}: ${e.lastAction.message}\n`;
@@ -275,7 +277,7 @@ export async function handler(args: Args): Promise<void> {
   await runCommand(args.output, async () => {
     const e = await explain(args);
     if (args.output === 'json') printJson(e);
-    else process.stdout.write(explanationText(e));
+    else printText(explanationText(e));
     return e.problem ? EXIT.problem : EXIT.ok;
   });
 }

@@ -20,7 +20,7 @@ import {
   netnsLookupOptions,
   type NodeArgs,
 } from '../options';
-import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
+import { EXIT, outputOption, printJson, printText, runCommand, table, textSafe, type Cell, type OutputFormat } from '../output';
 import { connectKube } from '../kube-client';
 import { countFindings, inspectNodePods, type PodCounts } from '../node-inspect';
 
@@ -243,7 +243,9 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
 const short = (sha: string | null) => (sha ? sha.slice(0, 12) : '-');
 const yes = (ok: boolean, text: string, badText: string): Cell => (ok ? { text, tone: 'ok' } : { text: badText, tone: 'bad' });
 
-function text(r: StatusReport): string {
+function text(report: StatusReport): string {
+  // Paths and file names of the conf dir, the agent's and the API's words: printable before they are laid out.
+  const r = textSafe(report);
   const rows: Cell[][] = [];
   rows.push(['node', r.node ?? '(unknown: pass --node-name)']);
   rows.push(['cni config', r.cniConfig.activeConfig ?? { text: `none in ${r.cniConfig.dir}`, tone: 'bad' }]);
@@ -286,7 +288,7 @@ export async function handler(args: Args): Promise<void> {
   await runCommand(args.output, async () => {
     const report = await collectStatus(args);
     if (args.output === 'json') printJson(report);
-    else process.stdout.write(text(report));
+    else printText(text(report));
     return report.problems.length === 0 ? EXIT.ok : EXIT.problem;
   });
 }
