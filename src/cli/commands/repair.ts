@@ -24,7 +24,7 @@ export function builder(y: Argv) {
 
 type Args = RepairArgs & NodeArgs & { output: OutputFormat; 'dry-run': boolean };
 
-const VERDICT_TONE: Partial<Record<Finding['verdict'], Tone>> = { healthy: 'ok', broken: 'bad', unknown: 'warn', 'not-meshed': 'dim' };
+const VERDICT_TONE: Partial<Record<Finding['verdict'], Tone>> = { healthy: 'ok', broken: 'bad', unknown: 'warn', 'not-meshed': 'dim', invalid: 'bad' };
 
 function row(f: Finding): Cell[] {
   const action = f.action ?? '-';

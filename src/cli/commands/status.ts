@@ -219,6 +219,7 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
   if (probe && !probe.health.reachable) problems.push(`the agent's health port ${probe.health.url} does not answer`);
   if (probe?.health.ready === false) problems.push(`the agent is not ready: ${probe.health.reasons.join('; ')}`);
   if (pods.available && pods.broken > 0) problems.push(`${pods.broken} meshed pod${pods.broken === 1 ? '' : 's'} with rules missing or wrong (mesh-cni pods)`);
+  if (pods.available && pods.invalid > 0) problems.push(`${pods.invalid} pod${pods.invalid === 1 ? '' : 's'} with invalid annotations: every ADD for ${pods.invalid === 1 ? 'it' : 'them'} fails (mesh-cni pods)`);
 
   const repairMode: StatusReport['repairMode'] = info?.repairMode
     ? { mode: info.repairMode, source: 'agent' }
@@ -276,7 +277,7 @@ function text(report: StatusReport): string {
   rows.push([
     'pods',
     p.available
-      ? { text: `${p.total} on ${p.node}: ${p.meshed} meshed (${p.healthy} healthy, ${p.broken} broken, ${p.unknown} unknown), ${p.skipped} skipped`, tone: p.broken > 0 ? 'bad' : undefined }
+      ? { text: `${p.total} on ${p.node}: ${p.meshed} meshed (${p.healthy} healthy, ${p.broken} broken, ${p.unknown} unknown), ${p.skipped} skipped${p.invalid > 0 ? `, ${p.invalid} invalid` : ''}`, tone: p.broken > 0 || p.invalid > 0 ? 'bad' : undefined }
       : { text: `not counted: ${p.reason}`, tone: 'dim' },
   ]);
   let out = table(rows);
