@@ -140,3 +140,20 @@ test('explain prints a hostile annotation in its decision trail escaped, never a
   noControls(t, { ...out, stdout: out.stdout.replace(/\n/g, '') }, 'explain -o json');
   t.true(json(out).trail.some((s: { detail: string }) => s.detail.includes(BAD_RANGES)));
 });
+
+test('explain of a pod with invalid annotations and no netns: the trail ends in the error, the verdict names the problem (exit 1)', (t) => {
+  const n = node!;
+  const out = n.run(['explain', 'shop/bad-ranges', '-o', 'json']);
+  t.is(out.code, 1, out.stdout + out.stderr);
+  const e = json(out);
+  t.like(e, { meshed: false, reason: 'invalid-config', verdict: 'unknown', problem: "the pod's annotations are invalid: every ADD for it fails" });
+  const last = e.trail[e.trail.length - 1];
+  t.like(last, { rule: 'annotations', outcome: 'error' });
+  t.false(
+    e.trail.some((s: { rule: string; outcome: string }) => s.rule === 'meshed' || (s.rule === 'annotations' && s.outcome === 'pass')),
+    'no "annotations pass" or "meshed" step before the error: they were not the answer',
+  );
+  const text = n.run(['explain', 'shop/bad-ranges']);
+  t.is(text.code, 1);
+  t.regex(text.stdout, /^verdict: unknown: the pod's annotations are invalid: every ADD for it fails$/m, text.stdout);
+});

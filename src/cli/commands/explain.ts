@@ -109,8 +109,16 @@ function decide(pod: V1Pod, excludeNamespaces: readonly string[], nsLabels: Reco
     return decideInfo(info, excludeNamespaces, trail, ambient);
   } catch (err) {
     const failed: ExplainStep = { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` };
-    return { trail: [...trail, failed], reason: 'invalid-config', assumed: [] };
+    return { trail: [...withoutVerdict(trail), failed], reason: 'invalid-config', assumed: [] };
   }
+}
+
+/**
+ * The decision's own `annotations` and `meshed` steps are written before the config is built from the
+ * annotations; when that fails they were not the answer, and the trail ends with the error instead.
+ */
+function withoutVerdict(trail: readonly ExplainStep[]): ExplainStep[] {
+  return trail.filter((s) => !(s.rule === 'meshed' || (s.rule === 'annotations' && s.outcome === 'pass')));
 }
 
 /** The decision, and a meshed pod's config (throws InvalidConfigError, as the pod's ADD would fail, for bad annotations). */
@@ -144,7 +152,7 @@ async function explainFromRuntime(args: Args): Promise<Explanation> {
   try {
     decided = decideInfo({ name: ref.name, namespace: ref.namespace, annotations: found.sandbox.annotations ?? {} }, excludedNamespaces(args), trail, ambientFromArgs(args));
   } catch (err) {
-    decided = { trail: [...trail, { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` }], reason: 'invalid-config', assumed: [] };
+    decided = { trail: [...withoutVerdict(trail), { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` }], reason: 'invalid-config', assumed: [] };
   }
   const pod: V1Pod = { metadata: { name: ref.name, namespace: ref.namespace, uid: found.sandbox.metadata?.uid } };
   const record = recordsFor(new AttachmentStore(args['state-dir']), pod)[0];
@@ -157,6 +165,8 @@ async function explainFromRuntime(args: Args): Promise<Explanation> {
         : { recorded: record?.netns, record };
   return finish(args, id, pod, decided, where, { events: new Map() });
 }
+
+const INVALID_PROBLEM = "the pod's annotations are invalid: every ADD for it fails";
 
 function diffKind(problem: string): 'missing' | 'unexpected' | 'order' {
   return problem.startsWith('missing') ? 'missing' : problem.startsWith('unexpected') ? 'unexpected' : 'order';
@@ -210,6 +220,8 @@ async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, wher
       : pod.status?.podIP || args.kubernetes === false
         ? `no network namespace found for the pod (nothing recorded under ${args['state-dir']}/attachments, unknown to the runtime at ${args['cri-socket'] || '(no CRI socket)'}, no process of it in ${args['proc-root']})`
         : 'the pod has no IP yet: its sandbox has not been networked';
+    // Invalid annotations are the problem whether or not a netns exists: every ADD for the pod fails.
+    if (reason === 'invalid-config') return { ...base, families, expected, observed: null, diff: null, verdict: 'unknown', problem: INVALID_PROBLEM };
     return { ...base, families, expected, observed: null, diff: null, verdict: meshed ? 'unknown' : 'not-meshed', problem: meshed || where.recorded ? problem : null };
   }
 
@@ -219,7 +231,7 @@ async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, wher
   const verdict = reason === 'invalid-config' ? 'unknown' : meshed ? (diff.length === 0 ? 'healthy' : 'broken') : diff.length === 0 ? 'not-meshed' : 'broken';
   const problem =
     reason === 'invalid-config'
-      ? 'the pod\'s annotations are invalid: every ADD for it fails'
+      ? INVALID_PROBLEM
       : diff.length === 0
         ? null
         : meshed && compared.observed.length === 0
