@@ -10,6 +10,7 @@
  */
 import * as http from 'node:http';
 import { DEFAULT_HEALTH_PORT } from '../defaults';
+import { printable } from './output';
 
 export interface PodName {
   namespace: string;
@@ -122,7 +123,9 @@ export async function servicesFromApi(kubeconfig: string | undefined): Promise<P
 /** NAMESPACE/NAME for pods and services, the namespace alone for namespaces. */
 export function wordsFor(wanted: Exclude<Wanted, undefined>, pods: readonly PodName[], current: string): string[] {
   const words = wanted === 'namespace' ? pods.map((p) => p.namespace) : pods.map((p) => `${p.namespace}/${p.name}`);
-  return [...new Set(words)].filter((w) => w.startsWith(current)).sort();
+  // A name with a control character is no valid Kubernetes name (the agent's cache could still hand one): it is
+  // never offered, so nothing but names reaches the shell's line or its list of candidates.
+  return [...new Set(words)].filter((w) => w.startsWith(current) && printable(w) === w).sort();
 }
 
 /**

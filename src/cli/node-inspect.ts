@@ -55,6 +55,8 @@ export interface PodCounts {
   unknown: number;
   /** pods the plugin leaves alone (not meshed, host network, terminating) */
   skipped: number;
+  /** pods the plugin would mesh whose annotations are invalid: every ADD for them fails */
+  invalid: number;
 }
 
 export function countFindings(findings: readonly Finding[]): PodCounts {
@@ -62,5 +64,5 @@ export function countFindings(findings: readonly Finding[]): PodCounts {
   const healthy = n('healthy');
   const broken = n('broken');
   const unknown = n('unknown');
-  return { total: findings.length, meshed: healthy + broken + unknown, healthy, broken, unknown, skipped: n('not-meshed') + n('skipped') };
+  return { total: findings.length, meshed: healthy + broken + unknown, healthy, broken, unknown, skipped: n('not-meshed') + n('skipped'), invalid: n('invalid') };
 }

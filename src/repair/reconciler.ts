@@ -23,7 +23,11 @@ export const REPAIR_MODES: readonly RepairMode[] = ['repair', 'label', 'delete',
 export const REPAIR_CONCURRENCY = 4;
 const ISTIO_VALIDATION_FAILED = 126;
 
-export type Verdict = 'healthy' | 'broken' | 'not-meshed' | 'skipped' | 'unknown';
+/**
+ * `invalid`: the plugin would mesh the pod but its annotations are invalid, so every ADD for it fails (the
+ * reason names the annotation); nothing in its netns is ours to judge or repair.
+ */
+export type Verdict = 'healthy' | 'broken' | 'not-meshed' | 'skipped' | 'unknown' | 'invalid';
 
 /** A meshed pod whose netns holds none of our rules (not "N differences": nothing was ever programmed, or all was flushed). */
 export const NO_RULES_REASON = 'no mesh-cni rules in the netns';
@@ -99,14 +103,21 @@ export class Reconciler {
     const base = { namespace: meta.namespace ?? '', name: meta.name ?? '', uid: meta.uid };
     if (meta.deletionTimestamp) return { ...base, verdict: 'skipped', reason: 'terminating' };
     if (pod.spec?.hostNetwork) return { ...base, verdict: 'not-meshed', reason: 'host-network' };
-    const info = podInfoFromPod(pod);
-    if (needsNamespaceLabels(info) && this.deps.namespaceLabels) info.namespaceLabels = await this.deps.namespaceLabels(info.namespace).catch(() => undefined);
-    // Sidecar pods only: ambient pods are the ambient controller's (src/agent/ambient.ts reconciles them at start
-    // and on every pod or namespace change), so without ambient options here they read as skipped, reason `ambient`.
-    const decision = decideMeshing(info, { excludeNamespaces: this.options.excludeNamespaces });
-    if (!decision.meshed || decision.dataplane === 'ambient') return { ...base, verdict: 'not-meshed', reason: decision.meshed ? 'ambient' : decision.reason };
-    // Invalid annotations throw here, as the pod's ADD fails on them.
-    const { config } = preparedFor(decision);
+    let config: RedirectConfig;
+    try {
+      const info = podInfoFromPod(pod);
+      if (needsNamespaceLabels(info) && this.deps.namespaceLabels) info.namespaceLabels = await this.deps.namespaceLabels(info.namespace).catch(() => undefined);
+      // Sidecar pods only: ambient pods are the ambient controller's (src/agent/ambient.ts reconciles them at start
+      // and on every pod or namespace change), so without ambient options here they read as skipped, reason `ambient`.
+      const decision = decideMeshing(info, { excludeNamespaces: this.options.excludeNamespaces });
+      if (!decision.meshed || decision.dataplane === 'ambient') return { ...base, verdict: 'not-meshed', reason: decision.meshed ? 'ambient' : decision.reason };
+      // Invalid annotations throw here, as the pod's ADD fails on them.
+      config = preparedFor(decision).config;
+    } catch (err) {
+      // One pod's bad annotations are that pod's finding: a pass (the agent's, `repair`, `pods`, `status`) goes on
+      // with every other pod.
+      return { ...base, verdict: 'invalid', reason: err instanceof Error ? err.message : String(err) };
+    }
     // Until the pod has an IP the CNI chain has not finished ADD: nothing to judge yet.
     if (!pod.status?.podIP) return { ...base, verdict: 'unknown', reason: 'no pod IP yet (sandbox networking not done)' };
     const netns = await this.deps.locateNetns(pod);

@@ -163,3 +163,25 @@ test('token bucket: refills at the rate, never above the burst', (t) => {
   now = 60_000;
   t.deepEqual([bucket.take(), bucket.take(), bucket.take(), bucket.take()], [true, true, true, false]);
 });
+
+test('one pod with invalid annotations is that pod\'s finding (invalid, naming the annotation): the pass judges and repairs every other pod', async (t) => {
+  const bad = pod('bad-ranges');
+  bad.metadata!.annotations!['traffic.sidecar.istio.io/includeOutboundIPRanges'] = '10.0.0.0/33';
+  const mode = pod('bad-mode');
+  mode.metadata!.annotations!['sidecar.istio.io/interceptionMode'] = 'BOGUS';
+  const pods = [pod('before'), bad, mode, pod('after')];
+  const d = deps(pods, (p) => p.metadata!.name !== 'after');
+  const findings = await reconciler('repair', d).pass();
+  t.deepEqual(
+    findings.map((f) => [f.name, f.verdict]),
+    [
+      ['before', 'healthy'],
+      ['bad-ranges', 'invalid'],
+      ['bad-mode', 'invalid'],
+      ['after', 'broken'],
+    ],
+  );
+  t.regex(findings[1]!.reason, /^invalid traffic\.sidecar\.istio\.io\/includeOutboundIPRanges="10\.0\.0\.0\/33": /);
+  t.regex(findings[2]!.reason, /^invalid sidecar\.istio\.io\/interceptionMode="BOGUS": /);
+  t.deepEqual(d.rec.applied, ['/var/run/netns/after'], 'the broken pod after the invalid ones is repaired; the invalid ones are not touched');
+});

@@ -11,7 +11,7 @@ import {
   type ConfigArgs,
   type PodOrNetnsArgs,
 } from '../options';
-import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
+import { outputOption, printable, printJson, printText, runCommand, type OutputFormat } from '../output';
 import { podConfig } from '../pod-config';
 import { resolveTarget } from '../pod-netns';
 
@@ -36,6 +36,6 @@ export async function handler(args: Args): Promise<void> {
     const config = target.pod ? podConfig(target.pod, excludedNamespaces(args)) : configFromArgs(args);
     const report = await applyRedirect({ netns: target.netns, config, backend: args.backend, hostNetns: args['host-netns'] });
     if (args.output === 'json') printJson({ ...(args.pod ? { pod: args.pod } : {}), netns: target.netns, ...report });
-    else process.stdout.write(`programmed ${report.rules} rules (${report.families.join(', ')}) in ${target.netns}${args.pod ? ` (pod ${args.pod})` : ''} with ${report.backend}${report.via ? ` via ${report.via}` : ''} in ${report.durationMs.toFixed(1)} ms\n`);
+    else printText(`programmed ${report.rules} rules (${report.families.join(', ')}) in ${printable(target.netns)}${args.pod ? ` (pod ${args.pod})` : ''} with ${report.backend}${report.via ? ` via ${report.via}` : ''} in ${report.durationMs.toFixed(1)} ms\n`);
   });
 }

@@ -19,7 +19,7 @@ import { ambientFromArgs, ambientOptions, backendOption, excludeNamespacesOption
 import type { AmbientSettings } from '../../mesh/decision';
 import { ambientConfigFromAnnotations, type AmbientConfig } from '../../redirect/ambient/config';
 import { ambientFamilies, ambientPlanFor, compareAmbient } from '../../redirect/ambient/apply';
-import { EXIT, outputOption, paint, printJson, runCommand, table, type OutputFormat, type Tone } from '../output';
+import { EXIT, outputOption, paint, printJson, printText, runCommand, table, textSafe, type OutputFormat, type Tone } from '../output';
 import { connectKube, getPod, namespaceLabels, requireOnNode } from '../kube-client';
 import { ago, lastActionFor, meshCniEventsOrWhy, type EventsOrWhy, type LastAction } from '../last-action';
 import { locatePodNetns, recordsFor, type NetnsLocation } from '../pod-netns';
@@ -109,8 +109,16 @@ function decide(pod: V1Pod, excludeNamespaces: readonly string[], nsLabels: Reco
     return decideInfo(info, excludeNamespaces, trail, ambient);
   } catch (err) {
     const failed: ExplainStep = { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` };
-    return { trail: [...trail, failed], reason: 'invalid-config', assumed: [] };
+    return { trail: [...withoutVerdict(trail), failed], reason: 'invalid-config', assumed: [] };
   }
+}
+
+/**
+ * The decision's own `annotations` and `meshed` steps are written before the config is built from the
+ * annotations; when that fails they were not the answer, and the trail ends with the error instead.
+ */
+function withoutVerdict(trail: readonly ExplainStep[]): ExplainStep[] {
+  return trail.filter((s) => !(s.rule === 'meshed' || (s.rule === 'annotations' && s.outcome === 'pass')));
 }
 
 /** The decision, and a meshed pod's config (throws InvalidConfigError, as the pod's ADD would fail, for bad annotations). */
@@ -144,7 +152,7 @@ async function explainFromRuntime(args: Args): Promise<Explanation> {
   try {
     decided = decideInfo({ name: ref.name, namespace: ref.namespace, annotations: found.sandbox.annotations ?? {} }, excludedNamespaces(args), trail, ambientFromArgs(args));
   } catch (err) {
-    decided = { trail: [...trail, { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` }], reason: 'invalid-config', assumed: [] };
+    decided = { trail: [...withoutVerdict(trail), { rule: 'annotations', outcome: 'error', detail: `${(err as Error).message}: the plugin fails this pod's ADD` }], reason: 'invalid-config', assumed: [] };
   }
   const pod: V1Pod = { metadata: { name: ref.name, namespace: ref.namespace, uid: found.sandbox.metadata?.uid } };
   const record = recordsFor(new AttachmentStore(args['state-dir']), pod)[0];
@@ -157,6 +165,8 @@ async function explainFromRuntime(args: Args): Promise<Explanation> {
         : { recorded: record?.netns, record };
   return finish(args, id, pod, decided, where, { events: new Map() });
 }
+
+const INVALID_PROBLEM = "the pod's annotations are invalid: every ADD for it fails";
 
 function diffKind(problem: string): 'missing' | 'unexpected' | 'order' {
   return problem.startsWith('missing') ? 'missing' : problem.startsWith('unexpected') ? 'unexpected' : 'order';
@@ -210,6 +220,8 @@ async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, wher
       : pod.status?.podIP || args.kubernetes === false
         ? `no network namespace found for the pod (nothing recorded under ${args['state-dir']}/attachments, unknown to the runtime at ${args['cri-socket'] || '(no CRI socket)'}, no process of it in ${args['proc-root']})`
         : 'the pod has no IP yet: its sandbox has not been networked';
+    // Invalid annotations are the problem whether or not a netns exists: every ADD for the pod fails.
+    if (reason === 'invalid-config') return { ...base, families, expected, observed: null, diff: null, verdict: 'unknown', problem: INVALID_PROBLEM };
     return { ...base, families, expected, observed: null, diff: null, verdict: meshed ? 'unknown' : 'not-meshed', problem: meshed || where.recorded ? problem : null };
   }
 
@@ -219,7 +231,7 @@ async function finish(args: Args, id: string, pod: V1Pod, decided: Decided, wher
   const verdict = reason === 'invalid-config' ? 'unknown' : meshed ? (diff.length === 0 ? 'healthy' : 'broken') : diff.length === 0 ? 'not-meshed' : 'broken';
   const problem =
     reason === 'invalid-config'
-      ? 'the pod\'s annotations are invalid: every ADD for it fails'
+      ? INVALID_PROBLEM
       : diff.length === 0
         ? null
         : meshed && compared.observed.length === 0
@@ -245,7 +257,9 @@ function rulesTable(rules: readonly RuleJson[], nft: boolean): string {
   return table(rules.map((r) => [`  ${r.family}`, r.table, nft ? `${r.chain}: ${r.rule}${r.packets === undefined ? '' : `  # ${r.packets} packets`}` : `-A ${r.chain} ${r.rule}`]));
 }
 
-export function explanationText(e: Explanation, now = Date.now()): string {
+export function explanationText(explanation: Explanation, now = Date.now()): string {
+  // Names, annotations, Events and rules come from the API and the netns: printable before they are laid out.
+  const e = textSafe(explanation);
   const nft = e.backend.name === 'nftables';
   let out = `${paint('bold', `pod ${e.pod}`)}  uid ${e.uid ?? '-'}  node ${e.node ?? '-'}\n`;
   if (e.lastAction) out += `last action: ${e.lastAction.reason} ${ago(e.lastAction.at, now)}: ${e.lastAction.message}\n`;
@@ -275,7 +289,7 @@ export async function handler(args: Args): Promise<void> {
   await runCommand(args.output, async () => {
     const e = await explain(args);
     if (args.output === 'json') printJson(e);
-    else process.stdout.write(explanationText(e));
+    else printText(explanationText(e));
     return e.problem ? EXIT.problem : EXIT.ok;
   });
 }

@@ -13,7 +13,7 @@ import type { AnyPlan } from '../../redirect/plan';
 import { connectKube, getPod } from '../kube-client';
 import { podConfig } from '../pod-config';
 import { checkPodRef, parsePodRef } from '../pod-ref';
-import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
+import { outputOption, printJson, printText, runCommand, type OutputFormat } from '../output';
 
 export const command = 'plan';
 export const describe = "print the rules a pod with these annotations would get, sidecar or ambient (dry run; touches nothing)";
@@ -94,16 +94,16 @@ async function printAmbient(args: Args): Promise<void> {
     printJson({ ...(args.pod ? { pod: args.pod } : {}), backend: backend.name, backendReason: reason, ...settings, ...(nft ? nftJson(plan, families) : iptablesJson(plan, families)) });
     return;
   }
-  if (args.pod) process.stdout.write(`# pod: ${args.pod}\n`);
-  process.stdout.write(`# dataplane: ambient (the node's ztunnel; these are Istio's in-pod rules, cni/pkg/iptables and cni/pkg/nftables)\n`);
-  process.stdout.write(`# DNS capture ${c.dnsCapture ? 'on' : 'off'}, inbound ${c.ingressMode ? 'not captured (bypass-inbound-capture)' : 'to ztunnel'}, kubelet probes from ${c.hostProbeSnat.ipv4}${families.includes('ipv6') ? ` and ${c.hostProbeSnat.ipv6}` : ''}${c.sources.length ? `; from ${c.sources.join(', ')}` : ''}\n`);
-  process.stdout.write(`# backend: ${backend.name} (${reason})\n`);
+  if (args.pod) printText(`# pod: ${args.pod}\n`);
+  printText(`# dataplane: ambient (the node's ztunnel; these are Istio's in-pod rules, cni/pkg/iptables and cni/pkg/nftables)\n`);
+  printText(`# DNS capture ${c.dnsCapture ? 'on' : 'off'}, inbound ${c.ingressMode ? 'not captured (bypass-inbound-capture)' : 'to ztunnel'}, kubelet probes from ${c.hostProbeSnat.ipv4}${families.includes('ipv6') ? ` and ${c.hostProbeSnat.ipv6}` : ''}${c.sources.length ? `; from ${c.sources.join(', ')}` : ''}\n`);
+  printText(`# backend: ${backend.name} (${reason})\n`);
   for (const f of families) {
     const rule = plan[f].links.find((l) => l.kind === 'rule');
-    if (rule?.kind === 'rule') process.stdout.write(`# routing (${f}): ip rule fwmark 0x${rule.fwmark.toString(16)}/0x${(rule.mask ?? 0).toString(16)} pref ${rule.priority} lookup ${rule.table}; ip route local default dev lo table ${rule.table}\n`);
+    if (rule?.kind === 'rule') printText(`# routing (${f}): ip rule fwmark 0x${rule.fwmark.toString(16)}/0x${(rule.mask ?? 0).toString(16)} pref ${rule.priority} lookup ${rule.table}; ip route local default dev lo table ${rule.table}\n`);
   }
-  if (!nft) process.stdout.write(`# owner tag: rules in built-in chains carry -m comment --comment ${OWNER_TAG_PREFIX}<purpose>; Istio's text is the same without it\n`);
-  process.stdout.write(nft ? renderNftScript(plan, families) : iptablesText(plan, families, families.length > 1));
+  if (!nft) printText(`# owner tag: rules in built-in chains carry -m comment --comment ${OWNER_TAG_PREFIX}<purpose>; Istio's text is the same without it\n`);
+  printText(nft ? renderNftScript(plan, families) : iptablesText(plan, families, families.length > 1));
 }
 
 export async function handler(args: Args): Promise<void> {
@@ -118,14 +118,14 @@ export async function handler(args: Args): Promise<void> {
       printJson({ ...(args.pod ? { pod: args.pod } : {}), backend: backend.name, backendReason: reason, mode: plan.config.mode, ...(nft ? nftJson(plan, families) : iptablesJson(plan, families)) });
       return;
     }
-    if (args.pod) process.stdout.write(`# pod: ${args.pod}\n`);
-    process.stdout.write(`# backend: ${backend.name} (${reason})\n`);
+    if (args.pod) printText(`# pod: ${args.pod}\n`);
+    printText(`# backend: ${backend.name} (${reason})\n`);
     if (plan.config.mode === 'NONE') {
-      process.stdout.write('# interceptionMode NONE: no rules\n');
+      printText('# interceptionMode NONE: no rules\n');
       return;
     }
     // The owner tag is the one difference from istio-iptables' text; say so where people compare the two.
-    if (!nft) process.stdout.write(`# owner tag: rules in built-in chains carry -m comment --comment ${OWNER_TAG_PREFIX}<purpose>, so DEL and re-apply never touch another component's rules; Istio's text is the same without it\n`);
-    process.stdout.write(nft ? renderNftScript(plan, families) : iptablesText(plan, families, args.ipv6 === true));
+    if (!nft) printText(`# owner tag: rules in built-in chains carry -m comment --comment ${OWNER_TAG_PREFIX}<purpose>, so DEL and re-apply never touch another component's rules; Istio's text is the same without it\n`);
+    printText(nft ? renderNftScript(plan, families) : iptablesText(plan, families, args.ipv6 === true));
   });
 }

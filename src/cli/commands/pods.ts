@@ -9,7 +9,7 @@ import { MeshCniError } from '../../errors';
 import { chooseBackend, type BackendName } from '../../redirect/engine';
 import { NO_RULES_REASON, type Finding } from '../../repair/reconciler';
 import { backendOption, excludeNamespacesOption, excludedNamespaces, nodeOptions, netnsLookupOptions, type NodeArgs } from '../options';
-import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
+import { EXIT, outputOption, printable, printJson, printText, runCommand, table, textSafe, type Cell, type OutputFormat } from '../output';
 import { connectKube, getService, selectedBy } from '../kube-client';
 import { checkPodRef, parsePodRef } from '../pod-ref';
 import { ago, lastActionFor, meshCniEventsOrWhy, type LastAction } from '../last-action';
@@ -66,10 +66,12 @@ function rulesState(f: Finding): RulesState {
   return 'n/a';
 }
 
-export function textTable(rows: readonly PodRow[], now = Date.now()): string {
+export function textTable(podRows: readonly PodRow[], now = Date.now()): string {
+  // Names, reasons and Events come from the API: printable before they are laid out.
+  const rows = textSafe(podRows);
   const cells: Cell[][] = rows.map((r) => [
     `${r.namespace}/${r.name}`,
-    r.meshed ? { text: 'yes', tone: 'ok' } : { text: 'no', tone: 'dim' },
+    r.verdict === 'invalid' ? { text: 'invalid', tone: 'bad' } : r.meshed ? { text: 'yes', tone: 'ok' } : { text: 'no', tone: 'dim' },
     r.reason,
     r.rules === 'ok' ? { text: 'ok', tone: 'ok' } : r.rules === 'none' ? { text: 'none', tone: 'bad' } : r.rules === 'differ' ? { text: `${r.problems.length} differ`, tone: 'bad' } : r.rules === 'unknown' ? { text: 'unknown', tone: 'warn' } : '-',
     r.backend ?? '-',
@@ -106,7 +108,8 @@ export async function handler(args: Args): Promise<void> {
     const store = new AttachmentStore(args['state-dir']);
     const rows: PodRow[] = inspected.map(({ pod, finding: f }) => {
       const record = recordsFor(store, pod)[0];
-      const meshed = f.verdict !== 'not-meshed' && f.verdict !== 'skipped';
+      // An invalid pod is one the plugin would mesh but cannot: every ADD for it fails, so it has no rules of ours.
+      const meshed = f.verdict !== 'not-meshed' && f.verdict !== 'skipped' && f.verdict !== 'invalid';
       return {
         namespace: f.namespace,
         name: f.name,
@@ -123,13 +126,16 @@ export async function handler(args: Args): Promise<void> {
       };
     });
     const broken = rows.filter((r) => r.verdict === 'broken').length;
-    if (warning) process.stderr.write(`mesh-cni: warning: ${warning}\n`);
+    const invalid = rows.filter((r) => r.verdict === 'invalid').length;
+    if (warning) process.stderr.write(`mesh-cni: warning: ${printable(warning)}\n`);
     if (args.output === 'json') printJson({ node: nodeName, namespace: namespace ?? null, service: args.service ?? null, backend: { name: chosen.backend.name, reason: chosen.reason }, pods: rows, warnings: warning ? [warning] : [] });
     else {
       const where = args.service ? ` behind service ${args.service}` : args.namespace ? ` in namespace ${args.namespace}` : '';
-      process.stdout.write(rows.length === 0 ? `no pods on ${nodeName}${where}\n` : textTable(rows));
-      if (broken > 0) process.stdout.write(`\n${broken} broken: mesh-cni explain NAMESPACE/POD says why; mesh-cni repair fixes them\n`);
+      printText(rows.length === 0 ? `no pods on ${printable(nodeName)}${where}\n` : textTable(rows));
+      if (broken > 0) printText(`\n${broken} broken: mesh-cni explain NAMESPACE/POD says why; mesh-cni repair fixes them\n`);
+      if (invalid > 0) printText(`${broken > 0 ? '' : '\n'}${invalid} invalid: the pod's annotations are invalid, so every ADD for it fails (REASON names the annotation); fix the annotation and recreate the pod\n`);
     }
-    return broken > 0 ? EXIT.problem : EXIT.ok;
+    // Both are problems on the node, as `status` counts them: exit 1.
+    return broken > 0 || invalid > 0 ? EXIT.problem : EXIT.ok;
   });
 }

@@ -2,7 +2,7 @@
 import type { Argv } from 'yargs';
 import { removeRedirect, type BackendName } from '../../redirect/engine';
 import { backendOption, checkPodOrNetns, podOrNetnsOptions, type PodOrNetnsArgs } from '../options';
-import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
+import { outputOption, printable, printJson, printText, runCommand, type OutputFormat } from '../output';
 import { resolveTarget } from '../pod-netns';
 
 export const command = 'remove';
@@ -21,6 +21,6 @@ export async function handler(args: PodOrNetnsArgs & { backend: BackendName; 'ho
     const { netns } = await resolveTarget(args);
     const { removed } = await removeRedirect({ netns, backend: args.backend, hostNetns: args['host-netns'] });
     if (args.output === 'json') printJson({ ...(args.pod ? { pod: args.pod } : {}), netns, removed });
-    else process.stdout.write(`removed ${removed} rules from ${netns}${args.pod ? ` (pod ${args.pod})` : ''}\n`);
+    else printText(`removed ${removed} rules from ${printable(netns)}${args.pod ? ` (pod ${args.pod})` : ''}\n`);
   });
 }

@@ -4,7 +4,7 @@ import { MeshCniError } from '../../errors';
 import { AttachmentStore } from '../../state/attachments';
 import { Reconciler, type Finding } from '../../repair/reconciler';
 import { excludeNamespacesOption, nodeOptions, repairOptions, repairSettings, type NodeArgs, type RepairArgs } from '../options';
-import { outputOption, printJson, runCommand, table, EXIT, type Cell, type OutputFormat, type Tone } from '../output';
+import { outputOption, printable, printJson, printText, runCommand, table, textSafe, EXIT, type Cell, type OutputFormat, type Tone } from '../output';
 
 export const command = 'repair';
 export const describe = "check every meshed pod on this node and repair (or label, or delete) those whose rules are missing or wrong";
@@ -24,7 +24,7 @@ export function builder(y: Argv) {
 
 type Args = RepairArgs & NodeArgs & { output: OutputFormat; 'dry-run': boolean };
 
-const VERDICT_TONE: Partial<Record<Finding['verdict'], Tone>> = { healthy: 'ok', broken: 'bad', unknown: 'warn', 'not-meshed': 'dim' };
+const VERDICT_TONE: Partial<Record<Finding['verdict'], Tone>> = { healthy: 'ok', broken: 'bad', unknown: 'warn', 'not-meshed': 'dim', invalid: 'bad' };
 
 function row(f: Finding): Cell[] {
   const action = f.action ?? '-';
@@ -50,15 +50,15 @@ export async function handler(args: Args): Promise<void> {
       attachments: new AttachmentStore(args['state-dir']),
       procRoot: settings.procRoot,
       criSocket: settings.criSocket,
-      onLocatorError: (err) => process.stderr.write(`mesh-cni repair: ${err.message}; looking in /proc instead\n`),
+      onLocatorError: (err) => process.stderr.write(`mesh-cni repair: ${printable(err.message)}; looking in /proc instead\n`),
       backend: settings.backend,
     });
     const findings = await new Reconciler({ ...settings, dryRun: args['dry-run'] }, deps).pass().finally(() => deps.close());
     const broken = findings.filter((f) => f.verdict === 'broken');
     if (args.output === 'json') printJson({ node: nodeName, mode: settings.mode, dryRun: args['dry-run'], findings });
     else {
-      process.stdout.write(table(findings.map(row), { headers: ['POD', 'VERDICT', 'ACTION', 'REASON'] }));
-      process.stdout.write(`\n${findings.length} pods on ${nodeName}: ${broken.length} broken\n`);
+      printText(table(textSafe(findings).map(row), { headers: ['POD', 'VERDICT', 'ACTION', 'REASON'] }));
+      printText(`\n${findings.length} pods on ${printable(nodeName)}: ${broken.length} broken\n`);
     }
     const unresolved = broken.filter((f) => !['repaired', 'labeled', 'deleted'].includes(f.action ?? ''));
     return unresolved.length > 0 ? EXIT.problem : EXIT.ok;

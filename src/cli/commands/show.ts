@@ -3,7 +3,7 @@ import type { Argv } from 'yargs';
 import { showRedirect, type BackendName } from '../../redirect/engine';
 import { backendOption, checkPodOrNetns, podOrNetnsOptions, type PodOrNetnsArgs } from '../options';
 import { resolveTarget } from '../pod-netns';
-import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
+import { outputOption, printable, printJson, printText, runCommand, type OutputFormat } from '../output';
 
 export const command = 'show';
 export const describe = 'print the mesh-cni rules present in a network namespace';
@@ -25,16 +25,17 @@ export async function handler(args: PodOrNetnsArgs & { backend: BackendName; 'ho
       return;
     }
     if (shown.rules.length === 0) {
-      process.stdout.write(`no mesh-cni rules in ${netns}\n`);
+      printText(`no mesh-cni rules in ${printable(netns)}\n`);
       return;
     }
     let heading = '';
     for (const r of shown.rules) {
       const h = `${r.family} ${r.table}`;
-      if (h !== heading) process.stdout.write(`${heading ? '\n' : ''}# ${(heading = h)}\n`);
+      if (h !== heading) printText(`${heading ? '\n' : ''}# ${(heading = h)}\n`);
       // nft keeps a counter on every rule: show it, it is how a person sees which rule traffic hits.
       const hits = r.packets === undefined ? '' : `  # ${r.packets} packets`;
-      process.stdout.write(shown.backend === 'nftables' ? `${r.chain}: ${r.text}${hits}\n` : `-A ${r.chain} ${r.text}\n`);
+      // A rule's text is what the netns holds (a comment can carry anything): printable.
+      printText(shown.backend === 'nftables' ? `${printable(r.chain)}: ${printable(r.text)}${hits}\n` : `-A ${printable(r.chain)} ${printable(r.text)}\n`);
     }
   });
 }

@@ -20,7 +20,7 @@ import {
   netnsLookupOptions,
   type NodeArgs,
 } from '../options';
-import { EXIT, outputOption, printJson, runCommand, table, type Cell, type OutputFormat } from '../output';
+import { EXIT, outputOption, printJson, printText, runCommand, table, textSafe, type Cell, type OutputFormat } from '../output';
 import { connectKube } from '../kube-client';
 import { countFindings, inspectNodePods, type PodCounts } from '../node-inspect';
 
@@ -234,6 +234,7 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
   if (probe && !probe.health.reachable) problems.push(`the agent's health port ${probe.health.url} does not answer`);
   if (probe?.health.ready === false) problems.push(`the agent is not ready: ${probe.health.reasons.join('; ')}`);
   if (pods.available && pods.broken > 0) problems.push(`${pods.broken} meshed pod${pods.broken === 1 ? '' : 's'} with rules missing or wrong (mesh-cni pods)`);
+  if (pods.available && pods.invalid > 0) problems.push(`${pods.invalid} pod${pods.invalid === 1 ? '' : 's'} with invalid annotations: every ADD for ${pods.invalid === 1 ? 'it' : 'them'} fails (mesh-cni pods)`);
 
   const repairMode: StatusReport['repairMode'] = info?.repairMode
     ? { mode: info.repairMode, source: 'agent' }
@@ -264,7 +265,9 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
 const short = (sha: string | null) => (sha ? sha.slice(0, 12) : '-');
 const yes = (ok: boolean, text: string, badText: string): Cell => (ok ? { text, tone: 'ok' } : { text: badText, tone: 'bad' });
 
-function text(r: StatusReport): string {
+function text(report: StatusReport): string {
+  // Paths and file names of the conf dir, the agent's and the API's words: printable before they are laid out.
+  const r = textSafe(report);
   const rows: Cell[][] = [];
   rows.push(['node', r.node ?? '(unknown: pass --node-name)']);
   rows.push(['cni config', r.cniConfig.activeConfig ?? { text: `none in ${r.cniConfig.dir}`, tone: 'bad' }]);
@@ -304,7 +307,7 @@ function text(r: StatusReport): string {
   rows.push([
     'pods',
     p.available
-      ? { text: `${p.total} on ${p.node}: ${p.meshed} meshed (${p.healthy} healthy, ${p.broken} broken, ${p.unknown} unknown), ${p.skipped} skipped`, tone: p.broken > 0 ? 'bad' : undefined }
+      ? { text: `${p.total} on ${p.node}: ${p.meshed} meshed (${p.healthy} healthy, ${p.broken} broken, ${p.unknown} unknown), ${p.skipped} skipped${p.invalid > 0 ? `, ${p.invalid} invalid` : ''}`, tone: p.broken > 0 || p.invalid > 0 ? 'bad' : undefined }
       : { text: `not counted: ${p.reason}`, tone: 'dim' },
   ]);
   let out = table(rows);
@@ -316,7 +319,7 @@ export async function handler(args: Args): Promise<void> {
   await runCommand(args.output, async () => {
     const report = await collectStatus(args);
     if (args.output === 'json') printJson(report);
-    else process.stdout.write(text(report));
+    else printText(text(report));
     return report.problems.length === 0 ? EXIT.ok : EXIT.problem;
   });
 }

@@ -2,7 +2,7 @@
 import type { Argv } from 'yargs';
 import { uninstall } from '../../installer';
 import { backendOption, installOptions, installSettings, type InstallArgs } from '../options';
-import { outputOption, printJson, runCommand, type OutputFormat } from '../output';
+import { outputOption, printJson, printText, runCommand, textSafe, type OutputFormat } from '../output';
 
 export const command = 'uninstall';
 export const describe = "remove the plugin: our conflist entry (restoring the file's original bytes when no one else changed it), binaries, kubeconfig";
@@ -18,7 +18,8 @@ export async function handler(args: InstallArgs & { output: OutputFormat; 'dry-r
     const report = await uninstall(installSettings({ ...args, kubernetes: false }), { dryRun: args['dry-run'] });
     if (args.output === 'json') return printJson(report);
     const prefix = report.dryRun ? 'would ' : '';
-    if (report.actions.length === 0) process.stdout.write('nothing of ours is installed\n');
-    for (const a of report.actions) process.stdout.write(`${prefix}${a.action} ${a.path}${a.detail ? `: ${a.detail}` : ''}\n`);
+    if (report.actions.length === 0) printText('nothing of ours is installed\n');
+    // File names of the conf dir: printable.
+    for (const a of textSafe(report.actions)) printText(`${prefix}${a.action} ${a.path}${a.detail ? `: ${a.detail}` : ''}\n`);
   });
 }
