@@ -26,6 +26,7 @@ import * as path from 'node:path';
 import { agentImageArchive, NODE_NAME, PRIMARY_CONFLIST, startCluster, type Cluster } from '../support/cluster';
 import { createPod, describePods, ensureNamespace, kubectlAsync, podRunning, taskPids, waitPodsRunning, Witness } from '../support/cluster-pods';
 import { helmInstall, helmTemplate, helmUpgrade, requireHelm } from '../support/helm';
+import { readJsonLines } from '../support/json-lines';
 import { REPO_ROOT } from '../support/paths';
 
 const NS = 'reboot';
@@ -135,7 +136,7 @@ function hasRules(cl: Cluster, pid: number): boolean {
 interface RebootResult {
   /** meshed pods (by name) that reached the witness */
   without: string[];
-  /** per such pod: its first to its last witness line, ms */
+  /** per such pod: its first to its last witness line, ms (a lower bound of its time without rules) */
   windows: Map<string, number>;
   /** from power-on to the last witness line of any pod, ms */
   lastUnredirected?: number;
@@ -237,21 +238,30 @@ async function reboot(t: ExecutionContext, batch: string, options: { taint?: boo
 
   const hits = witness!.hits().filter((h) => all.includes(h.name));
   const windows = new Map<string, number>();
+  const upTo = new Map<string, number>();
   for (const name of all) {
     const ts = hits.filter((h) => h.name === name).map((h) => h.t * 1000);
-    if (ts.length > 0) windows.set(name, Math.max(...ts) - Math.min(...ts));
+    if (ts.length === 0) continue;
+    // At least its first to its last witness line; at most its first line to the poll that saw its rules.
+    windows.set(name, Math.max(...ts) - Math.min(...ts));
+    const seen = withRules.get(name);
+    if (seen !== undefined) upTo.set(name, seen - (Math.min(...ts) - powerOn));
   }
   const without = [...windows.keys()];
   const lastUnredirected = hits.length > 0 ? Math.max(...hits.map((h) => h.t * 1000)) - powerOn : undefined;
   const firstRedirected = withRules.size > 0 ? Math.min(...withRules.values()) : undefined;
   const allRedirected = withRules.size === all.length ? Math.max(...withRules.values()) : undefined;
   const missing = all.filter((n) => !withRules.has(n));
-  const perPod = [...windows].map(([n, ms]) => `${n} ${secs(ms)}`).join(', ');
+  // How each pod got its rules: its sandbox's ADD through our plugin (agent or standalone engine), or repair.
+  const adds = readJsonLines(cl.inside('/var/log/mesh-cni/cni.log')).filter((l) => l.command === 'ADD' && Date.parse(String(l.time)) >= powerOn && all.some((n) => l.pod === `${NS}/${n}`));
+  const byAdd = all.filter((n) => adds.some((l) => l.pod === `${NS}/${n}` && !l.error && l.decision === 'meshed'));
+  const byRepair = [...withRules.keys()].filter((n) => !byAdd.includes(n));
+  const perPod = [...windows].map(([n, ms]) => `${n} ${(ms / 1000).toFixed(1)} to ${secs(upTo.get(n))}`).join(', ');
   const line =
     `${batch}: ${all.length} meshed pods (${BOUND} bound before the reboot, ${AFTER} created at power-on); ran without rules: ${without.length}` +
     `${without.length > 0 ? ` (${perPod}; the last unredirected connection ${secs(lastUnredirected)} after power-on)` : ''}; ` +
     `first pod redirected ${secs(firstRedirected)} after power-on, every pod ${allRedirected !== undefined ? secs(allRedirected) : `not within ${REPAIR_BOUND_MS / 60_000} min (missing: ${missing.join(', ')})`}; ` +
-    `agent Ready ${secs(agentReady)} after power-on${options.taint ? `; taint removed ${secs(taintGone)} after power-on; the pods created at power-on bound to the node after ${afterNames.map((n) => secs(bound.get(n))).join(', ')}` : ''}`;
+    `rules from the sandbox's ADD: ${byAdd.length}, from repair: ${byRepair.length}; agent Ready ${secs(agentReady)} after power-on${options.taint ? `; taint removed ${secs(taintGone)} after power-on; the pods created at power-on bound to the node after ${afterNames.map((n) => secs(bound.get(n))).join(', ')}` : ''}`;
   figures.push(line);
   t.log(line);
   if (allRedirected === undefined) t.log(describePods(cl, NS));
