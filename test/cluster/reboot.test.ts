@@ -21,6 +21,7 @@
  * before the primary's, which the primary's rewrite never touches: 0 pods without rules).
  */
 import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { agentImageArchive, NODE_NAME, PRIMARY_CONFLIST, startCluster, type Cluster } from '../support/cluster';
@@ -115,22 +116,63 @@ function agentRolled(cl: Cluster, what: string, previous: string | undefined, in
   );
 }
 
-function taints(cl: Cluster): string[] {
-  return ((cl.json(['get', 'node', NODE_NAME]).spec?.taints ?? []) as any[]).map((x) => `${x.key}:${x.effect}`);
-}
-
 /** The host PID of a pod's container, from containerd's tasks (undefined while it has none). */
 function pidOf(pod: any, container: string, tasks: Map<string, number>): number | undefined {
   const status = (pod.status?.containerStatuses ?? []).find((s: any) => s.name === container);
   return tasks.get(String(status?.containerID ?? '').replace(/^containerd:\/\//, ''));
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A program inside the node (both namespaces), without blocking the event loop. */
+function inNodeAsync(cl: Cluster, argv: string[], timeoutMs = 30_000): Promise<{ status: number; stdout: string }> {
+  return new Promise((resolve) => {
+    const [program, ...args] = [...cl.nodeArgv(), ...argv];
+    const child = spawn(program!, args, { stdio: ['ignore', 'pipe', 'ignore'], env: { PATH: process.env.PATH, HOME: cl.dir } });
+    let stdout = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ status: code ?? -1, stdout });
+    });
+    child.on('error', () => {
+      clearTimeout(timer);
+      resolve({ status: -1, stdout });
+    });
+  });
+}
+
+/** kubectl ... -o json, or undefined when it failed (a timeout on a loaded machine: the next round asks again). */
+async function jsonAsync(cl: Cluster, args: string[]): Promise<any> {
+  const r = await kubectlAsync(cl, [...args, '-o', 'json']);
+  try {
+    return r.status === 0 ? JSON.parse(r.stdout) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function podsOf(cl: Cluster, batch: string): Promise<any[]> {
+  return (await jsonAsync(cl, ['-n', NS, 'get', 'pods', '-l', `batch=${batch}`]))?.items ?? [];
+}
+
+/** containerd's tasks by container id (as taskPids, without blocking). */
+async function taskPidsAsync(cl: Cluster): Promise<Map<string, number>> {
+  const r = await inNodeAsync(cl, ['ctr', '--address', cl.layout.criSocket, '-n', 'k8s.io', 'tasks', 'ls']);
+  const pids = new Map<string, number>();
+  for (const line of r.stdout.split('\n').slice(1)) {
+    const [id, pid] = line.trim().split(/\s+/);
+    if (id && pid && /^\d+$/.test(pid)) pids.set(id, Number(pid));
+  }
+  return pids;
+}
+
 /** Whether the netns of process `pid` holds the redirect rules (either backend). */
-function hasRules(cl: Cluster, pid: number): boolean {
-  const netns = `/proc/${pid}/ns/net`;
-  const iptables = cl.runInNode(['nsenter', `--net=${netns}`, '--', 'iptables-save', '-t', 'nat'], { timeoutMs: 20_000 }).stdout;
-  if (iptables.includes('15001')) return true;
-  return cl.runInNode(['nsenter', `--net=${netns}`, '--', 'nft', 'list', 'ruleset'], { timeoutMs: 20_000 }).stdout.includes('15001');
+async function hasRules(cl: Cluster, pid: number): Promise<boolean> {
+  const netns = `--net=/proc/${pid}/ns/net`;
+  if ((await inNodeAsync(cl, ['nsenter', netns, '--', 'iptables-save', '-t', 'nat'])).stdout.includes('15001')) return true;
+  return (await inNodeAsync(cl, ['nsenter', netns, '--', 'nft', 'list', 'ruleset'])).stdout.includes('15001');
 }
 
 interface RebootResult {
@@ -172,7 +214,7 @@ async function reboot(t: ExecutionContext, batch: string, options: { taint?: boo
   const tasksBefore = taskPids(cl);
   for (const p of running) {
     const pid = pidOf(p, 'app', tasksBefore);
-    if (!pid || !hasRules(cl, pid)) throw new Error(`${p.metadata.name} runs without its rules before the reboot: the scenario starts from a healthy node`);
+    if (!pid || !(await hasRules(cl, pid))) throw new Error(`${p.metadata.name} runs without its rules before the reboot: the scenario starts from a healthy node`);
   }
   if (witness!.unredirected(boundNames).length > 0) throw new Error(`before the reboot, pods reached the witness: ${witness!.unredirected(boundNames).join(', ')}`);
 
@@ -203,36 +245,48 @@ async function reboot(t: ExecutionContext, batch: string, options: { taint?: boo
   let taintGone: number | undefined;
   const boundWhileTainted = new Set<string>();
   const deadline = powerOn + REPAIR_BOUND_MS;
-  // Until every pod has its rules, and the agent's Ready (and the taint's removal) are seen too.
-  while ((withRules.size < all.length || agentReady === undefined || (options.taint && taintGone === undefined)) && Date.now() < deadline) {
-    const now = Date.now() - powerOn;
-    let pods: any[] = [];
-    try {
-      pods = cl.json(['-n', NS, 'get', 'pods', '-l', `batch=${batch}`]).items;
-    } catch {
-      // the API is fine; a kubectl timeout on a loaded machine: next round
+  const since = () => Date.now() - powerOn;
+  // Two loops, neither blocking the other (every program runs asynchronously): one reads each running pod's
+  // netns until it has its rules (slow: a few programs per pod), one watches the API for the pods' binding,
+  // the agent's readiness and the taint (a few kubectl calls, so their times are close to the truth).
+  const rulesLoop = (async () => {
+    while (withRules.size < all.length && Date.now() < deadline) {
+      const pods = await podsOf(cl, batch);
+      const waiting = pods.filter((p) => !withRules.has(p.metadata.name) && podRunning(p));
+      if (waiting.length > 0) {
+        const tasks = await taskPidsAsync(cl);
+        await Promise.all(
+          waiting.map(async (p) => {
+            const pid = pidOf(p, 'app', tasks);
+            if (pid && (await hasRules(cl, pid))) withRules.set(p.metadata.name, since());
+          }),
+        );
+      }
+      await sleep(300);
     }
-    const tasks = cl.ctr(['tasks', 'ls'], { timeoutMs: 20_000 }).status === 0 ? taskPids(cl) : new Map<string, number>();
-    for (const p of pods) {
-      const name = p.metadata.name as string;
-      if (afterNames.includes(name) && p.spec.nodeName && !bound.has(name)) bound.set(name, now);
-      if (withRules.has(name) || !podRunning(p)) continue;
-      const pid = pidOf(p, 'app', tasks);
-      if (pid && hasRules(cl, pid)) withRules.set(name, Date.now() - powerOn);
+  })();
+  const stateLoop = (async () => {
+    while ((bound.size < afterNames.length || agentReady === undefined || (options.taint && taintGone === undefined)) && Date.now() < deadline) {
+      const pods = await podsOf(cl, batch);
+      const now = since();
+      for (const p of pods) if (afterNames.includes(p.metadata.name) && p.spec.nodeName && !bound.has(p.metadata.name)) bound.set(p.metadata.name, now);
+      if (agentReady === undefined) {
+        const a = (await jsonAsync(cl, ['-n', AGENT_NS, 'get', 'pods', '-l', AGENT_SELECTOR]))?.items?.find((x: any) => !x.metadata.deletionTimestamp);
+        const started = Date.parse(a?.status?.containerStatuses?.[0]?.state?.running?.startedAt ?? '');
+        // startedAt has whole seconds: a container started after power-on may show the second before it.
+        if (isReady(a) && started >= powerOn - 1000) agentReady = since();
+      }
+      if (options.taint && taintGone === undefined) {
+        const node = await jsonAsync(cl, ['get', 'node', NODE_NAME]);
+        const tainted = ((node?.spec?.taints ?? []) as any[]).some((x) => x.key === TAINT && x.effect === 'NoSchedule');
+        // Read after the pods: a pod seen bound while the taint is still there was bound while the node was tainted.
+        if (node && !tainted) taintGone = since();
+        else if (node) for (const p of pods) if (afterNames.includes(p.metadata.name) && p.spec.nodeName) boundWhileTainted.add(p.metadata.name);
+      }
+      await sleep(200);
     }
-    if (agentReady === undefined) {
-      const a = agentPod(cl);
-      const started = Date.parse(a?.status?.containerStatuses?.[0]?.state?.running?.startedAt ?? '');
-      // startedAt has whole seconds: a container started after power-on may show the second before it.
-      if (isReady(a) && started >= powerOn - 1000) agentReady = Date.now() - powerOn;
-    }
-    if (options.taint && taintGone === undefined) {
-      // Read after the pods: a pod seen bound while the taint is still there was bound while the node was tainted.
-      if (!taints(cl).includes(`${TAINT}:NoSchedule`)) taintGone = Date.now() - powerOn;
-      else for (const p of pods) if (afterNames.includes(p.metadata.name) && p.spec.nodeName) boundWhileTainted.add(p.metadata.name);
-    }
-    await new Promise((r) => setTimeout(r, 500));
-  }
+  })();
+  await Promise.all([rulesLoop, stateLoop]);
   await createdAfter;
   await new Promise((r) => setTimeout(r, 2000));
 
