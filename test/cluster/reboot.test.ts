@@ -244,6 +244,8 @@ async function reboot(t: ExecutionContext, batch: string, options: { taint?: boo
   let agentReady: number | undefined;
   let taintGone: number | undefined;
   const boundWhileTainted = new Set<string>();
+  /** the last poll that saw the taint: it went between this and taintGone */
+  let lastTainted: number | undefined;
   const deadline = powerOn + REPAIR_BOUND_MS;
   const since = () => Date.now() - powerOn;
   // Two loops, neither blocking the other (every program runs asynchronously): one reads each running pod's
@@ -281,7 +283,8 @@ async function reboot(t: ExecutionContext, batch: string, options: { taint?: boo
         const tainted = ((node?.spec?.taints ?? []) as any[]).some((x) => x.key === TAINT && x.effect === 'NoSchedule');
         // Read after the pods: a pod seen bound while the taint is still there was bound while the node was tainted.
         if (node && !tainted) taintGone = since();
-        else if (node) for (const p of pods) if (afterNames.includes(p.metadata.name) && p.spec.nodeName) boundWhileTainted.add(p.metadata.name);
+        else if (node) lastTainted = since();
+        if (node && tainted) for (const p of pods) if (afterNames.includes(p.metadata.name) && p.spec.nodeName) boundWhileTainted.add(p.metadata.name);
       }
       await sleep(200);
     }
@@ -315,7 +318,7 @@ async function reboot(t: ExecutionContext, batch: string, options: { taint?: boo
     `${batch}: ${all.length} meshed pods (${BOUND} bound before the reboot, ${AFTER} created at power-on); ran without rules: ${without.length}` +
     `${without.length > 0 ? ` (${perPod}; the last unredirected connection ${secs(lastUnredirected)} after power-on)` : ''}; ` +
     `first pod redirected ${secs(firstRedirected)} after power-on, every pod ${allRedirected !== undefined ? secs(allRedirected) : `not within ${REPAIR_BOUND_MS / 60_000} min (missing: ${missing.join(', ')})`}; ` +
-    `rules from the sandbox's ADD: ${byAdd.length}, from repair: ${byRepair.length}; agent Ready ${secs(agentReady)} after power-on${options.taint ? `; taint removed ${secs(taintGone)} after power-on; the pods created at power-on bound to the node after ${afterNames.map((n) => secs(bound.get(n))).join(', ')}` : ''}`;
+    `rules from the sandbox's ADD: ${byAdd.length}, from repair: ${byRepair.length}; agent Ready ${secs(agentReady)} after power-on${options.taint ? `; taint removed between ${secs(lastTainted)} and ${secs(taintGone)} after power-on (seen by polls); the pods created at power-on first seen bound to the node after ${afterNames.map((n) => secs(bound.get(n))).join(', ')}` : ''}`;
   figures.push(line);
   t.log(line);
   if (allRedirected === undefined) t.log(describePods(cl, NS));
