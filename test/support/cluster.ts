@@ -467,15 +467,68 @@ export class Cluster {
    * static ones; resolves once it is Ready again.
    */
   async switchLayout(layout: NodeLayout): Promise<void> {
+    await this.stopRuntime();
+    this.layout = layout;
+    prepareNode(this);
+    await this.startRuntime();
+    await waitNodeReady(this, 240_000);
+  }
+
+  /**
+   * Stops kubelet, then containerd, as a power-off does: containerd's reaper SIGKILLs what containerd leaves
+   * behind (its shims, and with them every pod's processes, the agent's included). The API objects and the
+   * runtime's and kubelet's dirs under /var/lib stay.
+   */
+  async stopRuntime(): Promise<void> {
     for (const name of ['kubelet', 'containerd']) {
       await this.services.get(name)?.stop();
       this.services.delete(name);
     }
-    this.layout = layout;
-    prepareNode(this);
+  }
+
+  /** Starts containerd (resolves once it answers) and then kubelet, in the node's current layout; not awaited Ready. */
+  async startRuntime(): Promise<void> {
     await startContainerd(this);
     startKubelet(this);
-    await waitNodeReady(this, 240_000);
+  }
+
+  /**
+   * Empties the node's /run as a reboot does (call with the runtime stopped): every mount under it in the
+   * node's mount namespace (the pods' netns files, containerd's rootfs and shm mounts) detached, then the
+   * cluster's own run dir (DIR/run, which the keeper binds over /run) emptied. The host's /run is never
+   * touched. Returns the mount points detached.
+   */
+  emptyRun(): string[] {
+    const mountPoints = fs
+      .readFileSync(`/proc/${this.keeperPid}/mountinfo`, 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[4] ?? '')
+      .map((m) => m.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
+      .filter((m) => m.startsWith('/run/'));
+    // Deepest first; lazily, so a mount something still holds open goes once it is let go.
+    const sorted = [...new Set(mountPoints)].sort((a, b) => b.split('/').length - a.split('/').length);
+    for (const m of sorted) {
+      const r = this.runInNode(['umount', '-l', m]);
+      if (r.status !== 0 && !/not mounted|no mount point/i.test(r.stderr)) throw new Error(`umount -l ${m} inside the node failed: ${r.stderr}`);
+    }
+    const run = path.join(this.dir, 'run');
+    for (const entry of fs.readdirSync(run)) fs.rmSync(path.join(run, entry), { recursive: true, force: true });
+    return sorted;
+  }
+
+  /**
+   * Empties the node's cgroups as a reboot does (call with the runtime stopped and the pods' processes gone):
+   * kubelet's cgroup root (the cluster's own, under every hierarchy) removed with everything under it and made
+   * again empty. Without it kubelet spends its first minute on the dead containers' cgroups.
+   */
+  emptyCgroups(): void {
+    removeCgroupTree(this.cgroupRoot);
+    for (const h of cgroupHierarchies()) fs.mkdirSync(path.join(h, this.cgroupRoot), { recursive: true });
+  }
+
+  /** Resolves once the node reports Ready. */
+  waitReady(timeoutMs: number): Promise<void> {
+    return waitNodeReady(this, timeoutMs);
   }
 
   /** Stops everything in reverse order, kills stragglers by netns, removes cgroups, netns and files. */
