@@ -167,3 +167,24 @@ export function rssKb(pid: number): number {
 export function tempDir(prefix: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `mesh-cni-bench-${prefix}-`));
 }
+
+/** Milliseconds until `done` holds, polling every millisecond; throws naming `what` after `limitMs`. */
+export async function pollUntil(what: string, done: () => boolean, limitMs: number): Promise<number> {
+  const start = now();
+  while (!done()) {
+    if (now() - start > limitMs) throw new Error(`not ${what} within ${limitMs} ms`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  return now() - start;
+}
+
+/** A node's CNI dirs and an image's shim and engine under `root`, for installer benches (no real node path). */
+export function installerDirs(root: string): { confDir: string; binDir: string; shimPath: string; enginePath: string; stateDir: string } {
+  const confDir = path.join(root, 'etc/cni/net.d');
+  const binDir = path.join(root, 'opt/cni/bin');
+  const image = path.join(root, 'image');
+  for (const d of [confDir, binDir, path.join(image, 'engine')]) fs.mkdirSync(d, { recursive: true });
+  fs.writeFileSync(path.join(image, 'mesh-cni'), '#!/bin/sh\n', { mode: 0o755 });
+  fs.writeFileSync(path.join(image, 'engine', 'mesh-cni.js'), '// engine\n');
+  return { confDir, binDir, shimPath: path.join(image, 'mesh-cni'), enginePath: path.join(image, 'engine'), stateDir: path.join(root, 'state') };
+}

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { OWNED_CONF_NAME, pluginEntry, watchAndRepair, PLUGIN_TYPE, type InstallOptions } from '../src/installer';
-import { now, quantile, table, writeResult, type Summary } from './lib';
+import { installerDirs, pollUntil, quantile, table, writeResult, type Summary } from './lib';
 
 const REWRITES = Number(process.env.BENCH_RUNS ?? 100);
 
@@ -38,39 +38,27 @@ function reflects(owned: string, text: string): boolean {
   }
 }
 
-async function until(done: () => boolean, limitMs: number): Promise<number> {
-  const start = now();
-  while (!done()) {
-    if (now() - start > limitMs) throw new Error(`not reflected within ${limitMs} ms`);
-    await new Promise((r) => setTimeout(r, 1));
-  }
-  return now() - start;
-}
 
 export async function benchOwnedConfig(): Promise<Summary[]> {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mesh-cni-bench-owned-'));
   try {
-    const confDir = path.join(root, 'etc/cni/net.d');
-    const binDir = path.join(root, 'opt/cni/bin');
-    const image = path.join(root, 'image');
-    for (const d of [confDir, binDir, path.join(image, 'engine')]) fs.mkdirSync(d, { recursive: true });
-    fs.writeFileSync(path.join(image, 'mesh-cni'), '#!/bin/sh\n', { mode: 0o755 });
-    fs.writeFileSync(path.join(image, 'engine', 'mesh-cni.js'), '// engine\n');
+    const dirs = installerDirs(root);
+    const { confDir } = dirs;
     const primary = path.join(confDir, '10-calico.conflist');
     const owned = path.join(confDir, OWNED_CONF_NAME);
     fs.writeFileSync(primary, calico(1440));
     const options: InstallOptions = {
-      cniBinDir: binDir,
+      cniBinDir: dirs.binDir,
       cniConfDir: confDir,
-      shimPath: path.join(image, 'mesh-cni'),
-      enginePath: path.join(image, 'engine'),
+      shimPath: dirs.shimPath,
+      enginePath: dirs.enginePath,
       pluginConfig: pluginEntry({ backend: 'auto' }),
-      stateDir: path.join(root, 'state'),
+      stateDir: dirs.stateDir,
       ownedConfig: true,
     };
     const watcher = watchAndRepair(options, () => undefined);
     try {
-      await until(() => reflects(owned, calico(1440)), 30_000);
+      await pollUntil('reflected', () => reflects(owned, calico(1440)), 30_000);
       // The watch is set up when the first pass ends: a rewrite before that is the periodic pass's (2 s), a
       // start-up gap of the watch, not what this measures.
       await watcher.nextPass();
@@ -84,7 +72,7 @@ export async function benchOwnedConfig(): Promise<Summary[]> {
           fs.writeFileSync(`${primary}.tmp`, text);
           fs.renameSync(`${primary}.tmp`, primary);
         }
-        (i % 2 === 0 ? inPlace : renamed).push(await until(() => reflects(owned, text), 30_000));
+        (i % 2 === 0 ? inPlace : renamed).push(await pollUntil('reflected', () => reflects(owned, text), 30_000));
         await watcher.nextPass();
         if (sha(fs.readFileSync(primary)) !== sha(text)) primaryChanged++;
       }

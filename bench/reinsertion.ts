@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { pluginEntry, watchAndRepair, PLUGIN_TYPE, type InstallOptions } from '../src/installer';
-import { now, quantile, table, writeResult, type Summary } from './lib';
+import { installerDirs, pollUntil, quantile, table, writeResult, type Summary } from './lib';
 
 const REWRITES = Number(process.env.BENCH_RUNS ?? 100);
 
@@ -32,30 +32,18 @@ function entryLast(file: string): boolean {
   }
 }
 
-async function until(done: () => boolean, limitMs: number): Promise<number> {
-  const start = now();
-  while (!done()) {
-    if (now() - start > limitMs) throw new Error(`not re-inserted within ${limitMs} ms`);
-    await new Promise((r) => setTimeout(r, 1));
-  }
-  return now() - start;
-}
 
 export async function benchReinsertion(): Promise<Summary[]> {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mesh-cni-bench-reinsert-'));
   try {
-    const confDir = path.join(root, 'etc/cni/net.d');
-    const binDir = path.join(root, 'opt/cni/bin');
-    const image = path.join(root, 'image');
-    for (const d of [confDir, binDir, path.join(image, 'engine')]) fs.mkdirSync(d, { recursive: true });
-    fs.writeFileSync(path.join(image, 'mesh-cni'), '#!/bin/sh\n', { mode: 0o755 });
-    fs.writeFileSync(path.join(image, 'engine', 'mesh-cni.js'), '// engine\n');
+    const dirs = installerDirs(root);
+    const { confDir } = dirs;
     const file = path.join(confDir, '10-calico.conflist');
     fs.writeFileSync(file, CALICO);
-    const options: InstallOptions = { cniBinDir: binDir, cniConfDir: confDir, shimPath: path.join(image, 'mesh-cni'), enginePath: path.join(image, 'engine'), pluginConfig: pluginEntry({ backend: 'auto' }), stateDir: path.join(root, 'state') };
+    const options: InstallOptions = { cniBinDir: dirs.binDir, cniConfDir: confDir, shimPath: dirs.shimPath, enginePath: dirs.enginePath, pluginConfig: pluginEntry({ backend: 'auto' }), stateDir: dirs.stateDir };
     const watcher = watchAndRepair(options, () => undefined);
     try {
-      await until(() => entryLast(file), 30_000);
+      await pollUntil('re-inserted', () => entryLast(file), 30_000);
       const inPlace: number[] = [];
       const renamed: number[] = [];
       for (let i = 0; i < REWRITES; i++) {
@@ -64,7 +52,7 @@ export async function benchReinsertion(): Promise<Summary[]> {
           fs.writeFileSync(`${file}.tmp`, CALICO);
           fs.renameSync(`${file}.tmp`, file);
         }
-        (i % 2 === 0 ? inPlace : renamed).push(await until(() => entryLast(file), 30_000));
+        (i % 2 === 0 ? inPlace : renamed).push(await pollUntil('re-inserted', () => entryLast(file), 30_000));
         // A primary does not rewrite its config back to back; let the pass that answered finish.
         await watcher.nextPass();
       }
