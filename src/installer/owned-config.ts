@@ -16,7 +16,7 @@
  */
 import { join } from 'node:path';
 import { modeOf, readIfExists, removeIfExists, sha256, writeFileAtomic } from './atomic-file';
-import { confToConflist, isChainedLast, serializeLike, withOurEntry } from './conflist';
+import { convertConfText, insertIntoConflistText, isChainedLast } from './conflist';
 import { chosenConfig, invalidReason, scanConfDir } from './primary-config';
 import { saveState, type ConfigRecord, type InstallState } from './state';
 import type { ConfigOutcome, InstallOptions, InstallStatus } from './types';
@@ -116,8 +116,9 @@ export async function writeOwnedConfig(o: InstallOptions, state: InstallState, p
     return { action: 'waiting', reason: `${reason ?? `no valid network config in ${o.cniConfDir} yet`}: ${what} until it is back`, skipped, removed };
   }
 
-  const list = primary.kind === 'conflist' ? primary.parsed : confToConflist(primary.parsed);
-  const desired = Buffer.from(serializeLike(primary.bytes.toString('utf8'), withOurEntry(list, o.pluginConfig)));
+  // Made from the primary's text, as the chained entry is: every token of its plugins as written.
+  const text = primary.bytes.toString('utf8');
+  const desired = Buffer.from(primary.kind === 'conflist' ? insertIntoConflistText(text, o.pluginConfig) : convertConfText(text, o.pluginConfig));
   const current = await readIfExists(path);
   const written = current === undefined || !current.equals(desired);
   const record = { path, primary: primary.path, writtenSha256: sha256(desired) };

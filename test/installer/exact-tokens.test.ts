@@ -78,3 +78,13 @@ test('pure: a lone conf becomes a list whose first plugin is the conf\'s text', 
   t.true(text.includes(`"big": ${BIG}`));
   t.deepEqual(JSON.parse(text).plugins.map((p: { type: string }) => p.type), ['bridge', 'mesh-cni']);
 });
+
+test('owned config: our own conflist is made from the primary\'s text, its integer past 2^53 as written; the primary is never written', async (t) => {
+  const n = makeNode({ '10-calico.conflist': PRIMARY }, { ownedConfig: true });
+  t.teardown(n.cleanup);
+  await install(n.options);
+  const owned = readFileSync(join(n.confDir, '02-mesh-cni.conflist'), 'utf8');
+  t.true(owned.includes(`"big": ${BIG}`));
+  t.is(JSON.parse(owned).plugins.at(-1).type, 'mesh-cni');
+  t.is(readFileSync(join(n.confDir, '10-calico.conflist'), 'utf8'), PRIMARY);
+});
