@@ -12,13 +12,14 @@ import { InstallerError } from '../errors';
 import { buildKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
 import { chosenConfig, invalidReason } from './primary-config';
 import { loadState, saveState, type ConfigRecord, type InstallState } from './state';
+import { DEMO_CONF_NAME, ownConfInPlace, removeStaleOwnConfs, writeOwnConf, writesOwnConf } from './standalone-config';
 import type { ConfigOutcome, InstallOptions, InstallReport, InstallStatus } from './types';
 
 export const SHIM_NAME = 'mesh-cni';
 export { ENGINE_DIR_NAME };
 /** Where installs before the engine directory put the engine (one file that could not run on its own). */
 export const LEGACY_ENGINE_NAME = 'mesh-cni.js';
-export const STANDALONE_CONF_NAME = '10-mesh-cni.conflist';
+export const STANDALONE_CONF_NAME = DEMO_CONF_NAME;
 const CONFIG_MODE = 0o644;
 
 export function installedPaths(o: Pick<InstallOptions, 'cniBinDir' | 'cniConfDir'>) {
@@ -260,16 +261,17 @@ async function chainIntoPrimary(o: InstallOptions, state: InstallState, hold: Pa
   return { action, path, convertedFrom, released, removed: removed.map((r) => r.path) };
 }
 
+/**
+ * Standalone (chained: false, standalone-config.ts): our own file, then our entry out of any primary config an
+ * earlier chained install put it in (the mode changed), so no pod passes through mesh-cni twice.
+ */
 async function writeStandalone(o: InstallOptions, state: InstallState): Promise<ConfigOutcome> {
-  const path = installedPaths(o).standaloneConf;
-  const list = {
-    cniVersion: typeof o.pluginConfig.cniVersion === 'string' ? o.pluginConfig.cniVersion : '1.0.0',
-    name: 'mesh-cni',
-    plugins: [...(o.standalonePlugins ?? []), o.pluginConfig],
-  };
-  const written = await writeIfChanged(path, `${JSON.stringify(list, null, 2)}\n`, CONFIG_MODE);
-  if (!state.ownedFiles.includes(path)) state.ownedFiles.push(path);
-  return { action: written === 'written' ? 'inserted' : 'unchanged', path, released: [], removed: [] };
+  const outcome = await writeOwnConf(o, state);
+  if (outcome.action === 'waiting' || outcome.action === 'held') return outcome;
+  for (const record of state.configs.filter((r) => r.entryPresent)) {
+    if (await release(state, record)) outcome.released.push(record.path);
+  }
+  return outcome;
 }
 
 /** What is installed right now, read from disk (what readiness reports). */
@@ -280,12 +282,13 @@ export async function checkInstalled(o: InstallOptions): Promise<InstallStatus> 
   binaries.push({ path: paths.shim, inPlace: have !== undefined && want !== undefined && have.equals(want) });
   const digest = await treeDigest(o.enginePath).catch(() => undefined);
   binaries.push({ path: paths.engine, inPlace: digest !== undefined && (await engineInPlace(o.cniBinDir, digest)) });
-  const { primary } = await chosenConfig(o.cniConfDir, o.cniConfFileName);
-  const entryInActiveConfig = primary !== undefined && primary.kind === 'conflist' && isChainedLast(primary.parsed);
+  const own = writesOwnConf(o) ? await ownConfInPlace(o) : undefined;
+  const { primary } = own ? { primary: undefined } : await chosenConfig(o.cniConfDir, o.cniConfFileName);
+  const entryInActiveConfig = own ? own.inPlace : primary !== undefined && primary.kind === 'conflist' && isChainedLast(primary.parsed);
   const kubeconfig = o.kubeconfig ? { path: o.kubeconfig.outPath, present: await exists(o.kubeconfig.outPath) } : undefined;
   return {
     ready: entryInActiveConfig && binaries.every((b) => b.inPlace) && (kubeconfig?.present ?? true),
-    activeConfig: primary?.path,
+    activeConfig: own ? own.path : primary?.path,
     entryInActiveConfig,
     binaries,
     kubeconfig,
@@ -323,7 +326,8 @@ export async function install(o: InstallOptions, pass: PassOptions = {}): Promis
   }
 
   await mkdir(o.cniConfDir, { recursive: true });
-  const config = o.standaloneConf ? await writeStandalone(o, state) : await chainIntoPrimary(o, state, pass.hold);
+  const config = writesOwnConf(o) ? await writeStandalone(o, state) : await chainIntoPrimary(o, state, pass.hold);
+  const staleOwn = await removeStaleOwnConfs(o, state);
   if (JSON.stringify(state) !== before) await saveState(o.stateDir, state);
 
   const wrote = (a: WriteAction | undefined) => a === 'written';
@@ -332,6 +336,7 @@ export async function install(o: InstallOptions, pass: PassOptions = {}): Promis
     wrote(kubeconfig?.action) ||
     config.action === 'inserted' ||
     config.action === 'reinserted' ||
-    (config.action === 'unchanged' && config.released.length > 0);
+    (config.action === 'unchanged' && config.released.length > 0) ||
+    staleOwn.length > 0;
   return { binaries, kubeconfig, config, changed, status: await checkInstalled(o) };
 }
