@@ -252,7 +252,12 @@ export const installOptions = {
   'cni-conf-file-name': {
     type: 'string',
     default: '',
-    describe: "chain into this file of the config dir (Istio's cniConfFileName) instead of the first valid config; not ready while it is absent ('': the runtime's choice)",
+    describe: "chain into this file of the config dir (Istio's cniConfFileName) instead of the first valid config; not ready while it is absent ('': the runtime's choice). With --chained=false: the name of our own file",
+  },
+  chained: {
+    type: 'boolean',
+    default: envBool('CHAINED_CNI_PLUGIN', true),
+    describe: "Istio's chained: chain our entry into the primary CNI's config (true), or write our own config file holding only mesh-cni and never touch the primary's (false: standalone, for Multus; the file is --cni-conf-file-name or zzz-mesh-cni.conflist) (CHAINED_CNI_PLUGIN)",
   },
   ...excludeNamespacesOption,
   'standalone-conf': { type: 'boolean', default: false, describe: 'write our own conflist instead of chaining into the primary CNI (nodes without one)' },
@@ -266,6 +271,8 @@ export interface InstallArgs {
   'cni-conf-dir': string;
   'host-cni-conf-dir': string;
   'cni-conf-file-name'?: string;
+  /** Istio's chained; false: our own config file (standalone) */
+  chained?: boolean;
   'standalone-conf': boolean;
   'state-dir': string;
   'log-level': string;
@@ -291,6 +298,7 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
     cniBinDir: args['cni-bin-dir'],
     cniConfDir: args['cni-conf-dir'],
     cniConfFileName: args['cni-conf-file-name'] || undefined,
+    chained: args.chained !== false,
     shimPath: BUNDLED_SHIM,
     enginePath: BUNDLED_ENGINE,
     pluginConfig: pluginEntry({

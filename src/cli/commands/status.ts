@@ -36,6 +36,7 @@ export function builder(y: Argv) {
       'cni-bin-dir': installOptions['cni-bin-dir'],
       'cni-conf-dir': installOptions['cni-conf-dir'],
       'cni-conf-file-name': installOptions['cni-conf-file-name'],
+      chained: installOptions.chained,
       'health-port': {
         type: 'number',
         // In the agent's pod the DaemonSet sets HEALTH_PORT (from the ConfigMap): `kubectl exec ... mesh-cni status` then reads the agent too.
@@ -58,6 +59,7 @@ type Args = NodeArgs & {
   'cni-bin-dir': string;
   'cni-conf-dir': string;
   'cni-conf-file-name'?: string;
+  chained?: boolean;
   'health-port'?: number;
   'health-host': string;
   'repair-mode'?: RepairMode;
@@ -169,6 +171,7 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
     cniBinDir: args['cni-bin-dir'],
     cniConfDir: args['cni-conf-dir'],
     cniConfFileName: args['cni-conf-file-name'] || undefined,
+    chained: args.chained !== false,
     shimPath: BUNDLED_SHIM,
     enginePath: BUNDLED_ENGINE,
     pluginConfig: pluginEntry(),
@@ -204,7 +207,9 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
   });
 
   if (fight) problems.push(describeHold(fight));
-  if (!installed.activeConfig) problems.push(`no valid CNI config in ${args['cni-conf-dir']}: the runtime has no network for pods`);
+  if (args.chained === false) {
+    if (!installed.entryInActiveConfig) problems.push(`our own config (chained: false) ${installed.activeConfig ?? `named by --cni-conf-file-name ${args['cni-conf-file-name']}`} is missing or does not hold our entry`);
+  } else if (!installed.activeConfig) problems.push(`no valid CNI config in ${args['cni-conf-dir']}: the runtime has no network for pods`);
   else if (!installed.entryInActiveConfig) problems.push(`our entry is not the last plugin of the active config ${installed.activeConfig}`);
   for (const b of binaries) {
     if (b.installedSha256 === null) problems.push(`the ${b.name} is not installed at ${b.path}`);
