@@ -3,7 +3,9 @@
  * writes its own config file holding only mesh-cni, and never touches the primary's file. This is what Multus
  * (and OpenShift, where Multus is the primary) wants: Multus invokes the file as an additional network for
  * the pods that name it (a NetworkAttachmentDefinition without spec.config, which Multus resolves to the file
- * in its conf dir whose `name` is the NAD's name, so the name inside the file is always `mesh-cni`).
+ * in its conf dir whose network `name` is the NAD's name). That name is Istio's, `istio-cni`: Istio's sidecar
+ * injector (pilot.cni.provider=multus) adds `k8s.v1.cni.cncf.io/networks: default/istio-cni` to every pod it
+ * injects, so the chart's NAD is default/istio-cni and the file must answer to that name.
  *
  * The file's name: cniConfFileName when given (as Istio's CNI_CONF_NAME means in standalone mode), else
  * DEFAULT_STANDALONE_CONF_NAME. A `.conflist` name gets a conflist with our one entry; a `.conf` or `.json`
@@ -27,8 +29,10 @@ import type { ConfigOutcome, InstallOptions } from './types';
 export const DEFAULT_STANDALONE_CONF_NAME = 'zzz-mesh-cni.conflist';
 /** The demo's conflist (standaloneConf): the only network on its node, so it may sort first. */
 export const DEMO_CONF_NAME = '10-mesh-cni.conflist';
-/** The `name` inside the file: the NetworkAttachmentDefinition's name, by which Multus finds the file. */
-export const STANDALONE_NETWORK_NAME = 'mesh-cni';
+/** The network `name` inside the file: the NetworkAttachmentDefinition's name, by which Multus finds the file. */
+export const STANDALONE_NETWORK_NAME = 'istio-cni';
+/** The demo's network name (its conflist is the node's only network). */
+export const DEMO_NETWORK_NAME = 'mesh-cni';
 const CONFIG_MODE = 0o644;
 
 /** Whether this install writes its own config file (standalone or the demo) rather than chaining. */
@@ -56,12 +60,9 @@ function versionOf(entry: Record<string, unknown>): string {
 }
 
 /** The file's text: a conflist of `before` (the demo's plugins) and our entry, or our entry as one plugin. */
-export function ownConfText(entry: Record<string, unknown>, kind: ConfigKind, before: Array<Record<string, unknown>> = []): string {
+export function ownConfText(entry: Record<string, unknown>, kind: ConfigKind, before: Array<Record<string, unknown>> = [], name = STANDALONE_NETWORK_NAME): string {
   const cniVersion = versionOf(entry);
-  const value =
-    kind === 'conflist'
-      ? { cniVersion, name: STANDALONE_NETWORK_NAME, plugins: [...before, entry] }
-      : { cniVersion, name: STANDALONE_NETWORK_NAME, ...entry };
+  const value = kind === 'conflist' ? { cniVersion, name, plugins: [...before, entry] } : { cniVersion, name, ...entry };
   return `${JSON.stringify(value, null, 2)}\n`;
 }
 
@@ -94,7 +95,7 @@ export async function writeOwnConf(o: InstallOptions, state: InstallState): Prom
       removed: [],
     };
   }
-  const text = ownConfText(o.pluginConfig, chosen.kind, o.standaloneConf ? o.standalonePlugins : []);
+  const text = o.standaloneConf ? ownConfText(o.pluginConfig, chosen.kind, o.standalonePlugins, DEMO_NETWORK_NAME) : ownConfText(o.pluginConfig, chosen.kind);
   const written = await writeIfChanged(path, text, CONFIG_MODE);
   if (!state.ownedFiles.includes(path)) state.ownedFiles.push(path);
   const action = written === 'unchanged' ? 'unchanged' : current === undefined ? 'inserted' : 'reinserted';

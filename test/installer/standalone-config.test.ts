@@ -12,14 +12,14 @@ import { CALICO_CONFLIST, FLANNEL_CONFLIST, makeNode } from './fixtures';
 
 const read = (path: string) => JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown> & { plugins?: Array<{ type: string }> };
 
-test('chained: false writes zzz-mesh-cni.conflist holding only our entry, named mesh-cni; the primary is untouched; uninstall removes only ours', async (t) => {
+test('chained: false writes zzz-mesh-cni.conflist holding only our entry, network istio-cni (the NAD that Istio\'s injector names); the primary is untouched; uninstall removes only ours', async (t) => {
   const n = makeNode({ '10-calico.conflist': CALICO_CONFLIST }, { chained: false });
   t.teardown(n.cleanup);
   const report = await install(n.options);
   const ours = join(n.confDir, DEFAULT_STANDALONE_CONF_NAME);
   t.like(report.config, { action: 'inserted', path: ours });
   const list = read(ours);
-  t.is(list.name, 'mesh-cni');
+  t.is(list.name, 'istio-cni');
   t.deepEqual(list.plugins?.map((p) => p.type), ['mesh-cni']);
   t.deepEqual(list.plugins?.[0], n.options.pluginConfig);
   t.is(readFileSync(join(n.confDir, '10-calico.conflist'), 'utf8'), CALICO_CONFLIST);
@@ -59,7 +59,7 @@ test('a .conf name (as OpenShift uses) gets a single plugin config, which libcni
   const report = await install(n.options);
   t.true(report.status.ready);
   const conf = read(join(n.confDir, 'mesh-cni.conf'));
-  t.like(conf, { name: 'mesh-cni', type: 'mesh-cni', cniVersion: '1.0.0' });
+  t.like(conf, { name: 'istio-cni', type: 'mesh-cni', cniVersion: '1.0.0' });
   t.is(conf.plugins, undefined);
   await uninstall(n.options);
   t.deepEqual(readdirSync(n.confDir), []);

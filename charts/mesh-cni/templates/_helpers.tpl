@@ -50,8 +50,12 @@ data:
   cni-conf-dir: /host/etc/cni/net.d
   # The same config dir as the runtime on the host sees it: paths inside our conflist entry are host paths.
   host-cni-conf-dir: {{ .Values.cniConfDir | quote }}
-  # The file in that dir to chain into ("": the first valid config, as the runtime chooses).
+  # The file in that dir to chain into ("": the first valid config, as the runtime chooses); with chained
+  # "false", the name of our own file ("": zzz-mesh-cni.conflist).
   cni-conf-file-name: {{ .Values.cniConfFileName | quote }}
+  # "true": our entry is chained into the primary CNI's config. "false" (standalone, for Multus): our own
+  # config file holding only mesh-cni, and the primary's file is never touched.
+  chained: {{ .Values.chained | quote }}
   # Pods in these namespaces are never redirected (comma separated).
   exclude-namespaces: {{ join "," .Values.excludeNamespaces | quote }}
   # What to do with a pod whose rules are missing: repair (in place, in its netns: no extra RBAC),
@@ -88,7 +92,7 @@ istio-cni names the same setting otherwise; the CLI reads those names (src/cli/o
 explain` run in the agent's pod decides with the agent's settings.
 */}}
 {{- define "mesh-cni.envName" -}}
-{{- $istio := dict "ambient" "AMBIENT_ENABLED" "ambient-enablement-selectors" "AMBIENT_ENABLEMENT_SELECTOR" }}
+{{- $istio := dict "ambient" "AMBIENT_ENABLED" "ambient-enablement-selectors" "AMBIENT_ENABLEMENT_SELECTOR" "chained" "CHAINED_CNI_PLUGIN" }}
 {{- get $istio . | default (. | replace "-" "_" | upper) }}
 {{- end }}
 
