@@ -253,7 +253,12 @@ export const installOptions = {
   'cni-conf-file-name': {
     type: 'string',
     default: '',
-    describe: "chain into this file of the config dir (Istio's cniConfFileName) instead of the first valid config; not ready while it is absent ('': the runtime's choice)",
+    describe: "chain into this file of the config dir (Istio's cniConfFileName) instead of the first valid config; not ready while it is absent ('': the runtime's choice). With --chained=false: the name of our own file",
+  },
+  chained: {
+    type: 'boolean',
+    default: envBool('CHAINED_CNI_PLUGIN', true),
+    describe: "Istio's chained: chain our entry into the primary CNI's config (true), or write our own config file holding only mesh-cni and never touch the primary's (false: standalone, for Multus; the file is --cni-conf-file-name or zzz-mesh-cni.conflist) (CHAINED_CNI_PLUGIN)",
   },
   'owned-cni-config': {
     type: 'boolean',
@@ -280,6 +285,8 @@ export interface InstallArgs {
   'cni-conf-file-name'?: string;
   'owned-cni-config'?: boolean;
   'owned-cni-config-file-name'?: string;
+  /** Istio's chained; false: our own config file (standalone) */
+  chained?: boolean;
   'standalone-conf': boolean;
   'state-dir': string;
   'log-level': string;
@@ -307,6 +314,7 @@ export function installSettings(args: InstallArgs, env: NodeJS.ProcessEnv = proc
     cniConfFileName: args['cni-conf-file-name'] || undefined,
     ownedConfig: args['owned-cni-config'] === true,
     ownedConfigFileName: args['owned-cni-config-file-name'] || undefined,
+    chained: args.chained !== false,
     shimPath: BUNDLED_SHIM,
     enginePath: BUNDLED_ENGINE,
     pluginConfig: pluginEntry({

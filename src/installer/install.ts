@@ -13,13 +13,14 @@ import { buildKubeconfig, KUBECONFIG_MODE } from './kubeconfig';
 import { chosenConfig, invalidReason } from './primary-config';
 import { checkOwned, dropOwnedConfig, notPrimary, writeOwnedConfig } from './owned-config';
 import { loadState, saveState, type ConfigRecord, type InstallState } from './state';
+import { DEMO_CONF_NAME, ownConfInPlace, removeStaleOwnConfs, writeOwnConf, writesOwnConf } from './standalone-config';
 import type { ConfigOutcome, InstallOptions, InstallReport, InstallStatus } from './types';
 
 export const SHIM_NAME = 'mesh-cni';
 export { ENGINE_DIR_NAME };
 /** Where installs before the engine directory put the engine (one file that could not run on its own). */
 export const LEGACY_ENGINE_NAME = 'mesh-cni.js';
-export const STANDALONE_CONF_NAME = '10-mesh-cni.conflist';
+export const STANDALONE_CONF_NAME = DEMO_CONF_NAME;
 const CONFIG_MODE = 0o644;
 
 export function installedPaths(o: Pick<InstallOptions, 'cniBinDir' | 'cniConfDir'>) {
@@ -35,6 +36,11 @@ function validate(o: InstallOptions): void {
   if (!isOurs(o.pluginConfig)) {
     throw new InstallerError(`pluginConfig.type must be "${PLUGIN_TYPE}", got ${JSON.stringify(o.pluginConfig.type)}`, {
       hint: 'the installer finds and replaces its own entry by type',
+    });
+  }
+  if (o.chained === false && o.ownedConfig) {
+    throw new InstallerError('chained: false and the owned config (istioOwnedCNIConfig) both ask for a config file of our own, in two different ways', {
+      hint: 'standalone (chained: false) writes a file with only mesh-cni for Multus; the owned config copies the primary with ours added: choose one',
     });
   }
 }
@@ -261,16 +267,28 @@ async function chainIntoPrimary(o: InstallOptions, state: InstallState, hold: Pa
   return { action, path, convertedFrom, released, removed: removed.map((r) => r.path) };
 }
 
+/**
+ * Standalone (chained: false, standalone-config.ts): our own file, then our entry out of any primary config an
+ * earlier chained install put it in (the mode changed), so no pod passes through mesh-cni twice.
+ */
 async function writeStandalone(o: InstallOptions, state: InstallState): Promise<ConfigOutcome> {
-  const path = installedPaths(o).standaloneConf;
-  const list = {
-    cniVersion: typeof o.pluginConfig.cniVersion === 'string' ? o.pluginConfig.cniVersion : '1.0.0',
-    name: 'mesh-cni',
-    plugins: [...(o.standalonePlugins ?? []), o.pluginConfig],
-  };
-  const written = await writeIfChanged(path, `${JSON.stringify(list, null, 2)}\n`, CONFIG_MODE);
-  if (!state.ownedFiles.includes(path)) state.ownedFiles.push(path);
-  return { action: written === 'written' ? 'inserted' : 'unchanged', path, released: [], removed: [] };
+  const outcome = await writeOwnConf(o, state);
+  if (outcome.action === 'waiting' || outcome.action === 'held') return outcome;
+  for (const record of state.configs.filter((r) => r.entryPresent)) {
+    if (await release(state, record)) outcome.released.push(record.path);
+  }
+  return outcome;
+}
+
+/** The config half of readiness, by mode: our own file (standalone), our owned config, or our entry in the primary's. */
+async function configInPlace(o: InstallOptions): Promise<Pick<InstallStatus, 'activeConfig' | 'entryInActiveConfig' | 'ownedConfig'>> {
+  if (writesOwnConf(o)) {
+    const own = await ownConfInPlace(o);
+    return { activeConfig: own.path, entryInActiveConfig: own.inPlace };
+  }
+  if (o.ownedConfig) return checkOwned(o);
+  const { primary } = await chosenConfig(o.cniConfDir, o.cniConfFileName, notPrimary(o));
+  return { activeConfig: primary?.path, entryInActiveConfig: primary !== undefined && primary.kind === 'conflist' && isChainedLast(primary.parsed) };
 }
 
 /** What is installed right now, read from disk (what readiness reports). */
@@ -281,9 +299,7 @@ export async function checkInstalled(o: InstallOptions): Promise<InstallStatus> 
   binaries.push({ path: paths.shim, inPlace: have !== undefined && want !== undefined && have.equals(want) });
   const digest = await treeDigest(o.enginePath).catch(() => undefined);
   binaries.push({ path: paths.engine, inPlace: digest !== undefined && (await engineInPlace(o.cniBinDir, digest)) });
-  const { primary } = await chosenConfig(o.cniConfDir, o.cniConfFileName, notPrimary(o));
-  const chained: Pick<InstallStatus, 'activeConfig' | 'entryInActiveConfig' | 'ownedConfig'> = { activeConfig: primary?.path, entryInActiveConfig: primary !== undefined && primary.kind === 'conflist' && isChainedLast(primary.parsed) };
-  const { activeConfig, entryInActiveConfig, ownedConfig } = o.ownedConfig ? await checkOwned(o) : chained;
+  const { activeConfig, entryInActiveConfig, ownedConfig } = await configInPlace(o);
   const kubeconfig = o.kubeconfig ? { path: o.kubeconfig.outPath, present: await exists(o.kubeconfig.outPath) } : undefined;
   return {
     ready: entryInActiveConfig && binaries.every((b) => b.inPlace) && (kubeconfig?.present ?? true),
@@ -326,16 +342,17 @@ export async function install(o: InstallOptions, pass: PassOptions = {}): Promis
   }
 
   await mkdir(o.cniConfDir, { recursive: true });
-  const config = o.standaloneConf
+  const config = writesOwnConf(o)
     ? await writeStandalone(o, state)
     : o.ownedConfig
       ? await writeOwnedConfig(o, state, { hold: pass.hold, release: (record) => release(state, record) })
       : await chainIntoPrimary(o, state, pass.hold);
-  // Chained after the owned config: ours goes, after the entry is in the primary's file (owned-config.ts).
+  // Any mode but the owned config: ours goes (chained: after the entry is in the primary's file; owned-config.ts).
   if (!o.standaloneConf && !o.ownedConfig) {
     const dropped = await dropOwnedConfig(o, state);
     if ('released' in config) config.released.push(...dropped);
   }
+  const staleOwn = await removeStaleOwnConfs(o, state);
   if (JSON.stringify(state) !== before) await saveState(o.stateDir, state);
 
   const wrote = (a: WriteAction | undefined) => a === 'written';
@@ -344,6 +361,7 @@ export async function install(o: InstallOptions, pass: PassOptions = {}): Promis
     wrote(kubeconfig?.action) ||
     config.action === 'inserted' ||
     config.action === 'reinserted' ||
-    (config.action === 'unchanged' && config.released.length > 0);
+    (config.action === 'unchanged' && config.released.length > 0) ||
+    staleOwn.length > 0;
   return { binaries, kubeconfig, config, changed, status: await checkInstalled(o) };
 }

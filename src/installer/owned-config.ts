@@ -19,6 +19,7 @@ import { modeOf, readIfExists, removeIfExists, sha256, writeFileAtomic } from '.
 import { convertConfText, insertIntoConflistText, isChainedLast } from './conflist';
 import { chosenConfig, invalidReason, scanConfDir } from './primary-config';
 import { saveState, type ConfigRecord, type InstallState } from './state';
+import { DEFAULT_STANDALONE_CONF_NAME } from './standalone-config';
 import type { ConfigOutcome, InstallOptions, InstallStatus } from './types';
 
 /** Istio's default is 02-istio-cni.conflist: "02-" sorts before the usual 05-/10-/87- primaries. */
@@ -35,11 +36,12 @@ export function ownedConfigPath(o: Names): string {
 }
 
 /**
- * The names the primary selection must never take for the primary's file, in either mode: our owned config
- * is valid and sorts first, so without this the installer would copy (or chain into) itself.
+ * The names the primary selection must never take for the primary's file, in every mode: our owned config
+ * is valid and sorts first, so without this the installer would copy (or chain into) itself; a standalone
+ * file left from chained: false holds only mesh-cni and is no pod network.
  */
 export function notPrimary(o: Pick<InstallOptions, 'ownedConfigFileName'>): string[] {
-  return [ownedConfigName(o)];
+  return [ownedConfigName(o), DEFAULT_STANDALONE_CONF_NAME];
 }
 
 /** Why the owned config's name cannot be used, if it cannot. */

@@ -15,13 +15,20 @@ export interface InstallOptions {
   pluginConfig: Record<string, unknown>;
   /** write a kubeconfig for the plugin from the service account; omitted with --no-kubernetes */
   kubeconfig?: KubeconfigSource;
-  /** write our own conflist (for nodes with no primary CNI) instead of chaining into the primary one */
+  /**
+   * Istio's `chained`. true or unset: our entry is chained last into the primary CNI's config. false
+   * (standalone, for Multus and OpenShift): our own config file holding only mesh-cni, named cniConfFileName
+   * or zzz-mesh-cni.conflist, and the primary's file is never touched (src/installer/standalone-config.ts).
+   */
+  chained?: boolean;
+  /** the demo's node with no primary CNI: our own 10-mesh-cni.conflist with standalonePlugins before our entry */
   standaloneConf?: boolean;
   /** with standaloneConf: plugins placed before ours in that conflist (e.g. bridge + host-local for a demo) */
   standalonePlugins?: Array<Record<string, unknown>>;
   /**
    * Istio's cniConfFileName: chain into this file of cniConfDir (a name, not a path) instead of the first valid
    * config; while it is absent or invalid the pass waits and says so. Empty or unset: the runtime's choice.
+   * With chained: false it names our own file instead (as Istio's CNI_CONF_NAME does).
    */
   cniConfFileName?: string;
   /**
@@ -67,7 +74,10 @@ export interface InstallReport {
 }
 
 export interface InstallStatus {
-  /** the active config has our entry as its last plugin and both binaries match their sources */
+  /**
+   * the active config has our entry as its last plugin and both binaries match their sources; standalone: our
+   * own file (then `activeConfig`) is in place with our entry
+   */
   ready: boolean;
   activeConfig?: string;
   entryInActiveConfig: boolean;

@@ -14,6 +14,7 @@ import { ownedConfigPath } from './owned-config';
 import { loadState, STATE_FILE, type ConfigRecord } from './state';
 import type { InstallOptions, UninstallAction, UninstallReport } from './types';
 import { STATE_FILES } from '../defaults';
+import { isOwnConfContent, ownConfPath, writesOwnConf } from './standalone-config';
 
 const ATTACHMENTS_DIR = STATE_FILES.attachments;
 const KEPT_DETECTION_FILE = STATE_FILES.keptDetection;
@@ -71,6 +72,13 @@ export async function planUninstall(o: InstallOptions): Promise<Step[]> {
   // Entries with no record (the state was lost, e.g. /var/run cleared by a reboot): take them out too.
   const planned = new Set(steps.map((s) => s.path));
   const owned = new Set(state.ownedFiles);
+  // Standalone: our own file goes even when the record was lost, but only while it holds nothing but mesh-cni.
+  const ownConf = writesOwnConf(o) ? ownConfPath(o) : undefined;
+  if (ownConf !== undefined) {
+    const bytes = await readIfExists(ownConf);
+    const kind = kindOf(ownConf);
+    if (bytes !== undefined && (o.standaloneConf || (kind !== undefined && isOwnConfContent(bytes, kind)))) owned.add(ownConf);
+  }
   for (const name of await listConfFiles(o.cniConfDir)) {
     const path = join(o.cniConfDir, name);
     if (planned.has(path) || owned.has(path) || kindOf(name) !== 'conflist') continue;
@@ -89,9 +97,8 @@ export async function planUninstall(o: InstallOptions): Promise<Step[]> {
   }
 
   const paths = installedPaths(o);
-  const files = new Set([...state.ownedFiles, paths.shim, paths.legacyEngine, ...(o.kubeconfig ? [o.kubeconfig.outPath] : [])]);
+  const files = new Set([...owned, paths.shim, paths.legacyEngine, ...(o.kubeconfig ? [o.kubeconfig.outPath] : [])]);
   files.delete(paths.engine);
-  if (o.standaloneConf) files.add(paths.standaloneConf);
   for (const path of files) {
     if (await exists(path)) {
       steps.push({ action: 'delete-file', path, detail: 'installed by mesh-cni', apply: async () => void (await removeIfExists(path)) });

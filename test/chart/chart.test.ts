@@ -217,6 +217,7 @@ const ISTIO_ENV: Record<string, string> = {
   'ambient-enablement-selectors': 'AMBIENT_ENABLEMENT_SELECTOR',
   'owned-cni-config': 'ISTIO_OWNED_CNI_CONFIG',
   'owned-cni-config-file-name': 'ISTIO_OWNED_CNI_CONF_FILENAME',
+  chained: 'CHAINED_CNI_PLUGIN',
 };
 const envName = (key: string) => ISTIO_ENV[key] ?? key.replace(/-/g, '_').toUpperCase();
 
@@ -352,4 +353,74 @@ test('ambient values of a values file reach the agent: custom selectors, dnsCapt
   const parsed = agentParses(containerRun(objects).args, {});
   t.deepEqual(parsed.settings.selectors, selectors);
   t.like(parsed.settings.node, { dnsCapture: false, ipv6: false });
+});
+
+/** The agent's parser on the rendered args, then installSettings (what the installer is handed). */
+function installParses(args: string[]): { chained: unknown; cniConfFileName: unknown; cniConfDir: unknown } {
+  const code = `
+    const yargs = require('yargs');
+    const { builder } = require(${JSON.stringify(AGENT_JS)});
+    const { installSettings } = require(${JSON.stringify(OPTIONS_JS)});
+    const argv = builder(yargs()).strict().exitProcess(false).fail((msg, err) => { throw err || new Error(msg); }).parseSync(JSON.parse(process.argv[1]));
+    const o = installSettings({ ...argv, kubernetes: false });
+    process.stdout.write(JSON.stringify({ chained: o.chained, cniConfFileName: o.cniConfFileName ?? null, cniConfDir: o.cniConfDir }));`;
+  const r = spawnSync(process.execPath, ['-e', code, JSON.stringify(args)], { cwd: REPO_ROOT, encoding: 'utf8', env: { PATH: process.env.PATH }, timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`the agent's parser refused ${JSON.stringify(args)}: ${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
+const nads = (objects: any[]) => objects.filter((o) => o.kind === 'NetworkAttachmentDefinition');
+
+test("chained (Istio's name and env CHAINED_CNI_PLUGIN): true by default, no NetworkAttachmentDefinition; false reaches the installer as chained: false", (t) => {
+  const defaults = renderChart();
+  t.is(settings(defaults).chained, 'true');
+  t.deepEqual(nads(defaults), []);
+  t.like(installParses(containerRun(defaults).args), { chained: true, cniConfFileName: null });
+  for (const set of [['chained=false'], ['cni.chained=false', 'cni.cniConfFileName=mesh-cni.conf']]) {
+    const objects = renderChart(set);
+    t.is(settings(objects).chained, 'false', set.join(' '));
+    const run = containerRun(objects);
+    t.true(run.args.includes('--chained=false'), run.args.join(' '));
+    t.is(run.env.CHAINED_CNI_PLUGIN, 'false');
+    t.like(installParses(run.args), { chained: false, cniConfFileName: set.length > 1 ? 'mesh-cni.conf' : null }, set.join(' '));
+    t.deepEqual(nads(objects), [], 'provider default: no NetworkAttachmentDefinition');
+  }
+});
+
+test("provider: multus renders Istio's NetworkAttachmentDefinition default/istio-cni (no spec.config: Multus reads our file by name)", (t) => {
+  const objects = renderChart(['chained=false', 'provider=multus']);
+  t.deepEqual(nads(objects), [
+    { apiVersion: 'k8s.cni.cncf.io/v1', kind: 'NetworkAttachmentDefinition', metadata: { name: 'istio-cni', namespace: 'default', labels: { 'app.kubernetes.io/name': 'mesh-cni' } } },
+  ]);
+  // Istio's spelling too.
+  t.is(nads(renderChart(['cni.chained=false', 'cni.provider=multus'])).length, 1);
+});
+
+test('global.platform=openshift is standalone with Multus, as Istio\'s profile: chained false, mesh-cni.conf in Multus\'s conf dir, the NAD', (t) => {
+  const objects = renderChart(['global.platform=openshift']);
+  t.like(settings(objects), { chained: 'false', 'cni-conf-file-name': 'mesh-cni.conf', 'host-cni-conf-dir': '/etc/cni/multus/net.d' });
+  t.like(installParses(containerRun(objects).args), { chained: false, cniConfFileName: 'mesh-cni.conf' });
+  t.is(nads(objects).length, 1);
+  // An explicit value still wins over the profile.
+  const chained = renderChart(['global.platform=openshift', 'chained=true', 'provider=default']);
+  t.is(settings(chained).chained, 'true');
+  t.deepEqual(nads(chained), []);
+});
+
+test('bad chained/provider values are refused, naming the value; multus with chained: true is refused with what to change', (t) => {
+  for (const [set, why] of [
+    ['provider=calico', /provider/],
+    ['chained=yes', /chained/],
+    ['cni.provider=Multus', /provider/],
+  ] as const) {
+    const r = helmTemplate([set]);
+    t.not(r.code, 0, `${set}: ${r.stdout}`);
+    t.regex(r.stderr, why, set);
+  }
+  const r = helmTemplate(['provider=multus']);
+  t.not(r.code, 0, r.stdout);
+  t.regex(r.stderr, /provider: multus needs chained: false/);
+  const both = helmTemplate(['chained=false', 'istioOwnedCNIConfig=true']);
+  t.not(both.code, 0, both.stdout);
+  t.regex(both.stderr, /chained: false and istioOwnedCNIConfig: true both ask for a config file of mesh-cni's own/);
 });

@@ -50,13 +50,20 @@ data:
   cni-conf-dir: /host/etc/cni/net.d
   # The same config dir as the runtime on the host sees it: paths inside our conflist entry are host paths.
   host-cni-conf-dir: {{ .Values.cniConfDir | quote }}
-  # The file in that dir to chain into ("": the first valid config, as the runtime chooses).
+  # The file in that dir to chain into ("": the first valid config, as the runtime chooses); with chained
+  # "false", the name of our own file ("": zzz-mesh-cni.conflist).
   cni-conf-file-name: {{ .Values.cniConfFileName | quote }}
   # "true": never write the primary's file; write our own conflist (the next key), sorting first, holding the
   # primary's plugins and then ours, copied again whenever the primary's changes (Istio's istioOwnedCNIConfig).
   owned-cni-config: {{ .Values.istioOwnedCNIConfig | default false | quote }}
   # The owned config's name in that dir (Istio's istioOwnedCNIConfigFileName): it must sort before the primary's.
   owned-cni-config-file-name: {{ coalesce .Values.istioOwnedCNIConfigFileName .Values.istioOwnedCNIConfigFilename "02-mesh-cni.conflist" | quote }}
+  # "true": our entry is chained into the primary CNI's config. "false" (standalone, for Multus): our own
+  # config file holding only mesh-cni, and the primary's file is never touched.
+  chained: {{ .Values.chained | quote }}
+  {{- if and (not .Values.chained) .Values.istioOwnedCNIConfig }}
+  {{- fail "chained: false and istioOwnedCNIConfig: true both ask for a config file of mesh-cni's own: standalone writes one with only mesh-cni (for Multus), the owned config copies the primary's with ours added; choose one" }}
+  {{- end }}
   # Pods in these namespaces are never redirected (comma separated).
   exclude-namespaces: {{ join "," .Values.excludeNamespaces | quote }}
   # What to do with a pod whose rules are missing: repair (in place, in its netns: no extra RBAC),
@@ -93,7 +100,7 @@ istio-cni names the same setting otherwise; the CLI reads those names (src/cli/o
 explain` run in the agent's pod decides with the agent's settings.
 */}}
 {{- define "mesh-cni.envName" -}}
-{{- $istio := dict "ambient" "AMBIENT_ENABLED" "ambient-enablement-selectors" "AMBIENT_ENABLEMENT_SELECTOR" "owned-cni-config" "ISTIO_OWNED_CNI_CONFIG" "owned-cni-config-file-name" "ISTIO_OWNED_CNI_CONF_FILENAME" }}
+{{- $istio := dict "ambient" "AMBIENT_ENABLED" "ambient-enablement-selectors" "AMBIENT_ENABLEMENT_SELECTOR" "owned-cni-config" "ISTIO_OWNED_CNI_CONFIG" "owned-cni-config-file-name" "ISTIO_OWNED_CNI_CONF_FILENAME" "chained" "CHAINED_CNI_PLUGIN" }}
 {{- get $istio . | default (. | replace "-" "_" | upper) }}
 {{- end }}
 

@@ -38,6 +38,7 @@ export function builder(y: Argv) {
       'cni-conf-file-name': installOptions['cni-conf-file-name'],
       'owned-cni-config': installOptions['owned-cni-config'],
       'owned-cni-config-file-name': installOptions['owned-cni-config-file-name'],
+      chained: installOptions.chained,
       'health-port': {
         type: 'number',
         // In the agent's pod the DaemonSet sets HEALTH_PORT (from the ConfigMap): `kubectl exec ... mesh-cni status` then reads the agent too.
@@ -62,6 +63,7 @@ type Args = NodeArgs & {
   'cni-conf-file-name'?: string;
   'owned-cni-config'?: boolean;
   'owned-cni-config-file-name'?: string;
+  chained?: boolean;
   'health-port'?: number;
   'health-host': string;
   'repair-mode'?: RepairMode;
@@ -182,6 +184,7 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
     cniConfFileName: args['cni-conf-file-name'] || undefined,
     ownedConfig: args['owned-cni-config'] === true,
     ownedConfigFileName: args['owned-cni-config-file-name'] || undefined,
+    chained: args.chained !== false,
     shimPath: BUNDLED_SHIM,
     enginePath: BUNDLED_ENGINE,
     pluginConfig: pluginEntry(),
@@ -217,7 +220,9 @@ export async function collectStatus(args: Args): Promise<StatusReport> {
   });
 
   if (fight) problems.push(describeHold(fight));
-  if (!installed.activeConfig) problems.push(`no valid CNI config in ${args['cni-conf-dir']}: the runtime has no network for pods`);
+  if (args.chained === false) {
+    if (!installed.entryInActiveConfig) problems.push(`our own config (chained: false) ${installed.activeConfig ?? `named by --cni-conf-file-name ${args['cni-conf-file-name']}`} is missing or does not hold our entry`);
+  } else if (!installed.activeConfig) problems.push(`no valid CNI config in ${args['cni-conf-dir']}: the runtime has no network for pods`);
   else if (installed.ownedConfig && installed.activeConfig !== installed.ownedConfig.path) problems.push(`the runtime reads ${installed.activeConfig} before our owned config ${installed.ownedConfig.path}`);
   else if (!installed.entryInActiveConfig) problems.push(`our entry is not the last plugin of the active config ${installed.activeConfig}`);
   if (installed.ownedConfig && !installed.ownedConfig.primary) problems.push(`owned config: no primary CNI config to copy in ${args['cni-conf-dir']}; ours is removed until there is one`);
