@@ -19,7 +19,41 @@ import { readJsonLines } from './json-lines';
 const PREFIX = 'mcni-kube-';
 
 /** A free TCP port on 127.0.0.1 (of the netns this process is in). */
-export function freePort(): Promise<number> {
+/** The kernel's ephemeral range: ports it hands to listen(0) and to every outgoing connect(). */
+function ephemeralRange(): [number, number] {
+  try {
+    const [low, high] = fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (low > 0 && high >= low) return [low, high];
+  } catch {
+    // not Linux-like: fall through
+  }
+  return [32768, 60999];
+}
+
+function bindable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A port for a server a test starts a moment later (etcd, kube-apiserver, an agent's health port). Taken
+ * below the ephemeral range: a port from listen(0) is an ephemeral one, and on a busy machine any outgoing
+ * connection on loopback may take it as its source port before the server binds it ("address already in use").
+ * Ports below the range are never handed out that way; a random one, checked bindable, leaves only the
+ * rare case of two tests picking the same port in the same instant.
+ */
+export async function freePort(): Promise<number> {
+  const low = Math.min(ephemeralRange()[0], 65536);
+  const base = 10000;
+  if (low - base > 1000) {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const port = base + Math.floor(Math.random() * (low - base));
+      if (await bindable(port)) return port;
+    }
+  }
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.on('error', reject);
