@@ -27,13 +27,13 @@ HELM_ONLY=0
 
 CACHE=${MESH_CNI_CACHE:-/var/cache/mesh-cni}
 # Bump when what this script produces changes, so every machine rebuilds once.
-STAMP_CONTENT="mesh-cni node deps v2"
+STAMP_CONTENT="mesh-cni node deps v3 (reflect2 1.0.2)"
 KUBE_COMPONENTS=(kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy)
 PACKAGES=(
   containerd runc busybox-static golang-go etcd-server make rsync dpkg-dev
   socat conntrack iptables nftables iproute2 ipset util-linux python3 openssl
   containernetworking-plugins build-essential ca-certificates xz-utils kubernetes-client
-  buildah debootstrap fuse-overlayfs
+  buildah debootstrap fuse-overlayfs golang-github-modern-go-reflect2-dev
 )
 
 log() { printf 'setup-node-deps: %s\n' "$*" >&2; }
@@ -222,6 +222,16 @@ if [[ $CRI_ONLY -eq 1 ]]; then
   log "CRI proto ready in ${SECONDS}s (--cri-only: kube-apiserver not built)"
   exit 0
 fi
+
+# The source vendors modern-go/reflect2 1.0.1, whose unsafe map iterator predates Go 1.18: built with Debian's Go
+# (1.19) the apiserver segfaults (`fatal error: fault` in json-iterator) on every custom resource it decodes.
+# 1.0.2 is the same API with the Go 1.18 fix; Debian ships it, and it replaces the vendored copy (go.mod and
+# vendor/modules.txt keep naming v1.0.1: with -mod=vendor the go command reads the files, not the version).
+reflect2=/usr/share/gocode/src/github.com/modern-go/reflect2
+[[ -f $reflect2/go_above_118.go ]] || { log "$reflect2 is not reflect2 1.0.2 or later (golang-github-modern-go-reflect2-dev)"; exit 1; }
+rm -rf "$kube_src/vendor/github.com/modern-go/reflect2"
+mkdir -p "$kube_src/vendor/github.com/modern-go/reflect2"
+(cd "$reflect2" && tar -cf - --exclude=go.mod --exclude='*_test.go' .) | tar -xf - -C "$kube_src/vendor/github.com/modern-go/reflect2"
 
 log "building ${KUBE_COMPONENTS[*]} (about 20 minutes on 2 cores)"
 t0=$SECONDS

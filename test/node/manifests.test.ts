@@ -4,13 +4,10 @@
  * Namespaced objects need their Namespace to exist even in a dry run, so the Namespace is applied for real
  * first, as `kubectl apply -f install/` would do (files in lexical order). Multus's NetworkAttachmentDefinition
  * CRD (test/node/fixtures/multus-nad-crd.yaml, copied from Multus) is created for real too, as on a cluster with
- * Multus; the renderings' NetworkAttachmentDefinition is judged against the schema that apiserver then serves.
- *
- * Not by creating it: this kube-apiserver (Debian's 1.20.2 source, built with Go 1.19) segfaults on every
- * custom resource it decodes (`fatal error: fault` in json-iterator's map encoder, objectmeta.GetObjectMeta:
- * the vendored modern-go/reflect2 1.0.1 predates Go 1.18's map iterator), dry run included. So the NAD goes
- * through kubectl's strict validation against the apiserver's published OpenAPI for the CRD, and the rest of
- * each rendering through the server dry run.
+ * Multus, so the renderings' NetworkAttachmentDefinition goes through the server dry run like every other object,
+ * and the provider=multus test creates it for real. (Debian's 1.20.2 source vendors modern-go/reflect2 1.0.1,
+ * whose map iterator predates Go 1.18: built with Go 1.19 that apiserver segfaulted on every custom resource.
+ * scripts/setup-node-deps.sh builds it with Debian's reflect2 1.0.2.)
  */
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
@@ -86,38 +83,32 @@ const RENDERINGS: Array<[string, string[], string[]]> = [
   ['ambient', ['ambient.enabled=true'], ['clusterrole.rbac.authorization.k8s.io/mesh-cni-ambient', 'clusterrolebinding.rbac.authorization.k8s.io/mesh-cni-ambient', 'configmap/mesh-cni-config', 'daemonset.apps/mesh-cni']],
 ];
 
-/** The rendering's documents split: NetworkAttachmentDefinitions (see the header) and the rest. */
-function splitNads(yaml: string): { nads: string; rest: string } {
-  const docs = yaml.split(/^---$/m);
-  const isNad = (d: string) => /^kind: NetworkAttachmentDefinition$/m.test(d);
-  return { nads: docs.filter(isNad).join('---'), rest: docs.filter((d) => !isNad(d)).join('---') };
-}
-
 for (const [what, set, objects] of RENDERINGS) {
   test.serial(`helm template with ${what}: kubectl apply --dry-run=server accepts it`, (t) => {
     const rendered = helmTemplate(set);
     t.is(rendered.code, 0, rendered.stderr);
-    const { nads, rest } = splitNads(rendered.stdout);
-    const dry = kubectl(['apply', '--dry-run=server', '-f', '-'], rest);
+    const dry = kubectl(['apply', '--dry-run=server', '-f', '-'], rendered.stdout);
     t.is(dry.code, 0, dry.out);
-    accepted(t, dry.out, objects.filter((o) => o !== NAD));
-    t.is(objects.includes(NAD), nads !== '', 'a NetworkAttachmentDefinition exactly where one is expected');
-    if (nads !== '') {
-      const nad = kubectl(['apply', '--dry-run=client', '--validate=strict', '-f', '-'], nads);
-      t.is(nad.code, 0, nad.out);
-      t.regex(nad.out, /networkattachmentdefinition\.k8s\.cni\.cncf\.io\/istio-cni created \(dry run\)/);
-    }
+    accepted(t, dry.out, objects);
+    t.is(objects.includes(NAD), /^kind: NetworkAttachmentDefinition$/m.test(rendered.stdout), 'a NetworkAttachmentDefinition exactly where one is expected');
   });
 }
 
-test.serial('provider=multus: the NetworkAttachmentDefinition meets the CRD the apiserver serves (Istio\'s shape: default/istio-cni, no spec)', (t) => {
+test.serial('provider=multus: the apiserver creates the NetworkAttachmentDefinition (Istio\'s shape: default/istio-cni, no spec) and serves it back', (t) => {
   const rendered = helmTemplate(['chained=false', 'provider=multus'], ['--show-only', 'templates/network-attachment-definition.yaml']);
   t.is(rendered.code, 0, rendered.stderr);
   t.is(kubectl(['get', 'crd', 'network-attachment-definitions.k8s.cni.cncf.io', '-o', 'jsonpath={.status.conditions[?(@.type=="Established")].status}']).out, 'True');
-  const ok = kubectl(['apply', '--dry-run=client', '--validate=strict', '-o', 'json', '-f', '-'], rendered.stdout);
-  t.is(ok.code, 0, ok.out);
-  t.like(JSON.parse(ok.out), { apiVersion: 'k8s.cni.cncf.io/v1', kind: 'NetworkAttachmentDefinition', metadata: { name: 'istio-cni', namespace: 'default' } });
-  // The validation is the served schema's: a field the CRD does not have is refused.
+  t.teardown(() => void kubectl(['delete', '--ignore-not-found', '-n', 'default', 'network-attachment-definitions.k8s.cni.cncf.io', 'istio-cni']));
+  const created = kubectl(['create', '-f', '-'], rendered.stdout);
+  t.is(created.code, 0, created.out);
+  t.regex(created.out, /networkattachmentdefinition\.k8s\.cni\.cncf\.io\/istio-cni created/);
+  const got = kubectl(['get', '-n', 'default', 'network-attachment-definitions.k8s.cni.cncf.io', 'istio-cni', '-o', 'json']);
+  t.is(got.code, 0, got.out);
+  const nad = JSON.parse(got.out);
+  t.like(nad, { apiVersion: 'k8s.cni.cncf.io/v1', kind: 'NetworkAttachmentDefinition', metadata: { name: 'istio-cni', namespace: 'default' } });
+  t.is(nad.spec, undefined, 'no spec.config: Multus reads the network from its conf dir by this name');
+  t.truthy(nad.metadata.uid, 'stored by the apiserver');
+  // The served schema's: a field the CRD does not have is refused by strict validation.
   const bad = kubectl(['apply', '--dry-run=client', '--validate=strict', '-f', '-'], `${rendered.stdout.trimEnd()}\nspec:\n  confg: "{}"\n`);
   t.not(bad.code, 0, bad.out);
   t.regex(bad.out, /unknown field "confg" in io\.cncf\.cni\.k8s\.v1\.NetworkAttachmentDefinition\.spec/);
