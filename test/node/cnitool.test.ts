@@ -11,6 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { conflist, makeCniBinDir, POD_GATEWAY } from '../support/cni-conf';
 import { CNITOOL, requireNodeDeps, SHIM } from '../support/node-deps';
+import { netnsKeeper } from '../support/netns';
 import { connect, listen } from '../support/traffic';
 
 const STATUS = JSON.stringify({ initContainers: ['istio-validation'], containers: ['istio-proxy'], volumes: [], revision: 'default' });
@@ -19,7 +20,7 @@ const tag = `${process.pid}-${randomBytes(2).toString('hex')}`;
 let dir = '';
 let binDir = '';
 const nodeNetns = `mcni-ct-${tag}-node`;
-const createdNetns: string[] = [];
+const netns = netnsKeeper();
 const networks: string[] = [];
 let attachments = 0;
 
@@ -27,11 +28,11 @@ test.before(() => {
   requireNodeDeps({ cnitool: true });
   dir = fs.mkdtempSync(path.join(os.tmpdir(), `mcni-cnitool-${process.pid}-`));
   binDir = makeCniBinDir(path.join(dir, 'bin'));
-  addNetns(nodeNetns);
+  netns.add(nodeNetns);
 });
 
 test.after.always(() => {
-  for (const ns of createdNetns.reverse()) spawnSync('ip', ['netns', 'del', ns]);
+  netns.removeAll();
   // libcni caches each attachment's result under /var/lib/cni/results/<network>-<container>-<ifname>
   const results = '/var/lib/cni/results';
   for (const f of fs.existsSync(results) ? fs.readdirSync(results) : []) {
@@ -40,13 +41,6 @@ test.after.always(() => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-function addNetns(name: string): string {
-  const r = spawnSync('ip', ['netns', 'add', name], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ip netns add ${name}: ${r.stderr}`);
-  createdNetns.push(name);
-  spawnSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
-  return `/var/run/netns/${name}`;
-}
 
 interface ToolResult {
   code: number;
@@ -115,7 +109,7 @@ function setup(t: ExecutionContext, cniVersion: string, options: { onlyMeshCni?:
   });
   if (options.onlyMeshCni) (list.plugins as unknown[]).splice(0, 1);
   fs.writeFileSync(path.join(confDir, `10-${network}.conflist`), JSON.stringify(list));
-  const podNetns = options.podNetns ?? addNetns(`mcni-ct-${tag}-pod${id}`);
+  const podNetns = options.podNetns ?? netns.add(`mcni-ct-${tag}-pod${id}`);
   t.teardown(() => {
     cnitool('del', network, confDir, podNetns);
   });

@@ -22,6 +22,7 @@ import * as path from 'node:path';
 import { conflist, makeCniBinDir, POD_GATEWAY } from '../support/cni-conf';
 import { CNITOOL, requireNodeDeps, SHIM } from '../support/node-deps';
 import { REPO_ROOT } from '../support/paths';
+import { netnsKeeper } from '../support/netns';
 import { connect, listen } from '../support/traffic';
 import { forwardIntoNetns, startKube, type Forward, type Kube } from '../support/kube';
 import { install, pluginEntry, uninstall, type InstallOptions } from '../../src/installer';
@@ -33,7 +34,7 @@ const PRIMARY = `mcni-md-${tag}`;
 const RESULTS = '/var/lib/cni/results';
 /** The self-contained engine directory the installer ships (scripts/build-engine.js). */
 const ENGINE = path.join(REPO_ROOT, 'build', 'engine');
-const createdNetns: string[] = [];
+const netns = netnsKeeper();
 let dir = '';
 let kube: Kube | undefined;
 let forward: Forward | undefined;
@@ -49,7 +50,7 @@ test.before(async () => {
   if (!fs.existsSync(path.join(ENGINE, 'mesh-cni.js'))) throw new Error(`${ENGINE} is missing: npm run build`);
   resultsBefore = new Set(fs.existsSync(RESULTS) ? fs.readdirSync(RESULTS) : []);
   dir = fs.mkdtempSync(path.join(os.tmpdir(), `mcni-multus-${process.pid}-`));
-  addNetns(nodeNetns);
+  netns.add(nodeNetns);
   kube = await startKube();
   // The plugin runs in the node netns: the apiserver's loopback port is forwarded there (two socat over a UNIX socket).
   forward = await forwardIntoNetns(`/var/run/netns/${nodeNetns}`, kube.port, dir);
@@ -81,7 +82,7 @@ test.after.always(async () => {
   if (options) await uninstall(options).catch(() => undefined);
   if (forward) await forward.stop();
   if (kube) await kube.stop();
-  for (const ns of createdNetns.reverse()) spawnSync('ip', ['netns', 'del', ns]);
+  netns.removeAll();
   // libcni caches each attachment's result under /var/lib/cni/results/<network>-<container>-<ifname>: ours only.
   for (const f of fs.existsSync(RESULTS) ? fs.readdirSync(RESULTS) : []) {
     if (!resultsBefore.has(f) && (f.startsWith(`${PRIMARY}-`) || f.startsWith(`${STANDALONE_NETWORK_NAME}-`))) fs.rmSync(path.join(RESULTS, f), { force: true });
@@ -89,13 +90,6 @@ test.after.always(async () => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-function addNetns(name: string): string {
-  const r = spawnSync('ip', ['netns', 'add', name], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ip netns add ${name}: ${r.stderr}`);
-  createdNetns.push(name);
-  spawnSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
-  return `/var/run/netns/${name}`;
-}
 
 const podArgs = (name: string, id: string) => `IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=${id};K8S_POD_UID=${uids.get(name)}`;
 
@@ -141,7 +135,7 @@ const primaryDir = () => path.join(dir, 'etc/cni/net.d');
 
 /** The primary network for a new pod netns, DEL'd at the end of the test. */
 function primaryAdd(t: ExecutionContext, pod: string): { podNetns: string; cniArgs: string; result: any } {
-  const podNetns = addNetns(`mcni-md-${tag}-p${++pods}`);
+  const podNetns = netns.add(`mcni-md-${tag}-p${++pods}`);
   const cniArgs = podArgs(pod, `sandbox-${pod}`);
   const add = cnitool('add', PRIMARY, primaryDir(), podNetns, cniArgs, 'eth0');
   if (add.code !== 0) throw new Error(`primary ADD: ${add.stdout}${add.stderr}`);

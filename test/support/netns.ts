@@ -57,6 +57,25 @@ export function createNetns(t: ExecutionContext, role = 'ns'): string {
   return name;
 }
 
+/**
+ * Namespaces a test file keeps across its tests (made in before hooks or by several tests): `add` makes one with
+ * `lo` up and returns its path; `removeAll`, for the file's after.always hook, deletes them, newest first.
+ */
+export function netnsKeeper(): { add(name: string): string; removeAll(): void } {
+  const names: string[] = [];
+  return {
+    add(name) {
+      sh('ip', ['netns', 'add', name]);
+      names.push(name);
+      spawnSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+      return netnsPath(name);
+    },
+    removeAll() {
+      for (const name of names.splice(0).reverse()) spawnSync('ip', ['netns', 'del', name]);
+    },
+  };
+}
+
 export function netnsPath(name: string): string {
   return `/var/run/netns/${name}`;
 }
