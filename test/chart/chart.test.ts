@@ -278,15 +278,15 @@ const OPTIONS_JS = path.join(REPO_ROOT, 'dist/src/cli/options.js');
 /**
  * The agent's own parser on these args, in a process with only this environment (the CLI reads its defaults
  * from the environment when it loads, as in the agent's pod): its yargs options, strict (an arg it does not
- * know fails), then ambientFromArgs, the function the agent starts ambient with.
+ * know fails), then ambientFromArgs and fightPolicy, the functions the agent starts ambient and the fight guard with.
  */
-function agentParses(args: string[], env: Record<string, string>): { ambient: unknown; settings: any } {
+function agentParses(args: string[], env: Record<string, string>): { ambient: unknown; settings: any; fight: any } {
   const code = `
     const yargs = require('yargs');
-    const { builder } = require(${JSON.stringify(AGENT_JS)});
+    const { builder, fightPolicy } = require(${JSON.stringify(AGENT_JS)});
     const { ambientFromArgs } = require(${JSON.stringify(OPTIONS_JS)});
     const argv = builder(yargs()).strict().exitProcess(false).fail((msg, err) => { throw err || new Error(msg); }).parseSync(JSON.parse(process.argv[1]));
-    process.stdout.write(JSON.stringify({ ambient: argv.ambient, settings: ambientFromArgs(argv) || null }));`;
+    process.stdout.write(JSON.stringify({ ambient: argv.ambient, settings: ambientFromArgs(argv) || null, fight: fightPolicy(argv) }));`;
   const r = spawnSync(process.execPath, ['-e', code, JSON.stringify(args)], { cwd: REPO_ROOT, encoding: 'utf8', env: { PATH: process.env.PATH, ...env }, timeout: 60_000 });
   if (r.status !== 0) throw new Error(`the agent's parser refused ${JSON.stringify(args)}: ${r.stderr}`);
   return JSON.parse(r.stdout);
@@ -405,6 +405,22 @@ test('global.platform=openshift is standalone with Multus, as Istio\'s profile: 
   const chained = renderChart(['global.platform=openshift', 'chained=true', 'provider=default']);
   t.is(settings(chained).chained, 'true');
   t.deepEqual(nads(chained), []);
+});
+
+test('primaryFight.* become the agent\'s fight policy (5 removals in 60 s, quiet 60 s by default; removals 0 turns it off); bad values are refused', (t) => {
+  const policy = (set: string[]) => {
+    const run = containerRun(renderChart(set));
+    return agentParses(run.args, run.env).fight;
+  };
+  t.like(settings(renderChart()), { 'fight-removals': '5', 'fight-window-seconds': '60', 'fight-quiet-seconds': '60' });
+  t.like(policy([]), { removals: 5, windowMs: 60_000, quietMs: 60_000 });
+  t.like(policy(['primaryFight.removals=3', 'primaryFight.windowSeconds=30', 'primaryFight.quietSeconds=120']), { removals: 3, windowMs: 30_000, quietMs: 120_000, maxQuietMs: 1_200_000 });
+  t.is(policy(['primaryFight.removals=0']), false, 're-insert every time');
+  for (const bad of ['primaryFight.removals=-1', 'primaryFight.windowSeconds=0', 'primaryFight.quietSeconds=soon', 'primaryFight.removal=3']) {
+    const r = helmTemplate([bad]);
+    t.not(r.code, 0, bad);
+    t.regex(r.stderr, /primaryFight/, bad);
+  }
 });
 
 test('bad chained/provider values are refused, naming the value; multus with chained: true is refused with what to change', (t) => {

@@ -135,7 +135,7 @@ test('DaemonSet: every ConfigMap setting becomes an agent flag, and the image en
   const envs = new Map(agent.env!.map((e) => [e.name, e]));
   const settings = agent.args!.filter((a) => a.includes('$('));
   const flags = new Map(settings.map((a) => /^--([a-z0-9-]+)=\$\(([A-Z0-9_]+)\)$/.exec(a)!).map((m) => [m[1]!, m[2]!]));
-  t.deepEqual([...flags.keys()].sort(), ['ambient', 'ambient-dns-capture', 'ambient-enablement-selectors', 'ambient-ipv6', 'backend', 'chained', 'cni-bin-dir', 'cni-conf-dir', 'cni-conf-file-name', 'cri-socket', 'exclude-namespaces', 'health-port', 'host-cni-conf-dir', 'log-level', 'owned-cni-config', 'owned-cni-config-file-name', 'remove-not-ready-taint', 'repair-mode']);
+  t.deepEqual([...flags.keys()].sort(), ['ambient', 'ambient-dns-capture', 'ambient-enablement-selectors', 'ambient-ipv6', 'backend', 'chained', 'cni-bin-dir', 'cni-conf-dir', 'cni-conf-file-name', 'cri-socket', 'exclude-namespaces', 'fight-quiet-seconds', 'fight-removals', 'fight-window-seconds', 'health-port', 'host-cni-conf-dir', 'log-level', 'owned-cni-config', 'owned-cni-config-file-name', 'remove-not-ready-taint', 'repair-mode']);
   // Fixed by the pod's own layout, not a setting: the host's /proc is mounted at /host/proc.
   t.deepEqual(agent.args!.filter((a) => !a.includes('$(')), ['--proc-root=/host/proc']);
   t.deepEqual([...flags.keys()].sort(), Object.keys(config.data!).sort());

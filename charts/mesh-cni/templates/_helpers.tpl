@@ -82,6 +82,11 @@ data:
   # "true": once ready, the agent removes the taint cni.istio.io/not-ready:NoSchedule from its node, so nodes
   # can be registered with it and get no pods before mesh-cni runs. Needs its RBAC (removeNotReadyTaint renders it; install/optional/node-readiness-rbac.yaml).
   remove-not-ready-taint: {{ .Values.removeNotReadyTaint | quote }}
+  # A primary CNI that removes our entry this many times within fight-window-seconds is left alone (the agent
+  # turns not ready and says why) and tried again after fight-quiet-seconds; "0": re-insert every time.
+  fight-removals: {{ .Values.primaryFight.removals | quote }}
+  fight-window-seconds: {{ .Values.primaryFight.windowSeconds | quote }}
+  fight-quiet-seconds: {{ .Values.primaryFight.quietSeconds | quote }}
   # "true": ambient pods (Istio's ambient data plane) get Istio's in-pod rules and are handed to ztunnel on
   # /var/run/ztunnel/ztunnel.sock. Needs its RBAC (ambient.enabled renders it; install/optional/ambient-rbac.yaml).
   ambient: {{ .Values.ambient.enabled | quote }}

@@ -75,7 +75,7 @@ interface AgentArgs extends RepairArgs, Omit<InstallArgs, 'ambient'>, AmbientArg
 }
 
 /** The agent's fight policy from its flags (src/installer/fight.ts); 0 removals turns it off. */
-function fightPolicy(args: AgentArgs): Partial<FightPolicy> | false {
+export function fightPolicy(args: Pick<AgentArgs, 'fight-removals' | 'fight-window-seconds' | 'fight-quiet-seconds'>): Partial<FightPolicy> | false {
   const seconds = ['fight-window-seconds', 'fight-quiet-seconds'] as const;
   for (const name of ['fight-removals', ...seconds] as const) {
     if (!Number.isFinite(args[name]) || args[name] < 0) throw new MeshCniError(`--${name} must be a number of at least 0, got ${args[name]}`);
