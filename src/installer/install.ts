@@ -128,6 +128,15 @@ async function release(state: InstallState, record: ConfigRecord): Promise<boole
   return true;
 }
 
+/** Takes our entry out of every config that still holds it but `keep` (another file is now ours); returns those changed. */
+async function releaseAll(state: InstallState, keep?: string): Promise<string[]> {
+  const released: string[] = [];
+  for (const record of state.configs.filter((r) => r.path !== keep && r.entryPresent)) {
+    if (await release(state, record)) released.push(record.path);
+  }
+  return released;
+}
+
 /** renameat2(RENAME_EXCHANGE) where the caller handed it and the kernel and filesystem have it. */
 function exchange(o: InstallOptions, a: string, b: string): boolean {
   try {
@@ -260,10 +269,7 @@ async function chainIntoPrimary(o: InstallOptions, state: InstallState, hold: Pa
     action = hadEntryBefore ? 'reinserted' : 'inserted';
   }
 
-  const released: string[] = [];
-  for (const other of state.configs.filter((r) => r.path !== path && r.entryPresent)) {
-    if (await release(state, other)) released.push(other.path);
-  }
+  const released = await releaseAll(state, path);
   return { action, path, convertedFrom, released, removed: removed.map((r) => r.path) };
 }
 
@@ -274,9 +280,7 @@ async function chainIntoPrimary(o: InstallOptions, state: InstallState, hold: Pa
 async function writeStandalone(o: InstallOptions, state: InstallState): Promise<ConfigOutcome> {
   const outcome = await writeOwnConf(o, state);
   if (outcome.action === 'waiting' || outcome.action === 'held') return outcome;
-  for (const record of state.configs.filter((r) => r.entryPresent)) {
-    if (await release(state, record)) outcome.released.push(record.path);
-  }
+  outcome.released.push(...(await releaseAll(state)));
   return outcome;
 }
 
@@ -345,7 +349,7 @@ export async function install(o: InstallOptions, pass: PassOptions = {}): Promis
   const config = writesOwnConf(o)
     ? await writeStandalone(o, state)
     : o.ownedConfig
-      ? await writeOwnedConfig(o, state, { hold: pass.hold, release: (record) => release(state, record) })
+      ? await writeOwnedConfig(o, state, { hold: pass.hold, releaseChained: () => releaseAll(state) })
       : await chainIntoPrimary(o, state, pass.hold);
   // Any mode but the owned config: ours goes (chained: after the entry is in the primary's file; owned-config.ts).
   if (!o.standaloneConf && !o.ownedConfig) {

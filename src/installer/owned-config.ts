@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { modeOf, readIfExists, removeIfExists, sha256, writeFileAtomic } from './atomic-file';
 import { convertConfText, insertIntoConflistText, isChainedLast } from './conflist';
 import { chosenConfig, invalidReason, scanConfDir } from './primary-config';
-import { saveState, type ConfigRecord, type InstallState } from './state';
+import { saveState, type InstallState } from './state';
 import { DEFAULT_STANDALONE_CONF_NAME } from './standalone-config';
 import type { ConfigOutcome, InstallOptions, InstallStatus } from './types';
 
@@ -95,8 +95,8 @@ async function ownedRemoved(state: InstallState, path: string): Promise<string[]
 export interface OwnedPass {
   /** the watch's fight guard (fight.ts), told of removals of our owned file */
   hold?: (removed: string[]) => boolean;
-  /** takes our entry out of a config an earlier chained pass put it into (install.ts); whether it changed the file */
-  release: (record: ConfigRecord) => Promise<boolean>;
+  /** takes our entry out of every config an earlier chained pass put it into (install.ts); the files changed */
+  releaseChained: () => Promise<string[]>;
 }
 
 /** One pass of the owned config: copy the primary's file with our entry last into ours, or remove ours and wait. */
@@ -144,8 +144,7 @@ export async function writeOwnedConfig(o: InstallOptions, state: InstallState, p
       removed,
     };
   }
-  const released: string[] = [];
-  for (const other of state.configs.filter((r) => r.entryPresent)) if (await pass.release(other)) released.push(other.path);
+  const released = await pass.releaseChained();
   if (previous) {
     const current = await readIfExists(previous.path);
     if (current !== undefined && (sha256(current) === previous.writtenSha256 || holdsOurEntry(current))) {
