@@ -14,16 +14,12 @@
  */
 import test from 'ava';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { agentImageArchive, APP_IMAGE, NODE_IP, startCluster, type Cluster } from '../support/cluster';
-import { describePods, ensureNamespace, kubectlAsync, NODE_PORT, podNetns, waitPodsRunning, Witness, WITNESS_PORT } from '../support/cluster-pods';
+import { AGENT_NS, agentContext, agentPods, applyAgentNamespace, ensureNamespace, kubectlAsync, NODE_PORT, podNetns, podReady, waitPodsRunning, Witness, WITNESS_PORT } from '../support/cluster-pods';
 import { helmInstall, requireHelm } from '../support/helm';
-import { REPO_ROOT } from '../support/paths';
 import { connect } from '../support/traffic';
 import { ZtunnelStandIn } from '../support/ztunnel';
 
-const AGENT_NS = 'mesh-cni-system';
-const AGENT_SELECTOR = 'app.kubernetes.io/name=mesh-cni';
 const AMBIENT = 'istio.io/dataplane-mode=ambient';
 
 let cluster: Cluster | undefined;
@@ -47,7 +43,7 @@ test.after.always(async () => {
 
 /** As README says: the namespace with its Pod Security labels, then the chart with ambient on. */
 async function installWithAmbient(cl: Cluster): Promise<void> {
-  cl.kubectlOk(['apply', '-f', path.join(REPO_ROOT, 'install', '00-namespace.yaml')]);
+  applyAgentNamespace(cl);
   await helmInstall(cl, ['ambient.enabled=true']);
 }
 
@@ -55,8 +51,8 @@ function agentReady(cl: Cluster, previous?: string): Promise<any> {
   return cl.waitFor(
     'the agent pod Ready',
     240_000,
-    () => (cl.json(['-n', AGENT_NS, 'get', 'pods', '-l', AGENT_SELECTOR]).items as any[]).find((p) => !p.metadata.deletionTimestamp && p.metadata.uid !== previous && p.status?.conditions?.some((x: any) => x.type === 'Ready' && x.status === 'True')),
-    () => `${describePods(cl, AGENT_NS)}\n${cl.kubectl(['-n', AGENT_NS, 'logs', '--tail=20', '-l', AGENT_SELECTOR]).stdout}`,
+    () => agentPods(cl).find((p) => !p.metadata.deletionTimestamp && p.metadata.uid !== previous && podReady(p)),
+    () => agentContext(cl),
   );
 }
 

@@ -19,15 +19,21 @@ import * as path from 'node:path';
 import { AGENT_SA, agentImageArchive, AGENT_IMAGE, K3S_LAYOUT, NODE_IP, NODE_NAME, PRIMARY_CONFLIST, startCluster, type Cluster } from '../support/cluster';
 import { helmInstall, helmUninstall, helmUpgrade, requireHelm } from '../support/helm';
 import {
+  AGENT_NS,
+  AGENT_SELECTOR,
+  agentContext,
+  agentPods,
+  applyAgentNamespace,
   churnPods,
   containerPid,
   createPod,
-  describePods,
   ensureNamespace,
   inNetns,
   kubectlAsync,
+  liveAgentPod,
   NODE_PORT,
   podNetns,
+  podReady,
   startDelays,
   summarize,
   waitPodsRunning,
@@ -38,9 +44,6 @@ import { connect, listen } from '../support/traffic';
 import { readJsonLines } from '../support/json-lines';
 
 const NS = 'shop';
-const AGENT_NS = 'mesh-cni-system';
-const AGENT_SELECTOR = 'app.kubernetes.io/name=mesh-cni';
-const NAMESPACE_FILE = path.join(REPO_ROOT, 'install/00-namespace.yaml');
 
 /** The node's files mesh-cni may touch (its layout's CNI dirs and our state dir); uninstall must leave them as they were. */
 function nodeDirs(cl: Cluster): string[] {
@@ -114,15 +117,6 @@ function pluginLog(cl: Cluster): Array<Record<string, any>> {
   return readJsonLines(cl.inside('/var/log/mesh-cni/cni.log'));
 }
 
-function agentPods(cl: Cluster): any[] {
-  return cl.json(['-n', AGENT_NS, 'get', 'pods', '-l', AGENT_SELECTOR]).items;
-}
-
-function agentContext(cl: Cluster): string {
-  const logs = cl.kubectl(['-n', AGENT_NS, 'logs', '--tail=20', '-l', AGENT_SELECTOR]).stdout;
-  return `${describePods(cl, AGENT_NS)}\nagent log:\n${logs}`;
-}
-
 /** The one agent pod, Ready, and (optionally) not `previous`; returns it. */
 async function agentReady(cl: Cluster, what: string, timeoutMs: number, previous?: string, accept: (pod: any) => boolean = () => true): Promise<any> {
   return cl.waitFor(
@@ -130,7 +124,7 @@ async function agentReady(cl: Cluster, what: string, timeoutMs: number, previous
     timeoutMs,
     () => {
       const pods = agentPods(cl).filter((p) => !p.metadata.deletionTimestamp && p.metadata.uid !== previous);
-      const ready = pods.find((p) => accept(p) && p.status?.conditions?.some((x: any) => x.type === 'Ready' && x.status === 'True'));
+      const ready = pods.find((p) => accept(p) && podReady(p));
       return ready && chained(cl) ? ready : undefined;
     },
     () => agentContext(cl),
@@ -170,7 +164,7 @@ test.serial('helm install with the chart\'s defaults: the agent runs under secco
   const cl = c();
   const primary = conflist(cl);
   // As README says: the namespace with its Pod Security labels, then the chart.
-  cl.kubectlOk(['apply', '-f', NAMESPACE_FILE]);
+  applyAgentNamespace(cl);
   const ms = Date.now();
   const notes = await helmInstall(cl);
   t.regex(notes, /kubectl -n mesh-cni-system rollout status ds\/mesh-cni/, 'NOTES tell what to check next');
@@ -291,7 +285,7 @@ test.serial('a primary CNI rewriting its config is re-chained, and new meshed po
  */
 async function throughDisruption(t: any, batch: string, disrupt: (cl: Cluster) => Promise<((pod: any) => boolean) | void> | void): Promise<number> {
   const cl = c();
-  const before = agentPods(cl).find((p) => !p.metadata.deletionTimestamp);
+  const before = liveAgentPod(cl);
   const previous = before?.metadata.uid as string | undefined;
   // When the agent's process is gone: from then until the next one starts, nothing but the standalone
   // engine can have programmed a pod.
@@ -356,7 +350,7 @@ test.serial('helm upgrade to a new image tag and label repair while pods are cre
   await throughDisruption(t, 'upgrade', async () => {
     await helmUpgrade(cl, ['image.tag=0.1.0-next', 'repair.repairPods=false', 'repair.labelPods=true']);
   });
-  const agent = agentPods(cl).find((p) => !p.metadata.deletionTimestamp);
+  const agent = liveAgentPod(cl);
   t.is(agent?.spec.containers[0].image, 'mesh-cni:0.1.0-next');
   t.is(cl.json(['-n', AGENT_NS, 'get', 'configmap', 'mesh-cni-config']).data['repair-mode'], 'label');
   const role = cl.json(['get', 'clusterrole', 'mesh-cni-repair-label']);
@@ -374,7 +368,7 @@ test.serial('the agent pod deleted while pods are created: no meshed pod runs wi
 test.serial('the agent SIGKILLed while pods are created (no node on the host): no meshed pod runs without rules', async (t) => {
   t.timeout(10 * 60_000);
   const standalone = await throughDisruption(t, 'sigkill', async (cl) => {
-    const agent = agentPods(cl).find((p) => !p.metadata.deletionTimestamp);
+    const agent = liveAgentPod(cl);
     const pid = containerPid(cl, agent, 'agent');
     const restarts = agent.status.containerStatuses[0].restartCount as number;
     process.kill(pid, 'SIGKILL');
@@ -488,7 +482,7 @@ test.serial("k3s's layout (its CNI dirs and CRI socket): helm install --set glob
   t.true(k3sBefore.has(`${K3S_LAYOUT.cniConfDir}/${PRIMARY_CONFLIST}`), [...k3sBefore.keys()].join(', '));
 
   ms = Date.now();
-  cl.kubectlOk(['apply', '-f', NAMESPACE_FILE]);
+  applyAgentNamespace(cl);
   await helmInstall(cl, ['global.platform=k3s']);
   await agentReady(cl, 'the agent Ready with our entry chained into k3s\'s conflist', 180_000);
   const entry = conflist(cl).plugins.at(-1);

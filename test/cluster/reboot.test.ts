@@ -25,14 +25,11 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { agentImageArchive, NODE_NAME, PRIMARY_CONFLIST, startCluster, type Cluster } from '../support/cluster';
-import { createPod, describePods, ensureNamespace, kubectlAsync, podRunning, taskPids, waitPodsRunning, Witness } from '../support/cluster-pods';
+import { AGENT_NS, AGENT_SELECTOR, agentContext, applyAgentNamespace, createPod, describePods, ensureNamespace, kubectlAsync, liveAgentPod, podReady, podRunning, taskPids, waitPodsRunning, Witness } from '../support/cluster-pods';
 import { helmInstall, helmTemplate, helmUpgrade, requireHelm } from '../support/helm';
 import { readJsonLines } from '../support/json-lines';
-import { REPO_ROOT } from '../support/paths';
 
 const NS = 'reboot';
-const AGENT_NS = 'mesh-cni-system';
-const AGENT_SELECTOR = 'app.kubernetes.io/name=mesh-cni';
 const TAINT = 'cni.istio.io/not-ready';
 /** The owned config's file name (Istio's istioOwnedCNIConfigFileName default is 02-istio-cni.conflist). */
 const OWNED_CONFLIST = '02-mesh-cni.conflist';
@@ -91,26 +88,14 @@ function ownedConfig(cl: Cluster): any {
   }
 }
 
-function agentPod(cl: Cluster): any {
-  return (cl.json(['-n', AGENT_NS, 'get', 'pods', '-l', AGENT_SELECTOR]).items as any[]).find((p) => !p.metadata.deletionTimestamp);
-}
-
-function isReady(pod: any): boolean {
-  return !!pod?.status?.conditions?.some((x: any) => x.type === 'Ready' && x.status === 'True');
-}
-
-function agentContext(cl: Cluster): string {
-  return `${describePods(cl, AGENT_NS)}\nagent log:\n${cl.kubectl(['-n', AGENT_NS, 'logs', '--tail=20', '-l', AGENT_SELECTOR]).stdout}`;
-}
-
 /** The agent pod (not `previous`) Ready and `installed` true. */
 function agentRolled(cl: Cluster, what: string, previous: string | undefined, installed: () => boolean): Promise<any> {
   return cl.waitFor(
     what,
     240_000,
     () => {
-      const p = agentPod(cl);
-      return p && p.metadata.uid !== previous && isReady(p) && installed() ? p : undefined;
+      const p = liveAgentPod(cl);
+      return p && p.metadata.uid !== previous && podReady(p) && installed() ? p : undefined;
     },
     () => agentContext(cl),
   );
@@ -219,7 +204,7 @@ async function reboot(t: ExecutionContext, batch: string, options: { taint?: boo
   if (witness!.unredirected(boundNames).length > 0) throw new Error(`before the reboot, pods reached the witness: ${witness!.unredirected(boundNames).join(', ')}`);
 
   // Power off.
-  const agent = agentPod(cl);
+  const agent = liveAgentPod(cl);
   const agentPid = pidOf(agent, 'agent', tasksBefore);
   const pids = [agentPid, ...running.map((p) => pidOf(p, 'app', tasksBefore))].filter((p): p is number => p !== undefined);
   await cl.stopRuntime();
@@ -276,7 +261,7 @@ async function reboot(t: ExecutionContext, batch: string, options: { taint?: boo
         const a = (await jsonAsync(cl, ['-n', AGENT_NS, 'get', 'pods', '-l', AGENT_SELECTOR]))?.items?.find((x: any) => !x.metadata.deletionTimestamp);
         const started = Date.parse(a?.status?.containerStatuses?.[0]?.state?.running?.startedAt ?? '');
         // startedAt has whole seconds: a container started after power-on may show the second before it.
-        if (isReady(a) && started >= powerOn - 1000) agentReady = since();
+        if (podReady(a) && started >= powerOn - 1000) agentReady = since();
       }
       if (options.taint && taintGone === undefined) {
         const node = await jsonAsync(cl, ['get', 'node', NODE_NAME]);
@@ -336,7 +321,7 @@ async function cleanUp(batch: string): Promise<void> {
 test.serial('chained (the default): after a reboot, pods kubelet restarts before the agent re-chains run without rules until repair fixes them', async (t) => {
   t.timeout(15 * 60_000);
   const cl = c();
-  cl.kubectlOk(['apply', '-f', path.join(REPO_ROOT, 'install', '00-namespace.yaml')]);
+  applyAgentNamespace(cl);
   await helmInstall(cl);
   await agentRolled(cl, 'the agent Ready with our entry chained', undefined, () => chained(cl));
   try {
@@ -352,7 +337,7 @@ test.serial('chained (the default): after a reboot, pods kubelet restarts before
 test.serial('not-ready taint (removeNotReadyTaint=true, the node tainted again before kubelet starts): pods created after the reboot wait and run with rules; the already-bound ones are not protected', async (t) => {
   t.timeout(15 * 60_000);
   const cl = c();
-  const previous = agentPod(cl)?.metadata.uid as string | undefined;
+  const previous = liveAgentPod(cl)?.metadata.uid as string | undefined;
   await helmUpgrade(cl, ['removeNotReadyTaint=true']);
   await agentRolled(cl, 'the agent with remove-not-ready-taint Ready and chained', previous, () => chained(cl));
   try {
@@ -381,7 +366,7 @@ test.serial('owned config (istioOwnedCNIConfig=true): our own conflist survives 
     t.fail(`the chart refuses istioOwnedCNIConfig=true, so the owned-config mode cannot run (the value comes with the owned-config work, branch wt-owned): ${rendered.stderr.trim().replace(/\s+/g, ' ').slice(0, 400)}`);
     return;
   }
-  const previous = agentPod(cl)?.metadata.uid as string | undefined;
+  const previous = liveAgentPod(cl)?.metadata.uid as string | undefined;
   await helmUpgrade(cl, values);
   await agentRolled(cl, `the agent Ready with its own ${OWNED_CONFLIST}`, previous, () => ownedConfig(cl)?.plugins?.at(-1)?.type === 'mesh-cni');
   try {

@@ -11,6 +11,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { APP_IMAGE, NODE_IP, type Cluster } from './cluster';
+import { REPO_ROOT } from './paths';
 import { startService, waitUntil, type Service } from './service';
 
 const SUPPORT_DIR = path.resolve(__dirname, '../../../test/support');
@@ -115,6 +116,33 @@ export function describePods(cluster: Cluster, namespace: string): string {
   const pods = cluster.kubectl(['-n', namespace, 'get', 'pods', '-o', 'wide']).stdout;
   const events = cluster.kubectl(['-n', namespace, 'get', 'events', '--sort-by=.lastTimestamp']).stdout.split('\n').slice(-15).join('\n');
   return `pods in ${namespace}:\n${pods}\nevents:\n${events}\nkubelet:\n${cluster.logTail('kubelet', 15)}`;
+}
+
+/** Where the chart puts the agent, and the label its DaemonSet, pods and cluster-wide objects carry. */
+export const AGENT_NS = 'mesh-cni-system';
+export const AGENT_SELECTOR = 'app.kubernetes.io/name=mesh-cni';
+
+export function agentPods(cl: Cluster): any[] {
+  return cl.json(['-n', AGENT_NS, 'get', 'pods', '-l', AGENT_SELECTOR]).items;
+}
+
+/** The agent pod that is not being deleted (one node: at most one). */
+export function liveAgentPod(cl: Cluster): any {
+  return agentPods(cl).find((p) => !p.metadata.deletionTimestamp);
+}
+
+export function podReady(pod: any): boolean {
+  return !!pod?.status?.conditions?.some((x: any) => x.type === 'Ready' && x.status === 'True');
+}
+
+/** What a failed wait on the agent shows: its namespace's pods and events, and the agent's last log lines. */
+export function agentContext(cl: Cluster): string {
+  return `${describePods(cl, AGENT_NS)}\nagent log:\n${cl.kubectl(['-n', AGENT_NS, 'logs', '--tail=20', '-l', AGENT_SELECTOR]).stdout}`;
+}
+
+/** The agent's namespace with its Pod Security labels, applied before the chart as the README says. */
+export function applyAgentNamespace(cl: Cluster): void {
+  cl.kubectlOk(['apply', '-f', path.join(REPO_ROOT, 'install', '00-namespace.yaml')]);
 }
 
 /** PIDs of containerd's tasks (containers and sandboxes) by container id, as `ctr task ls` prints them. */
